@@ -1,0 +1,43 @@
+"""ketch: run Python functions in containers on your own machines, with Modal's API.
+
+Example::
+
+    import ketch
+
+    app = ketch.App("demo")
+
+    @app.function()
+    def square(x: int) -> int:
+        return x * x
+
+    @app.local_entrypoint()
+    def main():
+        print(square.remote(4))
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import exception
+from .app import App
+from .cls import Cls
+from .functions import Function, FunctionCall
+from .partial import batched, concurrent, enter, exit, method, parameter
+from .retries import Retries
+
+__all__ = [
+    "App",
+    "Cls",
+    "Function",
+    "FunctionCall",
+    "Retries",
+    "__version__",
+    "batched",
+    "concurrent",
+    "enter",
+    "exception",
+    "exit",
+    "method",
+    "parameter",
+]

@@ -1,0 +1,103 @@
+"""The client side of the HTTP API.
+
+One ``_Client`` per event loop. Requests that fail because the control plane
+is unreachable are retried (re-reading where it lives, and restarting the
+embedded one) for up to ``connect_timeout`` seconds; every mutating request
+is idempotent, so a retry after a crash of the control plane is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiohttp
+
+from . import _server_manager
+from ._config import config
+from ._serialization import pack, unpack
+from .exception import ConnectionFailedError, from_wire
+
+logger = logging.getLogger(__name__)
+
+_CLIENTS: dict[int, _Client] = {}
+
+
+class _Client:
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._url: str | None = None
+
+    @classmethod
+    async def get(cls) -> _Client:
+        loop = asyncio.get_running_loop()
+        client = _CLIENTS.get(id(loop))
+        if client is None:
+            client = _CLIENTS[id(loop)] = cls()
+        return client
+
+    async def _locate(self, restart: bool) -> str:
+        loop = asyncio.get_running_loop()
+        if restart and _server_manager.is_embedded():
+            info = await loop.run_in_executor(None, _server_manager.ensure)
+        else:
+            info = await loop.run_in_executor(None, _server_manager.ensure) if self._url is None else None
+        if info is not None:
+            self._url = info.url
+        assert self._url is not None
+        return self._url
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=64, force_close=False),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+            )
+        return self._session
+
+    async def url(self) -> str:
+        return self._url or await self._locate(restart=False)
+
+    async def rpc(self, method: str, body: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+        data = pack(body)
+        deadline = time.monotonic() + config.get("connect_timeout")
+        delay = 0.05
+        restart = False
+        while True:
+            try:
+                url = self._url or await self._locate(restart)
+                session = self._ensure_session()
+                async with session.post(
+                    f"{url}/rpc/{method}", data=data, timeout=aiohttp.ClientTimeout(total=timeout)
+                ) as resp:
+                    payload = await resp.read()
+                    if resp.status != 200:
+                        err = unpack(payload).get("error", {}) if payload else {}
+                        raise from_wire(err.get("type", "ServerError"), err.get("message", f"HTTP {resp.status}"))
+                    return unpack(payload)
+            except (TimeoutError, aiohttp.ClientConnectionError, ConnectionError) as exc:
+                if isinstance(exc, ConnectionFailedError) and not _server_manager.is_embedded():
+                    raise
+                if time.monotonic() > deadline:
+                    raise ConnectionFailedError(f"cannot reach the ketch control plane: {exc}") from exc
+                logger.info("control plane unreachable (%s); retrying", exc)
+                self._url = None
+                restart = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def put_blob(self, data: bytes) -> str:
+        url = await self.url()
+        async with self._ensure_session().put(f"{url}/blobs", data=data) as resp:
+            return str(unpack(await resp.read())["blob_id"])
+
+    async def get_blob(self, blob_id: str) -> bytes:
+        url = await self.url()
+        async with self._ensure_session().get(f"{url}/blobs/{blob_id}") as resp:
+            payload = await resp.read()
+            if resp.status != 200:
+                err = unpack(payload).get("error", {})
+                raise from_wire(err.get("type", "NotFoundError"), err.get("message", "blob not found"))
+            return payload

@@ -1,0 +1,72 @@
+"""One typed configuration registry.
+
+A setting is read when it is used, never at import: the environment variable
+``KETCH_<NAME>`` wins over ``~/.ketch/config.toml`` (or ``$KETCH_HOME/config.toml``),
+which wins over the default.
+
+Example::
+
+    from ketch._config import config
+    home = config.get("home")
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def _to_bool(raw: str) -> bool:
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class _Setting:
+    default: Any
+    parse: Callable[[str], Any]
+    doc: str
+
+
+_SETTINGS: dict[str, _Setting] = {
+    "home": _Setting(str(Path.home() / ".ketch"), str, "state directory of the embedded control plane"),
+    "server_url": _Setting("", str, "use this control plane instead of the embedded one"),
+    "token": _Setting("", str, "API token for a control plane bound off loopback"),
+    "runtime": _Setting("local", str, "container runtime of the embedded control plane"),
+    "max_containers_per_node": _Setting(0, int, "node cap on running containers (0: 4 x CPUs)"),
+    "log_level": _Setting("WARNING", str, "log level of the CLI and server"),
+    "connect_timeout": _Setting(120.0, float, "seconds a client keeps retrying an unreachable server"),
+    "force_build": _Setting(False, _to_bool, "rebuild images even when cached"),
+}
+
+
+class Config:
+    """Reads settings on demand: env var > config file > default."""
+
+    def _file_values(self) -> dict[str, Any]:
+        home = os.environ.get("KETCH_HOME") or _SETTINGS["home"].default
+        path = Path(home) / "config.toml"
+        if not path.is_file():
+            return {}
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+
+    def get(self, name: str) -> Any:
+        setting = _SETTINGS[name]
+        raw = os.environ.get(f"KETCH_{name.upper()}")
+        if raw is not None and raw != "":
+            return setting.parse(raw)
+        if name != "home":
+            file_values = self._file_values()
+            if name in file_values:
+                return setting.parse(str(file_values[name]))
+        return setting.default
+
+    def home(self) -> Path:
+        return Path(self.get("home")).expanduser()
+
+
+config = Config()

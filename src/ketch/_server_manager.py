@@ -1,0 +1,118 @@
+"""Find, start and stop the embedded control plane that lives under ``KETCH_HOME``."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._config import config
+from .exception import ConnectionFailedError
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    url: str
+    pid: int | None = None
+    version: str | None = None
+    started_at: float | None = None
+
+
+def home() -> Path:
+    return config.home()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); look at its state.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def read_info() -> ServerInfo | None:
+    """The embedded server's address, or None when it is not running."""
+    path = home() / "server.json"
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if not _alive(int(data["pid"])):
+        return None
+    return ServerInfo(data["url"], int(data["pid"]), data.get("version"), data.get("started_at"))
+
+
+def start(timeout: float = 30.0) -> ServerInfo:
+    """Start the embedded server in the background (or return the running one)."""
+    h = home()
+    h.mkdir(parents=True, exist_ok=True)
+    with (h / "server.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        info = read_info()
+        if info is not None:
+            return info
+        with contextlib.suppress(FileNotFoundError):
+            (h / "server.json").unlink()
+        log = (h / "server.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ketch.server", "--home", str(h)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = read_info()
+            if info is not None and info.pid == proc.pid:
+                return info
+            if proc.poll() is not None:
+                raise ConnectionFailedError(
+                    f"the ketch control plane exited at start (code {proc.returncode}); see {h / 'server.log'}"
+                )
+            time.sleep(0.02)
+        proc.kill()
+        raise ConnectionFailedError(f"the ketch control plane did not start within {timeout:g} s; see {h / 'server.log'}")
+
+
+def stop(timeout: float = 10.0) -> ServerInfo | None:
+    """Stop the embedded server; returns what was stopped, or None if nothing ran."""
+    info = read_info()
+    if info is None or info.pid is None:
+        return None
+    os.kill(info.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(info.pid):
+            return info
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(info.pid, signal.SIGKILL)
+    return info
+
+
+def ensure() -> ServerInfo:
+    """The server to talk to: ``KETCH_SERVER_URL`` if set, else the embedded one (started if needed)."""
+    url = config.get("server_url")
+    if url:
+        return ServerInfo(url.rstrip("/"))
+    return read_info() or start()
+
+
+def is_embedded() -> bool:
+    return not config.get("server_url")

@@ -1,0 +1,156 @@
+"""The validated options of one function, shared by SDK, server and runtime."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .exception import InvalidError
+from .retries import Retries
+
+MAX_TIMEOUT = 24 * 3600
+DEFAULT_TIMEOUT = 300
+DEFAULT_SCALEDOWN_WINDOW = 60.0
+
+KNOWN_GPUS = (
+    "T4", "L4", "A10", "A10G", "A100", "A100-40GB", "A100-80GB", "L40S",
+    "H100", "H100!", "H200", "B200", "RTX-PRO-6000", "ANY",
+)  # fmt: skip
+_GPU_RE = re.compile(r"^(?P<kind>[A-Za-z0-9!-]+?)(?::(?P<count>\d+))?$")
+
+
+def parse_gpu(gpu: Any) -> list[dict[str, Any]]:
+    """Turn ``"H100"``, ``"A100-80GB:2"``, ``"any"`` or a list of them into specs."""
+    if gpu is None:
+        return []
+    options = gpu if isinstance(gpu, list | tuple) else [gpu]
+    if not options:
+        raise InvalidError("gpu= list must not be empty")
+    parsed = []
+    for option in options:
+        if not isinstance(option, str):
+            raise InvalidError(f"gpu must be a string like 'H100' or 'A100-80GB:2', not {option!r}")
+        m = _GPU_RE.match(option.strip())
+        kind = m.group("kind").upper() if m else ""
+        if kind not in KNOWN_GPUS:
+            known = ", ".join(k for k in KNOWN_GPUS if k != "ANY")
+            raise InvalidError(f"unknown GPU type {option!r}; known types: {known}, or 'any'")
+        count = int(m.group("count") or 1) if m else 1
+        if not 1 <= count <= 8:
+            raise InvalidError(f"GPU count must be between 1 and 8, got {count} in {option!r}")
+        parsed.append({"type": kind, "count": count})
+    return parsed
+
+
+def _resource(value: Any, name: str, kind: type) -> list[float] | None:
+    if value is None:
+        return None
+    pair = value if isinstance(value, tuple) else (value, value)
+    if len(pair) != 2 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair):
+        raise InvalidError(f"{name} must be a number or a (request, limit) tuple, got {value!r}")
+    request, limit = (kind(v) for v in pair)
+    if request <= 0 or limit < request:
+        raise InvalidError(f"{name} must be positive with limit >= request, got {value!r}")
+    return [request, limit]
+
+
+def _int_option(value: Any, name: str, low: int, high: int | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidError(f"{name} must be an int, not {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise InvalidError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+@dataclass
+class FunctionSpec:
+    """Everything the control plane and a container need to run one function."""
+
+    tag: str
+    module_name: str
+    qualname: str
+    module_file: str | None = None
+    root_dir: str | None = None
+    serialized_fn: bytes | None = None
+    is_class: bool = False
+    is_generator: bool = False
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timeout: float = DEFAULT_TIMEOUT
+    max_retries: int = 0
+    backoff_coefficient: float = 2.0
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+    min_containers: int = 0
+    max_containers: int | None = None
+    buffer_containers: int = 0
+    scaledown_window: float = DEFAULT_SCALEDOWN_WINDOW
+    max_inputs: int = 1
+    target_inputs: int | None = None
+    batch_max_size: int = 0
+    batch_wait_ms: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    gpu: list[dict[str, Any]] = field(default_factory=list)
+    cpu: list[float] | None = None
+    memory: list[float] | None = None
+    signature: bytes | None = None
+
+    def retries(self) -> Retries:
+        return Retries(self.max_retries, self.backoff_coefficient, self.initial_delay, self.max_delay)
+
+    def to_wire(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> FunctionSpec:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def build_options(
+    *,
+    timeout: Any = DEFAULT_TIMEOUT,
+    retries: Any = None,
+    min_containers: Any = 0,
+    max_containers: Any = None,
+    buffer_containers: Any = 0,
+    scaledown_window: Any = DEFAULT_SCALEDOWN_WINDOW,
+    env: Any = None,
+    gpu: Any = None,
+    cpu: Any = None,
+    memory: Any = None,
+) -> dict[str, Any]:
+    """Validate decorator options; every problem is an ``InvalidError`` here, at decoration."""
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool):
+        raise InvalidError(f"timeout must be a number of seconds, not {timeout!r}")
+    if not 1 <= timeout <= MAX_TIMEOUT:
+        raise InvalidError(f"timeout must be between 1 and {MAX_TIMEOUT} seconds (24 h), got {timeout}")
+    policy = Retries.coerce(retries)
+    min_c = _int_option(min_containers, "min_containers", 0, 1000)
+    max_c = None if max_containers is None else _int_option(max_containers, "max_containers", 1, 10_000)
+    if max_c is not None and min_c > max_c:
+        raise InvalidError(f"min_containers ({min_c}) cannot exceed max_containers ({max_c})")
+    buffer = _int_option(buffer_containers, "buffer_containers", 0, 1000)
+    if not isinstance(scaledown_window, int | float) or not 1 <= scaledown_window <= MAX_TIMEOUT:
+        raise InvalidError(f"scaledown_window must be between 1 and {MAX_TIMEOUT} seconds, got {scaledown_window!r}")
+    env = dict(env or {})
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise InvalidError(f"env must map str to str; bad entry {key!r}: {value!r}")
+    return {
+        "timeout": float(timeout),
+        "max_retries": policy.max_retries,
+        "backoff_coefficient": policy.backoff_coefficient,
+        "initial_delay": policy.initial_delay,
+        "max_delay": policy.max_delay,
+        "min_containers": min_c,
+        "max_containers": max_c,
+        "buffer_containers": buffer,
+        "scaledown_window": float(scaledown_window),
+        "env": env,
+        "gpu": parse_gpu(gpu),
+        "cpu": _resource(cpu, "cpu", float),
+        "memory": _resource(memory, "memory", int),
+    }

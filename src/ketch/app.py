@@ -1,0 +1,365 @@
+"""Apps: the unit that groups functions and classes, runs them and deploys them.
+
+Example::
+
+    app = ketch.App("demo")
+
+    @app.function()
+    def square(x: int) -> int:
+        return x * x
+
+    @app.local_entrypoint()
+    def main(n: int = 3):
+        print(square.remote(n))
+
+``ketch run demo.py --n 4`` runs it; so does ``with app.run(): square.remote(4)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import _sync
+from ._client import _Client
+from ._ids import new_id
+from ._serialization import serialize
+from ._spec import FunctionSpec, build_options
+from .cls import _Cls, class_spec_methods, new_class_function
+from .exception import InvalidError
+from .functions import _Function
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+HEARTBEAT_S = 15.0
+_UNSUPPORTED_YET = ("image", "volumes", "secrets", "schedule", "cloud", "region", "network_file_systems")
+
+
+def _source_location(obj: Any) -> tuple[str, str | None, str | None]:
+    """(module name, module file, root dir) under which a container can import ``obj``."""
+    module_name = obj.__module__
+    module = sys.modules.get(module_name)
+    module_file = getattr(module, "__file__", None)
+    if module_file is None:
+        return module_name, None, None
+    path = Path(module_file).resolve()
+    if module_name == "__main__":
+        module_name = path.stem
+    package_depth = module_name.count(".")
+    root = path.parent
+    for _ in range(package_depth):
+        root = root.parent
+    return module_name, str(path), str(root)
+
+
+class _App:
+    """A group of functions and classes that run and deploy together."""
+
+    def __init__(self, name: str | None = None, *, description: str | None = None) -> None:
+        if name is not None and (not isinstance(name, str) or not name or len(name) > 64):
+            raise InvalidError(f"app name must be a non-empty string of at most 64 characters, got {name!r}")
+        self._name = name
+        self._description = description
+        self._functions: dict[str, _Function] = {}
+        self._classes: dict[str, _Cls] = {}
+        self._local_entrypoints: dict[str, Callable[..., Any]] = {}
+        self._app_id: str | None = None
+        self._running = False
+
+    def __repr__(self) -> str:
+        return f"_App({self._name!r})"
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
+    def app_id(self) -> str | None:
+        """The id of the running or deployed app (``ap-…``)."""
+        return self._app_id
+
+    @property
+    def registered_functions(self) -> dict[str, _Function]:
+        return dict(self._functions)
+
+    @property
+    def registered_classes(self) -> dict[str, _Cls]:
+        return dict(self._classes)
+
+    @property
+    def registered_entrypoints(self) -> dict[str, Callable[..., Any]]:
+        return dict(self._local_entrypoints)
+
+    # -- decorators ----------------------------------------------------------
+    def function(
+        self,
+        _warn_parentheses_missing: Any = None,
+        *,
+        image: Any = None,
+        gpu: Any = None,
+        cpu: Any = None,
+        memory: Any = None,
+        timeout: Any = 300,
+        retries: Any = None,
+        min_containers: Any = 0,
+        max_containers: Any = None,
+        buffer_containers: Any = 0,
+        scaledown_window: Any = 60,
+        env: dict[str, str] | None = None,
+        secrets: Any = None,
+        volumes: Any = None,
+        serialized: bool = False,
+        name: str | None = None,
+        **unknown: Any,
+    ) -> Callable[[Callable[..., Any]], _Function]:
+        """Register a function to run in containers. Options are validated here."""
+        if _warn_parentheses_missing is not None:
+            raise InvalidError("use @app.function() with parentheses")
+        if unknown:
+            raise InvalidError(f"unknown option(s) for @app.function(): {', '.join(sorted(unknown))}")
+        options = build_options(
+            timeout=timeout, retries=retries, min_containers=min_containers, max_containers=max_containers,
+            buffer_containers=buffer_containers, scaledown_window=scaledown_window, env=env, gpu=gpu, cpu=cpu,
+            memory=memory,
+        )  # fmt: skip
+        _note_unsupported(image=image, secrets=secrets, volumes=volumes)
+
+        def wrap(raw_f: Callable[..., Any]) -> _Function:
+            if isinstance(raw_f, _Function):
+                raise InvalidError("@app.function() is applied twice")
+            if inspect.isclass(raw_f):
+                raise InvalidError("use @app.cls() for classes")
+            if not callable(raw_f):
+                raise InvalidError(f"@app.function() decorates a function, not {raw_f!r}")
+            spec = self._spec_for(raw_f, name or raw_f.__name__, options, serialized)
+            spec.is_generator = inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(raw_f)
+            fn = _Function(self, spec, raw_f)
+            self._register(spec.tag, fn)
+            return fn
+
+        return _sync.translating(wrap)
+
+    def cls(
+        self,
+        _warn_parentheses_missing: Any = None,
+        *,
+        image: Any = None,
+        gpu: Any = None,
+        cpu: Any = None,
+        memory: Any = None,
+        timeout: Any = 300,
+        retries: Any = None,
+        min_containers: Any = 0,
+        max_containers: Any = None,
+        buffer_containers: Any = 0,
+        scaledown_window: Any = 60,
+        env: dict[str, str] | None = None,
+        secrets: Any = None,
+        volumes: Any = None,
+        serialized: bool = False,
+        name: str | None = None,
+        **unknown: Any,
+    ) -> Callable[[type], _Cls]:
+        """Register a class whose ``@ketch.method()`` methods run in containers."""
+        if _warn_parentheses_missing is not None:
+            raise InvalidError("use @app.cls() with parentheses")
+        if unknown:
+            raise InvalidError(f"unknown option(s) for @app.cls(): {', '.join(sorted(unknown))}")
+        options = build_options(
+            timeout=timeout, retries=retries, min_containers=min_containers, max_containers=max_containers,
+            buffer_containers=buffer_containers, scaledown_window=scaledown_window, env=env, gpu=gpu, cpu=cpu,
+            memory=memory,
+        )  # fmt: skip
+        _note_unsupported(image=image, secrets=secrets, volumes=volumes)
+
+        def wrap(user_cls: type) -> _Cls:
+            if not inspect.isclass(user_cls):
+                raise InvalidError(f"@app.cls() decorates a class, not {user_cls!r}")
+            methods = class_spec_methods(user_cls)
+            if not methods:
+                raise InvalidError(f"{user_cls.__name__} has no @ketch.method() methods")
+            spec = self._spec_for(user_cls, name or user_cls.__name__, options, serialized)
+            spec.is_class = True
+            spec.methods = methods
+            cls_obj = new_class_function(self, spec, user_cls)
+            self._register(spec.tag, cls_obj._fn)
+            self._classes[spec.tag] = cls_obj
+            return cls_obj
+
+        return _sync.translating(wrap)
+
+    def local_entrypoint(self, _warn_parentheses_missing: Any = None, *, name: str | None = None) -> Callable[[F], F]:
+        """Mark the function ``ketch run`` calls locally; its parameters become CLI options."""
+        if _warn_parentheses_missing is not None:
+            raise InvalidError("use @app.local_entrypoint() with parentheses")
+
+        def wrap(fn: F) -> F:
+            self._local_entrypoints[name or fn.__name__] = fn
+            return fn
+
+        return wrap
+
+    def include(self, other: _App) -> _App:
+        """Add another app's functions and classes to this one."""
+        for tag, fn in other._functions.items():
+            self._register(tag, fn)
+        self._classes.update(other._classes)
+        return self
+
+    def _register(self, tag: str, fn: _Function) -> None:
+        if tag in self._functions and self._functions[tag] is not fn:
+            logger.warning("%s is registered twice in app %s; the later one wins", tag, self._name)
+        fn._app = self
+        self._functions[tag] = fn
+
+    def _spec_for(self, obj: Any, tag: str, options: dict[str, Any], serialized: bool) -> FunctionSpec:
+        module_name, module_file, root_dir = _source_location(obj)
+        concurrent = getattr(obj, "__ketch_concurrent__", None)
+        batched = getattr(obj, "__ketch_batched__", None)
+        if concurrent and batched:
+            raise InvalidError("a function cannot be both @ketch.concurrent and @ketch.batched")
+        spec = FunctionSpec(tag=tag, module_name=module_name, qualname=obj.__qualname__, module_file=module_file,
+                            root_dir=root_dir, **options)  # fmt: skip
+        if "<locals>" in obj.__qualname__ and not serialized:
+            raise InvalidError(f"{tag} is defined inside a function: define it at module level or use serialized=True")
+        if serialized:
+            spec.serialized_fn = _pickle_by_value(obj)
+        if concurrent:
+            spec.max_inputs, spec.target_inputs = concurrent
+        if batched:
+            spec.batch_max_size, spec.batch_wait_ms = batched
+        if not inspect.isclass(obj):
+            with contextlib.suppress(Exception):
+                spec.signature = serialize(inspect.signature(obj))
+        return spec
+
+    # -- running -------------------------------------------------------------
+    def _hydrate_in_container(self, app_id: str, function_ids: dict[str, str]) -> None:
+        self._app_id = app_id
+        for tag, fn in self._functions.items():
+            if tag in function_ids:
+                fn._object_id = function_ids[tag]
+
+    async def _create(self, deployed: bool, name: str | None) -> str:
+        client = await _Client.get()
+        reply = await client.rpc(
+            "AppCreate",
+            {
+                "app_id": new_id("ap"),
+                "name": name or self._name or "",
+                "deployed": deployed,
+                "functions": [fn._spec.to_wire() for fn in self._functions.values()],
+            },
+        )
+        self._app_id = reply["app_id"]
+        for tag, fid in reply["function_ids"].items():
+            self._functions[tag]._object_id = fid
+        return self._app_id
+
+    @_sync.context_manager
+    @contextlib.asynccontextmanager
+    async def run(self, *, show_logs: bool = True) -> AsyncIterator[_App]:
+        """Run the app while the block lasts (an ephemeral app), streaming container logs.
+
+        Example: ``with app.run(): square.remote(2)``
+        """
+        if self._running:
+            raise InvalidError(f"app {self._name!r} is already running")
+        self._running = True
+        app_id = await self._create(deployed=False, name=None)
+        client = await _Client.get()
+        follower = asyncio.create_task(_follow_logs(client, app_id)) if show_logs else None
+        beat = asyncio.create_task(_heartbeat(client, app_id))
+        try:
+            yield self
+        finally:
+            beat.cancel()
+            with contextlib.suppress(Exception):
+                await client.rpc("AppStop", {"app_id": app_id, "wait": 5.0})
+            if follower is not None:
+                await _stop_follower(follower)
+            self._running = False
+            for fn in self._functions.values():
+                fn._object_id = None
+
+    async def deploy(self, *, name: str | None = None) -> _App:
+        """Deploy the app under its name: its functions stay callable by name until stopped."""
+        if not (name or self._name):
+            raise InvalidError("a deployed app needs a name: ketch.App('my-app') or deploy(name=...)")
+        await self._create(deployed=True, name=name)
+        return self
+
+
+async def _heartbeat(client: _Client, app_id: str) -> None:
+    while True:
+        await asyncio.sleep(HEARTBEAT_S)
+        with contextlib.suppress(Exception):
+            await client.rpc("AppHeartbeat", {"app_id": app_id})
+
+
+async def _follow_logs(client: _Client, app_id: str) -> None:
+    """Print container output as it arrives, each line tagged with its function."""
+    after = 0
+    while True:
+        try:
+            reply = await client.rpc("AppLogs", {"app_id": app_id, "after": after, "timeout": 30})
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            await asyncio.sleep(0.5)
+            continue
+        for row in reply["logs"]:
+            after = row["seq"]
+            print_log_line(row)
+        if reply["state"] == "stopped" and not reply["logs"]:
+            return
+
+
+async def _stop_follower(task: asyncio.Task[None]) -> None:
+    """Let the follower drain what the stopped app printed, then end it."""
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout=3.0)
+    except (TimeoutError, Exception):
+        task.cancel()
+
+
+def print_log_line(row: dict[str, Any]) -> None:
+    stream = sys.stderr if row["stream"] == "stderr" else sys.stdout
+    text = row["text"]
+    prefix = f"[{row['tag']}] " if row.get("tag") and os.environ.get("KETCH_LOG_PREFIX", "1") != "0" else ""
+    stream.write(prefix + text if text.endswith("\n") else prefix + text + "\n")
+    stream.flush()
+
+
+def _note_unsupported(**options: Any) -> None:
+    given = [k for k, v in options.items() if v]
+    if given:
+        logger.warning(
+            "option(s) %s are accepted but not applied yet by this version of ketch (local runtime)", ", ".join(given)
+        )
+
+
+def _pickle_by_value(obj: Any) -> bytes:
+    import cloudpickle
+
+    module = sys.modules.get(obj.__module__)
+    registered = False
+    if module is not None and obj.__module__ != "__main__":
+        cloudpickle.register_pickle_by_value(module)
+        registered = True
+    try:
+        return cloudpickle.dumps(obj)
+    finally:
+        if registered and module is not None:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+App = _sync.synchronize_api(_App)

@@ -1,0 +1,66 @@
+"""Helpers shared by CLI commands: importing the user's file and calling the API."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import _sync
+from .._client import _Client
+from ..app import App
+
+
+def rpc(method: str, body: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+    async def call() -> dict[str, Any]:
+        client = await _Client.get()
+        return await client.rpc(method, body, timeout=timeout)
+
+    return _sync.run_sync(call())
+
+
+def import_file(path_str: str) -> Any:
+    """Import the user's app file as a module named after it, as containers will."""
+    path = Path(path_str).resolve()
+    if not path.is_file():
+        raise click.UsageError(f"no such file: {path_str}")
+    root = str(path.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    name = path.stem
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise click.UsageError(f"cannot import {path_str}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def find_apps(module: Any) -> list[Any]:
+    return [v for v in vars(module).values() if isinstance(v, App)]
+
+
+def find_app(module: Any, path: str) -> Any:
+    apps = find_apps(module)
+    if not apps:
+        raise click.UsageError(f"{path} defines no ketch.App")
+    if len(apps) > 1 and "app" in vars(module) and isinstance(module.app, App):
+        return module.app
+    if len(apps) > 1:
+        raise click.UsageError(f"{path} defines several apps; name the one to use as FILE::app_variable")
+    return apps[0]
+
+
+def ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    secs = time.time() - ts
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs / size:.0f}{unit} ago"
+    return f"{secs:.0f}s ago"

@@ -1,0 +1,24 @@
+"""``ketch deploy FILE``: make a named, persistent app."""
+
+from __future__ import annotations
+
+import click
+
+from ._util import find_app, import_file
+
+
+@click.command()
+@click.argument("path")
+@click.option("--name", default=None, help="Deploy under this name instead of the App's own.")
+def deploy(path: str, name: str | None) -> None:
+    """Deploy FILE's app; its functions stay callable by name until `ketch app stop`.
+
+    Example: ketch deploy app.py   then   ketch.Function.from_name("my-app", "square")
+    """
+    module = import_file(path)
+    app = find_app(module, path)
+    app.deploy(name=name)
+    app_name = name or app.name
+    click.echo(f"Deployed app {app_name!r} ({app.app_id})")
+    for tag in app.registered_functions:
+        click.echo(f"  - {tag}")

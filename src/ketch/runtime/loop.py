@@ -1,0 +1,367 @@
+"""The container main loop: take inputs, run them, send outputs.
+
+Threads, not asyncio, on this side: the main thread reads frames, worker
+threads run sync user code (one per concurrent slot), an event loop thread
+runs async user code, and a watchdog enforces timeouts. Outputs are sent as
+soon as the local queue runs dry, and batched while it does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import inspect
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from .._serialization import serialize_exception, unpack
+from .._spec import FunctionSpec
+from .._wire import BlockingChannel, ChannelClosed
+from ..exception import FunctionTimeoutError, InputCancellation, InvalidError
+from .user_code import Service, build_service
+
+logger = logging.getLogger(__name__)
+
+FLUSH_AFTER_S = 0.002
+FLUSH_AT = 128
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    parent = os.environ.get("KETCH_PARENT_PID")
+    if parent and os.getppid() != int(parent):
+        os._exit(1)
+
+
+class _Running:
+    __slots__ = ("input_id", "deadline", "thread_id", "task")
+
+    def __init__(self, input_id: int, deadline: float, thread_id: int | None) -> None:
+        self.input_id = input_id
+        self.deadline = deadline
+        self.thread_id = thread_id
+        self.task: asyncio.Future[Any] | None = None
+
+
+class ContainerLoop:
+    def __init__(self, chan: BlockingChannel, service: Service, spec: FunctionSpec) -> None:
+        self.chan = chan
+        self.service = service
+        self.spec = spec
+        self.queue: collections.deque[dict[str, Any]] = collections.deque()
+        self.cond = threading.Condition()
+        self.outbox: list[dict[str, Any]] = []
+        self.outbox_since = 0.0
+        self.send_lock = threading.Lock()
+        self.out_lock = threading.Lock()
+        self.running: dict[int, _Running] = {}
+        self.cancelled: set[int] = set()
+        self.stopping = False
+        self.aloop: asyncio.AbstractEventLoop | None = None
+        self.slots = max(spec.max_inputs, 1)
+
+    # -- outputs ---------------------------------------------------------------
+    def emit(self, item: dict[str, Any], force: bool = False) -> None:
+        with self.out_lock:
+            if not self.outbox:
+                self.outbox_since = time.monotonic()
+            self.outbox.append(item)
+            urgent = force or not self.queue or len(self.outbox) >= FLUSH_AT
+            urgent = urgent or time.monotonic() - self.outbox_since > FLUSH_AFTER_S
+        if urgent:
+            self.flush()
+
+    def flush(self) -> None:
+        while True:
+            with self.out_lock:
+                if not self.outbox:
+                    return
+                batch, self.outbox = self.outbox, []
+            with self.send_lock:
+                self.chan.write({"t": "outputs", "items": batch})
+
+    def _result(self, input_id: int, status: str, data: bytes | None, started: float) -> dict[str, Any]:
+        return {"id": input_id, "status": status, "data": data, "duration": time.monotonic() - started}
+
+    # -- running one input ---------------------------------------------------
+    def _decode(self, item: dict[str, Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+        fn = self.service.callables.get(item.get("method"))
+        if fn is None:
+            raise InvalidError(f"no method {item.get('method')!r} here")
+        args, kwargs = cloudpickle.loads(item["args"])
+        return fn, args, kwargs
+
+    def _pack_result(self, input_id: int, value: Any, started: float) -> dict[str, Any]:
+        try:
+            data = cloudpickle.dumps(value)
+        except Exception as exc:
+            err = InvalidError(f"the return value could not be serialized: {type(exc).__name__}: {exc}")
+            return self._result(input_id, "failure", serialize_exception(err), started)
+        return self._result(input_id, "success", data, started)
+
+    def _failure(self, input_id: int, exc: BaseException, started: float) -> dict[str, Any]:
+        if isinstance(exc, InputCancellation) or input_id in self.cancelled:
+            return self._result(input_id, "cancelled", None, started)
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        return self._result(input_id, "failure", serialize_exception(exc), started)
+
+    def run_sync_input(self, item: dict[str, Any]) -> None:
+        input_id = item["id"]
+        started = time.monotonic()
+        self.running[input_id] = _Running(input_id, started + self.spec.timeout, threading.get_ident())
+        try:
+            fn, args, kwargs = self._decode(item)
+            value = fn(*args, **kwargs)
+            if inspect.isgenerator(value):
+                for element in value:
+                    self.emit({"id": input_id, "status": "item", "data": cloudpickle.dumps(element)}, force=True)
+                value = None
+            out = self._pack_result(input_id, value, started)
+        except BaseException as exc:  # user code may raise anything, SystemExit included
+            out = self._failure(input_id, exc, started)
+        finally:
+            self.running.pop(input_id, None)
+        self.emit(out)
+
+    async def run_async_input(self, item: dict[str, Any], sem: asyncio.Semaphore) -> None:
+        input_id = item["id"]
+        async with sem:
+            started = time.monotonic()
+            running = _Running(input_id, started + self.spec.timeout, None)
+            running.task = asyncio.current_task()
+            self.running[input_id] = running
+            try:
+                fn, args, kwargs = self._decode(item)
+                value = fn(*args, **kwargs)
+                if inspect.isasyncgen(value):
+                    async for element in value:
+                        self.emit({"id": input_id, "status": "item", "data": cloudpickle.dumps(element)}, force=True)
+                    value = None
+                elif inspect.isawaitable(value):
+                    value = await value
+                out = self._pack_result(input_id, value, started)
+            except (Exception, asyncio.CancelledError, InputCancellation) as exc:
+                out = self._failure(input_id, exc, started)
+            finally:
+                self.running.pop(input_id, None)
+            self.emit(out)
+
+    def run_batch(self, items: list[dict[str, Any]]) -> None:
+        started = time.monotonic()
+        for it in items:
+            self.running[it["id"]] = _Running(it["id"], started + self.spec.timeout, threading.get_ident())
+        try:
+            decoded = [self._decode(it) for it in items]
+            fn = decoded[0][0]
+            names = list(inspect.signature(fn).parameters)
+            columns: dict[str, list[Any]] = {n: [] for n in names}
+            for _, args, kwargs in decoded:
+                bound = dict(zip(names, args, strict=False)) | kwargs
+                for n in names:
+                    columns[n].append(bound.get(n))
+            values = fn(**columns)
+            if inspect.isawaitable(values):
+                values = asyncio.run(values)  # type: ignore[arg-type]
+            if not isinstance(values, list) or len(values) != len(items):
+                raise InvalidError(
+                    f"a @batched function must return a list of {len(items)} results, got {type(values).__name__}"
+                )
+            outs = [self._pack_result(it["id"], v, started) for it, v in zip(items, values, strict=True)]
+        except BaseException as exc:
+            outs = [self._failure(it["id"], exc, started) for it in items]
+        finally:
+            for it in items:
+                self.running.pop(it["id"], None)
+        for out in outs:
+            self.emit(out)
+
+    # -- threads -------------------------------------------------------------
+    def _take(self, n: int = 1, wait_s: float = 0.0) -> list[dict[str, Any]]:
+        with self.cond:
+            while not self.queue and not self.stopping:
+                self.cond.wait()
+            if not self.queue:
+                return []
+            taken = [self.queue.popleft()]
+            deadline = time.monotonic() + wait_s
+            while len(taken) < n:
+                if self.queue:
+                    taken.append(self.queue.popleft())
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0 or self.stopping:
+                    break
+                self.cond.wait(left)
+            return taken
+
+    def sync_worker(self) -> None:
+        while True:
+            items = self._take()
+            if not items:
+                return
+            self.run_sync_input(items[0])
+
+    def batch_worker(self) -> None:
+        size, wait_ms = self.spec.batch_max_size, self.spec.batch_wait_ms
+        while True:
+            items = self._take(size, wait_ms / 1000.0)
+            if not items:
+                return
+            self.run_batch(items)
+
+    def async_feeder(self) -> None:
+        assert self.aloop is not None
+        sem_holder: list[asyncio.Semaphore] = []
+
+        async def make_sem() -> None:
+            sem_holder.append(asyncio.Semaphore(self.slots))
+
+        asyncio.run_coroutine_threadsafe(make_sem(), self.aloop).result()
+        pending: set[Any] = set()
+        while True:
+            items = self._take()
+            if not items:
+                break
+            fut = asyncio.run_coroutine_threadsafe(self.run_async_input(items[0], sem_holder[0]), self.aloop)
+            pending.add(fut)
+            pending = {f for f in pending if not f.done()}
+        for fut in pending:
+            fut.result()
+
+    def watchdog(self) -> None:
+        while True:
+            time.sleep(0.05)
+            now = time.monotonic()
+            for running in list(self.running.values()):
+                if now > running.deadline:
+                    self._timed_out(running)
+
+    def _timed_out(self, running: _Running) -> None:
+        err = FunctionTimeoutError(
+            f"{self.spec.tag} timed out after {self.spec.timeout:g} s (timeout={self.spec.timeout:g}); "
+            "its container was stopped"
+        )
+        out = {"id": running.input_id, "status": "timeout", "data": serialize_exception(err), "duration": self.spec.timeout}
+        print(f"ketch: input timed out after {self.spec.timeout:g} s; stopping the container", file=sys.stderr)
+        try:
+            self.emit(out, force=True)
+        finally:
+            sys.stderr.flush()
+            os._exit(124)
+
+    def cancel(self, ids: list[int]) -> None:
+        with self.cond:
+            keep = collections.deque(it for it in self.queue if it["id"] not in ids)
+            dropped = [it["id"] for it in self.queue if it["id"] in ids]
+            self.queue = keep
+        for input_id in dropped:
+            self.emit({"id": input_id, "status": "cancelled", "data": None, "duration": 0.0})
+        for input_id in ids:
+            running = self.running.get(input_id)
+            if running is None:
+                continue
+            self.cancelled.add(input_id)
+            if running.task is not None and self.aloop is not None:
+                self.aloop.call_soon_threadsafe(running.task.cancel)
+            elif running.thread_id is not None:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(running.thread_id), ctypes.py_object(InputCancellation)
+                )
+
+    # -- main ----------------------------------------------------------------
+    def start_threads(self) -> list[threading.Thread]:
+        threads = []
+        fns = list(self.service.callables.values())
+        is_async = any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f) for f in fns)
+        if self.spec.batch_max_size:
+            targets = [self.batch_worker]
+        elif is_async:
+            self.aloop = asyncio.new_event_loop()
+            threading.Thread(target=self.aloop.run_forever, name="user-loop", daemon=True).start()
+            targets = [self.async_feeder]
+        else:
+            targets = [self.sync_worker] * self.slots
+        for target in targets:
+            t = threading.Thread(target=target, daemon=True)
+            t.start()
+            threads.append(t)
+        threading.Thread(target=self.watchdog, name="watchdog", daemon=True).start()
+        return threads
+
+    def serve(self) -> None:
+        threads = self.start_threads()
+        self.chan.write({"t": "ready"})
+        try:
+            while True:
+                msg = self.chan.read()
+                kind = msg.get("t")
+                if kind == "inputs":
+                    with self.cond:
+                        self.queue.extend(msg["items"])
+                        self.cond.notify_all()
+                elif kind == "cancel":
+                    self.cancel(list(msg["ids"]))
+                elif kind == "stop":
+                    break
+        except ChannelClosed:
+            os._exit(1)  # the control plane is gone; nothing to report to
+        self.shutdown(threads)
+
+    def shutdown(self, threads: list[threading.Thread]) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        for t in threads:
+            t.join(timeout=self.spec.timeout)
+        self.flush()
+        for hook in self.service.exit_hooks:
+            try:
+                result = hook()
+                if inspect.isawaitable(result):
+                    asyncio.run(result)  # type: ignore[arg-type]
+            except Exception:
+                traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def _connect() -> BlockingChannel:
+    host, port = os.environ["KETCH_CHANNEL"].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return BlockingChannel(sock)
+
+
+def main() -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+    chan = _connect()
+    chan.write({"t": "hello", "container_id": os.environ["KETCH_CONTAINER_ID"], "token": os.environ["KETCH_CONTAINER_TOKEN"]})
+    init = chan.read()
+    spec = FunctionSpec.from_wire(init["spec"])
+    os.environ["KETCH_APP_ID"] = init["app_id"]
+    try:
+        params = unpack(init["params"]) if init.get("params") else None
+        service = build_service(spec, params, init["app_id"], init["function_ids"])
+    except BaseException as exc:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        chan.write({"t": "init_failed", "error": serialize_exception(exc)})
+        sys.stderr.flush()
+        os._exit(1)
+    ContainerLoop(chan, service, spec).serve()

@@ -1,0 +1,108 @@
+"""Find and prepare the user's code inside a container.
+
+The function is found by importing the user's module (as Modal does), not by
+unpickling it, except for ``serialized=True``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+from .._spec import FunctionSpec
+from ..exception import InvalidError
+from ..partial import class_parameters, marked
+
+
+@dataclass
+class Service:
+    """What a container runs: callables by method name (None for a plain function)."""
+
+    callables: dict[str | None, Callable[..., Any]]
+    exit_hooks: list[Callable[[], Any]] = field(default_factory=list)
+
+
+def _import_module(spec: FunctionSpec) -> Any:
+    if spec.root_dir and spec.root_dir not in sys.path:
+        sys.path.insert(0, spec.root_dir)
+    if spec.module_name in sys.modules:
+        return sys.modules[spec.module_name]
+    if spec.module_file:
+        mod_spec = importlib.util.spec_from_file_location(spec.module_name, spec.module_file)
+        if mod_spec is None or mod_spec.loader is None:
+            raise InvalidError(f"cannot import {spec.module_file}")
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[spec.module_name] = module
+        try:
+            mod_spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(spec.module_name, None)
+            raise
+        return module
+    return importlib.import_module(spec.module_name)
+
+
+def _resolve(module: Any, qualname: str) -> Any:
+    obj = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _hydrate(obj: Any, app_id: str, function_ids: dict[str, str]) -> None:
+    """Give the user's App the ids of its functions, so calls between them work."""
+    impl = getattr(obj, "_ketch_impl", None)
+    app = getattr(impl, "_app", None)
+    if app is not None:
+        app._hydrate_in_container(app_id, function_ids)
+
+
+def load_user_object(spec: FunctionSpec, app_id: str, function_ids: dict[str, str]) -> Any:
+    """The user's raw function or class."""
+    if spec.serialized_fn is not None:
+        return cloudpickle.loads(spec.serialized_fn)
+    module = _import_module(spec)
+    obj = _resolve(module, spec.qualname)
+    _hydrate(obj, app_id, function_ids)
+    impl = getattr(obj, "_ketch_impl", None)
+    if impl is not None:
+        return impl._raw_f if not spec.is_class else impl._user_cls
+    return obj
+
+
+def build_service(spec: FunctionSpec, params: dict[str, Any] | None, app_id: str, function_ids: dict[str, str]) -> Service:
+    obj = load_user_object(spec, app_id, function_ids)
+    if not spec.is_class:
+        return Service({None: obj})
+    instance = _instantiate(obj, params or {})
+    for name in marked(obj, "__ketch_enter__"):
+        result = getattr(instance, name)()
+        if inspect.isawaitable(result):
+            import asyncio
+
+            asyncio.run(result)  # type: ignore[arg-type]
+    callables = {name: getattr(instance, name) for name in marked(obj, "__ketch_method__")}
+    exit_hooks = [getattr(instance, name) for name in marked(obj, "__ketch_exit__")]
+    return Service(callables, exit_hooks)
+
+
+def _instantiate(user_cls: type, params: dict[str, Any]) -> Any:
+    declared = class_parameters(user_cls)
+    if not declared and user_cls.__init__ is not object.__init__:
+        return user_cls()
+    instance = user_cls.__new__(user_cls)
+    for name, param in declared.items():
+        if name in params:
+            setattr(instance, name, params[name])
+        elif param.has_default:
+            setattr(instance, name, param.default)
+        else:
+            raise InvalidError(f"missing value for parameter {name!r} of {user_cls.__name__}")
+    return instance

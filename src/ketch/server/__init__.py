@@ -1,0 +1,1 @@
+"""The ketch control plane: HTTP API, durable state, scheduler and workers."""

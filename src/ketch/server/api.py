@@ -1,0 +1,212 @@
+"""The HTTP API: ``POST /rpc/<Method>`` with msgpack bodies, plus blob upload/download."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__
+from .._ids import stable_id
+from .._serialization import MAX_PAYLOAD_BYTES, pack, unpack
+from .._spec import FunctionSpec
+from ..exception import Error, InvalidError, NotFoundError, wire_name
+from .dispatcher import Dispatcher
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[["Api", dict[str, Any]], Awaitable[dict[str, Any]]]
+_HANDLERS: dict[str, Handler] = {}
+_STATUS = {"NotFoundError": 404, "InvalidError": 400, "PayloadTooLargeError": 413, "AlreadyExistsError": 409}
+
+
+def rpc(fn: Handler) -> Handler:
+    _HANDLERS[fn.__name__] = fn
+    return fn
+
+
+class Api:
+    def __init__(self, dispatcher: Dispatcher, started_at: float) -> None:
+        self.d = dispatcher
+        self.store = dispatcher.store
+        self.started_at = started_at
+        self.url = ""
+
+    def app(self) -> web.Application:
+        application = web.Application(client_max_size=MAX_PAYLOAD_BYTES + (1 << 20))
+        application.router.add_post("/rpc/{method}", self.handle_rpc)
+        application.router.add_put("/blobs", self.put_blob)
+        application.router.add_get("/blobs/{blob_id}", self.get_blob)
+        return application
+
+    async def handle_rpc(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        handler = _HANDLERS.get(method)
+        try:
+            if handler is None:
+                raise NotFoundError(f"no API method {method!r}")
+            try:
+                body = unpack(await request.read())
+            except Exception as exc:
+                raise InvalidError(f"malformed request body: {exc}") from exc
+            if not isinstance(body, dict):
+                raise InvalidError("request body must be a msgpack map")
+            reply = await handler(self, body)
+            return web.Response(body=pack(reply), content_type="application/msgpack")
+        except (Error, KeyError, TypeError, ValueError) as exc:
+            name = wire_name(exc) if isinstance(exc, Error) else "InvalidError"
+            message = str(exc) if isinstance(exc, Error) else f"bad request: {type(exc).__name__}: {exc}"
+            status = _STATUS.get(name, 400 if not isinstance(exc, Error) else 500)
+            return web.Response(status=status, body=pack({"error": {"type": name, "message": message}}))
+        except Exception as exc:
+            logger.exception("%s failed", method)
+            return web.Response(status=500, body=pack({"error": {"type": "ServerError", "message": str(exc)}}))
+
+    async def put_blob(self, request: web.Request) -> web.Response:
+        data = await request.read()
+        return web.Response(body=pack({"blob_id": self.d.blobs.put(data)}))
+
+    async def get_blob(self, request: web.Request) -> web.Response:
+        try:
+            return web.Response(body=self.d.blobs.get(request.match_info["blob_id"]))
+        except NotFoundError as exc:
+            return web.Response(status=404, body=pack({"error": {"type": "NotFoundError", "message": str(exc)}}))
+
+    def resolve_app(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("app_id"):
+            app = self.store.get_app(body["app_id"])
+        elif body.get("name"):
+            app = self.store.find_app(body["name"])
+        else:
+            raise InvalidError("give app_id or name")
+        if app is None:
+            raise NotFoundError(f"no app {body.get('app_id') or body.get('name')!r}")
+        return app
+
+
+@rpc
+async def Status(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "pid": os.getpid(),
+        "started_at": api.started_at,
+        "url": api.url,
+        "runtime": api.d.worker.name,
+        "isolation": api.d.worker.isolation,
+        "n_apps": len(api.store.running_apps()),
+        "n_containers": api.d.worker.running(),
+    }
+
+
+@rpc
+async def AppCreate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    name = str(body.get("name") or "")
+    deployed = bool(body.get("deployed"))
+    if deployed and not name:
+        raise InvalidError("a deployed app needs a name")
+    app_id = body["app_id"]
+    existing = api.store.find_app(name, deployed_only=True) if deployed else None
+    if existing is not None and existing["state"] == "running":
+        app_id = existing["id"]
+    old = {f["id"]: f["spec"] for f in api.store.app_functions(app_id)}
+    fns = []
+    for raw in body["functions"]:
+        spec = FunctionSpec.from_wire(raw)
+        fid = stable_id("fu", app_id, spec.tag)
+        fns.append({"id": fid, "tag": spec.tag, "spec": pack(spec.to_wire())})
+    api.store.create_app(app_id, name or app_id, deployed, fns)
+    for fn in fns:
+        if fn["id"] in old and old[fn["id"]] != fn["spec"]:
+            api.d.forget_function(fn["id"])
+    if deployed:
+        api.d.warm_deployed(app_id)
+    return {"app_id": app_id, "function_ids": {f["tag"]: f["id"] for f in fns}}
+
+
+@rpc
+async def AppStop(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    app = api.resolve_app(body)
+    if app["state"] != "stopped":
+        await api.d.stop_app(app["id"], wait=float(body.get("wait", 5.0)))
+    return {"app_id": app["id"]}
+
+
+@rpc
+async def AppHeartbeat(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    api.store.heartbeat(body["app_id"])
+    return {}
+
+
+@rpc
+async def AppList(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    apps = []
+    for app in api.store.list_apps():
+        apps.append(
+            {
+                "app_id": app["id"],
+                "name": app["name"],
+                "state": app["state"],
+                "deployed": bool(app["deployed"]),
+                "created_at": app["created_at"],
+                "stopped_at": app["stopped_at"],
+                "n_functions": len(api.store.app_functions(app["id"])),
+                "n_containers": api.d.app_container_count(app["id"]),
+            }
+        )
+    return {"apps": apps}
+
+
+@rpc
+async def AppLogs(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    app = api.resolve_app(body)
+    timeout = float(body.get("timeout", 0)) if app["state"] == "running" else 0.0
+    rows = await api.d.logs.read(app["id"], int(body.get("after", 0)), timeout, int(body.get("limit", 1000)))
+    state = (api.store.get_app(app["id"]) or app)["state"]
+    return {"logs": rows, "state": state, "app_id": app["id"]}
+
+
+@rpc
+async def FunctionLookup(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    app = api.store.find_app(body["app_name"], deployed_only=True)
+    if app is None or app["state"] != "running":
+        raise NotFoundError(f"no deployed app {body['app_name']!r} (deploy it with `ketch deploy`)")
+    for fn in api.store.app_functions(app["id"]):
+        if fn["tag"] == body["tag"]:
+            return {"function_id": fn["id"], "spec": unpack(fn["spec"]), "app_id": app["id"]}
+    raise NotFoundError(f"app {body['app_name']!r} has no function or class {body['tag']!r}")
+
+
+@rpc
+async def CallCreate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    state = api.d.create_call(body)
+    wait = float(body.get("wait", 0))
+    outputs: list[dict[str, Any]] = []
+    done = False
+    if wait > 0:
+        outputs, done = await api.d.wait_outputs(state.id, 0, wait, int(body.get("limit", 1000)))
+    return {"call_id": state.id, "outputs": outputs, "done": done}
+
+
+@rpc
+async def CallPutInputs(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    api.d.put_inputs(body["call_id"], body["inputs"], body.get("n_inputs"))
+    return {}
+
+
+@rpc
+async def CallGetOutputs(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    outputs, done = await api.d.wait_outputs(
+        body["call_id"], int(body.get("after", 0)), float(body.get("timeout", 0)), int(body.get("limit", 1000))
+    )
+    state = api.d.call_state(body["call_id"])
+    return {"outputs": outputs, "done": done, "n_inputs": state.n_inputs, "kind": state.kind}
+
+
+@rpc
+async def CallCancel(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    api.d.cancel_call(body["call_id"])
+    return {"at": time.time()}

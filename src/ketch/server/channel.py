@@ -1,0 +1,46 @@
+"""The container channel: one framed-msgpack connection per container.
+
+A container says hello with its id and token, gets its ``init`` message, and
+from then on receives inputs and sends outputs on the same connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from .._wire import ChannelClosed, encode, read_frame
+from ..exception import InvalidError
+from .dispatcher import Dispatcher
+
+logger = logging.getLogger(__name__)
+
+
+async def serve_channel(dispatcher: Dispatcher, host: str = "127.0.0.1") -> asyncio.Server:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        container_id = None
+        try:
+            hello = await read_frame(reader)
+            container_id = str(hello.get("container_id"))
+            init = dispatcher.container_hello(container_id, str(hello.get("token")), writer)
+            writer.write(encode(init))
+            while True:
+                msg = await read_frame(reader)
+                dispatcher.container_message(container_id, msg)
+        except (ChannelClosed, InvalidError) as exc:
+            logger.debug("channel of %s closed: %s", container_id, exc)
+        except Exception:
+            logger.exception("channel of %s failed", container_id)
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+            if container_id is not None and container_id in dispatcher.containers:
+                # A container that lost its channel can do nothing useful.
+                dispatcher.containers[container_id].writer = None
+                dispatcher.worker.terminate(container_id, 1.0)
+
+    server = await asyncio.start_server(handle, host, 0, limit=1 << 20)
+    port = server.sockets[0].getsockname()[1]
+    dispatcher.channel_addr = f"{host}:{port}"
+    return server

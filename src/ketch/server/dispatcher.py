@@ -1,0 +1,543 @@
+"""The async shell around the scheduler: it performs the pools' actions.
+
+It owns the in-memory view of calls, inputs and containers, persists every
+result before anyone is told about it, and wakes clients waiting for outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._ids import new_id
+from .._serialization import MAX_INLINE_BYTES, serialize_exception, unpack
+from .._spec import FunctionSpec
+from ..exception import CallCancelledError, ContainerCrashError, InvalidError, NotFoundError
+from ..worker.local import LocalWorker
+from . import scheduler as sm
+from .blobs import BlobStore
+from .logs import LogBook
+from .store import FINAL_STATUSES, Store
+
+logger = logging.getLogger(__name__)
+
+STOP_GRACE_S = 10.0
+KEEP_IN_MEMORY_BYTES = 64 * 1024
+OUTCOME = {"success": "success", "failure": "failure", "timeout": "failure", "cancelled": "cancelled"}
+
+
+@dataclass
+class CallState:
+    id: str
+    function_id: str
+    app_id: str
+    pool_key: str
+    kind: str
+    n_inputs: int | None
+    n_final: int
+    method: str | None = None
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def wake(self) -> None:
+        for fut in self.waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self.waiters.clear()
+
+    @property
+    def done(self) -> bool:
+        return self.n_inputs is not None and self.n_final >= self.n_inputs
+
+
+@dataclass
+class InputState:
+    id: int
+    call_id: str
+    idx: int
+    pool_key: str
+    method: str | None
+    args: bytes | None  # kept in memory while small; None means read it back when sent
+    blob_id: str | None = None
+
+
+
+@dataclass
+class PoolInfo:
+    function_id: str
+    app_id: str
+    spec: FunctionSpec
+    params: bytes | None
+
+
+@dataclass
+class ContainerHandle:
+    id: str
+    pool_key: str
+    token: str
+    writer: asyncio.StreamWriter | None = None
+    stash: dict[int, dict[str, Any]] = field(default_factory=dict)
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def pool_key_for(function_id: str, params: bytes | None) -> str:
+    if not params:
+        return function_id
+    return f"{function_id}:{hashlib.sha256(params).hexdigest()[:16]}"
+
+
+class Dispatcher:
+    """Calls in, containers out."""
+
+    def __init__(self, store: Store, blobs: BlobStore, server_url: str, max_containers: int) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.server_url = server_url
+        self.channel_addr = ""
+        self.max_containers = max_containers
+        self.logs = LogBook(store)
+        self.worker = LocalWorker(self._on_log, self._on_exit)
+        self.pools: dict[str, sm.Pool] = {}
+        self.pool_info: dict[str, PoolInfo] = {}
+        self.calls: dict[str, CallState] = {}
+        self.inputs: dict[int, InputState] = {}
+        self.containers: dict[str, ContainerHandle] = {}
+        self._specs: dict[str, tuple[FunctionSpec, str]] = {}
+        self._tick_task: asyncio.Task[None] | None = None
+        self._evicting = False
+
+    # -- lifecycle -----------------------------------------------------------
+    async def start(self) -> None:
+        self.recover()
+        self._tick_task = asyncio.create_task(self._ticker())
+        self.logs.start()
+
+    async def close(self) -> None:
+        if self._tick_task:
+            self._tick_task.cancel()
+        for pool in self.pools.values():
+            self._perform(pool, pool.stop_all())
+        await self.worker.shutdown()
+        await self.logs.close()
+
+    def recover(self) -> None:
+        """Requeue every input that has no final output (it was queued or running)."""
+        rows = self.store.pending_inputs()
+        by_pool: dict[str, list[int]] = {}
+        failures: dict[int, int] = {}
+        for row in rows:
+            app = self.store.get_app(row["app_id"])
+            if app is None or app["state"] != "running":
+                continue
+            key = self._ensure_pool(row["function_id"], row["params"])
+            self.inputs[row["id"]] = InputState(
+                row["id"], row["call_id"], row["idx"], key, row["method"], _keep(row["args"]), row["blob_id"]
+            )
+            by_pool.setdefault(key, []).append(row["id"])
+            failures[row["id"]] = row["attempts"]
+        for key, ids in by_pool.items():
+            pool = self.pools[key]
+            self._perform(pool, pool.enqueue(ids, time.monotonic(), failures))
+        for app in self.store.running_apps():
+            self.store.heartbeat(app["id"])
+            if app["deployed"]:
+                self.warm_deployed(app["id"])
+        if rows:
+            logger.info("recovered %d queued inputs", len(rows))
+
+    def warm_deployed(self, app_id: str) -> None:
+        for fn in self.store.app_functions(app_id):
+            spec = self.function_spec(fn["id"])[0]
+            if spec.min_containers and not spec.is_class:
+                key = self._ensure_pool(fn["id"], None)
+                pool = self.pools[key]
+                self._perform(pool, pool.tick(time.monotonic()))
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            now = time.monotonic()
+            for pool in list(self.pools.values()):
+                try:
+                    self._perform(pool, pool.tick(now))
+                except Exception:
+                    logger.exception("tick failed for pool %s", pool.key)
+
+    # -- functions and pools -------------------------------------------------
+    def function_spec(self, function_id: str) -> tuple[FunctionSpec, str]:
+        cached = self._specs.get(function_id)
+        if cached is None:
+            row = self.store.get_function(function_id)
+            if row is None:
+                raise NotFoundError(f"no function {function_id!r}")
+            cached = (FunctionSpec.from_wire(unpack(row["spec"])), row["app_id"])
+            self._specs[function_id] = cached
+        return cached
+
+    def forget_function(self, function_id: str) -> None:
+        """A redeploy replaced the spec: drain the old containers."""
+        self._specs.pop(function_id, None)
+        now = time.monotonic()
+        for key, info in list(self.pool_info.items()):
+            if info.function_id == function_id:
+                info.spec = self.function_spec(function_id)[0]
+                pool = self.pools[key]
+                pool.policy = _policy(info.spec)
+                self._perform(pool, pool.retire(now))
+
+    def _ensure_pool(self, function_id: str, params: bytes | None) -> str:
+        key = pool_key_for(function_id, params)
+        if key not in self.pools:
+            spec, app_id = self.function_spec(function_id)
+            app = self.store.get_app(app_id)
+            self.pool_info[key] = PoolInfo(function_id, app_id, spec, params)
+            self.pools[key] = sm.Pool(
+                key,
+                _policy(spec),
+                new_container_id=lambda: new_id("ta"),
+                room=self._room,
+                keep_warm=bool(app and app["deployed"]),
+            )
+        return key
+
+    def _room(self) -> int:
+        live = sum(1 for c in self.containers.values() if not c.exited.is_set())
+        room = self.max_containers - live
+        if room <= 0:
+            self._evict_one()
+        return max(0, room)
+
+    def _evict_one(self) -> None:
+        """Stop the node's longest-idle container so that a waiting pool can start one."""
+        if self._evicting:
+            return
+        candidates = [(t, p) for p in self.pools.values() if (t := p.idle_since()) is not None]
+        if not candidates:
+            return
+        pool = min(candidates, key=lambda tp: tp[0])[1]
+        self._evicting = True
+        try:
+            self._perform(pool, pool.evict_idle(time.monotonic()))
+        finally:
+            self._evicting = False
+
+    # -- calls -----------------------------------------------------------------
+    def create_call(self, body: dict[str, Any]) -> CallState:
+        function_id = body["function_id"]
+        spec, app_id = self.function_spec(function_id)
+        app = self.store.get_app(app_id)
+        if app is None or app["state"] != "running":
+            raise NotFoundError(f"app of function {spec.tag!r} is not running")
+        params = body.get("params")
+        if params and not spec.is_class:
+            raise InvalidError("parameters were given for a function that is not a class")
+        call = {
+            "id": body["call_id"],
+            "function_id": function_id,
+            "app_id": app_id,
+            "kind": body.get("kind", "single"),
+            "params": params,
+            "method": body.get("method"),
+            "n_inputs": len(body["inputs"]) if body.get("closed") else None,
+        }
+        rows = self._input_rows(body["inputs"])
+        fresh = self.store.add_call(call, rows)
+        state = self.calls.get(call["id"])
+        if state is None:
+            state = CallState(call["id"], function_id, app_id, self._ensure_pool(function_id, params), call["kind"],
+                              call["n_inputs"], 0, method=call["method"])  # fmt: skip
+            self.calls[call["id"]] = state
+        self._enqueue(state, fresh, rows, body.get("method"))
+        return state
+
+    def put_inputs(self, call_id: str, items: Sequence[dict[str, Any]], n_inputs: int | None) -> None:
+        state = self.call_state(call_id)
+        rows = self._input_rows(items)
+        fresh = self.store.add_inputs(call_id, rows, n_inputs)
+        if n_inputs is not None:
+            state.n_inputs = n_inputs
+        self._enqueue(state, fresh, rows, state.method)
+        state.wake()
+
+    def _input_rows(self, items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        rows = []
+        for item in items:
+            args = item.get("args")
+            if args is not None and len(args) > MAX_INLINE_BYTES:
+                rows.append({"idx": item["idx"], "blob_id": self.blobs.put(args)})
+            else:
+                rows.append({"idx": item["idx"], "args": args, "blob_id": item.get("blob_id")})
+        return rows
+
+    def _enqueue(
+        self, state: CallState, fresh: list[tuple[int, int]], rows: list[dict[str, Any]], method: str | None
+    ) -> None:
+        if not fresh:
+            return
+        by_idx = {r["idx"]: r for r in rows}
+        for input_id, idx in fresh:
+            row = by_idx[idx]
+            self.inputs[input_id] = InputState(
+                input_id, state.id, idx, state.pool_key, method, _keep(row.get("args")), row.get("blob_id")
+            )
+        pool = self.pools[state.pool_key]
+        self._perform(pool, pool.enqueue([i for i, _ in fresh], time.monotonic()))
+
+    def call_state(self, call_id: str) -> CallState:
+        state = self.calls.get(call_id)
+        if state is None:
+            row = self.store.get_call(call_id)
+            if row is None:
+                raise NotFoundError(f"no function call {call_id!r}")
+            key = self._ensure_pool(row["function_id"], row["params"])
+            state = CallState(
+                call_id, row["function_id"], row["app_id"], key, row["kind"], row["n_inputs"],
+                self.store.count_final_outputs(call_id), method=row["method"],
+            )  # fmt: skip
+            self.calls[call_id] = state
+        return state
+
+    async def wait_outputs(self, call_id: str, after: int, timeout: float, limit: int) -> tuple[list[dict[str, Any]], bool]:
+        state = self.call_state(call_id)
+        deadline = time.monotonic() + max(0.0, min(timeout, 55.0))
+        while True:
+            rows = self.store.outputs_after(call_id, after, limit)
+            if rows or state.done or time.monotonic() >= deadline:
+                return rows, state.done and len(rows) < limit
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            state.waiters.append(fut)
+            try:
+                await asyncio.wait_for(fut, deadline - time.monotonic())
+            except TimeoutError:
+                pass
+
+    def cancel_call(self, call_id: str) -> None:
+        state = self.call_state(call_id)
+        ids = self.store.pending_input_ids_of_call(call_id)
+        if not ids:
+            return
+        pool = self.pools.get(state.pool_key)
+        if pool is not None:
+            self._perform(pool, pool.cancel(ids, time.monotonic()))
+        err = serialize_exception(CallCancelledError(f"function call {call_id} was cancelled"))
+        self._finalize([self._row(i, "cancelled", err) for i in ids if i in self.inputs], ids)
+
+    # -- apps ----------------------------------------------------------------
+    async def stop_app(self, app_id: str, wait: float = 5.0) -> None:
+        self.store.set_app_state(app_id, "stopped")
+        handles = []
+        for key, info in self.pool_info.items():
+            if info.app_id == app_id:
+                pool = self.pools[key]
+                handles += [self.containers[c] for c in pool.containers if c in self.containers]
+                self._perform(pool, pool.stop_all())
+        ids = self.store.pending_input_ids_of_app(app_id)
+        if ids:
+            err = serialize_exception(CallCancelledError("the app was stopped before this input ran"))
+            self._finalize([self._row(i, "cancelled", err) for i in ids if i in self.inputs], ids)
+        if handles and wait > 0:
+            await asyncio.wait([asyncio.create_task(h.exited.wait()) for h in handles], timeout=wait)
+        await self.logs.flush()
+        self.logs.wake(app_id)
+
+    def app_container_count(self, app_id: str) -> int:
+        return sum(
+            1
+            for c in self.containers.values()
+            if not c.exited.is_set() and self.pool_info[c.pool_key].app_id == app_id
+        )
+
+    # -- actions -------------------------------------------------------------
+    def _perform(self, pool: sm.Pool, actions: list[sm.Action], fail_payload: bytes | None = None) -> None:
+        rows: list[dict[str, Any]] = []
+        done: list[int] = []
+        for action in actions:
+            if isinstance(action, sm.Assign):
+                self._send_inputs(action.container_id, action.input_ids)
+            elif isinstance(action, sm.Complete):
+                row = self._take_stashed(pool, action.input_id)
+                if row is not None:
+                    rows.append(row)
+                done.append(action.input_id)
+            elif isinstance(action, sm.Retry):
+                self._take_stashed(pool, action.input_id)
+                self.store.record_attempt(action.input_id, action.attempt)
+                info = self.inputs.get(action.input_id)
+                logger.info("retrying input %s (attempt %d) in %.1fs", info and info.idx, action.attempt, action.delay)
+            elif isinstance(action, sm.Fail):
+                payload = fail_payload or serialize_exception(ContainerCrashError(action.reason))
+                status = "init_failure" if fail_payload else "crash"
+                rows.append(self._row(action.input_id, status, payload))
+                done.append(action.input_id)
+            elif isinstance(action, sm.StartContainer):
+                asyncio.get_running_loop().create_task(self._start_container(pool, action.container_id))
+            elif isinstance(action, sm.StopContainer):
+                self._stop_container(action.container_id)
+            elif isinstance(action, sm.CancelOnContainer):
+                self._send(action.container_id, {"t": "cancel", "ids": list(action.input_ids)})
+        if rows or done:
+            self._finalize(rows, done)
+
+    def _row(self, input_id: int, status: str, data: bytes | None) -> dict[str, Any]:
+        info = self.inputs[input_id]
+        return {"call_id": info.call_id, "idx": info.idx, "status": status, "data": data}
+
+    def _take_stashed(self, pool: sm.Pool, input_id: int) -> dict[str, Any] | None:
+        for c in self.containers.values():
+            if input_id in c.stash:
+                return c.stash.pop(input_id)
+        return None
+
+    def _finalize(self, rows: list[dict[str, Any]], done: Sequence[int]) -> None:
+        for row in rows:
+            data = row.get("data")
+            if data is not None and len(data) > MAX_INLINE_BYTES:
+                row["blob_id"] = self.blobs.put(data)
+                row["data"] = None
+        self.store.record_outputs(rows, done)
+        touched: dict[str, int] = {}
+        for row in rows:
+            if row["status"] in FINAL_STATUSES:
+                touched[row["call_id"]] = touched.get(row["call_id"], 0) + 1
+        for input_id in done:
+            self.inputs.pop(input_id, None)
+        for call_id, n in touched.items():
+            state = self.calls.get(call_id)
+            if state is not None:
+                state.n_final += n
+                state.wake()
+
+    # -- containers ----------------------------------------------------------
+    async def _start_container(self, pool: sm.Pool, container_id: str) -> None:
+        info = self.pool_info[pool.key]
+        logger.info("starting container %s for %s", container_id, info.spec.tag)
+        handle = ContainerHandle(container_id, pool.key, secrets.token_hex(16))
+        self.containers[container_id] = handle
+        env = {
+            **info.spec.env,
+            "KETCH_CONTAINER_ID": container_id,
+            "KETCH_CONTAINER_TOKEN": handle.token,
+            "KETCH_CHANNEL": self.channel_addr,
+            "KETCH_SERVER_URL": self.server_url,
+            "KETCH_PARENT_PID": str(os.getpid()),
+        }
+        try:
+            await self.worker.start(container_id, env, info.spec.root_dir)
+        except Exception as exc:
+            logger.exception("could not start container %s", container_id)
+            self._on_exit(container_id, f"could not start: {exc}")
+
+    def _stop_container(self, container_id: str) -> None:
+        logger.info("stopping container %s", container_id)
+        if not self._send(container_id, {"t": "stop"}):
+            self.worker.terminate(container_id, 1.0)
+            return
+        asyncio.get_running_loop().call_later(STOP_GRACE_S, self.worker.terminate, container_id, 2.0)
+
+    def _send(self, container_id: str, msg: dict[str, Any]) -> bool:
+        from .._wire import encode
+
+        handle = self.containers.get(container_id)
+        if handle is None or handle.writer is None or handle.writer.is_closing():
+            return False
+        handle.writer.write(encode(msg))
+        return True
+
+    def _send_inputs(self, container_id: str, input_ids: Sequence[int]) -> None:
+        items = []
+        for input_id in input_ids:
+            info = self.inputs[input_id]
+            args, blob_id = info.args, info.blob_id
+            if args is None:
+                args, blob_id = self.store.input_args(input_id)
+            if args is None and blob_id is not None:
+                args = self.blobs.get(blob_id)
+            items.append({"id": input_id, "args": args, "method": info.method})
+        if not self._send(container_id, {"t": "inputs", "items": items}):
+            logger.warning("container %s is gone; its inputs fail over when it exits", container_id)
+
+    def container_hello(self, container_id: str, token: str, writer: asyncio.StreamWriter) -> dict[str, Any]:
+        handle = self.containers.get(container_id)
+        if handle is None or not secrets.compare_digest(handle.token, token):
+            raise InvalidError("unknown container or bad token")
+        handle.writer = writer
+        info = self.pool_info[handle.pool_key]
+        function_ids = {f["tag"]: f["id"] for f in self.store.app_functions(info.app_id)}
+        return {
+            "t": "init",
+            "spec": info.spec.to_wire(),
+            "params": info.params,
+            "app_id": info.app_id,
+            "function_ids": function_ids,
+        }
+
+    def container_message(self, container_id: str, msg: dict[str, Any]) -> None:
+        handle = self.containers.get(container_id)
+        if handle is None:
+            return
+        pool = self.pools[handle.pool_key]
+        now = time.monotonic()
+        kind = msg.get("t")
+        if kind == "ready":
+            self._perform(pool, pool.container_ready(container_id, now))
+        elif kind == "init_failed":
+            self._perform(pool, pool.container_init_failed(container_id, now, "init failed"), msg["error"])
+        elif kind == "outputs":
+            self._container_outputs(handle, pool, msg["items"], now)
+
+    def _container_outputs(self, handle: ContainerHandle, pool: sm.Pool, items: list[dict[str, Any]], now: float) -> None:
+        results = []
+        item_rows = []
+        for item in items:
+            input_id = item["id"]
+            if input_id not in self.inputs:
+                continue  # cancelled or already failed over
+            if item["status"] == "item":
+                item_rows.append(self._row(input_id, "item", item.get("data")))
+                continue
+            handle.stash[input_id] = self._row(input_id, item["status"], item.get("data"))
+            results.append((input_id, OUTCOME.get(item["status"], "failure"), float(item.get("duration", 0.0))))
+        if item_rows:
+            self._finalize(item_rows, [])
+        if results:
+            self._perform(pool, pool.container_outputs(handle.id, results, now))
+
+    def _on_exit(self, container_id: str, reason: str) -> None:
+        handle = self.containers.pop(container_id, None)
+        if handle is None:
+            return
+        logger.info("container %s %s", container_id, reason)
+        handle.exited.set()
+        pool = self.pools.get(handle.pool_key)
+        if pool is not None:
+            self._perform(pool, pool.container_exited(container_id, time.monotonic(), f"container {container_id} {reason}"))
+
+    def _on_log(self, container_id: str, stream: str, text: str) -> None:
+        handle = self.containers.get(container_id)
+        if handle is None:
+            return
+        info = self.pool_info[handle.pool_key]
+        self.logs.add(info.app_id, info.spec.tag, container_id, stream, text)
+
+
+def _keep(args: bytes | None) -> bytes | None:
+    return args if args is not None and len(args) <= KEEP_IN_MEMORY_BYTES else None
+
+
+def _policy(spec: FunctionSpec) -> sm.PoolPolicy:
+    return sm.PoolPolicy(
+        max_inputs=spec.max_inputs,
+        target_inputs=spec.target_inputs,
+        batch_size=spec.batch_max_size,
+        min_containers=spec.min_containers,
+        max_containers=spec.max_containers,
+        buffer_containers=spec.buffer_containers,
+        scaledown_window=spec.scaledown_window,
+        retries=spec.retries(),
+    )

@@ -1,0 +1,63 @@
+"""Container output: buffered into the store, and handed to clients that follow an app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from .store import Store
+
+FLUSH_INTERVAL_S = 0.05
+
+
+class LogBook:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._buffer: list[dict[str, Any]] = []
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._flusher())
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    def add(self, app_id: str, tag: str, container_id: str, stream: str, text: str) -> None:
+        self._buffer.append(
+            {"app_id": app_id, "tag": tag, "container_id": container_id, "stream": stream, "text": text, "ts": time.time()}
+        )
+
+    async def flush(self) -> None:
+        if not self._buffer:
+            return
+        rows, self._buffer = self._buffer, []
+        self.store.add_logs(rows)
+        for app_id in {r["app_id"] for r in rows}:
+            self.wake(app_id)
+
+    def wake(self, app_id: str) -> None:
+        for fut in self._waiters.pop(app_id, []):
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _flusher(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            await self.flush()
+
+    async def read(self, app_id: str, after: int, timeout: float, limit: int) -> list[dict[str, Any]]:
+        rows = self.store.logs_after(app_id, after, limit)
+        if rows or timeout <= 0:
+            return rows
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(app_id, []).append(fut)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(fut, min(timeout, 55.0))
+        return self.store.logs_after(app_id, after, limit)

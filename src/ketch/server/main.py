@@ -1,0 +1,123 @@
+"""Entry point of the control plane process: ``python -m ketch.server --home DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from .. import __version__
+from .._config import config
+from .api import Api
+from .blobs import BlobStore
+from .channel import serve_channel
+from .dispatcher import Dispatcher
+from .store import Store
+
+logger = logging.getLogger("ketch.server")
+
+EPHEMERAL_APP_TIMEOUT_S = 90.0
+
+
+def _pick_port(home: Path, requested: int) -> int:
+    """Reuse the last port when it is free, so clients find a restarted server where it was."""
+    if requested:
+        return requested
+    last = home / "last_port"
+    if last.exists():
+        port = int(last.read_text() or 0)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                pass
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _write_info(home: Path, info: dict[str, object]) -> None:
+    tmp = home / f"server.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(info))
+    tmp.replace(home / "server.json")
+
+
+async def _reap_ephemeral_apps(store: Store, dispatcher: Dispatcher) -> None:
+    """Stop ephemeral apps whose client went away without stopping them."""
+    while True:
+        await asyncio.sleep(10)
+        cutoff = time.time() - EPHEMERAL_APP_TIMEOUT_S
+        for app in store.running_apps():
+            if not app["deployed"] and (app["heartbeat_at"] or 0) < cutoff:
+                logger.info("stopping app %s: its client stopped sending heartbeats", app["id"])
+                await dispatcher.stop_app(app["id"], wait=0)
+
+
+async def serve(home: Path, host: str, port: int) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    store = Store(home / "state.db")
+    port = _pick_port(home, port)
+    url = f"http://{host}:{port}"
+    max_containers = config.get("max_containers_per_node") or max(8, 4 * (os.cpu_count() or 1))
+    dispatcher = Dispatcher(store, BlobStore(home / "blobs"), url, max_containers)
+    api = Api(dispatcher, time.time())
+    api.url = url
+    channel = await serve_channel(dispatcher, host)
+    await dispatcher.start()
+    runner = web.AppRunner(api.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    (home / "last_port").write_text(str(port))
+    _write_info(home, {"url": url, "pid": os.getpid(), "version": __version__, "started_at": api.started_at})
+    logger.info("ketch control plane %s listening on %s", __version__, url)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    reaper = asyncio.create_task(_reap_ephemeral_apps(store, dispatcher))
+    try:
+        await stop.wait()
+    finally:
+        logger.info("shutting down")
+        reaper.cancel()
+        with contextlib.suppress(FileNotFoundError):
+            info = json.loads((home / "server.json").read_text())
+            if info.get("pid") == os.getpid():
+                (home / "server.json").unlink()
+        await runner.cleanup()
+        channel.close()
+        await dispatcher.close()
+        store.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ketch.server", description="Run the ketch control plane.")
+    parser.add_argument("--home", default=None, help="state directory (default: KETCH_HOME or ~/.ketch)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        raise SystemExit("ketch: binding off loopback needs API tokens, which this version does not have yet")
+    logging.basicConfig(
+        level=config.get("log_level").upper() if config.get("log_level") else "INFO",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    home = Path(args.home).expanduser() if args.home else config.home()
+    asyncio.run(serve(home, args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

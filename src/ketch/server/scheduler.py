@@ -1,0 +1,379 @@
+"""The scheduler and autoscaler of one container pool, as an I/O-free state machine.
+
+A pool holds the containers of one function (and, for classes, one set of
+parameter values). Events go in as method calls, actions come out as a list;
+the async shell (``dispatcher.py``) performs them. Nothing here reads a clock,
+sleeps or does I/O, so tests feed events and assert the exact actions.
+
+Autoscaling follows the architecture: desired containers =
+clamp(ceil(in-flight / target per container) + buffer, min, max), where
+in-flight counts queued inputs and inputs running in containers. One more rule
+keeps small, fast backlogs from paying for cold starts: when the ready
+containers would drain the queue sooner than a new container could start (both
+measured), no container is added.
+
+Fast functions get inputs ahead of time (a prefetch window) so that a container
+is never idle waiting for the next round trip; slow functions get only as many
+inputs as they have slots, so that new containers can take the rest.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ..retries import Retries
+
+FAST_FUNCTION_S = 0.002  # functions faster than this get a prefetch window
+PREFETCH_INPUTS = 256
+EWMA_WEIGHT = 0.2
+DEFAULT_STARTUP_S = 1.0
+MAX_START_FAILURES = 3
+
+
+@dataclass(frozen=True)
+class PoolPolicy:
+    """What the function asked for, as the pool needs it."""
+
+    max_inputs: int = 1
+    target_inputs: int | None = None
+    batch_size: int = 0
+    min_containers: int = 0
+    max_containers: int | None = None
+    buffer_containers: int = 0
+    scaledown_window: float = 60.0
+    retries: Retries = field(default_factory=lambda: Retries(0))
+
+    @property
+    def slots(self) -> int:
+        """Inputs one container runs at the same time."""
+        return max(self.max_inputs, self.batch_size, 1)
+
+    @property
+    def target(self) -> int:
+        """Inputs per container that the autoscaler aims for."""
+        return max(self.target_inputs or self.slots, 1)
+
+
+# -- actions -------------------------------------------------------------------
+@dataclass(frozen=True)
+class StartContainer:
+    container_id: str
+
+
+@dataclass(frozen=True)
+class StopContainer:
+    container_id: str
+
+
+@dataclass(frozen=True)
+class Assign:
+    container_id: str
+    input_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Complete:
+    """The container's output for this input is final: store it."""
+
+    input_id: int
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Discard this attempt's output; the input runs again after ``delay``."""
+
+    input_id: int
+    attempt: int
+    delay: float
+
+
+@dataclass(frozen=True)
+class Fail:
+    """The input is lost for good (container died, no retries left): store ``reason``."""
+
+    input_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class CancelOnContainer:
+    container_id: str
+    input_ids: tuple[int, ...]
+
+
+Action = StartContainer | StopContainer | Assign | Complete | Retry | Fail | CancelOnContainer
+
+
+@dataclass
+class ContainerState:
+    container_id: str
+    started_at: float
+    status: str = "starting"  # starting | ready | draining | stopping
+    assigned: list[int] = field(default_factory=list)
+    idle_since: float | None = None
+
+
+class Pool:
+    """Scheduling state of one pool. Every public method is an event."""
+
+    def __init__(
+        self,
+        key: str,
+        policy: PoolPolicy,
+        new_container_id: Callable[[], str],
+        room: Callable[[], int] = lambda: 1 << 30,
+        keep_warm: bool = True,
+    ) -> None:
+        self.key = key
+        self.policy = policy
+        self.keep_warm = keep_warm
+        self._new_id = new_container_id
+        self._room = room
+        self.pending: deque[int] = deque()
+        self.delayed: list[tuple[float, int]] = []
+        self.failures: dict[int, int] = {}
+        self.containers: dict[str, ContainerState] = {}
+        self.ewma_duration: float | None = None
+        self.ewma_startup = DEFAULT_STARTUP_S
+        self.start_failures = 0
+        self.cancelled: set[int] = set()
+        self.stopped = False
+
+    # -- events --------------------------------------------------------------
+    def enqueue(self, input_ids: Iterable[int], now: float, failures: dict[int, int] | None = None) -> list[Action]:
+        self.pending.extend(input_ids)
+        if failures:
+            self.failures.update(failures)
+        return self._react(now)
+
+    def container_ready(self, container_id: str, now: float) -> list[Action]:
+        c = self.containers.get(container_id)
+        if c is None or c.status != "starting":
+            return []
+        c.status = "ready"
+        c.idle_since = now
+        self.start_failures = 0
+        self.ewma_startup = _ewma(self.ewma_startup, now - c.started_at)
+        return self._react(now)
+
+    def container_outputs(
+        self, container_id: str, results: Sequence[tuple[int, str, float]], now: float
+    ) -> list[Action]:
+        """``results``: (input id, "success" | "failure" | "cancelled", seconds it ran)."""
+        actions: list[Action] = []
+        c = self.containers.get(container_id)
+        for input_id, outcome, duration in results:
+            if c is None or input_id not in c.assigned:
+                continue  # not ours any more (failed over when its container died)
+            c.assigned.remove(input_id)
+            if outcome != "cancelled":
+                self.ewma_duration = duration if self.ewma_duration is None else _ewma(self.ewma_duration, duration)
+            if input_id in self.cancelled:
+                self.cancelled.discard(input_id)
+                continue
+            if outcome == "failure":
+                actions.append(self._retry_or(input_id, now, Complete(input_id)))
+            else:
+                actions.append(Complete(input_id))
+        if c is not None and not c.assigned:
+            c.idle_since = now
+        return actions + self._react(now)
+
+    def container_exited(self, container_id: str, now: float, reason: str) -> list[Action]:
+        c = self.containers.pop(container_id, None)
+        if c is None or self.stopped:
+            return []
+        actions: list[Action] = []
+        if c.status == "starting":
+            self.start_failures += 1
+            if self.start_failures >= MAX_START_FAILURES:
+                actions += self._fail_all_pending(f"{reason} (container failed to start {self.start_failures} times)")
+                self.start_failures = 0
+        running = [i for i in c.assigned[: self.policy.slots] if i not in self.cancelled]
+        queued = c.assigned[self.policy.slots :]
+        self.pending.extendleft(reversed([i for i in queued if i not in self.cancelled]))
+        self.cancelled.difference_update(c.assigned)
+        for input_id in running:
+            actions.append(self._retry_or(input_id, now, Fail(input_id, reason)))
+        return actions + self._react(now)
+
+    def container_init_failed(self, container_id: str, now: float, reason: str) -> list[Action]:
+        """Import or ``@enter`` failed: the queued inputs would fail the same way."""
+        c = self.containers.get(container_id)
+        if c is not None:
+            c.status = "stopping"
+            self.pending.extendleft(reversed([i for i in c.assigned if i not in self.cancelled]))
+            self.cancelled.difference_update(c.assigned)
+            c.assigned.clear()
+        return self._fail_all_pending(reason)
+
+    def cancel(self, input_ids: Iterable[int], now: float) -> list[Action]:
+        ids = set(input_ids)
+        self.pending = deque(i for i in self.pending if i not in ids)
+        self.delayed = [(t, i) for t, i in self.delayed if i not in ids]
+        heapq.heapify(self.delayed)
+        actions: list[Action] = []
+        for c in self.containers.values():
+            hit = tuple(i for i in c.assigned if i in ids)
+            if hit:
+                self.cancelled.update(hit)
+                actions.append(CancelOnContainer(c.container_id, hit))
+        return actions + self._react(now)
+
+    def retire(self, now: float) -> list[Action]:
+        """A new version was deployed: current containers finish their inputs, then stop."""
+        for c in self.containers.values():
+            if c.status in ("starting", "ready"):
+                c.status = "draining"
+        return self._react(now)
+
+    def stop_all(self) -> list[Action]:
+        """The app stopped: drop queued inputs and stop every container, for good."""
+        self.stopped = True
+        self.pending.clear()
+        self.delayed.clear()
+        actions: list[Action] = []
+        for c in self.containers.values():
+            if c.status != "stopping":
+                c.status = "stopping"
+                actions.append(StopContainer(c.container_id))
+        return actions
+
+    def tick(self, now: float) -> list[Action]:
+        return self._react(now)
+
+    def evict_idle(self, now: float) -> list[Action]:
+        """The node needs room for another pool: stop this pool's longest-idle container."""
+        idle = [c for c in self.containers.values() if c.status == "ready" and not c.assigned]
+        if not idle:
+            return []
+        c = min(idle, key=lambda c: c.idle_since or now)
+        c.status = "stopping"
+        return [StopContainer(c.container_id)]
+
+    def idle_since(self) -> float | None:
+        """When the longest-idle ready container went idle (None if none is idle)."""
+        times = [c.idle_since for c in self.containers.values() if c.status == "ready" and not c.assigned]
+        return min((t for t in times if t is not None), default=None)
+
+    # -- queries -------------------------------------------------------------
+    def inflight(self) -> int:
+        """Inputs that want a live container: queued, waiting to retry, or running on one.
+
+        Inputs on draining containers stay there, so they do not count.
+        """
+        running = sum(min(len(c.assigned), self.policy.slots) for c in self._live())
+        return len(self.pending) + len(self.delayed) + running
+
+    def is_idle(self) -> bool:
+        return not self.pending and not self.delayed and not self.containers
+
+    # -- internals -------------------------------------------------------------
+    def _react(self, now: float) -> list[Action]:
+        if self.stopped:
+            return []
+        while self.delayed and self.delayed[0][0] <= now:
+            self.pending.append(heapq.heappop(self.delayed)[1])
+        actions = self._dispatch()
+        actions += self._scale(now)
+        return actions
+
+    def _window(self) -> int:
+        slots = self.policy.slots
+        if self.policy.batch_size:
+            return slots * 2
+        if self.ewma_duration is not None and self.ewma_duration < FAST_FUNCTION_S:
+            return max(slots, PREFETCH_INPUTS)
+        return slots
+
+    def _dispatch(self) -> list[Action]:
+        actions: list[Action] = []
+        window = self._window()
+        ready = [c for c in self.containers.values() if c.status == "ready"]
+        # Spread work: with a prefetch window, a container takes at most its share of the queue.
+        share = math.ceil(len(self.pending) / len(ready)) if ready and window > self.policy.slots else window
+        given: set[str] = set()
+        while self.pending and ready:
+            ready.sort(key=lambda c: (c.container_id in given, len(c.assigned)))
+            c = ready[0]
+            free = window - len(c.assigned)
+            if free <= 0 or c.container_id in given:
+                break
+            given.add(c.container_id)
+            take = min(free, max(share, 1), len(self.pending))
+            ids = tuple(self.pending.popleft() for _ in range(take))
+            c.assigned.extend(ids)
+            c.idle_since = None
+            actions.append(Assign(c.container_id, ids))
+        return actions
+
+    def _live(self) -> list[ContainerState]:
+        return [c for c in self.containers.values() if c.status in ("starting", "ready")]
+
+    def desired(self) -> int:
+        p = self.policy
+        inflight = self.inflight()
+        want = math.ceil(inflight / p.target) + (p.buffer_containers if inflight else 0)
+        live = self._live()
+        ready_slots = sum(p.slots for c in live if c.status == "ready")
+        if ready_slots and self.ewma_duration is not None:
+            drain_s = len(self.pending) * self.ewma_duration / ready_slots
+            if drain_s < self.ewma_startup:
+                want = min(want, len(live))
+        if self.keep_warm:
+            want = max(want, p.min_containers)
+        if p.max_containers is not None:
+            want = min(want, p.max_containers)
+        return want
+
+    def _scale(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        live = self._live()
+        want = self.desired()
+        room = self._room() if want > len(live) else 0
+        for _ in range(min(want - len(live), room)):
+            cid = self._new_id()
+            self.containers[cid] = ContainerState(cid, started_at=now)
+            actions.append(StartContainer(cid))
+        excess = len(live) - want
+        idle = sorted(
+            (c for c in live if c.status == "ready" and not c.assigned and c.idle_since is not None),
+            key=lambda c: c.idle_since or 0.0,
+        )
+        for c in idle:
+            if excess <= 0:
+                break
+            if (c.idle_since or 0.0) + self.policy.scaledown_window <= now:
+                c.status = "stopping"
+                actions.append(StopContainer(c.container_id))
+                excess -= 1
+        for c in self.containers.values():
+            if c.status == "draining" and not c.assigned:
+                c.status = "stopping"
+                actions.append(StopContainer(c.container_id))
+        return actions
+
+    def _retry_or(self, input_id: int, now: float, final: Action) -> Action:
+        n = self.failures.get(input_id, 0) + 1
+        self.failures[input_id] = n
+        retries = self.policy.retries
+        if n <= retries.max_retries:
+            delay = retries.delay(n)
+            heapq.heappush(self.delayed, (now + delay, input_id))
+            return Retry(input_id, attempt=n, delay=delay)
+        self.failures.pop(input_id, None)
+        return final
+
+    def _fail_all_pending(self, reason: str) -> list[Action]:
+        ids = list(self.pending) + [i for _, i in self.delayed]
+        self.pending.clear()
+        self.delayed.clear()
+        return [Fail(i, reason) for i in ids]
+
+
+def _ewma(old: float, new: float) -> float:
+    return (1 - EWMA_WEIGHT) * old + EWMA_WEIGHT * new

@@ -1,0 +1,343 @@
+"""Durable state: SQLAlchemy Core over SQLite (WAL).
+
+Every write that a client is told about is committed before the reply. The
+store is used from the control plane's event loop thread only; SQLite calls
+are short, so they run inline rather than hopping to a thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    select,
+    update,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+metadata = MetaData()
+
+apps = Table(
+    "apps",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("name", String, nullable=False),
+    Column("deployed", Boolean, nullable=False),
+    Column("state", String, nullable=False),  # running | stopped
+    Column("created_at", Float, nullable=False),
+    Column("stopped_at", Float),
+    Column("heartbeat_at", Float),
+    Index("apps_name", "name"),
+)
+
+functions = Table(
+    "functions",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("app_id", String, nullable=False),
+    Column("tag", String, nullable=False),
+    Column("spec", LargeBinary, nullable=False),
+    Column("version", Integer, nullable=False, default=1),
+    Column("created_at", Float, nullable=False),
+)
+
+calls = Table(
+    "calls",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("function_id", String, nullable=False),
+    Column("app_id", String, nullable=False),
+    Column("kind", String, nullable=False),  # single | map | gen | spawn | spawn_map
+    Column("params", LargeBinary),
+    Column("method", String),
+    Column("n_inputs", Integer),  # known once the call is closed
+    Column("created_at", Float, nullable=False),
+)
+
+inputs = Table(
+    "inputs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("call_id", String, nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("args", LargeBinary),
+    Column("blob_id", String),
+    Column("state", String, nullable=False),  # pending | done
+    Column("attempts", Integer, nullable=False, default=0),
+    Index("inputs_call_idx", "call_id", "idx", unique=True),
+    Index("inputs_state", "state"),
+)
+
+outputs = Table(
+    "outputs",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("call_id", String, nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("status", String, nullable=False),
+    Column("data", LargeBinary),
+    Column("blob_id", String),
+    Column("created_at", Float, nullable=False),
+    Index("outputs_call_seq", "call_id", "seq"),
+    sqlite_autoincrement=True,
+)
+
+logs = Table(
+    "logs",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("app_id", String, nullable=False),
+    Column("tag", String),
+    Column("container_id", String),
+    Column("stream", String, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("ts", Float, nullable=False),
+    Index("logs_app_seq", "app_id", "seq"),
+    sqlite_autoincrement=True,
+)
+
+FINAL_STATUSES = ("success", "failure", "timeout", "crash", "cancelled", "init_failure")
+
+
+class Store:
+    """All reads and writes of durable state."""
+
+    def __init__(self, path: Path) -> None:
+        self.engine = create_engine(f"sqlite:///{path}")
+
+        @event.listens_for(self.engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a crash of this process (kill -9); only
+            # a power loss can drop the newest commits.
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=5000")
+            cur.close()
+
+        metadata.create_all(self.engine)
+        self.conn = self.engine.connect()
+        self.db = self.conn.connection.dbapi_connection
+
+    def close(self) -> None:
+        self.conn.close()
+        self.engine.dispose()
+
+    # -- apps and functions -------------------------------------------------
+    def create_app(self, app_id: str, name: str, deployed: bool, fns: Sequence[dict[str, Any]]) -> None:
+        now = time.time()
+        c = self.conn
+        c.execute(
+            sqlite_insert(apps)
+            .values(id=app_id, name=name, deployed=deployed, state="running", created_at=now, heartbeat_at=now)
+            .on_conflict_do_nothing()
+        )
+        for fn in fns:
+            stmt = sqlite_insert(functions).values(
+                id=fn["id"], app_id=app_id, tag=fn["tag"], spec=fn["spec"], version=1, created_at=now
+            )
+            c.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["id"],
+                    set_={"spec": stmt.excluded.spec, "version": functions.c.version + 1, "app_id": app_id},
+                )
+            )
+        c.commit()
+
+    def set_app_state(self, app_id: str, state: str) -> None:
+        values: dict[str, Any] = {"state": state}
+        if state == "stopped":
+            values["stopped_at"] = time.time()
+        self.conn.execute(update(apps).where(apps.c.id == app_id).values(**values))
+        self.conn.commit()
+
+    def heartbeat(self, app_id: str) -> None:
+        self.conn.execute(update(apps).where(apps.c.id == app_id).values(heartbeat_at=time.time()))
+        self.conn.commit()
+
+    def get_app(self, app_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute(select(apps).where(apps.c.id == app_id)).mappings().first()
+        return dict(row) if row else None
+
+    def find_app(self, name: str, deployed_only: bool = False) -> dict[str, Any] | None:
+        q = select(apps).where(apps.c.name == name)
+        if deployed_only:
+            q = q.where(apps.c.deployed.is_(True))
+        row = self.conn.execute(q.order_by(apps.c.created_at.desc())).mappings().first()
+        return dict(row) if row else None
+
+    def list_apps(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute(select(apps).order_by(apps.c.created_at)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def app_functions(self, app_id: str) -> list[dict[str, Any]]:
+        rows = self.conn.execute(select(functions).where(functions.c.app_id == app_id)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def get_function(self, function_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute(select(functions).where(functions.c.id == function_id)).mappings().first()
+        return dict(row) if row else None
+
+    def running_apps(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute(select(apps).where(apps.c.state == "running")).mappings().all()
+        return [dict(r) for r in rows]
+
+    # -- calls, inputs, outputs ---------------------------------------------
+    # The per-call path uses the DBAPI connection with plain, portable SQL: it
+    # runs several times per call, and statement construction would dominate.
+    def add_call(self, call: dict[str, Any], new_inputs: Sequence[dict[str, Any]]) -> list[tuple[int, int]]:
+        """Insert a call (if new) and its inputs (skipping stored ones); return (id, idx) of new inputs."""
+        self.db.execute(
+            "INSERT OR IGNORE INTO calls (id, function_id, app_id, kind, params, method, n_inputs, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (call["id"], call["function_id"], call["app_id"], call["kind"], call["params"], call["method"],
+             call["n_inputs"], time.time()),
+        )  # fmt: skip
+        ids = self._insert_inputs(call["id"], new_inputs)
+        self.db.commit()
+        return ids
+
+    def add_inputs(
+        self, call_id: str, new_inputs: Sequence[dict[str, Any]], n_inputs: int | None
+    ) -> list[tuple[int, int]]:
+        ids = self._insert_inputs(call_id, new_inputs)
+        if n_inputs is not None:
+            self.db.execute("UPDATE calls SET n_inputs = ? WHERE id = ?", (n_inputs, call_id))
+        self.db.commit()
+        return ids
+
+    def _insert_inputs(self, call_id: str, new_inputs: Sequence[dict[str, Any]]) -> list[tuple[int, int]]:
+        if not new_inputs:
+            return []
+        db = self.db
+        if len(new_inputs) == 1:
+            i = new_inputs[0]
+            cur = db.execute(
+                "INSERT OR IGNORE INTO inputs (call_id, idx, args, blob_id, state, attempts) "
+                "VALUES (?, ?, ?, ?, 'pending', 0)",
+                (call_id, i["idx"], i.get("args"), i.get("blob_id")),
+            )
+            return [(cur.lastrowid, i["idx"])] if cur.rowcount == 1 else []
+        lo = min(i["idx"] for i in new_inputs)
+        hi = max(i["idx"] for i in new_inputs)
+        existing = {
+            r[0]
+            for r in db.execute(
+                "SELECT idx FROM inputs WHERE call_id = ? AND idx BETWEEN ? AND ?", (call_id, lo, hi)
+            )
+        }
+        fresh = [(call_id, i["idx"], i.get("args"), i.get("blob_id")) for i in new_inputs if i["idx"] not in existing]
+        if not fresh:
+            return []
+        db.executemany(
+            "INSERT INTO inputs (call_id, idx, args, blob_id, state, attempts) VALUES (?, ?, ?, ?, 'pending', 0)",
+            fresh,
+        )
+        wanted = {f[1] for f in fresh}
+        rows = db.execute(
+            "SELECT id, idx FROM inputs WHERE call_id = ? AND idx BETWEEN ? AND ? ORDER BY id", (call_id, lo, hi)
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows if r[1] in wanted]
+
+    def get_call(self, call_id: str) -> dict[str, Any] | None:
+        row = self.db.execute(
+            "SELECT id, function_id, app_id, kind, params, method, n_inputs FROM calls WHERE id = ?", (call_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        keys = ("id", "function_id", "app_id", "kind", "params", "method", "n_inputs")
+        return dict(zip(keys, row, strict=True))
+
+    def input_args(self, input_id: int) -> tuple[bytes | None, str | None]:
+        row = self.db.execute("SELECT args, blob_id FROM inputs WHERE id = ?", (input_id,)).fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    def pending_inputs(self) -> list[dict[str, Any]]:
+        q = (
+            select(inputs.c.id, inputs.c.call_id, inputs.c.idx, inputs.c.attempts, inputs.c.args, inputs.c.blob_id,
+                   calls.c.function_id, calls.c.params, calls.c.method, calls.c.app_id)
+            .join(calls, calls.c.id == inputs.c.call_id)
+            .where(inputs.c.state == "pending")
+            .order_by(inputs.c.id)
+        )  # fmt: skip
+        rows = [dict(r) for r in self.conn.execute(q).mappings().all()]
+        self.conn.commit()
+        return rows
+
+    def record_outputs(self, rows: Sequence[dict[str, Any]], done_input_ids: Sequence[int]) -> None:
+        """Store outputs and mark their inputs done, in one transaction."""
+        db = self.db
+        now = time.time()
+        if rows:
+            db.executemany(
+                "INSERT INTO outputs (call_id, idx, status, data, blob_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                [(r["call_id"], r["idx"], r["status"], r.get("data"), r.get("blob_id"), now) for r in rows],
+            )
+        if done_input_ids:
+            db.executemany(
+                "UPDATE inputs SET state = 'done', args = NULL WHERE id = ?", [(i,) for i in done_input_ids]
+            )
+        db.commit()
+
+    def record_attempt(self, input_id: int, attempts: int) -> None:
+        self.db.execute("UPDATE inputs SET attempts = ? WHERE id = ?", (attempts, input_id))
+        self.db.commit()
+
+    def outputs_after(self, call_id: str, after: int, limit: int) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT seq, idx, status, data, blob_id FROM outputs WHERE call_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (call_id, after, limit),
+        ).fetchall()
+        return [{"seq": r[0], "idx": r[1], "status": r[2], "data": r[3], "blob_id": r[4]} for r in rows]
+
+    def count_final_outputs(self, call_id: str) -> int:
+        marks = ", ".join("?" for _ in FINAL_STATUSES)
+        row = self.db.execute(
+            f"SELECT COUNT(*) FROM outputs WHERE call_id = ? AND status IN ({marks})", (call_id, *FINAL_STATUSES)
+        ).fetchone()
+        return int(row[0])
+
+    def pending_input_ids_of_call(self, call_id: str) -> list[int]:
+        q = select(inputs.c.id).where(inputs.c.call_id == call_id, inputs.c.state == "pending")
+        return list(self.conn.execute(q).scalars())
+
+    def pending_input_ids_of_app(self, app_id: str) -> list[int]:
+        q = (
+            select(inputs.c.id)
+            .join(calls, calls.c.id == inputs.c.call_id)
+            .where(calls.c.app_id == app_id, inputs.c.state == "pending")
+        )
+        return list(self.conn.execute(q).scalars())
+
+    # -- logs -----------------------------------------------------------------
+    def add_logs(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            self.db.executemany(
+                "INSERT INTO logs (app_id, tag, container_id, stream, text, ts) VALUES (?, ?, ?, ?, ?, ?)",
+                [(r["app_id"], r["tag"], r["container_id"], r["stream"], r["text"], r["ts"]) for r in rows],
+            )
+            self.db.commit()
+
+    def logs_after(self, app_id: str, after: int, limit: int) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT seq, ts, tag, container_id, stream, text FROM logs WHERE app_id = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (app_id, after, limit),
+        ).fetchall()
+        keys = ("seq", "ts", "tag", "container_id", "stream", "text")
+        return [dict(zip(keys, r, strict=True)) for r in rows]

@@ -1,0 +1,1 @@
+"""Workers run containers on one node. ``local`` is the runtime of the core issue."""

@@ -1,0 +1,56 @@
+"""Spawned calls and FunctionCall: get, timeouts, cancel, from_id, gather."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def spawn_run(ketch_env):
+    run = ketch_env.run_example("spawn_calls.py", timeout=100)
+    run.proc.check()
+    return run
+
+
+def test_object_id(spawn_run):
+    object_id = spawn_run.value("object_id")
+    assert isinstance(object_id, str) and object_id
+
+
+def test_spawn_then_get(spawn_run):
+    assert spawn_run.value("spawn_get") == 49
+
+
+def test_from_id(spawn_run):
+    assert spawn_run.value("from_id_get") == 49
+
+
+def test_gather(spawn_run):
+    assert spawn_run.value("gather") == [0, 1, 4, 9, 16]
+
+
+def test_spawn_with_kwargs(spawn_run):
+    assert spawn_run.value("spawn_kwargs") == 9
+
+
+def test_get_timeout_raises_timeout_error(spawn_run):
+    value = spawn_run.value("get_timeout")
+    assert "raised" in value, f"get(timeout=0.5) on an 8 s call returned {value}"
+    assert value["is_timeout"], value
+    assert value["elapsed"] < 5, value
+
+
+def test_cancel(spawn_run):
+    value = spawn_run.value("cancel")
+    assert "raised" in value, f"get() after cancel() returned {value}"
+    assert (
+        value["raised"] in ("InputCancellation", "CallCancelledError") or value["is_ketch_error"]
+    ), value
+    assert value["elapsed"] < 15, f"get() after cancel() took {value['elapsed']:.1f}s"
+
+
+def test_unknown_call_id(spawn_run):
+    value = spawn_run.value("unknown_id")
+    assert value.get("raised") == "NotFoundError", value

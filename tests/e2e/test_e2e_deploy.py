@@ -1,0 +1,149 @@
+"""Deployed apps: `ketch deploy`, lookups from other processes, `ketch app list|logs|stop`, scaling."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+APP = "deployed-demo"
+
+
+@pytest.fixture(scope="module")
+def deployed(ketch_env):
+    ketch_env.cli("deploy", "examples/deployed_app.py", timeout=60).check()
+    return ketch_env
+
+
+def test_deploy_returns_and_function_is_callable(deployed):
+    proc = deployed.python("examples/deployed_client.py", "call", "7").check()
+    assert "SQUARE 7 = 49" in proc.stdout, proc.describe()
+
+
+def test_function_from_name_inline(deployed):
+    code = (
+        "import ketch\n"
+        f"f = ketch.Function.from_name({APP!r}, 'square')\n"
+        "print('VALUES', f.remote(3), list(f.map([1, 2])))\n"
+    )
+    proc = deployed.python("-c", code).check()
+    assert "VALUES 9 [1, 4]" in proc.stdout, proc.describe()
+
+
+def test_cls_from_name(deployed):
+    proc = deployed.python("examples/deployed_client.py", "greet", "bonjour", "ada").check()
+    assert re.search(r"GREETING bonjour, ada! \(pid \d+\)", proc.stdout), proc.describe()
+
+
+def test_spawned_call_fetched_from_another_process(deployed):
+    spawned = deployed.python("examples/deployed_client.py", "spawn", "6", "8").check()
+    ids = dict(re.findall(r"CALL (\d+) (\S+)", spawned.stdout))
+    assert set(ids) == {"6", "8"}, spawned.describe()
+    got = deployed.python("examples/deployed_client.py", "get", ids["6"], ids["8"]).check()
+    assert f"RESULT {ids['6']} 36" in got.stdout, got.describe()
+    assert f"RESULT {ids['8']} 64" in got.stdout, got.describe()
+
+
+def test_lookup_of_missing_function_raises_not_found(deployed):
+    code = (
+        "import ketch\n"
+        "try:\n"
+        f"    ketch.Function.from_name({APP!r}, 'no_such_function').remote(1)\n"
+        "except ketch.exception.NotFoundError as e:\n"
+        "    print('NOT-FOUND', e)\n"
+        "try:\n"
+        "    ketch.Function.from_name('no-such-app', 'square').remote(1)\n"
+        "except ketch.exception.NotFoundError as e:\n"
+        "    print('NOT-FOUND', e)\n"
+    )
+    proc = deployed.python("-c", code).check()
+    assert proc.stdout.count("NOT-FOUND") == 2, proc.describe()
+
+
+def test_app_list_shows_deployed_app(deployed):
+    proc = deployed.cli("app", "list").check()
+    assert APP in proc.stdout, proc.describe()
+
+
+def test_app_logs_shows_function_prints(deployed):
+    deployed.python("examples/deployed_client.py", "call", "5").check()
+    found = None
+
+    def has_line():
+        nonlocal found
+        found = deployed.cli("app", "logs", APP, timeout=10, allow_timeout=True)
+        return "DEPLOYED-SQUARE called with 5" in found.output
+
+    assert deployed.wait_until(has_line, 20, interval=1), found.describe()
+
+
+def test_redeploy_keeps_app_working(deployed):
+    deployed.cli("deploy", "examples/deployed_app.py", timeout=60).check()
+    proc = deployed.python("examples/deployed_client.py", "call", "11").check()
+    assert "SQUARE 11 = 121" in proc.stdout, proc.describe()
+    names = [a["name"] for a in deployed.rpc("AppList")["apps"] if a.get("state") != "stopped"]
+    assert names.count(APP) == 1, f"two live apps named {APP} after redeploy: {names}"
+
+
+def test_app_stop(deployed):
+    deployed.cli("app", "stop", APP).check()
+    record = deployed.app_record(APP)
+    assert record is None or record["state"] != "running" and record["state"] != "deployed", record
+    code = (
+        "import ketch\n"
+        "try:\n"
+        f"    ketch.Function.from_name({APP!r}, 'square').remote(2)\n"
+        "except ketch.exception.Error as e:\n"
+        "    print('STOPPED', type(e).__name__, e)\n"
+        "else:\n"
+        "    print('STILL-RUNNING')\n"
+    )
+    proc = deployed.python("-c", code, timeout=60).check()
+    assert "STOPPED" in proc.stdout, proc.describe()
+
+
+# --- scaling -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_min_containers_and_scale_to_zero(ketch_env):
+    env = ketch_env
+    env.cli("deploy", "examples/scaling.py", timeout=60).check()
+
+    def containers():
+        record = env.app_record("scaling-demo")
+        return record["n_containers"] if record else None
+
+    # min_containers=1 keeps one `warm` container up with no calls at all.
+    assert env.wait_until(lambda: (containers() or 0) >= 1, 30), f"n_containers={containers()}"
+
+    call = "import ketch\nprint('PID', ketch.Function.from_name('scaling-demo', '{fn}').remote())\n"
+    quick = env.python("-c", call.format(fn="quick")).check()
+    quick_pid = int(re.search(r"PID (\d+)", quick.stdout).group(1))
+    warm = env.python("-c", call.format(fn="warm")).check()
+    warm_pid = int(re.search(r"PID (\d+)", warm.stdout).group(1))
+    assert quick_pid != warm_pid
+
+    # scaledown_window=2: the idle `quick` container goes away within a few seconds.
+    called = time.monotonic()
+    assert env.wait_until(lambda: not env.pid_alive(quick_pid), 15), (
+        "idle container did not scale down"
+    )
+    idle_for = time.monotonic() - called
+    assert idle_for >= 1.0, f"container was gone after {idle_for:.1f}s, before its scaledown window"
+    assert env.wait_until(lambda: containers() == 1, 10), f"n_containers={containers()}, expected 1"
+
+    # ...while the min_containers=1 container stays.
+    time.sleep(3)
+    assert env.pid_alive(warm_pid), "the min_containers=1 container was scaled down"
+    assert containers() == 1
+
+    env.cli("app", "stop", "scaling-demo").check()
+    assert env.wait_until(lambda: not env.pid_alive(warm_pid), 15), (
+        "container survived `ketch app stop`"
+    )
+    assert env.wait_until(lambda: containers() == 0, 10), f"n_containers={containers()} after stop"

@@ -1,0 +1,85 @@
+"""The control plane can be `kill -9`ed mid-work and restarted without losing results."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def _kill9_server(env) -> int:
+    pid = env.server_pid()
+    os.kill(pid, signal.SIGKILL)
+    assert env.wait_until(lambda: not env.pid_alive(pid), 10), "server survived SIGKILL?"
+    return pid
+
+
+def _restart_server(env, old_pid: int) -> None:
+    # The client may already have started a new one on its own; `start` must then be a no-op.
+    proc = env.cli("server", "start", timeout=60)
+    info = env.server_info()
+    assert info is not None and info["pid"] != old_pid and env.pid_alive(info["pid"]), (
+        proc.describe()
+    )
+
+
+@pytest.mark.timeout(300)
+def test_kill9_during_map(fresh_ketch_env):
+    env = fresh_ketch_env
+    n = 1000
+    env.cli("server", "start", timeout=60).check()
+    run = env.popen("run", "examples/durable_map.py", "--n", n)
+    assert run.wait_for_line("FIRST-RESULT", 90), f"map never produced a result\n{run.text()}"
+    assert run.proc.poll() is None, f"map finished before the kill; raise n\n{run.text()}"
+
+    old = _kill9_server(env)
+    time.sleep(1.0)
+    assert run.proc.poll() is None, f"client gave up when the server died\n{run.text()}"
+    _restart_server(env, old)
+
+    done = run.wait(timeout=180)
+    assert done.returncode == 0 and not done.timed_out, done.describe()
+    assert f"SUM={n * (n + 1) // 2} EXPECTED={n * (n + 1) // 2}" in done.stdout, done.describe()
+    assert "ORDER-OK" in done.stdout, done.describe()
+
+
+@pytest.mark.timeout(300)
+def test_kill9_with_spawned_calls_in_deployed_app(fresh_ketch_env):
+    env = fresh_ketch_env
+    env.cli("deploy", "examples/deployed_app.py", timeout=60).check()
+    inputs = [str(i) for i in range(1, 7)]
+    spawned = env.python("examples/deployed_client.py", "spawn", *inputs).check()
+    ids = dict(re.findall(r"CALL (\d+) (\S+)", spawned.stdout))
+    assert set(ids) == set(inputs), spawned.describe()
+
+    old = _kill9_server(env)
+    _restart_server(env, old)
+
+    got = env.python("examples/deployed_client.py", "get", *ids.values(), timeout=150).check()
+    for x, call_id in ids.items():
+        assert f"RESULT {call_id} {int(x) ** 2}" in got.stdout, got.describe()
+
+
+@pytest.mark.timeout(300)
+def test_kill9_twice_during_map(fresh_ketch_env):
+    env = fresh_ketch_env
+    n = 1500
+    env.cli("server", "start", timeout=60).check()
+    run = env.popen("run", "examples/durable_map.py", "--n", n)
+    assert run.wait_for_line("FIRST-RESULT", 90), f"map never produced a result\n{run.text()}"
+    for _ in range(2):
+        if run.proc.poll() is not None:
+            break
+        old = _kill9_server(env)
+        time.sleep(0.5)
+        _restart_server(env, old)
+        time.sleep(2.0)
+    done = run.wait(timeout=180)
+    assert done.returncode == 0 and not done.timed_out, done.describe()
+    assert f"SUM={n * (n + 1) // 2} EXPECTED" in done.stdout, done.describe()
+    assert "ORDER-OK" in done.stdout, done.describe()
