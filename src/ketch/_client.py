@@ -62,7 +62,7 @@ class _Client:
 
     async def rpc(self, method: str, body: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
         data = pack(body)
-        deadline = time.monotonic() + config.get("connect_timeout")
+        deadline: float | None = None
         delay = 0.05
         restart = False
         while True:
@@ -80,6 +80,8 @@ class _Client:
             except (TimeoutError, aiohttp.ClientConnectionError, ConnectionError) as exc:
                 if isinstance(exc, ConnectionFailedError) and not _server_manager.is_embedded():
                     raise
+                if deadline is None:
+                    deadline = time.monotonic() + config.get("connect_timeout")
                 if time.monotonic() > deadline:
                     raise ConnectionFailedError(f"cannot reach the ketch control plane: {exc}") from exc
                 logger.info("control plane unreachable (%s); retrying", exc)

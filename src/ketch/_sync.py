@@ -60,6 +60,7 @@ class _LoopThread:
         return self._thread is not None and threading.current_thread() is self._thread
 
     def reset_after_fork(self) -> None:
+        _thread_state.__dict__.pop("loop", None)
         self._loop = None
         self._thread = None
         self._lock = threading.Lock()
@@ -74,10 +75,32 @@ def get_loop() -> asyncio.AbstractEventLoop:
     return _loop_thread.loop()
 
 
-def run_sync(coro: Awaitable[T]) -> T:
-    """Run ``coro`` on the background loop and block until it is done."""
+_thread_state = threading.local()
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    loop = getattr(_thread_state, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        _thread_state.loop = loop
+    return loop
+
+
+def run_sync(coro: Awaitable[T], background: bool = False) -> T:
+    """Run ``coro`` to completion from blocking code.
+
+    Short calls run on an event loop owned by the calling thread, which costs
+    no thread hop (this is what keeps a warm ``.remote()`` fast). Work that
+    must outlive the call (an app's log follower, a stream being pumped) runs
+    on the shared background loop: ``background=True``.
+    """
     if _loop_thread.in_loop_thread():
         raise InvalidError("a blocking ketch call was made from ketch's own event loop; use .aio")
+    if not background:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return _thread_loop().run_until_complete(_as_coroutine(coro))
     future = asyncio.run_coroutine_threadsafe(_as_coroutine(coro), get_loop())
     try:
         return future.result()
@@ -138,7 +161,7 @@ def iterate_sync(agen: AsyncIterator[T]) -> Iterator[T]:
         aclose = getattr(agen, "aclose", None)
         if aclose is not None:
             with contextlib.suppress(BaseException):
-                run_sync(aclose())
+                run_sync(aclose(), background=True)
 
 
 async def iterate_async(agen: AsyncIterator[T]) -> AsyncIterator[T]:
@@ -164,10 +187,10 @@ class _ContextManager:
         self._acm = acm
 
     def __enter__(self) -> Any:
-        return _wrap(run_sync(self._acm.__aenter__()))
+        return _wrap(run_sync(self._acm.__aenter__(), background=True))
 
     def __exit__(self, *exc: Any) -> Any:
-        return run_sync(self._acm.__aexit__(*exc))
+        return run_sync(self._acm.__aexit__(*exc), background=True)
 
     async def __aenter__(self) -> Any:
         return _wrap(await run_async(self._acm.__aenter__()))

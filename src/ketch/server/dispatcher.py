@@ -111,6 +111,7 @@ class Dispatcher:
         self._specs: dict[str, tuple[FunctionSpec, str]] = {}
         self._tick_task: asyncio.Task[None] | None = None
         self._evicting = False
+        self._app_running: dict[str, bool] = {}
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -227,12 +228,18 @@ class Dispatcher:
         finally:
             self._evicting = False
 
+    def app_running(self, app_id: str) -> bool:
+        running = self._app_running.get(app_id)
+        if running is None:
+            app = self.store.get_app(app_id)
+            running = self._app_running[app_id] = bool(app and app["state"] == "running")
+        return running
+
     # -- calls -----------------------------------------------------------------
     def create_call(self, body: dict[str, Any]) -> CallState:
         function_id = body["function_id"]
         spec, app_id = self.function_spec(function_id)
-        app = self.store.get_app(app_id)
-        if app is None or app["state"] != "running":
+        if not self.app_running(app_id):
             raise NotFoundError(f"app of function {spec.tag!r} is not running")
         params = body.get("params")
         if params and not spec.is_class:
@@ -331,6 +338,7 @@ class Dispatcher:
     # -- apps ----------------------------------------------------------------
     async def stop_app(self, app_id: str, wait: float = 5.0) -> None:
         self.store.set_app_state(app_id, "stopped")
+        self._app_running[app_id] = False
         handles = []
         for key, info in self.pool_info.items():
             if info.app_id == app_id:
