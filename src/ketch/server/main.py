@@ -64,7 +64,8 @@ async def _reap_ephemeral_apps(store: Store, dispatcher: Dispatcher) -> None:
                 await dispatcher.stop_app(app["id"], wait=0)
 
 
-async def serve(home: Path, host: str, port: int) -> None:
+async def serve(home: Path, host: str, port: int, stop: asyncio.Event | None = None) -> None:
+    """Run the control plane until SIGTERM/SIGINT (or until ``stop`` is set, for tests)."""
     home.mkdir(parents=True, exist_ok=True)
     store = Store(home / "state.db")
     port = _pick_port(home, port)
@@ -83,10 +84,11 @@ async def serve(home: Path, host: str, port: int) -> None:
     _write_info(home, {"url": url, "pid": os.getpid(), "version": __version__, "started_at": api.started_at})
     logger.info("ketch control plane %s listening on %s", __version__, url)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     reaper = asyncio.create_task(_reap_ephemeral_apps(store, dispatcher))
     try:
         await stop.wait()

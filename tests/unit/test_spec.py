@@ -1,0 +1,109 @@
+"""Decorator option validation: every bad option is an InvalidError at decoration time."""
+
+from __future__ import annotations
+
+import pytest
+
+import ketch
+from ketch._spec import build_options, parse_gpu
+from ketch.exception import InvalidError
+
+app = ketch.App("spec-tests")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"timeout": 0},
+        {"timeout": -5},
+        {"timeout": 86401},
+        {"timeout": "10"},
+        {"retries": -1},
+        {"retries": 11},
+        {"retries": "3"},
+        {"gpu": "NOT-A-GPU"},
+        {"gpu": "H100:9"},
+        {"gpu": []},
+        {"min_containers": 3, "max_containers": 2},
+        {"max_containers": 0},
+        {"buffer_containers": -1},
+        {"scaledown_window": 0},
+        {"memory": -1},
+        {"memory": (2048, 1024)},
+        {"cpu": "lots"},
+        {"env": {"A": 1}},
+    ],
+)
+def test_bad_options_fail_at_decoration(options):
+    with pytest.raises(InvalidError):
+
+        @app.function(**options)
+        def f():
+            pass
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(InvalidError, match="no_such_option"):
+        app.function(no_such_option=1)
+
+
+def test_good_options_are_normalized():
+    opts = build_options(timeout=10, retries=ketch.Retries(max_retries=2, initial_delay=0.5), memory=(512, 1024))
+    assert opts["timeout"] == 10.0
+    assert opts["max_retries"] == 2 and opts["initial_delay"] == 0.5
+    assert opts["memory"] == [512, 1024]
+
+
+def test_gpu_forms():
+    assert parse_gpu("h100") == [{"type": "H100", "count": 1}]
+    assert parse_gpu("A100-80GB:2") == [{"type": "A100-80GB", "count": 2}]
+    assert parse_gpu(["H100", "any"]) == [{"type": "H100", "count": 1}, {"type": "ANY", "count": 1}]
+    assert parse_gpu(None) == []
+
+
+def test_retries_backoff():
+    r = ketch.Retries(max_retries=5, backoff_coefficient=2.0, initial_delay=1.0, max_delay=5.0)
+    assert [r.delay(n) for n in range(1, 6)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_concurrent_and_batched_validate_and_order():
+    with pytest.raises(InvalidError):
+        ketch.concurrent(max_inputs=0)
+    with pytest.raises(InvalidError):
+        ketch.batched(max_batch_size=0, wait_ms=10)
+
+    @app.function(serialized=True)
+    def g(x):
+        return x
+
+    with pytest.raises(InvalidError, match="below"):
+        ketch.concurrent(max_inputs=2)(g)
+
+
+def test_nested_function_needs_serialized():
+    def outer():
+        @app.function()
+        def inner():
+            pass
+
+    with pytest.raises(InvalidError, match="module level"):
+        outer()
+
+
+def test_class_parameters_are_checked_at_the_client():
+    @app.cls(serialized=True)
+    class Model:
+        size: int = ketch.parameter(default=1)
+        name: str = ketch.parameter()
+
+        @ketch.method()
+        def run(self):
+            return self.size
+
+    with pytest.raises(InvalidError, match="no parameter"):
+        Model(name="a", colour="red")
+    with pytest.raises(InvalidError, match="needs a value"):
+        Model(size=2)
+    with pytest.raises(InvalidError, match="keyword"):
+        Model(3)
+    assert Model(name="a").run.local() == 1
