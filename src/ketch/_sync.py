@@ -86,6 +86,14 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def _loop_running_here() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def run_sync(coro: Awaitable[T], background: bool = False) -> T:
     """Run ``coro`` to completion from blocking code.
 
@@ -96,11 +104,8 @@ def run_sync(coro: Awaitable[T], background: bool = False) -> T:
     """
     if _loop_thread.in_loop_thread():
         raise InvalidError("a blocking ketch call was made from ketch's own event loop; use .aio")
-    if not background:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return _thread_loop().run_until_complete(_as_coroutine(coro))
+    if not background and not _loop_running_here():
+        return _thread_loop().run_until_complete(_as_coroutine(coro))
     future = asyncio.run_coroutine_threadsafe(_as_coroutine(coro), get_loop())
     try:
         return future.result()

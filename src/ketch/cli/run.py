@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..app import App
-from ..exception import Error
+from .._traceback import print_user_traceback
 from ..functions import Function
 from ._util import find_apps, import_file
 
@@ -104,7 +104,10 @@ def run(ctx: click.Context, target: str, detach: bool) -> None:
     try:
         with app.run():
             result = _call(fn, kind, kwargs)
-    except Error as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    except (KeyboardInterrupt, SystemExit, click.exceptions.Exit):
+        raise
+    except Exception as exc:
+        print_user_traceback(exc)
+        raise SystemExit(1) from None
     if kind == "function" and result is not None:
         click.echo(result)

@@ -25,6 +25,7 @@ from typing import Any
 import cloudpickle
 
 from .._serialization import serialize_exception, unpack
+from .._traceback import user_frames
 from .._spec import FunctionSpec
 from .._wire import BlockingChannel, ChannelClosed
 from ..exception import FunctionTimeoutError, InputCancellation, InvalidError
@@ -117,6 +118,7 @@ class ContainerLoop:
     def _failure(self, input_id: int, exc: BaseException, started: float) -> dict[str, Any]:
         if isinstance(exc, InputCancellation) or input_id in self.cancelled:
             return self._result(input_id, "cancelled", None, started)
+        exc = exc.with_traceback(user_frames(exc.__traceback__))
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         return self._result(input_id, "failure", serialize_exception(exc), started)
 
@@ -360,6 +362,7 @@ def main() -> None:
         params = unpack(init["params"]) if init.get("params") else None
         service = build_service(spec, params, init["app_id"], init["function_ids"])
     except BaseException as exc:
+        exc = exc.with_traceback(user_frames(exc.__traceback__))
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         chan.write({"t": "init_failed", "error": serialize_exception(exc)})
         sys.stderr.flush()
