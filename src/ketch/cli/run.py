@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from ..app import App
 from .._traceback import print_user_traceback
+from ..app import App
 from ..functions import Function
 from ._util import find_apps, import_file
 

@@ -25,8 +25,8 @@ from typing import Any
 import cloudpickle
 
 from .._serialization import serialize_exception, unpack
-from .._traceback import user_frames
 from .._spec import FunctionSpec
+from .._traceback import user_frames
 from .._wire import BlockingChannel, ChannelClosed
 from ..exception import FunctionTimeoutError, InputCancellation, InvalidError
 from .user_code import Service, build_service
