@@ -38,16 +38,11 @@ class _Client:
             client = _CLIENTS[id(loop)] = cls()
         return client
 
-    async def _locate(self, restart: bool) -> str:
-        loop = asyncio.get_running_loop()
-        if restart and _server_manager.is_embedded():
-            info = await loop.run_in_executor(None, _server_manager.ensure)
-        else:
-            info = await loop.run_in_executor(None, _server_manager.ensure) if self._url is None else None
-        if info is not None:
-            self._url = info.url
-        assert self._url is not None
-        return self._url
+    async def _locate(self) -> str:
+        """Where the control plane is now (starting the embedded one if it is down)."""
+        info = await asyncio.get_running_loop().run_in_executor(None, _server_manager.ensure)
+        self._url = info.url
+        return info.url
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -58,16 +53,15 @@ class _Client:
         return self._session
 
     async def url(self) -> str:
-        return self._url or await self._locate(restart=False)
+        return self._url or await self._locate()
 
     async def rpc(self, method: str, body: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
         data = pack(body)
         deadline: float | None = None
         delay = 0.05
-        restart = False
         while True:
             try:
-                url = self._url or await self._locate(restart)
+                url = self._url or await self._locate()
                 session = self._ensure_session()
                 async with session.post(
                     f"{url}/rpc/{method}", data=data, timeout=aiohttp.ClientTimeout(total=timeout)
@@ -86,7 +80,6 @@ class _Client:
                     raise ConnectionFailedError(f"cannot reach the ketch control plane: {exc}") from exc
                 logger.info("control plane unreachable (%s); retrying", exc)
                 self._url = None
-                restart = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 

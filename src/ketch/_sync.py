@@ -228,7 +228,7 @@ def _wrap(obj: Any) -> Any:
         return translated
     wrapper_cls = _IMPL_TO_WRAPPER.get(type(obj))
     if wrapper_cls is not None:
-        return wrapper_cls._from_impl(obj)
+        return wrapper_cls._from_impl(obj)  # type: ignore[attr-defined]
     if type(obj) in (list, tuple):
         return type(obj)(_wrap(x) for x in obj)
     return obj
@@ -315,7 +315,7 @@ class _MethodDescriptor:
         if self.kind == "staticmethod":
             target = self.raw
         elif self.kind == "classmethod":
-            target = functools.partial(self.raw, owner._ketch_impl_cls)
+            target = functools.partial(self.raw, owner._ketch_impl_cls)  # type: ignore[attr-defined]
         else:
             if obj is None:
                 return self
@@ -404,7 +404,7 @@ def synchronize_api(impl_cls: type, name: str | None = None) -> type:
         cached = getattr(impl, "_ketch_wrapper", None)
         if cached is not None:
             return cached
-        obj = object.__new__(cls)
+        obj: Any = object.__new__(cls)
         object.__setattr__(obj, "_ketch_impl", impl)
         try:
             impl._ketch_wrapper = obj

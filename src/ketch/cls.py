@@ -116,7 +116,7 @@ def make_local_instance(class_fn: _Function, params: bytes | None) -> Any:
     owner = class_fn._local_owner
     if owner is None:
         raise NotFoundError("this class has no local code")
-    instance = owner.__new__(owner)
+    instance: Any = object.__new__(owner)
     for name, param in class_parameters(owner).items():
         values = unpack(params) if params else {}
         setattr(instance, name, values.get(name, param.default))

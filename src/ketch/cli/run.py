@@ -11,7 +11,6 @@ import click
 
 from .._traceback import print_user_traceback
 from ..app import App
-from ..functions import Function
 from ._util import find_apps, import_file
 
 
@@ -44,13 +43,13 @@ def _pick(module: Any, path: str, name: str | None) -> tuple[Any, Any, str]:
     raise click.UsageError(f"{path} has {what}; choose one with {path}::NAME from: {', '.join(choices)}")
 
 
-def _options_for(fn: Any) -> list[click.Option]:
+def _options_for(fn: Any) -> list[click.Parameter]:
     hints: dict[str, Any] = {}
     try:
         hints = typing.get_type_hints(fn)
     except Exception:
         pass
-    options = []
+    options: list[click.Parameter] = []
     for param in inspect.signature(fn).parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
@@ -72,7 +71,6 @@ def _options_for(fn: Any) -> list[click.Option]:
 
 def _call(fn: Any, kind: str, kwargs: dict[str, Any]) -> Any:
     if kind == "function":
-        assert isinstance(fn, Function)
         return fn.remote(**kwargs)
     result = fn(**kwargs)
     if inspect.iscoroutine(result):

@@ -81,6 +81,7 @@ def build_service(spec: FunctionSpec, params: dict[str, Any] | None, app_id: str
     obj = load_user_object(spec, app_id, function_ids)
     if not spec.is_class:
         return Service({None: obj})
+    assert isinstance(obj, type)
     instance = _instantiate(obj, params or {})
     for name in marked(obj, "__ketch_enter__"):
         result = getattr(instance, name)()
@@ -88,16 +89,18 @@ def build_service(spec: FunctionSpec, params: dict[str, Any] | None, app_id: str
             import asyncio
 
             asyncio.run(result)  # type: ignore[arg-type]
-    callables = {name: getattr(instance, name) for name in marked(obj, "__ketch_method__")}
+    callables: dict[str | None, Callable[..., Any]] = {
+        name: getattr(instance, name) for name in marked(obj, "__ketch_method__")
+    }
     exit_hooks = [getattr(instance, name) for name in marked(obj, "__ketch_exit__")]
     return Service(callables, exit_hooks)
 
 
 def _instantiate(user_cls: type, params: dict[str, Any]) -> Any:
     declared = class_parameters(user_cls)
-    if not declared and user_cls.__init__ is not object.__init__:
+    if not declared and user_cls.__init__ is not object.__init__:  # type: ignore[misc]
         return user_cls()
-    instance = user_cls.__new__(user_cls)
+    instance: Any = object.__new__(user_cls)
     for name, param in declared.items():
         if name in params:
             setattr(instance, name, params[name])

@@ -113,7 +113,7 @@ async def AppCreate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     if existing is not None and existing["state"] == "running":
         app_id = existing["id"]
     old = {f["id"]: f["spec"] for f in api.store.app_functions(app_id)}
-    fns = []
+    fns: list[dict[str, Any]] = []
     for raw in body["functions"]:
         spec = FunctionSpec.from_wire(raw)
         fid = stable_id("fu", app_id, spec.tag)

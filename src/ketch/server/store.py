@@ -132,7 +132,7 @@ class Store:
 
         metadata.create_all(self.engine)
         self.conn = self.engine.connect()
-        self.db = self.conn.connection.dbapi_connection
+        self.db: Any = self.conn.connection.dbapi_connection
 
     def close(self) -> None:
         self.conn.close()
