@@ -164,7 +164,10 @@ class Dispatcher:
         while True:
             await asyncio.sleep(0.2)
             now = time.monotonic()
-            for pool in list(self.pools.values()):
+            for key, pool in list(self.pools.items()):
+                if pool.stopped and not pool.containers:
+                    del self.pools[key], self.pool_info[key]
+                    continue
                 try:
                     self._perform(pool, pool.tick(now))
                 except Exception:
@@ -205,6 +208,8 @@ class Dispatcher:
                 room=self._room,
                 keep_warm=bool(app and app["deployed"]),
             )
+            if not self.app_running(app_id):
+                self.pools[key].stopped = True  # only here to answer questions about old calls
         return key
 
     def _room(self) -> int:
@@ -420,6 +425,8 @@ class Dispatcher:
             if state is not None:
                 state.n_final += n
                 state.wake()
+                if state.done:
+                    del self.calls[call_id]  # reloaded from the store if asked again
 
     # -- containers ----------------------------------------------------------
     async def _start_container(self, pool: sm.Pool, container_id: str) -> None:
