@@ -20,14 +20,17 @@ Metrics (see ``benchmarks/README.md``):
 ketch runs first, against an embedded control plane in a throw-away
 ``KETCH_HOME``, and its control plane is stopped before Ray starts, so the two
 never compete for the CPUs. Ray is started on 127.0.0.1 only, with its own
-temporary directory, and shut down at the end. Processes this script started
-that are still alive at the end (found by that ``KETCH_HOME`` or that Ray
-directory in their environment or command line) are ended by pid.
+temporary directory, and shut down at the end. Processes this run started
+(descendants of this process, or ones naming that ``KETCH_HOME`` / Ray
+directory) that outlive the shutdown are reported and ended by pid.
+``--timeout`` (default 600 s) interrupts a stuck run, cleans up the same way
+and exits 124.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import json
 import os
@@ -120,8 +123,39 @@ def check_echo(results, n: int, what: str) -> None:
         raise AssertionError(f"{what}: {len(results)} results, first mismatch at {bad}")
 
 
+def _proc_table() -> dict[int, tuple[int, str, str]]:
+    """pid -> (parent pid, start time, state) for every process in /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # fields after the ")" that closes the command name: state, ppid, ..., starttime (22nd)
+        rest = stat.rsplit(")", 1)[1].split()
+        table[int(entry.name)] = (int(rest[1]), rest[19], rest[0])
+    return table
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:120]
+
+
 class Cleanup:
-    """Everything that must be undone, whatever happens (also from the watchdog)."""
+    """Everything that must be undone, whatever happens (also from the watchdog).
+
+    Processes are tracked two ways: the descendants of this process (the
+    embedded control plane and Ray are started from here, their containers and
+    workers from them), and any process whose command line or environment
+    names this run's KETCH_HOME or Ray directory. Only those, by pid, are ever
+    signalled; never this process or its ancestors.
+    """
 
     def __init__(self, workdir: Path, keep: bool) -> None:
         self.workdir = workdir
@@ -137,6 +171,74 @@ class Cleanup:
         env["KETCH_HOME"] = str(self.ketch_home)
         env.pop("KETCH_SERVER_URL", None)
         return env
+
+    # -- processes
+
+    def ours(self) -> dict[int, str]:
+        """pid -> start time of the live processes this run started."""
+        table = _proc_table()
+        me = os.getpid()
+        ancestors = set()
+        pid = me
+        while pid in table and pid not in ancestors:
+            ancestors.add(pid)
+            pid = table[pid][0]
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in table.items():
+            children.setdefault(ppid, []).append(pid)
+        found: set[int] = set()
+        stack = list(children.get(me, []))
+        while stack:
+            pid = stack.pop()
+            if pid not in found:
+                found.add(pid)
+                stack.extend(children.get(pid, []))
+        markers = [str(self.ketch_home).encode(), str(self.ray_dir).encode()]
+        for pid in table:
+            if pid in ancestors or pid in found:
+                continue
+            blob = b""
+            for part in ("cmdline", "environ"):
+                try:
+                    blob += Path(f"/proc/{pid}/{part}").read_bytes()
+                except OSError:
+                    pass
+            if any(m in blob for m in markers):
+                found.add(pid)
+        return {pid: table[pid][1] for pid in found if table[pid][2] != "Z"}
+
+    @staticmethod
+    def still_alive(procs: dict[int, str]) -> dict[int, str]:
+        table = _proc_table()
+        return {
+            pid: st
+            for pid, st in procs.items()
+            if pid in table and table[pid][1] == st and table[pid][2] != "Z"
+        }
+
+    def wait_gone(self, procs: dict[int, str], timeout: float) -> dict[int, str]:
+        deadline = time.monotonic() + timeout
+        alive = self.still_alive(procs)
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = self.still_alive(alive)
+        return alive
+
+    def end(self, procs: dict[int, str], why: str) -> list[str]:
+        """SIGTERM, then SIGKILL, the given processes (pid + start time checked)."""
+        notes = []
+        alive = self.still_alive(procs)
+        for pid in alive:
+            notes.append(f"{why}; ended by pid: {pid} `{_cmdline(pid)}`")
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        alive = self.wait_gone(alive, 5.0)
+        for pid in alive:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        return notes
+
+    # -- services
 
     def stop_ketch(self) -> str | None:
         """``ketch server stop`` for our KETCH_HOME; returns a note on trouble."""
@@ -170,53 +272,16 @@ class Cleanup:
         if ray.is_initialized():
             ray.shutdown()
 
-    def leftovers(self) -> list[int]:
-        """Pids of live processes that carry our KETCH_HOME or Ray directory."""
-        markers = [str(self.ketch_home).encode(), str(self.ray_dir).encode()]
-        me = os.getpid()
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == me:
-                continue
-            blob = b""
-            for part in ("cmdline", "environ"):
-                try:
-                    blob += (entry / part).read_bytes()
-                except OSError:
-                    pass
-            if any(m in blob for m in markers):
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                if ") Z " in stat:  # zombie: already dead, just not reaped
-                    continue
-                found.append(int(entry.name))
-        return found
-
-    def reap_leftovers(self) -> list[str]:
+    def hard(self) -> list[str]:
+        """Last resort (watchdog thread): ketch CLI stop, then our processes by pid."""
         notes = []
-        pids = self.leftovers()
-        if not pids:
-            return notes
-        for pid in pids:
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
-            except OSError:
-                cmd = "?"
-            notes.append(f"left running after shutdown, ended by pid: {pid} `{cmd.strip()}`")
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except OSError:
-                pass
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and self.leftovers():
-            time.sleep(0.1)
-        for pid in self.leftovers():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        procs = self.ours()
+        note = self.stop_ketch()
+        if note:
+            notes.append(note)
+        notes.extend(self.end(procs, "hard cleanup after timeout"))
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
         return notes
 
     def run(self) -> list[str]:
@@ -225,6 +290,7 @@ class Cleanup:
                 return []
             self._done = True
         notes = []
+        procs = self.ours()
         note = self.stop_ketch()
         if note:
             notes.append(note)
@@ -232,25 +298,51 @@ class Cleanup:
             self.stop_ray()
         except Exception as exc:  # noqa: BLE001 - cleanup must go on
             notes.append(f"ray.shutdown() failed: {exc!r}")
-        notes.extend(self.reap_leftovers())
+        left = self.wait_gone(procs, 10.0)
+        notes.extend(self.end(left, "still running 10 s after shutdown"))
+        notes.extend(self.end(self.ours(), "appeared during shutdown"))
         if not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
         return notes
 
 
-def start_watchdog(seconds: float, cleanup: Cleanup) -> threading.Timer:
-    def fire() -> None:
-        print(f"\n[core] benchmark exceeded {seconds:.0f} s; stacks:", file=sys.stderr, flush=True)
+class Watchdog:
+    """After ``seconds``: dump stacks and interrupt the main thread, whose
+    ``finally`` then cleans up as usual; if that does not finish within 90 s,
+    clean up from here (processes by pid, no Ray API) and exit 124."""
+
+    def __init__(self, seconds: float, cleanup: Cleanup) -> None:
+        self.seconds = seconds
+        self.cleanup = cleanup
+        self.fired = threading.Event()
+        self._finished = threading.Event()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired.set()
+        print(
+            f"\n[core] benchmark exceeded {self.seconds:g} s; stacks:", file=sys.stderr, flush=True
+        )
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-        stopper = threading.Thread(target=cleanup.run, daemon=True)
-        stopper.start()
-        stopper.join(60)
+        main_ident = threading.main_thread().ident
+        if main_ident is not None:
+            signal.pthread_kill(main_ident, signal.SIGINT)
+        if self._finished.wait(90):
+            return
+        print(
+            "[core] main thread did not stop; cleaning up from the watchdog",
+            file=sys.stderr,
+            flush=True,
+        )
+        for note in self.cleanup.hard():
+            print(f"[core] {note}", file=sys.stderr, flush=True)
         os._exit(124)
 
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
-    timer.start()
-    return timer
+    def cancel(self) -> None:
+        self._finished.set()
+        self._timer.cancel()
 
 
 # --------------------------------------------------------------------------
@@ -565,31 +657,45 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     workdir = Path(tempfile.mkdtemp(prefix="ketch-bench-"))
     cleanup = Cleanup(workdir, keep=args.keep)
-    watchdog = start_watchdog(args.timeout, cleanup)
+    watchdog = Watchdog(args.timeout, cleanup)
 
     results: dict = {s: {} for s in SYSTEMS}
     notes: list[str] = []
     t_start = time.perf_counter()
+    aborted = False
     try:
-        if args.only in (None, "ketch"):
-            try:
-                run_ketch(sizes, cleanup, results, notes)
-            except Exception as exc:  # noqa: BLE001 - report, then go on with Ray
-                traceback.print_exc()
-                results["ketch"]["error"] = f"{type(exc).__name__}: {exc}"
-            note = cleanup.stop_ketch()  # before Ray, so they never share the CPUs
-            if note:
-                notes.append(note)
-        if args.only in (None, "ray"):
-            try:
-                run_ray(sizes, cleanup, results, notes)
-            except Exception as exc:  # noqa: BLE001
-                traceback.print_exc()
-                results["ray_task"]["error"] = results["ray_actor"]["error"] = (
-                    f"{type(exc).__name__}: {exc}"
+        try:
+            if args.only in (None, "ketch"):
+                try:
+                    run_ketch(sizes, cleanup, results, notes)
+                except Exception as exc:  # noqa: BLE001 - report, then go on with Ray
+                    traceback.print_exc()
+                    results["ketch"]["error"] = f"{type(exc).__name__}: {exc}"
+                # Stop ketch before Ray starts, so the two never share the CPUs.
+                procs = cleanup.ours()
+                note = cleanup.stop_ketch()
+                if note:
+                    notes.append(note)
+                left = cleanup.wait_gone(procs, 10.0)
+                notes.extend(
+                    cleanup.end(left, "ketch process still running 10 s after `ketch server stop`")
                 )
+            if args.only in (None, "ray"):
+                try:
+                    run_ray(sizes, cleanup, results, notes)
+                except Exception as exc:  # noqa: BLE001
+                    traceback.print_exc()
+                    results["ray_task"]["error"] = results["ray_actor"]["error"] = (
+                        f"{type(exc).__name__}: {exc}"
+                    )
+        finally:
+            notes.extend(cleanup.run())
+    except KeyboardInterrupt:
+        if not watchdog.fired.is_set():
+            raise
+        aborted = True
+        notes.insert(0, f"ABORTED after {args.timeout:g} s (--timeout); the table is partial")
     finally:
-        notes.extend(cleanup.run())
         watchdog.cancel()
 
     total = time.perf_counter() - t_start
@@ -617,6 +723,8 @@ def main(argv: list[str] | None = None) -> int:
             "notes": notes,
         }
         Path(args.json).write_text(json.dumps(payload, indent=2))
+    if aborted:
+        return 124
     failed = any("error" in results[s] for s in SYSTEMS if args.only in (None, s.split("_")[0]))
     return 1 if failed else 0
 

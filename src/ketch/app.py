@@ -271,6 +271,11 @@ class _App:
 
         Example: ``with app.run(): square.remote(2)``
         """
+        if os.environ.get("KETCH_CONTAINER_ID"):
+            raise InvalidError(
+                "app.run() was called inside a container, most likely while the container imported your "
+                "module: put it under `if __name__ == \"__main__\":`"
+            )
         if self._running:
             raise InvalidError(f"app {self._name!r} is already running")
         self._running = True
