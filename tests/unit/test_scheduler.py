@@ -57,7 +57,8 @@ def running_one(pool: Pool, input_id: int = 1, *, now: float = 0.0) -> None:
 def make_fast(pool: Pool, *, now: float = 0.0) -> None:
     """One ready container c1, idle, whose function measured as fast (< FAST_FUNCTION_S)."""
     running_one(pool, 1, now=now)
-    assert pool.container_outputs("c1", [(1, "success", FAST)], now + 2) == [Complete(1)]
+    # The output comes FAST after the assignment, as it would for a fast function.
+    assert pool.container_outputs("c1", [(1, "success", FAST)], now + 1 + FAST) == [Complete(1)]
     assert pool.ewma_duration is not None and pool.ewma_duration < FAST_FUNCTION_S
 
 
@@ -162,7 +163,7 @@ def test_prefetch_window_is_capped():
     assert list(pool.pending) == ids[PREFETCH_INPUTS:]
     # Finishing two inputs tops the window up by two.
     done = [(ids[0], "success", FAST), (ids[1], "success", FAST)]
-    assert pool.container_outputs("c1", done, 3.1) == [
+    assert pool.container_outputs("c1", done, 3.0 + 2 * FAST) == [
         Complete(ids[0]),
         Complete(ids[1]),
         Assign("c1", tuple(ids[PREFETCH_INPUTS : PREFETCH_INPUTS + 2])),
@@ -909,3 +910,31 @@ def test_inflight_counts_queued_delayed_and_running_not_prefetched_or_draining()
     assert pool.enqueue([6], 7.0) == []  # c2 is still starting
     assert pool.inflight() == 2
     assert not pool.is_idle()
+
+
+def test_fast_function_backlog_uses_measured_time_per_input():
+    # c1 got 256 inputs at t=3 and returned them all 2 ms later: 8 us per input,
+    # so 10,000 more drain in 0.08 s, far below a cold start: no new container.
+    pool = make_pool()
+    make_fast(pool, now=0.0)
+    ids = list(range(2, 2 + PREFETCH_INPUTS))
+    assert pool.enqueue(ids, 3.0) == [Assign("c1", tuple(ids))]
+    done = [(i, "success", FAST) for i in ids]
+    actions = pool.container_outputs("c1", done, 3.002)
+    assert not [a for a in actions if isinstance(a, StartContainer)]
+    backlog = list(range(1000, 11000))
+    actions = pool.enqueue(backlog, 3.003)
+    assert not [a for a in actions if isinstance(a, StartContainer)]
+
+
+def test_fast_function_with_slow_platform_time_scales_up():
+    # Same shape, but each input took 10 ms of wall time at the busy container:
+    # 10,000 queued inputs need 100 s, so more containers are worth starting.
+    pool = make_pool(max_containers=3)
+    make_fast(pool, now=0.0)
+    ids = list(range(2, 2 + PREFETCH_INPUTS))
+    assert pool.enqueue(ids, 3.0) == [Assign("c1", tuple(ids))]
+    done = [(i, "success", FAST) for i in ids]
+    pool.container_outputs("c1", done, 3.0 + 0.01 * len(ids))
+    actions = pool.enqueue(list(range(1000, 11000)), 6.0)
+    assert [a for a in actions if isinstance(a, StartContainer)] == [StartContainer("c2"), StartContainer("c3")]

@@ -115,6 +115,8 @@ class ContainerState:
     status: str = "starting"  # starting | ready | draining | stopping
     assigned: list[int] = field(default_factory=list)
     idle_since: float | None = None
+    busy_since: float | None = None
+    last_output_at: float | None = None
 
 
 class Pool:
@@ -142,6 +144,7 @@ class Pool:
         self.start_failures = 0
         self.cancelled: set[int] = set()
         self.stopped = False
+        self.ewma_service: float | None = None  # seconds per input at one busy container, all costs in
 
     # -- events --------------------------------------------------------------
     def enqueue(self, input_ids: Iterable[int], now: float, failures: dict[int, int] | None = None) -> list[Action]:
@@ -181,6 +184,8 @@ class Pool:
                 actions.append(Complete(input_id))
         if c is not None and not c.assigned:
             c.idle_since = now
+        if c is not None and results:
+            self._sample_service(c, len(results), now)
         return actions + self._react(now)
 
     def container_exited(self, container_id: str, now: float, reason: str) -> list[Action]:
@@ -278,7 +283,7 @@ class Pool:
             return []
         while self.delayed and self.delayed[0][0] <= now:
             self.pending.append(heapq.heappop(self.delayed)[1])
-        actions = self._dispatch()
+        actions = self._dispatch(now)
         actions += self._scale(now)
         return actions
 
@@ -290,7 +295,7 @@ class Pool:
             return max(slots, PREFETCH_INPUTS)
         return slots
 
-    def _dispatch(self) -> list[Action]:
+    def _dispatch(self, now: float) -> list[Action]:
         actions: list[Action] = []
         window = self._window()
         ready = [c for c in self.containers.values() if c.status == "ready"]
@@ -306,6 +311,8 @@ class Pool:
             given.add(c.container_id)
             take = min(free, max(share, 1), len(self.pending))
             ids = tuple(self.pending.popleft() for _ in range(take))
+            if not c.assigned:
+                c.busy_since = now
             c.assigned.extend(ids)
             c.idle_since = None
             actions.append(Assign(c.container_id, ids))
@@ -314,16 +321,42 @@ class Pool:
     def _live(self) -> list[ContainerState]:
         return [c for c in self.containers.values() if c.status in ("starting", "ready")]
 
-    def desired(self) -> int:
+    def _sample_service(self, c: ContainerState, n: int, now: float) -> None:
+        """How long one input takes at a busy container, platform overhead included."""
+        if c.busy_since is not None:
+            interval = now - max(c.busy_since, c.last_output_at or c.busy_since)
+            sample = interval / n
+            weight = min(1.0, EWMA_WEIGHT * n)  # a batch of many outputs says more than one output
+            old = self.ewma_service
+            self.ewma_service = sample if old is None else (1 - weight) * old + weight * sample
+        c.last_output_at = now
+        if not c.assigned:
+            c.busy_since = None
+
+    def _drain_estimate(self, now: float, ready_slots: int) -> float | None:
+        """Seconds the ready containers need for the queue, or None if unknown.
+
+        For fast functions the platform, not the function, sets the pace, so
+        the measured time per input at a busy container is used; until there
+        is one, the pool waits rather than paying for cold starts it may not need.
+        """
+        if self.ewma_duration is None or not ready_slots:
+            return None
+        if self.ewma_duration < FAST_FUNCTION_S:
+            n_ready = sum(1 for c in self.containers.values() if c.status == "ready")
+            per_input = self.ewma_service or 0.0
+            return len(self.pending) * per_input / max(n_ready, 1)
+        return len(self.pending) * self.ewma_duration / ready_slots
+
+    def desired(self, now: float = 0.0) -> int:
         p = self.policy
         inflight = self.inflight()
         want = math.ceil(inflight / p.target) + (p.buffer_containers if inflight else 0)
         live = self._live()
         ready_slots = sum(p.slots for c in live if c.status == "ready")
-        if ready_slots and self.ewma_duration is not None:
-            drain_s = len(self.pending) * self.ewma_duration / ready_slots
-            if drain_s < self.ewma_startup:
-                want = min(want, len(live))
+        drain_s = self._drain_estimate(now, ready_slots)
+        if drain_s is not None and drain_s < self.ewma_startup:
+            want = min(want, len(live))
         if self.keep_warm:
             want = max(want, p.min_containers)
         if p.max_containers is not None:
@@ -333,7 +366,7 @@ class Pool:
     def _scale(self, now: float) -> list[Action]:
         actions: list[Action] = []
         live = self._live()
-        want = self.desired()
+        want = self.desired(now)
         room = self._room() if want > len(live) else 0
         for _ in range(min(want - len(live), room)):
             cid = self._new_id()
