@@ -345,6 +345,16 @@ def print_log_line(row: dict[str, Any]) -> None:
 
 
 def _note_unsupported(**options: Any) -> None:
+    """Check the shape of options a later version applies, and say they are not applied yet."""
+    secrets, volumes = options.get("secrets"), options.get("volumes")
+    if secrets is not None and not isinstance(secrets, list | tuple):
+        raise InvalidError(f"secrets must be a list of ketch.Secret, not {type(secrets).__name__}")
+    if volumes is not None:
+        if not isinstance(volumes, dict):
+            raise InvalidError(f"volumes must map mount paths to volumes, not {type(volumes).__name__}")
+        for path in volumes:
+            if not isinstance(path, str) or not path.startswith("/") or path.rstrip("/") in ("", "/root"):
+                raise InvalidError(f"volume mount path must be an absolute path other than / and /root, not {path!r}")
     given = [k for k, v in options.items() if v]
     if given:
         logger.warning(

@@ -107,3 +107,12 @@ def test_class_parameters_are_checked_at_the_client():
     with pytest.raises(InvalidError, match="keyword"):
         Model(3)
     assert Model(name="a").run.local() == 1
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"secrets": "not-a-list"}, {"volumes": ["/data"]}, {"volumes": {"data": object()}}, {"volumes": {"/": object()}}],
+)
+def test_later_options_are_shape_checked_now(options):
+    with pytest.raises(InvalidError):
+        app.function(**options)
