@@ -39,6 +39,7 @@ _SETTINGS: dict[str, _Setting] = {
     "max_containers_per_node": _Setting(0, int, "node cap on running containers (0: 4 x CPUs)"),
     "log_level": _Setting("WARNING", str, "log level of the CLI and server"),
     "connect_timeout": _Setting(120.0, float, "seconds a client keeps retrying an unreachable server"),
+    "ephemeral_app_timeout": _Setting(90.0, float, "seconds without client heartbeats before an ephemeral app stops"),
     "force_build": _Setting(False, _to_bool, "rebuild images even when cached"),
 }
 

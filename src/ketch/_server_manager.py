@@ -91,8 +91,17 @@ def start(timeout: float = 30.0) -> ServerInfo:
 
 
 def stop(timeout: float = 10.0) -> ServerInfo | None:
-    """Stop the embedded server; returns what was stopped, or None if nothing ran."""
-    info = read_info()
+    """Stop the embedded server; returns what was stopped, or None if nothing ran.
+
+    A start in progress holds the lock until its server is ready, so a stop
+    that races a start waits for it and then stops it.
+    """
+    h = home()
+    if not h.is_dir():
+        return None
+    with (h / "server.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        info = read_info()
     if info is None or info.pid is None:
         return None
     os.kill(info.pid, signal.SIGTERM)

@@ -25,8 +25,6 @@ from .store import Store
 
 logger = logging.getLogger("ketch.server")
 
-EPHEMERAL_APP_TIMEOUT_S = 90.0
-
 
 def _pick_port(home: Path, requested: int) -> int:
     """Reuse the last port when it is free, so clients find a restarted server where it was."""
@@ -56,8 +54,9 @@ def _write_info(home: Path, info: dict[str, object]) -> None:
 async def _reap_ephemeral_apps(store: Store, dispatcher: Dispatcher) -> None:
     """Stop ephemeral apps whose client went away without stopping them."""
     while True:
-        await asyncio.sleep(10)
-        cutoff = time.time() - EPHEMERAL_APP_TIMEOUT_S
+        timeout = float(config.get("ephemeral_app_timeout"))
+        await asyncio.sleep(min(10.0, timeout / 3))
+        cutoff = time.time() - timeout
         for app in store.running_apps():
             if not app["deployed"] and (app["heartbeat_at"] or 0) < cutoff:
                 logger.info("stopping app %s: its client stopped sending heartbeats", app["id"])
