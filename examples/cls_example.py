@@ -47,6 +47,26 @@ class Counter:
             Path(self.exit_marker).write_text(f"exited start={self.start}")
 
 
+@app.cls()
+class Broken:
+    @ketch.enter()
+    def setup(self):
+        raise RuntimeError("setup failed on purpose")
+
+    @ketch.method()
+    def run(self) -> str:
+        return "unreachable"
+
+
+@app.cls()
+class Named:
+    name: str = ketch.parameter()  # no default: callers must pass it
+
+    @ketch.method()
+    def hello(self) -> str:
+        return f"hello {self.name}"
+
+
 def show(step, fn):
     try:
         value = fn()
@@ -69,3 +89,23 @@ def main(workdir: str):
     show("local", lambda: Counter(start=5).info.local(1))
     marker = os.path.join(workdir, "exit-marker.txt")
     show("with_exit_marker", lambda: Counter(start=3, exit_marker=marker).info.remote(0))
+
+    def broken_enter():
+        try:
+            Broken().run.remote()
+        except Exception as exc:
+            return {"raised": type(exc).__name__, "message": str(exc)}
+        return {"returned": True}
+
+    show("broken_enter", broken_enter)
+
+    show("required_parameter", lambda: Named(name="ada").hello.remote())
+
+    def missing_parameter():
+        try:
+            Named().hello.remote()
+        except Exception as exc:
+            return {"raised": type(exc).__name__, "message": str(exc)}
+        return {"returned": True}
+
+    show("missing_parameter", missing_parameter)

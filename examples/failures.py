@@ -52,6 +52,22 @@ def flaky_too_often(counter: str, failures: int) -> int:
     return attempt
 
 
+@app.function(retries=ketch.Retries(max_retries=2, initial_delay=0.1))
+def crash_then_ok(counter: str) -> int:
+    attempt = bump(counter)
+    if attempt == 1:
+        os._exit(3)  # the first container dies mid-input; the retry gets a new one
+    return attempt
+
+
+@app.function(timeout=2, retries=ketch.Retries(max_retries=1, initial_delay=0.1))
+def slow_then_fast(counter: str) -> int:
+    attempt = bump(counter)
+    if attempt == 1:
+        time.sleep(30)  # runs past the timeout; the retry is quick
+    return attempt
+
+
 @app.function()
 def crash_exit() -> str:
     os._exit(1)
@@ -110,3 +126,5 @@ def main(workdir: str):
     show("crash_exit", lambda: outcome(crash_exit.remote))
     show("crash_sigkill", lambda: outcome(crash_sigkill.remote))
     show("after_crash", lambda: outcome(healthy.remote))
+    show("crash_retried", lambda: outcome(lambda: crash_then_ok.remote(counter("crash"))))
+    show("timeout_retried", lambda: outcome(lambda: slow_then_fast.remote(counter("slow"))))

@@ -1,6 +1,6 @@
 """Container output streams live to your terminal.
 
-ketch run examples/logs_streaming.py
+ketch run examples/logs_streaming.py::main
 ketch app logs logs-streaming     # the same lines, afterwards
 """
 
@@ -24,3 +24,15 @@ def chatty(tag: str) -> str:
 @app.local_entrypoint()
 def main(tag: str = "t1"):
     print("returned:", chatty.remote(tag))
+
+
+@app.function()
+def flood(lines: int) -> int:
+    for i in range(lines):
+        print(f"flood line {i}")
+    return lines
+
+
+@app.local_entrypoint()
+def many_lines(lines: int = 20000):
+    print("flooded:", flood.remote(lines))

@@ -6,6 +6,7 @@ Each step prints one ``RESULT {...}`` JSON line, so you can see at a glance
 what every call returned (the end-to-end tests read those lines too).
 """
 
+import asyncio
 import json
 import os
 import time
@@ -45,6 +46,49 @@ def touch(directory: str, i: int) -> None:
 def countdown(n: int):
     for i in range(n, 0, -1):
         time.sleep(0.05)  # values arrive one by one, as they are produced
+        yield i
+
+
+@app.function()
+def slow_ticks(n: int):
+    for i in range(n):
+        time.sleep(0.5)
+        yield i
+
+
+@app.function()
+def fails_midway(n: int):
+    for i in range(n):
+        if i == 2:
+            raise RuntimeError("generator broke at 2")
+        yield i
+
+
+@app.function()
+def fan_out(n: int) -> dict:
+    """Calls other functions of the app from inside a container."""
+    squares = list(add.map(range(n), range(n)))
+    spawned = add.spawn(100, 1).get()
+    return {"mapped": squares, "spawned": spawned, "remote": add.remote(2, 3)}
+
+
+@app.function()
+async def async_add(a: int, b: int) -> int:
+    await asyncio.sleep(0.01)
+    return a + b
+
+
+@app.function()
+@ketch.concurrent(max_inputs=10)
+async def async_nap(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@app.function()
+async def async_countdown(n: int):
+    for i in range(n, 0, -1):
+        await asyncio.sleep(0.01)
         yield i
 
 
@@ -113,3 +157,38 @@ def main(workdir: str):
     show("spawn_map", spawn_map)
 
     show("remote_gen", lambda: list(countdown.remote_gen(4)))
+
+    def generator_error():
+        received = []
+        try:
+            for value in fails_midway.remote_gen(5):
+                received.append(value)
+        except RuntimeError as exc:
+            return {"received": received, "raised": str(exc)}
+        return {"received": received, "raised": None}
+
+    show("remote_gen_error", generator_error)
+
+    show("nested_calls", lambda: fan_out.remote(4))
+
+    show("async_function_remote", lambda: async_add.remote(1, 2))
+    show("async_function_map", lambda: list(async_add.map(range(3), range(3))))
+    show("async_generator", lambda: list(async_countdown.remote_gen(3)))
+
+    def async_concurrent():
+        async_nap.remote(0.01)  # warm up
+        start = time.monotonic()
+        results = list(async_nap.map([1.0] * 8))
+        return {"results": results, "elapsed": time.monotonic() - start}
+
+    show("async_concurrent", async_concurrent)
+
+    def remote_gen_streams():
+        # Each value should arrive as it is yielded, not all at once at the end.
+        start = time.monotonic()
+        arrivals = [
+            (value, round(time.monotonic() - start, 2)) for value in slow_ticks.remote_gen(4)
+        ]
+        return arrivals
+
+    show("remote_gen_streams", remote_gen_streams)

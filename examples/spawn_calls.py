@@ -1,9 +1,10 @@
 """Fire-and-forget calls: spawn now, collect the result later.
 
-ketch run examples/spawn_calls.py
+ketch run examples/spawn_calls.py --workdir /tmp/some-empty-dir
 """
 
 import json
+import os
 import time
 
 import ketch
@@ -21,6 +22,22 @@ def slow_square(x: int, delay: float = 0.5) -> int:
 def sleep_long(seconds: float = 100.0) -> str:
     time.sleep(seconds)
     return "finished"
+
+
+@app.function(timeout=120)
+def ticker(path: str, ticks: int = 80) -> int:
+    """Write a growing counter to ``path`` four times a second."""
+    try:
+        for i in range(ticks):
+            with open(path, "w") as f:
+                f.write(str(i))
+            time.sleep(0.25)
+    except ketch.exception.InputCancellation:
+        # Cancelling the call raises this inside the running input: clean up, then re-raise.
+        with open(path + ".cancelled", "w") as f:
+            f.write("cleaned up")
+        raise
+    return ticks
 
 
 def show(step, fn):
@@ -50,7 +67,7 @@ def outcome(fn):
 
 
 @app.local_entrypoint()
-def main():
+def main(workdir: str):
     call = slow_square.spawn(7)
     show("object_id", lambda: call.object_id)
     show("spawn_get", call.get)
@@ -74,6 +91,26 @@ def main():
         return outcome(lambda: long.get(timeout=30))
 
     show("cancel", cancel)
+
+    def cancel_stops_work():
+        path = os.path.join(workdir, "ticks")
+        call = ticker.spawn(path)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        call.cancel()
+        time.sleep(0.5)  # allow the cancellation to reach the container
+        at_cancel = int(open(path).read() or 0)
+        time.sleep(2.0)
+        later = int(open(path).read() or 0)
+        return {
+            "at_cancel": at_cancel,
+            "two_seconds_later": later,
+            "saw_input_cancellation": os.path.exists(path + ".cancelled"),
+        }
+
+    show("cancel_stops_work", cancel_stops_work)
 
     show(
         "unknown_id",

@@ -367,6 +367,9 @@ class KetchEnv:
             except Exception:
                 pass
         self.kill_leftovers(before)
+        # A client killed mid-reconnect may have been starting a new server: look again.
+        time.sleep(0.5)
+        self.kill_leftovers()
 
 
 def _killpg(pid: int, sig: int) -> None:

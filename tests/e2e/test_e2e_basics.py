@@ -27,6 +27,16 @@ def test_hello_world_container_output_reaches_terminal(ketch_env):
     assert remote_pid != local_pid, "remote() ran in the calling process"
 
 
+def test_ephemeral_app_stops_with_run(ketch_env):
+    ketch_env.cli("run", "examples/hello_world.py").check()
+
+    def stopped():
+        record = ketch_env.app_record("hello-world")
+        return record is not None and record["state"] != "running" and record["n_containers"] == 0
+
+    assert ketch_env.wait_until(stopped, 15), ketch_env.app_record("hello-world")
+
+
 def test_entrypoint_options(ketch_env):
     proc = ketch_env.cli(
         "run", "examples/entrypoint_args.py::main", "--n", "3", "--name", "ketch"
@@ -56,6 +66,27 @@ def test_missing_entrypoint_name_is_an_error(ketch_env):
     proc = ketch_env.cli("run", "examples/entrypoint_args.py::no_such_thing")
     assert proc.returncode != 0, proc.describe()
     assert "no_such_thing" in proc.output, proc.describe()
+
+
+def test_concurrent_runs_share_one_server(ketch_env):
+    ketch_env.cli("server", "start", timeout=60).check()
+    runs = [
+        ketch_env.popen("run", "examples/entrypoint_args.py::main", "--n", str(i + 1))
+        for i in range(4)
+    ]
+    for i, run in enumerate(runs):
+        done = run.wait(timeout=90)
+        assert done.returncode == 0 and not done.timed_out, done.describe()
+        assert f"GREETING: {' '.join(['hello world'] * (i + 1))}" in done.stdout, done.describe()
+
+
+def test_stopping_a_running_app_ends_its_run(ketch_env):
+    run = ketch_env.popen("run", "examples/durable_map.py", "--n", "100000")
+    assert run.wait_for_line("FIRST-RESULT", 60), run.text()
+    ketch_env.cli("app", "stop", "durable-map").check()
+    done = run.wait(timeout=30)
+    assert not done.timed_out, f"`ketch run` kept going after `ketch app stop`\n{done.describe()}"
+    assert done.returncode != 0, done.describe()
 
 
 def test_plain_script_with_app_run(ketch_env):
@@ -136,6 +167,79 @@ def test_spawn_map(map_run):
 
 def test_remote_gen(map_run):
     assert map_run.value("remote_gen") == [4, 3, 2, 1]
+
+
+def test_remote_gen_streams_values_as_yielded(map_run):
+    arrivals = map_run.value("remote_gen_streams")
+    assert [value for value, _ in arrivals] == [0, 1, 2, 3]
+    first, last = arrivals[0][1], arrivals[-1][1]
+    # The generator yields every 0.5 s: the first value must not wait for the last.
+    assert last - first >= 1.0, f"values arrived at {arrivals}: buffered until the generator ended"
+
+
+def test_remote_gen_error_after_some_values(map_run):
+    value = map_run.value("remote_gen_error")
+    assert value == {"received": [0, 1], "raised": "generator broke at 2"}, value
+
+
+def test_calls_from_inside_a_container(map_run):
+    assert map_run.value("nested_calls") == {"mapped": [0, 2, 4, 6], "spawned": 101, "remote": 5}
+
+
+def test_async_function_called_from_sync_code(map_run):
+    assert map_run.value("async_function_remote") == 3
+    assert map_run.value("async_function_map") == [0, 2, 4]
+
+
+def test_async_generator_function(map_run):
+    assert map_run.value("async_generator") == [3, 2, 1]
+
+
+def test_concurrent_async_function(map_run):
+    value = map_run.value("async_concurrent")
+    assert value["results"] == [1.0] * 8
+    assert value["elapsed"] < 3.5, f"8 concurrent 1 s inputs took {value['elapsed']:.1f}s"
+
+
+def test_run_missing_file(ketch_env):
+    proc = ketch_env.cli("run", "examples/does_not_exist.py")
+    assert proc.returncode != 0, proc.describe()
+    assert "does_not_exist.py" in proc.output, proc.describe()
+
+
+def test_run_file_that_fails_to_import(ketch_env, tmp_path):
+    broken = tmp_path / "broken_app.py"
+    broken.write_text(
+        "import ketch\napp = ketch.App('broken')\nraise RuntimeError('import-time failure')\n"
+    )
+    proc = ketch_env.cli("run", str(broken))
+    assert proc.returncode != 0, proc.describe()
+    assert "import-time failure" in proc.output, proc.describe()
+    deploy = ketch_env.cli("deploy", str(broken))
+    assert deploy.returncode != 0, deploy.describe()
+    assert ketch_env.app_record("broken") is None, "a failed deploy left an app behind"
+
+
+def test_app_importing_a_sibling_module(ketch_env, tmp_path):
+    # Containers import the app file by path, so its directory must be importable there too.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "shapes.py").write_text("def area(w, h):\n    return w * h\n")
+    (project / "geometry_app.py").write_text(
+        "import ketch\n"
+        "from shapes import area\n"
+        "app = ketch.App('geometry')\n"
+        "@app.function()\n"
+        "def room(w: int, h: int) -> int:\n"
+        "    return area(w, h)\n"
+        "@app.local_entrypoint()\n"
+        "def main():\n"
+        "    print('AREA', room.remote(3, 4))\n"
+    )
+    proc = ketch_env.cli("run", "geometry_app.py", cwd=project).check()
+    assert "AREA 12" in proc.stdout, proc.describe()
+    elsewhere = ketch_env.cli("run", str(project / "geometry_app.py"), cwd=tmp_path).check()
+    assert "AREA 12" in elsewhere.stdout, elsewhere.describe()
 
 
 # --- .aio ----------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -9,9 +12,13 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def spawn_run(ketch_env):
-    run = ketch_env.run_example("spawn_calls.py", timeout=100)
-    run.proc.check()
-    return run
+    workdir = tempfile.mkdtemp(prefix="ketch-e2e-spawn-", dir="/tmp")
+    try:
+        run = ketch_env.run_example("spawn_calls.py", "--workdir", workdir, timeout=100)
+        run.proc.check()
+        yield run
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_object_id(spawn_run):
@@ -49,6 +56,17 @@ def test_cancel(spawn_run):
         value["raised"] in ("InputCancellation", "CallCancelledError") or value["is_ketch_error"]
     ), value
     assert value["elapsed"] < 15, f"get() after cancel() took {value['elapsed']:.1f}s"
+
+
+def test_cancel_stops_the_running_input(spawn_run):
+    value = spawn_run.value("cancel_stops_work")
+    # The input ticks four times a second; once cancelled it must stop ticking.
+    assert value["two_seconds_later"] <= value["at_cancel"] + 1, value
+
+
+def test_cancel_raises_input_cancellation_in_the_container(spawn_run):
+    value = spawn_run.value("cancel_stops_work")
+    assert value["saw_input_cancellation"], value
 
 
 def test_unknown_call_id(spawn_run):

@@ -72,3 +72,18 @@ def test_exit_hook_runs_when_container_stops(cls_run):
 
 def test_enter_output_is_streamed(cls_run):
     assert "container for start=1 is ready" in cls_run.proc.output, cls_run.proc.describe()
+
+
+def test_failing_enter_raises_instead_of_hanging(cls_run):
+    value = cls_run.value("broken_enter")
+    assert "raised" in value, value
+    assert "setup failed on purpose" in value["message"], value
+
+
+def test_required_parameter(cls_run):
+    assert cls_run.value("required_parameter") == "hello ada"
+
+
+def test_missing_required_parameter_raises(cls_run):
+    value = cls_run.value("missing_parameter")
+    assert value.get("raised") in ("TypeError", "InvalidError"), value

@@ -89,6 +89,14 @@ def test_redeploy_keeps_app_working(deployed):
 
 
 def test_app_stop(deployed):
+    in_flight = deployed.python(
+        "-c",
+        "import ketch\n"
+        f"f = ketch.Function.from_name({APP!r}, 'slow_square')\n"
+        "print('CALL', f.spawn(3, delay=60).object_id)\n",
+    ).check()
+    call_id = re.search(r"CALL (\S+)", in_flight.stdout).group(1)
+    time.sleep(1.0)
     deployed.cli("app", "stop", APP).check()
     record = deployed.app_record(APP)
     assert record is None or record["state"] != "running" and record["state"] != "deployed", record
@@ -103,6 +111,17 @@ def test_app_stop(deployed):
     )
     proc = deployed.python("-c", code, timeout=60).check()
     assert "STOPPED" in proc.stdout, proc.describe()
+
+    # A call that was running when the app stopped fails; it does not hang.
+    code = (
+        "import ketch\n"
+        "try:\n"
+        f"    print('RESULT', ketch.FunctionCall.from_id({call_id!r}).get(timeout=40))\n"
+        "except Exception as e:\n"
+        "    print('FAILED', type(e).__name__, e)\n"
+    )
+    proc = deployed.python("-c", code, timeout=60).check()
+    assert "FAILED" in proc.stdout and "TimeoutError" not in proc.stdout, proc.describe()
 
 
 # --- scaling -----------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
+import threading
 import time
 
 import pytest
@@ -83,3 +85,87 @@ def test_kill9_twice_during_map(fresh_ketch_env):
     assert done.returncode == 0 and not done.timed_out, done.describe()
     assert f"SUM={n * (n + 1) // 2} EXPECTED" in done.stdout, done.describe()
     assert "ORDER-OK" in done.stdout, done.describe()
+
+
+class _PortSquatter:
+    """Another program on ``port``: it accepts connections and hangs up at once."""
+
+    def __init__(self, port: int):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Connections the killed server left half-closed hold the port for a while.
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                self.sock.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            conn.close()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=2)
+        self.sock.close()
+
+
+@pytest.mark.timeout(300)
+def test_kill9_restart_on_another_port(fresh_ketch_env):
+    # Something else grabs the old port while the control plane is down, so the
+    # restarted one must listen elsewhere; the client has to follow it there.
+    env = fresh_ketch_env
+    n = 1000
+    env.cli("server", "start", timeout=60).check()
+    old_port = int(env.server_info()["url"].rsplit(":", 1)[1])
+    run = env.popen("run", "examples/durable_map.py", "--n", n)
+    assert run.wait_for_line("FIRST-RESULT", 90), f"map never produced a result\n{run.text()}"
+    assert run.proc.poll() is None, f"map finished before the kill; raise n\n{run.text()}"
+
+    old = _kill9_server(env)
+    blocker = _PortSquatter(old_port)
+    try:
+        _restart_server(env, old)
+        new_port = int(env.server_info()["url"].rsplit(":", 1)[1])
+        assert new_port != old_port
+        done = run.wait(timeout=180)
+    finally:
+        blocker.close()
+    assert done.returncode == 0 and not done.timed_out, done.describe()
+    assert f"SUM={n * (n + 1) // 2} EXPECTED" in done.stdout, done.describe()
+    assert "ORDER-OK" in done.stdout, done.describe()
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    "entrypoint, kill_after",
+    [("long_remote", 2.0), ("slow_map", 0.5), ("stream", 2.0)],
+    ids=["remote-in-flight", "map-inputs-in-flight", "remote_gen-in-flight"],
+)
+def test_kill9_with_inputs_in_flight(fresh_ketch_env, entrypoint, kill_after):
+    # The control plane dies while inputs are running in containers.
+    env = fresh_ketch_env
+    env.cli("server", "start", timeout=60).check()
+    run = env.popen("run", f"examples/durable_calls.py::{entrypoint}")
+    assert run.wait_for_line("STARTED", 90), run.text()
+    time.sleep(kill_after)
+    assert run.proc.poll() is None, f"finished before the kill\n{run.text()}"
+    old = _kill9_server(env)
+    time.sleep(0.5)
+    _restart_server(env, old)
+    done = run.wait(timeout=150)
+    assert done.returncode == 0 and not done.timed_out, done.describe()
+    assert "OK" in done.stdout.split(), done.describe()

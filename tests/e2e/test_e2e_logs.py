@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def streamed(ketch_env):
     tag = uuid.uuid4().hex[:8]
-    proc = ketch_env.popen("run", "examples/logs_streaming.py", "--tag", tag)
+    proc = ketch_env.popen("run", "examples/logs_streaming.py::main", "--tag", tag)
     done = proc.wait(timeout=90)
     assert done.returncode == 0 and not done.timed_out, done.describe()
     return proc, done, tag
@@ -62,3 +63,12 @@ def test_app_logs_of_stopped_app_returns(ketch_env, streamed):
 def test_app_logs_unknown_app(ketch_env):
     logs = ketch_env.cli("app", "logs", "no-such-app-here", timeout=20, allow_timeout=True)
     assert not logs.timed_out and logs.returncode != 0, logs.describe()
+
+
+def test_no_log_lines_lost(ketch_env):
+    proc = ketch_env.cli("run", "examples/logs_streaming.py::many_lines", "--lines", "20000")
+    proc.check()
+    assert "flooded: 20000" in proc.stdout, proc.describe()
+    seen = {int(m) for m in re.findall(r"flood line (\d+)", proc.output)}
+    missing = sorted(set(range(20000)) - seen)
+    assert not missing, f"{len(missing)} of 20000 lines lost, first ones: {missing[:10]}"

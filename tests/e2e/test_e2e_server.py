@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
 
 import pytest
 
@@ -75,3 +78,91 @@ def test_deployed_app_survives_server_restart(fresh_ketch_env):
     env.cli("server", "start", timeout=60).check()
     proc = env.python("examples/deployed_client.py", "call", "4", timeout=60).check()
     assert "SQUARE 4 = 16" in proc.stdout, proc.describe()
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_stops_run_and_its_containers(fresh_ketch_env):
+    env = fresh_ketch_env
+    run = env.popen("run", "examples/durable_map.py", "--n", "100000")
+    assert run.wait_for_line("FIRST-RESULT", 60), run.text()
+    record = env.app_record("durable-map")
+    assert record and record["state"] == "running", record
+
+    os.killpg(run.proc.pid, signal.SIGINT)
+    done = run.wait(timeout=20)
+    assert not done.timed_out, f"`ketch run` ignored Ctrl-C\n{done.describe()}"
+    assert done.returncode != 0, done.describe()
+
+    def stopped():
+        rec = env.app_record("durable-map")
+        return rec["state"] != "running" and rec["n_containers"] == 0
+
+    assert env.wait_until(stopped, 15), f"app after Ctrl-C: {env.app_record('durable-map')}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_ephemeral_app_stopped_when_client_dies(fresh_ketch_env):
+    # A `ketch run` killed with SIGKILL cannot stop its app; the control plane
+    # must notice the missing heartbeats and stop it (and its containers) itself.
+    env = fresh_ketch_env
+    # Clients beat every 15 s; 40 s without one keeps the test short but fair.
+    env.env["KETCH_EPHEMERAL_APP_TIMEOUT"] = "40"
+    run = env.popen("run", "examples/durable_map.py", "--n", "100000")
+    assert run.wait_for_line("FIRST-RESULT", 60), run.text()
+    os.killpg(run.proc.pid, signal.SIGKILL)
+    run.wait(timeout=10)
+
+    def stopped():
+        rec = env.app_record("durable-map")
+        return rec["state"] != "running" and rec["n_containers"] == 0
+
+    assert env.wait_until(stopped, 150, interval=2), env.app_record("durable-map")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_no_orphan_containers_after_kill9_and_restart(fresh_ketch_env):
+    env = fresh_ketch_env
+    env.cli("deploy", "examples/scaling.py", timeout=60).check()
+    code = "import ketch\nprint('PID', ketch.Function.from_name('scaling-demo', 'warm').remote())\n"
+    proc = env.python("-c", code).check()
+    old_container = int(re.search(r"PID (\d+)", proc.stdout).group(1))
+
+    old_server = env.server_pid()
+    os.kill(old_server, signal.SIGKILL)
+    assert env.wait_until(lambda: not env.pid_alive(old_server), 10)
+    env.cli("server", "start", timeout=60).check()
+
+    # The restarted control plane keeps serving the app...
+    proc = env.python("-c", code, timeout=60).check()
+    assert "PID" in proc.stdout, proc.describe()
+    # ...and once it stops, nothing from either generation is left running.
+    env.cli("server", "stop", timeout=30).check()
+    assert env.wait_until(lambda: not env.pid_alive(old_container), 15), (
+        f"container {old_container} from before the kill -9 is still running"
+    )
+    assert env.wait_until(lambda: not env.leftover_pids(), 15), (
+        f"processes left after `ketch server stop`: {sorted(env.leftover_pids())}"
+    )
+
+
+@pytest.mark.timeout(120)
+def test_stop_during_start_leaves_no_server(fresh_ketch_env):
+    # `ketch server stop` issued while another command is still starting the
+    # control plane must not report "not running" and leave that server behind.
+    env = fresh_ketch_env
+    starting = env.popen("server", "start")
+    time.sleep(0.3)  # the start is under way but has not written server.json yet
+    stopped = env.cli("server", "stop", timeout=60)
+    started = starting.wait(timeout=60)
+    assert not started.timed_out, started.describe()
+
+    def no_server():
+        info = env.server_info()
+        return info is None or not env.pid_alive(info["pid"])
+
+    assert env.wait_until(no_server, 10), (
+        f"server {env.server_info()} still running after `ketch server stop`\n"
+        f"{stopped.describe()}\n{started.describe()}"
+    )
