@@ -112,6 +112,17 @@ _BY_NAME: dict[str, type[BaseException]] = {
 }
 
 
+_MODAL_ALIASES = {"TimeoutError": CallTimeoutError, "ConnectionError": ConnectionFailedError}
+
+
+def __getattr__(name: str) -> type[BaseException]:
+    """Modal's names ``TimeoutError`` and ``ConnectionError``, without shadowing the builtins here."""
+    try:
+        return _MODAL_ALIASES[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
 def from_wire(name: str, message: str) -> BaseException:
     """Build the exception a wire error names; unknown names become ``ServerError``."""
     cls = _BY_NAME.get(name, ServerError)

@@ -201,17 +201,20 @@ class _Function:
         reply = await self._start("gen", args, kwargs, 0)
         client = await _Client.get()
         after = 0
+        next_index = 0  # a retried generator starts again from 0: skip what was already yielded
         while True:
             got = await client.rpc("CallGetOutputs", {"call_id": reply["call_id"], "after": after, "timeout": POLL_S})
             for out in got["outputs"]:
                 after = out["seq"]
+                if out["status"] == "item" and (out.get("gen_index") or 0) < next_index:
+                    continue
                 value = await _decode_output(client, out)
                 if _is_error(out):
                     raise value
-                if out["status"] == "item":
-                    yield value
-                else:
+                if out["status"] != "item":
                     return
+                next_index += 1
+                yield value
 
     async def spawn(self, *args: Any, **kwargs: Any) -> _FunctionCall:
         """Start the function and return a handle to its result at once."""

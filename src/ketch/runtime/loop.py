@@ -115,6 +115,10 @@ class ContainerLoop:
             return self._result(input_id, "failure", serialize_exception(err), started)
         return self._result(input_id, "success", data, started)
 
+    @staticmethod
+    def _item(input_id: int, n: int, element: Any) -> dict[str, Any]:
+        return {"id": input_id, "status": "item", "gen_index": n, "data": cloudpickle.dumps(element)}
+
     def _failure(self, input_id: int, exc: BaseException, started: float) -> dict[str, Any]:
         if isinstance(exc, InputCancellation) or input_id in self.cancelled:
             return self._result(input_id, "cancelled", None, started)
@@ -130,8 +134,8 @@ class ContainerLoop:
             fn, args, kwargs = self._decode(item)
             value = fn(*args, **kwargs)
             if inspect.isgenerator(value):
-                for element in value:
-                    self.emit({"id": input_id, "status": "item", "data": cloudpickle.dumps(element)}, force=True)
+                for n, element in enumerate(value):
+                    self.emit(self._item(input_id, n, element), force=True)
                 value = None
             out = self._pack_result(input_id, value, started)
         except BaseException as exc:  # user code may raise anything, SystemExit included
@@ -151,8 +155,10 @@ class ContainerLoop:
                 fn, args, kwargs = self._decode(item)
                 value = fn(*args, **kwargs)
                 if inspect.isasyncgen(value):
+                    n = 0
                     async for element in value:
-                        self.emit({"id": input_id, "status": "item", "data": cloudpickle.dumps(element)}, force=True)
+                        self.emit(self._item(input_id, n, element), force=True)
+                        n += 1
                     value = None
                 elif inspect.isawaitable(value):
                     value = await value

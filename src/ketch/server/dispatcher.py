@@ -416,8 +416,8 @@ class Dispatcher:
         self.store.record_outputs(rows, done)
         touched: dict[str, int] = {}
         for row in rows:
-            if row["status"] in FINAL_STATUSES:
-                touched[row["call_id"]] = touched.get(row["call_id"], 0) + 1
+            final = row["status"] in FINAL_STATUSES
+            touched[row["call_id"]] = touched.get(row["call_id"], 0) + int(final)
         for input_id in done:
             self.inputs.pop(input_id, None)
         for call_id, n in touched.items():
@@ -514,7 +514,9 @@ class Dispatcher:
             if input_id not in self.inputs:
                 continue  # cancelled or already failed over
             if item["status"] == "item":
-                item_rows.append(self._row(input_id, "item", item.get("data")))
+                row = self._row(input_id, "item", item.get("data"))
+                row["gen_index"] = item.get("gen_index")
+                item_rows.append(row)
                 continue
             handle.stash[input_id] = self._row(input_id, item["status"], item.get("data"))
             results.append((input_id, OUTCOME.get(item["status"], "failure"), float(item.get("duration", 0.0))))

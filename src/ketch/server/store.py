@@ -92,6 +92,7 @@ outputs = Table(
     Column("status", String, nullable=False),
     Column("data", LargeBinary),
     Column("blob_id", String),
+    Column("gen_index", Integer),  # position of a generator item, for de-duplication after a retry
     Column("created_at", Float, nullable=False),
     Index("outputs_call_seq", "call_id", "seq"),
     sqlite_autoincrement=True,
@@ -285,8 +286,10 @@ class Store:
         now = time.time()
         if rows:
             db.executemany(
-                "INSERT INTO outputs (call_id, idx, status, data, blob_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                [(r["call_id"], r["idx"], r["status"], r.get("data"), r.get("blob_id"), now) for r in rows],
+                "INSERT INTO outputs (call_id, idx, status, data, blob_id, gen_index, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(r["call_id"], r["idx"], r["status"], r.get("data"), r.get("blob_id"), r.get("gen_index"), now)
+                 for r in rows],  # fmt: skip
             )
         if done_input_ids:
             db.executemany(
@@ -300,10 +303,12 @@ class Store:
 
     def outputs_after(self, call_id: str, after: int, limit: int) -> list[dict[str, Any]]:
         rows = self.db.execute(
-            "SELECT seq, idx, status, data, blob_id FROM outputs WHERE call_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, idx, status, data, blob_id, gen_index FROM outputs WHERE call_id = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
             (call_id, after, limit),
         ).fetchall()
-        return [{"seq": r[0], "idx": r[1], "status": r[2], "data": r[3], "blob_id": r[4]} for r in rows]
+        keys = ("seq", "idx", "status", "data", "blob_id", "gen_index")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def count_final_outputs(self, call_id: str) -> int:
         marks = ", ".join("?" for _ in FINAL_STATUSES)
