@@ -7,6 +7,8 @@ are short, so they run inline rather than hopping to a thread.
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,6 +114,7 @@ logs = Table(
     sqlite_autoincrement=True,
 )
 
+CHECKPOINT_INTERVAL_S = 1.0
 FINAL_STATUSES = ("success", "failure", "timeout", "crash", "cancelled", "init_failure")
 
 
@@ -129,14 +132,33 @@ class Store:
             # a power loss can drop the newest commits.
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=5000")
+            # Checkpoints (which fsync) run on a thread of their own, off the call path.
+            cur.execute("PRAGMA wal_autocheckpoint=0")
             cur.close()
 
         metadata.create_all(self.engine)
         self.conn = self.engine.connect()
         self.db: Any = self.conn.connection.dbapi_connection
+        self._path = path
+        self._closing = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="wal-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        conn = sqlite3.connect(self._path, timeout=5.0)
+        try:
+            while not self._closing.wait(CHECKPOINT_INTERVAL_S):
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        finally:
+            conn.close()
 
     def close(self) -> None:
+        self._closing.set()
         self.conn.close()
+        self._checkpointer.join(timeout=10)
         self.engine.dispose()
 
     # -- apps and functions -------------------------------------------------
