@@ -39,7 +39,6 @@ from .functions import _Function
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
-HEARTBEAT_S = 15.0
 _UNSUPPORTED_YET = ("image", "volumes", "secrets", "schedule", "cloud", "region", "network_file_systems")
 
 
@@ -248,7 +247,8 @@ class _App:
             if tag in function_ids:
                 fn._object_id = function_ids[tag]
 
-    async def _create(self, deployed: bool, name: str | None) -> str:
+    async def _create(self, deployed: bool, name: str | None) -> tuple[str, float]:
+        """Create the app on the control plane; returns its id and the heartbeat interval it wants."""
         client = await _Client.get()
         reply = await client.rpc(
             "AppCreate",
@@ -262,7 +262,7 @@ class _App:
         self._app_id = reply["app_id"]
         for tag, fid in reply["function_ids"].items():
             self._functions[tag]._object_id = fid
-        return self._app_id
+        return self._app_id, float(reply.get("heartbeat_s", 15.0))
 
     @_sync.context_manager
     @contextlib.asynccontextmanager
@@ -279,10 +279,10 @@ class _App:
         if self._running:
             raise InvalidError(f"app {self._name!r} is already running")
         self._running = True
-        app_id = await self._create(deployed=False, name=None)
+        app_id, heartbeat_s = await self._create(deployed=False, name=None)
         client = await _Client.get()
         follower = asyncio.create_task(_follow_logs(client, app_id)) if show_logs else None
-        beat = asyncio.create_task(_heartbeat(client, app_id))
+        beat = asyncio.create_task(_heartbeat(client, app_id, heartbeat_s))
         try:
             yield self
         finally:
@@ -303,9 +303,9 @@ class _App:
         return self
 
 
-async def _heartbeat(client: _Client, app_id: str) -> None:
+async def _heartbeat(client: _Client, app_id: str, interval: float) -> None:
     while True:
-        await asyncio.sleep(HEARTBEAT_S)
+        await asyncio.sleep(interval)
         with contextlib.suppress(Exception):
             await client.rpc("AppHeartbeat", {"app_id": app_id})
 

@@ -106,8 +106,8 @@ def test_ephemeral_app_stopped_when_client_dies(fresh_ketch_env):
     # A `ketch run` killed with SIGKILL cannot stop its app; the control plane
     # must notice the missing heartbeats and stop it (and its containers) itself.
     env = fresh_ketch_env
-    # Clients beat every 15 s; 40 s without one keeps the test short but fair.
-    env.env["KETCH_EPHEMERAL_APP_TIMEOUT"] = "40"
+    # The server tells clients to beat every timeout/4 s; 8 s keeps the test short but fair.
+    env.env["KETCH_EPHEMERAL_APP_TIMEOUT"] = "8"
     run = env.popen("run", "examples/durable_map.py", "--n", "100000")
     assert run.wait_for_line("FIRST-RESULT", 60), run.text()
     os.killpg(run.proc.pid, signal.SIGKILL)

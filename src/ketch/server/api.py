@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
+from .._config import config
 from .._ids import stable_id
 from .._serialization import MAX_PAYLOAD_BYTES, pack, unpack
 from .._spec import FunctionSpec
@@ -125,7 +126,8 @@ async def AppCreate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
             api.d.forget_function(fn["id"])
     if deployed:
         api.d.warm_deployed(app_id)
-    return {"app_id": app_id, "function_ids": {f["tag"]: f["id"] for f in fns}}
+    heartbeat_s = min(15.0, float(config.get("ephemeral_app_timeout")) / 4)
+    return {"app_id": app_id, "function_ids": {f["tag"]: f["id"] for f in fns}, "heartbeat_s": heartbeat_s}
 
 
 @rpc
