@@ -40,6 +40,7 @@ _SETTINGS: dict[str, _Setting] = {
     "log_level": _Setting("WARNING", str, "log level of the CLI and server"),
     "connect_timeout": _Setting(120.0, float, "seconds a client keeps retrying an unreachable server"),
     "ephemeral_app_timeout": _Setting(90.0, float, "seconds without client heartbeats before an ephemeral app stops"),
+    "fork_containers": _Setting(True, _to_bool, "start containers as forks of a warm template process"),
     "force_build": _Setting(False, _to_bool, "rebuild images even when cached"),
 }
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._config import config
 from .._ids import new_id
 from .._serialization import MAX_INLINE_BYTES, serialize_exception, unpack
 from .._spec import FunctionSpec
@@ -102,7 +103,7 @@ class Dispatcher:
         self.channel_addr = ""
         self.max_containers = max_containers
         self.logs = LogBook(store)
-        self.worker = LocalWorker(self._on_log, self._on_exit)
+        self.worker = LocalWorker(self._on_log, self._on_exit, use_template=config.get("fork_containers"))
         self.pools: dict[str, sm.Pool] = {}
         self.pool_info: dict[str, PoolInfo] = {}
         self.calls: dict[str, CallState] = {}

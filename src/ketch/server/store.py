@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     select,
     update,
 )
@@ -137,12 +138,24 @@ class Store:
             cur.close()
 
         metadata.create_all(self.engine)
+        self._add_missing_columns()
         self.conn = self.engine.connect()
         self.db: Any = self.conn.connection.dbapi_connection
         self._path = path
         self._closing = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="wal-checkpoint", daemon=True)
         self._checkpointer.start()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a state directory made by an older ketch up to date (additive changes only)."""
+        found = inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in metadata.sorted_tables:
+                have = {c["name"] for c in found.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in have:
+                        kind = column.type.compile(dialect=self.engine.dialect)
+                        conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
 
     def _checkpoint_loop(self) -> None:
         conn = sqlite3.connect(self._path, timeout=5.0)

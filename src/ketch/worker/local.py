@@ -2,6 +2,11 @@
 
 No isolation: containers see the host filesystem and network. It is for dev
 loops and machines without bubblewrap, and ``ketch server status`` says so.
+
+Containers are forked from a warm template process (``ketch.runtime.template``)
+that has already imported ketch, which takes most of the interpreter start-up
+out of a cold start. If the template cannot be used, a container is a fresh
+``python -m ketch.runtime`` process.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ._template import TemplateProcess
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +30,7 @@ ExitSink = Callable[[str, str], None]  # container id, reason
 
 def describe_exit(returncode: int | None) -> str:
     if returncode is None:
-        return "lost"
+        return "was lost (its parent process died)"
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -36,8 +43,9 @@ def describe_exit(returncode: int | None) -> str:
 
 @dataclass
 class _Proc:
-    process: asyncio.subprocess.Process
-    tasks: list[asyncio.Task[None]]
+    pid: int
+    exited: Awaitable[int | None]
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 class LocalWorker:
@@ -46,17 +54,36 @@ class LocalWorker:
     name = "local"
     isolation = "none (local runtime: containers are host processes)"
 
-    def __init__(self, on_log: LogSink, on_exit: ExitSink) -> None:
+    def __init__(self, on_log: LogSink, on_exit: ExitSink, use_template: bool = True) -> None:
         self._on_log = on_log
         self._on_exit = on_exit
         self._procs: dict[str, _Proc] = {}
+        self._template: TemplateProcess | None = TemplateProcess(self._base_env()) if use_template else None
 
     def running(self) -> int:
         return len(self._procs)
 
+    @staticmethod
+    def _base_env() -> dict[str, str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("KETCH_HOME", None)
+        return env
+
     async def start(self, container_id: str, env: dict[str, str], cwd: str | None) -> None:
-        full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        full_env.pop("KETCH_HOME", None)
+        proc = None
+        if self._template is not None:
+            try:
+                pid, out, err, exited = await self._template.spawn(container_id, env, cwd)
+                proc = _Proc(pid, exited, [self._pump(container_id, "stdout", out), self._pump(container_id, "stderr", err)])
+            except Exception as exc:  # fall back to a fresh interpreter
+                logger.warning("template process unusable (%s); starting containers fresh", exc)
+                self._template = None
+        if proc is None:
+            proc = await self._start_fresh(container_id, env, cwd)
+        self._procs[container_id] = proc
+        asyncio.get_running_loop().create_task(self._wait(container_id, proc))
+
+    async def _start_fresh(self, container_id: str, env: dict[str, str], cwd: str | None) -> _Proc:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -64,28 +91,31 @@ class LocalWorker:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=full_env,
+            env={**self._base_env(), **env},
             cwd=cwd if cwd and os.path.isdir(cwd) else None,
             start_new_session=True,
         )
-        proc = _Proc(process, [])
-        self._procs[container_id] = proc
         assert process.stdout is not None and process.stderr is not None
-        proc.tasks = [
-            asyncio.create_task(self._pump(container_id, "stdout", process.stdout)),
-            asyncio.create_task(self._pump(container_id, "stderr", process.stderr)),
-        ]
-        asyncio.create_task(self._wait(container_id, proc))
+        tasks = [self._pump(container_id, "stdout", process.stdout), self._pump(container_id, "stderr", process.stderr)]
+        return _Proc(process.pid, process.wait(), tasks)
 
-    async def _pump(self, container_id: str, stream: str, reader: asyncio.StreamReader) -> None:
-        while True:
-            line = await reader.readline()
-            if not line:
-                return
-            self._on_log(container_id, stream, line.decode(errors="replace"))
+    def _pump(self, container_id: str, stream: str, reader: asyncio.StreamReader) -> asyncio.Task[None]:
+        async def pump() -> None:
+            pending = b""
+            while True:
+                chunk = await reader.read(1 << 16)
+                if not chunk:
+                    if pending:
+                        self._on_log(container_id, stream, pending.decode(errors="replace"))
+                    return
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    self._on_log(container_id, stream, line.decode(errors="replace") + "\n")
+
+        return asyncio.get_running_loop().create_task(pump())
 
     async def _wait(self, container_id: str, proc: _Proc) -> None:
-        returncode = await proc.process.wait()
+        returncode = await proc.exited
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.gather(*proc.tasks, return_exceptions=True), 2.0)
         self._procs.pop(container_id, None)
@@ -106,8 +136,8 @@ class LocalWorker:
 
     @staticmethod
     def _signal(proc: _Proc, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.process.pid, sig)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
 
     async def shutdown(self, grace: float = 5.0) -> None:
         for cid in list(self._procs):
@@ -115,3 +145,5 @@ class LocalWorker:
         deadline = asyncio.get_running_loop().time() + grace + 1
         while self._procs and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
+        if self._template is not None:
+            await self._template.close()
