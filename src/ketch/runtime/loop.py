@@ -34,6 +34,7 @@ from .user_code import Service, build_service
 logger = logging.getLogger(__name__)
 
 FLUSH_AFTER_S = 0.002
+INLINE_BELOW_S = 0.002
 FLUSH_AT = 128
 PR_SET_PDEATHSIG = 1
 
@@ -75,6 +76,9 @@ class ContainerLoop:
         self.stopping = False
         self.aloop: asyncio.AbstractEventLoop | None = None
         self.slots = max(spec.max_inputs, 1)
+        self.sequential_sync = False  # set by start_threads
+        self.fast = False  # every input so far ran in under INLINE_BELOW_S
+        self.n_done = 0
 
     # -- outputs ---------------------------------------------------------------
     def emit(self, item: dict[str, Any], force: bool = False) -> None:
@@ -142,6 +146,9 @@ class ContainerLoop:
             out = self._failure(input_id, exc, started)
         finally:
             self.running.pop(input_id, None)
+        # Fast as long as every input so far was: one slow input ends inline running for good.
+        self.fast = out["duration"] < INLINE_BELOW_S and (self.fast or self.n_done == 0)
+        self.n_done += 1
         self.emit(out)
 
     async def run_async_input(self, item: dict[str, Any], sem: asyncio.Semaphore) -> None:
@@ -304,6 +311,7 @@ class ContainerLoop:
             targets = [self.async_feeder]
         else:
             targets = [self.sync_worker] * self.slots
+            self.sequential_sync = self.slots == 1
         for target in targets:
             t = threading.Thread(target=target, daemon=True)
             t.start()
@@ -319,9 +327,10 @@ class ContainerLoop:
                 msg = self.chan.read()
                 kind = msg.get("t")
                 if kind == "inputs":
-                    with self.cond:
-                        self.queue.extend(msg["items"])
-                        self.cond.notify_all()
+                    if not self._run_inline(msg["items"]):
+                        with self.cond:
+                            self.queue.extend(msg["items"])
+                            self.cond.notify_all()
                 elif kind == "cancel":
                     self.cancel(list(msg["ids"]))
                 elif kind == "stop":
@@ -329,6 +338,22 @@ class ContainerLoop:
         except ChannelClosed:
             os._exit(1)  # the control plane is gone; nothing to report to
         self.shutdown(threads)
+
+    def _run_inline(self, items: list[dict[str, Any]]) -> bool:
+        """Run a fast, sequential function's inputs on this thread: no hand-off to a worker.
+
+        Only when nothing else runs or waits, so order and the single slot are
+        kept; only for functions that have always been fast, so this thread is
+        back to reading cancels and stops within milliseconds.
+        """
+        if not (self.sequential_sync and self.fast):
+            return False
+        with self.cond:
+            if self.queue or self.running:
+                return False
+        for item in items:
+            self.run_sync_input(item)
+        return True
 
     def shutdown(self, threads: list[threading.Thread]) -> None:
         with self.cond:

@@ -116,6 +116,15 @@ logs = Table(
 )
 
 CHECKPOINT_INTERVAL_S = 1.0
+WAL_SIZE_LIMIT = 64 * 1024 * 1024  # the WAL file is cut back to this after a checkpoint
+WAL_RESTART_BYTES = 64 * 1024 * 1024
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 FINAL_STATUSES = ("success", "failure", "timeout", "crash", "cancelled", "init_failure")
 
 
@@ -135,6 +144,7 @@ class Store:
             cur.execute("PRAGMA busy_timeout=5000")
             # Checkpoints (which fsync) run on a thread of their own, off the call path.
             cur.execute("PRAGMA wal_autocheckpoint=0")
+            cur.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             cur.close()
 
         metadata.create_all(self.engine)
@@ -142,9 +152,25 @@ class Store:
         self.conn = self.engine.connect()
         self.db: Any = self.conn.connection.dbapi_connection
         self._path = path
+        self._wal = Path(f"{path}-wal")
+        self._commits = 0
         self._closing = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="wal-checkpoint", daemon=True)
         self._checkpointer.start()
+
+    def _commit(self) -> None:
+        """Commit, and now and then rewind the WAL.
+
+        The checkpoint thread copies WAL pages into the database in the
+        background, but under a steady stream of writes it never catches the
+        last frames, and the WAL can only start over once it has. So every
+        few hundred commits, if the WAL has grown past a limit, the writer
+        finishes the (by then short) checkpoint itself.
+        """
+        self.db.commit()
+        self._commits += 1
+        if self._commits % 256 == 0 and _size(self._wal) > WAL_RESTART_BYTES:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _add_missing_columns(self) -> None:
         """Bring a state directory made by an older ketch up to date (additive changes only)."""
@@ -161,8 +187,10 @@ class Store:
         conn = sqlite3.connect(self._path, timeout=5.0)
         try:
             while not self._closing.wait(CHECKPOINT_INTERVAL_S):
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                # fetchall: an unread result would keep a read snapshot open and
+                # stop the WAL from ever being rewound.
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.Error:
             pass
         finally:
@@ -245,7 +273,7 @@ class Store:
              call["n_inputs"], time.time()),
         )  # fmt: skip
         ids = self._insert_inputs(call["id"], new_inputs)
-        self.db.commit()
+        self._commit()
         return ids
 
     def add_inputs(
@@ -254,7 +282,7 @@ class Store:
         ids = self._insert_inputs(call_id, new_inputs)
         if n_inputs is not None:
             self.db.execute("UPDATE calls SET n_inputs = ? WHERE id = ?", (n_inputs, call_id))
-        self.db.commit()
+        self._commit()
         return ids
 
     def _insert_inputs(self, call_id: str, new_inputs: Sequence[dict[str, Any]]) -> list[tuple[int, int]]:
@@ -330,11 +358,11 @@ class Store:
             db.executemany(
                 "UPDATE inputs SET state = 'done', args = NULL WHERE id = ?", [(i,) for i in done_input_ids]
             )
-        db.commit()
+        self._commit()
 
     def record_attempt(self, input_id: int, attempts: int) -> None:
         self.db.execute("UPDATE inputs SET attempts = ? WHERE id = ?", (attempts, input_id))
-        self.db.commit()
+        self._commit()
 
     def outputs_after(self, call_id: str, after: int, limit: int) -> list[dict[str, Any]]:
         rows = self.db.execute(
@@ -371,7 +399,7 @@ class Store:
                 "INSERT INTO logs (app_id, tag, container_id, stream, text, ts) VALUES (?, ?, ?, ?, ?, ?)",
                 [(r["app_id"], r["tag"], r["container_id"], r["stream"], r["text"], r["ts"]) for r in rows],
             )
-            self.db.commit()
+            self._commit()
 
     def logs_after(self, app_id: str, after: int, limit: int) -> list[dict[str, Any]]:
         rows = self.db.execute(
