@@ -23,6 +23,7 @@ from . import exception
 from .app import App
 from .cls import Cls
 from .functions import Function, FunctionCall
+from .image import Image
 from .partial import batched, concurrent, enter, exit, method, parameter
 from .retries import Retries
 
@@ -31,6 +32,7 @@ __all__ = [
     "Cls",
     "Function",
     "FunctionCall",
+    "Image",
     "Retries",
     "__version__",
     "batched",

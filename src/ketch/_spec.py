@@ -96,6 +96,7 @@ class FunctionSpec:
     cpu: list[float] | None = None
     memory: list[float] | None = None
     signature: bytes | None = None
+    image: dict[str, Any] | None = None  # Image.to_wire(); applied by the isolated runtime
 
     def retries(self) -> Retries:
         return Retries(self.max_retries, self.backoff_coefficient, self.initial_delay, self.max_delay)

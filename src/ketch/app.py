@@ -35,6 +35,7 @@ from ._spec import FunctionSpec, build_options
 from .cls import _Cls, class_spec_methods, new_class_function
 from .exception import InvalidError
 from .functions import _Function
+from .image import Image
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ class _App:
             if not callable(raw_f):
                 raise InvalidError(f"@app.function() decorates a function, not {raw_f!r}")
             spec = self._spec_for(raw_f, name or raw_f.__name__, options, serialized)
+            spec.image = image.to_wire() if image is not None else None
             spec.is_generator = inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(raw_f)
             fn = _Function(self, spec, raw_f)
             self._register(spec.tag, fn)
@@ -186,6 +188,7 @@ class _App:
             if not methods:
                 raise InvalidError(f"{user_cls.__name__} has no @ketch.method() methods")
             spec = self._spec_for(user_cls, name or user_cls.__name__, options, serialized)
+            spec.image = image.to_wire() if image is not None else None
             spec.is_class = True
             spec.methods = methods
             cls_obj = new_class_function(self, spec, user_cls)
@@ -346,7 +349,9 @@ def print_log_line(row: dict[str, Any]) -> None:
 
 def _note_unsupported(**options: Any) -> None:
     """Check the shape of options a later version applies, and say they are not applied yet."""
-    secrets, volumes = options.get("secrets"), options.get("volumes")
+    secrets, volumes, image = options.get("secrets"), options.get("volumes"), options.get("image")
+    if image is not None and not isinstance(image, Image):
+        raise InvalidError(f"image must be a ketch.Image (e.g. ketch.Image.debian_slim()), not {type(image).__name__}")
     if secrets is not None and not isinstance(secrets, list | tuple):
         raise InvalidError(f"secrets must be a list of ketch.Secret, not {type(secrets).__name__}")
     if volumes is not None:
@@ -356,7 +361,7 @@ def _note_unsupported(**options: Any) -> None:
             if not isinstance(path, str) or not path.startswith("/") or path.rstrip("/") in ("", "/root"):
                 raise InvalidError(f"volume mount path must be an absolute path other than / and /root, not {path!r}")
     given = [k for k, v in options.items() if v]
-    if given:
+    if given and not os.environ.get("KETCH_CONTAINER_ID"):
         logger.warning(
             "option(s) %s are accepted but not applied yet by this version of ketch (local runtime)", ", ".join(given)
         )

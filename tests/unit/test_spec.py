@@ -116,3 +116,14 @@ def test_class_parameters_are_checked_at_the_client():
 def test_later_options_are_shape_checked_now(options):
     with pytest.raises(InvalidError):
         app.function(**options)
+
+
+def test_image_option_takes_an_image():
+    with pytest.raises(InvalidError, match="ketch.Image"):
+        app.function(image="python:3.11")
+
+    @app.function(image=ketch.Image.debian_slim().pip_install("numpy"), serialized=True)
+    def uses_image():
+        pass
+
+    assert uses_image._ketch_impl._spec.image["layers"][-1]["kind"] == "pip_install"
