@@ -79,6 +79,7 @@ class ContainerLoop:
         self.sequential_sync = False  # set by start_threads
         self.fast = False  # every input so far ran in under INLINE_BELOW_S
         self.n_done = 0
+        self.inline_left = 0  # inputs of the current inline batch not run yet
 
     # -- outputs ---------------------------------------------------------------
     def emit(self, item: dict[str, Any], force: bool = False) -> None:
@@ -86,7 +87,7 @@ class ContainerLoop:
             if not self.outbox:
                 self.outbox_since = time.monotonic()
             self.outbox.append(item)
-            urgent = force or not self.queue or len(self.outbox) >= FLUSH_AT
+            urgent = force or (not self.queue and not self.inline_left) or len(self.outbox) >= FLUSH_AT
             urgent = urgent or time.monotonic() - self.outbox_since > FLUSH_AFTER_S
         if urgent:
             self.flush()
@@ -351,7 +352,8 @@ class ContainerLoop:
         with self.cond:
             if self.queue or self.running:
                 return False
-        for item in items:
+        for n, item in enumerate(items):
+            self.inline_left = len(items) - n - 1
             self.run_sync_input(item)
         return True
 
