@@ -260,7 +260,8 @@ class Dispatcher:
             "n_inputs": len(body["inputs"]) if body.get("closed") else None,
         }
         rows = self._input_rows(body["inputs"])
-        fresh = self.store.add_call(call, rows)
+        waited = bool(body.get("wait")) and bool(body.get("closed"))
+        fresh = self.store.add_call(call, rows, commit=not waited)
         state = self.calls.get(call["id"])
         if state is None:
             state = CallState(call["id"], function_id, app_id, self._ensure_pool(function_id, params), call["kind"],

@@ -264,8 +264,15 @@ class Store:
     # -- calls, inputs, outputs ---------------------------------------------
     # The per-call path uses the DBAPI connection with plain, portable SQL: it
     # runs several times per call, and statement construction would dominate.
-    def add_call(self, call: dict[str, Any], new_inputs: Sequence[dict[str, Any]]) -> list[tuple[int, int]]:
-        """Insert a call (if new) and its inputs (skipping stored ones); return (id, idx) of new inputs."""
+    def add_call(
+        self, call: dict[str, Any], new_inputs: Sequence[dict[str, Any]], commit: bool = True
+    ) -> list[tuple[int, int]]:
+        """Insert a call (if new) and its inputs (skipping stored ones); return (id, idx) of new inputs.
+
+        ``commit=False`` leaves the rows to the next commit on this connection:
+        for a call whose client waits for the result, nothing has been promised
+        yet, and a client whose request was lost sends it again.
+        """
         self.db.execute(
             "INSERT OR IGNORE INTO calls (id, function_id, app_id, kind, params, method, n_inputs, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -273,7 +280,8 @@ class Store:
              call["n_inputs"], time.time()),
         )  # fmt: skip
         ids = self._insert_inputs(call["id"], new_inputs)
-        self._commit()
+        if commit:
+            self._commit()
         return ids
 
     def add_inputs(
