@@ -130,7 +130,7 @@ class _App:
             buffer_containers=buffer_containers, scaledown_window=scaledown_window, env=env, gpu=gpu, cpu=cpu,
             memory=memory,
         )  # fmt: skip
-        _note_unsupported(image=image, secrets=secrets, volumes=volumes)
+        _check_later_options(image=image, secrets=secrets, volumes=volumes)
 
         def wrap(raw_f: Callable[..., Any]) -> _Function:
             if isinstance(raw_f, _Function):
@@ -179,7 +179,7 @@ class _App:
             buffer_containers=buffer_containers, scaledown_window=scaledown_window, env=env, gpu=gpu, cpu=cpu,
             memory=memory,
         )  # fmt: skip
-        _note_unsupported(image=image, secrets=secrets, volumes=volumes)
+        _check_later_options(image=image, secrets=secrets, volumes=volumes)
 
         def wrap(user_cls: type) -> _Cls:
             if not inspect.isclass(user_cls):
@@ -347,7 +347,7 @@ def print_log_line(row: dict[str, Any]) -> None:
     stream.flush()
 
 
-def _note_unsupported(**options: Any) -> None:
+def _check_later_options(**options: Any) -> None:
     """Check the shape of options a later version applies, and say they are not applied yet."""
     secrets, volumes, image = options.get("secrets"), options.get("volumes"), options.get("image")
     if image is not None and not isinstance(image, Image):

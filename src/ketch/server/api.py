@@ -120,7 +120,7 @@ async def AppCreate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
         fid = stable_id("fu", app_id, spec.tag)
         fns.append({"id": fid, "tag": spec.tag, "spec": pack(spec.to_wire())})
     api.store.create_app(app_id, name or app_id, deployed, fns)
-    api.d._app_running.pop(app_id, None)
+    api.d.app_changed(app_id)
     for fn in fns:
         if fn["id"] in old and old[fn["id"]] != fn["spec"]:
             api.d.forget_function(fn["id"])

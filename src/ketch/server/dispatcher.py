@@ -83,7 +83,6 @@ class ContainerHandle:
     pool_key: str
     token: str
     writer: asyncio.StreamWriter | None = None
-    stash: dict[int, dict[str, Any]] = field(default_factory=dict)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -113,6 +112,8 @@ class Dispatcher:
         self._tick_task: asyncio.Task[None] | None = None
         self._evicting = False
         self._app_running: dict[str, bool] = {}
+        # A container's reported output, held until its pool says Complete or Retry.
+        self._stash: dict[int, dict[str, Any]] = {}
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -233,6 +234,10 @@ class Dispatcher:
             self._perform(pool, pool.evict_idle(time.monotonic()))
         finally:
             self._evicting = False
+
+    def app_changed(self, app_id: str) -> None:
+        """The app was created or redeployed: read its state afresh when next asked."""
+        self._app_running.pop(app_id, None)
 
     def app_running(self, app_id: str) -> bool:
         running = self._app_running.get(app_id)
@@ -376,12 +381,12 @@ class Dispatcher:
             if isinstance(action, sm.Assign):
                 self._send_inputs(action.container_id, action.input_ids)
             elif isinstance(action, sm.Complete):
-                row = self._take_stashed(pool, action.input_id)
+                row = self._stash.pop(action.input_id, None)
                 if row is not None:
                     rows.append(row)
                 done.append(action.input_id)
             elif isinstance(action, sm.Retry):
-                self._take_stashed(pool, action.input_id)
+                self._stash.pop(action.input_id, None)
                 self.store.record_attempt(action.input_id, action.attempt)
                 info = self.inputs.get(action.input_id)
                 logger.info("retrying input %s (attempt %d) in %.1fs", info and info.idx, action.attempt, action.delay)
@@ -402,12 +407,6 @@ class Dispatcher:
     def _row(self, input_id: int, status: str, data: bytes | None) -> dict[str, Any]:
         info = self.inputs[input_id]
         return {"call_id": info.call_id, "idx": info.idx, "status": status, "data": data}
-
-    def _take_stashed(self, pool: sm.Pool, input_id: int) -> dict[str, Any] | None:
-        for c in self.containers.values():
-            if input_id in c.stash:
-                return c.stash.pop(input_id)
-        return None
 
     def _finalize(self, rows: list[dict[str, Any]], done: Sequence[int]) -> None:
         for row in rows:
@@ -520,7 +519,7 @@ class Dispatcher:
                 row["gen_index"] = item.get("gen_index")
                 item_rows.append(row)
                 continue
-            handle.stash[input_id] = self._row(input_id, item["status"], item.get("data"))
+            self._stash[input_id] = self._row(input_id, item["status"], item.get("data"))
             results.append((input_id, OUTCOME.get(item["status"], "failure"), float(item.get("duration", 0.0))))
         if item_rows:
             self._finalize(item_rows, [])
