@@ -77,6 +77,14 @@ class PayloadTooLargeError(InvalidError):
     """An argument or result is larger than ketch will carry."""
 
 
+class ImageBuildError(Error):
+    """A step of an image build failed; the message names the step and ends with its output."""
+
+
+class ResourceUnavailableError(Error):
+    """No node can ever provide what the function asks for (a GPU type, say)."""
+
+
 class ServerError(Error):
     """The control plane failed while handling a request."""
 
@@ -108,6 +116,8 @@ _BY_NAME: dict[str, type[BaseException]] = {
         PayloadTooLargeError,
         ServerError,
         CallTimeoutError,
+        ImageBuildError,
+        ResourceUnavailableError,
     )
 }
 
