@@ -4,6 +4,11 @@ One ``_Client`` per event loop. Requests that fail because the control plane
 is unreachable are retried (re-reading where it lives, and restarting the
 embedded one) for up to ``connect_timeout`` seconds; every mutating request
 is idempotent, so a retry after a crash of the control plane is safe.
+
+The server URL is ``http://host:port`` or, inside sandbox containers,
+``unix:/path/to/api.sock`` (a socket bound into the container, which also
+works with ``block_network=True``). aiohttp is imported on first use so that
+``import ketch`` stays cheap in containers that never call out.
 """
 
 from __future__ import annotations
@@ -11,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from . import _server_manager
 from ._config import config
 from ._serialization import pack, unpack
 from .exception import ConnectionFailedError, from_wire
+
+if TYPE_CHECKING:
+    import aiohttp
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +35,7 @@ class _Client:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._url: str | None = None
+        self._socket: str | None = None
 
     @classmethod
     async def get(cls) -> _Client:
@@ -41,14 +48,23 @@ class _Client:
     async def _locate(self) -> str:
         """Where the control plane is now (starting the embedded one if it is down)."""
         info = await asyncio.get_running_loop().run_in_executor(None, _server_manager.ensure)
-        self._url = info.url
-        return info.url
+        url = info.url
+        if url.startswith("unix:"):
+            self._socket, url = url[len("unix:") :], "http://ketch"
+        self._url = url
+        return url
 
     def _ensure_session(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._session is None or self._session.closed:
+            connector: aiohttp.BaseConnector
+            if self._socket:
+                connector = aiohttp.UnixConnector(self._socket, limit=64)
+            else:
+                connector = aiohttp.TCPConnector(limit=64, force_close=False)
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64, force_close=False),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+                connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)
             )
         return self._session
 
@@ -56,6 +72,8 @@ class _Client:
         return self._url or await self._locate()
 
     async def rpc(self, method: str, body: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+        import aiohttp
+
         data = pack(body)
         deadline: float | None = None
         delay = 0.05
