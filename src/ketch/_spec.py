@@ -44,14 +44,17 @@ def parse_gpu(gpu: Any) -> list[dict[str, Any]]:
     return parsed
 
 
-def _resource(value: Any, name: str, kind: type) -> list[float] | None:
+def _resource(value: Any, name: str, kind: type) -> list[float | None] | None:
+    """``[request, limit]``; as in Modal a bare number is a request only (``limit`` None)."""
     if value is None:
         return None
-    pair = value if isinstance(value, tuple) else (value, value)
-    if len(pair) != 2 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair):
+    pair = value if isinstance(value, tuple) else (value, None)
+    if len(pair) != 2 or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in pair if v is not None
+    ) or pair[0] is None:
         raise InvalidError(f"{name} must be a number or a (request, limit) tuple, got {value!r}")
-    request, limit = (kind(v) for v in pair)
-    if request <= 0 or limit < request:
+    request, limit = kind(pair[0]), (kind(pair[1]) if pair[1] is not None else None)
+    if request <= 0 or (limit is not None and limit < request):
         raise InvalidError(f"{name} must be positive with limit >= request, got {value!r}")
     return [request, limit]
 
@@ -93,10 +96,11 @@ class FunctionSpec:
     batch_wait_ms: int = 0
     env: dict[str, str] = field(default_factory=dict)
     gpu: list[dict[str, Any]] = field(default_factory=list)
-    cpu: list[float] | None = None
-    memory: list[float] | None = None
+    cpu: list[float | None] | None = None
+    memory: list[float | None] | None = None
     signature: bytes | None = None
-    image: dict[str, Any] | None = None  # Image.to_wire(); applied by the isolated runtime
+    image: dict[str, Any] | None = None  # Image.to_wire(); applied by the sandbox runtime
+    block_network: bool = False
 
     def retries(self) -> Retries:
         return Retries(self.max_retries, self.backoff_coefficient, self.initial_delay, self.max_delay)

@@ -29,13 +29,14 @@ from typing import Any, TypeVar
 
 from . import _sync
 from ._client import _Client
+from ._config import config
 from ._ids import new_id
 from ._serialization import serialize
 from ._spec import FunctionSpec, build_options
 from .cls import _Cls, class_spec_methods, new_class_function
-from .exception import InvalidError
+from .exception import InvalidError, from_wire
 from .functions import _Function
-from .image import Image
+from .image import Image, default_image
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +64,13 @@ def _source_location(obj: Any) -> tuple[str, str | None, str | None]:
 class _App:
     """A group of functions and classes that run and deploy together."""
 
-    def __init__(self, name: str | None = None, *, description: str | None = None) -> None:
+    def __init__(
+        self, name: str | None = None, *, image: Image | None = None, description: str | None = None
+    ) -> None:
         if name is not None and (not isinstance(name, str) or not name or len(name) > 64):
             raise InvalidError(f"app name must be a non-empty string of at most 64 characters, got {name!r}")
+        _check_later_options(image=image)
+        self._image = image
         self._name = name
         self._description = description
         self._functions: dict[str, _Function] = {}
@@ -116,6 +121,7 @@ class _App:
         env: dict[str, str] | None = None,
         secrets: Any = None,
         volumes: Any = None,
+        block_network: bool = False,
         serialized: bool = False,
         name: str | None = None,
         **unknown: Any,
@@ -140,7 +146,8 @@ class _App:
             if not callable(raw_f):
                 raise InvalidError(f"@app.function() decorates a function, not {raw_f!r}")
             spec = self._spec_for(raw_f, name or raw_f.__name__, options, serialized)
-            spec.image = image.to_wire() if image is not None else None
+            spec.image = _image_wire(image or self._image)
+            spec.block_network = bool(block_network)
             spec.is_generator = inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(raw_f)
             fn = _Function(self, spec, raw_f)
             self._register(spec.tag, fn)
@@ -165,6 +172,7 @@ class _App:
         env: dict[str, str] | None = None,
         secrets: Any = None,
         volumes: Any = None,
+        block_network: bool = False,
         serialized: bool = False,
         name: str | None = None,
         **unknown: Any,
@@ -188,7 +196,8 @@ class _App:
             if not methods:
                 raise InvalidError(f"{user_cls.__name__} has no @ketch.method() methods")
             spec = self._spec_for(user_cls, name or user_cls.__name__, options, serialized)
-            spec.image = image.to_wire() if image is not None else None
+            spec.image = _image_wire(image or self._image)
+            spec.block_network = bool(block_network)
             spec.is_class = True
             spec.methods = methods
             cls_obj = new_class_function(self, spec, user_cls)
@@ -253,6 +262,7 @@ class _App:
     async def _create(self, deployed: bool, name: str | None) -> tuple[str, float]:
         """Create the app on the control plane; returns its id and the heartbeat interval it wants."""
         client = await _Client.get()
+        await _build_images(client, [fn._spec for fn in self._functions.values()])
         reply = await client.rpc(
             "AppCreate",
             {
@@ -347,6 +357,54 @@ def print_log_line(row: dict[str, Any]) -> None:
     stream.flush()
 
 
+def _image_wire(image: Image | None) -> dict[str, Any] | None:
+    return image.to_wire() if image is not None else None
+
+
+async def _build_images(client: _Client, specs: list[FunctionSpec]) -> None:
+    """Build every image the app's functions use before the app starts, streaming the output.
+
+    A failing step raises ``ImageBuildError`` here, so ``app.run()`` and
+    ``ketch deploy`` fail before anything runs.
+    """
+    if os.environ.get("KETCH_CONTAINER_ID"):
+        return
+    images: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        wire = spec.image or default_image().to_wire()
+        images.setdefault(wire["layers"][-1]["hash"], wire)
+    force = bool(config.get("force_build"))
+    for wire in images.values():
+        if force or any(layer.get("force_build") for layer in wire["layers"]):
+            force = True
+        reply = await client.rpc("ImageBuild", {"image": wire, "force": force})
+        if reply.get("skipped"):
+            if spec_images := [s for s in specs if s.image]:
+                logger.warning("%s: image= of %s is not applied", reply["skipped"], spec_images[0].tag)
+            return
+        if reply.get("cached"):
+            continue
+        await _stream_build(client, reply["build_id"], reply["image_hash"])
+
+
+async def _stream_build(client: _Client, build_id: str, image_hash: str) -> None:
+    print(f"Building image {image_hash[:12]}", file=sys.stderr, flush=True)
+    offset = 0
+    while True:
+        status = await client.rpc(
+            "ImageBuildStatus", {"build_id": build_id, "offset": offset, "wait": 20}, timeout=60
+        )
+        for line in status["lines"]:
+            print(f"  {line}", file=sys.stderr)
+        sys.stderr.flush()
+        offset = status["offset"]
+        if status["done"]:
+            if status.get("error"):
+                raise from_wire(status["error"]["type"], status["error"]["message"])
+            print(f"Built image {image_hash[:12]}", file=sys.stderr, flush=True)
+            return
+
+
 def _check_later_options(**options: Any) -> None:
     """Check the shape of options a later version applies, and say they are not applied yet."""
     secrets, volumes, image = options.get("secrets"), options.get("volumes"), options.get("image")
@@ -360,10 +418,10 @@ def _check_later_options(**options: Any) -> None:
         for path in volumes:
             if not isinstance(path, str) or not path.startswith("/") or path.rstrip("/") in ("", "/root"):
                 raise InvalidError(f"volume mount path must be an absolute path other than / and /root, not {path!r}")
-    given = [k for k, v in options.items() if v]
+    given = [k for k, v in options.items() if v and k != "image"]
     if given and not os.environ.get("KETCH_CONTAINER_ID"):
         logger.warning(
-            "option(s) %s are accepted but not applied yet by this version of ketch (local runtime)", ", ".join(given)
+            "option(s) %s are accepted but not applied yet by this version of ketch", ", ".join(given)
         )
 
 

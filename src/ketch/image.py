@@ -163,6 +163,20 @@ def _python_version(version: str | None, what: str) -> str:
     return version
 
 
+# Pythons that debian_slim can provide (Debian bookworm and trixie).
+DEBIAN_PYTHON_VERSIONS = ("3.11", "3.13")
+
+
+def default_image() -> Image:
+    """The image of functions that name none: ``debian_slim`` with this machine's Python.
+
+    Where Debian has no package of the local Python (3.12, say), it is 3.11.
+    Example: ``default_image().layers[0].step.spec["python_version"]``.
+    """
+    local = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return Image.debian_slim(local if local in DEBIAN_PYTHON_VERSIONS else "3.11")
+
+
 class Image:
     """An immutable container image description; every method returns a new image.
 

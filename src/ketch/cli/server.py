@@ -48,6 +48,7 @@ def status() -> None:
         ("home", str(_server_manager.home())),
         ("runtime", s["runtime"]),
         ("isolation", s["isolation"]),
+        ("gpus", s.get("gpus", "")),
         ("running apps", s["n_apps"]),
         ("containers", s["n_containers"]),
     ]

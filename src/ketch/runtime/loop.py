@@ -377,7 +377,12 @@ class ContainerLoop:
 
 
 def _connect() -> BlockingChannel:
-    host, port = os.environ["KETCH_CHANNEL"].rsplit(":", 1)
+    address = os.environ["KETCH_CHANNEL"]
+    if address.startswith("unix:"):  # sandbox containers: a socket bound into the container
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(address[len("unix:") :])
+        return BlockingChannel(sock)
+    host, port = address.rsplit(":", 1)
     sock = socket.create_connection((host, int(port)))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return BlockingChannel(sock)

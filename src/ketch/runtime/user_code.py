@@ -6,9 +6,11 @@ unpickling it, except for ``serialized=True``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +31,17 @@ class Service:
     exit_hooks: list[Callable[[], Any]] = field(default_factory=list)
 
 
+def _in_container(spec: FunctionSpec) -> FunctionSpec:
+    """Where the sandbox runtime put the app's source (``KETCH_SOURCE_ROOT``, i.e. ``/root``)."""
+    root = os.environ.get("KETCH_SOURCE_ROOT")
+    if not root or not spec.module_file or not spec.root_dir:
+        return spec
+    rel = os.path.relpath(spec.module_file, spec.root_dir)
+    return dataclasses.replace(spec, root_dir=root, module_file=os.path.join(root, rel))
+
+
 def _import_module(spec: FunctionSpec) -> Any:
+    spec = _in_container(spec)
     if spec.root_dir and spec.root_dir not in sys.path:
         sys.path.insert(0, spec.root_dir)
     if spec.module_name in sys.modules:

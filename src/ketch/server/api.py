@@ -98,6 +98,7 @@ async def Status(api: Api, body: dict[str, Any]) -> dict[str, Any]:
         "url": api.url,
         "runtime": api.d.worker.name,
         "isolation": api.d.worker.isolation,
+        "gpus": api.d.gpus.inventory.describe(),
         "n_apps": len(api.store.running_apps()),
         "n_containers": api.d.worker.running(),
     }
@@ -213,3 +214,26 @@ async def CallGetOutputs(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 async def CallCancel(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     api.d.cancel_call(body["call_id"])
     return {"at": time.time()}
+
+
+@rpc
+async def ImageBuild(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """Start (or join) the build of ``image`` (an ``Image.to_wire()`` dict)."""
+    if api.d.builds is None:
+        return {"skipped": f"images are not applied by the {api.d.worker.name} runtime"}
+    from ..image import Image
+
+    wire = Image.from_wire(body["image"]).to_wire()  # checks every layer hash
+    if not body.get("force") and api.d.builds.builder.cached(wire) is not None:
+        return {"cached": True, "image_hash": wire["layers"][-1]["hash"]}
+    job = api.d.builds.start(wire, bool(body.get("force")))
+    return {"build_id": job.id, "image_hash": job.image_hash}
+
+
+@rpc
+async def ImageBuildStatus(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """New output lines of a build since ``offset``; waits up to ``wait`` seconds for some."""
+    if api.d.builds is None:
+        raise NotFoundError("this control plane does not build images")
+    wait = min(float(body.get("wait", 0)), 60.0)
+    return await api.d.builds.status(str(body["build_id"]), int(body.get("offset", 0)), wait)

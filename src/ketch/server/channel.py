@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 
 from .._wire import ChannelClosed, encode, read_frame
 from ..exception import InvalidError
@@ -17,7 +18,11 @@ from .dispatcher import Dispatcher
 logger = logging.getLogger(__name__)
 
 
-async def serve_channel(dispatcher: Dispatcher, host: str = "127.0.0.1") -> asyncio.Server:
+async def serve_channel(
+    dispatcher: Dispatcher, host: str = "127.0.0.1", unix_path: str | None = None
+) -> list[asyncio.Server]:
+    """Listen on loopback TCP (``local`` containers) and, if given, a unix socket (sandboxes)."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         container_id = None
         try:
@@ -43,4 +48,9 @@ async def serve_channel(dispatcher: Dispatcher, host: str = "127.0.0.1") -> asyn
     server = await asyncio.start_server(handle, host, 0, limit=1 << 20)
     port = server.sockets[0].getsockname()[1]
     dispatcher.channel_addr = f"{host}:{port}"
-    return server
+    servers = [server]
+    if unix_path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(unix_path)
+        servers.append(await asyncio.start_unix_server(handle, unix_path, limit=1 << 20))
+    return servers

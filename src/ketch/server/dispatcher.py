@@ -7,6 +7,7 @@ result before anyone is told about it, and wakes clients waiting for outputs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -20,7 +21,16 @@ from .._config import config
 from .._ids import new_id
 from .._serialization import MAX_INLINE_BYTES, serialize_exception, unpack
 from .._spec import FunctionSpec
-from ..exception import CallCancelledError, ContainerCrashError, InvalidError, NotFoundError
+from ..exception import (
+    CallCancelledError,
+    ContainerCrashError,
+    ImageBuildError,
+    InvalidError,
+    NotFoundError,
+    OutOfMemoryError,
+    ResourceUnavailableError,
+)
+from ..worker import gpus
 from ..worker.local import LocalWorker
 from . import scheduler as sm
 from .blobs import BlobStore
@@ -102,7 +112,10 @@ class Dispatcher:
         self.channel_addr = ""
         self.max_containers = max_containers
         self.logs = LogBook(store)
-        self.worker = LocalWorker(self._on_log, self._on_exit, use_template=config.get("fork_containers"))
+        self.worker: Any = LocalWorker(self._on_log, self._on_exit, use_template=config.get("fork_containers"))
+        self.gpus = gpus.GpuAllocator(gpus.discover())
+        self.builds: Any = None  # a BuildService when the runtime applies images
+        self._gpu_waiting: set[str] = set()
         self.pools: dict[str, sm.Pool] = {}
         self.pool_info: dict[str, PoolInfo] = {}
         self.calls: dict[str, CallState] = {}
@@ -207,12 +220,35 @@ class Dispatcher:
                 key,
                 _policy(spec),
                 new_container_id=lambda: new_id("ta"),
-                room=self._room,
+                room=functools.partial(self._room_for, key) if spec.gpu else self._room,
                 keep_warm=bool(app and app["deployed"]),
             )
             if not self.app_running(app_id):
                 self.pools[key].stopped = True  # only here to answer questions about old calls
         return key
+
+    def _room_for(self, key: str) -> int:
+        """Room on the node for one more container of a GPU pool: node room and free GPUs."""
+        spec = self.pool_info[key].spec
+        free = [g for g in self.gpus.inventory.gpus if g.index not in self._busy_gpus()]
+        fits = max(
+            (sum(1 for g in free if gpus.satisfies(o["type"], g)) // o["count"] for o in spec.gpu),
+            default=0,
+        )
+        if fits == 0 and key not in self._gpu_waiting:
+            self._gpu_waiting.add(key)
+            info = self.pool_info[key]
+            wanted = ", ".join(f"{o['type']}:{o['count']}" for o in spec.gpu)
+            self.logs.add(
+                info.app_id, spec.tag, "", "stderr",
+                f"waiting for a GPU ({wanted}): all matching GPUs are busy\n",
+            )  # fmt: skip
+        elif fits:
+            self._gpu_waiting.discard(key)
+        return min(self._room(), fits)
+
+    def _busy_gpus(self) -> set[int]:
+        return {i for indices in self.gpus.busy().values() for i in indices}
 
     def _room(self) -> int:
         live = sum(1 for c in self.containers.values() if not c.exited.is_set())
@@ -252,6 +288,8 @@ class Dispatcher:
         spec, app_id = self.function_spec(function_id)
         if not self.app_running(app_id):
             raise NotFoundError(f"app of function {spec.tag!r} is not running")
+        if spec.gpu and (problem := self.gpus.check(spec.gpu)):
+            raise ResourceUnavailableError(f"{spec.tag}: {problem}")
         params = body.get("params")
         if params and not spec.is_class:
             raise InvalidError("parameters were given for a function that is not a class")
@@ -374,7 +412,9 @@ class Dispatcher:
         )
 
     # -- actions -------------------------------------------------------------
-    def _perform(self, pool: sm.Pool, actions: list[sm.Action], fail_payload: bytes | None = None) -> None:
+    def _perform(
+        self, pool: sm.Pool, actions: list[sm.Action], fail_payload: bytes | None = None, crash: bool = False
+    ) -> None:
         rows: list[dict[str, Any]] = []
         done: list[int] = []
         for action in actions:
@@ -392,11 +432,14 @@ class Dispatcher:
                 logger.info("retrying input %s (attempt %d) in %.1fs", info and info.idx, action.attempt, action.delay)
             elif isinstance(action, sm.Fail):
                 payload = fail_payload or serialize_exception(ContainerCrashError(action.reason))
-                status = "init_failure" if fail_payload else "crash"
+                status = "init_failure" if fail_payload and not crash else "crash"
                 rows.append(self._row(action.input_id, status, payload))
                 done.append(action.input_id)
             elif isinstance(action, sm.StartContainer):
-                asyncio.get_running_loop().create_task(self._start_container(pool, action.container_id))
+                gpu_env = self._allocate_gpus(pool, action.container_id)
+                asyncio.get_running_loop().create_task(
+                    self._start_container(pool, action.container_id, gpu_env)
+                )
             elif isinstance(action, sm.StopContainer):
                 self._stop_container(action.container_id)
             elif isinstance(action, sm.CancelOnContainer):
@@ -430,7 +473,17 @@ class Dispatcher:
                     del self.calls[call_id]  # reloaded from the store if asked again
 
     # -- containers ----------------------------------------------------------
-    async def _start_container(self, pool: sm.Pool, container_id: str) -> None:
+    def _allocate_gpus(self, pool: sm.Pool, container_id: str) -> dict[str, str]:
+        """Give a GPU container its devices now, before the next pool asks for room."""
+        spec = self.pool_info[pool.key].spec
+        if not spec.gpu:
+            return {}
+        got = self.gpus.allocate(container_id, spec.gpu)
+        if got is None:  # the room check makes this rare; the start fails and is retried
+            return {"KETCH_GPU_UNAVAILABLE": "1"}
+        return gpus.visible_devices_env(got[1])
+
+    async def _start_container(self, pool: sm.Pool, container_id: str, gpu_env: dict[str, str] | None = None) -> None:
         info = self.pool_info[pool.key]
         logger.info("starting container %s for %s", container_id, info.spec.tag)
         handle = ContainerHandle(container_id, pool.key, secrets.token_hex(16))
@@ -442,9 +495,19 @@ class Dispatcher:
             "KETCH_CHANNEL": self.channel_addr,
             "KETCH_SERVER_URL": self.server_url,
             "KETCH_PARENT_PID": str(os.getpid()),
+            **(gpu_env or {}),
         }
         try:
-            await self.worker.start(container_id, env, info.spec.root_dir)
+            if env.pop("KETCH_GPU_UNAVAILABLE", None):
+                raise RuntimeError("its GPUs were taken by another container")
+            await self.worker.start(container_id, env, info.spec)
+        except ImageBuildError as exc:
+            self._perform(
+                pool,
+                pool.container_init_failed(container_id, time.monotonic(), "image build failed"),
+                serialize_exception(exc),
+            )
+            self._on_exit(container_id, f"could not start: {exc}")
         except Exception as exc:
             logger.exception("could not start container %s", container_id)
             self._on_exit(container_id, f"could not start: {exc}")
@@ -527,6 +590,7 @@ class Dispatcher:
             self._perform(pool, pool.container_outputs(handle.id, results, now))
 
     def _on_exit(self, container_id: str, reason: str) -> None:
+        self.gpus.release(container_id)
         handle = self.containers.pop(container_id, None)
         if handle is None:
             return
@@ -534,7 +598,11 @@ class Dispatcher:
         handle.exited.set()
         pool = self.pools.get(handle.pool_key)
         if pool is not None:
-            self._perform(pool, pool.container_exited(container_id, time.monotonic(), f"container {container_id} {reason}"))
+            actions = pool.container_exited(container_id, time.monotonic(), f"container {container_id} {reason}")
+            oom = None
+            if reason.startswith("ran out of memory"):
+                oom = serialize_exception(OutOfMemoryError(f"container {container_id} {reason}"))
+            self._perform(pool, actions, oom, crash=oom is not None)
 
     def _on_log(self, container_id: str, stream: str, text: str) -> None:
         handle = self.containers.get(container_id)

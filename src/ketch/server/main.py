@@ -17,8 +17,11 @@ from aiohttp import web
 
 from .. import __version__
 from .._config import config
+from ..build import isolate
+from ..worker.sandbox import SandboxWorker, socket_dir
 from .api import Api
 from .blobs import BlobStore
+from .builds import BuildService
 from .channel import serve_channel
 from .dispatcher import Dispatcher
 from .store import Store
@@ -63,6 +66,36 @@ async def _reap_ephemeral_apps(store: Store, dispatcher: Dispatcher) -> None:
                 await dispatcher.stop_app(app["id"], wait=0)
 
 
+def _choose_runtime(dispatcher: Dispatcher, home: Path, sockets: Path) -> None:
+    """``sandbox`` where bubblewrap and root are available (``auto``), else ``local``, loudly."""
+    wanted = str(config.get("runtime")).lower()
+    if wanted not in ("auto", "sandbox", "local"):
+        raise SystemExit(f"ketch: unknown runtime {wanted!r}; choose sandbox, local or auto")
+    if wanted == "local":
+        logger.warning("runtime 'local': containers are NOT isolated and images are not applied")
+        return
+    support = isolate.support()
+    if not support.ok:
+        if wanted == "sandbox":
+            raise SystemExit(f"ketch: the sandbox runtime cannot run here: {support.reason}")
+        logger.warning(
+            "runtime 'local' (the sandbox runtime cannot run here: %s); containers are NOT isolated",
+            support.reason,
+        )
+        return
+    builds = BuildService(Path(config.get("image_cache")).expanduser())
+    dispatcher.builds = builds
+    dispatcher.worker = SandboxWorker(
+        dispatcher._on_log,
+        dispatcher._on_exit,
+        home,
+        builds.builder,
+        sockets / "channel.sock",
+        sockets / "api.sock",
+        dispatcher.gpus,
+    )
+
+
 async def serve(home: Path, host: str, port: int, stop: asyncio.Event | None = None) -> None:
     """Run the control plane until SIGTERM/SIGINT (or until ``stop`` is set, for tests)."""
     home.mkdir(parents=True, exist_ok=True)
@@ -73,12 +106,17 @@ async def serve(home: Path, host: str, port: int, stop: asyncio.Event | None = N
     dispatcher = Dispatcher(store, BlobStore(home / "blobs"), url, max_containers)
     api = Api(dispatcher, time.time())
     api.url = url
-    channel = await serve_channel(dispatcher, host)
+    sockets = socket_dir(home)
+    channels = await serve_channel(dispatcher, host, str(sockets / "channel.sock"))
+    _choose_runtime(dispatcher, home, sockets)
     await dispatcher.start()
     runner = web.AppRunner(api.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
+    with contextlib.suppress(FileNotFoundError):
+        (sockets / "api.sock").unlink()
+    await web.UnixSite(runner, str(sockets / "api.sock")).start()
     (home / "last_port").write_text(str(port))
     _write_info(home, {"url": url, "pid": os.getpid(), "version": __version__, "started_at": api.started_at})
     logger.info("ketch control plane %s listening on %s", __version__, url)
@@ -99,7 +137,8 @@ async def serve(home: Path, host: str, port: int, stop: asyncio.Event | None = N
             if info.get("pid") == os.getpid():
                 (home / "server.json").unlink()
         await runner.cleanup()
-        channel.close()
+        for channel in channels:
+            channel.close()
         await dispatcher.close()
         store.close()
 

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from .._spec import FunctionSpec
 from ._template import TemplateProcess
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,10 @@ class LocalWorker:
     """Starts, stops and watches container processes."""
 
     name = "local"
-    isolation = "none (local runtime: containers are host processes)"
+    isolation = (
+        "none (local runtime: containers are host processes; images are not applied and "
+        "memory/cpu limits are NOT enforced)"
+    )
 
     def __init__(self, on_log: LogSink, on_exit: ExitSink, use_template: bool = True) -> None:
         self._on_log = on_log
@@ -69,7 +73,8 @@ class LocalWorker:
         env.pop("KETCH_HOME", None)
         return env
 
-    async def start(self, container_id: str, env: dict[str, str], cwd: str | None) -> None:
+    async def start(self, container_id: str, env: dict[str, str], spec: FunctionSpec) -> None:
+        cwd = spec.root_dir
         proc = None
         if self._template is not None:
             try:

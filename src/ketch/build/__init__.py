@@ -1,0 +1,1 @@
+"""Image builds: base root filesystems, layer cache, registry pulls and the sandbox runtime."""

@@ -1,0 +1,357 @@
+"""The ``sandbox`` runtime: each container is an isolated bubblewrap sandbox.
+
+A container's root is an overlay of its image's layers with a private writable
+layer under ``$KETCH_HOME/containers/<id>/``. bubblewrap enters it with its own
+mount, pid, ipc and uts namespaces (and a network namespace with no route out
+for ``block_network=True``), Docker's default capabilities, a fresh ``/dev``,
+``/proc`` and ``/tmp``, and only these things from the host, bound in:
+
+* ``/.ketch/runtime`` (read-only): ketch and its runtime dependencies
+  (:mod:`ketch.build.runtime`);
+* ``/.ketch/run/channel.sock`` and ``/.ketch/run/api.sock``: unix sockets to the
+  control plane (the container channel, and the HTTP API for calls made from
+  inside), which work without any network;
+* the app's source at ``/root`` (the entry module, or its top package), as
+  Modal does, and the image's ``copy=False`` local files, read-only;
+* for GPU functions, the ``/dev/nvidia*`` nodes of the GPUs it owns and the
+  driver's user-space libraries under ``/usr/local/nvidia``.
+
+``memory``/``cpu`` limits and a pids limit are applied with cgroups where the
+machine has them; a container killed by its memory limit is reported as such.
+
+Example::
+
+    worker = SandboxWorker(on_log, on_exit, home, builder, sockets, gpus)
+    await worker.start(container_id, env, spec)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._image_files import content_digest, local_files
+from .._spec import FunctionSpec
+from ..build import isolate
+from ..build.builder import Builder, BuiltImage
+from ..build.layers import remove_tree
+from ..build.runtime import DEPS_MOUNT_POINT, MOUNT_POINT
+from . import cgroups, gpus
+from .local import ExitSink, LogSink, describe_exit
+
+logger = logging.getLogger(__name__)
+
+RUN_DIR = "/.ketch/run"
+SOURCE_ROOT = "/root"
+PIDS_LIMIT = 4096
+NVIDIA_LIB = "/usr/local/nvidia/lib64"
+NVIDIA_BIN = "/usr/local/nvidia/bin"
+
+
+def socket_dir(home: Path) -> Path:
+    """A short directory for the control plane's unix sockets (paths must stay under 108 bytes)."""
+    import hashlib
+
+    tag = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"ketch-{os.getuid()}-{tag}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class _Container:
+    container_id: str
+    dir: Path
+    merged: Path
+    pid: int = 0
+    exited: Awaitable[int] | None = None
+    cgroup: cgroups.ContainerCgroup | None = None
+    memory_limit_mib: int | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class SandboxWorker:
+    """Starts, stops and watches sandboxed containers."""
+
+    name = "sandbox"
+
+    def __init__(
+        self,
+        on_log: LogSink,
+        on_exit: ExitSink,
+        home: Path,
+        builder: Builder,
+        channel_socket: Path,
+        api_socket: Path,
+        gpu_allocator: gpus.GpuAllocator,
+    ) -> None:
+        self._on_log = on_log
+        self._on_exit = on_exit
+        self.home = home
+        self.builder = builder
+        self.channel_socket = channel_socket
+        self.api_socket = api_socket
+        self.gpus = gpu_allocator
+        self.cgroups = cgroups.detect()
+        self._containers: dict[str, _Container] = {}
+        self._driver_files: list[str] | None = None
+        self.containers_dir = home / "containers"
+        self.mounts_dir = home / "mounts"
+        self._cleanup_leftovers()
+
+    @property
+    def isolation(self) -> str:
+        return (
+            "bubblewrap + overlayfs (own mount, pid, ipc and uts namespaces); "
+            + self.cgroups.describe()
+        )
+
+    def running(self) -> int:
+        return len(self._containers)
+
+    def _cleanup_leftovers(self) -> None:
+        """Unmount and delete container dirs a crashed control plane left behind."""
+        if self.containers_dir.exists():
+            for entry in self.containers_dir.iterdir():
+                remove_tree(entry)
+        self.containers_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(Exception):
+            cgroups.cleanup_stale(support=self.cgroups)
+
+    # -- start ---------------------------------------------------------------
+    async def start(self, container_id: str, env: dict[str, str], spec: FunctionSpec) -> None:
+        built = await self._image(container_id, spec)
+        bundle = await self.builder.prepare_runtime(built, lambda line: None)
+        cdir = self.containers_dir / container_id
+        container = _Container(container_id, cdir, cdir / "merged")
+        self._containers[container_id] = container
+        try:
+            await isolate.mount_overlay(built.lowers, cdir / "upper", cdir / "work", container.merged)
+            argv, box_env = self._command(container, built, bundle, env, spec)
+            container.cgroup, container.memory_limit_mib = self._cgroup(container_id, spec)
+            if container.cgroup is not None:
+                argv = cgroups.join_command(container.cgroup, argv)
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except BaseException:
+            self._containers.pop(container_id, None)
+            await self._teardown(container)
+            raise
+        assert process.stdout is not None and process.stderr is not None
+        container.pid = process.pid
+        container.exited = process.wait()
+        container.tasks = [
+            self._pump(container_id, "stdout", process.stdout),
+            self._pump(container_id, "stderr", process.stderr),
+        ]
+        asyncio.get_running_loop().create_task(self._wait(container))
+
+    async def _image(self, container_id: str, spec: FunctionSpec) -> BuiltImage:
+        from ..image import default_image
+
+        wire = spec.image or default_image().to_wire()
+        built = self.builder.cached(wire)
+        if built is None:
+            log_line = lambda line: self._on_log(container_id, "stderr", f"[build] {line}\n")  # noqa: E731
+            built = await self.builder.build(wire, log=log_line)
+        self.builder.store.touch(built.chain)
+        return built
+
+    def _command(
+        self,
+        container: _Container,
+        built: BuiltImage,
+        bundle: Path,
+        env: dict[str, str],
+        spec: FunctionSpec,
+    ) -> tuple[list[str], dict[str, str]]:
+        cfg = built.config
+        workdir = str(cfg.get("workdir") or SOURCE_ROOT)
+        (container.merged / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        box = isolate.Bwrap(
+            container.merged,
+            network=not bool(getattr(spec, "block_network", False)),
+            hostname=f"ketch-{container.container_id[-8:]}",
+            cwd=workdir,
+        )
+        box.bind_ro(bundle, MOUNT_POINT)
+        box.bind_rw(self.channel_socket, f"{RUN_DIR}/channel.sock")
+        box.bind_rw(self.api_socket, f"{RUN_DIR}/api.sock")
+        self._bind_source(box, spec)
+        for mount in (spec.image or {}).get("mounts", []):
+            box.bind_ro(self._materialize(mount), mount["remote_path"])
+        box.env.update({k: str(v) for k, v in cfg.get("env", {}).items()})
+        if cfg.get("path"):
+            box.env["PATH"] = str(cfg["path"])
+        box.env.update(env)
+        box.env.update(
+            {
+                "PYTHONPATH": MOUNT_POINT,
+                "PYTHONUNBUFFERED": "1",
+                "KETCH_RUNTIME_DEPS": DEPS_MOUNT_POINT,
+                "KETCH_CHANNEL": f"unix:{RUN_DIR}/channel.sock",
+                "KETCH_SERVER_URL": f"unix:{RUN_DIR}/api.sock",
+                "KETCH_SOURCE_ROOT": SOURCE_ROOT,
+                "KETCH_PARENT_PID": "",
+                "KETCH_RUNTIME": "sandbox",
+            }
+        )
+        self._bind_gpus(box, container.container_id, env)
+        command = [built.python, "-m", "ketch.runtime"]
+        user = cfg.get("user")
+        if user and str(user) not in ("root", "0", "0:0"):
+            uid, _, gid = str(user).partition(":")
+            command = ["setpriv", f"--reuid={uid}", f"--regid={gid or uid}", "--init-groups", *command]
+        return box.argv(command), box.env
+
+    def _bind_source(self, box: isolate.Bwrap, spec: FunctionSpec) -> None:
+        """The app's entry module (or its top-level package) at ``/root``, read-only."""
+        if not spec.module_file or not spec.root_dir or spec.serialized_fn:
+            return
+        top = spec.module_name.split(".")[0]
+        if "." in spec.module_name:
+            source = Path(spec.root_dir) / top
+            box.bind_ro(source, f"{SOURCE_ROOT}/{top}")
+        else:
+            box.bind_ro(spec.module_file, f"{SOURCE_ROOT}/{Path(spec.module_file).name}")
+
+    def _materialize(self, mount: dict[str, Any]) -> Path:
+        """A read-only copy of a ``copy=False`` local path with its ignore rules applied."""
+        local, ignore = mount["local_path"], tuple(mount.get("ignore") or ())
+        if not os.path.exists(local):
+            raise FileNotFoundError(f"local path {local} for {mount['remote_path']} is gone")
+        if os.path.isfile(local) or not ignore:
+            return Path(local)
+        entries = local_files(local, ignore)
+        target = self.mounts_dir / content_digest(entries).split(":")[-1][:32]
+        if not target.exists():
+            staging = Path(tempfile.mkdtemp(dir=self.home, prefix="mount-"))
+            for rel, path in entries:
+                dest = staging / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if os.path.islink(path):
+                    os.symlink(os.readlink(path), dest)
+                else:
+                    shutil.copy2(path, dest)
+            self.mounts_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(staging, target)
+            except OSError:
+                shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def _bind_gpus(self, box: isolate.Bwrap, container_id: str, env: dict[str, str]) -> None:
+        owned = self.gpus.busy().get(container_id)
+        if not owned:
+            box.env.setdefault("CUDA_VISIBLE_DEVICES", "")
+            return
+        devices = [g for g in self.gpus_inventory() if g.index in owned]
+        for path in gpus.device_paths(devices):
+            box.bind_dev(path, path)
+        if any(not g.fake for g in devices):
+            if self._driver_files is None:
+                self._driver_files = gpus.driver_files()
+            for path in self._driver_files:
+                folder = NVIDIA_BIN if "/bin/" in path else NVIDIA_LIB
+                box.bind_ro(path, f"{folder}/{os.path.basename(path)}")
+            box.env["LD_LIBRARY_PATH"] = ":".join(
+                p for p in (NVIDIA_LIB, box.env.get("LD_LIBRARY_PATH", "")) if p
+            )
+            box.env["PATH"] = f"{box.env.get('PATH', isolate.DEFAULT_PATH)}:{NVIDIA_BIN}"
+        box.env.update(gpus.visible_devices_env(devices))
+
+    def gpus_inventory(self) -> tuple[gpus.Gpu, ...]:
+        return self.gpus.inventory.gpus
+
+    def _cgroup(
+        self, container_id: str, spec: FunctionSpec
+    ) -> tuple[cgroups.ContainerCgroup | None, int | None]:
+        if self.cgroups.version == "none":
+            return None, None
+        memory = spec.memory[1] if spec.memory and spec.memory[1] else None
+        cpu = spec.cpu[1] if spec.cpu and spec.cpu[1] else None
+        cgroup = cgroups.ContainerCgroup.create(
+            container_id,
+            memory_limit_bytes=int(memory) * 2**20 if memory else None,
+            cpu_limit=float(cpu) if cpu else None,
+            pids_limit=PIDS_LIMIT,
+            support=self.cgroups,
+        )
+        return cgroup, int(memory) if memory else None
+
+    # -- running -------------------------------------------------------------
+    def _pump(self, container_id: str, stream: str, reader: asyncio.StreamReader) -> asyncio.Task[None]:
+        async def pump() -> None:
+            pending = b""
+            while True:
+                chunk = await reader.read(1 << 16)
+                if not chunk:
+                    if pending:
+                        self._on_log(container_id, stream, pending.decode(errors="replace"))
+                    return
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    self._on_log(container_id, stream, line.decode(errors="replace") + "\n")
+
+        return asyncio.get_running_loop().create_task(pump())
+
+    async def _wait(self, container: _Container) -> None:
+        assert container.exited is not None
+        returncode = await container.exited
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*container.tasks, return_exceptions=True), 2.0)
+        reason = describe_exit(returncode)
+        if container.cgroup is not None and container.cgroup.oom_killed():
+            limit = f"{container.memory_limit_mib} MiB" if container.memory_limit_mib else "the machine's"
+            reason = f"ran out of memory (limit {limit}) and was killed"
+        self._containers.pop(container.container_id, None)
+        await self._teardown(container)
+        self._on_exit(container.container_id, reason)
+
+    async def _teardown(self, container: _Container) -> None:
+        if container.cgroup is not None:
+            container.cgroup.remove()
+        self.gpus.release(container.container_id)
+        await isolate.unmount(container.merged)
+        await asyncio.get_running_loop().run_in_executor(None, remove_tree, container.dir)
+
+    def terminate(self, container_id: str, grace: float) -> None:
+        """SIGTERM now, SIGKILL after ``grace`` seconds if it is still there."""
+        container = self._containers.get(container_id)
+        if container is None or not container.pid:
+            return
+        self._signal(container, signal.SIGTERM)
+        asyncio.get_running_loop().call_later(grace, self.kill, container_id)
+
+    def kill(self, container_id: str) -> None:
+        container = self._containers.get(container_id)
+        if container is not None and container.pid:
+            self._signal(container, signal.SIGKILL)
+            if container.cgroup is not None:
+                container.cgroup.kill_all()
+
+    @staticmethod
+    def _signal(container: _Container, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(container.pid, sig)
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        for cid in list(self._containers):
+            self.terminate(cid, grace)
+        deadline = asyncio.get_running_loop().time() + grace + 1
+        while self._containers and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
