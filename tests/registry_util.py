@@ -1,0 +1,204 @@
+"""A throwaway Docker registry on loopback, and a tiny root filesystem to push to it.
+
+``local_registry`` runs Debian's ``docker-registry`` on a free 127.0.0.1 port
+with its storage under the test's temporary directory (never the system
+service on :5000). ``make_rootfs`` writes a small but real-looking root
+filesystem without any network: files, modes, symlinks and a hard link, but no
+programs that run (no static busybox is installed on the test machines).
+
+Example::
+
+    with local_registry(tmp_path) as host:
+        rootfs = make_rootfs(tmp_path / "rootfs")
+        digest = asyncio.run(push_rootfs(rootfs, f"{host}/test/tiny:1"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+REGISTRY_BINARY = "/usr/bin/docker-registry"
+TOOLS = ("skopeo", "umoci")
+
+# What make_rootfs writes, for tests to check after a round trip.
+MARKER_PATH = "etc/ketch-marker.txt"
+MARKER_TEXT = "written by tests/registry_util.py\n"
+SECRET_PATH = "etc/secret"  # mode 0600
+SCRIPT_PATH = "usr/bin/hello.sh"  # mode 0755
+HARDLINK_PATH = "usr/bin/hello"  # a hard link to SCRIPT_PATH
+SYMLINKS = {"bin": "usr/bin", "usr/bin/greet": "hello.sh"}  # path -> target
+STICKY_DIR = "tmp"  # mode 1777
+EMPTY_DIR = "srv/data"
+DOOMED_PATH = "etc/doomed.conf"  # for tests that delete a file in a later layer
+
+
+def registry_binary() -> str | None:
+    """The docker-registry program, or None when it is not installed."""
+    if os.access(REGISTRY_BINARY, os.X_OK):
+        return REGISTRY_BINARY
+    return shutil.which("docker-registry")
+
+
+def missing_tools() -> list[str]:
+    """The programs registry tests need that this machine lacks (empty when all are here).
+
+    Example: ``pytest.mark.skipif(bool(missing_tools()), reason=...)``.
+    """
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if registry_binary() is None:
+        missing.append("docker-registry")
+    return missing
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _answers(url: str) -> bool:
+    try:
+        with _NO_PROXY.open(url, timeout=1) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _config(storage: Path, port: int) -> str:
+    # json.dumps makes a double-quoted YAML scalar of any path.
+    return (
+        "version: 0.1\n"
+        "log:\n"
+        "  level: warn\n"
+        "  accesslog:\n"
+        "    disabled: true\n"
+        "storage:\n"
+        "  filesystem:\n"
+        f"    rootdirectory: {json.dumps(str(storage))}\n"
+        "  delete:\n"
+        "    enabled: true\n"
+        "http:\n"
+        f"  addr: 127.0.0.1:{port}\n"
+    )
+
+
+@contextlib.contextmanager
+def local_registry(tmp_path: Path, *, timeout: float = 20.0) -> Iterator[str]:
+    """Run a registry without auth on a free loopback port; yield ``"127.0.0.1:PORT"``.
+
+    Waits until ``GET /v2/`` answers 200 (raising ``RuntimeError`` with the
+    registry's stderr after ``timeout`` seconds), and kills the registry on exit.
+
+    Example: ``with local_registry(tmp_path) as host: ref = f"{host}/test/tiny:1"``.
+    """
+    binary = registry_binary()
+    if binary is None:
+        raise RuntimeError("docker-registry is not installed (apt-get install docker-registry)")
+    home = Path(tempfile.mkdtemp(prefix="registry-", dir=tmp_path))
+    deadline = time.monotonic() + timeout
+    for attempt in range(3):  # another process may take the free port before the registry does
+        port = free_port()
+        config = home / f"config-{port}.yml"
+        config.write_text(_config(home / "storage", port))
+        stderr_path = home / f"stderr-{port}.log"
+        with stderr_path.open("wb") as stderr:
+            proc = subprocess.Popen(
+                [binary, "serve", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                if _answers(f"http://127.0.0.1:{port}/v2/"):
+                    break
+                time.sleep(0.05)
+            else:
+                output = stderr_path.read_text(errors="replace")[-4000:]
+                if proc.poll() is not None and "address already in use" in output and attempt < 2:
+                    continue
+                raise RuntimeError(
+                    f"docker-registry on 127.0.0.1:{port} did not answer GET /v2/ within "
+                    f"{timeout:g}s (exit status {proc.poll()}); its output:\n{output}"
+                )
+            yield f"127.0.0.1:{port}"
+            return
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def make_rootfs(dir: Path) -> Path:
+    """Write a tiny root filesystem into ``dir`` (created if needed) and return ``dir``.
+
+    It holds ``MARKER_PATH`` with ``MARKER_TEXT``, ``etc/os-release``, a 0600
+    ``SECRET_PATH``, an executable ``SCRIPT_PATH`` with a hard link
+    ``HARDLINK_PATH``, the relative ``SYMLINKS``, a sticky ``STICKY_DIR``, an
+    ``EMPTY_DIR`` and ``DOOMED_PATH``.
+
+    Example: ``(make_rootfs(tmp_path / "rootfs") / MARKER_PATH).read_text() == MARKER_TEXT``.
+    """
+    dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(dir, 0o755)
+    files = {
+        "etc/os-release": 'ID=ketch-test\nNAME="ketch test rootfs"\n',
+        MARKER_PATH: MARKER_TEXT,
+        SECRET_PATH: "not for everyone\n",
+        SCRIPT_PATH: "#!/bin/sh\necho hello from the image\n",
+        DOOMED_PATH: "deleted by a later layer in some tests\n",
+    }
+    for relative, text in files.items():
+        path = dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        os.chmod(path, 0o644)
+    os.chmod(dir / SECRET_PATH, 0o600)
+    os.chmod(dir / SCRIPT_PATH, 0o755)
+    os.link(dir / SCRIPT_PATH, dir / HARDLINK_PATH)
+    for relative, target in SYMLINKS.items():
+        os.symlink(target, dir / relative)
+    (dir / STICKY_DIR).mkdir()
+    os.chmod(dir / STICKY_DIR, 0o1777)
+    (dir / EMPTY_DIR).mkdir(parents=True)
+    return dir
+
+
+def push_without(source: str, target: str, relative: str, work: Path) -> None:
+    """Push ``target``: image ``source`` plus a layer that deletes ``relative`` (a whiteout).
+
+    Both references are on a loopback registry. ``work`` must be an empty or
+    missing directory; it is left for the caller's ``tmp_path`` to clean.
+
+    Example: ``push_without(f"{host}/test/tiny:1", f"{host}/test/tiny:2", DOOMED_PATH, tmp)``.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    rootless = [] if os.geteuid() == 0 else ["--rootless"]
+    steps = [
+        ["skopeo", "copy", "--src-tls-verify=false", f"docker://{source}", "oci:layout:base"],
+        ["umoci", "unpack", *rootless, "--image", "layout:base", "bundle"],
+        None,  # the deletion
+        ["umoci", "repack", "--image", "layout:base", "bundle"],
+        ["skopeo", "copy", "--dest-tls-verify=false", "oci:layout:base", f"docker://{target}"],
+    ]
+    for argv in steps:
+        if argv is None:
+            (work / "bundle" / "rootfs" / relative).unlink()
+            continue
+        done = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr}")
