@@ -31,6 +31,7 @@ class Counter:
         self.calls += 1
         return {
             "pid": os.getpid(),
+            "container": os.environ.get("KETCH_CONTAINER_ID"),
             "start": self.start,
             "value": self.base + inc,
             "calls": self.calls,

@@ -205,12 +205,13 @@ class KetchEnv:
     wait_until = staticmethod(wait_until)
     pid_alive = staticmethod(_pid_alive)
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, runtime: str = "local"):
         self.home = home
         self.tag = uuid.uuid4().hex
         env = dict(os.environ)
         env.pop("KETCH_SERVER_URL", None)
         env["KETCH_HOME"] = str(home)
+        env["KETCH_RUNTIME"] = runtime
         env["KETCH_E2E_TAG"] = self.tag
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH", "")) if p)
         self.env = env
@@ -478,3 +479,24 @@ def workdir():
     path = Path(tempfile.mkdtemp(prefix="ketch-e2e-work-", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sandbox_env():
+    """A ``KETCH_HOME`` of its own whose control plane runs every container in the sandbox runtime.
+
+    Skips (with the reason) where bubblewrap, root or overlayfs are missing. The
+    image layer cache stays the machine's (``KETCH_IMAGE_CACHE``), so the Debian
+    base is built at most once per machine.
+    """
+    from ketch.build import isolate
+
+    support = isolate.support()
+    if not support.ok:
+        pytest.skip(f"the sandbox runtime cannot run on this machine: {support.reason}")
+    home = _new_home("ketch-e2e-sbx-")
+    env = KetchEnv(home)
+    env.env["KETCH_RUNTIME"] = "sandbox"
+    yield env
+    env.close()
+    shutil.rmtree(home, ignore_errors=True)

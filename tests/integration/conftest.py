@@ -55,6 +55,8 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProces
     mp = pytest.MonkeyPatch()
     mp.setenv("KETCH_SERVER_URL", server.url)
     mp.setenv("KETCH_HOME", str(home))
+    # These functions live in test modules that import pytest, which images lack.
+    mp.setenv("KETCH_RUNTIME", "local")
     try:
         yield server
     finally:

@@ -11,7 +11,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello_world.py"
 
 
 def test_hello_world_without_the_template(tmp_path):
-    env = {**os.environ, "KETCH_HOME": str(tmp_path / "home"), "KETCH_FORK_CONTAINERS": "0"}
+    env = {**os.environ, "KETCH_HOME": str(tmp_path / "home"), "KETCH_FORK_CONTAINERS": "0", "KETCH_RUNTIME": "local"}
     env.pop("KETCH_SERVER_URL", None)
     ketch = [sys.executable, "-c", "from ketch.cli.main import main; main()"]
     try:

@@ -240,12 +240,12 @@ class Builder:
         }
 
     async def _registry(self, spec: Mapping[str, Any], fs: Path, log: Log) -> dict[str, Any]:
-        from . import registry
+        from .registry import RegistryError, pull
 
         fs.rmdir()
         try:
-            image_config = await registry.pull(spec["tag"], fs, log=log)
-        except registry.PullError as exc:
+            image_config = await pull(spec["tag"], fs, log=log)
+        except (RegistryError, ValueError) as exc:
             raise _StepFailed(str(exc), []) from None
         cfg: dict[str, Any] = {
             "env": {k: v for k, v in image_config.env.items() if k != "PATH"},

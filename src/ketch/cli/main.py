@@ -10,6 +10,7 @@ import click
 from .. import __version__
 from .app_cmd import app_group
 from .deploy import deploy
+from .image_cmd import image_group
 from .run import run
 from .server import server
 
@@ -25,6 +26,7 @@ cli.add_command(run)
 cli.add_command(deploy)
 cli.add_command(server)
 cli.add_command(app_group)
+cli.add_command(image_group)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import importlib.util
 import inspect
+import linecache
 import os
 import sys
 from collections.abc import Callable
@@ -31,17 +32,23 @@ class Service:
     exit_hooks: list[Callable[[], Any]] = field(default_factory=list)
 
 
-def _in_container(spec: FunctionSpec) -> FunctionSpec:
-    """Where the sandbox runtime put the app's source (``KETCH_SOURCE_ROOT``, i.e. ``/root``)."""
+def _in_container(spec: FunctionSpec) -> tuple[FunctionSpec, str | None]:
+    """Where the sandbox runtime put the app's source (``KETCH_SOURCE_ROOT``, i.e. ``/root``).
+
+    Returns the spec with container paths and the entry module's host path, under
+    which its code is compiled so that tracebacks shown on the client (which reads
+    source lines from the host file) show the user's lines.
+    """
     root = os.environ.get("KETCH_SOURCE_ROOT")
     if not root or not spec.module_file or not spec.root_dir:
-        return spec
+        return spec, None
     rel = os.path.relpath(spec.module_file, spec.root_dir)
-    return dataclasses.replace(spec, root_dir=root, module_file=os.path.join(root, rel))
+    inside = dataclasses.replace(spec, root_dir=root, module_file=os.path.join(root, rel))
+    return inside, spec.module_file
 
 
 def _import_module(spec: FunctionSpec) -> Any:
-    spec = _in_container(spec)
+    spec, host_file = _in_container(spec)
     if spec.root_dir and spec.root_dir not in sys.path:
         sys.path.insert(0, spec.root_dir)
     if spec.module_name in sys.modules:
@@ -53,7 +60,13 @@ def _import_module(spec: FunctionSpec) -> Any:
         module = importlib.util.module_from_spec(mod_spec)
         sys.modules[spec.module_name] = module
         try:
-            mod_spec.loader.exec_module(module)
+            if host_file is not None:
+                with open(spec.module_file, encoding="utf-8") as fh:
+                    source = fh.read()
+                linecache.cache[host_file] = (len(source), None, source.splitlines(True), host_file)
+                exec(compile(source, host_file, "exec"), module.__dict__)
+            else:
+                mod_spec.loader.exec_module(module)
         except BaseException:
             sys.modules.pop(spec.module_name, None)
             raise

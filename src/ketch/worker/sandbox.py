@@ -67,6 +67,29 @@ def socket_dir(home: Path) -> Path:
     return path
 
 
+def project_sources(root: Path, module_name: str, module_file: str) -> list[tuple[str, Path]]:
+    """What of the app's directory goes to ``/root``: its ``.py`` files and package dirs.
+
+    Hidden entries and directories without ``__init__.py`` are left out, so a project
+    folder's data, virtualenvs and caches stay on the host.
+    """
+    top = module_name.split(".")[0]
+    found: dict[str, Path] = {}
+    if "." in module_name:
+        found[top] = root / top
+    else:
+        found[Path(module_file).name] = Path(module_file)
+    with contextlib.suppress(OSError):
+        for entry in root.iterdir():
+            if entry.name.startswith((".", "__")) or entry.name in found:
+                continue
+            if entry.suffix == ".py" and entry.is_file():
+                found[entry.name] = entry
+            elif entry.is_dir() and (entry / "__init__.py").is_file():
+                found[entry.name] = entry
+    return sorted(found.items())
+
+
 @dataclass
 class _Container:
     container_id: str
@@ -219,15 +242,13 @@ class SandboxWorker:
         return box.argv(command), box.env
 
     def _bind_source(self, box: isolate.Bwrap, spec: FunctionSpec) -> None:
-        """The app's entry module (or its top-level package) at ``/root``, read-only."""
+        """The app's source at ``/root``, read-only: the entry module (or its top package) and
+        the Python modules and packages beside it, so ``import helpers`` works as it does locally.
+        """
         if not spec.module_file or not spec.root_dir or spec.serialized_fn:
             return
-        top = spec.module_name.split(".")[0]
-        if "." in spec.module_name:
-            source = Path(spec.root_dir) / top
-            box.bind_ro(source, f"{SOURCE_ROOT}/{top}")
-        else:
-            box.bind_ro(spec.module_file, f"{SOURCE_ROOT}/{Path(spec.module_file).name}")
+        for name, path in project_sources(Path(spec.root_dir), spec.module_name, spec.module_file):
+            box.bind_ro(path, f"{SOURCE_ROOT}/{name}")
 
     def _materialize(self, mount: dict[str, Any]) -> Path:
         """A read-only copy of a ``copy=False`` local path with its ignore rules applied."""

@@ -1,0 +1,104 @@
+"""The example apps again, inside sandbox containers (the default runtime where bwrap runs).
+
+The core suites run on the ``local`` runtime (see tests/conftest.py); these
+check that what they prove about calls, errors and classes holds unchanged in
+isolated containers, where the app's source lives at ``/root`` and every
+container has its own pid namespace.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import KetchEnv
+
+pytestmark = pytest.mark.e2e
+
+
+def _sandbox_ok() -> tuple[bool, str]:
+    from ketch.build import isolate
+
+    support = isolate.support()
+    return support.ok, support.reason
+
+
+@pytest.fixture(scope="module")
+def boxed_env():
+    ok, reason = _sandbox_ok()
+    if not ok:
+        pytest.skip(f"the sandbox runtime cannot run here: {reason}")
+    home = Path(tempfile.mkdtemp(prefix="ketch-e2e-box-", dir="/tmp"))
+    env = KetchEnv(home, runtime="sandbox")
+    yield env
+    env.close()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.timeout(420)
+def test_hello_world_in_sandboxes(boxed_env):
+    # The first run may build the Debian base image (about a minute on a fresh machine).
+    proc = boxed_env.cli("run", "examples/hello_world.py", timeout=400).check()
+    assert "remote: 16" in proc.stdout and "map: [0, 1, 4, 9, 16]" in proc.stdout, proc.describe()
+    status = boxed_env.cli("server", "status").check()
+    assert "sandbox" in status.stdout and "bubblewrap" in status.stdout, status.describe()
+
+
+@pytest.fixture(scope="module")
+def boxed_errors(boxed_env):
+    run = boxed_env.run_example("errors.py::main", timeout=300)
+    run.proc.check()
+    return run
+
+
+@pytest.mark.timeout(320)
+def test_remote_exceptions_and_source_lines(boxed_errors):
+    value = boxed_errors.value("value_error")
+    assert value["type"] == "ValueError" and value["message"] == "bad value 42", value
+    # The container compiles the app under its host path, so the client shows the line.
+    assert "REMOTE-RAISE-LINE" in value["traceback"], value["traceback"]
+    assert boxed_errors.value("custom_error")["type"] == "CustomError"
+    assert boxed_errors.value("map_error")["message"] == "bad value 7"
+
+
+@pytest.mark.timeout(200)
+def test_sibling_modules_and_packages_are_importable(boxed_env, tmp_path):
+    project = tmp_path / "project"
+    (project / "pkg").mkdir(parents=True)
+    (project / "shapes.py").write_text("def area(w, h):\n    return w * h\n")
+    (project / "pkg" / "__init__.py").write_text("SCALE = 10\n")
+    (project / "notes").mkdir()
+    (project / "notes" / "secret.txt").write_text("stays on the host")
+    (project / "geometry_app.py").write_text(
+        "import os\n"
+        "import ketch\n"
+        "from shapes import area\n"
+        "from pkg import SCALE\n"
+        "app = ketch.App('geometry')\n"
+        "@app.function()\n"
+        "def room(w: int, h: int) -> tuple:\n"
+        "    return area(w, h) * SCALE, sorted(os.listdir('/root')), __file__\n"
+        "@app.local_entrypoint()\n"
+        "def main():\n"
+        "    print('ROOM', room.remote(3, 4))\n"
+    )
+    proc = boxed_env.cli("run", "geometry_app.py", cwd=project, timeout=180).check()
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("ROOM"))
+    assert "120" in line and "'geometry_app.py'" in line and "'shapes.py'" in line, line
+    assert "'pkg'" in line and "notes" not in line, line
+    assert "/root/geometry_app.py" in line, line
+
+
+@pytest.mark.timeout(300)
+def test_classes_in_sandboxes(boxed_env, tmp_path):
+    run = boxed_env.run_example("cls_example.py", "--workdir", str(tmp_path), timeout=280)
+    run.proc.check()
+    one_a, one_b, two = run.value("one_a"), run.value("one_b"), run.value("two")
+    # Same parameters share a container (and its @enter state); others get their own.
+    assert one_a["container"] == one_b["container"] != two["container"], (one_a, one_b, two)
+    assert isinstance(run.value("second_method"), int), run.proc.describe()
+    assert run.value("map") and run.value("required_parameter"), run.proc.describe()
+    assert "InvalidError" in str(run.value("missing_parameter")), run.proc.describe()
