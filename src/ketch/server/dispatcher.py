@@ -245,7 +245,27 @@ class Dispatcher:
             )  # fmt: skip
         elif fits:
             self._gpu_waiting.discard(key)
+        if fits == 0:
+            self._evict_idle_gpu_holder(key)
         return min(self._room(), fits)
+
+    def _evict_idle_gpu_holder(self, waiting_key: str) -> None:
+        """Stop the longest-idle container of another GPU pool, so a waiting pool gets its GPU."""
+        if self._evicting:
+            return
+        candidates = [
+            (t, p)
+            for k, p in self.pools.items()
+            if k != waiting_key and self.pool_info[k].spec.gpu and (t := p.idle_since()) is not None
+        ]
+        if not candidates:
+            return
+        pool = min(candidates, key=lambda tp: tp[0])[1]
+        self._evicting = True
+        try:
+            self._perform(pool, pool.evict_idle(time.monotonic()))
+        finally:
+            self._evicting = False
 
     def _busy_gpus(self) -> set[int]:
         return {i for indices in self.gpus.busy().values() for i in indices}
