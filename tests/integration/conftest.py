@@ -50,13 +50,13 @@ class InProcessServer:
 @pytest.fixture(scope="module")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
     home = tmp_path_factory.mktemp("ketch-home")
-    server = InProcessServer(home)
-    server.start()
     mp = pytest.MonkeyPatch()
-    mp.setenv("KETCH_SERVER_URL", server.url)
-    mp.setenv("KETCH_HOME", str(home))
     # These functions live in test modules that import pytest, which images lack.
     mp.setenv("KETCH_RUNTIME", "local")
+    server = InProcessServer(home)
+    server.start()
+    mp.setenv("KETCH_SERVER_URL", server.url)
+    mp.setenv("KETCH_HOME", str(home))
     try:
         yield server
     finally:
