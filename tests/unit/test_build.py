@@ -1,0 +1,97 @@
+"""Pure parts of image building and the sandbox runtime (no root, no network)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from ketch._spec import build_options
+from ketch.build.builder import summarize
+from ketch.build.isolate import Bwrap, overlay_options
+from ketch.build.layers import LayerStore
+from ketch.exception import InvalidError
+from ketch.image import Image, default_image
+from ketch.worker.sandbox import project_sources
+
+
+def _layer(store: LayerStore, name: str, parent: str = "", files: dict[str, str] | None = None) -> str:
+    build = store.new_build_dir(name)
+    (build / "fs").mkdir()
+    for rel, text in (files or {}).items():
+        (build / "fs" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (build / "fs" / rel).write_text(text)
+    store.commit(build, name, {"parent": parent, "kind": "run_commands", "summary": name, "config": {}})
+    return name
+
+
+def test_layers_commit_lowers_remove_and_prune(tmp_path):
+    store = LayerStore(tmp_path)
+    base = _layer(store, "a" * 64, files={"etc/os-release": "debian"})
+    empty = _layer(store, "b" * 64, base)
+    top = _layer(store, "c" * 64, empty, files={"opt/x": "1"})
+    other = _layer(store, "d" * 64, base, files={"opt/y": "2"})
+    assert store.has(top) and store.meta(empty)["empty"] and not store.meta(top)["empty"]
+    # Top first; empty layers are left out of the overlay.
+    assert store.lowers([base, empty, top]) == [store.fs(top), store.fs(base)]
+    assert store.resolve("cc") == top and store.resolve("zz") is None
+    assert store.remove(empty) == sorted([empty, top])
+    assert not store.has(top) and store.has(other)
+    old = time.time() - 3 * 86400
+    os.utime(store.path(other) / "used", (old, old))
+    assert store.prune(86400) == [other]
+    assert [i.hash for i in store.infos()] == [base]
+
+
+def test_overlay_options_refuse_too_many_layers(tmp_path):
+    assert overlay_options([tmp_path / "a", tmp_path / "b"], tmp_path / "u", tmp_path / "w").startswith(
+        f"lowerdir={tmp_path}/a:{tmp_path}/b,upperdir="
+    )
+    with pytest.raises(ValueError, match="too many layers"):
+        overlay_options([tmp_path / ("x" * 200)] * 40, None, None)
+
+
+def test_bwrap_containers_drop_capabilities_and_can_block_network(tmp_path):
+    argv = Bwrap(tmp_path, network=False, hostname="ketch-1", env={"A": "1"}).argv(["python3"])
+    assert "--unshare-net" in argv and "--cap-drop" in argv and argv[-1] == "python3"
+    assert "CAP_SYS_ADMIN" not in argv and argv[argv.index("--hostname") + 1] == "ketch-1"
+    assert ["--setenv", "A", "1"] == argv[argv.index("A") - 1 : argv.index("A") + 2]
+    builder = Bwrap(tmp_path, builder=True).argv(["sh"])
+    assert "--cap-drop" not in builder and "--unshare-net" not in builder
+
+
+def test_step_summaries():
+    image = Image.debian_slim("3.11").apt_install("git").run_commands("echo a", "echo b").env({"K": "v"})
+    kinds = [summarize(s.kind, s.spec) for _, s in image.layers]
+    assert kinds == ["debian_slim python 3.11", "apt_install git", "run_commands echo a && echo b", "env K=v"]
+
+
+def test_default_image_uses_a_python_debian_packages():
+    version = default_image().layers[0].step.spec["python_version"]
+    assert version in ("3.11", "3.13")
+
+
+def test_memory_and_cpu_follow_modal_request_and_limit():
+    assert build_options(memory=512)["memory"] == [512, None]
+    assert build_options(memory=(256, 1024))["memory"] == [256, 1024]
+    assert build_options(cpu=(0.5, 2))["cpu"] == [0.5, 2.0]
+    with pytest.raises(InvalidError):
+        build_options(memory=(1024, 256))
+    with pytest.raises(InvalidError):
+        build_options(cpu="two")
+
+
+def test_project_sources_take_modules_and_packages_only(tmp_path: Path):
+    (tmp_path / "app.py").write_text("")
+    (tmp_path / "helpers.py").write_text("")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "data").mkdir()
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / "notes.txt").write_text("")
+    names = [name for name, _ in project_sources(tmp_path, "app", str(tmp_path / "app.py"))]
+    assert names == ["app.py", "helpers.py", "pkg"]
+    inside = [name for name, _ in project_sources(tmp_path, "pkg.main", str(tmp_path / "pkg/main.py"))]
+    assert inside == ["app.py", "helpers.py", "pkg"]
