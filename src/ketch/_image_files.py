@@ -42,9 +42,20 @@ def container_path(path: str | os.PathLike[str], what: str) -> str:
     return posixpath.normpath(text) + ("/" if text.endswith("/") and text != "/" else "")
 
 
+def in_container() -> bool:
+    """True inside a ketch container, where the app module is imported again.
+
+    The image was built from the client's files already; there the description
+    is never used, so local paths that only exist on the client are not checked.
+    """
+    return bool(os.environ.get("KETCH_CONTAINER_ID"))
+
+
 def existing_local_path(path: str | os.PathLike[str], what: str, want: str) -> Path:
     """``path`` made absolute, checked to be an existing ``want`` (``dir`` or ``file``)."""
     local = Path(path).expanduser().absolute()
+    if in_container():
+        return local
     ok = local.is_dir() if want == "dir" else local.is_file()
     if not ok:
         state = "does not exist" if not local.exists() else f"is not a {want}"

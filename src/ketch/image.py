@@ -40,6 +40,7 @@ from ._image_files import (
     existing_local_path,
     find_module_source,
     ignore_patterns,
+    in_container,
     local_files,
     pickle_function,
     read_dockerignore,
@@ -334,7 +335,7 @@ class Image:
         """
         path = existing_local_path(requirements_txt, "pip_install_from_requirements", "file")
         spec = {
-            "requirements": path.read_text(encoding="utf-8"),
+            "requirements": path.read_text(encoding="utf-8") if path.is_file() else "",
             "extra_index_url": extra_index_url,
             "pre": bool(pre),
         }
@@ -451,7 +452,12 @@ class Image:
         """
         image = self
         for name in _strings(module_names, "add_local_python_source"):
-            path, is_package = find_module_source(name)
+            try:
+                path, is_package = find_module_source(name)
+            except InvalidError:
+                if in_container():
+                    continue  # the client added it; here the description is never used
+                raise
             remote = posixpath.join(PYTHON_SOURCE_ROOT, *name.split(".")) + (
                 "" if is_package else ".py"
             )
@@ -482,7 +488,7 @@ class Image:
     ) -> Image:
         if not copy:
             return self._with(mounts=[Mount(kind, local, remote, ignore)])
-        digest = content_digest(local_files(local, ignore, prefix))
+        digest = "client-side" if in_container() else content_digest(local_files(local, ignore, prefix))
         spec = {"type": kind, "remote_path": remote, "digest": digest}
         info = {"local_path": local, "ignore": ignore, "prefix": prefix}
         return self._step("add_local_" + kind, spec, force, local=info)
@@ -506,6 +512,8 @@ class Image:
         context = existing_local_path(
             context_dir if context_dir is not None else dockerfile.parent, "context_dir", "dir"
         )
+        if in_container() and not dockerfile.is_file():
+            return cls.debian_slim()  # built on the client already; never used here
         parsed = _dockerfile.parse(dockerfile.read_text(encoding="utf-8"), build_args)
         ignore = read_dockerignore(context)
         image = cls._make(())

@@ -262,7 +262,7 @@ class Builder:
                 "if ! command -v apt-get >/dev/null; then echo 'ketch: this image has no apt-get' >&2; exit 97; fi\n"
                 "export DEBIAN_FRONTEND=noninteractive\n"
                 "apt-get update -q && apt-get install -y -q --no-install-recommends python3 ca-certificates\n"
-                "rc=$?; rm -rf /var/lib/apt/lists/*; exit $rc"
+                "rc=$?; rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; exit $rc"
             )
             await self._sandbox(fs, ["/bin/sh", "-c", script], cfg, log, "add_python")
         found = await self._find_python(fs, cfg, log)
@@ -359,7 +359,7 @@ class Builder:
             packages = " ".join(shlex.quote(p) for p in spec["packages"])
             script = (
                 "apt-get update -q && apt-get install -y -q --no-install-recommends "
-                f"{packages}; rc=$?; rm -rf /var/lib/apt/lists/*; exit $rc"
+                f"{packages}; rc=$?; rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; exit $rc"
             )
             env = {"DEBIAN_FRONTEND": "noninteractive"}
             commands = [["/bin/sh", "-c", script]]

@@ -159,17 +159,33 @@ class SandboxWorker:
         self._containers[container_id] = container
         try:
             await isolate.mount_overlay(built.lowers, cdir / "upper", cdir / "work", container.merged)
-            argv, box_env = self._command(container, built, bundle, env, spec)
+            full, box_env = self._command(container, built, bundle, env, spec)
+            # bubblewrap reads its arguments from a pipe, so the container's /proc/1/cmdline
+            # shows no host paths, environment or tokens.
+            split = full.index("--")
+            options = b"".join(a.encode() + b"\0" for a in full[1:split])
+            if len(options) > 60_000:  # more than a pipe holds unread: pass them plainly
+                raise RuntimeError("too many sandbox options for the argument pipe")
+            read_fd, write_fd = os.pipe()
+            try:
+                os.write(write_fd, options)
+            finally:
+                os.close(write_fd)
+            argv = [full[0], "--args", str(read_fd), *full[split:]]
             container.cgroup, container.memory_limit_mib = self._cgroup(container_id, spec)
             if container.cgroup is not None:
                 argv = cgroups.join_command(container.cgroup, argv)
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    start_new_session=True,
+                    pass_fds=(read_fd,),
+                )
+            finally:
+                os.close(read_fd)
         except BaseException:
             self._containers.pop(container_id, None)
             await self._teardown(container)
