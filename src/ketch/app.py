@@ -373,10 +373,10 @@ async def _build_images(client: _Client, specs: list[FunctionSpec]) -> None:
     for spec in specs:
         wire = spec.image or default_image().to_wire()
         images.setdefault(wire["layers"][-1]["hash"], wire)
-    force = bool(config.get("force_build"))
+    everything = bool(config.get("force_build"))  # KETCH_FORCE_BUILD=1 on the client
     for wire in images.values():
-        if force or any(layer.get("force_build") for layer in wire["layers"]):
-            force = True
+        marked = any(layer.get("force_build") for layer in wire["layers"])
+        force = "all" if everything else ("marked" if marked else "")
         reply = await client.rpc("ImageBuild", {"image": wire, "force": force})
         if reply.get("skipped"):
             if spec_images := [s for s in specs if s.image]:

@@ -129,14 +129,17 @@ class Builder:
             cfg.update(json.loads(probed.read_text()))
         return BuiltImage(chain[-1], tuple(chain), tuple(self.store.lowers(chain)), cfg)
 
-    async def build(self, wire: Mapping[str, Any], log: Log, force: bool = False) -> BuiltImage:
-        """Build what is missing (everything from a ``force_build`` step on if ``force``)."""
+    async def build(self, wire: Mapping[str, Any], log: Log, force: str = "") -> BuiltImage:
+        """Build what is missing; ``force="marked"`` also rebuilds from the first
+        ``force_build`` step on, ``force="all"`` rebuilds every layer."""
         layers = list(wire["layers"])
         total = len(layers)
         rebuild_from = total
-        if force:
+        if force == "all":
+            rebuild_from = 0
+        elif force:
             marked = [i for i, layer in enumerate(layers) if layer.get("force_build")]
-            rebuild_from = 0 if config.get("force_build") else (marked[0] if marked else total)
+            rebuild_from = marked[0] if marked else total
         chain: list[str] = []
         cfg: dict[str, Any] = {}
         for index, layer in enumerate(layers):

@@ -226,7 +226,10 @@ async def ImageBuild(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     wire = Image.from_wire(body["image"]).to_wire()  # checks every layer hash
     if not body.get("force") and api.d.builds.builder.cached(wire) is not None:
         return {"cached": True, "image_hash": wire["layers"][-1]["hash"]}
-    job = api.d.builds.start(wire, bool(body.get("force")))
+    force = body.get("force") or ""
+    if force not in ("", "all", "marked"):
+        force = "marked" if force is True else ""
+    job = api.d.builds.start(wire, str(force))
     return {"build_id": job.id, "image_hash": job.image_hash}
 
 

@@ -64,7 +64,7 @@ class BuildService:
             self._builder = Builder(LayerStore(self.cache_root))
         return self._builder
 
-    def start(self, wire: dict[str, Any], force: bool) -> BuildJob:
+    def start(self, wire: dict[str, Any], force: str) -> BuildJob:
         image_hash = wire["layers"][-1]["hash"]
         running = self._by_image.get(image_hash)
         if running is not None and not running.done.is_set():
@@ -75,7 +75,7 @@ class BuildService:
         asyncio.get_running_loop().create_task(self._run(job, wire, force))
         return job
 
-    async def _run(self, job: BuildJob, wire: dict[str, Any], force: bool) -> None:
+    async def _run(self, job: BuildJob, wire: dict[str, Any], force: str) -> None:
         try:
             await self.builder.build(wire, job.log, force=force)
         except Error as exc:
