@@ -339,7 +339,8 @@ class Builder:
         if kind in ("pip_install", "uv_pip_install", "pip_install_from_requirements"):
             shutil.copy2(uv_binary(), job / "uv")
             argv = [f"{KETCH_DIR}/job/uv", "pip", "install", "--system", "--break-system-packages"]
-            argv += ["--python", python, "--no-progress"]
+            # Bytecode is compiled now, once, instead of in every container's first import.
+            argv += ["--python", python, "--no-progress", "--compile-bytecode"]
             if spec.get("extra_index_url"):
                 argv += ["--extra-index-url", spec["extra_index_url"]]
             if spec.get("pre"):

@@ -110,7 +110,8 @@ async def serve(home: Path, host: str, port: int, stop: asyncio.Event | None = N
     channels = await serve_channel(dispatcher, host, str(sockets / "channel.sock"))
     _choose_runtime(dispatcher, home, sockets)
     await dispatcher.start()
-    runner = web.AppRunner(api.app(), access_log=None)
+    # Long polls of clients that went away must not hold a shutdown for a minute.
+    runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

@@ -1,0 +1,847 @@
+#!/usr/bin/env python
+"""Cold-start benchmark: ketch (sandbox and local runtimes), the host floor and Ray, in one run.
+
+Usage::
+
+    .venv/bin/python benchmarks/cold_start.py            # full run, n=10 per row
+    .venv/bin/python benchmarks/cold_start.py --quick    # smoke run, n=3 per row
+    .venv/bin/python benchmarks/cold_start.py --json out.json
+
+Cold start, as measured here: the time from ``f.remote(x)`` to its result when
+no container of ``f`` is running, with the control plane already up and the
+app already created. Each trial is a fresh Python process that imports the
+app module, enters ``with app.run():`` (not timed) and times its first
+``.remote()`` call, so the app, its functions and their container pool are new.
+Images are built before any timing, by one untimed warm-up trial per case.
+
+Cases: (a) the trivial ``f(x) -> x`` (``_cold_app.py``); (b) a function whose
+module imports numpy at top level (``_cold_numpy_app.py``).
+
+Rows per case:
+
+* ketch, ``KETCH_RUNTIME=sandbox``: bubblewrap sandboxes of an image (the
+  default image for (a), ``debian_slim().pip_install("numpy")`` for (b));
+  skipped, with the reason, where ``ketch.build.isolate.support()`` says no;
+* ketch, ``KETCH_RUNTIME=local``: containers forked from a warm template
+  process on the host;
+* Ray actor start: from ``A.remote()`` to the first method result, Ray already
+  initialized (2 CPUs, 127.0.0.1, no dashboard); for (b) the actor class lives
+  in ``_cold_ray_numpy.py``, which imports numpy;
+* host floor: wall time of a fresh ``python -c "pass"`` / ``python -c "import
+  numpy"`` subprocess (no templates, no sandbox).
+
+The runtime is a per-control-plane setting, so each runtime gets its own
+throw-away ``KETCH_HOME`` and its control plane is stopped (``ketch server
+stop``) before the next phase starts; Ray runs last, alone. The image cache
+(``KETCH_IMAGE_CACHE``) is left at its machine-wide default so that built
+layers (the Debian base above all) are reused. Every process this run starts
+carries the run's directory in its environment; at exit, any of them still
+alive (control planes, containers, Ray) is reported and ended by pid, and
+overlay mounts left under the run's directory are detached. ``--timeout``
+interrupts a stuck run, cleans up the same way, prints the partial table and
+exits 124.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import faulthandler
+import importlib.util
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+TARGET_TRIVIAL_P50_MS = 150.0  # (a) under the sandbox runtime
+TARGET_NUMPY_RATIO = 2.0  # (b) <= 2 x (a), sandbox runtime
+
+FULL_N = 10
+QUICK_N = 3
+WARMUP_TIMEOUT_S = 900.0  # one warm-up trial may build an image
+TRIAL_TIMEOUT_S = 120.0
+QUIET_TIMEOUT_S = 30.0  # wait for the previous trial's containers to go away
+RAY_SETTLE_S = 1.0  # let Ray's worker pool refill after an actor is killed
+
+MARKER_ENV = "KETCH_COLD_BENCH_RUN"  # names the run's directory in every process we start
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    label: str
+    module: str  # the ketch app module in benchmarks/
+    arg: int
+    want: int
+    floor_code: str  # what the host floor runs with ``python -c``
+
+
+CASES = (
+    Case("trivial", "(a) trivial `f(x) -> x`", "_cold_app", 7, 7, "pass"),
+    Case("numpy", "(b) module imports numpy", "_cold_numpy_app", 1000, 499500, "import numpy"),
+)
+
+SYSTEMS = ("sandbox", "local", "ray", "host")
+SYSTEM_LABELS = {
+    "sandbox": "ketch, sandbox runtime",
+    "local": "ketch, local runtime",
+    "ray": "Ray actor start",
+    "host": "host floor: fresh `python -c`",
+}
+
+
+# --------------------------------------------------------------------------
+# small helpers
+
+
+def log(msg: str) -> None:
+    print(f"[cold] {msg}", file=sys.stderr, flush=True)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """The q-th percentile (0..100), interpolating linearly between ranks."""
+    if not samples:
+        raise ValueError("no samples")
+    ordered = sorted(samples)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def summary(samples_s: list[float]) -> dict:
+    ms = [x * 1e3 for x in samples_s]
+    return {
+        "p50_ms": percentile(ms, 50),
+        "p90_ms": percentile(ms, 90),
+        "min_ms": min(ms),
+        "max_ms": max(ms),
+        "n": len(ms),
+        "samples_ms": ms,
+    }
+
+
+def proc_table() -> dict[int, tuple[int, str, str]]:
+    """pid -> (parent pid, start time, state) of every process in /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # state, ppid, ..., starttime is the 20th
+        table[int(entry.name)] = (int(fields[1]), fields[19], fields[0])
+    return table
+
+
+def cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:140]
+
+
+def descendants(table: dict[int, tuple[int, str, str]], root: int) -> dict[int, int]:
+    """pid -> parent pid of every live descendant of ``root``."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: dict[int, int] = {}
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found[child] = table[child][0]
+                stack.append(child)
+    return {pid: ppid for pid, ppid in found.items() if table[pid][2] != "Z"}
+
+
+# --------------------------------------------------------------------------
+# cleanup and watchdog
+
+
+class Cleanup:
+    """Everything this run started, and how to undo it, whatever happens.
+
+    A process is ours if it descends from this one, or if its command line or
+    environment names the run's directory (every process we start inherits
+    ``KETCH_COLD_BENCH_RUN``; control planes outlive the trial process that
+    auto-started them and are reparented, so that is how they are found).
+    Only those are signalled, by pid, after checking their start time.
+    """
+
+    def __init__(self, workdir: Path, keep: bool) -> None:
+        self.workdir = workdir
+        self.keep = keep
+        self.ray_dir = workdir / "ray"
+        self.ray_started = False
+        self._lock = threading.Lock()
+        self._done = False
+
+    def home(self, runtime: str) -> Path:
+        return self.workdir / f"home-{runtime}"
+
+    def ketch_env(self, runtime: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["KETCH_HOME"] = str(self.home(runtime))
+        env["KETCH_RUNTIME"] = runtime
+        env.pop("KETCH_SERVER_URL", None)
+        env.pop("KETCH_FORCE_BUILD", None)
+        return env
+
+    # -- processes
+
+    def ours(self) -> dict[int, str]:
+        """pid -> start time of the live processes this run started."""
+        table = proc_table()
+        me = os.getpid()
+        ancestors = set()
+        pid = me
+        while pid in table and pid not in ancestors:
+            ancestors.add(pid)
+            pid = table[pid][0]
+        found = set(descendants(table, me))
+        marker = str(self.workdir).encode()
+        for pid in table:
+            if pid in ancestors or pid in found:
+                continue
+            blob = b""
+            for part in ("cmdline", "environ"):
+                with contextlib.suppress(OSError):
+                    blob += Path(f"/proc/{pid}/{part}").read_bytes()
+            if marker in blob:
+                found.add(pid)
+        return {pid: table[pid][1] for pid in found if table[pid][2] != "Z"}
+
+    @staticmethod
+    def still_alive(procs: dict[int, str]) -> dict[int, str]:
+        table = proc_table()
+        return {
+            pid: start
+            for pid, start in procs.items()
+            if pid in table and table[pid][1] == start and table[pid][2] != "Z"
+        }
+
+    def wait_gone(self, procs: dict[int, str], timeout: float) -> dict[int, str]:
+        deadline = time.monotonic() + timeout
+        alive = self.still_alive(procs)
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = self.still_alive(alive)
+        return alive
+
+    def end(self, procs: dict[int, str], why: str) -> list[str]:
+        """SIGTERM, then SIGKILL after 5 s, the given processes."""
+        notes = []
+        alive = self.still_alive(procs)
+        for pid in alive:
+            notes.append(f"{why}; ended by pid: {pid} `{cmdline(pid)}`")
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in self.wait_gone(alive, 5.0):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        return notes
+
+    # -- control planes
+
+    def stop_ketch(self, runtime: str) -> str | None:
+        """``ketch server stop`` for that runtime's KETCH_HOME; a note on trouble."""
+        if not self.home(runtime).exists():
+            return None
+        cli = Path(sys.executable).parent / "ketch"
+        cmd = [str(cli)] if cli.exists() else [sys.executable, "-m", "ketch.cli.main"]
+        try:
+            proc = subprocess.run(
+                [*cmd, "server", "stop"],
+                env=self.ketch_env(runtime),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"`ketch server stop` ({runtime}) failed: {exc!r}"
+        if proc.returncode != 0:
+            return (
+                f"`ketch server stop` ({runtime}) exited {proc.returncode}: "
+                f"{(proc.stderr or proc.stdout).strip()[-500:]}"
+            )
+        return None
+
+    def stop_phase(self, runtime: str) -> list[str]:
+        """Stop one runtime's control plane and make sure all of its processes are gone."""
+        notes = []
+        procs = self.ours()
+        t0 = time.perf_counter()
+        note = self.stop_ketch(runtime)
+        if note:
+            notes.append(note)
+        took = time.perf_counter() - t0
+        if took > 5.0:
+            notes.append(f"`ketch server stop` ({runtime}) took {took:.1f} s")
+        left = self.wait_gone(procs, 10.0)
+        notes.extend(self.end(left, f"still running 10 s after `ketch server stop` ({runtime})"))
+        notes.extend(self.unmount_leftovers())
+        return notes
+
+    def unmount_leftovers(self) -> list[str]:
+        """Detach mounts under the run's directory (overlays of a control plane that was killed)."""
+        notes = []
+        prefix = str(self.workdir) + "/"
+        try:
+            lines = Path("/proc/self/mounts").read_text().splitlines()
+        except OSError:
+            return notes
+        points = []
+        for line in lines:
+            parts = line.split()
+            if len(parts) > 1:
+                point = parts[1].replace("\\040", " ")
+                if point.startswith(prefix):
+                    points.append(point)
+        for point in sorted(points, key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+            notes.append(f"detached a leftover mount: {point}")
+        return notes
+
+    def stop_ray(self) -> None:
+        if not self.ray_started:
+            return
+        self.ray_started = False
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+    def remove_workdir(self) -> None:
+        if self.keep:
+            return
+        # The sandbox runtime keeps its unix sockets in a short directory under /tmp
+        # named after KETCH_HOME; remove ours, if the control plane left them.
+        for runtime in ("sandbox", "local"):
+            with contextlib.suppress(Exception):
+                from ketch.worker.sandbox import socket_dir
+
+                if self.home(runtime).exists():
+                    shutil.rmtree(socket_dir(self.home(runtime)), ignore_errors=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def hard(self) -> list[str]:
+        """Last resort, from the watchdog thread: CLI stops, then our processes by pid."""
+        notes = []
+        procs = self.ours()
+        for runtime in ("sandbox", "local"):
+            note = self.stop_ketch(runtime)
+            if note:
+                notes.append(note)
+        notes.extend(self.end(procs, "hard cleanup after timeout"))
+        notes.extend(self.unmount_leftovers())
+        self.remove_workdir()
+        return notes
+
+    def run(self) -> list[str]:
+        with self._lock:
+            if self._done:
+                return []
+            self._done = True
+        notes = []
+        procs = self.ours()
+        for runtime in ("sandbox", "local"):
+            note = self.stop_ketch(runtime)
+            if note:
+                notes.append(note)
+        try:
+            self.stop_ray()
+        except Exception as exc:  # noqa: BLE001 - cleanup must go on
+            notes.append(f"ray.shutdown() failed: {exc!r}")
+        left = self.wait_gone(procs, 10.0)
+        notes.extend(self.end(left, "still running 10 s after shutdown"))
+        notes.extend(self.end(self.ours(), "appeared during shutdown"))
+        notes.extend(self.unmount_leftovers())
+        self.remove_workdir()
+        return notes
+
+
+class Watchdog:
+    """After ``seconds``: dump stacks and interrupt the main thread, whose
+    ``finally`` cleans up as usual; if that has not finished 90 s later, clean
+    up from here (processes by pid, no Ray API) and exit 124."""
+
+    def __init__(self, seconds: float, cleanup: Cleanup) -> None:
+        self.seconds = seconds
+        self.cleanup = cleanup
+        self.fired = threading.Event()
+        self._finished = threading.Event()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired.set()
+        log(f"benchmark exceeded {self.seconds:g} s; stacks:")
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        main_ident = threading.main_thread().ident
+        if main_ident is not None:
+            signal.pthread_kill(main_ident, signal.SIGINT)
+        if self._finished.wait(90):
+            return
+        log("main thread did not stop; cleaning up from the watchdog")
+        for note in self.cleanup.hard():
+            log(note)
+        os._exit(124)
+
+    def cancel(self) -> None:
+        self._finished.set()
+        self._timer.cancel()
+
+
+# --------------------------------------------------------------------------
+# host floor
+
+
+def timed_run(argv: list[str]) -> float:
+    """Wall time of one subprocess, start to exit, in seconds.
+
+    ``Popen.wait()`` without a timeout blocks in ``waitpid``; ``subprocess.run``
+    with a timeout polls with sleeps that grow to 50 ms, which would round the
+    number up to the next poll. A stuck child is left to ``--timeout``.
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    try:
+        returncode = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    elapsed = time.perf_counter() - t0
+    if returncode != 0:
+        raise subprocess.CalledProcessError(returncode, argv)
+    return elapsed
+
+
+def run_host(n: int, results: dict) -> None:
+    for case in CASES:
+        log(f"host: {n} x `python -c {case.floor_code!r}`")
+        argv = [sys.executable, "-c", case.floor_code]
+        timed_run(argv)  # untimed: warms the page cache
+        samples = [timed_run(argv) for _ in range(n)]
+        results[case.key]["host"] = summary(samples)
+
+
+# --------------------------------------------------------------------------
+# ketch
+
+# Runs in a fresh interpreter: import the app module, start a fresh ephemeral
+# app, time its first .remote() call.
+TRIAL_SCRIPT = r"""
+import importlib, json, sys, time
+t_start = time.perf_counter()
+sys.path.insert(0, sys.argv[1])
+m = importlib.import_module(sys.argv[2])
+arg, want = int(sys.argv[3]), int(sys.argv[4])
+t_imported = time.perf_counter()
+with m.app.run():
+    t_entered = time.perf_counter()
+    got = m.f.remote(arg)
+    t_first = time.perf_counter()
+t_exited = time.perf_counter()
+if got != want:
+    raise SystemExit(f"f({arg}) returned {got!r}, expected {want!r}")
+print("KETCH_COLD " + json.dumps({
+    "import_s": t_imported - t_start,
+    "enter_s": t_entered - t_imported,
+    "cold_s": t_first - t_entered,
+    "exit_s": t_exited - t_first,
+}), flush=True)
+"""
+
+
+def ketch_trial(case: Case, env: dict[str, str], cwd: Path, timeout: float) -> dict:
+    argv = [
+        sys.executable,
+        "-c",
+        TRIAL_SCRIPT,
+        str(BENCH_DIR),
+        case.module,
+        str(case.arg),
+        str(case.want),
+    ]
+    proc = subprocess.run(
+        argv, env=env, cwd=str(cwd), capture_output=True, text=True, timeout=timeout
+    )
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("KETCH_COLD ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(
+            f"{case.key} trial exited {proc.returncode}\n"
+            f"--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}"
+        )
+    return json.loads(line.split(" ", 1)[1])
+
+
+def busy_containers(home: Path) -> list[str]:
+    """What still runs of earlier apps: container directories and container processes.
+
+    Containers are the control plane's descendants, except the local runtime's
+    template process itself (a direct child that lives as long as the control
+    plane; the containers it forks are its children and do count).
+    """
+    found = []
+    cdir = home / "containers"
+    with contextlib.suppress(OSError):
+        found += [f"dir {p.name}" for p in cdir.iterdir()]
+    try:
+        server = int(json.loads((home / "server.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return found
+    for pid, ppid in descendants(proc_table(), server).items():
+        line = cmdline(pid)
+        if ppid == server and "ketch.runtime.template" in line:
+            continue
+        found.append(f"pid {pid} `{line}`")
+    return found
+
+
+def wait_quiet(home: Path, notes: list[str]) -> None:
+    deadline = time.monotonic() + QUIET_TIMEOUT_S
+    while busy := busy_containers(home):
+        if time.monotonic() > deadline:
+            notes.append(
+                f"{home.name}: containers of an earlier trial still there after "
+                f"{QUIET_TIMEOUT_S:g} s, timed anyway: {'; '.join(busy)[:300]}"
+            )
+            return
+        time.sleep(0.05)
+    time.sleep(0.2)  # let the teardown's last writes settle
+
+
+def run_ketch(runtime: str, n: int, cleanup: Cleanup, results: dict, notes: list[str]) -> None:
+    env = cleanup.ketch_env(runtime)
+    home = cleanup.home(runtime)
+    log(f"{runtime}: warm-up (starts the control plane, builds images)")
+    for case in CASES:
+        t0 = time.perf_counter()
+        r = ketch_trial(case, env, cleanup.workdir, WARMUP_TIMEOUT_S)
+        notes.append(
+            f"{runtime}: warm-up trial {case.key} (untimed; "
+            f"{'control plane start + ' if case is CASES[0] else ''}image check/build + first call): "
+            f"{time.perf_counter() - t0:.1f} s in all, `app.run()` entry {r['enter_s'] * 1e3:.0f} ms, "
+            f"first call {r['cold_s'] * 1e3:.0f} ms"
+        )
+    runs: dict[str, list[dict]] = {case.key: [] for case in CASES}
+    log(f"{runtime}: {n} fresh apps per case, each in a fresh process")
+    for i in range(n):
+        # Alternate the order of the cases, so neither always follows the other.
+        for case in CASES if i % 2 == 0 else CASES[::-1]:
+            wait_quiet(home, notes)
+            runs[case.key].append(ketch_trial(case, env, cleanup.workdir, TRIAL_TIMEOUT_S))
+    for case in CASES:
+        rs = runs[case.key]
+        entry = summary([r["cold_s"] for r in rs])
+        for key in ("import_s", "enter_s", "exit_s"):
+            entry[key.replace("_s", "_p50_ms")] = percentile([r[key] for r in rs], 50) * 1e3
+        results[case.key][runtime] = entry
+        notes.append(
+            f"{runtime}, {case.key}: per trial process, not counted, p50: import ketch + module "
+            f"{entry['import_p50_ms']:.0f} ms, `app.run()` entry (app create, image check) "
+            f"{entry['enter_p50_ms']:.0f} ms, leaving `app.run()` {entry['exit_p50_ms']:.0f} ms"
+        )
+
+
+# --------------------------------------------------------------------------
+# Ray
+
+
+class TrivialEcho:
+    """Ray's case (a): defined in ``__main__``, so Ray pickles it by value."""
+
+    def f(self, x):
+        return x
+
+
+def run_ray(n: int, cleanup: Cleanup, results: dict, notes: list[str]) -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray's default auth with a per-run token in the environment, so that
+    # ray.init() writes nothing to ~/.ray.
+    if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    # Actor workers import _cold_ray_numpy by name: put benchmarks/ on their path.
+    parts = [str(BENCH_DIR), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in parts if p)
+    sys.path.insert(0, str(BENCH_DIR))
+
+    import logging
+
+    import _cold_ray_numpy
+    import ray
+
+    log("ray: init (2 CPUs, 127.0.0.1, no dashboard)")
+    cleanup.ray_dir.mkdir(parents=True, exist_ok=True)
+    cleanup.ray_started = True
+    t0 = time.perf_counter()
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        _temp_dir=str(cleanup.ray_dir),
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
+    notes.append(
+        f"ray {ray.__version__}: `ray.init()` took {(time.perf_counter() - t0) * 1e3:.0f} ms"
+    )
+
+    actors = {"trivial": ray.remote(TrivialEcho), "numpy": ray.remote(_cold_ray_numpy.NumpyEcho)}
+
+    def one(case: Case) -> float:
+        time.sleep(RAY_SETTLE_S)
+        t0 = time.perf_counter()
+        actor = actors[case.key].remote()
+        got = ray.get(actor.f.remote(case.arg))
+        elapsed = time.perf_counter() - t0
+        ray.kill(actor)
+        if got != case.want:
+            raise AssertionError(f"ray {case.key}: f({case.arg}) returned {got!r}")
+        return elapsed
+
+    log("ray: warm-up actors (untimed; exports the classes)")
+    for case in CASES:
+        one(case)
+    samples: dict[str, list[float]] = {case.key: [] for case in CASES}
+    log(f"ray: {n} fresh actors per case")
+    for i in range(n):
+        for case in CASES if i % 2 == 0 else CASES[::-1]:
+            samples[case.key].append(one(case))
+    for case in CASES:
+        results[case.key]["ray"] = summary(samples[case.key])
+
+
+# --------------------------------------------------------------------------
+# report
+
+
+def cell(entry: dict | None, key: str) -> str:
+    if entry is None:
+        return "—"
+    if "skipped" in entry:
+        return "skipped"
+    if "error" in entry:
+        return "error"
+    if key == "n":
+        return str(entry["n"])
+    return f"{entry[key]:,.0f}"
+
+
+def render(results: dict) -> str:
+    header = ("case", "system", "p50 ms", "p90 ms", "min ms", "max ms", "n")
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---", "---"] + ["---:"] * 5) + "|",
+    ]
+    for case in CASES:
+        for system in SYSTEMS:
+            entry = results[case.key].get(system)
+            label = SYSTEM_LABELS[system]
+            if system == "host":
+                label = f'host floor: fresh `python -c "{case.floor_code}"`'
+            row = [case.label, label] + [
+                cell(entry, k) for k in ("p50_ms", "p90_ms", "min_ms", "max_ms", "n")
+            ]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def verdicts(results: dict) -> list[str]:
+    out = []
+    a = results["trivial"].get("sandbox")
+    b = results["numpy"].get("sandbox")
+    if a is None or "p50_ms" not in a:
+        why = (a or {}).get("skipped") or (a or {}).get("error", "not run").splitlines()[0]
+        out.append(f"(a) <= {TARGET_TRIVIAL_P50_MS:g} ms p50 under sandbox: n/a ({why})")
+    else:
+        ok = a["p50_ms"] <= TARGET_TRIVIAL_P50_MS
+        out.append(
+            f"(a) <= {TARGET_TRIVIAL_P50_MS:g} ms p50 under sandbox: "
+            f"{'met' if ok else 'MISSED'} (p50 {a['p50_ms']:.0f} ms)"
+        )
+    if a is None or b is None or "p50_ms" not in a or "p50_ms" not in b:
+        out.append(f"(b) <= {TARGET_NUMPY_RATIO:g} x (a) under sandbox: n/a")
+    else:
+        ratio = b["p50_ms"] / a["p50_ms"]
+        ok = ratio <= TARGET_NUMPY_RATIO
+        out.append(
+            f"(b) <= {TARGET_NUMPY_RATIO:g} x (a) under sandbox: {'met' if ok else 'MISSED'} "
+            f"(p50 {b['p50_ms']:.0f} ms = {ratio:.2f} x {a['p50_ms']:.0f} ms)"
+        )
+    la, lb = results["trivial"].get("local"), results["numpy"].get("local")
+    if la and lb and "p50_ms" in la and "p50_ms" in lb:
+        out.append(
+            f"for reference, local runtime: (a) p50 {la['p50_ms']:.0f} ms, (b) p50 "
+            f"{lb['p50_ms']:.0f} ms = {lb['p50_ms'] / la['p50_ms']:.2f} x (a)"
+        )
+    return out
+
+
+def machine_line() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                cpu = ln.split(":", 1)[1].strip()
+                break
+    load = ""
+    with contextlib.suppress(OSError):
+        load = ", load average at start " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}{load}"
+    )
+
+
+def sandbox_support() -> tuple[bool, str]:
+    try:
+        from ketch.build.isolate import support
+    except Exception as exc:  # noqa: BLE001
+        return False, f"cannot import ketch: {exc!r}"
+    s = support()
+    return s.ok, s.reason
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help=f"smoke run: n={QUICK_N} per row")
+    ap.add_argument("--n", type=int, help=f"trials per row (default {FULL_N}, --quick {QUICK_N})")
+    ap.add_argument(
+        "--only",
+        metavar="LIST",
+        help="comma-separated subset of " + ",".join(SYSTEMS) + " (default: all)",
+    )
+    ap.add_argument("--json", metavar="PATH", help="also write raw results as JSON")
+    ap.add_argument(
+        "--timeout", type=float, default=900.0, help="abort (and clean up) after this many seconds"
+    )
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = ap.parse_args(argv)
+
+    n = args.n or (QUICK_N if args.quick else FULL_N)
+    chosen = (
+        SYSTEMS if not args.only else tuple(s.strip() for s in args.only.split(",") if s.strip())
+    )
+    unknown = [s for s in chosen if s not in SYSTEMS]
+    if unknown:
+        ap.error(f"--only: unknown {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
+
+    workdir = Path(tempfile.mkdtemp(prefix="ketch-cold-"))
+    os.environ[MARKER_ENV] = str(workdir)  # inherited by everything we start
+    cleanup = Cleanup(workdir, keep=args.keep)
+    watchdog = Watchdog(args.timeout, cleanup)
+
+    results: dict = {case.key: {} for case in CASES}
+    notes: list[str] = []
+    t_start = time.perf_counter()
+    aborted = False
+
+    def failed(system: str, exc: BaseException) -> None:
+        traceback.print_exc()
+        for case in CASES:
+            results[case.key].setdefault(system, {"error": f"{type(exc).__name__}: {exc}"})
+
+    if importlib.util.find_spec("numpy") is None:
+        notes.append(
+            "numpy is not installed in this Python; case (b) needs it on the host "
+            "(`pip install numpy`, or `pip install -e '.[bench]'`)"
+        )
+    try:
+        try:
+            if "host" in chosen:
+                try:
+                    run_host(n, results)
+                except Exception as exc:  # noqa: BLE001 - report, go on
+                    failed("host", exc)
+            for runtime in ("sandbox", "local"):
+                if runtime not in chosen:
+                    continue
+                if runtime == "sandbox":
+                    ok, reason = sandbox_support()
+                    if not ok:
+                        for case in CASES:
+                            results[case.key]["sandbox"] = {"skipped": reason}
+                        notes.append(f"sandbox rows skipped: {reason}")
+                        continue
+                try:
+                    run_ketch(runtime, n, cleanup, results, notes)
+                except Exception as exc:  # noqa: BLE001
+                    failed(runtime, exc)
+                finally:
+                    # One control plane at a time: stop this one before the next phase.
+                    notes.extend(cleanup.stop_phase(runtime))
+            if "ray" in chosen:
+                try:
+                    run_ray(n, cleanup, results, notes)
+                except Exception as exc:  # noqa: BLE001
+                    failed("ray", exc)
+        finally:
+            notes.extend(cleanup.run())
+    except KeyboardInterrupt:
+        if not watchdog.fired.is_set():
+            raise
+        aborted = True
+        notes.insert(0, f"ABORTED after {args.timeout:g} s (--timeout); the table is partial")
+    finally:
+        watchdog.cancel()
+
+    total = time.perf_counter() - t_start
+    print(f"## Cold start: ketch vs its floor and Ray{' (--quick)' if args.quick else ''}\n")
+    print(f"Machine: {machine_line()}. Wall time of the benchmark: {total:.0f} s.\n")
+    print(render(results))
+    print()
+    print("Targets:")
+    for line in verdicts(results):
+        print(f"- {line}")
+    print()
+    for case in CASES:
+        for system in SYSTEMS:
+            entry = results[case.key].get(system)
+            if entry and "error" in entry:
+                print(f"- {system} {case.key} failed: {entry['error'].splitlines()[0][:300]}")
+    for note in notes:
+        print(f"- {note}")
+    for case in CASES:
+        for system in SYSTEMS:
+            entry = results[case.key].get(system)
+            if entry and "samples_ms" in entry:
+                samples = ", ".join(f"{x:.0f}" for x in entry["samples_ms"])
+                print(f"- samples, ms, {case.key} / {system}: {samples}")
+
+    if args.json:
+        payload = {
+            "n": n,
+            "machine": machine_line(),
+            "wall_s": total,
+            "results": results,
+            "notes": notes,
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+    if aborted:
+        return 124
+    bad = any("error" in results[c.key].get(s, {}) for c in CASES for s in chosen)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
