@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,8 @@ from ._config import config
 from ._serialization import pack, unpack
 from .exception import ConnectionFailedError, from_wire
 
-if TYPE_CHECKING:
+if TYPE_CHECKING or not os.environ.get("KETCH_CONTAINER_ID"):
+    # Clients pay for aiohttp at import, as before; containers only on their first call out.
     import aiohttp
 
 logger = logging.getLogger(__name__)
