@@ -294,7 +294,7 @@ class _App:
         self._running = True
         app_id, heartbeat_s = await self._create(deployed=False, name=None)
         client = await _Client.get()
-        follower = asyncio.create_task(_follow_logs(client, app_id)) if show_logs else None
+        follower = _Follower(client, app_id) if show_logs else None
         beat = asyncio.create_task(_heartbeat(client, app_id, heartbeat_s))
         try:
             yield self
@@ -303,7 +303,7 @@ class _App:
             with contextlib.suppress(Exception):
                 await client.rpc("AppStop", {"app_id": app_id, "wait": 5.0})
             if follower is not None:
-                await _stop_follower(follower)
+                await follower.stop()
             self._running = False
             for fn in self._functions.values():
                 fn._object_id = None
@@ -323,30 +323,44 @@ async def _heartbeat(client: _Client, app_id: str, interval: float) -> None:
             await client.rpc("AppHeartbeat", {"app_id": app_id})
 
 
-async def _follow_logs(client: _Client, app_id: str) -> None:
-    """Print container output as it arrives, each line tagged with its function."""
-    after = 0
-    while True:
-        try:
-            reply = await client.rpc("AppLogs", {"app_id": app_id, "after": after, "timeout": 30})
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            await asyncio.sleep(0.5)
-            continue
-        for row in reply["logs"]:
-            after = row["seq"]
-            print_log_line(row)
-        if reply["state"] == "stopped" and not reply["logs"]:
-            return
+class _Follower:
+    """Prints an app's container output as it arrives; ``printed`` counts what it has shown."""
 
+    def __init__(self, client: _Client, app_id: str) -> None:
+        self.printed = 0
+        self.task = asyncio.create_task(self._run(client, app_id))
 
-async def _stop_follower(task: asyncio.Task[None]) -> None:
-    """Let the follower drain what the stopped app printed, then end it."""
-    try:
-        await asyncio.wait_for(asyncio.shield(task), timeout=3.0)
-    except (TimeoutError, Exception):
-        task.cancel()
+    async def _run(self, client: _Client, app_id: str) -> None:
+        after = 0
+        while True:
+            try:
+                reply = await client.rpc("AppLogs", {"app_id": app_id, "after": after, "timeout": 30})
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(0.5)
+                continue
+            for row in reply["logs"]:
+                after = row["seq"]
+                print_log_line(row)
+                self.printed += 1
+            if reply["state"] == "stopped" and not reply["logs"]:
+                return
+
+    async def stop(self) -> None:
+        """Let it drain what the stopped app printed: as long as it keeps printing, wait."""
+        while True:
+            before = self.printed
+            try:
+                await asyncio.wait_for(asyncio.shield(self.task), timeout=3.0)
+                return
+            except TimeoutError:
+                if self.printed == before:  # stuck, not slow: give up
+                    self.task.cancel()
+                    return
+            except Exception:
+                self.task.cancel()
+                return
 
 
 def print_log_line(row: dict[str, Any]) -> None:

@@ -168,6 +168,8 @@ async def AppList(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 async def AppLogs(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     app = api.resolve_app(body)
     timeout = float(body.get("timeout", 0)) if app["state"] == "running" else 0.0
+    if app["state"] != "running":
+        await api.d.logs.flush()  # a stopped app's last lines may still sit in the buffer
     rows = await api.d.logs.read(app["id"], int(body.get("after", 0)), timeout, int(body.get("limit", 1000)))
     state = (api.store.get_app(app["id"]) or app)["state"]
     return {"logs": rows, "state": state, "app_id": app["id"]}

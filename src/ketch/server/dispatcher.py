@@ -13,7 +13,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,21 +251,7 @@ class Dispatcher:
 
     def _evict_idle_gpu_holder(self, waiting_key: str) -> None:
         """Stop the longest-idle container of another GPU pool, so a waiting pool gets its GPU."""
-        if self._evicting:
-            return
-        candidates = [
-            (t, p)
-            for k, p in self.pools.items()
-            if k != waiting_key and self.pool_info[k].spec.gpu and (t := p.idle_since()) is not None
-        ]
-        if not candidates:
-            return
-        pool = min(candidates, key=lambda tp: tp[0])[1]
-        self._evicting = True
-        try:
-            self._perform(pool, pool.evict_idle(time.monotonic()))
-        finally:
-            self._evicting = False
+        self._evict_one(lambda key: key != waiting_key and bool(self.pool_info[key].spec.gpu))
 
     def _busy_gpus(self) -> set[int]:
         return {i for indices in self.gpus.busy().values() for i in indices}
@@ -277,11 +263,13 @@ class Dispatcher:
             self._evict_one()
         return max(0, room)
 
-    def _evict_one(self) -> None:
-        """Stop the node's longest-idle container so that a waiting pool can start one."""
+    def _evict_one(self, eligible: Callable[[str], bool] = lambda key: True) -> None:
+        """Stop the longest-idle container (of an ``eligible`` pool) so a waiting pool can start one."""
         if self._evicting:
             return
-        candidates = [(t, p) for p in self.pools.values() if (t := p.idle_since()) is not None]
+        candidates = [
+            (t, p) for k, p in self.pools.items() if eligible(k) and (t := p.idle_since()) is not None
+        ]
         if not candidates:
             return
         pool = min(candidates, key=lambda tp: tp[0])[1]

@@ -42,6 +42,24 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
+def pump_lines(reader: asyncio.StreamReader, sink: Callable[[str], None]) -> asyncio.Task[None]:
+    """A task that hands ``sink`` each line ``reader`` yields (with its newline), until EOF."""
+
+    async def pump() -> None:
+        pending = b""
+        while True:
+            chunk = await reader.read(1 << 16)
+            if not chunk:
+                if pending:
+                    sink(pending.decode(errors="replace"))
+                return
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                sink(line.decode(errors="replace") + "\n")
+
+    return asyncio.get_running_loop().create_task(pump())
+
+
 @dataclass
 class _Proc:
     pid: int
@@ -105,19 +123,7 @@ class LocalWorker:
         return _Proc(process.pid, process.wait(), tasks)
 
     def _pump(self, container_id: str, stream: str, reader: asyncio.StreamReader) -> asyncio.Task[None]:
-        async def pump() -> None:
-            pending = b""
-            while True:
-                chunk = await reader.read(1 << 16)
-                if not chunk:
-                    if pending:
-                        self._on_log(container_id, stream, pending.decode(errors="replace"))
-                    return
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    self._on_log(container_id, stream, line.decode(errors="replace") + "\n")
-
-        return asyncio.get_running_loop().create_task(pump())
+        return pump_lines(reader, lambda text: self._on_log(container_id, stream, text))
 
     async def _wait(self, container_id: str, proc: _Proc) -> None:
         returncode = await proc.exited

@@ -46,7 +46,7 @@ from ..build.builder import Builder, BuiltImage
 from ..build.layers import remove_tree
 from ..build.runtime import DEPS_MOUNT_POINT, MOUNT_POINT
 from . import cgroups, gpus
-from .local import ExitSink, LogSink, describe_exit
+from .local import ExitSink, LogSink, describe_exit, pump_lines
 
 logger = logging.getLogger(__name__)
 
@@ -332,19 +332,7 @@ class SandboxWorker:
 
     # -- running -------------------------------------------------------------
     def _pump(self, container_id: str, stream: str, reader: asyncio.StreamReader) -> asyncio.Task[None]:
-        async def pump() -> None:
-            pending = b""
-            while True:
-                chunk = await reader.read(1 << 16)
-                if not chunk:
-                    if pending:
-                        self._on_log(container_id, stream, pending.decode(errors="replace"))
-                    return
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    self._on_log(container_id, stream, line.decode(errors="replace") + "\n")
-
-        return asyncio.get_running_loop().create_task(pump())
+        return pump_lines(reader, lambda text: self._on_log(container_id, stream, text))
 
     async def _wait(self, container: _Container) -> None:
         assert container.exited is not None
