@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import KetchEnv
+# Imported at collection: later test folders bring a conftest module of the same name.
+from conftest import ExampleRun, KetchEnv
 
 pytestmark = pytest.mark.e2e
 
@@ -81,8 +82,6 @@ def fake_gpu_run():
     app = home / "gpu_app.py"
     app.write_text(APP)
     try:
-        from conftest import ExampleRun
-
         run = ExampleRun.parse(env.cli("run", str(app), timeout=120))
         status = env.cli("server", "status", timeout=30)
         logs = env.cli("app", "logs", "gpus", timeout=30)
@@ -180,8 +179,6 @@ def test_real_gpu_devices_and_torch(runtime):
     app = home / "torch_app.py"
     app.write_text(TORCH_APP)
     try:
-        from conftest import ExampleRun
-
         run = ExampleRun.parse(env.cli("run", str(app), timeout=560))
         seen = run.value("devices")
         assert "nvidiactl" in seen["nodes"] and "GPU 0" in seen["smi"], seen
