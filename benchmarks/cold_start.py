@@ -46,24 +46,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import faulthandler
 import importlib.util
 import json
 import os
-import platform
-import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:  # run as a file from elsewhere, or with -P
+    sys.path.insert(0, str(BENCH_DIR))
+
+import _harness as h  # noqa: E402
 
 TARGET_TRIVIAL_P50_MS = 150.0  # (a) under the sandbox runtime
 TARGET_NUMPY_RATIO = 2.0  # (b) <= 2 x (a), sandbox runtime
@@ -94,6 +93,7 @@ CASES = (
 )
 
 SYSTEMS = ("sandbox", "local", "ray", "host")
+RUNTIMES = ("sandbox", "local")  # one control plane, in its own KETCH_HOME, each
 SYSTEM_LABELS = {
     "sandbox": "ketch, sandbox runtime",
     "local": "ketch, local runtime",
@@ -106,26 +106,14 @@ SYSTEM_LABELS = {
 # small helpers
 
 
-def log(msg: str) -> None:
-    print(f"[cold] {msg}", file=sys.stderr, flush=True)
-
-
-def percentile(samples: list[float], q: float) -> float:
-    """The q-th percentile (0..100), interpolating linearly between ranks."""
-    if not samples:
-        raise ValueError("no samples")
-    ordered = sorted(samples)
-    pos = (len(ordered) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+log = h.logger("cold")
 
 
 def summary(samples_s: list[float]) -> dict:
     ms = [x * 1e3 for x in samples_s]
     return {
-        "p50_ms": percentile(ms, 50),
-        "p90_ms": percentile(ms, 90),
+        "p50_ms": h.percentile(ms, 50),
+        "p90_ms": h.percentile(ms, 90),
         "min_ms": min(ms),
         "max_ms": max(ms),
         "n": len(ms),
@@ -133,173 +121,50 @@ def summary(samples_s: list[float]) -> dict:
     }
 
 
-def proc_table() -> dict[int, tuple[int, str, str]]:
-    """pid -> (parent pid, start time, state) of every process in /proc."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # state, ppid, ..., starttime is the 20th
-        table[int(entry.name)] = (int(fields[1]), fields[19], fields[0])
-    return table
-
-
-def cmdline(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return "?"
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:140]
-
-
-def descendants(table: dict[int, tuple[int, str, str]], root: int) -> dict[int, int]:
-    """pid -> parent pid of every live descendant of ``root``."""
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found: dict[int, int] = {}
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found[child] = table[child][0]
-                stack.append(child)
-    return {pid: ppid for pid, ppid in found.items() if table[pid][2] != "Z"}
-
-
 # --------------------------------------------------------------------------
-# cleanup and watchdog
+# cleanup
 
 
-class Cleanup:
-    """Everything this run started, and how to undo it, whatever happens.
+class Cleanup(h.Cleanup):
+    """Undoes the run (see ``_harness.Cleanup``): a control plane per runtime, mounts.
 
-    A process is ours if it descends from this one, or if its command line or
-    environment names the run's directory (every process we start inherits
-    ``KETCH_COLD_BENCH_RUN``; control planes outlive the trial process that
-    auto-started them and are reparented, so that is how they are found).
-    Only those are signalled, by pid, after checking their start time.
+    Every process we start inherits ``KETCH_COLD_BENCH_RUN``, which names the
+    run's directory: that is how control planes, reparented once the trial
+    process that auto-started them exits, are found.
     """
-
-    def __init__(self, workdir: Path, keep: bool) -> None:
-        self.workdir = workdir
-        self.keep = keep
-        self.ray_dir = workdir / "ray"
-        self.ray_started = False
-        self._lock = threading.Lock()
-        self._done = False
 
     def home(self, runtime: str) -> Path:
         return self.workdir / f"home-{runtime}"
 
     def ketch_env(self, runtime: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env["KETCH_HOME"] = str(self.home(runtime))
+        env = h.ketch_env(self.home(runtime))
         env["KETCH_RUNTIME"] = runtime
-        env.pop("KETCH_SERVER_URL", None)
         env.pop("KETCH_FORCE_BUILD", None)
         return env
 
-    # -- processes
-
-    def ours(self) -> dict[int, str]:
-        """pid -> start time of the live processes this run started."""
-        table = proc_table()
-        me = os.getpid()
-        ancestors = set()
-        pid = me
-        while pid in table and pid not in ancestors:
-            ancestors.add(pid)
-            pid = table[pid][0]
-        found = set(descendants(table, me))
-        marker = str(self.workdir).encode()
-        for pid in table:
-            if pid in ancestors or pid in found:
-                continue
-            blob = b""
-            for part in ("cmdline", "environ"):
-                with contextlib.suppress(OSError):
-                    blob += Path(f"/proc/{pid}/{part}").read_bytes()
-            if marker in blob:
-                found.add(pid)
-        return {pid: table[pid][1] for pid in found if table[pid][2] != "Z"}
-
-    @staticmethod
-    def still_alive(procs: dict[int, str]) -> dict[int, str]:
-        table = proc_table()
-        return {
-            pid: start
-            for pid, start in procs.items()
-            if pid in table and table[pid][1] == start and table[pid][2] != "Z"
-        }
-
-    def wait_gone(self, procs: dict[int, str], timeout: float) -> dict[int, str]:
-        deadline = time.monotonic() + timeout
-        alive = self.still_alive(procs)
-        while alive and time.monotonic() < deadline:
-            time.sleep(0.1)
-            alive = self.still_alive(alive)
-        return alive
-
-    def end(self, procs: dict[int, str], why: str) -> list[str]:
-        """SIGTERM, then SIGKILL after 5 s, the given processes."""
-        notes = []
-        alive = self.still_alive(procs)
-        for pid in alive:
-            notes.append(f"{why}; ended by pid: {pid} `{cmdline(pid)}`")
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGTERM)
-        for pid in self.wait_gone(alive, 5.0):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        return notes
-
-    # -- control planes
-
-    def stop_ketch(self, runtime: str) -> str | None:
+    def stop_ketch(self, runtime: str) -> list[str]:
         """``ketch server stop`` for that runtime's KETCH_HOME; a note on trouble."""
-        if not self.home(runtime).exists():
-            return None
-        cli = Path(sys.executable).parent / "ketch"
-        cmd = [str(cli)] if cli.exists() else [sys.executable, "-m", "ketch.cli.main"]
-        try:
-            proc = subprocess.run(
-                [*cmd, "server", "stop"],
-                env=self.ketch_env(runtime),
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"`ketch server stop` ({runtime}) failed: {exc!r}"
-        if proc.returncode != 0:
-            return (
-                f"`ketch server stop` ({runtime}) exited {proc.returncode}: "
-                f"{(proc.stderr or proc.stdout).strip()[-500:]}"
-            )
-        return None
+        return h.stop_control_plane(self.ketch_env(runtime), f"`ketch server stop` ({runtime})")
+
+    def stop_ketch_all(self) -> list[str]:
+        return [note for runtime in RUNTIMES for note in self.stop_ketch(runtime)]
 
     def stop_phase(self, runtime: str) -> list[str]:
         """Stop one runtime's control plane and make sure all of its processes are gone."""
-        notes = []
-        procs = self.ours()
-        t0 = time.perf_counter()
-        note = self.stop_ketch(runtime)
-        if note:
-            notes.append(note)
-        took = time.perf_counter() - t0
-        if took > 5.0:
-            notes.append(f"`ketch server stop` ({runtime}) took {took:.1f} s")
-        left = self.wait_gone(procs, 10.0)
-        notes.extend(self.end(left, f"still running 10 s after `ketch server stop` ({runtime})"))
-        notes.extend(self.unmount_leftovers())
+
+        def stop() -> list[str]:
+            t0 = time.perf_counter()
+            notes = self.stop_ketch(runtime)
+            took = time.perf_counter() - t0
+            if took > 5.0:
+                notes.append(f"`ketch server stop` ({runtime}) took {took:.1f} s")
+            return notes
+
+        notes = self.stop_plane(stop, f"still running 10 s after `ketch server stop` ({runtime})")
+        notes.extend(self.tidy())
         return notes
 
-    def unmount_leftovers(self) -> list[str]:
+    def tidy(self) -> list[str]:
         """Detach mounts under the run's directory (overlays of a control plane that was killed)."""
         notes = []
         prefix = str(self.workdir) + "/"
@@ -319,95 +184,18 @@ class Cleanup:
             notes.append(f"detached a leftover mount: {point}")
         return notes
 
-    def stop_ray(self) -> None:
-        if not self.ray_started:
-            return
-        self.ray_started = False
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-
     def remove_workdir(self) -> None:
         if self.keep:
             return
         # The sandbox runtime keeps its unix sockets in a short directory under /tmp
         # named after KETCH_HOME; remove ours, if the control plane left them.
-        for runtime in ("sandbox", "local"):
+        for runtime in RUNTIMES:
             with contextlib.suppress(Exception):
                 from ketch.worker.sandbox import socket_dir
 
                 if self.home(runtime).exists():
                     shutil.rmtree(socket_dir(self.home(runtime)), ignore_errors=True)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def hard(self) -> list[str]:
-        """Last resort, from the watchdog thread: CLI stops, then our processes by pid."""
-        notes = []
-        procs = self.ours()
-        for runtime in ("sandbox", "local"):
-            note = self.stop_ketch(runtime)
-            if note:
-                notes.append(note)
-        notes.extend(self.end(procs, "hard cleanup after timeout"))
-        notes.extend(self.unmount_leftovers())
-        self.remove_workdir()
-        return notes
-
-    def run(self) -> list[str]:
-        with self._lock:
-            if self._done:
-                return []
-            self._done = True
-        notes = []
-        procs = self.ours()
-        for runtime in ("sandbox", "local"):
-            note = self.stop_ketch(runtime)
-            if note:
-                notes.append(note)
-        try:
-            self.stop_ray()
-        except Exception as exc:  # noqa: BLE001 - cleanup must go on
-            notes.append(f"ray.shutdown() failed: {exc!r}")
-        left = self.wait_gone(procs, 10.0)
-        notes.extend(self.end(left, "still running 10 s after shutdown"))
-        notes.extend(self.end(self.ours(), "appeared during shutdown"))
-        notes.extend(self.unmount_leftovers())
-        self.remove_workdir()
-        return notes
-
-
-class Watchdog:
-    """After ``seconds``: dump stacks and interrupt the main thread, whose
-    ``finally`` cleans up as usual; if that has not finished 90 s later, clean
-    up from here (processes by pid, no Ray API) and exit 124."""
-
-    def __init__(self, seconds: float, cleanup: Cleanup) -> None:
-        self.seconds = seconds
-        self.cleanup = cleanup
-        self.fired = threading.Event()
-        self._finished = threading.Event()
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _fire(self) -> None:
-        self.fired.set()
-        log(f"benchmark exceeded {self.seconds:g} s; stacks:")
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-        main_ident = threading.main_thread().ident
-        if main_ident is not None:
-            signal.pthread_kill(main_ident, signal.SIGINT)
-        if self._finished.wait(90):
-            return
-        log("main thread did not stop; cleaning up from the watchdog")
-        for note in self.cleanup.hard():
-            log(note)
-        os._exit(124)
-
-    def cancel(self) -> None:
-        self._finished.set()
-        self._timer.cancel()
+        super().remove_workdir()
 
 
 # --------------------------------------------------------------------------
@@ -473,25 +261,8 @@ print("KETCH_COLD " + json.dumps({
 
 
 def ketch_trial(case: Case, env: dict[str, str], cwd: Path, timeout: float) -> dict:
-    argv = [
-        sys.executable,
-        "-c",
-        TRIAL_SCRIPT,
-        str(BENCH_DIR),
-        case.module,
-        str(case.arg),
-        str(case.want),
-    ]
-    proc = subprocess.run(
-        argv, env=env, cwd=str(cwd), capture_output=True, text=True, timeout=timeout
-    )
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("KETCH_COLD ")), None)
-    if proc.returncode != 0 or line is None:
-        raise RuntimeError(
-            f"{case.key} trial exited {proc.returncode}\n"
-            f"--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}"
-        )
-    return json.loads(line.split(" ", 1)[1])
+    args = [str(BENCH_DIR), case.module, str(case.arg), str(case.want)]
+    return h.run_script(TRIAL_SCRIPT, args, "KETCH_COLD ", f"{case.key} trial", env, cwd, timeout)
 
 
 def busy_containers(home: Path) -> list[str]:
@@ -509,8 +280,8 @@ def busy_containers(home: Path) -> list[str]:
         server = int(json.loads((home / "server.json").read_text())["pid"])
     except (OSError, ValueError, KeyError):
         return found
-    for pid, ppid in descendants(proc_table(), server).items():
-        line = cmdline(pid)
+    for pid, ppid in h.descendants(h.proc_table(), server).items():
+        line = h.cmdline(pid)
         if ppid == server and "ketch.runtime.template" in line:
             continue
         found.append(f"pid {pid} `{line}`")
@@ -554,7 +325,7 @@ def run_ketch(runtime: str, n: int, cleanup: Cleanup, results: dict, notes: list
         rs = runs[case.key]
         entry = summary([r["cold_s"] for r in rs])
         for key in ("import_s", "enter_s", "exit_s"):
-            entry[key.replace("_s", "_p50_ms")] = percentile([r[key] for r in rs], 50) * 1e3
+            entry[key.replace("_s", "_p50_ms")] = h.percentile([r[key] for r in rs], 50) * 1e3
         results[case.key][runtime] = entry
         notes.append(
             f"{runtime}, {case.key}: per trial process, not counted, p50: import ketch + module "
@@ -575,36 +346,14 @@ class TrivialEcho:
 
 
 def run_ray(n: int, cleanup: Cleanup, results: dict, notes: list[str]) -> None:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # Ray's default auth with a per-run token in the environment, so that
-    # ray.init() writes nothing to ~/.ray.
-    if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     # Actor workers import _cold_ray_numpy by name: put benchmarks/ on their path.
-    parts = [str(BENCH_DIR), os.environ.get("PYTHONPATH", "")]
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in parts if p)
-    sys.path.insert(0, str(BENCH_DIR))
-
-    import logging
-
+    h.prepend_path(BENCH_DIR)
     import _cold_ray_numpy
+
+    _, init_s = h.start_ray(cleanup, log)
     import ray
 
-    log("ray: init (2 CPUs, 127.0.0.1, no dashboard)")
-    cleanup.ray_dir.mkdir(parents=True, exist_ok=True)
-    cleanup.ray_started = True
-    t0 = time.perf_counter()
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        _temp_dir=str(cleanup.ray_dir),
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
-    notes.append(
-        f"ray {ray.__version__}: `ray.init()` took {(time.perf_counter() - t0) * 1e3:.0f} ms"
-    )
+    notes.append(f"ray {ray.__version__}: `ray.init()` took {init_s * 1e3:.0f} ms")
 
     actors = {"trivial": ray.remote(TrivialEcho), "numpy": ray.remote(_cold_ray_numpy.NumpyEcho)}
 
@@ -697,22 +446,6 @@ def verdicts(results: dict) -> list[str]:
     return out
 
 
-def machine_line() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    load = ""
-    with contextlib.suppress(OSError):
-        load = ", load average at start " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    return (
-        f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}{load}"
-    )
-
-
 def sandbox_support() -> tuple[bool, str]:
     try:
         from ketch.build.isolate import support
@@ -731,11 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="LIST",
         help="comma-separated subset of " + ",".join(SYSTEMS) + " (default: all)",
     )
-    ap.add_argument("--json", metavar="PATH", help="also write raw results as JSON")
-    ap.add_argument(
-        "--timeout", type=float, default=900.0, help="abort (and clean up) after this many seconds"
-    )
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    h.add_run_options(ap, timeout=900.0, keep_help="keep the temporary directory")
     args = ap.parse_args(argv)
 
     n = args.n or (QUICK_N if args.quick else FULL_N)
@@ -749,12 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="ketch-cold-"))
     os.environ[MARKER_ENV] = str(workdir)  # inherited by everything we start
     cleanup = Cleanup(workdir, keep=args.keep)
-    watchdog = Watchdog(args.timeout, cleanup)
+    watchdog = h.Watchdog(args.timeout, cleanup, log)
 
     results: dict = {case.key: {} for case in CASES}
     notes: list[str] = []
     t_start = time.perf_counter()
-    aborted = False
 
     def failed(system: str, exc: BaseException) -> None:
         traceback.print_exc()
@@ -766,48 +494,41 @@ def main(argv: list[str] | None = None) -> int:
             "numpy is not installed in this Python; case (b) needs it on the host "
             "(`pip install numpy`, or `pip install -e '.[bench]'`)"
         )
-    try:
-        try:
-            if "host" in chosen:
-                try:
-                    run_host(n, results)
-                except Exception as exc:  # noqa: BLE001 - report, go on
-                    failed("host", exc)
-            for runtime in ("sandbox", "local"):
-                if runtime not in chosen:
+
+    def body() -> None:
+        if "host" in chosen:
+            try:
+                run_host(n, results)
+            except Exception as exc:  # noqa: BLE001 - report, go on
+                failed("host", exc)
+        for runtime in RUNTIMES:
+            if runtime not in chosen:
+                continue
+            if runtime == "sandbox":
+                ok, reason = sandbox_support()
+                if not ok:
+                    for case in CASES:
+                        results[case.key]["sandbox"] = {"skipped": reason}
+                    notes.append(f"sandbox rows skipped: {reason}")
                     continue
-                if runtime == "sandbox":
-                    ok, reason = sandbox_support()
-                    if not ok:
-                        for case in CASES:
-                            results[case.key]["sandbox"] = {"skipped": reason}
-                        notes.append(f"sandbox rows skipped: {reason}")
-                        continue
-                try:
-                    run_ketch(runtime, n, cleanup, results, notes)
-                except Exception as exc:  # noqa: BLE001
-                    failed(runtime, exc)
-                finally:
-                    # One control plane at a time: stop this one before the next phase.
-                    notes.extend(cleanup.stop_phase(runtime))
-            if "ray" in chosen:
-                try:
-                    run_ray(n, cleanup, results, notes)
-                except Exception as exc:  # noqa: BLE001
-                    failed("ray", exc)
-        finally:
-            notes.extend(cleanup.run())
-    except KeyboardInterrupt:
-        if not watchdog.fired.is_set():
-            raise
-        aborted = True
-        notes.insert(0, f"ABORTED after {args.timeout:g} s (--timeout); the table is partial")
-    finally:
-        watchdog.cancel()
+            try:
+                run_ketch(runtime, n, cleanup, results, notes)
+            except Exception as exc:  # noqa: BLE001
+                failed(runtime, exc)
+            finally:
+                # One control plane at a time: stop this one before the next phase.
+                notes.extend(cleanup.stop_phase(runtime))
+        if "ray" in chosen:
+            try:
+                run_ray(n, cleanup, results, notes)
+            except Exception as exc:  # noqa: BLE001
+                failed("ray", exc)
+
+    aborted = h.guarded(body, cleanup, watchdog, notes)
 
     total = time.perf_counter() - t_start
-    print(f"## Cold start: ketch vs its floor and Ray{' (--quick)' if args.quick else ''}\n")
-    print(f"Machine: {machine_line()}. Wall time of the benchmark: {total:.0f} s.\n")
+    machine = h.machine_line(load=True)
+    h.print_head("Cold start: ketch vs its floor and Ray", args.quick, machine, total)
     print(render(results))
     print()
     print("Targets:")
@@ -829,14 +550,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"- samples, ms, {case.key} / {system}: {samples}")
 
     if args.json:
-        payload = {
-            "n": n,
-            "machine": machine_line(),
-            "wall_s": total,
-            "results": results,
-            "notes": notes,
-        }
-        Path(args.json).write_text(json.dumps(payload, indent=2))
+        h.write_json(args.json, {"n": n}, machine, total, results, notes)
     if aborted:
         return 124
     bad = any("error" in results[c.key].get(s, {}) for c in CASES for s in chosen)

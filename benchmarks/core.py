@@ -30,24 +30,19 @@ and exits 124.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import faulthandler
-import json
 import os
-import platform
-import secrets
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:  # run as a file from elsewhere, or with -P
+    sys.path.insert(0, str(BENCH_DIR))
+
+import _harness as h  # noqa: E402
 
 # Numbers quoted by the spec for orientation; the "target" column uses them.
 TARGET_WARM_P50_MS = 1.0
@@ -75,22 +70,7 @@ SYSTEMS = ("ketch", "ray_task", "ray_actor")
 # small helpers
 
 
-def percentile(samples: list[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation between ranks."""
-    if not samples:
-        raise ValueError("no samples")
-    ordered = sorted(samples)
-    if len(ordered) == 1:
-        return ordered[0]
-    pos = (len(ordered) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    frac = pos - lo
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * frac
-
-
-def log(msg: str) -> None:
-    print(f"[core] {msg}", file=sys.stderr, flush=True)
+log = h.logger("core")
 
 
 def timed_loop(call, n: int) -> list[float]:
@@ -109,8 +89,8 @@ def timed_loop(call, n: int) -> list[float]:
 
 def latency_summary(samples: list[float]) -> dict:
     return {
-        "p50_ms": percentile(samples, 50) * 1e3,
-        "p99_ms": percentile(samples, 99) * 1e3,
+        "p50_ms": h.percentile(samples, 50) * 1e3,
+        "p99_ms": h.percentile(samples, 99) * 1e3,
         "mean_ms": sum(samples) / len(samples) * 1e3,
         "n": len(samples),
     }
@@ -123,226 +103,28 @@ def check_echo(results, n: int, what: str) -> None:
         raise AssertionError(f"{what}: {len(results)} results, first mismatch at {bad}")
 
 
-def _proc_table() -> dict[int, tuple[int, str, str]]:
-    """pid -> (parent pid, start time, state) for every process in /proc."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # fields after the ")" that closes the command name: state, ppid, ..., starttime (22nd)
-        rest = stat.rsplit(")", 1)[1].split()
-        table[int(entry.name)] = (int(rest[1]), rest[19], rest[0])
-    return table
+class Cleanup(h.Cleanup):
+    """Undoes the run (see ``_harness.Cleanup``): one control plane, in ``ketch_home``.
 
-
-def _cmdline(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return "?"
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:120]
-
-
-class Cleanup:
-    """Everything that must be undone, whatever happens (also from the watchdog).
-
-    Processes are tracked two ways: the descendants of this process (the
-    embedded control plane and Ray are started from here, their containers and
-    workers from them), and any process whose command line or environment
-    names this run's KETCH_HOME or Ray directory. Only those, by pid, are ever
-    signalled; never this process or its ancestors.
+    The embedded control plane and Ray are started from this process, their
+    containers and workers from them; processes that name this run's
+    KETCH_HOME or Ray directory count as ours too.
     """
 
+    cmdline_width = 120
+
     def __init__(self, workdir: Path, keep: bool) -> None:
-        self.workdir = workdir
-        self.keep = keep
+        super().__init__(workdir, keep)
         self.ketch_home = workdir / "ketch-home"
-        self.ray_dir = workdir / "ray"
-        self.ray_started = False
-        self._lock = threading.Lock()
-        self._done = False
 
     def ketch_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["KETCH_HOME"] = str(self.ketch_home)
-        env.pop("KETCH_SERVER_URL", None)
-        return env
+        return h.ketch_env(self.ketch_home)
 
-    # -- processes
+    def markers(self) -> list[Path]:
+        return [self.ketch_home, self.ray_dir]
 
-    def ours(self) -> dict[int, str]:
-        """pid -> start time of the live processes this run started."""
-        table = _proc_table()
-        me = os.getpid()
-        ancestors = set()
-        pid = me
-        while pid in table and pid not in ancestors:
-            ancestors.add(pid)
-            pid = table[pid][0]
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _, _) in table.items():
-            children.setdefault(ppid, []).append(pid)
-        found: set[int] = set()
-        stack = list(children.get(me, []))
-        while stack:
-            pid = stack.pop()
-            if pid not in found:
-                found.add(pid)
-                stack.extend(children.get(pid, []))
-        markers = [str(self.ketch_home).encode(), str(self.ray_dir).encode()]
-        for pid in table:
-            if pid in ancestors or pid in found:
-                continue
-            blob = b""
-            for part in ("cmdline", "environ"):
-                try:
-                    blob += Path(f"/proc/{pid}/{part}").read_bytes()
-                except OSError:
-                    pass
-            if any(m in blob for m in markers):
-                found.add(pid)
-        return {pid: table[pid][1] for pid in found if table[pid][2] != "Z"}
-
-    @staticmethod
-    def still_alive(procs: dict[int, str]) -> dict[int, str]:
-        table = _proc_table()
-        return {
-            pid: st
-            for pid, st in procs.items()
-            if pid in table and table[pid][1] == st and table[pid][2] != "Z"
-        }
-
-    def wait_gone(self, procs: dict[int, str], timeout: float) -> dict[int, str]:
-        deadline = time.monotonic() + timeout
-        alive = self.still_alive(procs)
-        while alive and time.monotonic() < deadline:
-            time.sleep(0.1)
-            alive = self.still_alive(alive)
-        return alive
-
-    def end(self, procs: dict[int, str], why: str) -> list[str]:
-        """SIGTERM, then SIGKILL, the given processes (pid + start time checked)."""
-        notes = []
-        alive = self.still_alive(procs)
-        for pid in alive:
-            notes.append(f"{why}; ended by pid: {pid} `{_cmdline(pid)}`")
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGTERM)
-        alive = self.wait_gone(alive, 5.0)
-        for pid in alive:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        return notes
-
-    # -- services
-
-    def stop_ketch(self) -> str | None:
-        """``ketch server stop`` for our KETCH_HOME; returns a note on trouble."""
-        if not self.ketch_home.exists():
-            return None
-        cli = Path(sys.executable).parent / "ketch"
-        cmd = [str(cli)] if cli.exists() else [sys.executable, "-m", "ketch.cli.main"]
-        try:
-            proc = subprocess.run(
-                [*cmd, "server", "stop"],
-                env=self.ketch_env(),
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"`ketch server stop` failed: {exc!r}"
-        if proc.returncode != 0:
-            return (
-                f"`ketch server stop` exited {proc.returncode}: "
-                f"{(proc.stderr or proc.stdout).strip()[-500:]}"
-            )
-        return None
-
-    def stop_ray(self) -> None:
-        if not self.ray_started:
-            return
-        self.ray_started = False
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-
-    def hard(self) -> list[str]:
-        """Last resort (watchdog thread): ketch CLI stop, then our processes by pid."""
-        notes = []
-        procs = self.ours()
-        note = self.stop_ketch()
-        if note:
-            notes.append(note)
-        notes.extend(self.end(procs, "hard cleanup after timeout"))
-        if not self.keep:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-        return notes
-
-    def run(self) -> list[str]:
-        with self._lock:
-            if self._done:
-                return []
-            self._done = True
-        notes = []
-        procs = self.ours()
-        note = self.stop_ketch()
-        if note:
-            notes.append(note)
-        try:
-            self.stop_ray()
-        except Exception as exc:  # noqa: BLE001 - cleanup must go on
-            notes.append(f"ray.shutdown() failed: {exc!r}")
-        left = self.wait_gone(procs, 10.0)
-        notes.extend(self.end(left, "still running 10 s after shutdown"))
-        notes.extend(self.end(self.ours(), "appeared during shutdown"))
-        if not self.keep:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-        return notes
-
-
-class Watchdog:
-    """After ``seconds``: dump stacks and interrupt the main thread, whose
-    ``finally`` then cleans up as usual; if that does not finish within 90 s,
-    clean up from here (processes by pid, no Ray API) and exit 124."""
-
-    def __init__(self, seconds: float, cleanup: Cleanup) -> None:
-        self.seconds = seconds
-        self.cleanup = cleanup
-        self.fired = threading.Event()
-        self._finished = threading.Event()
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _fire(self) -> None:
-        self.fired.set()
-        print(
-            f"\n[core] benchmark exceeded {self.seconds:g} s; stacks:", file=sys.stderr, flush=True
-        )
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-        main_ident = threading.main_thread().ident
-        if main_ident is not None:
-            signal.pthread_kill(main_ident, signal.SIGINT)
-        if self._finished.wait(90):
-            return
-        print(
-            "[core] main thread did not stop; cleaning up from the watchdog",
-            file=sys.stderr,
-            flush=True,
-        )
-        for note in self.cleanup.hard():
-            print(f"[core] {note}", file=sys.stderr, flush=True)
-        os._exit(124)
-
-    def cancel(self) -> None:
-        self._finished.set()
-        self._timer.cancel()
+    def stop_ketch_all(self) -> list[str]:
+        return h.stop_control_plane(self.ketch_env())
 
 
 # --------------------------------------------------------------------------
@@ -377,16 +159,13 @@ def _ensure_ketch_importable(notes: list[str]) -> None:
     src = BENCH_DIR.parent / "src"
     if not (src / "ketch" / "__init__.py").is_file():
         return  # the import below raises the real error
-    sys.path.insert(0, str(src))
-    parts = [str(src), os.environ.get("PYTHONPATH", "")]
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in parts if p)
+    h.prepend_path(src)
     notes.append(f"ketch is not installed; used {src} via PYTHONPATH")
 
 
 def run_ketch(sizes: Sizes, cleanup: Cleanup, results: dict, notes: list[str]) -> None:
     os.environ["KETCH_HOME"] = str(cleanup.ketch_home)
     os.environ.pop("KETCH_SERVER_URL", None)
-    sys.path.insert(0, str(BENCH_DIR))
     _ensure_ketch_importable(notes)
 
     t0 = time.perf_counter()
@@ -425,29 +204,24 @@ def run_ketch(sizes: Sizes, cleanup: Cleanup, results: dict, notes: list[str]) -
         }
 
     log(f"ketch: {sizes.fresh_runs} fresh apps, each in a fresh process")
-    runs = []
-    for i in range(sizes.fresh_runs):
-        proc = subprocess.run(
-            [sys.executable, "-c", FRESH_APP_SCRIPT, str(BENCH_DIR)],
-            env=cleanup.ketch_env(),
-            capture_output=True,
-            text=True,
+    runs = [
+        h.run_script(
+            FRESH_APP_SCRIPT,
+            [str(BENCH_DIR)],
+            "KETCH_FRESH ",
+            f"fresh-app run {i}",
+            cleanup.ketch_env(),
+            cleanup.workdir,
             timeout=120,
-            cwd=str(cleanup.workdir),
         )
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("KETCH_FRESH ")), None)
-        if proc.returncode != 0 or line is None:
-            raise RuntimeError(
-                f"fresh-app run {i} exited {proc.returncode}\n"
-                f"--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}"
-            )
-        runs.append(json.loads(line.split(" ", 1)[1]))
+        for i in range(sizes.fresh_runs)
+    ]
     firsts = [r["first_result_s"] for r in runs]
     results["ketch"]["fresh"] = {
-        "p50_ms": percentile(firsts, 50) * 1e3,
+        "p50_ms": h.percentile(firsts, 50) * 1e3,
         "samples_ms": [x * 1e3 for x in firsts],
-        "import_p50_ms": percentile([r["import_s"] for r in runs], 50) * 1e3,
-        "exit_p50_ms": percentile([r["exit_s"] for r in runs], 50) * 1e3,
+        "import_p50_ms": h.percentile([r["import_s"] for r in runs], 50) * 1e3,
+        "exit_p50_ms": h.percentile([r["exit_s"] for r in runs], 50) * 1e3,
     }
     notes.append(
         "ketch: fresh process also spent p50 "
@@ -462,33 +236,11 @@ def run_ketch(sizes: Sizes, cleanup: Cleanup, results: dict, notes: list[str]) -
 
 
 def run_ray(sizes: Sizes, cleanup: Cleanup, results: dict, notes: list[str]) -> None:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # Ray's default auth, but with a per-run token in the environment, so that
-    # ray.init() does not write one to ~/.ray/auth_token.
-    if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    t0 = time.perf_counter()
-    import logging
-
+    import_s, init_s = h.start_ray(cleanup, log)
     import ray
 
-    notes.append(
-        f"ray {ray.__version__}: `import ray` took {(time.perf_counter() - t0) * 1e3:.0f} ms"
-    )
-
-    log("ray: init (2 CPUs, 127.0.0.1, no dashboard)")
-    cleanup.ray_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    cleanup.ray_started = True
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        _temp_dir=str(cleanup.ray_dir),
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
-    notes.append(f"ray: `ray.init()` took {(time.perf_counter() - t0) * 1e3:.0f} ms")
+    notes.append(f"ray {ray.__version__}: `import ray` took {import_s * 1e3:.0f} ms")
+    notes.append(f"ray: `ray.init()` took {init_s * 1e3:.0f} ms")
 
     @ray.remote
     def f(x):
@@ -556,7 +308,7 @@ def run_ray(sizes: Sizes, cleanup: Cleanup, results: dict, notes: list[str]) -> 
         ray.kill(a)
         del a
     results["ray_actor"]["fresh"] = {
-        "p50_ms": percentile(firsts, 50) * 1e3,
+        "p50_ms": h.percentile(firsts, 50) * 1e3,
         "samples_ms": [x * 1e3 for x in firsts],
     }
 
@@ -631,76 +383,50 @@ def render(results: dict, sizes: Sizes) -> str:
     return "\n".join(lines)
 
 
-def machine_line() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {platform.system()} {platform.release()}"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: fewer calls and inputs")
     ap.add_argument("--only", choices=("ketch", "ray"), help="run one side only")
-    ap.add_argument("--json", metavar="PATH", help="also write raw results as JSON")
-    ap.add_argument(
-        "--timeout", type=float, default=600.0, help="abort (and clean up) after this many seconds"
-    )
-    ap.add_argument("--keep", action="store_true", help="keep the temporary KETCH_HOME / Ray dir")
+    h.add_run_options(ap, timeout=600.0, keep_help="keep the temporary KETCH_HOME / Ray dir")
     args = ap.parse_args(argv)
 
     sizes = QUICK if args.quick else FULL
     workdir = Path(tempfile.mkdtemp(prefix="ketch-bench-"))
     cleanup = Cleanup(workdir, keep=args.keep)
-    watchdog = Watchdog(args.timeout, cleanup)
+    watchdog = h.Watchdog(args.timeout, cleanup, log, gap=True)
 
     results: dict = {s: {} for s in SYSTEMS}
     notes: list[str] = []
     t_start = time.perf_counter()
-    aborted = False
-    try:
-        try:
-            if args.only in (None, "ketch"):
-                try:
-                    run_ketch(sizes, cleanup, results, notes)
-                except Exception as exc:  # noqa: BLE001 - report, then go on with Ray
-                    traceback.print_exc()
-                    results["ketch"]["error"] = f"{type(exc).__name__}: {exc}"
-                # Stop ketch before Ray starts, so the two never share the CPUs.
-                procs = cleanup.ours()
-                note = cleanup.stop_ketch()
-                if note:
-                    notes.append(note)
-                left = cleanup.wait_gone(procs, 10.0)
-                notes.extend(
-                    cleanup.end(left, "ketch process still running 10 s after `ketch server stop`")
+
+    def body() -> None:
+        if args.only in (None, "ketch"):
+            try:
+                run_ketch(sizes, cleanup, results, notes)
+            except Exception as exc:  # noqa: BLE001 - report, then go on with Ray
+                traceback.print_exc()
+                results["ketch"]["error"] = f"{type(exc).__name__}: {exc}"
+            # Stop ketch before Ray starts, so the two never share the CPUs.
+            notes.extend(
+                cleanup.stop_plane(
+                    cleanup.stop_ketch_all,
+                    "ketch process still running 10 s after `ketch server stop`",
                 )
-            if args.only in (None, "ray"):
-                try:
-                    run_ray(sizes, cleanup, results, notes)
-                except Exception as exc:  # noqa: BLE001
-                    traceback.print_exc()
-                    results["ray_task"]["error"] = results["ray_actor"]["error"] = (
-                        f"{type(exc).__name__}: {exc}"
-                    )
-        finally:
-            notes.extend(cleanup.run())
-    except KeyboardInterrupt:
-        if not watchdog.fired.is_set():
-            raise
-        aborted = True
-        notes.insert(0, f"ABORTED after {args.timeout:g} s (--timeout); the table is partial")
-    finally:
-        watchdog.cancel()
+            )
+        if args.only in (None, "ray"):
+            try:
+                run_ray(sizes, cleanup, results, notes)
+            except Exception as exc:  # noqa: BLE001
+                traceback.print_exc()
+                results["ray_task"]["error"] = results["ray_actor"]["error"] = (
+                    f"{type(exc).__name__}: {exc}"
+                )
+
+    aborted = h.guarded(body, cleanup, watchdog, notes)
 
     total = time.perf_counter() - t_start
-    print(f"## ketch vs Ray, core metrics{' (--quick)' if args.quick else ''}\n")
-    print(f"Machine: {machine_line()}. Wall time of the benchmark: {total:.0f} s.\n")
+    machine = h.machine_line()
+    h.print_head("ketch vs Ray, core metrics", args.quick, machine, total)
     print(render(results, sizes))
     print()
     for system in SYSTEMS:
@@ -715,14 +441,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"- {system} fresh-start samples, ms: {samples}")
 
     if args.json:
-        payload = {
-            "sizes": asdict(sizes),
-            "machine": machine_line(),
-            "wall_s": total,
-            "results": results,
-            "notes": notes,
-        }
-        Path(args.json).write_text(json.dumps(payload, indent=2))
+        h.write_json(args.json, {"sizes": asdict(sizes)}, machine, total, results, notes)
     if aborted:
         return 124
     failed = any("error" in results[s] for s in SYSTEMS if args.only in (None, s.split("_")[0]))
