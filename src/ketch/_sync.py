@@ -372,7 +372,10 @@ class _PropertyWrapper:
         self.prop.__set__(obj._ketch_impl, _unwrap(value))
 
 
-_PASSTHROUGH_DUNDERS = ("__call__", "__getitem__", "__len__", "__contains__", "__iter__", "__getattr__")
+_PASSTHROUGH_DUNDERS = (
+    "__call__", "__getitem__", "__setitem__", "__delitem__", "__len__", "__contains__", "__iter__",
+    "__getattr__", "__reduce__",
+)  # fmt: skip
 
 
 def synchronize_api(impl_cls: type, name: str | None = None) -> type:

@@ -242,3 +242,8 @@ async def ImageBuildStatus(api: Api, body: dict[str, Any]) -> dict[str, Any]:
         raise NotFoundError("this control plane does not build images")
     wait = min(float(body.get("wait", 0)), 60.0)
     return await api.d.builds.status(str(body["build_id"]), int(body.get("offset", 0)), wait)
+
+
+from . import objects as _objects  # noqa: E402  (object RPCs register themselves here)
+
+_objects.register(rpc)

@@ -1,0 +1,124 @@
+"""The client side of named durable objects: ``from_name``, ``ephemeral``, ``delete``.
+
+A handle made by ``from_name`` is lazy: it is looked up (and created, with
+``create_if_missing=True``) on first use, so module-level handles cost nothing
+at import, in a container or on the client. Handles pickle by name or id, so
+they can be passed to functions.
+
+Example::
+
+    d = ketch.Dict.from_name("cache", create_if_missing=True)
+    with ketch.Queue.ephemeral() as q:
+        q.put(1)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar, TypeVar
+
+from . import _sync
+from ._client import _Client
+from .exception import InvalidError
+
+ObjT = TypeVar("ObjT", bound="_Object")
+
+
+class _Object:
+    """Base of Dict, Queue, Secret and Volume handles."""
+
+    _kind: ClassVar[str] = ""
+
+    def __init__(
+        self, name: str | None = None, object_id: str | None = None, create_if_missing: bool = False
+    ) -> None:
+        self._name = name
+        self._object_id = object_id
+        self._create_if_missing = create_if_missing
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._name or self._object_id or '?'!r})"
+
+    def __reduce__(self) -> Any:
+        return (_rebuild, (type(self).__name__.lstrip("_"), self._name, self._object_id, self._create_if_missing))
+
+    @property
+    def name(self) -> str | None:
+        """The object's name (None for an ephemeral one)."""
+        return self._name
+
+    @property
+    def object_id(self) -> str | None:
+        """The object's id, once it has been looked up."""
+        return self._object_id
+
+    @classmethod
+    def from_name(cls: type[ObjT], name: str, *, create_if_missing: bool = False) -> ObjT:
+        """A handle to the object called ``name``, looked up on first use.
+
+        Example: ``ketch.Dict.from_name("cache", create_if_missing=True)``
+        """
+        if not isinstance(name, str) or not name:
+            raise InvalidError(f"{cls.__name__.lstrip('_')}.from_name needs a name, got {name!r}")
+        return cls(name=name, create_if_missing=create_if_missing)
+
+    @classmethod
+    @_sync.context_manager
+    @contextlib.asynccontextmanager
+    async def ephemeral(cls: type[ObjT]) -> AsyncIterator[ObjT]:
+        """A new unnamed object, deleted when the block ends.
+
+        Example: ``with ketch.Dict.ephemeral() as d: d["k"] = 1``
+        """
+        client = await _Client.get()
+        reply = await client.rpc("ObjectEphemeral", {"kind": cls._kind})
+        obj = cls(object_id=reply["object_id"])
+        try:
+            yield obj
+        finally:
+            with contextlib.suppress(Exception):
+                await client.rpc("ObjectDelete", {"kind": cls._kind, "object_id": reply["object_id"]})
+
+    @classmethod
+    async def delete(cls, name: str, *, allow_missing: bool = False) -> None:
+        """Delete the object called ``name`` and everything in it.
+
+        Example: ``ketch.Queue.delete("jobs")``
+        """
+        client = await _Client.get()
+        await client.rpc("ObjectDelete", {"kind": cls._kind, "name": name, "allow_missing": allow_missing})
+
+    async def hydrate(self: ObjT) -> ObjT:
+        """Look the object up now (handles are otherwise looked up on first use)."""
+        await self._resolve()
+        return self
+
+    async def _resolve(self) -> str:
+        if self._object_id is None:
+            client = await _Client.get()
+            reply = await client.rpc(
+                "ObjectGet",
+                {"kind": self._kind, "name": self._name, "create_if_missing": self._create_if_missing},
+            )
+            self._object_id = str(reply["object_id"])
+        return self._object_id
+
+    async def _rpc(self, method: str, body: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+        object_id = await self._resolve()
+        client = await _Client.get()
+        return await client.rpc(method, {**body, "object_id": object_id}, timeout=timeout)
+
+
+_PUBLIC: dict[str, type] = {}
+
+
+def public(impl: type, name: str) -> type:
+    """Make the blocking public class of an object kind (and remember it for unpickling)."""
+    wrapper = _sync.synchronize_api(impl, name)
+    _PUBLIC[name] = wrapper
+    return wrapper
+
+
+def _rebuild(name: str, object_name: str | None, object_id: str | None, create: bool) -> Any:
+    return _PUBLIC[name](name=object_name, object_id=object_id, create_if_missing=create)
