@@ -28,6 +28,8 @@ if (_deps := _os.environ.get("KETCH_RUNTIME_DEPS")) and _deps not in _sys.path:
 __version__ = "0.1.0"
 
 from . import exception
+from ._dict import Dict
+from ._queue import Queue
 from .app import App
 from .cls import Cls
 from .functions import Function, FunctionCall
@@ -38,9 +40,11 @@ from .retries import Retries
 __all__ = [
     "App",
     "Cls",
+    "Dict",
     "Function",
     "FunctionCall",
     "Image",
+    "Queue",
     "Retries",
     "__version__",
     "batched",

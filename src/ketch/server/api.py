@@ -244,6 +244,10 @@ async def ImageBuildStatus(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     return await api.d.builds.status(str(body["build_id"]), int(body.get("offset", 0)), wait)
 
 
-from . import objects as _objects  # noqa: E402  (object RPCs register themselves here)
+from . import dicts as _dicts  # noqa: E402  (object RPCs register themselves here)
+from . import objects as _objects  # noqa: E402
+from . import queues as _queues  # noqa: E402
 
 _objects.register(rpc)
+_dicts.register(rpc)
+_queues.register(rpc)

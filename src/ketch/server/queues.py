@@ -1,0 +1,203 @@
+"""``ketch.Queue`` on the control plane: FIFO partitions of pickled items, in SQLite.
+
+A blocking ``get`` is a long poll: the request waits on the server until a
+``put`` to its partition wakes it (no polling sleeps anywhere), or its wait
+(at most 50 s per request; the client asks again until its own timeout) ends.
+A partition expires ``partition_ttl`` seconds after its last put (Modal's
+default: 24 hours for named partitions); the default partition never does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    delete,
+    func,
+    select,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from ..exception import InvalidError, PayloadTooLargeError
+from . import objects
+from .store import Store, metadata
+
+MAX_ITEM_BYTES = 64 * 1024 * 1024
+MAX_ITEMS_PER_PARTITION = 100_000
+MAX_WAIT_S = 50.0
+DEFAULT_PARTITION_TTL_S = 24 * 3600.0
+
+queue_items = Table(
+    "queue_items",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("object_id", String, nullable=False),
+    Column("partition", String, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Index("queue_items_part_seq", "object_id", "partition", "seq"),
+    sqlite_autoincrement=True,
+)
+
+queue_partitions = Table(
+    "queue_partitions",
+    metadata,
+    Column("object_id", String, primary_key=True),
+    Column("partition", String, primary_key=True),
+    Column("expires_at", Float),  # None: never
+)
+
+_waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
+
+
+def _purge(store: Store, object_id: str, partition: str | None = None) -> None:
+    for table in (queue_items, queue_partitions):
+        q = delete(table).where(table.c.object_id == object_id)
+        if partition is not None:
+            q = q.where(table.c.partition == partition)
+        store.conn.execute(q)
+
+
+objects.PURGE["queue"] = _purge
+
+
+def _partition(body: dict[str, Any]) -> str:
+    partition = body.get("partition")
+    if partition is None:
+        return ""
+    if not isinstance(partition, str) or not partition or len(partition) > 64:
+        raise InvalidError(f"partition must be a non-empty string of at most 64 characters, got {partition!r}")
+    return partition
+
+
+def _expire(store: Store, object_id: str) -> None:
+    now = time.time()
+    gone = store.conn.execute(
+        select(queue_partitions.c.partition).where(
+            queue_partitions.c.object_id == object_id,
+            queue_partitions.c.expires_at.is_not(None),
+            queue_partitions.c.expires_at < now,
+        )
+    ).scalars().all()
+    for partition in gone:
+        _purge(store, object_id, partition)
+    if gone:
+        store.conn.commit()
+
+
+def _count(store: Store, object_id: str, partition: str | None) -> int:
+    q = select(func.count()).select_from(queue_items).where(queue_items.c.object_id == object_id)
+    if partition is not None:
+        q = q.where(queue_items.c.partition == partition)
+    return int(store.conn.execute(q).scalar() or 0)
+
+
+def _take(store: Store, object_id: str, partition: str, n: int) -> list[bytes]:
+    rows = store.conn.execute(
+        select(queue_items.c.seq, queue_items.c.data)
+        .where(queue_items.c.object_id == object_id, queue_items.c.partition == partition)
+        .order_by(queue_items.c.seq)
+        .limit(n)
+    ).all()
+    if rows:
+        store.conn.execute(delete(queue_items).where(queue_items.c.seq.in_([r.seq for r in rows])))
+        store.conn.commit()
+    return [r.data for r in rows]
+
+
+def _wake(object_id: str, partition: str) -> None:
+    for fut in _waiters.pop((object_id, partition), []):
+        if not fut.done():
+            fut.set_result(None)
+
+
+def register(rpc: Any) -> None:
+    @rpc
+    async def QueuePut(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+        object_id = objects.get(api.store, body["object_id"], "queue")["id"]
+        partition = _partition(body)
+        items = [bytes(x) for x in body["items"]]
+        for item in items:
+            if len(item) > MAX_ITEM_BYTES:
+                raise PayloadTooLargeError(
+                    f"a Queue item is {len(item)} bytes pickled; the limit is {MAX_ITEM_BYTES // 2**20} MiB"
+                )
+        _expire(api.store, object_id)
+        if _count(api.store, object_id, partition) + len(items) > MAX_ITEMS_PER_PARTITION:
+            return {"full": True}
+        ttl = body.get("partition_ttl")
+        expires = None if partition == "" else time.time() + float(ttl or DEFAULT_PARTITION_TTL_S)
+        store = api.store
+        store.conn.execute(
+            queue_items.insert(),
+            [{"object_id": object_id, "partition": partition, "data": item} for item in items],
+        )
+        stmt = sqlite_insert(queue_partitions).values(object_id=object_id, partition=partition, expires_at=expires)
+        store.conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["object_id", "partition"], set_={"expires_at": stmt.excluded.expires_at}
+            )
+        )
+        store.conn.commit()
+        _wake(object_id, partition)
+        return {"full": False}
+
+    @rpc
+    async def QueueGet(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+        object_id = objects.get(api.store, body["object_id"], "queue")["id"]
+        partition = _partition(body)
+        n = max(1, int(body.get("n", 1)))
+        wait = min(max(float(body.get("wait", 0.0)), 0.0), MAX_WAIT_S)
+        deadline = time.monotonic() + wait
+        while True:
+            _expire(api.store, object_id)
+            items = _take(api.store, object_id, partition, n)
+            left = deadline - time.monotonic()
+            if items or left <= 0:
+                return {"items": items}
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            _waiters.setdefault((object_id, partition), []).append(fut)
+            try:
+                await asyncio.wait_for(fut, left)
+            except TimeoutError:
+                return {"items": []}
+
+    @rpc
+    async def QueueLen(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+        object_id = objects.get(api.store, body["object_id"], "queue")["id"]
+        _expire(api.store, object_id)
+        partition = None if body.get("total") else _partition(body)
+        return {"len": _count(api.store, object_id, partition)}
+
+    @rpc
+    async def QueueClear(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+        object_id = objects.get(api.store, body["object_id"], "queue")["id"]
+        _purge(api.store, object_id, None if body.get("all") else _partition(body))
+        api.store.conn.commit()
+        return {}
+
+    @rpc
+    async def QueuePeek(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+        """Items after ``after`` (a seq) without removing them, for ``iterate`` and the CLI."""
+        object_id = objects.get(api.store, body["object_id"], "queue")["id"]
+        partition = _partition(body)
+        _expire(api.store, object_id)
+        rows = api.store.conn.execute(
+            select(queue_items.c.seq, queue_items.c.data)
+            .where(
+                queue_items.c.object_id == object_id,
+                queue_items.c.partition == partition,
+                queue_items.c.seq > int(body.get("after", 0)),
+            )
+            .order_by(queue_items.c.seq)
+            .limit(min(int(body.get("limit", 1000)), 1000))
+        ).all()
+        return {"items": [[r.seq, r.data] for r in rows]}
