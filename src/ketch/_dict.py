@@ -118,4 +118,4 @@ class _Dict(_Object):
         return await self.len()
 
 
-Dict = public(_Dict, "Dict")
+Dict: Any = public(_Dict, "Dict")

@@ -135,4 +135,4 @@ class _Queue(_Object):
             await asyncio.sleep(min(0.1, item_poll_timeout))
 
 
-Queue = public(_Queue, "Queue")
+Queue: Any = public(_Queue, "Queue")

@@ -10,7 +10,9 @@ import click
 from .. import __version__
 from .app_cmd import app_group
 from .deploy import deploy
+from .dict_cmd import dict_group
 from .image_cmd import image_group
+from .queue_cmd import queue_group
 from .run import run
 from .server import server
 
@@ -27,10 +29,27 @@ cli.add_command(deploy)
 cli.add_command(server)
 cli.add_command(app_group)
 cli.add_command(image_group)
+cli.add_command(dict_group)
+cli.add_command(queue_group)
 
 
 def main() -> None:
-    cli()
+    from ..exception import Error
+
+    try:
+        code = cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        raise SystemExit(1) from None
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except Error as exc:
+        # ketch's own errors are messages for the user, not crashes: no traceback.
+        click.echo(f"Error: {type(exc).__name__}: {exc}", err=True)
+        raise SystemExit(1) from None
+    if isinstance(code, int) and code:  # ctx.exit(code) returns it when not standalone
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":
