@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 from . import exception
 from ._dict import Dict
 from ._queue import Queue
+from ._secret import Secret
 from .app import App
 from .cls import Cls
 from .functions import Function, FunctionCall
@@ -46,6 +47,7 @@ __all__ = [
     "Image",
     "Queue",
     "Retries",
+    "Secret",
     "__version__",
     "batched",
     "concurrent",

@@ -101,6 +101,9 @@ class FunctionSpec:
     signature: bytes | None = None
     image: dict[str, Any] | None = None  # Image.to_wire(); applied by the sandbox runtime
     block_network: bool = False
+    # One entry per Secret, in order: {"name", "id"} for a named one, {"sealed"} for
+    # inline values sealed by the control plane. Never values in clear text.
+    secrets: list[dict[str, Any]] = field(default_factory=list)
 
     def retries(self) -> Retries:
         return Retries(self.max_retries, self.backoff_coefficient, self.initial_delay, self.max_delay)
@@ -111,7 +114,20 @@ class FunctionSpec:
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> FunctionSpec:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        spec = cls(**{k: v for k, v in data.items() if k in names})
+        _check_secret_entries(spec.secrets)
+        return spec
+
+
+def _check_secret_entries(entries: Any) -> None:
+    """A spec refers to Secrets by id or carries them sealed; clear values are refused."""
+    if not isinstance(entries, list):
+        raise InvalidError("spec secrets must be a list")
+    for entry in entries:
+        sealed = isinstance(entry, dict) and isinstance(entry.get("sealed"), bytes) and len(entry) == 1
+        named = isinstance(entry, dict) and set(entry) <= {"name", "id"} and isinstance(entry.get("id"), str)
+        if not (sealed or named):
+            raise InvalidError("a spec's secrets must be sealed by the control plane (SecretSeal) or named by id")
 
 
 def build_options(

@@ -31,6 +31,7 @@ from . import _sync
 from ._client import _Client
 from ._config import config
 from ._ids import new_id
+from ._secret import check_secrets
 from ._serialization import serialize
 from ._spec import FunctionSpec, build_options
 from .cls import _Cls, class_spec_methods, new_class_function
@@ -41,7 +42,7 @@ from .image import Image, default_image
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
-_UNSUPPORTED_YET = ("image", "volumes", "secrets", "schedule", "cloud", "region", "network_file_systems")
+_UNSUPPORTED_YET = ("image", "volumes", "schedule", "cloud", "region", "network_file_systems")
 
 
 def _source_location(obj: Any) -> tuple[str, str | None, str | None]:
@@ -136,7 +137,8 @@ class _App:
             buffer_containers=buffer_containers, scaledown_window=scaledown_window, env=env, gpu=gpu, cpu=cpu,
             memory=memory,
         )  # fmt: skip
-        _check_later_options(image=image, secrets=secrets, volumes=volumes)
+        _check_later_options(image=image, volumes=volumes)
+        secret_list = check_secrets(secrets)
 
         def wrap(raw_f: Callable[..., Any]) -> _Function:
             if isinstance(raw_f, _Function):
@@ -150,6 +152,7 @@ class _App:
             spec.block_network = bool(block_network)
             spec.is_generator = inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(raw_f)
             fn = _Function(self, spec, raw_f)
+            fn._secrets = secret_list
             self._register(spec.tag, fn)
             return fn
 
@@ -187,7 +190,8 @@ class _App:
             buffer_containers=buffer_containers, scaledown_window=scaledown_window, env=env, gpu=gpu, cpu=cpu,
             memory=memory,
         )  # fmt: skip
-        _check_later_options(image=image, secrets=secrets, volumes=volumes)
+        _check_later_options(image=image, volumes=volumes)
+        secret_list = check_secrets(secrets)
 
         def wrap(user_cls: type) -> _Cls:
             if not inspect.isclass(user_cls):
@@ -201,6 +205,7 @@ class _App:
             spec.is_class = True
             spec.methods = methods
             cls_obj = new_class_function(self, spec, user_cls)
+            cls_obj._fn._secrets = secret_list
             self._register(spec.tag, cls_obj._fn)
             self._classes[spec.tag] = cls_obj
             return cls_obj
@@ -263,6 +268,7 @@ class _App:
         """Create the app on the control plane; returns its id and the heartbeat interval it wants."""
         client = await _Client.get()
         await _build_images(client, [fn._spec for fn in self._functions.values()])
+        await _attach_secrets(client, list(self._functions.values()))
         reply = await client.rpc(
             "AppCreate",
             {
@@ -371,6 +377,19 @@ def print_log_line(row: dict[str, Any]) -> None:
     stream.flush()
 
 
+async def _attach_secrets(client: _Client, fns: list[_Function]) -> None:
+    """Put each function's Secrets into its spec: named ones by id (a missing one fails here,
+    before the app starts), inline ones sealed by the control plane, never in clear text."""
+    wired: dict[int, dict[str, Any]] = {}
+    for fn in fns:
+        entries = []
+        for secret in fn._secrets:
+            if id(secret) not in wired:
+                wired[id(secret)] = await secret._wire(client)
+            entries.append(wired[id(secret)])
+        fn._spec.secrets = entries
+
+
 def _image_wire(image: Image | None) -> dict[str, Any] | None:
     return image.to_wire() if image is not None else None
 
@@ -421,11 +440,9 @@ async def _stream_build(client: _Client, build_id: str, image_hash: str) -> None
 
 def _check_later_options(**options: Any) -> None:
     """Check the shape of options a later version applies, and say they are not applied yet."""
-    secrets, volumes, image = options.get("secrets"), options.get("volumes"), options.get("image")
+    volumes, image = options.get("volumes"), options.get("image")
     if image is not None and not isinstance(image, Image):
         raise InvalidError(f"image must be a ketch.Image (e.g. ketch.Image.debian_slim()), not {type(image).__name__}")
-    if secrets is not None and not isinstance(secrets, list | tuple):
-        raise InvalidError(f"secrets must be a list of ketch.Secret, not {type(secrets).__name__}")
     if volumes is not None:
         if not isinstance(volumes, dict):
             raise InvalidError(f"volumes must map mount paths to volumes, not {type(volumes).__name__}")

@@ -89,6 +89,7 @@ class _Function:
         self._object_id: str | None = None
         self._local_instance: Any = None
         self._local_owner: type | None = None
+        self._secrets: list[Any] = []  # ketch.Secret handles; put into the spec when the app is created
         self._signature = _signature_of(raw_f, bound_method=method is not None)
 
     def __repr__(self) -> str:

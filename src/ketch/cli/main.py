@@ -14,6 +14,7 @@ from .dict_cmd import dict_group
 from .image_cmd import image_group
 from .queue_cmd import queue_group
 from .run import run
+from .secret_cmd import secret_group
 from .server import server
 
 
@@ -31,6 +32,7 @@ cli.add_command(app_group)
 cli.add_command(image_group)
 cli.add_command(dict_group)
 cli.add_command(queue_group)
+cli.add_command(secret_group)
 
 
 def main() -> None:

@@ -247,7 +247,9 @@ async def ImageBuildStatus(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 from . import dicts as _dicts  # noqa: E402  (object RPCs register themselves here)
 from . import objects as _objects  # noqa: E402
 from . import queues as _queues  # noqa: E402
+from . import secret_store as _secret_store  # noqa: E402
 
 _objects.register(rpc)
 _dicts.register(rpc)
 _queues.register(rpc)
+_secret_store.register(rpc)

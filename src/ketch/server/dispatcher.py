@@ -24,6 +24,7 @@ from .._spec import FunctionSpec
 from ..exception import (
     CallCancelledError,
     ContainerCrashError,
+    Error,
     ImageBuildError,
     InvalidError,
     NotFoundError,
@@ -33,6 +34,7 @@ from ..exception import (
 from ..worker import gpus
 from ..worker.local import LocalWorker
 from . import scheduler as sm
+from . import secret_store
 from .blobs import BlobStore
 from .logs import LogBook
 from .store import FINAL_STATUSES, Store
@@ -496,7 +498,20 @@ class Dispatcher:
         logger.info("starting container %s for %s", container_id, info.spec.tag)
         handle = ContainerHandle(container_id, pool.key, secrets.token_hex(16))
         self.containers[container_id] = handle
+        try:
+            # Opened here, on the way into the container, and nowhere else.
+            secret_env = secret_store.container_env(self.store, info.spec.secrets)
+        except Error as exc:
+            self._perform(
+                pool, pool.container_init_failed(container_id, time.monotonic(), "secrets unavailable"),
+                serialize_exception(exc),
+            )  # fmt: skip
+            self._on_exit(container_id, f"could not start: {exc}")
+            return
+        # Precedence, lowest first: the image's ENV (sandbox), secrets in list order,
+        # the function's env=, then ketch's own variables.
         env = {
+            **secret_env,
             **info.spec.env,
             "KETCH_CONTAINER_ID": container_id,
             "KETCH_CONTAINER_TOKEN": handle.token,

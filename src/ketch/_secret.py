@@ -1,0 +1,317 @@
+"""``ketch.Secret``: environment variables for containers, kept encrypted (Modal's ``modal.Secret``).
+
+A Secret is either *named* (made with ``ketch secret create``, stored
+encrypted by the control plane, referenced with ``Secret.from_name``) or
+*inline* (``from_dict``, ``from_dotenv``, ``from_local_environ``): its values
+are read on the client when the Secret is made and travel with the app when
+it starts, sealed by the control plane before they are stored. Either way a
+container sees the values only as environment variables.
+
+Example::
+
+    @app.function(secrets=[ketch.Secret.from_name("openai"), ketch.Secret.from_dict({"MODE": "prod"})])
+    def ask(prompt: str) -> str:
+        key = os.environ["OPENAI_API_KEY"]
+
+Values are never part of a Secret's ``repr``, of an error message, or of a
+log line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._client import _Client
+from ._object import _Object, public
+from .exception import InvalidError
+
+MAX_VALUE_CHARS = 32 * 1024  # as in Modal
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def in_container() -> bool:
+    return bool(os.environ.get("KETCH_CONTAINER_ID"))
+
+
+def check_env(env: Any, what: str = "a Secret") -> dict[str, str]:
+    """Validate environment variables: names of letters, digits and ``_``; values ``str`` (``None`` is dropped).
+
+    Error messages name the offending key, never a value.
+    """
+    if not isinstance(env, Mapping):
+        raise InvalidError(f"{what} needs a dict of str to str, not {type(env).__name__}")
+    checked: dict[str, str] = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not _ENV_KEY.match(key):
+            raise InvalidError(
+                f"{what}: {key!r} is not a valid environment variable name "
+                "(use letters, digits and '_', not starting with a digit)"
+            )
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise InvalidError(f"{what}: the value of {key} must be a str, not {type(value).__name__}")
+        if "\0" in value:
+            raise InvalidError(f"{what}: the value of {key} contains a NUL character")
+        if len(value) > MAX_VALUE_CHARS:
+            raise InvalidError(f"{what}: the value of {key} is longer than {MAX_VALUE_CHARS} characters")
+        checked[key] = value
+    return checked
+
+
+# -- .env files -------------------------------------------------------------
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "$": "$"}
+_EXPAND = r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}"
+_DOUBLE_QUOTED = re.compile(r"\\(.)|" + _EXPAND, re.DOTALL)
+_UNQUOTED = re.compile(_EXPAND)
+
+
+def _lookup(name: str, default: str | None, known: Mapping[str, str]) -> str:
+    if name in known:
+        return known[name]
+    return os.environ.get(name, default or "")
+
+
+def _expand_double_quoted(value: str, known: Mapping[str, str]) -> str:
+    def replace(m: re.Match[str]) -> str:
+        if m.group(1) is not None:
+            return _ESCAPES.get(m.group(1), "\\" + m.group(1))
+        return _lookup(m.group(2), m.group(3), known)
+
+    return _DOUBLE_QUOTED.sub(replace, value)
+
+
+def _expand_unquoted(value: str, known: Mapping[str, str]) -> str:
+    return _UNQUOTED.sub(lambda m: _lookup(m.group(1), m.group(2), known), value)
+
+
+def _closing_quote(body: str, quote: str) -> int:
+    """Index of the quote that ends ``body``, or -1 (``\\`` escapes inside double quotes only)."""
+    i = 0
+    while i < len(body):
+        if body[i] == "\\" and quote == '"':
+            i += 2
+            continue
+        if body[i] == quote:
+            return i
+        i += 1
+    return -1
+
+
+def parse_dotenv(text: str, source: str = ".env") -> dict[str, str]:
+    """Parse a ``.env`` file.
+
+    Understood: ``KEY=VALUE`` lines, blank lines and ``#`` comments, an
+    ``export`` prefix, single quotes (literal, may span lines), double quotes
+    (``\\n \\t \\r \\\\ \\" \\$`` escapes, may span lines), inline comments
+    after unquoted values (`` #``), and ``${NAME}`` / ``${NAME:-default}``
+    expansion from earlier lines or the local environment (not inside single
+    quotes). A bare ``KEY`` line has no value and is skipped, as in python-dotenv.
+
+    Example: a file with the lines ``export A=1  # one`` and ``B="${A}-x"``
+    gives ``{"A": "1", "B": "1-x"}``.
+    """
+    values: dict[str, str] = {}
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    i = 0
+    while i < len(lines):
+        lineno, line = i + 1, lines[i].lstrip()
+        i += 1
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line.startswith(("export ", "export\t")):
+            line = line[len("export") :].lstrip()
+        key, eq, rest = line.partition("=")
+        key = key.strip()
+        if not _ENV_KEY.match(key):
+            # The line itself is not shown: it may hold a value.
+            raise InvalidError(f"{source}:{lineno}: expected KEY=VALUE with a valid variable name")
+        if not eq:
+            continue
+        rest = rest.lstrip()
+        if rest[:1] in ("'", '"'):
+            quote, body = rest[0], rest[1:]
+            while (end := _closing_quote(body, quote)) < 0:
+                if i >= len(lines):
+                    raise InvalidError(f"{source}:{lineno}: the value of {key} has no closing {quote}")
+                body += "\n" + lines[i]
+                i += 1
+            value, tail = body[:end], body[end + 1 :].strip()
+            if tail and not tail.startswith("#"):
+                raise InvalidError(f"{source}:{lineno}: unexpected text after the quoted value of {key}")
+            if quote == '"':
+                value = _expand_double_quoted(value, values)
+        else:
+            value = re.split(r"\s#", rest, maxsplit=1)[0].rstrip()
+            value = _expand_unquoted(value, values)
+        values[key] = value
+    return values
+
+
+def dotenv_path(path: str | os.PathLike[str] | None, filename: str) -> Path:
+    """Where ``Secret.from_dotenv(path, filename=...)`` reads: ``filename`` in ``path``'s folder.
+
+    ``path`` may be a folder or a file (usually ``__file__``); ``None`` means
+    the current directory.
+    """
+    base = Path(path) if path is not None else Path.cwd()
+    if base.is_file():
+        base = base.parent
+    return base / filename
+
+
+# -- the handle ---------------------------------------------------------------
+
+
+class _Secret(_Object):
+    """Environment variables for a function's containers: ``secrets=[...]`` on ``@app.function``/``@app.cls``."""
+
+    _kind = "secret"
+
+    def __init__(
+        self,
+        name: str | None = None,
+        object_id: str | None = None,
+        create_if_missing: bool = False,
+        *,
+        env: dict[str, str] | None = None,
+        required_keys: Sequence[str] = (),
+    ) -> None:
+        super().__init__(name, object_id, False)
+        self._env = env  # the values of an inline Secret; None for a named one
+        self._required_keys = tuple(required_keys)
+
+    def __repr__(self) -> str:
+        if self._env is not None:
+            return f"Secret(<inline, {len(self._env)} key(s)>)"
+        return f"Secret({self._name or self._object_id!r})"
+
+    def __reduce__(self) -> Any:
+        if self._env is not None:
+            raise InvalidError(
+                "an inline Secret (from_dict, from_dotenv, from_local_environ) cannot be pickled: "
+                "its values would be stored with the pickle. Use a named Secret (Secret.from_name)"
+            )
+        return super().__reduce__()
+
+    # -- constructors ---------------------------------------------------------
+    @classmethod
+    def from_name(
+        cls, name: str, *, create_if_missing: bool = False, required_keys: Sequence[str] = ()
+    ) -> _Secret:
+        """The Secret made with ``ketch secret create NAME KEY=VALUE ...``, looked up on first use.
+
+        ``required_keys`` are checked when the app starts: a missing key is a
+        ``NotFoundError`` then, rather than a ``KeyError`` in the container.
+
+        Example: ``ketch.Secret.from_name("openai", required_keys=["OPENAI_API_KEY"])``
+        """
+        if create_if_missing:
+            raise InvalidError(
+                "a Secret cannot be created empty on first use: create it with "
+                f"`ketch secret create {name} KEY=VALUE ...`"
+            )
+        if not isinstance(name, str) or not name:
+            raise InvalidError(f"Secret.from_name needs a name, got {name!r}")
+        if isinstance(required_keys, str) or not all(isinstance(k, str) for k in required_keys):
+            raise InvalidError("required_keys must be a list of str")
+        return cls(name=name, required_keys=required_keys)
+
+    @classmethod
+    def from_dict(cls, env_dict: Mapping[str, str | None] | None = None) -> _Secret:
+        """A Secret with these values (``None`` values are left out).
+
+        Example: ``ketch.Secret.from_dict({"MODE": "prod", "TOKEN": os.environ.get("TOKEN")})``
+        """
+        return cls(env=check_env(env_dict if env_dict is not None else {}, "Secret.from_dict"))
+
+    @classmethod
+    def from_local_environ(cls, env_keys: Sequence[str]) -> _Secret:
+        """A Secret with these variables of the local environment; a missing one is an ``InvalidError``.
+
+        Inside a container the call does nothing (the values came with the app).
+
+        Example: ``ketch.Secret.from_local_environ(["HF_TOKEN"])``
+        """
+        if isinstance(env_keys, str) or not all(isinstance(k, str) for k in env_keys):
+            raise InvalidError("Secret.from_local_environ needs a list of variable names")
+        if in_container():
+            return cls(env={})
+        missing = [k for k in env_keys if k not in os.environ]
+        if missing:
+            raise InvalidError(
+                f"Secret.from_local_environ: {', '.join(missing)} not set in the local environment"
+            )
+        return cls(env=check_env({k: os.environ[k] for k in env_keys}, "Secret.from_local_environ"))
+
+    @classmethod
+    def from_dotenv(cls, path: str | os.PathLike[str] | None = None, *, filename: str = ".env") -> _Secret:
+        """A Secret with the variables of a ``.env`` file.
+
+        The file is ``filename`` in the folder of ``path`` (a folder, or a
+        file such as ``__file__``; the current directory by default). A
+        missing file is an ``InvalidError``. Inside a container the call does
+        nothing (the values came with the app).
+
+        Example: ``ketch.Secret.from_dotenv(__file__)`` reads the ``.env`` beside your app.
+        """
+        if in_container():
+            return cls(env={})
+        where = dotenv_path(path, filename)
+        try:
+            text = where.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InvalidError(f"Secret.from_dotenv: no file {where}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidError(f"Secret.from_dotenv: cannot read {where}: {type(exc).__name__}") from None
+        return cls(env=check_env(parse_dotenv(text, str(where)), f"Secret.from_dotenv({where})"))
+
+    @classmethod
+    def ephemeral(cls) -> Any:  # type: ignore[override]
+        """Not available: use ``Secret.from_dict`` for values that live with one app."""
+        raise InvalidError("Secret.ephemeral() does not exist: use Secret.from_dict({...}) instead")
+
+    # -- resolution -------------------------------------------------------------
+    async def hydrate(self) -> _Secret:
+        """Look a named Secret up now (and check its ``required_keys``); inline Secrets need nothing."""
+        if self._env is None:
+            await self._resolve()
+        return self
+
+    async def _resolve(self) -> str:
+        if self._env is not None:
+            raise InvalidError("an inline Secret has no id of its own: it is sent with its app")
+        if self._object_id is None:
+            client = await _Client.get()
+            reply = await client.rpc(
+                "SecretLookup", {"name": self._name, "required_keys": list(self._required_keys)}
+            )
+            self._object_id = str(reply["object_id"])
+        return self._object_id
+
+    async def _wire(self, client: _Client) -> dict[str, Any]:
+        """What a function spec stores for this Secret: a named one's id, or inline values sealed by the server."""
+        if self._env is None:
+            return {"name": self._name, "id": await self._resolve()}
+        reply = await client.rpc("SecretSeal", {"env": self._env})
+        return {"sealed": reply["sealed"]}
+
+
+def check_secrets(secrets: Any) -> list[_Secret]:
+    """The ``secrets=`` option of a decorator: a list of ``ketch.Secret``."""
+    if secrets is None:
+        return []
+    if not isinstance(secrets, list | tuple):
+        raise InvalidError(f"secrets must be a list of ketch.Secret, not {type(secrets).__name__}")
+    for secret in secrets:
+        if not isinstance(secret, _Secret):
+            raise InvalidError(f"secrets must be a list of ketch.Secret; got {type(secret).__name__}")
+    return list(secrets)
+
+
+Secret = public(_Secret, "Secret")
