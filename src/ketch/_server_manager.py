@@ -69,7 +69,10 @@ def start(timeout: float = 30.0) -> ServerInfo:
             (h / "server.json").unlink()
         log = (h / "server.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ketch.server", "--home", str(h)],
+            # -P and cwd=home: the user's folder (a secrets.py in it, say) must not shadow
+            # the standard library for the control plane.
+            [sys.executable, "-P", "-m", "ketch.server", "--home", str(h.resolve())],
+            cwd=str(h.resolve()),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

@@ -102,3 +102,33 @@ def test_classes_in_sandboxes(boxed_env, tmp_path):
     assert isinstance(run.value("second_method"), int), run.proc.describe()
     assert run.value("map") and run.value("required_parameter"), run.proc.describe()
     assert "InvalidError" in str(run.value("missing_parameter")), run.proc.describe()
+
+
+STDLIB_NAMED_APP = (
+    "import ketch\n"
+    "app = ketch.App('stdlib-named')\n"
+    "@app.function()\n"
+    "def hello() -> str:\n"
+    "    return 'hi from ' + __name__\n"
+    "@app.local_entrypoint()\n"
+    "def main():\n"
+    "    print('SAID', hello.remote())\n"
+)
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("runtime", ["local", "sandbox"])
+def test_app_file_named_like_a_stdlib_module(runtime, boxed_env, ketch_env, tmp_path):
+    # secrets.py / queue.py must not shadow the standard library for ketch in the container.
+    env = boxed_env if runtime == "sandbox" else ketch_env
+    app = tmp_path / "secrets.py"
+    app.write_text(STDLIB_NAMED_APP)
+    proc = env.cli("run", str(app), cwd=tmp_path, timeout=180).check()
+    assert "SAID hi from secrets" in proc.stdout, proc.describe()
+
+
+@pytest.mark.timeout(200)
+def test_secrets_example_in_sandboxes(boxed_env):
+    boxed_env.cli("secret", "create", "example-api", "API_KEY=s3cr3t", "--force").check()
+    run = boxed_env.run_example("secrets_example.py", timeout=180)
+    assert run.value("secrets") == {"api_key_length": 6, "region": "eu-west", "debug": "1"}

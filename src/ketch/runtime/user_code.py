@@ -47,12 +47,24 @@ def _in_container(spec: FunctionSpec) -> tuple[FunctionSpec, str | None]:
     return inside, spec.module_file
 
 
+def _same_file(a: str | None, b: str) -> bool:
+    try:
+        return a is not None and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _import_module(spec: FunctionSpec) -> Any:
     spec, host_file = _in_container(spec)
     if spec.root_dir and spec.root_dir not in sys.path:
         sys.path.insert(0, spec.root_dir)
-    if spec.module_name in sys.modules:
-        return sys.modules[spec.module_name]
+    loaded = sys.modules.get(spec.module_name)
+    if loaded is not None and (
+        not spec.module_file or _same_file(getattr(loaded, "__file__", None), spec.module_file)
+    ):
+        return loaded
+    # An app file named like a module already imported (secrets.py, queue.py...) is still
+    # the user's module here: it is loaded from its file under its own name.
     if spec.module_file:
         mod_spec = importlib.util.spec_from_file_location(spec.module_name, spec.module_file)
         if mod_spec is None or mod_spec.loader is None:

@@ -51,6 +51,7 @@ class TemplateProcess:
         try:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
+                "-P",
                 "-m",
                 "ketch.runtime.template",
                 stdin=asyncio.subprocess.DEVNULL,

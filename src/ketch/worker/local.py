@@ -109,6 +109,7 @@ class LocalWorker:
     async def _start_fresh(self, container_id: str, env: dict[str, str], cwd: str | None) -> _Proc:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
+            "-P",  # the app folder (cwd) must not shadow the standard library for ketch
             "-m",
             "ketch.runtime",
             stdin=asyncio.subprocess.DEVNULL,

@@ -250,7 +250,9 @@ class SandboxWorker:
             }
         )
         self._bind_gpus(box, container.container_id, env)
-        command = [built.python, "-m", "ketch.runtime"]
+        # -P: the app folder (the working directory) must not shadow the standard library
+        # for ketch itself (an app file named secrets.py, say).
+        command = [built.python, "-P", "-m", "ketch.runtime"]
         user = cfg.get("user")
         if user and str(user) not in ("root", "0", "0:0"):
             uid, _, gid = str(user).partition(":")
