@@ -7,10 +7,10 @@ Modal); every write commits before the reply. RPCs take the dict's
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import Column, Float, LargeBinary, String, Table, delete, func, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..exception import PayloadTooLargeError
 from . import objects
@@ -44,62 +44,58 @@ def _check_size(key: bytes, value: bytes) -> None:
         )
 
 
-def _put(store: Store, object_id: str, items: list[list[bytes]], skip_if_exists: bool) -> int:
-    import time
+# The hot paths use the raw DBAPI connection with fixed SQL (sqlite3 caches the statements).
+_UPSERT = (
+    "INSERT INTO dict_entries (object_id, key, value, updated_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (object_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+)
+_INSERT_NEW = (
+    "INSERT INTO dict_entries (object_id, key, value, updated_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (object_id, key) DO NOTHING"
+)
+_SELECT = "SELECT value FROM dict_entries WHERE object_id = ? AND key = ?"
+_DELETE = "DELETE FROM dict_entries WHERE object_id = ? AND key = ?"
 
+
+def _put(store: Store, object_id: str, items: list[list[bytes]], skip_if_exists: bool) -> int:
     now = time.time()
     written = 0
+    sql = _INSERT_NEW if skip_if_exists else _UPSERT
     for key, value in items:
         _check_size(key, value)
-        stmt = sqlite_insert(dict_entries).values(object_id=object_id, key=key, value=value, updated_at=now)
-        if skip_if_exists:
-            result = store.conn.execute(stmt.on_conflict_do_nothing())
-        else:
-            result = store.conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["object_id", "key"],
-                    set_={"value": stmt.excluded.value, "updated_at": now},
-                )
-            )
-        written += result.rowcount or 0
-    store.conn.commit()
+        written += store.db.execute(sql, (object_id, key, value, now)).rowcount or 0
+    store._commit()
     return written
 
 
 def register(rpc: Any) -> None:
     @rpc
     async def DictPut(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = objects.get(api.store, body["object_id"], "dict")["id"]
+        object_id = objects.check(api.store, body["object_id"], "dict")
         items = [[bytes(k), bytes(v)] for k, v in body["items"]]
         written = _put(api.store, object_id, items, bool(body.get("skip_if_exists")))
         return {"written": written}
 
     @rpc
     async def DictGet(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = objects.get(api.store, body["object_id"], "dict")["id"]
-        q = select(dict_entries.c.value).where(
-            dict_entries.c.object_id == object_id, dict_entries.c.key == bytes(body["key"])
-        )
-        value = api.store.conn.execute(q).scalar()
-        if body.get("pop") and value is not None:
-            api.store.conn.execute(
-                delete(dict_entries).where(
-                    dict_entries.c.object_id == object_id, dict_entries.c.key == bytes(body["key"])
-                )
-            )
-            api.store.conn.commit()
-        return {"found": value is not None, "value": value}
+        object_id = objects.check(api.store, body["object_id"], "dict")
+        key = bytes(body["key"])
+        row = api.store.db.execute(_SELECT, (object_id, key)).fetchone()
+        if body.get("pop") and row is not None:
+            api.store.db.execute(_DELETE, (object_id, key))
+            api.store._commit()
+        return {"found": row is not None, "value": row[0] if row else None}
 
     @rpc
     async def DictLen(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = objects.get(api.store, body["object_id"], "dict")["id"]
+        object_id = objects.check(api.store, body["object_id"], "dict")
         q = select(func.count()).select_from(dict_entries).where(dict_entries.c.object_id == object_id)
         return {"len": int(api.store.conn.execute(q).scalar() or 0)}
 
     @rpc
     async def DictScan(api: Any, body: dict[str, Any]) -> dict[str, Any]:
         """A page of entries in key order after ``after`` (keys, values, or both)."""
-        object_id = objects.get(api.store, body["object_id"], "dict")["id"]
+        object_id = objects.check(api.store, body["object_id"], "dict")
         q = select(dict_entries.c.key, dict_entries.c.value).where(dict_entries.c.object_id == object_id)
         if body.get("after") is not None:
             q = q.where(dict_entries.c.key > bytes(body["after"]))
@@ -109,7 +105,7 @@ def register(rpc: Any) -> None:
 
     @rpc
     async def DictClear(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = objects.get(api.store, body["object_id"], "dict")["id"]
+        object_id = objects.check(api.store, body["object_id"], "dict")
         _purge(api.store, object_id)
         api.store.conn.commit()
         return {}

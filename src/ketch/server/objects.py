@@ -39,6 +39,8 @@ objects = Table(
 
 # kind -> function(store, object_id) deleting the object's data (not committing).
 PURGE: dict[str, Callable[[Store, str], None]] = {}
+# object id -> kind, for the hot paths (ids are never reused; deletes evict).
+_KINDS: dict[str, str] = {}
 
 
 def check_kind(kind: Any) -> str:
@@ -61,6 +63,15 @@ def find(store: Store, kind: str, name: str) -> dict[str, Any] | None:
         select(objects).where(objects.c.kind == kind, objects.c.name == name)
     ).mappings().first()
     return dict(row) if row else None
+
+
+def check(store: Store, object_id: str, kind: str) -> str:
+    """``object_id`` if it names a live object of ``kind`` (cached after the first look)."""
+    if _KINDS.get(object_id) == kind:
+        return object_id
+    get(store, object_id, kind)
+    _KINDS[object_id] = kind
+    return object_id
 
 
 def get(store: Store, object_id: str, kind: str | None = None) -> dict[str, Any]:
@@ -93,6 +104,7 @@ def remove(store: Store, object_id: str) -> None:
         purge(store, object_id)
     store.conn.execute(delete(objects).where(objects.c.id == object_id))
     store.conn.commit()
+    _KINDS.pop(object_id, None)
 
 
 def register(rpc: Callable[[Any], Any]) -> None:

@@ -25,7 +25,6 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..exception import InvalidError, PayloadTooLargeError
 from . import objects
@@ -56,9 +55,22 @@ queue_partitions = Table(
 )
 
 _waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
+# Hot-path state: item counts per partition (loaded once, then kept up to date) and
+# when each queue last looked for expired partitions.
+_counts: dict[tuple[str, str], int] = {}
+_expired_at: dict[str, float] = {}
+EXPIRE_EVERY_S = 1.0
+_INSERT = "INSERT INTO queue_items (object_id, partition, data) VALUES (?, ?, ?)"
+_TAKE = "SELECT seq, data FROM queue_items WHERE object_id = ? AND partition = ? ORDER BY seq LIMIT ?"
+_TOUCH = (
+    "INSERT INTO queue_partitions (object_id, partition, expires_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (object_id, partition) DO UPDATE SET expires_at = excluded.expires_at"
+)
 
 
 def _purge(store: Store, object_id: str, partition: str | None = None) -> None:
+    for key in [k for k in _counts if k[0] == object_id and partition in (None, k[1])]:
+        del _counts[key]
     for table in (queue_items, queue_partitions):
         q = delete(table).where(table.c.object_id == object_id)
         if partition is not None:
@@ -80,6 +92,9 @@ def _partition(body: dict[str, Any]) -> str:
 
 def _expire(store: Store, object_id: str) -> None:
     now = time.time()
+    if now - _expired_at.get(object_id, 0.0) < EXPIRE_EVERY_S:
+        return
+    _expired_at[object_id] = now
     gone = store.conn.execute(
         select(queue_partitions.c.partition).where(
             queue_partitions.c.object_id == object_id,
@@ -93,6 +108,13 @@ def _expire(store: Store, object_id: str) -> None:
         store.conn.commit()
 
 
+def _partition_count(store: Store, object_id: str, partition: str) -> int:
+    key = (object_id, partition)
+    if key not in _counts:
+        _counts[key] = _count(store, object_id, partition)
+    return _counts[key]
+
+
 def _count(store: Store, object_id: str, partition: str | None) -> int:
     q = select(func.count()).select_from(queue_items).where(queue_items.c.object_id == object_id)
     if partition is not None:
@@ -101,16 +123,17 @@ def _count(store: Store, object_id: str, partition: str | None) -> int:
 
 
 def _take(store: Store, object_id: str, partition: str, n: int) -> list[bytes]:
-    rows = store.conn.execute(
-        select(queue_items.c.seq, queue_items.c.data)
-        .where(queue_items.c.object_id == object_id, queue_items.c.partition == partition)
-        .order_by(queue_items.c.seq)
-        .limit(n)
-    ).all()
+    if _counts.get((object_id, partition)) == 0:
+        return []
+    rows = store.db.execute(_TAKE, (object_id, partition, n)).fetchall()
     if rows:
-        store.conn.execute(delete(queue_items).where(queue_items.c.seq.in_([r.seq for r in rows])))
-        store.conn.commit()
-    return [r.data for r in rows]
+        store.db.executemany("DELETE FROM queue_items WHERE seq = ?", [(r[0],) for r in rows])
+        store._commit()
+        if (object_id, partition) in _counts:
+            _counts[(object_id, partition)] -= len(rows)
+    else:
+        _counts[(object_id, partition)] = 0
+    return [r[1] for r in rows]
 
 
 def _wake(object_id: str, partition: str) -> None:
@@ -122,7 +145,7 @@ def _wake(object_id: str, partition: str) -> None:
 def register(rpc: Any) -> None:
     @rpc
     async def QueuePut(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = objects.get(api.store, body["object_id"], "queue")["id"]
+        object_id = objects.check(api.store, body["object_id"], "queue")
         partition = _partition(body)
         items = [bytes(x) for x in body["items"]]
         for item in items:
@@ -131,28 +154,23 @@ def register(rpc: Any) -> None:
                     f"a Queue item is {len(item)} bytes pickled; the limit is {MAX_ITEM_BYTES // 2**20} MiB"
                 )
         _expire(api.store, object_id)
-        if _count(api.store, object_id, partition) + len(items) > MAX_ITEMS_PER_PARTITION:
+        count = _partition_count(api.store, object_id, partition)
+        if count + len(items) > MAX_ITEMS_PER_PARTITION:
             return {"full": True}
         ttl = body.get("partition_ttl")
         expires = None if partition == "" else time.time() + float(ttl or DEFAULT_PARTITION_TTL_S)
-        store = api.store
-        store.conn.execute(
-            queue_items.insert(),
-            [{"object_id": object_id, "partition": partition, "data": item} for item in items],
-        )
-        stmt = sqlite_insert(queue_partitions).values(object_id=object_id, partition=partition, expires_at=expires)
-        store.conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["object_id", "partition"], set_={"expires_at": stmt.excluded.expires_at}
-            )
-        )
-        store.conn.commit()
+        db = api.store.db
+        db.executemany(_INSERT, [(object_id, partition, item) for item in items])
+        if partition or count == 0:  # named partitions refresh their TTL on every put
+            db.execute(_TOUCH, (object_id, partition, expires))
+        api.store._commit()
+        _counts[(object_id, partition)] = count + len(items)
         _wake(object_id, partition)
         return {"full": False}
 
     @rpc
     async def QueueGet(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = objects.get(api.store, body["object_id"], "queue")["id"]
+        object_id = objects.check(api.store, body["object_id"], "queue")
         partition = _partition(body)
         n = max(1, int(body.get("n", 1)))
         wait = min(max(float(body.get("wait", 0.0)), 0.0), MAX_WAIT_S)
@@ -172,14 +190,14 @@ def register(rpc: Any) -> None:
 
     @rpc
     async def QueueLen(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = objects.get(api.store, body["object_id"], "queue")["id"]
+        object_id = objects.check(api.store, body["object_id"], "queue")
         _expire(api.store, object_id)
         partition = None if body.get("total") else _partition(body)
         return {"len": _count(api.store, object_id, partition)}
 
     @rpc
     async def QueueClear(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = objects.get(api.store, body["object_id"], "queue")["id"]
+        object_id = objects.check(api.store, body["object_id"], "queue")
         _purge(api.store, object_id, None if body.get("all") else _partition(body))
         api.store.conn.commit()
         return {}
@@ -187,7 +205,7 @@ def register(rpc: Any) -> None:
     @rpc
     async def QueuePeek(api: Any, body: dict[str, Any]) -> dict[str, Any]:
         """Items after ``after`` (a seq) without removing them, for ``iterate`` and the CLI."""
-        object_id = objects.get(api.store, body["object_id"], "queue")["id"]
+        object_id = objects.check(api.store, body["object_id"], "queue")
         partition = _partition(body)
         _expire(api.store, object_id)
         rows = api.store.conn.execute(
