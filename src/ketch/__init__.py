@@ -31,6 +31,7 @@ from . import exception
 from ._dict import Dict
 from ._queue import Queue
 from ._secret import Secret
+from ._volume import FileEntry, FileEntryType, Volume
 from .app import App
 from .cls import Cls
 from .functions import Function, FunctionCall
@@ -48,6 +49,9 @@ __all__ = [
     "Queue",
     "Retries",
     "Secret",
+    "Volume",
+    "FileEntry",
+    "FileEntryType",
     "__version__",
     "batched",
     "concurrent",

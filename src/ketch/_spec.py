@@ -104,6 +104,8 @@ class FunctionSpec:
     # One entry per Secret, in order: {"name", "id"} for a named one, {"sealed"} for
     # inline values sealed by the control plane. Never values in clear text.
     secrets: list[dict[str, Any]] = field(default_factory=list)
+    # One entry per mounted Volume: {"path": "/data", "object_id": "vo-…", "name": …}.
+    volumes: list[dict[str, Any]] = field(default_factory=list)
 
     def retries(self) -> Retries:
         return Retries(self.max_retries, self.backoff_coefficient, self.initial_delay, self.max_delay)

@@ -22,6 +22,7 @@ import contextlib
 import inspect
 import logging
 import os
+import posixpath
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -137,8 +138,9 @@ class _App:
             buffer_containers=buffer_containers, scaledown_window=scaledown_window, env=env, gpu=gpu, cpu=cpu,
             memory=memory,
         )  # fmt: skip
-        _check_later_options(image=image, volumes=volumes)
+        _check_later_options(image=image)
         secret_list = check_secrets(secrets)
+        volume_map = check_volumes(volumes)
 
         def wrap(raw_f: Callable[..., Any]) -> _Function:
             if isinstance(raw_f, _Function):
@@ -153,6 +155,7 @@ class _App:
             spec.is_generator = inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(raw_f)
             fn = _Function(self, spec, raw_f)
             fn._secrets = secret_list
+            fn._volumes = volume_map
             self._register(spec.tag, fn)
             return fn
 
@@ -190,8 +193,9 @@ class _App:
             buffer_containers=buffer_containers, scaledown_window=scaledown_window, env=env, gpu=gpu, cpu=cpu,
             memory=memory,
         )  # fmt: skip
-        _check_later_options(image=image, volumes=volumes)
+        _check_later_options(image=image)
         secret_list = check_secrets(secrets)
+        volume_map = check_volumes(volumes)
 
         def wrap(user_cls: type) -> _Cls:
             if not inspect.isclass(user_cls):
@@ -206,6 +210,7 @@ class _App:
             spec.methods = methods
             cls_obj = new_class_function(self, spec, user_cls)
             cls_obj._fn._secrets = secret_list
+            cls_obj._fn._volumes = volume_map
             self._register(spec.tag, cls_obj._fn)
             self._classes[spec.tag] = cls_obj
             return cls_obj
@@ -269,6 +274,7 @@ class _App:
         client = await _Client.get()
         await _build_images(client, [fn._spec for fn in self._functions.values()])
         await _attach_secrets(client, list(self._functions.values()))
+        await _attach_volumes(list(self._functions.values()))
         reply = await client.rpc(
             "AppCreate",
             {
@@ -390,6 +396,16 @@ async def _attach_secrets(client: _Client, fns: list[_Function]) -> None:
         fn._spec.secrets = entries
 
 
+async def _attach_volumes(fns: list[_Function]) -> None:
+    """Put each function's Volumes into its spec by id (a missing one fails here, before the app starts)."""
+    for fn in fns:
+        entries = []
+        for path, vol in fn._volumes.items():
+            object_id = await vol._resolve()
+            entries.append({"path": path, "object_id": object_id, "name": vol._name})
+        fn._spec.volumes = entries
+
+
 def _image_wire(image: Image | None) -> dict[str, Any] | None:
     return image.to_wire() if image is not None else None
 
@@ -440,20 +456,38 @@ async def _stream_build(client: _Client, build_id: str, image_hash: str) -> None
 
 def _check_later_options(**options: Any) -> None:
     """Check the shape of options a later version applies, and say they are not applied yet."""
-    volumes, image = options.get("volumes"), options.get("image")
+    image = options.get("image")
     if image is not None and not isinstance(image, Image):
         raise InvalidError(f"image must be a ketch.Image (e.g. ketch.Image.debian_slim()), not {type(image).__name__}")
-    if volumes is not None:
-        if not isinstance(volumes, dict):
-            raise InvalidError(f"volumes must map mount paths to volumes, not {type(volumes).__name__}")
-        for path in volumes:
-            if not isinstance(path, str) or not path.startswith("/") or path.rstrip("/") in ("", "/root"):
-                raise InvalidError(f"volume mount path must be an absolute path other than / and /root, not {path!r}")
     given = [k for k, v in options.items() if v and k != "image"]
     if given and not os.environ.get("KETCH_CONTAINER_ID"):
         logger.warning(
             "option(s) %s are accepted but not applied yet by this version of ketch", ", ".join(given)
         )
+
+
+def check_volumes(volumes: Any) -> dict[str, Any]:
+    """``volumes={"/data": vol}``: absolute mount paths (not ``/``, ``/root`` or ketch's own) to Volumes."""
+    from ._volume import _Volume
+
+    if volumes is None:
+        return {}
+    if not isinstance(volumes, dict):
+        raise InvalidError(f"volumes must map mount paths to ketch.Volume objects, not {type(volumes).__name__}")
+    out: dict[str, Any] = {}
+    for path, vol in volumes.items():
+        clean = posixpath.normpath(path) if isinstance(path, str) else ""
+        if not isinstance(path, str) or not path.startswith("/") or clean in ("/", "/root") or clean.startswith(
+            ("/.ketch", "/proc", "/dev", "/sys")
+        ):
+            raise InvalidError(f"volume mount path must be an absolute path other than /, /root and system paths, not {path!r}")
+        vol = _sync._unwrap(vol)
+        if not isinstance(vol, _Volume):
+            raise InvalidError(f"volumes[{path!r}] must be a ketch.Volume, not {type(vol).__name__}")
+        out[clean] = vol
+    if any(a != b and b.startswith(a + "/") for a in out for b in out):
+        raise InvalidError("volume mount paths may not be nested inside each other")
+    return out
 
 
 def _pickle_by_value(obj: Any) -> bytes:

@@ -90,6 +90,7 @@ class _Function:
         self._local_instance: Any = None
         self._local_owner: type | None = None
         self._secrets: list[Any] = []  # ketch.Secret handles; put into the spec when the app is created
+        self._volumes: dict[str, Any] = {}  # mount path -> ketch.Volume handle; the same
         self._signature = _signature_of(raw_f, bound_method=method is not None)
 
     def __repr__(self) -> str:

@@ -389,6 +389,8 @@ def _connect() -> BlockingChannel:
 
 
 def main() -> None:
+    from .mounts import apply_volume_mounts
+
     _die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
     chan = _connect()
@@ -397,6 +399,7 @@ def main() -> None:
     spec = FunctionSpec.from_wire(init["spec"])
     os.environ["KETCH_APP_ID"] = init["app_id"]
     try:
+        apply_volume_mounts()
         params = unpack(init["params"]) if init.get("params") else None
         service = build_service(spec, params, init["app_id"], init["function_ids"])
     except BaseException as exc:

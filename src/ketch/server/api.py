@@ -42,6 +42,9 @@ class Api:
         application.router.add_post("/rpc/{method}", self.handle_rpc)
         application.router.add_put("/blobs", self.put_blob)
         application.router.add_get("/blobs/{blob_id}", self.get_blob)
+        if self.d.volumes is not None:
+            application.router.add_put("/volume-blobs", self.d.volumes.put_blob)
+            application.router.add_get("/volume-blobs/{blob_id}", self.d.volumes.get_blob)
         return application
 
     async def handle_rpc(self, request: web.Request) -> web.Response:
@@ -248,8 +251,10 @@ from . import dicts as _dicts  # noqa: E402  (object RPCs register themselves he
 from . import objects as _objects  # noqa: E402
 from . import queues as _queues  # noqa: E402
 from . import secret_store as _secret_store  # noqa: E402
+from . import volumes as _volumes  # noqa: E402
 
 _objects.register(rpc)
 _dicts.register(rpc)
 _queues.register(rpc)
 _secret_store.register(rpc)
+_volumes.register(rpc)

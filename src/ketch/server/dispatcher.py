@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -117,6 +118,7 @@ class Dispatcher:
         self.worker: Any = LocalWorker(self._on_log, self._on_exit, use_template=config.get("fork_containers"))
         self.gpus = gpus.GpuAllocator(gpus.discover())
         self.builds: Any = None  # a BuildService when the runtime applies images
+        self.volumes: Any = None  # the VolumeService (set by the server)
         self._gpu_waiting: set[str] = set()
         self.pools: dict[str, sm.Pool] = {}
         self.pool_info: dict[str, PoolInfo] = {}
@@ -142,6 +144,8 @@ class Dispatcher:
         for pool in self.pools.values():
             self._perform(pool, pool.stop_all())
         await self.worker.shutdown()
+        if self.volumes is not None:
+            await self.volumes.close()
         await self.logs.close()
 
     def recover(self) -> None:
@@ -411,6 +415,8 @@ class Dispatcher:
             self._finalize([self._row(i, "cancelled", err) for i in ids if i in self.inputs], ids)
         if handles and wait > 0:
             await asyncio.wait([asyncio.create_task(h.exited.wait()) for h in handles], timeout=wait)
+            if self.volumes is not None:
+                await self.volumes.settle([h.id for h in handles], timeout=max(wait, 30.0))
         await self.logs.flush()
         self.logs.wake(app_id)
 
@@ -501,9 +507,10 @@ class Dispatcher:
         try:
             # Opened here, on the way into the container, and nowhere else.
             secret_env = secret_store.container_env(self.store, info.spec.secrets)
+            mounts = await self.volumes.prepare(container_id, info.spec.volumes) if info.spec.volumes else []
         except Error as exc:
             self._perform(
-                pool, pool.container_init_failed(container_id, time.monotonic(), "secrets unavailable"),
+                pool, pool.container_init_failed(container_id, time.monotonic(), "secrets or volumes unavailable"),
                 serialize_exception(exc),
             )  # fmt: skip
             self._on_exit(container_id, f"could not start: {exc}")
@@ -520,10 +527,12 @@ class Dispatcher:
             "KETCH_PARENT_PID": str(os.getpid()),
             **(gpu_env or {}),
         }
+        if info.spec.volumes:
+            env["KETCH_VOLUMES"] = json.dumps(info.spec.volumes)
         try:
             if env.pop("KETCH_GPU_UNAVAILABLE", None):
                 raise RuntimeError("its GPUs were taken by another container")
-            await self.worker.start(container_id, env, info.spec)
+            await self.worker.start(container_id, env, info.spec, mounts)
         except ImageBuildError as exc:
             self._perform(
                 pool,
@@ -563,6 +572,10 @@ class Dispatcher:
             items.append({"id": input_id, "args": args, "method": info.method})
         if not self._send(container_id, {"t": "inputs", "items": items}):
             logger.warning("container %s is gone; its inputs fail over when it exits", container_id)
+
+    def container_token_ok(self, container_id: str, token: str) -> bool:
+        handle = self.containers.get(container_id)
+        return handle is not None and secrets.compare_digest(handle.token, token)
 
     def container_hello(self, container_id: str, token: str, writer: asyncio.StreamWriter) -> dict[str, Any]:
         handle = self.containers.get(container_id)
@@ -614,6 +627,8 @@ class Dispatcher:
 
     def _on_exit(self, container_id: str, reason: str) -> None:
         self.gpus.release(container_id)
+        if self.volumes is not None:
+            self.volumes.release(container_id)  # commits what it wrote to its Volumes
         handle = self.containers.pop(container_id, None)
         if handle is None:
             return

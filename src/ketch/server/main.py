@@ -25,6 +25,7 @@ from .builds import BuildService
 from .channel import serve_channel
 from .dispatcher import Dispatcher
 from .store import Store
+from .volumes import VolumeService
 
 logger = logging.getLogger("ketch.server")
 
@@ -104,6 +105,8 @@ async def serve(home: Path, host: str, port: int, stop: asyncio.Event | None = N
     url = f"http://{host}:{port}"
     max_containers = config.get("max_containers_per_node") or max(8, 4 * (os.cpu_count() or 1))
     dispatcher = Dispatcher(store, BlobStore(home / "blobs"), url, max_containers)
+    dispatcher.volumes = VolumeService(store, home)
+    await dispatcher.volumes.start()  # commits working copies a crash left behind
     api = Api(dispatcher, time.time())
     api.url = url
     sockets = socket_dir(home)

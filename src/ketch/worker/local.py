@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from .._spec import FunctionSpec
@@ -91,8 +92,12 @@ class LocalWorker:
         env.pop("KETCH_HOME", None)
         return env
 
-    async def start(self, container_id: str, env: dict[str, str], spec: FunctionSpec) -> None:
+    async def start(
+        self, container_id: str, env: dict[str, str], spec: FunctionSpec, mounts: Sequence[tuple[str, str]] = ()
+    ) -> None:
         cwd = spec.root_dir
+        if mounts:  # applied by the container itself (ketch.runtime.mounts)
+            env = {**env, "KETCH_VOLUME_MOUNTS": json.dumps([list(m) for m in mounts])}
         proc = None
         if self._template is not None:
             try:

@@ -34,7 +34,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,7 +151,9 @@ class SandboxWorker:
             cgroups.cleanup_stale(support=self.cgroups)
 
     # -- start ---------------------------------------------------------------
-    async def start(self, container_id: str, env: dict[str, str], spec: FunctionSpec) -> None:
+    async def start(
+        self, container_id: str, env: dict[str, str], spec: FunctionSpec, mounts: Sequence[tuple[str, str]] = ()
+    ) -> None:
         built = await self._image(container_id, spec)
         bundle = await self.builder.prepare_runtime(built, lambda line: None)
         cdir = self.containers_dir / container_id
@@ -159,7 +161,7 @@ class SandboxWorker:
         self._containers[container_id] = container
         try:
             await isolate.mount_overlay(built.lowers, cdir / "upper", cdir / "work", container.merged)
-            full, box_env = self._command(container, built, bundle, env, spec)
+            full, box_env = self._command(container, built, bundle, env, spec, mounts)
             # bubblewrap reads its arguments from a pipe, so the container's /proc/1/cmdline
             # shows no host paths, environment or tokens.
             split = full.index("--")
@@ -217,6 +219,7 @@ class SandboxWorker:
         bundle: Path,
         env: dict[str, str],
         spec: FunctionSpec,
+        mounts: Sequence[tuple[str, str]] = (),
     ) -> tuple[list[str], dict[str, str]]:
         cfg = built.config
         workdir = str(cfg.get("workdir") or SOURCE_ROOT)
@@ -233,6 +236,8 @@ class SandboxWorker:
         self._bind_source(box, spec)
         for mount in (spec.image or {}).get("mounts", []):
             box.bind_ro(self._materialize(mount), mount["remote_path"])
+        for host_dir, path in mounts:  # Volume working copies
+            box.bind_rw(host_dir, path)
         box.env.update({k: str(v) for k, v in cfg.get("env", {}).items()})
         if cfg.get("path"):
             box.env["PATH"] = str(cfg["path"])

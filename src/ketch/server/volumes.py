@@ -1,0 +1,521 @@
+"""``ketch.Volume`` on the control plane: committed files, commits, and working copies.
+
+A Volume's committed state is a table of entries (files, directories, symlinks)
+keyed by path; file contents are blobs in ``KETCH_HOME/volumes/blobs``, named by
+their SHA-256, so a node that lacks a blob can pull it (``GET
+/volume-blobs/<id>``) and identical files are stored once. Every change (a
+container's commit, a client's upload, remove or copy) is one transaction
+that bumps the Volume's version: readers see all of it or none of it.
+Concurrent commits touching different paths both survive; for one path the
+last commit wins.
+
+Containers mount working copies (see ``ketch.worker.volumes``). They are
+committed when the container calls ``commit()`` and again when it exits; a
+working copy left by a crash of the control plane is committed when it
+starts again, so writes made in a container are not lost.
+
+Blobs no entry refers to are deleted by a sweep after a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import posixpath
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import Column, Float, Index, Integer, String, Table
+
+from .._serialization import pack
+from ..exception import AlreadyExistsError, InvalidError, NotFoundError
+from ..worker import volumes as wc
+from . import objects
+from .blobs import CHUNK, BlobStore
+from .store import Store, metadata
+
+logger = logging.getLogger(__name__)
+
+GC_GRACE_S = 60.0
+GC_EVERY_S = 30.0
+
+volume_files = Table(
+    "volume_files",
+    metadata,
+    Column("object_id", String, primary_key=True),
+    Column("path", String, primary_key=True),
+    Column("type", String, nullable=False),  # f, d or l
+    Column("blob", String),
+    Column("target", String),
+    Column("size", Integer, nullable=False),
+    Column("mode", Integer, nullable=False),
+    Column("mtime", Float, nullable=False),
+    Index("volume_files_blob", "blob"),
+)
+volume_versions = Table(
+    "volume_versions",
+    metadata,
+    Column("object_id", String, primary_key=True),
+    Column("version", Integer, nullable=False),
+)
+
+_COLS = ("path", "type", "blob", "target", "size", "mode", "mtime")
+_SELECT_ALL = f"SELECT {', '.join(_COLS)} FROM volume_files WHERE object_id = ? ORDER BY path"
+_SELECT_ONE = f"SELECT {', '.join(_COLS)} FROM volume_files WHERE object_id = ? AND path = ?"
+# Everything under "p/": paths between "p/" and "p0" ('0' follows '/').
+_SELECT_UNDER = f"SELECT {', '.join(_COLS)} FROM volume_files WHERE object_id = ? AND path > ? AND path < ? ORDER BY path"
+_UPSERT = (
+    f"INSERT INTO volume_files (object_id, {', '.join(_COLS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (object_id, path) DO UPDATE SET type = excluded.type, blob = excluded.blob, "
+    "target = excluded.target, size = excluded.size, mode = excluded.mode, mtime = excluded.mtime"
+)
+
+
+def norm(path: Any, allow_root: bool = True) -> str:
+    """A path inside a Volume, as stored: relative, ``/``-separated, no ``..``."""
+    if not isinstance(path, str) or len(path) > 4096 or "\0" in path:
+        raise InvalidError(f"invalid Volume path {path!r}")
+    clean = posixpath.normpath("/" + path).lstrip("/")
+    if clean in ("", "."):
+        if not allow_root:
+            raise InvalidError("this needs a path inside the Volume, not its root")
+        return ""
+    if any(part == ".." for part in path.split("/")):
+        raise InvalidError(f"Volume path {path!r} may not contain '..'")
+    return clean
+
+
+def _row(row: tuple[Any, ...]) -> wc.Entry:
+    return dict(zip(_COLS, row, strict=True))
+
+
+def _under(store: Store, object_id: str, path: str) -> list[wc.Entry]:
+    if not path:
+        return [_row(r) for r in store.db.execute(_SELECT_ALL, (object_id,)).fetchall()]
+    rows = store.db.execute(_SELECT_UNDER, (object_id, path + "/", path + "0")).fetchall()
+    return [_row(r) for r in rows]
+
+
+def entry_at(store: Store, object_id: str, path: str) -> wc.Entry | None:
+    row = store.db.execute(_SELECT_ONE, (object_id, path)).fetchone()
+    return _row(row) if row else None
+
+
+def head(store: Store, object_id: str) -> list[wc.Entry]:
+    return _under(store, object_id, "")
+
+
+def version(store: Store, object_id: str) -> int:
+    row = store.db.execute("SELECT version FROM volume_versions WHERE object_id = ?", (object_id,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+
+
+class VolumeService:
+    """The control plane's Volumes: blob store, changes, and the working copies of its node."""
+
+    def __init__(self, store: Store, home: Path) -> None:
+        self.store = store
+        self.blobs = BlobStore(home / "volumes" / "blobs")
+        self.blobs.clean_temporaries()
+        self.work = home / "volumes" / "work"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self._mounts: dict[str, list[tuple[str, Path]]] = {}  # container -> [(volume id, work dir)]
+        self._locks: dict[Path, asyncio.Lock] = {}
+        self._releasing: dict[str, asyncio.Task[None]] = {}
+        self._unreferenced: dict[str, float] = {}  # blob -> when it lost a reference
+        self._gc_task: asyncio.Task[None] | None = None
+        objects.PURGE["volume"] = self._purge
+
+    def _purge(self, store: Store, object_id: str) -> None:
+        rows = store.db.execute("SELECT blob FROM volume_files WHERE object_id = ? AND blob IS NOT NULL", (object_id,))
+        self._forget([r[0] for r in rows.fetchall()])
+        store.db.execute("DELETE FROM volume_files WHERE object_id = ?", (object_id,))
+        store.db.execute("DELETE FROM volume_versions WHERE object_id = ?", (object_id,))
+
+    # -- changes -------------------------------------------------------------
+    def apply(self, object_id: str, changes: dict[str, wc.Entry | None]) -> tuple[int, list[str]]:
+        """Apply ``{path: entry or None (delete)}`` in one transaction.
+
+        Returns ``(version, missing)``: if a file's blob is missing (collected
+        meanwhile), nothing is applied and ``missing`` names those paths.
+        """
+        missing = [p for p, e in changes.items() if e and e["type"] == "f" and not self.blobs.exists(e["blob"])]
+        if missing:
+            return version(self.store, object_id), missing
+        db = self.store.db
+        dropped: list[str] = []
+        # Deletions deepest first (a directory goes after its files), then additions in path order.
+        order = sorted((p for p, e in changes.items() if e is None), reverse=True)
+        order += sorted(p for p, e in changes.items() if e is not None)
+        for path in order:
+            entry = changes[path]
+            old = entry_at(self.store, object_id, path)
+            if entry is None:
+                if old is None:
+                    continue
+                if old["type"] == "d" and _under(self.store, object_id, path):
+                    continue  # a file was committed into it meanwhile
+                db.execute("DELETE FROM volume_files WHERE object_id = ? AND path = ?", (object_id, path))
+            else:
+                self._ensure_parents(object_id, path, entry["mtime"])
+                if old is not None and old["type"] == "d" and entry["type"] != "d":
+                    for child in _under(self.store, object_id, path):
+                        dropped += [child["blob"]] if child["blob"] else []
+                    db.execute(
+                        "DELETE FROM volume_files WHERE object_id = ? AND path > ? AND path < ?",
+                        (object_id, path + "/", path + "0"),
+                    )
+                db.execute(_UPSERT, (object_id, *(entry[c] for c in _COLS)))
+            if old is not None and old["blob"] and (entry is None or entry.get("blob") != old["blob"]):
+                dropped.append(old["blob"])
+        new_version = version(self.store, object_id) + 1
+        db.execute(
+            "INSERT INTO volume_versions (object_id, version) VALUES (?, ?) "
+            "ON CONFLICT (object_id) DO UPDATE SET version = excluded.version",
+            (object_id, new_version),
+        )
+        self.store._commit()
+        self._forget(dropped)
+        return new_version, []
+
+    def _ensure_parents(self, object_id: str, path: str, mtime: float) -> None:
+        parent = posixpath.dirname(path)
+        while parent:
+            old = entry_at(self.store, object_id, parent)
+            if old is not None and old["type"] == "d":
+                return
+            if old is not None and old["blob"]:
+                self._forget([old["blob"]])
+            entry = {"path": parent, "type": "d", "blob": None, "target": None, "size": 0, "mode": 0o755, "mtime": mtime}
+            self.store.db.execute(_UPSERT, (object_id, *(entry[c] for c in _COLS)))
+            parent = posixpath.dirname(parent)
+
+    def remove(self, object_id: str, path: str, recursive: bool) -> int:
+        entry = entry_at(self.store, object_id, path) if path else None
+        children = _under(self.store, object_id, path)
+        if path and entry is None:
+            raise NotFoundError(f"no file or directory {path!r} in the Volume")
+        if children and not recursive:
+            raise InvalidError(f"{path or '/'!r} is a non-empty directory: pass recursive=True (ketch volume rm -r)")
+        changes: dict[str, wc.Entry | None] = {c["path"]: None for c in children}
+        if path:
+            changes[path] = None
+        return self.apply(object_id, changes)[0]
+
+    def copy(self, object_id: str, sources: list[str], dest: str, recursive: bool) -> int:
+        """Copy entries inside the Volume (no data is copied: blobs are shared)."""
+        target = entry_at(self.store, object_id, dest) if dest else {"type": "d"}
+        into_dir = len(sources) > 1 or (target is not None and target["type"] == "d")
+        changes: dict[str, wc.Entry | None] = {}
+        now = time.time()
+        for src in sources:
+            entry = entry_at(self.store, object_id, src) if src else {"type": "d", "path": ""}
+            if entry is None:
+                raise NotFoundError(f"no file or directory {src!r} in the Volume")
+            base = posixpath.join(dest, posixpath.basename(src)) if into_dir else dest
+            if not base:
+                raise InvalidError("cannot copy onto the Volume's root")
+            if entry["type"] == "d":
+                if not recursive:
+                    raise InvalidError(f"{src!r} is a directory: pass recursive=True (ketch volume cp -r)")
+                if base == src or base.startswith(src + "/"):
+                    raise InvalidError(f"cannot copy {src!r} into itself")
+                changes[base] = {**entry, "path": base, "mtime": now}
+                for child in _under(self.store, object_id, src):
+                    new_path = base + child["path"][len(src) :] if src else posixpath.join(base, child["path"])
+                    changes[new_path] = {**child, "path": new_path}
+            else:
+                changes[base] = {**entry, "path": base, "mtime": now}
+        return self.apply(object_id, changes)[0]
+
+    def _forget(self, blobs: list[str]) -> None:
+        now = time.time()
+        for blob in blobs:
+            self._unreferenced.setdefault(blob, now)
+
+    async def _collect(self) -> None:
+        while True:
+            await asyncio.sleep(GC_EVERY_S)
+            with contextlib.suppress(Exception):
+                await self.collect_garbage(GC_GRACE_S)
+
+    async def collect_garbage(self, grace: float, everything: bool = False) -> int:
+        """Delete blobs no entry refers to (those that lost one, or every blob with ``everything``)."""
+        now = time.time()
+        if everything:
+            candidates = await asyncio.to_thread(self.blobs.all_ids)
+        else:
+            candidates = [b for b, t in self._unreferenced.items() if now - t >= grace]
+        removed = 0
+        for blob in candidates:
+            self._unreferenced.pop(blob, None)
+            if self.store.db.execute("SELECT 1 FROM volume_files WHERE blob = ? LIMIT 1", (blob,)).fetchone():
+                continue
+            if self.blobs.remove(blob, older_than=grace):
+                removed += 1
+        return removed
+
+    # -- working copies ------------------------------------------------------
+    def _lock(self, work: Path) -> asyncio.Lock:
+        return self._locks.setdefault(work, asyncio.Lock())
+
+    async def prepare(self, container_id: str, mounts: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """Fill a working copy per mount; returns ``[(host directory, mount path)]``."""
+        done: list[tuple[str, str]] = []
+        self._mounts[container_id] = []
+        for index, mount in enumerate(mounts):
+            object_id = objects.check(self.store, str(mount["object_id"]), "volume")
+            work = self.work / container_id / str(index)
+            work.mkdir(parents=True, exist_ok=True)
+            for _ in range(3):
+                entries = head(self.store, object_id)
+                at = version(self.store, object_id)
+                try:
+                    state = await asyncio.to_thread(wc.materialize, work / "data", entries, self.blobs.path)
+                    break
+                except FileNotFoundError:  # a blob was collected between reading and copying
+                    await asyncio.to_thread(shutil.rmtree, work / "data", True)
+            else:
+                raise NotFoundError(f"Volume {mount.get('name') or object_id} is missing file contents")
+            info = {"object_id": object_id, "mount": mount["path"], "version": at, "files": state}
+            await asyncio.to_thread(wc.save_state, work, info)
+            self._mounts[container_id].append((object_id, work))
+            done.append((str(work / "data"), str(mount["path"])))
+        return done
+
+    def _works(self, container_id: str, object_id: str) -> list[Path]:
+        works = [w for oid, w in self._mounts.get(container_id, []) if oid == object_id]
+        if not works:
+            raise InvalidError(
+                "this container does not mount that Volume: add it to the function's volumes= to commit or reload it"
+            )
+        return works
+
+    async def commit(self, container_id: str, object_id: str) -> int:
+        at = 0
+        for work in self._works(container_id, object_id):
+            at = await self._commit_work(work)
+        return at
+
+    async def _commit_work(self, work: Path) -> int:
+        async with self._lock(work):
+            info = await asyncio.to_thread(wc.load_state, work)
+            object_id = info["object_id"]
+            if objects._KINDS.get(object_id) != "volume":
+                try:
+                    objects.check(self.store, object_id, "volume")
+                except NotFoundError:
+                    logger.info("volume %s was deleted; dropping a working copy's changes", object_id)
+                    return 0
+            state = info["files"]
+            for _ in range(3):
+                changes, after = await asyncio.to_thread(wc.collect, work / "data", state, self.blobs.ingest)
+                if not changes:
+                    return version(self.store, object_id)
+                at, missing = self.apply(object_id, changes)
+                if not missing:
+                    info["files"] = after
+                    await asyncio.to_thread(wc.save_state, work, info)
+                    return at
+                for path in missing:  # collected meanwhile: store those files again
+                    state = {p: e for p, e in state.items() if p != path}
+            raise NotFoundError("could not commit the Volume: its blobs kept disappearing")
+
+    async def reload(self, container_id: str, object_id: str) -> int:
+        at = 0
+        for work in self._works(container_id, object_id):
+            async with self._lock(work):
+                info = await asyncio.to_thread(wc.load_state, work)
+                for _ in range(3):
+                    entries = head(self.store, object_id)
+                    at = version(self.store, object_id)
+                    try:
+                        info["files"] = await asyncio.to_thread(
+                            wc.update, work / "data", info["files"], entries, self.blobs.path
+                        )
+                        break
+                    except FileNotFoundError:
+                        continue
+                info["version"] = at
+                await asyncio.to_thread(wc.save_state, work, info)
+        return at
+
+    def release(self, container_id: str) -> None:
+        """The container exited: commit its working copies, then delete them."""
+        mounts = self._mounts.pop(container_id, None)
+        if not mounts:
+            return
+        self._releasing[container_id] = asyncio.get_running_loop().create_task(
+            self._release(container_id, [w for _, w in mounts])
+        )
+
+    async def _release(self, container_id: str, works: list[Path]) -> None:
+        try:
+            for work in works:
+                try:
+                    await self._commit_work(work)
+                except Exception:
+                    logger.exception("committing %s of container %s failed; its copy is kept", work, container_id)
+                    continue
+                self._locks.pop(work, None)
+                await asyncio.to_thread(shutil.rmtree, work, True)
+            with contextlib.suppress(OSError):
+                (self.work / container_id).rmdir()
+        finally:
+            self._releasing.pop(container_id, None)
+
+    async def settle(self, container_ids: list[str], timeout: float) -> None:
+        """Wait (up to ``timeout``) for the exit commits of these containers."""
+        tasks = [self._releasing[c] for c in container_ids if c in self._releasing]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    async def start(self) -> None:
+        """Commit working copies left by containers of a previous run, then start the collector."""
+        for folder in sorted(self.work.iterdir()) if self.work.exists() else []:
+            works = [w for w in sorted(folder.iterdir()) if (w / "state.json").exists()]
+            if works:
+                logger.info("committing %d working cop(ies) left by container %s", len(works), folder.name)
+            await self._release(folder.name, works)
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+        await self.collect_garbage(GC_GRACE_S, everything=True)
+        self._gc_task = asyncio.create_task(self._collect())
+
+    async def close(self) -> None:
+        if self._releasing:
+            await asyncio.wait(list(self._releasing.values()), timeout=60)
+        if self._gc_task is not None:
+            self._gc_task.cancel()
+
+    # -- HTTP: blob upload and download --------------------------------------
+    async def put_blob(self, request: web.Request) -> web.Response:
+        """Stream a request body into a blob; replies ``{"blob_id", "size"}``."""
+        writer = self.blobs.writer()
+        buf = bytearray()
+        try:
+            async for chunk in request.content.iter_chunked(CHUNK):
+                buf += chunk
+                if len(buf) >= CHUNK:
+                    await asyncio.to_thread(writer.write, bytes(buf))
+                    buf.clear()
+            if buf:
+                await asyncio.to_thread(writer.write, bytes(buf))
+            blob_id = await asyncio.to_thread(writer.finish)
+        except BaseException:
+            writer.abort()
+            raise
+        return web.Response(body=pack({"blob_id": blob_id, "size": writer.size}))
+
+    async def get_blob(self, request: web.Request) -> web.StreamResponse:
+        try:
+            path = self.blobs.path(request.match_info["blob_id"])
+            if not path.exists():
+                raise NotFoundError(f"no blob {request.match_info['blob_id']!r}")
+        except NotFoundError as exc:
+            return web.Response(status=404, body=pack({"error": {"type": "NotFoundError", "message": str(exc)}}))
+        return web.FileResponse(path, chunk_size=CHUNK)
+
+
+def _entry_wire(e: wc.Entry) -> dict[str, Any]:
+    return {k: e[k] for k in ("path", "type", "size", "mode", "mtime", "target")}
+
+
+def register(rpc: Any) -> None:
+    def service(api: Any) -> VolumeService:
+        svc = api.d.volumes
+        if svc is None:
+            raise InvalidError("this control plane has no Volume service")
+        return svc  # type: ignore[no-any-return]
+
+    def check(api: Any, body: dict[str, Any]) -> str:
+        return objects.check(api.store, str(body["object_id"]), "volume")
+
+    def container(api: Any, body: dict[str, Any]) -> str:
+        cid = str(body.get("container_id") or "")
+        if not cid or not api.d.container_token_ok(cid, str(body.get("token") or "")):
+            raise InvalidError("commit() and reload() work only inside a container that mounts the Volume")
+        return cid
+
+    @rpc
+    async def VolumeList(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+        object_id = check(api, body)
+        path = norm(body.get("path", "/"))
+        recursive = bool(body.get("recursive"))
+        if path:
+            entry = entry_at(api.store, object_id, path)
+            if entry is None:
+                raise NotFoundError(f"no file or directory {path!r} in the Volume")
+            if entry["type"] != "d":
+                return {"entries": [_entry_wire(entry)]}
+        rows = _under(api.store, object_id, path)
+        depth = path.count("/") + (1 if path else 0)
+        if not recursive:
+            rows = [r for r in rows if r["path"].count("/") == depth]
+        return {"entries": [_entry_wire(r) for r in rows], "version": version(api.store, object_id)}
+
+    @rpc
+    async def VolumeGetFile(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+        object_id = check(api, body)
+        path = norm(body.get("path"), allow_root=False)
+        entry = entry_at(api.store, object_id, path)
+        if entry is None:
+            raise NotFoundError(f"no file {path!r} in the Volume")
+        if entry["type"] != "f":
+            raise InvalidError(f"{path!r} is a {'directory' if entry['type'] == 'd' else 'symlink'}, not a file")
+        return {"blob_id": entry["blob"], "size": entry["size"], "mode": entry["mode"], "mtime": entry["mtime"]}
+
+    @rpc
+    async def VolumePutFiles(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+        """Add uploaded files (``{"path", "blob_id", "size", "mode", "mtime"}``) in one commit."""
+        object_id = check(api, body)
+        svc = service(api)
+        changes: dict[str, wc.Entry | None] = {}
+        for f in body["files"]:
+            path = norm(f["path"], allow_root=False)
+            if not body.get("force"):
+                old = entry_at(api.store, object_id, path)
+                if old is not None:
+                    raise AlreadyExistsError(
+                        f"{path!r} already exists in the Volume (use force=True, or `ketch volume put --force`)"
+                    )
+            mode = int(f.get("mode") or 0o644) & 0o7777
+            changes[path] = {"path": path, "type": "f", "blob": str(f["blob_id"]), "target": None,
+                             "size": int(f["size"]), "mode": mode, "mtime": float(f.get("mtime") or time.time())}  # fmt: skip
+        for path in body.get("dirs", []):
+            path = norm(path, allow_root=False)
+            changes.setdefault(path, {"path": path, "type": "d", "blob": None, "target": None, "size": 0,
+                                      "mode": 0o755, "mtime": time.time()})  # fmt: skip
+        at, missing = svc.apply(object_id, changes)
+        missing_blobs = sorted({str(changes[p]["blob"]) for p in missing if changes[p]})  # type: ignore[index]
+        return {"version": at, "missing": missing_blobs}
+
+    @rpc
+    async def VolumeRemove(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+        object_id = check(api, body)
+        path = norm(body.get("path"))
+        return {"version": service(api).remove(object_id, path, bool(body.get("recursive")))}
+
+    @rpc
+    async def VolumeCopy(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+        object_id = check(api, body)
+        sources = [norm(p) for p in body["src_paths"]]
+        if not sources:
+            raise InvalidError("copy_files needs at least one source path")
+        dest = norm(body["dst_path"])
+        return {"version": service(api).copy(object_id, sources, dest, bool(body.get("recursive")))}
+
+    @rpc
+    async def VolumeCommit(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+        object_id = check(api, body)
+        return {"version": await service(api).commit(container(api, body), object_id)}
+
+    @rpc
+    async def VolumeReload(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+        object_id = check(api, body)
+        return {"version": await service(api).reload(container(api, body), object_id)}
