@@ -71,7 +71,9 @@ def _entry(raw: dict[str, Any]) -> FileEntry:
     return FileEntry(raw["path"], _TYPES[raw["type"]], float(raw["mtime"]), int(raw["size"]))
 
 
-async def _upload(client: _Client, path: str | Path | None, data: bytes | None, progress: Progress | None) -> dict[str, Any]:
+async def _upload(
+    client: _Client, path: str | Path | None, data: bytes | None, progress: Progress | None
+) -> dict[str, Any]:
     """Stream a local file (or bytes) into the Volume blob store; returns ``{"blob_id", "size"}``."""
     loop = asyncio.get_running_loop()
 
@@ -96,7 +98,10 @@ async def _upload(client: _Client, path: str | Path | None, data: bytes | None, 
         payload = await resp.read()
         if resp.status != 200:
             err = unpack(payload).get("error", {}) if payload else {}
-            raise from_wire(err.get("type", "ServerError"), err.get("message", f"upload failed: HTTP {resp.status}"))
+            raise from_wire(
+                err.get("type", "ServerError"),
+                err.get("message", f"upload failed: HTTP {resp.status}"),
+            )
         return dict(unpack(payload))
 
 
@@ -127,7 +132,9 @@ class _Volume(_Object):
         body = self._container()
         open_files = await asyncio.get_running_loop().run_in_executor(None, _open_files_under, self)
         if open_files:
-            raise InvalidError(f"cannot reload the Volume while files in it are open: {', '.join(open_files[:5])}")
+            raise InvalidError(
+                f"cannot reload the Volume while files in it are open: {', '.join(open_files[:5])}"
+            )
         await self._rpc("VolumeReload", body, timeout=3600)
 
     # -- anywhere --------------------------------------------------------------
@@ -136,7 +143,9 @@ class _Volume(_Object):
         reply = await self._rpc("VolumeList", {"path": path, "recursive": recursive})
         return [_entry(e) for e in reply["entries"]]
 
-    async def iterdir(self, path: str = "/", *, recursive: bool = False) -> AsyncIterator[FileEntry]:
+    async def iterdir(
+        self, path: str = "/", *, recursive: bool = False
+    ) -> AsyncIterator[FileEntry]:
         for entry in await self.listdir(path, recursive=recursive):
             yield entry
 
@@ -146,18 +155,24 @@ class _Volume(_Object):
         for attempt in range(3):
             info = await self._rpc("VolumeGetFile", {"path": path})
             url = await client.url()
-            async with client._ensure_session().get(f"{url}/volume-blobs/{info['blob_id']}") as resp:
+            async with client._ensure_session().get(
+                f"{url}/volume-blobs/{info['blob_id']}"
+            ) as resp:
                 if resp.status == 404 and attempt < 2:
                     continue  # replaced meanwhile: look the file up again
                 if resp.status != 200:
-                    raise NotFoundError(f"could not read {path!r} from the Volume (HTTP {resp.status})")
+                    raise NotFoundError(
+                        f"could not read {path!r} from the Volume (HTTP {resp.status})"
+                    )
                 async for chunk in resp.content.iter_chunked(CHUNK):
                     if _progress:
                         _progress(len(chunk))
                     yield chunk
                 return
 
-    async def read_file_into_fileobj(self, path: str, fileobj: IO[bytes], _progress: Progress | None = None) -> int:
+    async def read_file_into_fileobj(
+        self, path: str, fileobj: IO[bytes], _progress: Progress | None = None
+    ) -> int:
         """Write the file into ``fileobj``; returns the number of bytes."""
         loop = asyncio.get_running_loop()
         n = 0
@@ -170,18 +185,25 @@ class _Volume(_Object):
         """Delete a file, or a directory with ``recursive=True``."""
         await self._rpc("VolumeRemove", {"path": path, "recursive": recursive})
 
-    async def copy_files(self, src_paths: list[str], dst_path: str, *, recursive: bool = False) -> None:
+    async def copy_files(
+        self, src_paths: list[str], dst_path: str, *, recursive: bool = False
+    ) -> None:
         """Copy files (directories with ``recursive=True``) inside the Volume, without moving data.
 
         Several sources, or a destination that is a directory, copy *into* it.
         """
         if isinstance(src_paths, str):
             src_paths = [src_paths]
-        await self._rpc("VolumeCopy", {"src_paths": list(src_paths), "dst_path": dst_path, "recursive": recursive})
+        await self._rpc(
+            "VolumeCopy",
+            {"src_paths": list(src_paths), "dst_path": dst_path, "recursive": recursive},
+        )
 
     @_sync.context_manager
     @contextlib.asynccontextmanager
-    async def batch_upload(self, force: bool = False, _progress: Progress | None = None) -> AsyncIterator[_VolumeUpload]:
+    async def batch_upload(
+        self, force: bool = False, _progress: Progress | None = None
+    ) -> AsyncIterator[_VolumeUpload]:
         """Upload files and directories, committed together when the block ends.
 
         Example::
@@ -204,7 +226,9 @@ class _VolumeUpload:
         self._progress = progress
         self._files: dict[str, tuple[Path | None, bytes | None]] = {}
 
-    async def put_file(self, local_file: str | Path | IO[bytes], remote_path: str, mode: int | None = None) -> None:
+    async def put_file(
+        self, local_file: str | Path | IO[bytes], remote_path: str, mode: int | None = None
+    ) -> None:
         """Queue a local file (a path or a readable binary file object) for ``remote_path``."""
         remote = _remote(remote_path)
         if isinstance(local_file, (str, Path)):
@@ -229,7 +253,9 @@ class _VolumeUpload:
                     self._files[posixpath.join(base, rel)] = (full, None)
 
     def total_bytes(self) -> int:
-        return sum(p.stat().st_size if p is not None else len(d or b"") for p, d in self._files.values())
+        return sum(
+            p.stat().st_size if p is not None else len(d or b"") for p, d in self._files.values()
+        )
 
     async def _finish(self) -> None:
         if not self._files:
@@ -240,7 +266,9 @@ class _VolumeUpload:
             for remote in self._files:
                 with contextlib.suppress(NotFoundError):
                     await self._volume._rpc("VolumeGetFile", {"path": remote})
-                    raise FileExistsError(f"{remote!r} already exists in the Volume (use force=True)")
+                    raise FileExistsError(
+                        f"{remote!r} already exists in the Volume (batch_upload(force=True) overwrites)"
+                    )
         uploaded: dict[str, dict[str, Any]] = {}
         gate = asyncio.Semaphore(UPLOAD_CONCURRENCY)
 
@@ -260,7 +288,9 @@ class _VolumeUpload:
         await asyncio.gather(*(one(r) for r in self._files))
         for _ in range(3):
             reply = await self._volume._rpc(
-                "VolumePutFiles", {"files": list(uploaded.values()), "force": self._force}, timeout=600
+                "VolumePutFiles",
+                {"files": list(uploaded.values()), "force": self._force},
+                timeout=600,
             )
             missing = set(reply.get("missing") or ())
             if not missing:
@@ -297,7 +327,11 @@ def _mounted(volume: _Volume) -> list[dict[str, Any]]:
         return []
     import json
 
-    return [m for m in json.loads(raw) if m.get("object_id") == volume._object_id or m.get("name") == volume._name]
+    return [
+        m
+        for m in json.loads(raw)
+        if m.get("object_id") == volume._object_id or m.get("name") == volume._name
+    ]
 
 
 Volume: Any = public(_Volume, "Volume")

@@ -16,13 +16,17 @@ from .queue_cmd import queue_group
 from .run import run
 from .secret_cmd import secret_group
 from .server import server
+from .volume_cmd import volume_group
 
 
 @click.group()
 @click.version_option(__version__, prog_name="ketch")
 def cli() -> None:
     """ketch: run Python functions in containers on your own machines."""
-    logging.basicConfig(level=os.environ.get("KETCH_LOG_LEVEL", "WARNING").upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("KETCH_LOG_LEVEL", "WARNING").upper(),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 cli.add_command(run)
@@ -33,6 +37,7 @@ cli.add_command(image_group)
 cli.add_command(dict_group)
 cli.add_command(queue_group)
 cli.add_command(secret_group)
+cli.add_command(volume_group)
 
 
 def main() -> None:

@@ -110,10 +110,10 @@ def head(store: Store, object_id: str) -> list[wc.Entry]:
 
 
 def version(store: Store, object_id: str) -> int:
-    row = store.db.execute("SELECT version FROM volume_versions WHERE object_id = ?", (object_id,)).fetchone()
+    row = store.db.execute(
+        "SELECT version FROM volume_versions WHERE object_id = ?", (object_id,)
+    ).fetchone()
     return int(row[0]) if row else 0
-
-
 
 
 class VolumeService:
@@ -133,7 +133,9 @@ class VolumeService:
         objects.PURGE["volume"] = self._purge
 
     def _purge(self, store: Store, object_id: str) -> None:
-        rows = store.db.execute("SELECT blob FROM volume_files WHERE object_id = ? AND blob IS NOT NULL", (object_id,))
+        rows = store.db.execute(
+            "SELECT blob FROM volume_files WHERE object_id = ? AND blob IS NOT NULL", (object_id,)
+        )
         self._forget([r[0] for r in rows.fetchall()])
         store.db.execute("DELETE FROM volume_files WHERE object_id = ?", (object_id,))
         store.db.execute("DELETE FROM volume_versions WHERE object_id = ?", (object_id,))
@@ -145,7 +147,11 @@ class VolumeService:
         Returns ``(version, missing)``: if a file's blob is missing (collected
         meanwhile), nothing is applied and ``missing`` names those paths.
         """
-        missing = [p for p, e in changes.items() if e and e["type"] == "f" and not self.blobs.exists(e["blob"])]
+        missing = [
+            p
+            for p, e in changes.items()
+            if e and e["type"] == "f" and not self.blobs.exists(e["blob"])
+        ]
         if missing:
             return version(self.store, object_id), missing
         db = self.store.db
@@ -161,7 +167,9 @@ class VolumeService:
                     continue
                 if old["type"] == "d" and _under(self.store, object_id, path):
                     continue  # a file was committed into it meanwhile
-                db.execute("DELETE FROM volume_files WHERE object_id = ? AND path = ?", (object_id, path))
+                db.execute(
+                    "DELETE FROM volume_files WHERE object_id = ? AND path = ?", (object_id, path)
+                )
             else:
                 self._ensure_parents(object_id, path, entry["mtime"])
                 if old is not None and old["type"] == "d" and entry["type"] != "d":
@@ -172,7 +180,11 @@ class VolumeService:
                         (object_id, path + "/", path + "0"),
                     )
                 db.execute(_UPSERT, (object_id, *(entry[c] for c in _COLS)))
-            if old is not None and old["blob"] and (entry is None or entry.get("blob") != old["blob"]):
+            if (
+                old is not None
+                and old["blob"]
+                and (entry is None or entry.get("blob") != old["blob"])
+            ):
                 dropped.append(old["blob"])
         new_version = version(self.store, object_id) + 1
         db.execute(
@@ -192,7 +204,15 @@ class VolumeService:
                 return
             if old is not None and old["blob"]:
                 self._forget([old["blob"]])
-            entry = {"path": parent, "type": "d", "blob": None, "target": None, "size": 0, "mode": 0o755, "mtime": mtime}
+            entry = {
+                "path": parent,
+                "type": "d",
+                "blob": None,
+                "target": None,
+                "size": 0,
+                "mode": 0o755,
+                "mtime": mtime,
+            }
             self.store.db.execute(_UPSERT, (object_id, *(entry[c] for c in _COLS)))
             parent = posixpath.dirname(parent)
 
@@ -202,7 +222,9 @@ class VolumeService:
         if path and entry is None:
             raise NotFoundError(f"no file or directory {path!r} in the Volume")
         if children and not recursive:
-            raise InvalidError(f"{path or '/'!r} is a non-empty directory: pass recursive=True (ketch volume rm -r)")
+            raise InvalidError(
+                f"{path or '/'!r} is a non-empty directory: pass recursive=True (ketch volume rm -r)"
+            )
         changes: dict[str, wc.Entry | None] = {c["path"]: None for c in children}
         if path:
             changes[path] = None
@@ -223,12 +245,18 @@ class VolumeService:
                 raise InvalidError("cannot copy onto the Volume's root")
             if entry["type"] == "d":
                 if not recursive:
-                    raise InvalidError(f"{src!r} is a directory: pass recursive=True (ketch volume cp -r)")
+                    raise InvalidError(
+                        f"{src!r} is a directory: pass recursive=True (ketch volume cp -r)"
+                    )
                 if base == src or base.startswith(src + "/"):
                     raise InvalidError(f"cannot copy {src!r} into itself")
                 changes[base] = {**entry, "path": base, "mtime": now}
                 for child in _under(self.store, object_id, src):
-                    new_path = base + child["path"][len(src) :] if src else posixpath.join(base, child["path"])
+                    new_path = (
+                        base + child["path"][len(src) :]
+                        if src
+                        else posixpath.join(base, child["path"])
+                    )
                     changes[new_path] = {**child, "path": new_path}
             else:
                 changes[base] = {**entry, "path": base, "mtime": now}
@@ -255,7 +283,9 @@ class VolumeService:
         removed = 0
         for blob in candidates:
             self._unreferenced.pop(blob, None)
-            if self.store.db.execute("SELECT 1 FROM volume_files WHERE blob = ? LIMIT 1", (blob,)).fetchone():
+            if self.store.db.execute(
+                "SELECT 1 FROM volume_files WHERE blob = ? LIMIT 1", (blob,)
+            ).fetchone():
                 continue
             if self.blobs.remove(blob, older_than=grace):
                 removed += 1
@@ -265,7 +295,9 @@ class VolumeService:
     def _lock(self, work: Path) -> asyncio.Lock:
         return self._locks.setdefault(work, asyncio.Lock())
 
-    async def prepare(self, container_id: str, mounts: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    async def prepare(
+        self, container_id: str, mounts: list[dict[str, Any]]
+    ) -> list[tuple[str, str]]:
         """Fill a working copy per mount; returns ``[(host directory, mount path)]``."""
         done: list[tuple[str, str]] = []
         self._mounts[container_id] = []
@@ -277,12 +309,16 @@ class VolumeService:
                 entries = head(self.store, object_id)
                 at = version(self.store, object_id)
                 try:
-                    state = await asyncio.to_thread(wc.materialize, work / "data", entries, self.blobs.path)
+                    state = await asyncio.to_thread(
+                        wc.materialize, work / "data", entries, self.blobs.path
+                    )
                     break
                 except FileNotFoundError:  # a blob was collected between reading and copying
                     await asyncio.to_thread(shutil.rmtree, work / "data", True)
             else:
-                raise NotFoundError(f"Volume {mount.get('name') or object_id} is missing file contents")
+                raise NotFoundError(
+                    f"Volume {mount.get('name') or object_id} is missing file contents"
+                )
             info = {"object_id": object_id, "mount": mount["path"], "version": at, "files": state}
             await asyncio.to_thread(wc.save_state, work, info)
             self._mounts[container_id].append((object_id, work))
@@ -311,11 +347,15 @@ class VolumeService:
                 try:
                     objects.check(self.store, object_id, "volume")
                 except NotFoundError:
-                    logger.info("volume %s was deleted; dropping a working copy's changes", object_id)
+                    logger.info(
+                        "volume %s was deleted; dropping a working copy's changes", object_id
+                    )
                     return 0
             state = info["files"]
             for _ in range(3):
-                changes, after = await asyncio.to_thread(wc.collect, work / "data", state, self.blobs.ingest)
+                changes, after = await asyncio.to_thread(
+                    wc.collect, work / "data", state, self.blobs.ingest
+                )
                 if not changes:
                     return version(self.store, object_id)
                 at, missing = self.apply(object_id, changes)
@@ -361,7 +401,9 @@ class VolumeService:
                 try:
                     await self._commit_work(work)
                 except Exception:
-                    logger.exception("committing %s of container %s failed; its copy is kept", work, container_id)
+                    logger.exception(
+                        "committing %s of container %s failed; its copy is kept", work, container_id
+                    )
                     continue
                 self._locks.pop(work, None)
                 await asyncio.to_thread(shutil.rmtree, work, True)
@@ -381,7 +423,9 @@ class VolumeService:
         for folder in sorted(self.work.iterdir()) if self.work.exists() else []:
             works = [w for w in sorted(folder.iterdir()) if (w / "state.json").exists()]
             if works:
-                logger.info("committing %d working cop(ies) left by container %s", len(works), folder.name)
+                logger.info(
+                    "committing %d working cop(ies) left by container %s", len(works), folder.name
+                )
             await self._release(folder.name, works)
             await asyncio.to_thread(shutil.rmtree, folder, True)
         await self.collect_garbage(GC_GRACE_S, everything=True)
@@ -418,7 +462,9 @@ class VolumeService:
             if not path.exists():
                 raise NotFoundError(f"no blob {request.match_info['blob_id']!r}")
         except NotFoundError as exc:
-            return web.Response(status=404, body=pack({"error": {"type": "NotFoundError", "message": str(exc)}}))
+            return web.Response(
+                status=404, body=pack({"error": {"type": "NotFoundError", "message": str(exc)}})
+            )
         return web.FileResponse(path, chunk_size=CHUNK)
 
 
@@ -439,7 +485,9 @@ def register(rpc: Any) -> None:
     def container(api: Any, body: dict[str, Any]) -> str:
         cid = str(body.get("container_id") or "")
         if not cid or not api.d.container_token_ok(cid, str(body.get("token") or "")):
-            raise InvalidError("commit() and reload() work only inside a container that mounts the Volume")
+            raise InvalidError(
+                "commit() and reload() work only inside a container that mounts the Volume"
+            )
         return cid
 
     @rpc
@@ -467,8 +515,15 @@ def register(rpc: Any) -> None:
         if entry is None:
             raise NotFoundError(f"no file {path!r} in the Volume")
         if entry["type"] != "f":
-            raise InvalidError(f"{path!r} is a {'directory' if entry['type'] == 'd' else 'symlink'}, not a file")
-        return {"blob_id": entry["blob"], "size": entry["size"], "mode": entry["mode"], "mtime": entry["mtime"]}
+            raise InvalidError(
+                f"{path!r} is a {'directory' if entry['type'] == 'd' else 'symlink'}, not a file"
+            )
+        return {
+            "blob_id": entry["blob"],
+            "size": entry["size"],
+            "mode": entry["mode"],
+            "mtime": entry["mtime"],
+        }
 
     @rpc
     async def VolumePutFiles(api: Any, body: dict[str, Any]) -> dict[str, Any]:

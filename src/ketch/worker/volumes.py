@@ -37,7 +37,11 @@ State = dict[str, Entry]  # path -> entry (+ "stat" for files)
 def same_content(a: Entry | None, b: Entry | None) -> bool:
     if a is None or b is None:
         return a is b
-    return a["type"] == b["type"] and a.get("blob") == b.get("blob") and a.get("target") == b.get("target")
+    return (
+        a["type"] == b["type"]
+        and a.get("blob") == b.get("blob")
+        and a.get("target") == b.get("target")
+    )
 
 
 def _stat_key(st: os.stat_result) -> list[int]:
@@ -92,7 +96,9 @@ def materialize(data: Path, entries: list[Entry], blob_path: Callable[[str], Pat
     return state
 
 
-def scan(data: Path, state: State) -> tuple[dict[str, tuple[str, os.stat_result, str | None]], list[str]]:
+def scan(
+    data: Path, state: State
+) -> tuple[dict[str, tuple[str, os.stat_result, str | None]], list[str]]:
     """What changed in ``data`` since ``state``: ``({path: (type, stat, link target)}, deleted)``."""
     changed: dict[str, tuple[str, os.stat_result, str | None]] = {}
     seen: set[str] = set()
