@@ -468,6 +468,14 @@ class VolumeService:
         return web.FileResponse(path, chunk_size=CHUNK)
 
 
+def boot_id() -> str:
+    """This machine's boot id: equal only for processes on the same machine, same boot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _entry_wire(e: wc.Entry) -> dict[str, Any]:
     return {k: e[k] for k in ("path", "type", "size", "mode", "mtime", "target")}
 
@@ -489,6 +497,11 @@ def register(rpc: Any) -> None:
                 "commit() and reload() work only inside a container that mounts the Volume"
             )
         return cid
+
+    @rpc
+    async def VolumeInfo(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+        """Where this node keeps Volume blobs, for clients on the same machine that can use them."""
+        return {"blob_dir": str(service(api).blobs.root), "boot_id": boot_id()}
 
     @rpc
     async def VolumeList(api: Any, body: dict[str, Any]) -> dict[str, Any]:

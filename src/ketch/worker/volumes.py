@@ -75,7 +75,7 @@ def _write_entry(data: Path, entry: Entry, blob_path: Callable[[str], Path]) -> 
             os.symlink(entry["target"], tmp)
             os.replace(tmp, dest)
             return dict(entry)
-        shutil.copyfile(blob_path(entry["blob"]), tmp)  # in-kernel copy (sendfile)
+        _copy(blob_path(entry["blob"]), tmp)
         os.chmod(tmp, entry["mode"] & 0o7777)
         ns = int(entry["mtime"] * 1e9)
         os.utime(tmp, ns=(ns, ns))
@@ -85,6 +85,13 @@ def _write_entry(data: Path, entry: Entry, blob_path: Callable[[str], Path]) -> 
             tmp.unlink()
         raise
     return {**entry, "stat": _stat_key(os.lstat(dest))}
+
+
+def _copy(src: Path, dest: Path) -> None:
+    from ..server.blobs import copy_range
+
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        copy_range(fin.fileno(), fout.fileno(), os.fstat(fin.fileno()).st_size)
 
 
 def materialize(data: Path, entries: list[Entry], blob_path: Callable[[str], Path]) -> State:

@@ -1,0 +1,265 @@
+#!/usr/bin/env python
+"""Volume benchmark: a 1 GiB file through a ketch.Volume beside a plain ``cp`` on the same disk.
+
+Usage::
+
+    .venv/bin/python benchmarks/volume.py            # 1 GiB, 3 rounds (about a minute)
+    .venv/bin/python benchmarks/volume.py --quick    # 128 MiB, 1 round
+    .venv/bin/python benchmarks/volume.py --json out.json
+
+What is timed, for one file of random bytes (made before timing starts; every
+path reads from the page cache, as ``cp`` does; every timed step starts after
+``sync`` and a 2 s pause, because on a VM the host's flush of one step's writes
+slows the next one down by up to 10x):
+
+- peer: ``cp SRC DST`` on the same disk, and ``cp`` followed by ``sync`` (a
+  Volume write is on disk before it is acknowledged, so this is the fair
+  peer for writes).
+- client write: ``vol.batch_upload()`` + ``put_file`` of the file, through
+  the HTTP API, until the commit returns (the blob is fsynced).
+- client read: ``vol.read_file_into_fileobj`` into a new local file.
+- container write: inside a function, copy the file into the mounted Volume
+  and ``vol.commit()``; timed inside the function.
+- container read: ``.remote()`` of a function in a fresh container that reads
+  the whole file from its mount; timed from ``.remote()`` to the result, so it
+  includes filling the container's working copy; the empty-Volume cold start
+  of the same function is measured and reported beside it.
+
+Throughput = size / median time. Target: every Volume path >= 50 % of ``cp``'s
+throughput (writes against ``cp`` + ``sync``). The control plane runs with
+``KETCH_RUNTIME=local`` in a throw-away ``KETCH_HOME``; the Volume's data path
+(blob store, working copy, bind mount) is the same under ``sandbox``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+import _harness as h  # noqa: E402
+
+TARGET = 0.5
+log = h.logger("volume")
+
+APP = '''
+import os, shutil, time
+import ketch
+
+app = ketch.App("volume-bench")
+vol = ketch.Volume.from_name("bench", create_if_missing=True)
+rvol = ketch.Volume.from_name("bench-read", create_if_missing=True)
+MOUNT = os.environ["BENCH_MOUNT"]
+
+
+@app.function(volumes={MOUNT: vol}, scaledown_window=2)
+def write(src: str) -> dict:
+    t0 = time.perf_counter()
+    shutil.copyfile(src, MOUNT + "/in-container.bin")
+    t1 = time.perf_counter()
+    vol.commit()
+    return {"copy": t1 - t0, "commit": time.perf_counter() - t1}
+
+
+@app.function(volumes={MOUNT: rvol}, scaledown_window=2)
+def read(name: str) -> dict:
+    t0 = time.perf_counter()
+    n = 0
+    if name:
+        with open(MOUNT + "/" + name, "rb") as fh:
+            while chunk := fh.read(8 << 20):
+                n += len(chunk)
+    return {"read": time.perf_counter() - t0, "bytes": n}
+'''
+
+
+class Cleanup(h.Cleanup):
+    def __init__(self, workdir: Path, keep: bool) -> None:
+        super().__init__(workdir, keep)
+        self.ketch_home = workdir / "ketch-home"
+
+    def markers(self) -> list[Path]:
+        return [self.workdir]
+
+    def stop_ketch_all(self) -> list[str]:
+        return h.stop_control_plane(h.ketch_env(self.ketch_home))
+
+
+SETTLE_S = 2.0
+
+
+def settle() -> None:
+    """``sync`` and a pause before every timed step: on a VM the host's flush of the last
+    step's writes otherwise slows the next step down by up to 10x, whichever system it is."""
+    subprocess.run(["sync"], check=True)
+    time.sleep(SETTLE_S)
+
+
+def timed(fn) -> float:  # type: ignore[no-untyped-def]
+    settle()
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="128 MiB, one round")
+    ap.add_argument("--mib", type=int, help="file size in MiB (default 1024)")
+    ap.add_argument("--rounds", type=int, help="rounds per measurement (default 3)")
+    h.add_run_options(ap, timeout=900.0, keep_help="keep the temporary directory")
+    args = ap.parse_args(argv)
+    mib = args.mib or (128 if args.quick else 1024)
+    rounds = args.rounds or (1 if args.quick else 3)
+
+    machine = h.machine_line(load=True)
+    workdir = Path(tempfile.mkdtemp(prefix="ketch-vol-", dir=os.environ.get("BENCH_DIR") or None))
+    cleanup = Cleanup(workdir, keep=args.keep)
+    watchdog = h.Watchdog(args.timeout, cleanup, log)
+    times: dict[str, list[float]] = {}
+    extra: dict[str, list[float]] = {}
+    notes: list[str] = []
+    t_start = time.perf_counter()
+
+    def record(key: str, seconds: float) -> None:
+        times.setdefault(key, []).append(seconds)
+
+    def body() -> None:
+        src = workdir / "src.bin"
+        log(f"making a {mib} MiB file of random bytes")
+        with open(src, "wb") as fh:
+            for _ in range(mib):
+                fh.write(os.urandom(1 << 20))
+        subprocess.run(["sync"], check=True)
+        # Fresh guest memory can be slow to touch the first time on a VM: touch some first.
+        scratch = workdir / "scratch.bin"
+        subprocess.run(["cp", str(src), str(scratch)], check=True)
+        subprocess.run(["cp", str(src), str(scratch) + "2"], check=True)
+        scratch.unlink()
+        Path(str(scratch) + "2").unlink()
+        subprocess.run(["sync"], check=True)
+
+        def vary() -> None:
+            """Change the file's first bytes, so no round finds its blob already stored."""
+            with open(src, "r+b") as fh:
+                fh.write(os.urandom(16))
+
+        dst = workdir / "cp.bin"
+        for _ in range(rounds):
+            record("cp", timed(lambda: subprocess.run(["cp", str(src), str(dst)], check=True)))
+            dst.unlink()
+            subprocess.run(["sync"], check=True)
+            record("cp+sync", timed(lambda: subprocess.run(f"cp {src} {dst} && sync", shell=True, check=True)))
+            dst.unlink()
+            subprocess.run(["sync"], check=True)
+
+        os.environ.update(h.ketch_env(cleanup.ketch_home))
+        os.environ["KETCH_RUNTIME"] = "local"
+        os.environ["BENCH_MOUNT"] = str(workdir / "mnt")
+        import ketch
+
+        vol = ketch.Volume.from_name("bench", create_if_missing=True).hydrate()
+        log("client write / read")
+        out = workdir / "down.bin"
+
+        def upload() -> None:
+            with vol.batch_upload(force=True) as batch:
+                batch.put_file(src, "/client.bin")
+
+        def download() -> None:
+            with open(out, "wb") as fh:
+                vol.read_file_into_fileobj("client.bin", fh)
+
+        for _ in range(rounds):
+            vary()
+            record("client write", timed(upload))
+            subprocess.run(["sync"], check=True)
+
+            record("client read", timed(download))
+            if out.stat().st_size != src.stat().st_size:
+                raise RuntimeError("downloaded file has the wrong size")
+            out.unlink()
+
+        app_file = workdir / "volume_bench_app.py"
+        app_file.write_text(APP)
+        sys.path.insert(0, str(workdir))
+        import volume_bench_app as mod  # type: ignore[import-not-found]
+
+        log("container write / read")
+        with mod.app.run():
+            rvol = ketch.Volume.from_name("bench-read", create_if_missing=True)
+            with rvol.batch_upload(force=True) as batch:
+                batch.put_file(src, "/client.bin")
+            for _ in range(rounds):
+                vary()
+                settle()
+                r = mod.write.remote(str(src))
+                record("container write", r["copy"] + r["commit"])
+                extra.setdefault("container commit", []).append(r["commit"])
+                subprocess.run(["sync"], check=True)
+                time.sleep(3)  # let the container scale down: the next read starts a fresh one
+                settle()
+                t0 = time.perf_counter()
+                r = mod.read.remote("client.bin")
+                record("container read", time.perf_counter() - t0)
+                extra.setdefault("read inside", []).append(r["read"])
+                time.sleep(3)
+            # the same function's cold start with nothing to read, for reference
+            vol_empty = []
+            for _ in range(rounds):
+                settle()
+                t0 = time.perf_counter()
+                mod.read.remote("")
+                vol_empty.append(time.perf_counter() - t0)
+                time.sleep(3)
+            extra["cold start, no read"] = vol_empty
+            notes.append(
+                "container read: from `.remote()` to the result, in a fresh container, so it includes "
+                "a cold start and filling the working copy (a Volume holding just that file)"
+            )
+
+    aborted = h.guarded(body, cleanup, watchdog, notes)
+    total = time.perf_counter() - t_start
+
+    h.print_head(f"ketch Volume vs cp, one {mib} MiB file", args.quick, machine, total)
+    size = mib / 1024
+    cp = statistics.median(times["cp"]) if times.get("cp") else None
+    cps = statistics.median(times["cp+sync"]) if times.get("cp+sync") else None
+    print("| path | median s | GiB/s | peer | peer GiB/s | ratio | target >= 50% |")
+    print("|---|---:|---:|---|---:|---:|---|")
+    rows = [("cp", None), ("cp+sync", None), ("client write", "cp+sync"), ("client read", "cp"),
+            ("container write", "cp+sync"), ("container read", "cp")]  # fmt: skip
+    result = {}
+    for key, peer in rows:
+        if not times.get(key):
+            continue
+        t = statistics.median(times[key])
+        peer_t = {"cp": cp, "cp+sync": cps}.get(peer or "")
+        ratio = (peer_t / t) if peer_t else None
+        ok = "" if ratio is None else ("met" if ratio >= TARGET else "MISSED")
+        peer_cell = f"`{peer}`" if peer else ""
+        peer_rate = f"{size / peer_t:.2f}" if peer_t else ""
+        ratio_cell = f"{ratio:.0%}" if ratio is not None else ""
+        print(f"| {key} | {t:.2f} | {size / t:.2f} | {peer_cell} | {peer_rate} | {ratio_cell} | {ok} |")
+        result[key] = {"median_s": t, "samples": times[key], "ratio": ratio}
+    print()
+    for key, vals in extra.items():
+        print(f"- {key}: median {statistics.median(vals):.2f} s ({', '.join(f'{v:.2f}' for v in vals)})")
+    for note in notes:
+        print(f"- {note}")
+    if args.json:
+        h.write_json(args.json, {"mib": mib, "rounds": rounds}, machine, total, {"times": result, "extra": extra}, notes)
+    return 124 if aborted else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
