@@ -38,6 +38,10 @@ class _Client:
         self._session: aiohttp.ClientSession | None = None
         self._url: str | None = None
         self._socket: str | None = None
+        # Kept-alive connections for RPCs (a small HTTP/1.1 client: aiohttp's costs
+        # more CPU per request than a Dict get costs the control plane).
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._idle_for: str | None = None
 
     @classmethod
     async def get(cls) -> _Client:
@@ -74,24 +78,18 @@ class _Client:
         return self._url or await self._locate()
 
     async def rpc(self, method: str, body: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
-        import aiohttp
-
         data = pack(body)
         deadline: float | None = None
         delay = 0.05
         while True:
             try:
                 url = self._url or await self._locate()
-                session = self._ensure_session()
-                async with session.post(
-                    f"{url}/rpc/{method}", data=data, timeout=aiohttp.ClientTimeout(total=timeout)
-                ) as resp:
-                    payload = await resp.read()
-                    if resp.status != 200:
-                        err = unpack(payload).get("error", {}) if payload else {}
-                        raise from_wire(err.get("type", "ServerError"), err.get("message", f"HTTP {resp.status}"))
-                    return unpack(payload)
-            except (TimeoutError, aiohttp.ClientConnectionError, ConnectionError) as exc:
+                status, payload = await asyncio.wait_for(self._post(url, f"/rpc/{method}", data), timeout)
+                if status != 200:
+                    err = unpack(payload).get("error", {}) if payload else {}
+                    raise from_wire(err.get("type", "ServerError"), err.get("message", f"HTTP {status}"))
+                return unpack(payload)
+            except (TimeoutError, OSError) as exc:  # OSError: ConnectionError, a missing socket file
                 if isinstance(exc, ConnectionFailedError) and not _server_manager.is_embedded():
                     raise
                 if deadline is None:
@@ -102,6 +100,66 @@ class _Client:
                 self._url = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    async def _connect(self, url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._idle_for != url:
+            for _, writer in self._idle:
+                writer.close()
+            self._idle, self._idle_for = [], url
+        if self._idle:
+            return self._idle.pop()
+        if self._socket:
+            return await asyncio.wait_for(asyncio.open_unix_connection(self._socket, limit=1 << 20), 5)
+        host, _, port = url.removeprefix("http://").rpartition(":")
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port), limit=1 << 20), 5)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            import socket
+
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reader, writer
+
+    async def _post(self, url: str, path: str, body: bytes) -> tuple[int, bytes]:
+        """One HTTP/1.1 POST on a kept-alive connection; ``(status, body)``.
+
+        A connection that fails (also one the server closed while idle) raises
+        ``ConnectionError``; ``rpc`` retries, which every RPC allows.
+        """
+        reader, writer = await self._connect(url)
+        reused = True
+        try:
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: ketch\r\nContent-Type: application/msgpack\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            length, close = 0, False
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                name = name.strip().lower()
+                if name == "content-length":
+                    length = int(value)
+                elif name == "connection" and value.strip().lower() == "close":
+                    close = True
+                elif name == "transfer-encoding":
+                    raise ConnectionError("unexpected chunked reply")
+            payload = await reader.readexactly(length) if length else b""
+            reused = not close
+            return status, payload
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError) as exc:
+            reused = False
+            raise ConnectionError(f"bad reply from the control plane: {exc!r}") from exc
+        except BaseException:
+            reused = False
+            raise
+        finally:
+            if reused and len(self._idle) < 64:
+                self._idle.append((reader, writer))
+            else:
+                writer.close()
 
     async def put_blob(self, data: bytes) -> str:
         url = await self.url()
