@@ -7,8 +7,10 @@ is idempotent, so a retry after a crash of the control plane is safe.
 
 The server URL is ``http://host:port`` or, inside sandbox containers,
 ``unix:/path/to/api.sock`` (a socket bound into the container, which also
-works with ``block_network=True``). aiohttp is imported on first use so that
-``import ketch`` stays cheap in containers that never call out.
+works with ``block_network=True``). RPCs go over a small pool of kept-alive
+HTTP/1.1 connections of this module's own (aiohttp's client costs more CPU per
+request than a Dict get costs the control plane); blob transfers use aiohttp,
+which containers import only when they first move a blob.
 """
 
 from __future__ import annotations
