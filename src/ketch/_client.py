@@ -35,6 +35,12 @@ logger = logging.getLogger(__name__)
 _CLIENTS: dict[int, _Client] = {}
 
 
+def reply_error(payload: bytes, default_type: str, default_message: str) -> BaseException:
+    """The error an unsuccessful reply carries (``{"error": {"type", "message"}}``)."""
+    err = unpack(payload).get("error", {}) if payload else {}
+    return from_wire(err.get("type", default_type), err.get("message", default_message))
+
+
 class _Client:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
@@ -88,8 +94,7 @@ class _Client:
                 url = self._url or await self._locate()
                 status, payload = await asyncio.wait_for(self._post(url, f"/rpc/{method}", data), timeout)
                 if status != 200:
-                    err = unpack(payload).get("error", {}) if payload else {}
-                    raise from_wire(err.get("type", "ServerError"), err.get("message", f"HTTP {status}"))
+                    raise reply_error(payload, "ServerError", f"HTTP {status}")
                 return unpack(payload)
             except (TimeoutError, OSError) as exc:  # OSError: ConnectionError, a missing socket file
                 if isinstance(exc, ConnectionFailedError) and not _server_manager.is_embedded():
@@ -173,6 +178,5 @@ class _Client:
         async with self._ensure_session().get(f"{url}/blobs/{blob_id}") as resp:
             payload = await resp.read()
             if resp.status != 200:
-                err = unpack(payload).get("error", {})
-                raise from_wire(err.get("type", "NotFoundError"), err.get("message", "blob not found"))
+                raise reply_error(payload, "NotFoundError", "blob not found")
             return payload

@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import _sync
-from ._client import _Client
+from ._client import _Client, reply_error
 from ._object import _Object, public
 from ._serialization import unpack
-from .exception import InvalidError, NotFoundError, from_wire
+from .exception import InvalidError, NotFoundError
 
 CHUNK = 4 << 20
 UPLOAD_CONCURRENCY = 4
@@ -132,11 +132,7 @@ async def _upload(
     async with client._ensure_session().put(f"{url}/volume-blobs", data=chunks()) as resp:
         payload = await resp.read()
         if resp.status != 200:
-            err = unpack(payload).get("error", {}) if payload else {}
-            raise from_wire(
-                err.get("type", "ServerError"),
-                err.get("message", f"upload failed: HTTP {resp.status}"),
-            )
+            raise reply_error(payload, "ServerError", f"upload failed: HTTP {resp.status}")
         return dict(unpack(payload))
 
 
@@ -346,24 +342,6 @@ class _VolumeUpload:
             # Collected between upload and commit (another client removed the same content): send again.
             await asyncio.gather(*(one(r) for r, f in uploaded.items() if f["blob_id"] in missing))
         raise NotFoundError("could not commit the upload: its blobs kept disappearing")
-
-
-def _real_file(fileobj: Any) -> bool:
-    try:
-        fileobj.fileno()
-        return bool(fileobj.writable())
-    except (AttributeError, OSError, ValueError):
-        return False
-
-
-def _copy_blob(blob: Path, fileobj: IO[bytes]) -> int:
-    from .server.blobs import copy_range
-
-    fileobj.flush()
-    with open(blob, "rb") as src:
-        size = os.fstat(src.fileno()).st_size
-        copy_range(src.fileno(), fileobj.fileno(), size)
-    return size
 
 
 def _remote(path: str) -> str:

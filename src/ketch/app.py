@@ -71,7 +71,7 @@ class _App:
     ) -> None:
         if name is not None and (not isinstance(name, str) or not name or len(name) > 64):
             raise InvalidError(f"app name must be a non-empty string of at most 64 characters, got {name!r}")
-        _check_later_options(image=image)
+        _check_image(image)
         self._image = image
         self._name = name
         self._description = description
@@ -138,7 +138,7 @@ class _App:
             buffer_containers=buffer_containers, scaledown_window=scaledown_window, env=env, gpu=gpu, cpu=cpu,
             memory=memory,
         )  # fmt: skip
-        _check_later_options(image=image)
+        _check_image(image)
         secret_list = check_secrets(secrets)
         volume_map = check_volumes(volumes)
 
@@ -193,7 +193,7 @@ class _App:
             buffer_containers=buffer_containers, scaledown_window=scaledown_window, env=env, gpu=gpu, cpu=cpu,
             memory=memory,
         )  # fmt: skip
-        _check_later_options(image=image)
+        _check_image(image)
         secret_list = check_secrets(secrets)
         volume_map = check_volumes(volumes)
 
@@ -454,16 +454,9 @@ async def _stream_build(client: _Client, build_id: str, image_hash: str) -> None
             return
 
 
-def _check_later_options(**options: Any) -> None:
-    """Check the shape of options a later version applies, and say they are not applied yet."""
-    image = options.get("image")
+def _check_image(image: Any) -> None:
     if image is not None and not isinstance(image, Image):
         raise InvalidError(f"image must be a ketch.Image (e.g. ketch.Image.debian_slim()), not {type(image).__name__}")
-    given = [k for k, v in options.items() if v and k != "image"]
-    if given and not os.environ.get("KETCH_CONTAINER_ID"):
-        logger.warning(
-            "option(s) %s are accepted but not applied yet by this version of ketch", ", ".join(given)
-        )
 
 
 def check_volumes(volumes: Any) -> dict[str, Any]:

@@ -30,16 +30,6 @@ def tree_id(block_digests: list[bytes]) -> str:
     return "bl-" + hashlib.sha256(b"".join(block_digests)).hexdigest()
 
 
-def _hash_block(fd: int, offset: int) -> bytes:
-    return hashlib.sha256(os.pread(fd, BLOCK, offset)).digest()
-
-
-def hash_file(fd: int, size: int) -> str:
-    """The tree hash of an open file's first ``size`` bytes, blocks hashed in parallel."""
-    offsets = range(0, max(size, 1), BLOCK)
-    return tree_id(list(_HASHERS.map(lambda off: _hash_block(fd, off), offsets)))
-
-
 def copy_range(src: int, dst: int, size: int) -> None:
     """Copy ``size`` bytes between open files through one reused buffer.
 

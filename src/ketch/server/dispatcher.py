@@ -578,9 +578,9 @@ class Dispatcher:
         return handle is not None and secrets.compare_digest(handle.token, token)
 
     def container_hello(self, container_id: str, token: str, writer: asyncio.StreamWriter) -> dict[str, Any]:
-        handle = self.containers.get(container_id)
-        if handle is None or not secrets.compare_digest(handle.token, token):
+        if not self.container_token_ok(container_id, token):
             raise InvalidError("unknown container or bad token")
+        handle = self.containers[container_id]
         handle.writer = writer
         info = self.pool_info[handle.pool_key]
         function_ids = {f["tag"]: f["id"] for f in self.store.app_functions(info.app_id)}

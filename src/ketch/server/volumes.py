@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import posixpath
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -305,25 +307,36 @@ class VolumeService:
             object_id = objects.check(self.store, str(mount["object_id"]), "volume")
             work = self.work / container_id / str(index)
             work.mkdir(parents=True, exist_ok=True)
-            for _ in range(3):
-                entries = head(self.store, object_id)
-                at = version(self.store, object_id)
-                try:
-                    state = await asyncio.to_thread(
-                        wc.materialize, work / "data", entries, self.blobs.path
-                    )
-                    break
-                except FileNotFoundError:  # a blob was collected between reading and copying
-                    await asyncio.to_thread(shutil.rmtree, work / "data", True)
-            else:
-                raise NotFoundError(
-                    f"Volume {mount.get('name') or object_id} is missing file contents"
-                )
+            data = work / "data"
+            at, state = await self._from_head(
+                object_id,
+                functools.partial(wc.materialize, data, blob_path=self.blobs.path),
+                retry=functools.partial(shutil.rmtree, data, True),
+            )
             info = {"object_id": object_id, "mount": mount["path"], "version": at, "files": state}
             await asyncio.to_thread(wc.save_state, work, info)
             self._mounts[container_id].append((object_id, work))
             done.append((str(work / "data"), str(mount["path"])))
         return done
+
+    async def _from_head(
+        self,
+        object_id: str,
+        fill: Callable[[list[wc.Entry]], wc.State],
+        retry: Callable[[], None] = lambda: None,
+    ) -> tuple[int, wc.State]:
+        """Run ``fill`` (in a thread) on the Volume's committed files; ``(version, state)``.
+
+        A blob collected between reading the head and copying it makes ``fill``
+        raise FileNotFoundError; then ``retry`` cleans up and the head is read again.
+        """
+        for _ in range(3):
+            entries, at = head(self.store, object_id), version(self.store, object_id)
+            try:
+                return at, await asyncio.to_thread(fill, entries)
+            except FileNotFoundError:
+                await asyncio.to_thread(retry)
+        raise NotFoundError(f"Volume {object_id} is missing file contents")
 
     def _works(self, container_id: str, object_id: str) -> list[Path]:
         works = [w for oid, w in self._mounts.get(container_id, []) if oid == object_id]
@@ -343,14 +356,11 @@ class VolumeService:
         async with self._lock(work):
             info = await asyncio.to_thread(wc.load_state, work)
             object_id = info["object_id"]
-            if objects._KINDS.get(object_id) != "volume":
-                try:
-                    objects.check(self.store, object_id, "volume")
-                except NotFoundError:
-                    logger.info(
-                        "volume %s was deleted; dropping a working copy's changes", object_id
-                    )
-                    return 0
+            try:
+                objects.check(self.store, object_id, "volume")
+            except NotFoundError:
+                logger.info("volume %s was deleted; dropping a working copy's changes", object_id)
+                return 0
             state = info["files"]
             for _ in range(3):
                 changes, after = await asyncio.to_thread(
@@ -372,16 +382,8 @@ class VolumeService:
         for work in self._works(container_id, object_id):
             async with self._lock(work):
                 info = await asyncio.to_thread(wc.load_state, work)
-                for _ in range(3):
-                    entries = head(self.store, object_id)
-                    at = version(self.store, object_id)
-                    try:
-                        info["files"] = await asyncio.to_thread(
-                            wc.update, work / "data", info["files"], entries, self.blobs.path
-                        )
-                        break
-                    except FileNotFoundError:
-                        continue
+                fill = functools.partial(wc.update, work / "data", info["files"], blob_path=self.blobs.path)
+                at, info["files"] = await self._from_head(object_id, fill)
                 info["version"] = at
                 await asyncio.to_thread(wc.save_state, work, info)
         return at
