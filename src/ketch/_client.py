@@ -7,10 +7,12 @@ is idempotent, so a retry after a crash of the control plane is safe.
 
 The server URL is ``http://host:port`` or, inside sandbox containers,
 ``unix:/path/to/api.sock`` (a socket bound into the container, which also
-works with ``block_network=True``). RPCs go over a small pool of kept-alive
-HTTP/1.1 connections of this module's own (aiohttp's client costs more CPU per
-request than a Dict get costs the control plane); blob transfers use aiohttp,
-which containers import only when they first move a blob.
+works with ``block_network=True``). RPCs are msgpack frames (``_wire``) on a
+small pool of kept-alive connections of this module's own: HTTP costs more CPU
+per request than a Dict get costs the control plane. A call made from blocking
+code uses a plain blocking socket, skipping the event loop's bookkeeping.
+Blob transfers use aiohttp, which containers import only when they first move
+a blob.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import _server_manager
+from . import _server_manager, _sync
 from ._config import config
-from ._serialization import pack, unpack
+from ._serialization import unpack
+from ._wire import HEADER, RPC_MAGIC, decode, encode
 from .exception import ConnectionFailedError, from_wire
 
 if TYPE_CHECKING or not os.environ.get("KETCH_CONTAINER_ID"):
@@ -39,6 +43,67 @@ def reply_error(payload: bytes, default_type: str, default_message: str) -> Base
     """The error an unsuccessful reply carries (``{"error": {"type", "message"}}``)."""
     err = unpack(payload).get("error", {}) if payload else {}
     return from_wire(err.get("type", default_type), err.get("message", default_message))
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    return host, int(port)
+
+
+# Blocking connections for calls made from blocking code, by address; shared by
+# threads (list append/pop are atomic) and dropped in a forked child.
+_BLOCKING_IDLE: dict[str, list[socket.socket]] = {}
+os.register_at_fork(after_in_child=_BLOCKING_IDLE.clear)
+
+
+def _call_blocking(unix_path: str | None, url: str, request: bytes, timeout: float) -> tuple[int, dict[str, Any]]:
+    """``_Client._call`` on a plain socket, for a call whose thread is blocked on it anyway.
+
+    This skips the event loop's bookkeeping, which costs more than the round trip.
+    """
+    address = unix_path or url
+    idle = _BLOCKING_IDLE.setdefault(address, [])
+    try:
+        sock = idle.pop()
+    except IndexError:
+        if unix_path:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(5)
+            sock.connect(unix_path)
+        else:
+            sock = socket.create_connection(_host_port(url), timeout=5)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(RPC_MAGIC)
+    reused = False
+    try:
+        sock.settimeout(timeout)
+        sock.sendall(request)
+        (size,) = HEADER.unpack(_recv_exactly(sock, HEADER.size))
+        reply = decode(_recv_exactly(sock, size))
+        reused = True
+        return int(reply["s"]), reply["r"]
+    except (KeyError, ValueError) as exc:
+        raise ConnectionError(f"bad reply from the control plane: {exc!r}") from exc
+    finally:
+        if reused and len(idle) < 64:
+            idle.append(sock)
+        else:
+            sock.close()
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = sock.recv(n)
+    if len(data) == n:
+        return data
+    chunks = [data]
+    got = len(data)
+    while got < n:
+        if not data:
+            raise ConnectionError("the control plane closed the connection")
+        data = sock.recv(min(n - got, 1 << 20))
+        chunks.append(data)
+        got += len(data)
+    return b"".join(chunks)
 
 
 class _Client:
@@ -86,16 +151,21 @@ class _Client:
         return self._url or await self._locate()
 
     async def rpc(self, method: str, body: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
-        data = pack(body)
+        request = encode({"m": method, "b": body})
+        blocking = _sync.blocking_allowed()
         deadline: float | None = None
         delay = 0.05
         while True:
             try:
                 url = self._url or await self._locate()
-                status, payload = await asyncio.wait_for(self._post(url, f"/rpc/{method}", data), timeout)
+                if blocking:
+                    status, reply = _call_blocking(self._socket, url, request, timeout)
+                else:
+                    status, reply = await asyncio.wait_for(self._call(url, request), timeout)
                 if status != 200:
-                    raise reply_error(payload, "ServerError", f"HTTP {status}")
-                return unpack(payload)
+                    err = reply.get("error", {})
+                    raise from_wire(err.get("type", "ServerError"), err.get("message", f"status {status}"))
+                return reply
             except (TimeoutError, OSError) as exc:  # OSError: ConnectionError, a missing socket file
                 if isinstance(exc, ConnectionFailedError) and not _server_manager.is_embedded():
                     raise
@@ -116,52 +186,32 @@ class _Client:
         if self._idle:
             return self._idle.pop()
         if self._socket:
-            return await asyncio.wait_for(asyncio.open_unix_connection(self._socket, limit=1 << 20), 5)
-        host, _, port = url.removeprefix("http://").rpartition(":")
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port), limit=1 << 20), 5)
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            import socket
-
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self._socket, limit=1 << 20), 5)
+        else:
+            host, port = _host_port(url)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=1 << 20), 5)
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        writer.write(RPC_MAGIC)
         return reader, writer
 
-    async def _post(self, url: str, path: str, body: bytes) -> tuple[int, bytes]:
-        """One HTTP/1.1 POST on a kept-alive connection; ``(status, body)``.
+    async def _call(self, url: str, request: bytes) -> tuple[int, dict[str, Any]]:
+        """One request frame and its reply on a kept-alive connection; ``(status, reply)``.
 
         A connection that fails (also one the server closed while idle) raises
         ``ConnectionError``; ``rpc`` retries, which every RPC allows.
         """
         reader, writer = await self._connect(url)
-        reused = True
+        reused = False
         try:
-            writer.write(
-                f"POST {path} HTTP/1.1\r\nHost: ketch\r\nContent-Type: application/msgpack\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n".encode()
-                + body
-            )
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            status = int(lines[0].split(" ", 2)[1])
-            length, close = 0, False
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                name = name.strip().lower()
-                if name == "content-length":
-                    length = int(value)
-                elif name == "connection" and value.strip().lower() == "close":
-                    close = True
-                elif name == "transfer-encoding":
-                    raise ConnectionError("unexpected chunked reply")
-            payload = await reader.readexactly(length) if length else b""
-            reused = not close
-            return status, payload
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError) as exc:
-            reused = False
+            writer.write(request)
+            (size,) = HEADER.unpack(await reader.readexactly(HEADER.size))
+            reply = decode(await reader.readexactly(size))
+            reused = True
+            return int(reply["s"]), reply["r"]
+        except (asyncio.IncompleteReadError, KeyError, ValueError) as exc:
             raise ConnectionError(f"bad reply from the control plane: {exc!r}") from exc
-        except BaseException:
-            reused = False
-            raise
         finally:
             if reused and len(self._idle) < 64:
                 self._idle.append((reader, writer))

@@ -86,6 +86,22 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def blocking_allowed() -> bool:
+    """Whether the running coroutine may block its thread on I/O.
+
+    True for a blocking call running alone on its thread's own loop (see
+    ``run_sync``): the thread waits for it anyway and nothing else would run.
+    """
+    loop = getattr(_thread_state, "loop", None)
+    if loop is None:
+        return False
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return running is loop and len(asyncio.all_tasks(loop)) <= 1
+
+
 def _loop_running_here() -> bool:
     try:
         asyncio.get_running_loop()
@@ -322,15 +338,19 @@ class _MethodDescriptor:
             target = functools.partial(self.raw, obj._ketch_impl)
         raw = self.raw
         is_cm = getattr(raw, "__ketch_cm__", False)
+        bound: Any
         if is_cm or inspect.isasyncgenfunction(raw) or inspect.iscoroutinefunction(raw):
             blocking, aio = _make_blocking(_bound_like(raw, target))
-            return blocking if is_cm else _BoundAio(blocking, aio, raw)
+            bound = blocking if is_cm else _BoundAio(blocking, aio, raw)
+        else:
 
-        def plain(*a: Any, **k: Any) -> Any:
-            a, k = _unwrap_args(a, k)
-            return _wrap(target(*a, **k))
+            def bound(*a: Any, **k: Any) -> Any:
+                a, k = _unwrap_args(a, k)
+                return _wrap(target(*a, **k))
 
-        return plain
+        if self.kind == "method":
+            obj.__dict__[self.name] = bound  # made once per object: later lookups find it first
+        return bound
 
 
 def _bound_like(raw: Any, target: Callable[..., Any]) -> Callable[..., Any]:

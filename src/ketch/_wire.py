@@ -13,8 +13,10 @@ from typing import Any
 
 import msgpack
 
-_HEADER = struct.Struct(">I")
+HEADER = struct.Struct(">I")
 MAX_FRAME = 1100 * 1024 * 1024
+# The first bytes of an RPC connection that speaks frames (see ``server/frames.py``).
+RPC_MAGIC = b"KRPC/1\n"
 
 
 class ChannelClosed(Exception):
@@ -23,7 +25,7 @@ class ChannelClosed(Exception):
 
 def encode(msg: dict[str, Any]) -> bytes:
     body = msgpack.packb(msg, use_bin_type=True)
-    return _HEADER.pack(len(body)) + body
+    return HEADER.pack(len(body)) + body
 
 
 def decode(body: bytes) -> dict[str, Any]:
@@ -32,8 +34,8 @@ def decode(body: bytes) -> dict[str, Any]:
 
 async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
     try:
-        header = await reader.readexactly(_HEADER.size)
-        (size,) = _HEADER.unpack(header)
+        header = await reader.readexactly(HEADER.size)
+        (size,) = HEADER.unpack(header)
         if size > MAX_FRAME:
             raise ChannelClosed(f"frame of {size} bytes is over the limit")
         return decode(await reader.readexactly(size))
@@ -49,10 +51,10 @@ class BlockingChannel:
         self._file = sock.makefile("rb", buffering=1024 * 1024)
 
     def read(self) -> dict[str, Any]:
-        header = self._file.read(_HEADER.size)
-        if len(header) < _HEADER.size:
+        header = self._file.read(HEADER.size)
+        if len(header) < HEADER.size:
             raise ChannelClosed("control plane closed the channel")
-        (size,) = _HEADER.unpack(header)
+        (size,) = HEADER.unpack(header)
         body = self._file.read(size)
         if len(body) < size:
             raise ChannelClosed("control plane closed the channel mid-frame")

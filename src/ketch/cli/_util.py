@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -64,3 +65,38 @@ def ago(ts: float | None) -> str:
         if secs >= size:
             return f"{secs / size:.0f}{unit} ago"
     return f"{secs:.0f}s ago"
+
+
+class WholeLines:
+    """A text stream that writes each thread's output a whole line at a time.
+
+    ``ketch run`` puts one over stdout and stderr, so container log lines
+    (printed by the follower thread) never split a line the entrypoint is
+    printing: ``print(a, b)`` makes several writes.
+    """
+
+    _lock = threading.Lock()  # shared by stdout and stderr: one terminal
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._partial = threading.local()
+
+    def write(self, text: str) -> int:
+        pending = getattr(self._partial, "text", "") + text
+        head, sep, tail = pending.rpartition("\n")
+        self._partial.text = tail
+        if sep:
+            with self._lock:
+                self._stream.write(head + sep)
+        return len(text)
+
+    def flush(self) -> None:
+        pending = getattr(self._partial, "text", "")
+        self._partial.text = ""
+        with self._lock:
+            if pending:
+                self._stream.write(pending)
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 import typing
 from typing import Any
 
@@ -11,7 +12,7 @@ import click
 
 from .._traceback import print_user_traceback
 from ..app import App
-from ._util import find_apps, import_file
+from ._util import WholeLines, find_apps, import_file
 
 
 def _pick(module: Any, path: str, name: str | None) -> tuple[Any, Any, str]:
@@ -88,6 +89,7 @@ def run(ctx: click.Context, target: str, detach: bool) -> None:
     Example: ketch run app.py::main --n 3
     """
     path, _, name = target.partition("::")
+    sys.stdout, sys.stderr = WholeLines(sys.stdout), WholeLines(sys.stderr)
     module = import_file(path)
     app, fn, kind = _pick(module, path, name or None)
     raw = fn.get_raw_f() if kind == "function" else fn

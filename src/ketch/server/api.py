@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -20,7 +21,8 @@ from .dispatcher import Dispatcher
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[["Api", dict[str, Any]], Awaitable[dict[str, Any]]]
+# A handler returns its reply, or an awaitable of it (coroutine handlers, long polls).
+Handler = Callable[["Api", dict[str, Any]], "dict[str, Any] | Awaitable[dict[str, Any]]"]
 _HANDLERS: dict[str, Handler] = {}
 _STATUS = {"NotFoundError": 404, "InvalidError": 400, "PayloadTooLargeError": 413, "AlreadyExistsError": 409}
 
@@ -28,6 +30,24 @@ _STATUS = {"NotFoundError": 404, "InvalidError": 400, "PayloadTooLargeError": 41
 def rpc(fn: Handler) -> Handler:
     _HANDLERS[fn.__name__] = fn
     return fn
+
+
+def error_reply(exc: BaseException, method: str) -> tuple[int, dict[str, Any]]:
+    """The status and ``{"error": {"type", "message"}}`` reply for a failed RPC."""
+    if isinstance(exc, (Error, KeyError, TypeError, ValueError)):
+        name = wire_name(exc) if isinstance(exc, Error) else "InvalidError"
+        message = str(exc) if isinstance(exc, Error) else f"bad request: {type(exc).__name__}: {exc}"
+        status = _STATUS.get(name, 400 if not isinstance(exc, Error) else 500)
+        return status, {"error": {"type": name, "message": message}}
+    logger.error("%s failed", method, exc_info=exc)
+    return 500, {"error": {"type": "ServerError", "message": str(exc)}}
+
+
+async def _finish(reply: Awaitable[dict[str, Any]], method: str) -> tuple[int, dict[str, Any]]:
+    try:
+        return 200, await reply
+    except Exception as exc:
+        return error_reply(exc, method)
 
 
 class Api:
@@ -48,27 +68,39 @@ class Api:
         return application
 
     async def handle_rpc(self, request: web.Request) -> web.Response:
+        """``POST /rpc/<Method>``: the HTTP form of an RPC (the frame form is in ``frames``)."""
         method = request.match_info["method"]
+        try:
+            body = unpack(await request.read())
+        except Exception as exc:
+            status, reply = error_reply(InvalidError(f"malformed request body: {exc}"), method)
+        else:
+            status, reply = await self.invoke(method, body)
+        return web.Response(status=status, body=pack(reply), content_type="application/msgpack")
+
+    def start(self, method: str, body: Any) -> tuple[int, dict[str, Any]] | Awaitable[tuple[int, dict[str, Any]]]:
+        """Run RPC ``method``: ``(status, reply)`` at once, or an awaitable of it.
+
+        Handlers that never wait (Dict and Queue operations) are plain functions
+        and answer here without a task; the rest are coroutines, or plain
+        functions that return one when they must wait (a blocking Queue get).
+        """
         handler = _HANDLERS.get(method)
         try:
             if handler is None:
                 raise NotFoundError(f"no API method {method!r}")
-            try:
-                body = unpack(await request.read())
-            except Exception as exc:
-                raise InvalidError(f"malformed request body: {exc}") from exc
             if not isinstance(body, dict):
                 raise InvalidError("request body must be a msgpack map")
-            reply = await handler(self, body)
-            return web.Response(body=pack(reply), content_type="application/msgpack")
-        except (Error, KeyError, TypeError, ValueError) as exc:
-            name = wire_name(exc) if isinstance(exc, Error) else "InvalidError"
-            message = str(exc) if isinstance(exc, Error) else f"bad request: {type(exc).__name__}: {exc}"
-            status = _STATUS.get(name, 400 if not isinstance(exc, Error) else 500)
-            return web.Response(status=status, body=pack({"error": {"type": name, "message": message}}))
+            reply = handler(self, body)
         except Exception as exc:
-            logger.exception("%s failed", method)
-            return web.Response(status=500, body=pack({"error": {"type": "ServerError", "message": str(exc)}}))
+            return error_reply(exc, method)
+        if inspect.isawaitable(reply):
+            return _finish(reply, method)
+        return 200, reply
+
+    async def invoke(self, method: str, body: Any) -> tuple[int, dict[str, Any]]:
+        started = self.start(method, body)
+        return await started if inspect.isawaitable(started) else started
 
     async def put_blob(self, request: web.Request) -> web.Response:
         data = await request.read()

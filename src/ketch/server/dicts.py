@@ -70,14 +70,14 @@ def _put(store: Store, object_id: str, items: list[list[bytes]], skip_if_exists:
 
 def register(rpc: Any) -> None:
     @rpc
-    async def DictPut(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+    def DictPut(api: Any, body: dict[str, Any]) -> dict[str, Any]:
         object_id = objects.check(api.store, body["object_id"], "dict")
         items = [[bytes(k), bytes(v)] for k, v in body["items"]]
         written = _put(api.store, object_id, items, bool(body.get("skip_if_exists")))
         return {"written": written}
 
     @rpc
-    async def DictGet(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+    def DictGet(api: Any, body: dict[str, Any]) -> dict[str, Any]:
         object_id = objects.check(api.store, body["object_id"], "dict")
         key = bytes(body["key"])
         row = api.store.db.execute(_SELECT, (object_id, key)).fetchone()
@@ -87,13 +87,13 @@ def register(rpc: Any) -> None:
         return {"found": row is not None, "value": row[0] if row else None}
 
     @rpc
-    async def DictLen(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+    def DictLen(api: Any, body: dict[str, Any]) -> dict[str, Any]:
         object_id = objects.check(api.store, body["object_id"], "dict")
         q = select(func.count()).select_from(dict_entries).where(dict_entries.c.object_id == object_id)
         return {"len": int(api.store.conn.execute(q).scalar() or 0)}
 
     @rpc
-    async def DictScan(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+    def DictScan(api: Any, body: dict[str, Any]) -> dict[str, Any]:
         """A page of entries in key order after ``after`` (keys, values, or both)."""
         object_id = objects.check(api.store, body["object_id"], "dict")
         q = select(dict_entries.c.key, dict_entries.c.value).where(dict_entries.c.object_id == object_id)
@@ -104,7 +104,7 @@ def register(rpc: Any) -> None:
         return {"items": [[r.key, r.value] for r in rows], "more": len(rows) == limit}
 
     @rpc
-    async def DictClear(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+    def DictClear(api: Any, body: dict[str, Any]) -> dict[str, Any]:
         object_id = objects.check(api.store, body["object_id"], "dict")
         _purge(api.store, object_id)
         api.store.conn.commit()

@@ -19,6 +19,7 @@ from .. import __version__
 from .._config import config
 from ..build import isolate
 from ..worker.sandbox import SandboxWorker, socket_dir
+from . import frames
 from .api import Api
 from .blobs import BlobStore
 from .builds import BuildService
@@ -116,11 +117,8 @@ async def serve(home: Path, host: str, port: int, stop: asyncio.Event | None = N
     # Long polls of clients that went away must not hold a shutdown for a minute.
     runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    with contextlib.suppress(FileNotFoundError):
-        (sockets / "api.sock").unlink()
-    await web.UnixSite(runner, str(sockets / "api.sock")).start()
+    assert runner.server is not None
+    listeners = await frames.serve(api, runner.server, host, port, str(sockets / "api.sock"))
     (home / "last_port").write_text(str(port))
     _write_info(home, {"url": url, "pid": os.getpid(), "version": __version__, "started_at": api.started_at})
     logger.info("ketch control plane %s listening on %s", __version__, url)
@@ -140,6 +138,7 @@ async def serve(home: Path, host: str, port: int, stop: asyncio.Event | None = N
             info = json.loads((home / "server.json").read_text())
             if info.get("pid") == os.getpid():
                 (home / "server.json").unlink()
+        listeners.close()
         await runner.cleanup()
         for channel in channels:
             channel.close()

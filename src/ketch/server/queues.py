@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from sqlalchemy import (
@@ -142,9 +143,27 @@ def _wake(object_id: str, partition: str) -> None:
             fut.set_result(None)
 
 
+async def _wait_and_take(store: Store, object_id: str, partition: str, n: int, deadline: float) -> dict[str, Any]:
+    """Wait for a put to ``partition`` (no polling) and take up to ``n`` items, until ``deadline``."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return {"items": []}
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        _waiters.setdefault((object_id, partition), []).append(fut)
+        try:
+            await asyncio.wait_for(fut, left)
+        except TimeoutError:
+            return {"items": []}
+        _expire(store, object_id)
+        items = _take(store, object_id, partition, n)
+        if items:
+            return {"items": items}
+
+
 def register(rpc: Any) -> None:
     @rpc
-    async def QueuePut(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+    def QueuePut(api: Any, body: dict[str, Any]) -> dict[str, Any]:
         object_id = objects.check(api.store, body["object_id"], "queue")
         partition = _partition(body)
         items = [bytes(x) for x in body["items"]]
@@ -169,41 +188,34 @@ def register(rpc: Any) -> None:
         return {"full": False}
 
     @rpc
-    async def QueueGet(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+    def QueueGet(api: Any, body: dict[str, Any]) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """Up to ``n`` items; when there are none, a long poll of up to ``wait`` seconds."""
         object_id = objects.check(api.store, body["object_id"], "queue")
         partition = _partition(body)
         n = max(1, int(body.get("n", 1)))
         wait = min(max(float(body.get("wait", 0.0)), 0.0), MAX_WAIT_S)
-        deadline = time.monotonic() + wait
-        while True:
-            _expire(api.store, object_id)
-            items = _take(api.store, object_id, partition, n)
-            left = deadline - time.monotonic()
-            if items or left <= 0:
-                return {"items": items}
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            _waiters.setdefault((object_id, partition), []).append(fut)
-            try:
-                await asyncio.wait_for(fut, left)
-            except TimeoutError:
-                return {"items": []}
+        _expire(api.store, object_id)
+        items = _take(api.store, object_id, partition, n)
+        if items or wait <= 0:
+            return {"items": items}
+        return _wait_and_take(api.store, object_id, partition, n, time.monotonic() + wait)
 
     @rpc
-    async def QueueLen(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+    def QueueLen(api: Any, body: dict[str, Any]) -> dict[str, Any]:
         object_id = objects.check(api.store, body["object_id"], "queue")
         _expire(api.store, object_id)
         partition = None if body.get("total") else _partition(body)
         return {"len": _count(api.store, object_id, partition)}
 
     @rpc
-    async def QueueClear(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+    def QueueClear(api: Any, body: dict[str, Any]) -> dict[str, Any]:
         object_id = objects.check(api.store, body["object_id"], "queue")
         _purge(api.store, object_id, None if body.get("all") else _partition(body))
         api.store.conn.commit()
         return {}
 
     @rpc
-    async def QueuePeek(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+    def QueuePeek(api: Any, body: dict[str, Any]) -> dict[str, Any]:
         """Items after ``after`` (a seq) without removing them, for ``iterate`` and the CLI."""
         object_id = objects.check(api.store, body["object_id"], "queue")
         partition = _partition(body)
