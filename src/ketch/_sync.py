@@ -82,8 +82,22 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
     loop = getattr(_thread_state, "loop", None)
     if loop is None or loop.is_closed():
         loop = asyncio.new_event_loop()
+        loop.set_task_factory(_counted_task)
+        loop.ketch_tasks = 0  # type: ignore[attr-defined]
         _thread_state.loop = loop
     return loop
+
+
+def _counted_task(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+    """Task factory of the threads' own loops: they keep count of their unfinished tasks."""
+    task = asyncio.Task(coro, loop=loop, **kwargs)
+    loop.ketch_tasks += 1  # type: ignore[attr-defined]
+    task.add_done_callback(_task_done)
+    return task
+
+
+def _task_done(task: asyncio.Task[Any]) -> None:
+    task.get_loop().ketch_tasks -= 1  # type: ignore[attr-defined]
 
 
 def blocking_allowed() -> bool:
@@ -93,13 +107,12 @@ def blocking_allowed() -> bool:
     ``run_sync``): the thread waits for it anyway and nothing else would run.
     """
     loop = getattr(_thread_state, "loop", None)
-    if loop is None:
+    if loop is None or loop.ketch_tasks > 1:
         return False
     try:
-        running = asyncio.get_running_loop()
+        return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
-    return running is loop and len(asyncio.all_tasks(loop)) <= 1
 
 
 def _loop_running_here() -> bool:

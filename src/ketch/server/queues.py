@@ -17,7 +17,6 @@ from typing import Any
 from sqlalchemy import (
     Column,
     Float,
-    Index,
     Integer,
     LargeBinary,
     String,
@@ -36,15 +35,18 @@ MAX_ITEMS_PER_PARTITION = 100_000
 MAX_WAIT_S = 50.0
 DEFAULT_PARTITION_TTL_S = 24 * 3600.0
 
+# One B-tree keyed by (queue, partition, seq): a put writes one page, where a rowid
+# table with an index and AUTOINCREMENT wrote three. ``seq`` comes from a counter
+# kept on the Store (the largest seq in the table at start, plus one per item),
+# so it is never reused and FIFO order and ``iterate`` cursors hold.
 queue_items = Table(
-    "queue_items",
+    "queue_entries",
     metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
-    Column("object_id", String, nullable=False),
-    Column("partition", String, nullable=False),
+    Column("object_id", String, primary_key=True),
+    Column("partition", String, primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
     Column("data", LargeBinary, nullable=False),
-    Index("queue_items_part_seq", "object_id", "partition", "seq"),
-    sqlite_autoincrement=True,
+    sqlite_with_rowid=False,
 )
 
 queue_partitions = Table(
@@ -61,15 +63,38 @@ _waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
 _counts: dict[tuple[str, str], int] = {}
 _expired_at: dict[str, float] = {}
 EXPIRE_EVERY_S = 1.0
-_INSERT = "INSERT INTO queue_items (object_id, partition, data) VALUES (?, ?, ?)"
-_TAKE = "SELECT seq, data FROM queue_items WHERE object_id = ? AND partition = ? ORDER BY seq LIMIT ?"
+_INSERT = "INSERT INTO queue_entries (object_id, partition, seq, data) VALUES (?, ?, ?, ?)"
+_TAKE = "SELECT seq, data FROM queue_entries WHERE object_id = ? AND partition = ? ORDER BY seq LIMIT ?"
+_DROP_TAKEN = "DELETE FROM queue_entries WHERE object_id = ? AND partition = ? AND seq <= ?"
 _TOUCH = (
     "INSERT INTO queue_partitions (object_id, partition, expires_at) VALUES (?, ?, ?) "
     "ON CONFLICT (object_id, partition) DO UPDATE SET expires_at = excluded.expires_at"
 )
 
 
+def _ready(store: Store) -> None:
+    """Before a Store's first queue operation: move items of the older ``queue_items`` table
+    over, and start the seq counter after the largest seq there is."""
+    if getattr(store, "queue_seq", None) is None:
+        db = store.db
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'queue_items'").fetchone():
+            db.execute(
+                "INSERT INTO queue_entries (object_id, partition, seq, data) "
+                "SELECT object_id, partition, seq, data FROM queue_items"
+            )
+            db.execute("DROP TABLE queue_items")
+            store._commit()
+        store.queue_seq = db.execute("SELECT max(seq) FROM queue_entries").fetchone()[0] or 0  # type: ignore[attr-defined]
+
+
+def _next_seqs(store: Store, n: int) -> range:
+    last: int = store.queue_seq  # type: ignore[attr-defined]
+    store.queue_seq = last + n  # type: ignore[attr-defined]
+    return range(last + 1, last + n + 1)
+
+
 def _purge(store: Store, object_id: str, partition: str | None = None) -> None:
+    _ready(store)
     for key in [k for k in _counts if k[0] == object_id and partition in (None, k[1])]:
         del _counts[key]
     for table in (queue_items, queue_partitions):
@@ -128,7 +153,7 @@ def _take(store: Store, object_id: str, partition: str, n: int) -> list[bytes]:
         return []
     rows = store.db.execute(_TAKE, (object_id, partition, n)).fetchall()
     if rows:
-        store.db.executemany("DELETE FROM queue_items WHERE seq = ?", [(r[0],) for r in rows])
+        store.db.execute(_DROP_TAKEN, (object_id, partition, rows[-1][0]))
         store._commit()
         if (object_id, partition) in _counts:
             _counts[(object_id, partition)] -= len(rows)
@@ -165,6 +190,7 @@ def register(rpc: Any) -> None:
     @rpc
     def QueuePut(api: Any, body: dict[str, Any]) -> dict[str, Any]:
         object_id = objects.check(api.store, body["object_id"], "queue")
+        _ready(api.store)
         partition = _partition(body)
         items = [bytes(x) for x in body["items"]]
         for item in items:
@@ -179,7 +205,11 @@ def register(rpc: Any) -> None:
         ttl = body.get("partition_ttl")
         expires = None if partition == "" else time.time() + float(ttl or DEFAULT_PARTITION_TTL_S)
         db = api.store.db
-        db.executemany(_INSERT, [(object_id, partition, item) for item in items])
+        seqs = _next_seqs(api.store, len(items))
+        if len(items) == 1:
+            db.execute(_INSERT, (object_id, partition, seqs[0], items[0]))
+        else:
+            db.executemany(_INSERT, [(object_id, partition, seq, item) for seq, item in zip(seqs, items, strict=True)])
         if partition or count == 0:  # named partitions refresh their TTL on every put
             db.execute(_TOUCH, (object_id, partition, expires))
         api.store._commit()
@@ -191,6 +221,7 @@ def register(rpc: Any) -> None:
     def QueueGet(api: Any, body: dict[str, Any]) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """Up to ``n`` items; when there are none, a long poll of up to ``wait`` seconds."""
         object_id = objects.check(api.store, body["object_id"], "queue")
+        _ready(api.store)
         partition = _partition(body)
         n = max(1, int(body.get("n", 1)))
         wait = min(max(float(body.get("wait", 0.0)), 0.0), MAX_WAIT_S)
@@ -203,6 +234,7 @@ def register(rpc: Any) -> None:
     @rpc
     def QueueLen(api: Any, body: dict[str, Any]) -> dict[str, Any]:
         object_id = objects.check(api.store, body["object_id"], "queue")
+        _ready(api.store)
         _expire(api.store, object_id)
         partition = None if body.get("total") else _partition(body)
         return {"len": _count(api.store, object_id, partition)}
@@ -210,6 +242,7 @@ def register(rpc: Any) -> None:
     @rpc
     def QueueClear(api: Any, body: dict[str, Any]) -> dict[str, Any]:
         object_id = objects.check(api.store, body["object_id"], "queue")
+        _ready(api.store)
         _purge(api.store, object_id, None if body.get("all") else _partition(body))
         api.store.conn.commit()
         return {}
@@ -218,6 +251,7 @@ def register(rpc: Any) -> None:
     def QueuePeek(api: Any, body: dict[str, Any]) -> dict[str, Any]:
         """Items after ``after`` (a seq) without removing them, for ``iterate`` and the CLI."""
         object_id = objects.check(api.store, body["object_id"], "queue")
+        _ready(api.store)
         partition = _partition(body)
         _expire(api.store, object_id)
         rows = api.store.conn.execute(
