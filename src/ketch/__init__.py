@@ -32,6 +32,7 @@ from ._dict import Dict
 from ._queue import Queue
 from ._secret import Secret
 from ._volume import FileEntry, FileEntryType, Volume
+from ._web import asgi_app, fastapi_endpoint, web_server, wsgi_app
 from .app import App
 from .cls import Cls
 from .functions import Function, FunctionCall
@@ -53,11 +54,18 @@ __all__ = [
     "FileEntry",
     "FileEntryType",
     "__version__",
+    "asgi_app",
     "batched",
     "concurrent",
     "enter",
     "exception",
     "exit",
+    "fastapi_endpoint",
     "method",
     "parameter",
+    "web_endpoint",
+    "web_server",
+    "wsgi_app",
 ]
+
+web_endpoint = fastapi_endpoint  # Modal's older name

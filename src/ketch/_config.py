@@ -44,6 +44,7 @@ _SETTINGS: dict[str, _Setting] = {
     "ephemeral_app_timeout": _Setting(90.0, float, "seconds without client heartbeats before an ephemeral app stops"),
     "fork_containers": _Setting(True, _to_bool, "start containers as forks of a warm template process"),
     "force_build": _Setting(False, _to_bool, "rebuild images even when cached"),
+    "web_max_body_mb": _Setting(64.0, float, "largest web request body the gateway takes, in MiB (413 beyond)"),
 }
 
 

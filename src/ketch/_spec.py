@@ -106,6 +106,15 @@ class FunctionSpec:
     secrets: list[dict[str, Any]] = field(default_factory=list)
     # One entry per mounted Volume: {"path": "/data", "object_id": "vo-…", "name": …}.
     volumes: list[dict[str, Any]] = field(default_factory=list)
+    # A web endpoint's configuration (``_web``): {"type": "fastapi"|"asgi"|"wsgi"|"server",
+    # "label", "requires_proxy_auth", ...}; class methods carry theirs in ``methods``.
+    web: dict[str, Any] | None = None
+
+    def web_methods(self) -> dict[str | None, dict[str, Any]]:
+        """Method name (None for a function) -> web configuration, for every web endpoint here."""
+        if not self.is_class:
+            return {None: self.web} if self.web else {}
+        return {name: m["web"] for name, m in self.methods.items() if m.get("web")}
 
     def retries(self) -> Retries:
         return Retries(self.max_retries, self.backoff_coefficient, self.initial_delay, self.max_delay)

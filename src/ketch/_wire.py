@@ -60,9 +60,10 @@ class BlockingChannel:
             raise ChannelClosed("control plane closed the channel mid-frame")
         return decode(body)
 
-    def write(self, msg: dict[str, Any]) -> None:
+    def write(self, *msgs: dict[str, Any]) -> None:
+        """Send ``msgs`` in one write."""
         try:
-            self._sock.sendall(encode(msg))
+            self._sock.sendall(b"".join(encode(msg) for msg in msgs))
         except OSError as exc:
             raise ChannelClosed(str(exc)) from exc
 

@@ -153,6 +153,9 @@ class _App:
             spec.image = _image_wire(image or self._image)
             spec.block_network = bool(block_network)
             spec.is_generator = inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(raw_f)
+            web = getattr(raw_f, "__ketch_web__", None)
+            if web is not None:
+                spec.web = dict(web)
             fn = _Function(self, spec, raw_f)
             fn._secrets = secret_list
             fn._volumes = volume_map
@@ -287,6 +290,8 @@ class _App:
         self._app_id = reply["app_id"]
         for tag, fid in reply["function_ids"].items():
             self._functions[tag]._object_id = fid
+        for endpoint, url in reply.get("web_urls", {}).items():
+            self._functions[endpoint.split(".")[0]]._web_urls[endpoint] = url
         return self._app_id, float(reply.get("heartbeat_s", 15.0))
 
     @_sync.context_manager

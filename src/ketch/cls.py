@@ -128,12 +128,14 @@ def make_local_instance(class_fn: _Function, params: bytes | None) -> Any:
 
 
 def class_spec_methods(user_cls: type) -> dict[str, dict[str, Any]]:
-    methods = {}
+    methods: dict[str, dict[str, Any]] = {}
     for name in marked(user_cls, "__ketch_method__"):
         fn = getattr(user_cls, name)
         flag = fn.__ketch_method__.get("is_generator")
         is_gen = flag if flag is not None else inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
         methods[name] = {"is_generator": bool(is_gen)}
+    for name in marked(user_cls, "__ketch_web__"):  # web endpoints need no @ketch.method()
+        methods[name] = {"is_generator": False, "web": dict(getattr(user_cls, name).__ketch_web__)}
     return methods
 
 

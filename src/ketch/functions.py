@@ -91,6 +91,7 @@ class _Function:
         self._local_owner: type | None = None
         self._secrets: list[Any] = []  # ketch.Secret handles; put into the spec when the app is created
         self._volumes: dict[str, Any] = {}  # mount path -> ketch.Volume handle; the same
+        self._web_urls: dict[str, str] = {}  # endpoint (tag, or tag.method) -> URL, once known
         self._signature = _signature_of(raw_f, bound_method=method is not None)
 
     def __repr__(self) -> str:
@@ -136,11 +137,23 @@ class _Function:
             if self._spec.signature and self._raw_f is None:
                 self._signature = deserialize(self._spec.signature)
             self._object_id = reply["function_id"]
+            self._web_urls = {k: v for k, v in reply.get("web_urls", {}).items() if k.split(".")[0] == self.tag}
             return self._object_id
         raise InvalidError(
             f"{self._spec.tag} is not running: call it inside `with app.run():`, from `ketch run`, "
             "or look up a deployed app with Function.from_name"
         )
+
+    async def get_web_url(self) -> str | None:
+        """The URL of this web endpoint (None if it is not one), once its app runs or is deployed.
+
+        Example: ``requests.get(hello.get_web_url(), params={"name": "x"})``
+        """
+        base = self._parent or self
+        if base._object_id is None and base._lookup is not None:
+            await base._resolve()
+        key = self.tag if self._method is None else f"{self.tag}.{self._method}"
+        return base._web_urls.get(key)
 
     # -- arguments -----------------------------------------------------------
     def _encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:

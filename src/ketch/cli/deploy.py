@@ -20,5 +20,9 @@ def deploy(path: str, name: str | None) -> None:
     app.deploy(name=name)
     app_name = name or app.name
     click.echo(f"Deployed app {app_name!r} ({app.app_id})")
-    for tag in app.registered_functions:
-        click.echo(f"  - {tag}")
+    for tag, fn in app.registered_functions.items():
+        urls = getattr(fn, "_ketch_impl", fn)._web_urls
+        if not urls:
+            click.echo(f"  - {tag}")
+        for endpoint, url in sorted(urls.items()):
+            click.echo(f"  - {endpoint} => {url}")

@@ -16,6 +16,7 @@ from .queue_cmd import queue_group
 from .run import run
 from .secret_cmd import secret_group
 from .server import server
+from .token_cmd import token_group
 from .volume_cmd import volume_group
 
 
@@ -38,6 +39,7 @@ cli.add_command(dict_group)
 cli.add_command(queue_group)
 cli.add_command(secret_group)
 cli.add_command(volume_group)
+cli.add_command(token_group)
 
 
 def main() -> None:

@@ -103,6 +103,9 @@ def run(ctx: click.Context, target: str, detach: bool) -> None:
         return
     try:
         with app.run():
+            for registered in app.registered_functions.values():
+                for endpoint, url in sorted(getattr(registered, "_ketch_impl", registered)._web_urls.items()):
+                    print(f"web endpoint {endpoint} => {url}", file=sys.stderr, flush=True)
             result = _call(fn, kind, kwargs)
     except (KeyboardInterrupt, SystemExit, click.exceptions.Exit):
         raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ctypes
 import inspect
 import logging
@@ -30,6 +31,7 @@ from .._traceback import user_frames
 from .._wire import BlockingChannel, ChannelClosed
 from ..exception import FunctionTimeoutError, InputCancellation, InvalidError
 from .user_code import Service, build_service
+from .web import WebHost
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class ContainerLoop:
         self.fast = False  # every input so far ran in under INLINE_BELOW_S
         self.n_done = 0
         self.inline_left = 0  # inputs of the current inline batch not run yet
+        self.web: WebHost | None = WebHost(self) if spec.web_methods() else None
 
     # -- outputs ---------------------------------------------------------------
     def emit(self, item: dict[str, Any], force: bool = False) -> None:
@@ -304,7 +307,11 @@ class ContainerLoop:
         threads = []
         fns = list(self.service.callables.values())
         is_async = any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f) for f in fns)
-        if self.spec.batch_max_size:
+        if self.web is not None:  # requests run as tasks on an event loop, whatever the function is
+            self.aloop = asyncio.new_event_loop()
+            threading.Thread(target=self.aloop.run_forever, name="user-loop", daemon=True).start()
+            targets = []
+        elif self.spec.batch_max_size:
             targets = [self.batch_worker]
         elif is_async:
             self.aloop = asyncio.new_event_loop()
@@ -327,7 +334,10 @@ class ContainerLoop:
             while True:
                 msg = self.chan.read()
                 kind = msg.get("t")
-                if kind == "inputs":
+                if kind == "inputs" and self.web is not None:
+                    for item in msg["items"]:
+                        self.web.submit(item)
+                elif kind == "inputs":
                     if not self._run_inline(msg["items"]):
                         with self.cond:
                             self.queue.extend(msg["items"])
@@ -363,6 +373,9 @@ class ContainerLoop:
             self.cond.notify_all()
         for t in threads:
             t.join(timeout=self.spec.timeout)
+        if self.web is not None and self.aloop is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self.web.shutdown(), self.aloop).result(15)
         self.flush()
         for hook in self.service.exit_hooks:
             try:

@@ -127,7 +127,7 @@ def build_service(spec: FunctionSpec, params: dict[str, Any] | None, app_id: str
 
             asyncio.run(result)  # type: ignore[arg-type]
     callables: dict[str | None, Callable[..., Any]] = {
-        name: getattr(instance, name) for name in marked(obj, "__ketch_method__")
+        name: getattr(instance, name) for name in marked(obj, "__ketch_method__") + marked(obj, "__ketch_web__")
     }
     exit_hooks = [getattr(instance, name) for name in marked(obj, "__ketch_exit__")]
     return Service(callables, exit_hooks)

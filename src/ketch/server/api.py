@@ -151,19 +151,29 @@ async def AppCreate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
         app_id = existing["id"]
     old = {f["id"]: f["spec"] for f in api.store.app_functions(app_id)}
     fns: list[dict[str, Any]] = []
+    specs: list[dict[str, Any]] = []
     for raw in body["functions"]:
         spec = FunctionSpec.from_wire(raw)
         fid = stable_id("fu", app_id, spec.tag)
         fns.append({"id": fid, "tag": spec.tag, "spec": pack(spec.to_wire())})
+        specs.append({"id": fid, "spec": spec})
     api.store.create_app(app_id, name or app_id, deployed, fns)
     api.d.app_changed(app_id)
+    web_urls = {}
+    if api.d.gateway is not None and any(s["spec"].web_methods() for s in specs):
+        web_urls = await api.d.gateway.publish(app_id, name or app_id, deployed, specs)
     for fn in fns:
         if fn["id"] in old and old[fn["id"]] != fn["spec"]:
             api.d.forget_function(fn["id"])
     if deployed:
         api.d.warm_deployed(app_id)
     heartbeat_s = min(15.0, float(config.get("ephemeral_app_timeout")) / 4)
-    return {"app_id": app_id, "function_ids": {f["tag"]: f["id"] for f in fns}, "heartbeat_s": heartbeat_s}
+    return {
+        "app_id": app_id,
+        "function_ids": {f["tag"]: f["id"] for f in fns},
+        "heartbeat_s": heartbeat_s,
+        "web_urls": web_urls,
+    }
 
 
 @rpc
@@ -217,7 +227,8 @@ async def FunctionLookup(api: Api, body: dict[str, Any]) -> dict[str, Any]:
         raise NotFoundError(f"no deployed app {body['app_name']!r} (deploy it with `ketch deploy`)")
     for fn in api.store.app_functions(app["id"]):
         if fn["tag"] == body["tag"]:
-            return {"function_id": fn["id"], "spec": unpack(fn["spec"]), "app_id": app["id"]}
+            urls = api.d.gateway.urls(app["id"]) if api.d.gateway is not None else {}
+            return {"function_id": fn["id"], "spec": unpack(fn["spec"]), "app_id": app["id"], "web_urls": urls}
     raise NotFoundError(f"app {body['app_name']!r} has no function or class {body['tag']!r}")
 
 
@@ -284,9 +295,11 @@ from . import objects as _objects  # noqa: E402
 from . import queues as _queues  # noqa: E402
 from . import secret_store as _secret_store  # noqa: E402
 from . import volumes as _volumes  # noqa: E402
+from . import web as _web  # noqa: E402
 
 _objects.register(rpc)
 _dicts.register(rpc)
 _queues.register(rpc)
 _secret_store.register(rpc)
 _volumes.register(rpc)
+_web.register(rpc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from ..exception import (
     OutOfMemoryError,
     ResourceUnavailableError,
 )
+from ..retries import Retries
 from ..worker import gpus
 from ..worker.local import LocalWorker
 from . import scheduler as sm
@@ -79,6 +81,11 @@ class InputState:
     method: str | None
     args: bytes | None  # kept in memory while small; None means read it back when sent
     blob_id: str | None = None
+    # A web request (``web.Exchange``): in memory only, never in the store; the container
+    # it went to, for its disconnect.
+    web: Any = None
+    web_request: dict[str, Any] | None = None
+    container_id: str | None = None
 
 
 
@@ -119,6 +126,8 @@ class Dispatcher:
         self.gpus = gpus.GpuAllocator(gpus.discover())
         self.builds: Any = None  # a BuildService when the runtime applies images
         self.volumes: Any = None  # the VolumeService (set by the server)
+        self.gateway: Any = None  # the web Gateway (set by the server)
+        self._web_ids = itertools.count(-1, -1)  # web inputs: negative ids, never stored
         self._gpu_waiting: set[str] = set()
         self.pools: dict[str, sm.Pool] = {}
         self.pool_info: dict[str, PoolInfo] = {}
@@ -399,6 +408,37 @@ class Dispatcher:
         err = serialize_exception(CallCancelledError(f"function call {call_id} was cancelled"))
         self._finalize([self._row(i, "cancelled", err) for i in ids if i in self.inputs], ids)
 
+    # -- web requests ----------------------------------------------------------
+    def web_request(
+        self, function_id: str, method: str | None, exchange: Any, scope: dict[str, Any], body: bytes
+    ) -> int:
+        """Queue an HTTP request for the function's containers; its events go to ``exchange``."""
+        spec, app_id = self.function_spec(function_id)
+        if not self.app_running(app_id):
+            raise NotFoundError(f"app of function {spec.tag!r} is not running")
+        if spec.gpu and (problem := self.gpus.check(spec.gpu)):
+            raise ResourceUnavailableError(f"{spec.tag}: {problem}")
+        key = self._ensure_pool(function_id, None)
+        input_id = next(self._web_ids)
+        self.inputs[input_id] = InputState(
+            input_id, "", 0, key, method, None, web=exchange, web_request={"scope": scope, "body": body}
+        )
+        pool = self.pools[key]
+        self._perform(pool, pool.enqueue([input_id], time.monotonic()))
+        return input_id
+
+    def web_cancel(self, input_id: int) -> None:
+        """The client of a web request went away: stop running it."""
+        info = self.inputs.get(input_id)
+        pool = self.pools.get(info.pool_key) if info else None
+        if info is not None and pool is not None:
+            self._perform(pool, pool.cancel([input_id], time.monotonic()))
+
+    def _web_done(self, input_id: int, status: str, data: bytes | None) -> None:
+        info = self.inputs.pop(input_id, None)
+        if info is not None and info.web is not None:
+            info.web.done(status, data)
+
     # -- apps ----------------------------------------------------------------
     async def stop_app(self, app_id: str, wait: float = 5.0) -> None:
         self.store.set_app_state(app_id, "stopped")
@@ -409,6 +449,12 @@ class Dispatcher:
                 pool = self.pools[key]
                 handles += [self.containers[c] for c in pool.containers if c in self.containers]
                 self._perform(pool, pool.stop_all())
+        if self.gateway is not None:
+            await self.gateway.unpublish(app_id)
+        stopped = serialize_exception(CallCancelledError("the app was stopped"))
+        for input_id in [i for i, info in self.inputs.items() if info.web is not None]:
+            if self.pool_info[self.inputs[input_id].pool_key].app_id == app_id:
+                self._web_done(input_id, "cancelled", stopped)
         ids = self.store.pending_input_ids_of_app(app_id)
         if ids:
             err = serialize_exception(CallCancelledError("the app was stopped before this input ran"))
@@ -438,6 +484,9 @@ class Dispatcher:
                 self._send_inputs(action.container_id, action.input_ids)
             elif isinstance(action, sm.Complete):
                 row = self._stash.pop(action.input_id, None)
+                if action.input_id < 0:
+                    self._web_done(action.input_id, row["status"] if row else "cancelled", row["data"] if row else None)
+                    continue
                 if row is not None:
                     rows.append(row)
                 done.append(action.input_id)
@@ -449,6 +498,9 @@ class Dispatcher:
             elif isinstance(action, sm.Fail):
                 payload = fail_payload or serialize_exception(ContainerCrashError(action.reason))
                 status = "init_failure" if fail_payload and not crash else "crash"
+                if action.input_id < 0:
+                    self._web_done(action.input_id, status, payload)
+                    continue
                 rows.append(self._row(action.input_id, status, payload))
                 done.append(action.input_id)
             elif isinstance(action, sm.StartContainer):
@@ -561,9 +613,13 @@ class Dispatcher:
         return True
 
     def _send_inputs(self, container_id: str, input_ids: Sequence[int]) -> None:
-        items = []
+        items: list[dict[str, Any]] = []
         for input_id in input_ids:
             info = self.inputs[input_id]
+            if info.web_request is not None:
+                info.container_id = container_id
+                items.append({"id": input_id, "method": info.method, "web": info.web_request})
+                continue
             args, blob_id = info.args, info.blob_id
             if args is None:
                 args, blob_id = self.store.input_args(input_id)
@@ -605,6 +661,10 @@ class Dispatcher:
             self._perform(pool, pool.container_init_failed(container_id, now, "init failed"), msg["error"])
         elif kind == "outputs":
             self._container_outputs(handle, pool, msg["items"], now)
+        elif kind == "web":
+            info = self.inputs.get(msg.get("id", 0))
+            if info is not None and info.web is not None:
+                info.web.event(msg)
 
     def _container_outputs(self, handle: ContainerHandle, pool: sm.Pool, items: list[dict[str, Any]], now: float) -> None:
         results = []
@@ -663,5 +723,6 @@ def _policy(spec: FunctionSpec) -> sm.PoolPolicy:
         max_containers=spec.max_containers,
         buffer_containers=spec.buffer_containers,
         scaledown_window=spec.scaledown_window,
-        retries=spec.retries(),
+        # A web request is never sent twice: it may have been half answered.
+        retries=Retries(0) if spec.web_methods() else spec.retries(),
     )

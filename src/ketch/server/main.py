@@ -27,6 +27,7 @@ from .channel import serve_channel
 from .dispatcher import Dispatcher
 from .store import Store
 from .volumes import VolumeService
+from .web import Gateway
 
 logger = logging.getLogger("ketch.server")
 
@@ -114,6 +115,8 @@ async def serve(home: Path, host: str, port: int, stop: asyncio.Event | None = N
     channels = await serve_channel(dispatcher, host, str(sockets / "channel.sock"))
     _choose_runtime(dispatcher, home, sockets)
     await dispatcher.start()
+    dispatcher.gateway = Gateway(dispatcher, host)
+    await dispatcher.gateway.start()
     # Long polls of clients that went away must not hold a shutdown for a minute.
     runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
     await runner.setup()
@@ -140,6 +143,7 @@ async def serve(home: Path, host: str, port: int, stop: asyncio.Event | None = N
                 (home / "server.json").unlink()
         listeners.close()
         await runner.cleanup()
+        await dispatcher.gateway.close()
         for channel in channels:
             channel.close()
         await dispatcher.close()

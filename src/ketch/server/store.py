@@ -239,10 +239,13 @@ class Store:
         return dict(row) if row else None
 
     def find_app(self, name: str, deployed_only: bool = False) -> dict[str, Any] | None:
+        """The app called ``name``: a running one before a stopped one, a deployed one
+        before an ephemeral one of the same name, then the newest."""
         q = select(apps).where(apps.c.name == name)
         if deployed_only:
             q = q.where(apps.c.deployed.is_(True))
-        row = self.conn.execute(q.order_by(apps.c.created_at.desc())).mappings().first()
+        order = ((apps.c.state == "running").desc(), apps.c.deployed.desc(), apps.c.created_at.desc())
+        row = self.conn.execute(q.order_by(*order)).mappings().first()
         return dict(row) if row else None
 
     def list_apps(self) -> list[dict[str, Any]]:

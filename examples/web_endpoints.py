@@ -1,0 +1,100 @@
+"""Web endpoints: a FastAPI function, a streaming ASGI app, a WSGI app and a private endpoint.
+
+ketch deploy examples/web_endpoints.py           # prints each endpoint's URL
+curl "$(URL of hello)?name=ada"                  # {"greeting": "hello, ada"}
+curl -N "$(URL of streamer)/count?n=3"           # chunks arrive one by one
+ketch token create                               # for the private endpoint:
+curl -H "Modal-Key: wk-..." -H "Modal-Secret: ws-..." -X POST -d '{"x": 2}' "$(URL of private)"
+
+The endpoints scale from zero: the first request starts a container, and
+containers stop after `scaledown_window` seconds without requests.
+"""
+
+import os
+import time
+
+import ketch
+
+app = ketch.App("web-demo")
+
+
+@app.function(scaledown_window=2)
+@ketch.fastapi_endpoint()
+def hello(name: str = "world") -> dict:
+    return {"greeting": f"hello, {name}", "pid": os.getpid()}
+
+
+@app.function(scaledown_window=2)
+@ketch.fastapi_endpoint(method="POST", requires_proxy_auth=True)
+def private(item: dict) -> dict:
+    return {"doubled": item.get("x", 0) * 2}
+
+
+@app.function(scaledown_window=2)
+@ketch.concurrent(max_inputs=8)
+@ketch.asgi_app()
+def streamer():
+    from fastapi import FastAPI, Request
+    from fastapi.responses import StreamingResponse
+
+    web = FastAPI()
+
+    @web.get("/count")
+    def count(n: int = 3, delay: float = 0.3):
+        def chunks():
+            for i in range(n):
+                yield f"chunk {i} at {time.time():.3f}\n"
+                time.sleep(delay)
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    @web.post("/echo")
+    async def echo(request: Request):
+        body = await request.body()
+        return {"bytes": len(body), "pid": os.getpid()}
+
+    @web.get("/slow")
+    async def slow(seconds: float = 1.0):
+        import asyncio
+
+        await asyncio.sleep(seconds)
+        return {"pid": os.getpid()}
+
+    @web.get("/boom")
+    def boom():
+        raise RuntimeError("the endpoint failed on purpose")
+
+    return web
+
+
+def _wsgi(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("X-Served-By", "wsgi")])
+    body = environ["wsgi.input"].read()
+    return [f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']}?{environ['QUERY_STRING']} {len(body)}\n".encode()]
+
+
+@app.function(scaledown_window=2)
+@ketch.wsgi_app()
+def legacy():
+    return _wsgi
+
+
+@app.function(scaledown_window=2)
+@ketch.asgi_app()
+def broken():
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            raise ValueError("no response from this app")
+
+    return app
+
+
+@app.local_entrypoint()
+def main():
+    import json
+    import urllib.request
+
+    url = hello.get_web_url()
+    print("hello is served at", url)
+    with urllib.request.urlopen(f"{url}/?name=ketch", timeout=30) as resp:
+        print("GOT", json.loads(resp.read()))

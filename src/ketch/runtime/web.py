@@ -1,0 +1,302 @@
+"""Serving a web endpoint inside its container: an ASGI server over the channel.
+
+The gateway sends each HTTP request as an input carrying its ASGI scope and
+body; this module runs the endpoint's app on the container's event loop and
+sends the response back as ``web`` events (``start``, then ``body`` chunks,
+each sent as soon as the app produces it), then the input's output.
+
+- ``fastapi_endpoint``: the function becomes the one route (``/``) of a
+  FastAPI app, with CORS open to every origin, as Modal does.
+- ``asgi_app``: the function returns the app, called once per container.
+- ``wsgi_app``: the function returns a WSGI app, run in a thread pool
+  behind a small adapter (PEP 3333); its body iterable is streamed.
+
+ASGI apps get the lifespan protocol (startup when the container starts
+serving, shutdown when it stops) when they support it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import io
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..exception import InvalidError
+
+Message = dict[str, Any]
+
+
+class WebHost:
+    """The container's web endpoints: their apps, built once, and the requests to them."""
+
+    def __init__(self, container: Any) -> None:
+        self.c = container  # the ContainerLoop: channel, running inputs, outputs
+        self.config = container.spec.web_methods()
+        self.apps: dict[str | None, Any] = {}
+        self.lifespans: list[_Lifespan] = []
+        self.lock: asyncio.Lock | None = None
+
+    def submit(self, item: dict[str, Any]) -> None:
+        asyncio.run_coroutine_threadsafe(self.run(item), self.c.aloop)
+
+    async def app_for(self, method: str | None) -> Any:
+        if method in self.apps:
+            return self.apps[method]
+        if self.lock is None:
+            self.lock = asyncio.Lock()
+        async with self.lock:
+            if method not in self.apps:
+                self.apps[method] = await self._build(method)
+        return self.apps[method]
+
+    async def _build(self, method: str | None) -> Any:
+        cfg = self.config.get(method)
+        fn = self.c.service.callables.get(method)
+        if cfg is None or fn is None:
+            raise InvalidError(f"{method or self.c.spec.tag} is not a web endpoint of this container")
+        kind = cfg["type"]
+        if kind == "fastapi":
+            app = _fastapi_app(fn, cfg)
+        elif kind in ("asgi", "wsgi"):
+            app = fn()
+            if inspect.isawaitable(app):
+                app = await app
+            if kind == "wsgi":
+                app = WsgiAdapter(app)
+        else:
+            raise InvalidError(f"@ketch.web_server endpoints are not supported yet ({self.c.spec.tag})")
+        if not callable(app):
+            raise InvalidError(f"{self.c.spec.tag} returned {app!r}, not an {kind.upper()} app")
+        lifespan = _Lifespan(app)
+        if kind != "wsgi" and await lifespan.startup():
+            self.lifespans.append(lifespan)
+        return app
+
+    async def shutdown(self) -> None:
+        for lifespan in self.lifespans:
+            await lifespan.shutdown()
+
+    async def run(self, item: dict[str, Any]) -> None:
+        from .loop import _Running
+
+        input_id = item["id"]
+        started = time.monotonic()
+        running = _Running(input_id, started + self.c.spec.timeout, None)
+        running.task = asyncio.current_task()
+        self.c.running[input_id] = running
+        try:
+            app = await self.app_for(item.get("method"))
+            await self._serve(app, input_id, item["web"])
+            out = self.c._result(input_id, "success", None, started)
+        except BaseException as exc:  # the app may raise anything; a cancel arrives as CancelledError
+            out = self.c._failure(input_id, exc, started)
+        finally:
+            self.c.running.pop(input_id, None)
+        self.c.emit(out, force=True)
+
+    async def _serve(self, app: Any, input_id: int, request: dict[str, Any]) -> None:
+        wire = request["scope"]
+        scope = dict(wire)
+        scope["headers"] = [(bytes(k), bytes(v)) for k, v in wire["headers"]]
+        scope["client"] = tuple(wire["client"]) if wire.get("client") else None
+        scope["server"] = tuple(wire["server"]) if wire.get("server") else None
+        if self.lifespans:
+            scope["state"] = dict(self.lifespans[0].state)
+        body: bytes = request.get("body") or b""
+        delivered = responded = False
+        finished = asyncio.Event()
+        held: list[Message] = []  # the start event, sent together with the first body chunk
+
+        async def receive() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await finished.wait()  # the client is there until the response is done
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            nonlocal responded
+            kind = message.get("type")
+            if kind == "http.response.start":
+                if responded:
+                    raise RuntimeError("the ASGI app started its response twice")
+                headers = [[bytes(k), bytes(v)] for k, v in message.get("headers", [])]
+                held.append({"t": "web", "id": input_id, "ev": "start", "status": int(message["status"]), "headers": headers})
+                responded = True
+            elif kind == "http.response.body":
+                if not responded:
+                    raise RuntimeError("the ASGI app sent a body before http.response.start")
+                if finished.is_set():
+                    return
+                more = bool(message.get("more_body", False))
+                event = {"t": "web", "id": input_id, "ev": "body", "body": bytes(message.get("body", b"")), "more": more}
+                with self.c.send_lock:
+                    self.c.chan.write(*held, event)
+                held.clear()
+                if not more:
+                    finished.set()
+
+        try:
+            await app(scope, receive, send)
+        finally:
+            ended = finished.is_set()
+            finished.set()
+        if not responded:
+            raise RuntimeError("the ASGI app returned without sending a response")
+        if not ended:  # an app that returned without ending its body
+            with self.c.send_lock:
+                self.c.chan.write(*held, {"t": "web", "id": input_id, "ev": "body", "body": b"", "more": False})
+
+
+def _fastapi_app(fn: Callable[..., Any], cfg: dict[str, Any]) -> Any:
+    try:
+        from fastapi import FastAPI
+        from fastapi.middleware.cors import CORSMiddleware
+    except ImportError as exc:
+        raise InvalidError(
+            "@ketch.fastapi_endpoint needs FastAPI in the function's image: "
+            "image=ketch.Image.debian_slim().pip_install('fastapi')"
+        ) from exc
+    docs = bool(cfg.get("docs"))
+    app = FastAPI(docs_url="/docs" if docs else None, redoc_url=None, openapi_url="/openapi.json" if docs else None)
+    app.add_api_route("/", fn, methods=[cfg.get("method", "GET")])
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+    return app
+
+
+class _Lifespan:
+    """The ASGI lifespan protocol for one app: startup now, shutdown at the end."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.state: dict[str, Any] = {}
+        self.inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self.replies: asyncio.Queue[Message] = asyncio.Queue()
+        self.task: asyncio.Task[Any] | None = None
+
+    async def startup(self) -> bool:
+        """True if the app took part (and started); False if it does not speak lifespan."""
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.3"}, "state": self.state}
+        self.task = asyncio.ensure_future(self.app(scope, self.inbox.get, self.replies.put))
+        await self.inbox.put({"type": "lifespan.startup"})
+        reply = await self._reply()
+        if reply is None:
+            return False
+        if reply.get("type") == "lifespan.startup.failed":
+            raise RuntimeError(f"the app's lifespan startup failed: {reply.get('message', '')}")
+        return True
+
+    async def shutdown(self) -> None:
+        if self.task is None or self.task.done():
+            return
+        await self.inbox.put({"type": "lifespan.shutdown"})
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._reply(), 10)
+
+    async def _reply(self) -> Message | None:
+        assert self.task is not None
+        getter = asyncio.ensure_future(self.replies.get())
+        await asyncio.wait([getter, self.task], return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            return getter.result()
+        getter.cancel()
+        with contextlib.suppress(BaseException):
+            self.task.result()  # an app without lifespan support raises or returns here
+        return None
+
+
+class WsgiAdapter:
+    """Run a WSGI app as an ASGI one: each request in a worker thread, its body streamed."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Message, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            return
+        request = await receive()
+        loop = asyncio.get_running_loop()
+        environ = _environ(scope, request.get("body", b""))
+
+        def forward(message: Message) -> None:
+            asyncio.run_coroutine_threadsafe(send(message), loop).result()
+
+        await loop.run_in_executor(None, self._run, environ, forward)
+
+    def _run(self, environ: dict[str, Any], forward: Callable[[Message], None]) -> None:
+        head: list[Any] = []
+        started = False
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            if exc_info is not None and started:
+                raise exc_info[1].with_traceback(exc_info[2])
+            head[:] = [status, headers]
+            return write
+
+        def begin() -> None:
+            nonlocal started
+            if not started:
+                if not head:
+                    raise RuntimeError("the WSGI app did not call start_response")
+                status, headers = head
+                forward({
+                    "type": "http.response.start",
+                    "status": int(status.split(" ", 1)[0]),
+                    "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+                })  # fmt: skip
+                started = True
+
+        def write(data: bytes) -> None:
+            begin()
+            if data:
+                forward({"type": "http.response.body", "body": data, "more_body": True})
+
+        result = self.app(environ, start_response)
+        try:
+            for chunk in result:
+                write(chunk)
+            begin()
+            forward({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+
+def _environ(scope: Message, body: bytes) -> dict[str, Any]:
+    server = scope.get("server") or ("127.0.0.1", 80)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": "",
+        "PATH_INFO": scope["path"].encode("utf-8").decode("latin-1"),
+        "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+        "SERVER_NAME": server[0],
+        "SERVER_PORT": str(server[1]),
+        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    if scope.get("client"):
+        environ["REMOTE_ADDR"] = scope["client"][0]
+    for raw_name, raw_value in scope["headers"]:
+        name, value = raw_name.decode("latin-1").upper().replace("-", "_"), raw_value.decode("latin-1")
+        if name == "CONTENT_TYPE":
+            environ["CONTENT_TYPE"] = value
+        elif name == "CONTENT_LENGTH":
+            environ["CONTENT_LENGTH"] = value
+        else:
+            key = f"HTTP_{name}"
+            environ[key] = f"{environ[key]},{value}" if key in environ else value
+    environ.setdefault("CONTENT_LENGTH", str(len(body)))
+    return environ

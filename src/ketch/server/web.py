@@ -1,0 +1,332 @@
+"""The web gateway: each web endpoint gets a port of its own on 127.0.0.1.
+
+A request to an endpoint's port becomes an input of its function (kept in
+memory, never in the database), so the function's pool starts a container
+when none is running, adds containers as concurrent requests grow
+(``@ketch.concurrent`` sets how many one container takes) and scales back to
+zero when idle, like any call. The container runs the endpoint's ASGI app
+(``runtime/web.py``) and sends the response back as events on its channel:
+``start`` (status and headers), then ``body`` chunks, which the gateway
+writes out as they come, so streamed responses are never buffered.
+
+Routes are rows of ``web_routes`` (label -> port and function), so an
+endpoint keeps its URL across redeploys and restarts of the control plane.
+Request bodies are read whole, up to ``web_max_body_mb`` (413 beyond).
+``requires_proxy_auth`` endpoints need the ``Modal-Key`` and
+``Modal-Secret`` headers of a token made by ``ketch token create`` (401
+without them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import Column, Float, Integer, LargeBinary, String, Table, delete, select
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from .._config import config
+from .._ids import new_id
+from .._serialization import deserialize_exception, pack, unpack
+from .._spec import FunctionSpec
+from .._web import check_label, default_label
+from ..exception import AlreadyExistsError, Error, NotFoundError
+from .store import Store, metadata
+
+logger = logging.getLogger(__name__)
+
+web_routes = Table(
+    "web_routes",
+    metadata,
+    Column("label", String, primary_key=True),
+    Column("port", Integer, nullable=False),
+    Column("app_id", String, nullable=False),
+    Column("app_name", String, nullable=False),
+    Column("function_id", String, nullable=False),
+    Column("method", String),  # the class method serving it; NULL for a function
+    Column("config", LargeBinary, nullable=False),  # msgpack of the endpoint's web config
+    Column("updated_at", Float, nullable=False),
+)
+
+proxy_tokens = Table(
+    "proxy_tokens",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("secret_hash", String, nullable=False),  # SHA-256 of the secret; the secret is shown once
+    Column("created_at", Float, nullable=False),
+)
+
+# Connection-level headers a proxy must not pass along (RFC 9110, 7.6.1).
+_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"}
+
+
+@dataclass
+class Route:
+    label: str
+    port: int
+    app_id: str
+    function_id: str
+    method: str | None
+    config: dict[str, Any]
+
+
+class Exchange:
+    """One request's events from its container, in order; ``done`` ends them."""
+
+    def __init__(self) -> None:
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def event(self, msg: dict[str, Any]) -> None:
+        self.events.put_nowait(msg)
+
+    def done(self, status: str, data: bytes | None) -> None:
+        self.events.put_nowait({"ev": "done", "status": status, "data": data})
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_token(store: Store) -> tuple[str, str]:
+    """A new proxy auth token: (id, secret). Only the secret's hash is kept."""
+    token_id, secret = new_id("wk"), "ws-" + secrets.token_urlsafe(24)
+    store.conn.execute(proxy_tokens.insert().values(id=token_id, secret_hash=_hash(secret), created_at=time.time()))
+    store.conn.commit()
+    return token_id, secret
+
+
+def token_ok(store: Store, token_id: str, secret: str) -> bool:
+    row = store.conn.execute(select(proxy_tokens.c.secret_hash).where(proxy_tokens.c.id == token_id)).first()
+    return row is not None and hmac.compare_digest(row[0], _hash(secret))
+
+
+class Gateway:
+    def __init__(self, dispatcher: Any, host: str = "127.0.0.1") -> None:
+        self.d = dispatcher
+        self.store: Store = dispatcher.store
+        self.host = host
+        self.by_port: dict[int, Route] = {}
+        self.sites: dict[int, web.BaseSite] = {}
+        self.runner: web.AppRunner | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
+        await self.runner.setup()
+        for row in self.store.conn.execute(select(web_routes)).mappings().all():
+            if self.d.app_running(row["app_id"]):
+                await self._open(_route(row))
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    # -- routes ------------------------------------------------------------------
+    async def publish(self, app_id: str, app_name: str, deployed: bool, functions: list[dict[str, Any]]) -> dict[str, str]:
+        """Serve the web endpoints of an app's functions; their URLs by tag (``Cls.method`` for methods)."""
+        urls: dict[str, str] = {}
+        keep: set[str] = set()
+        for fn in functions:
+            spec: FunctionSpec = fn["spec"]
+            for method, cfg in spec.web_methods().items():
+                name = spec.tag if method is None else f"{spec.tag}.{method}"
+                label = cfg.get("label") or default_label(app_name, name)
+                if not deployed:
+                    label = check_label(f"{label[:59].rstrip('-')}-dev")  # as Modal's `serve` URLs
+                row = self._row(label)
+                if row is not None and row["app_id"] != app_id and row["app_name"] != app_name:
+                    if self.d.app_running(row["app_id"]):
+                        raise AlreadyExistsError(
+                            f"web endpoint label {label!r} is served by app {row['app_name']!r}; "
+                            "choose another label= or stop that app"
+                        )
+                route = Route(label, row["port"] if row else 0, app_id, fn["id"], method, dict(cfg))
+                port = await self._open(route)
+                stmt = sqlite_insert(web_routes).values(
+                    label=label, port=port, app_id=app_id, app_name=app_name, function_id=fn["id"],
+                    method=method, config=pack(cfg), updated_at=time.time(),
+                )  # fmt: skip
+                self.store.conn.execute(
+                    stmt.on_conflict_do_update(index_elements=["label"], set_={k: stmt.excluded[k] for k in (
+                        "port", "app_id", "app_name", "function_id", "method", "config", "updated_at")})
+                )  # fmt: skip
+                keep.add(label)
+                urls[name] = f"http://{self.host}:{port}"
+        for route in [r for r in self.by_port.values() if r.app_id == app_id and r.label not in keep]:
+            await self._close(route.port)  # an endpoint the new version no longer has
+            self.store.conn.execute(delete(web_routes).where(web_routes.c.label == route.label))
+        self.store.conn.commit()
+        return urls
+
+    async def unpublish(self, app_id: str) -> None:
+        """The app stopped: stop listening on its ports (kept in ``web_routes`` for its next run)."""
+        for route in [r for r in self.by_port.values() if r.app_id == app_id]:
+            await self._close(route.port)
+
+    def urls(self, app_id: str) -> dict[str, str]:
+        rows = self.store.conn.execute(select(web_routes).where(web_routes.c.app_id == app_id)).mappings().all()
+        out = {}
+        for row in rows:
+            spec = self.d.function_spec(row["function_id"])[0]
+            name = spec.tag if row["method"] is None else f"{spec.tag}.{row['method']}"
+            out[name] = f"http://{self.host}:{row['port']}"
+        return out
+
+    def _row(self, label: str) -> Any:
+        return self.store.conn.execute(select(web_routes).where(web_routes.c.label == label)).mappings().first()
+
+    async def _open(self, route: Route) -> int:
+        """Listen for ``route`` on its port (a new one if it has none or it was taken meanwhile)."""
+        assert self.runner is not None
+        if route.port in self.sites:
+            self.by_port[route.port] = route
+            return route.port
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, route.port))
+        except OSError:
+            logger.warning("port %d of web endpoint %s is taken; it gets a new one", route.port, route.label)
+            sock.bind((self.host, 0))
+        route.port = sock.getsockname()[1]
+        site = web.SockSite(self.runner, sock)
+        await site.start()
+        self.sites[route.port] = site
+        self.by_port[route.port] = route
+        return route.port
+
+    async def _close(self, port: int) -> None:
+        self.by_port.pop(port, None)
+        site = self.sites.pop(port, None)
+        if site is not None:
+            await site.stop()
+
+    # -- requests ----------------------------------------------------------------
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        route = self.by_port.get(sockname[1]) if sockname else None
+        if route is None or not self.d.app_running(route.app_id):
+            return _text(404, "ketch: no web endpoint is served here (its app is not running)")
+        if route.config.get("requires_proxy_auth"):
+            key, secret = request.headers.get("Modal-Key"), request.headers.get("Modal-Secret")
+            if not key or not secret:
+                return _text(401, "ketch: missing credentials for proxy authorization (Modal-Key, Modal-Secret)")
+            if not token_ok(self.store, key, secret):
+                return _text(401, "ketch: invalid credentials for proxy authorization")
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return _text(501, "ketch: WebSocket endpoints are not supported yet")
+        limit = int(float(config.get("web_max_body_mb")) * 1024 * 1024)
+        too_big = _text(413, f"ketch: request body over the limit of {limit // 2**20} MiB (KETCH_WEB_MAX_BODY_MB)")
+        if request.content_length is not None and request.content_length > limit:
+            return too_big
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(1 << 16):
+            body += chunk
+            if len(body) > limit:
+                return too_big
+        exchange = Exchange()
+        try:
+            input_id = self.d.web_request(route.function_id, route.method, exchange, _scope(request, route.port), bytes(body))
+        except Error as exc:
+            return _text(503, f"ketch: {type(exc).__name__}: {exc}")
+        try:
+            return await self._respond(request, exchange)
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.d.web_cancel(input_id)  # the client went away
+            raise
+
+    async def _respond(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        resp: web.StreamResponse | None = None
+        while True:
+            ev = await exchange.events.get()
+            kind = ev.get("ev")
+            if kind == "start" and resp is None:
+                resp = web.StreamResponse(status=int(ev["status"]))
+                for name, value in ev.get("headers", []):
+                    name_s = bytes(name).decode("latin-1")
+                    if name_s.lower() not in _HOP:
+                        resp.headers.add(name_s, bytes(value).decode("latin-1"))
+                await resp.prepare(request)
+            elif kind == "body" and resp is not None:
+                if ev.get("body"):
+                    await resp.write(ev["body"])
+                if not ev.get("more"):
+                    await resp.write_eof()
+                    return resp
+            elif kind == "done":
+                if resp is None:
+                    return _text(500, f"ketch: the endpoint failed: {_failure(ev)}")
+                # The app ended (or its container died) mid-response: cut the connection,
+                # so the client sees a broken response rather than a short one.
+                if request.transport is not None:
+                    request.transport.close()
+                return resp
+
+
+def _route(row: Any) -> Route:
+    return Route(row["label"], row["port"], row["app_id"], row["function_id"], row["method"], unpack(row["config"]))
+
+
+def _text(status: int, message: str) -> web.Response:
+    return web.Response(status=status, text=message + "\n")
+
+
+def _failure(ev: dict[str, Any]) -> str:
+    data = ev.get("data")
+    if not data:
+        return str(ev.get("status"))
+    with contextlib.suppress(Exception):
+        exc = deserialize_exception(data)
+        return f"{type(exc).__name__}: {exc}"
+    return str(ev.get("status"))
+
+
+def _scope(request: web.Request, port: int) -> dict[str, Any]:
+    """The ASGI HTTP scope of ``request`` (msgpack-friendly: lists, bytes, str)."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    raw_path, _, query = request.raw_path.partition("?")
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": f"{request.version.major}.{request.version.minor}",
+        "method": request.method,
+        "scheme": "http",
+        "path": request.path,
+        "raw_path": raw_path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [[k.lower(), v] for k, v in request.raw_headers],
+        "client": [peer[0], peer[1]] if peer else None,
+        "server": ["127.0.0.1", port],
+    }
+
+
+def register(rpc: Any) -> None:
+    @rpc
+    def ProxyTokenCreate(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+        token_id, secret = create_token(api.store)
+        return {"token_id": token_id, "token_secret": secret}
+
+    @rpc
+    def ProxyTokenList(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+        rows = api.store.conn.execute(select(proxy_tokens.c.id, proxy_tokens.c.created_at)).all()
+        return {"tokens": [{"token_id": r.id, "created_at": r.created_at} for r in rows]}
+
+    @rpc
+    def ProxyTokenDelete(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+        gone = api.store.conn.execute(delete(proxy_tokens).where(proxy_tokens.c.id == str(body["token_id"])))
+        api.store.conn.commit()
+        if not gone.rowcount:
+            raise NotFoundError(f"no proxy token {body['token_id']!r}")
+        return {}
