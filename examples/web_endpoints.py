@@ -89,6 +89,19 @@ def broken():
     return app
 
 
+@app.cls(scaledown_window=2)
+class Model:
+    """A web endpoint on a class: @enter runs once per container, before its first request."""
+
+    @ketch.enter()
+    def load(self):
+        self.weights = {"bias": 10}
+
+    @ketch.fastapi_endpoint()
+    def predict(self, x: int = 0) -> dict:
+        return {"y": x + self.weights["bias"]}
+
+
 @app.local_entrypoint()
 def main():
     import json

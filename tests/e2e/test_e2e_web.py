@@ -29,7 +29,7 @@ def web_env():
     env.env["KETCH_WEB_MAX_BODY_MB"] = "1"
     deployed = env.cli("deploy", "examples/web_endpoints.py", timeout=60).check()
     env.urls = dict(re.findall(r"- (\S+) => (http://127\.0\.0\.1:\d+)", deployed.stdout))
-    assert set(env.urls) == {"hello", "private", "streamer", "legacy", "broken"}, deployed.describe()
+    assert set(env.urls) == {"hello", "private", "streamer", "legacy", "broken", "Model.predict"}, deployed.describe()
     yield env
     env.close()
     shutil.rmtree(home, ignore_errors=True)
@@ -54,6 +54,11 @@ def test_fastapi_endpoint_answers_json_and_takes_query_params(web_env):
     assert json.loads(body)["greeting"] == "hello, ada"
     status, _, _ = _request(f"{web_env.urls['hello']}/", data=b"{}", method="POST")
     assert status == 405  # method="GET" only
+
+
+def test_class_method_endpoint_runs_after_enter(web_env):
+    status, _, body = _request(f"{web_env.urls['Model.predict']}/?x=5")
+    assert status == 200 and json.loads(body) == {"y": 15}
 
 
 def test_asgi_app_streams_chunks_as_they_are_made(web_env):
