@@ -109,6 +109,8 @@ class FunctionSpec:
     # A web endpoint's configuration (``_web``): {"type": "fastapi"|"asgi"|"wsgi"|"server",
     # "label", "requires_proxy_auth", ...}; class methods carry theirs in ``methods``.
     web: dict[str, Any] | None = None
+    # A deployed app's source snapshot ({"blob_id", "hash"}, see ``_source``); None: the files on disk.
+    source: dict[str, Any] | None = None
 
     def web_methods(self) -> dict[str | None, dict[str, Any]]:
         """Method name (None for a function) -> web configuration, for every web endpoint here."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import inspect
 import logging
 import os
@@ -28,7 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import _sync
+from . import _source, _sync
 from ._client import _Client
 from ._config import config
 from ._ids import new_id
@@ -79,6 +80,7 @@ class _App:
         self._classes: dict[str, _Cls] = {}
         self._local_entrypoints: dict[str, Callable[..., Any]] = {}
         self._app_id: str | None = None
+        self._version: int | None = None  # the deployed version, after deploy()
         self._running = False
 
     def __repr__(self) -> str:
@@ -275,6 +277,7 @@ class _App:
     async def _create(self, deployed: bool, name: str | None) -> tuple[str, float]:
         """Create the app on the control plane; returns its id and the heartbeat interval it wants."""
         client = await _Client.get()
+        await _attach_sources(client, list(self._functions.values()), deployed)
         await _build_images(client, [fn._spec for fn in self._functions.values()])
         await _attach_secrets(client, list(self._functions.values()))
         await _attach_volumes(list(self._functions.values()))
@@ -285,9 +288,11 @@ class _App:
                 "name": name or self._name or "",
                 "deployed": deployed,
                 "functions": [fn._spec.to_wire() for fn in self._functions.values()],
+                "source_hash": _source_hash(list(self._functions.values())),
             },
         )
         self._app_id = reply["app_id"]
+        self._version = reply.get("version")
         for tag, fid in reply["function_ids"].items():
             self._functions[tag]._object_id = fid
         for endpoint, url in reply.get("web_urls", {}).items():
@@ -409,6 +414,30 @@ async def _attach_volumes(fns: list[_Function]) -> None:
             object_id = await vol._resolve()
             entries.append({"path": path, "object_id": object_id, "name": vol._name})
         fn._spec.volumes = entries
+
+
+async def _attach_sources(client: _Client, fns: list[_Function], deployed: bool) -> None:
+    """A deploy snapshots the app's source into a blob, so the version keeps its code (see ``_source``)."""
+    made: dict[tuple[str, str, str], dict[str, str]] = {}
+    for fn in fns:
+        spec = fn._spec
+        spec.source = None
+        if not deployed or not spec.module_file or not spec.root_dir or spec.serialized_fn is not None:
+            continue
+        key = (spec.root_dir, spec.module_name, spec.module_file)
+        if key not in made:
+            data = _source.snapshot(Path(spec.root_dir), spec.module_name, spec.module_file)
+            made[key] = {"blob_id": await client.put_blob(data), "hash": _source.digest(data)}
+        spec.source = made[key]
+
+
+def _source_hash(fns: list[_Function]) -> str:
+    """A short hash of the app's source files, shown by `ketch app history`."""
+    digest = hashlib.sha256()
+    for path in sorted({fn._spec.module_file for fn in fns if fn._spec.module_file}):
+        with contextlib.suppress(OSError):
+            digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:8]
 
 
 def _image_wire(image: Image | None) -> dict[str, Any] | None:

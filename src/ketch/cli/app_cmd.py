@@ -1,6 +1,8 @@
-"""``ketch app list|stop|logs``."""
+"""``ketch app list|stop|logs|history|rollback``."""
 
 from __future__ import annotations
+
+import time
 
 import click
 
@@ -53,3 +55,36 @@ def logs(name: str, follow: bool) -> None:
             print_log_line(row)
         if not reply["logs"] and (not follow or reply["state"] == "stopped"):
             return
+
+
+@app_group.command()
+@click.argument("name")
+def history(name: str) -> None:
+    """List the versions of deployed app NAME: when, and a short hash of its source."""
+    reply = rpc("AppHistory", {"name": name})
+    click.echo(f"{'VERSION':>7}  {'DEPLOYED':<22} {'SOURCE':<8}  {'FUNCTIONS':>9}  NOTE")
+    for v in reversed(reply["versions"]):
+        live = "  (live)" if v["version"] == reply["live"] else ""
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v["created_at"]))
+        click.echo(f"{'v' + str(v['version']):>7}  {when:<22} {v['source_hash']:<8}  {v['n_functions']:>9}  {v['note']}{live}")
+
+
+@app_group.command()
+@click.argument("name")
+@click.argument("version", required=False)
+def rollback(name: str, version: str | None) -> None:
+    """Make an earlier VERSION of deployed app NAME live again (default: the one before the live one).
+
+    Running calls finish on the current containers; new calls go to the earlier version's.
+    Example: ketch app rollback my-app v3
+    """
+    body: dict[str, object] = {"name": name}
+    if version is not None:
+        number = version.lower().removeprefix("v")
+        if not number.isdigit():
+            raise click.UsageError(f"VERSION is a number like 3 or v3, not {version!r}")
+        body["version"] = int(number)
+    reply = rpc("AppRollback", body)
+    click.echo(f"rolled app {name!r} back to v{reply['rolled_back_to']} (now v{reply['version']})")
+    for endpoint, url in sorted(reply.get("web_urls", {}).items()):
+        click.echo(f"  - {endpoint} => {url}")

@@ -19,7 +19,8 @@ def deploy(path: str, name: str | None) -> None:
     app = find_app(module, path)
     app.deploy(name=name)
     app_name = name or app.name
-    click.echo(f"Deployed app {app_name!r} ({app.app_id})")
+    version = getattr(app, "_ketch_impl", app)._version
+    click.echo(f"Deployed app {app_name!r} ({app.app_id}) as v{version}")
     for tag, fn in app.registered_functions.items():
         urls = getattr(fn, "_ketch_impl", fn)._web_urls
         if not urls:

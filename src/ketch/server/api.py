@@ -141,6 +141,7 @@ async def Status(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 
 @rpc
 async def AppCreate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """Create an ephemeral app, or deploy (a new version of) a named one."""
     name = str(body.get("name") or "")
     deployed = bool(body.get("deployed"))
     if deployed and not name:
@@ -165,14 +166,20 @@ async def AppCreate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     for fn in fns:
         if fn["id"] in old and old[fn["id"]] != fn["spec"]:
             api.d.forget_function(fn["id"])
+    version = None
     if deployed:
         api.d.warm_deployed(app_id)
+        version = _versions.record(
+            api.store, name, app_id, list(body["functions"]), str(body.get("source_hash") or ""),
+            str(body.get("note") or ""),
+        )  # fmt: skip
     heartbeat_s = min(15.0, float(config.get("ephemeral_app_timeout")) / 4)
     return {
         "app_id": app_id,
         "function_ids": {f["tag"]: f["id"] for f in fns},
         "heartbeat_s": heartbeat_s,
         "web_urls": web_urls,
+        "version": version,
     }
 
 
@@ -294,6 +301,7 @@ from . import dicts as _dicts  # noqa: E402  (object RPCs register themselves he
 from . import objects as _objects  # noqa: E402
 from . import queues as _queues  # noqa: E402
 from . import secret_store as _secret_store  # noqa: E402
+from . import versions as _versions  # noqa: E402
 from . import volumes as _volumes  # noqa: E402
 from . import web as _web  # noqa: E402
 
@@ -303,3 +311,4 @@ _queues.register(rpc)
 _secret_store.register(rpc)
 _volumes.register(rpc)
 _web.register(rpc)
+_versions.register(rpc, AppCreate)

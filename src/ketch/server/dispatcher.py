@@ -7,6 +7,7 @@ result before anyone is told about it, and wakes clients waiting for outputs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _source
 from .._config import config
 from .._ids import new_id
 from .._serialization import MAX_INLINE_BYTES, serialize_exception, unpack
@@ -584,7 +586,11 @@ class Dispatcher:
         try:
             if env.pop("KETCH_GPU_UNAVAILABLE", None):
                 raise RuntimeError("its GPUs were taken by another container")
-            await self.worker.start(container_id, env, info.spec, mounts)
+            run_spec = info.spec
+            if info.spec.source and info.spec.root_dir and info.spec.module_file:
+                run_spec = self._snapshot_spec(info.spec)
+                env["KETCH_SOURCE_ROOT"] = str(run_spec.root_dir)  # the sandbox runtime puts it at /root
+            await self.worker.start(container_id, env, run_spec, mounts)
         except ImageBuildError as exc:
             self._perform(
                 pool,
@@ -595,6 +601,15 @@ class Dispatcher:
         except Exception as exc:
             logger.exception("could not start container %s", container_id)
             self._on_exit(container_id, f"could not start: {exc}")
+
+    def _snapshot_spec(self, spec: FunctionSpec) -> FunctionSpec:
+        """``spec`` pointing at its deployed source snapshot, unpacked under ``KETCH_HOME/sources``."""
+        assert spec.source is not None and spec.root_dir and spec.module_file
+        target = self.blobs.root.parent / "sources" / str(spec.source["hash"])
+        if not target.is_dir():
+            _source.unpack_snapshot(self.blobs.get(str(spec.source["blob_id"])), target)
+        rel = os.path.relpath(spec.module_file, spec.root_dir)
+        return dataclasses.replace(spec, root_dir=str(target), module_file=str(target / rel))
 
     def _stop_container(self, container_id: str) -> None:
         logger.info("stopping container %s", container_id)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from .._image_files import content_digest, local_files
+from .._source import project_sources
 from .._spec import FunctionSpec
 from ..build import isolate
 from ..build.builder import Builder, BuiltImage
@@ -65,29 +66,6 @@ def socket_dir(home: Path) -> Path:
     path = Path(tempfile.gettempdir()) / f"ketch-{os.getuid()}-{tag}"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
-
-
-def project_sources(root: Path, module_name: str, module_file: str) -> list[tuple[str, Path]]:
-    """What of the app's directory goes to ``/root``: its ``.py`` files and package dirs.
-
-    Hidden entries and directories without ``__init__.py`` are left out, so a project
-    folder's data, virtualenvs and caches stay on the host.
-    """
-    top = module_name.split(".")[0]
-    found: dict[str, Path] = {}
-    if "." in module_name:
-        found[top] = root / top
-    else:
-        found[Path(module_file).name] = Path(module_file)
-    with contextlib.suppress(OSError):
-        for entry in root.iterdir():
-            if entry.name.startswith((".", "__")) or entry.name in found:
-                continue
-            if entry.suffix == ".py" and entry.is_file():
-                found[entry.name] = entry
-            elif entry.is_dir() and (entry / "__init__.py").is_file():
-                found[entry.name] = entry
-    return sorted(found.items())
 
 
 @dataclass

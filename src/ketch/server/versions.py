@@ -1,0 +1,115 @@
+"""Versions of deployed apps: every ``ketch deploy`` records one, ``rollback`` redeploys one.
+
+A version is the list of function specs a deploy sent, by app name (so the
+history survives ``ketch app stop`` and a later deploy), with the time and a
+short hash of the app's source. Making a version live is the same as a
+deploy: functions whose spec changed get new containers while the running
+ones finish their inputs (rolling), new calls go to the new containers.
+``rollback`` records a new version with the old one's contents, as Modal
+does, so the history only ever grows.
+
+RPCs: ``AppHistory``, ``AppRollback``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Column, Float, Integer, LargeBinary, String, Table, func, select
+
+from .._ids import new_id
+from .._serialization import pack, unpack
+from ..exception import InvalidError, NotFoundError
+from .store import Store, metadata
+
+app_versions = Table(
+    "app_versions",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("app_id", String, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("source_hash", String, nullable=False),
+    Column("functions", LargeBinary, nullable=False),  # msgpack: the function specs, on the wire
+    Column("note", String),  # "rollback to v3", ...
+)
+
+
+def specs_hash(functions: list[dict[str, Any]]) -> str:
+    """A short hash of what was deployed, when the client sent no source hash."""
+    return hashlib.sha256(pack(functions)).hexdigest()[:8]
+
+
+def record(store: Store, name: str, app_id: str, functions: list[dict[str, Any]], source_hash: str, note: str = "") -> int:
+    """Record a new version of deployed app ``name``; its number."""
+    last = store.conn.execute(select(func.max(app_versions.c.version)).where(app_versions.c.name == name)).scalar()
+    version = int(last or 0) + 1
+    store.conn.execute(
+        app_versions.insert().values(
+            name=name, version=version, app_id=app_id, created_at=time.time(),
+            source_hash=source_hash or specs_hash(functions), functions=pack(functions), note=note or None,
+        )
+    )  # fmt: skip
+    store.conn.commit()
+    return version
+
+
+def history(store: Store, name: str) -> list[dict[str, Any]]:
+    rows = store.conn.execute(
+        select(app_versions).where(app_versions.c.name == name).order_by(app_versions.c.version)
+    ).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def register(rpc: Callable[[Any], Any], create: Callable[..., Any]) -> None:
+    """``create(api, body)`` is AppCreate's implementation (``rollback`` deploys through it)."""
+
+    @rpc
+    def AppHistory(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+        name = str(body["name"])
+        rows = history(api.store, name)
+        if not rows:
+            raise NotFoundError(f"no deployed app {name!r} (deploy it with `ketch deploy`)")
+        app = api.store.find_app(name, deployed_only=True)
+        live = rows[-1]["version"] if app is not None and app["state"] == "running" else None
+        return {
+            "name": name,
+            "live": live,
+            "versions": [
+                {"version": r["version"], "created_at": r["created_at"], "source_hash": r["source_hash"],
+                 "n_functions": len(unpack(r["functions"])), "note": r["note"] or ""}
+                for r in rows
+            ],
+        }  # fmt: skip
+
+    @rpc
+    async def AppRollback(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+        name = str(body["name"])
+        rows = history(api.store, name)
+        if not rows:
+            raise NotFoundError(f"no deployed app {name!r} (deploy it with `ketch deploy`)")
+        wanted = body.get("version")
+        if wanted is None:
+            if len(rows) < 2:
+                raise InvalidError(f"app {name!r} has only one version; nothing to roll back to")
+            target = rows[-2]
+        else:
+            found = [r for r in rows if r["version"] == int(wanted)]
+            if not found:
+                raise NotFoundError(f"app {name!r} has no version {wanted} (versions 1-{rows[-1]['version']})")
+            target = found[0]
+        reply = await create(
+            api,
+            {
+                "app_id": new_id("ap"),  # AppCreate keeps the running app's id, if one runs
+                "name": name,
+                "deployed": True,
+                "functions": unpack(target["functions"]),
+                "source_hash": target["source_hash"],
+                "note": f"rollback to v{target['version']}",
+            },
+        )
+        return {**reply, "rolled_back_to": target["version"]}
