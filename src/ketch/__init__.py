@@ -39,14 +39,17 @@ from .functions import Function, FunctionCall
 from .image import Image
 from .partial import batched, concurrent, enter, exit, method, parameter
 from .retries import Retries
+from .schedule import Cron, Period
 
 __all__ = [
     "App",
     "Cls",
+    "Cron",
     "Dict",
     "Function",
     "FunctionCall",
     "Image",
+    "Period",
     "Queue",
     "Retries",
     "Secret",

@@ -111,6 +111,8 @@ class FunctionSpec:
     web: dict[str, Any] | None = None
     # A deployed app's source snapshot ({"blob_id", "hash"}, see ``_source``); None: the files on disk.
     source: dict[str, Any] | None = None
+    # ``schedule.Cron`` / ``Period`` on the wire; fired by the control plane for deployed apps.
+    schedule: dict[str, Any] | None = None
 
     def web_methods(self) -> dict[str | None, dict[str, Any]]:
         """Method name (None for a function) -> web configuration, for every web endpoint here."""

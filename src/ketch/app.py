@@ -40,6 +40,7 @@ from .cls import _Cls, class_spec_methods, new_class_function
 from .exception import InvalidError, from_wire
 from .functions import _Function
 from .image import Image, default_image
+from .schedule import check_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ class _App:
         block_network: bool = False,
         serialized: bool = False,
         name: str | None = None,
+        schedule: Any = None,
         **unknown: Any,
     ) -> Callable[[Callable[..., Any]], _Function]:
         """Register a function to run in containers. Options are validated here."""
@@ -143,6 +145,7 @@ class _App:
         _check_image(image)
         secret_list = check_secrets(secrets)
         volume_map = check_volumes(volumes)
+        schedule_wire = check_schedule(schedule)
 
         def wrap(raw_f: Callable[..., Any]) -> _Function:
             if isinstance(raw_f, _Function):
@@ -158,6 +161,12 @@ class _App:
             web = getattr(raw_f, "__ketch_web__", None)
             if web is not None:
                 spec.web = dict(web)
+            if schedule_wire is not None:
+                if inspect.signature(raw_f).parameters and any(
+                    p.default is p.empty for p in inspect.signature(raw_f).parameters.values()
+                ):
+                    raise InvalidError(f"{raw_f.__name__} has a schedule, so it must take no required arguments")
+                spec.schedule = schedule_wire
             fn = _Function(self, spec, raw_f)
             fn._secrets = secret_list
             fn._volumes = volume_map

@@ -22,14 +22,59 @@ def list_apps(show_all: bool) -> None:
     apps = rpc("AppList", {})["apps"]
     if not show_all:
         apps = [a for a in apps if a["state"] != "stopped"]
-    header = f"{'APP ID':<26} {'NAME':<24} {'STATE':<9} {'KIND':<9} {'FUNCTIONS':>9} {'CONTAINERS':>10}  CREATED"
+    header = (
+        f"{'APP ID':<26} {'NAME':<24} {'STATE':<9} {'KIND':<9} {'FUNCTIONS':>9} {'CONTAINERS':>10}  "
+        f"{'CREATED':<14} NEXT RUN"
+    )
     click.echo(header)
     for a in apps:
         kind = "deployed" if a["deployed"] else "ephemeral"
         click.echo(
             f"{a['app_id']:<26} {a['name'][:24]:<24} {a['state']:<9} {kind:<9} "
-            f"{a['n_functions']:>9} {a['n_containers']:>10}  {ago(a['created_at'])}"
+            f"{a['n_functions']:>9} {a['n_containers']:>10}  {ago(a['created_at']):<14} {_when(a.get('next_run'))}"
         )
+
+
+def _when(ts: float | None) -> str:
+    """A future time as a clock time and how far off it is ('-' for none)."""
+    if ts is None:
+        return "-"
+    left = max(0.0, ts - time.time())
+    off = f"{left:.0f}s" if left < 120 else f"{left / 60:.0f}m" if left < 7200 else f"{left / 3600:.1f}h"
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts))} (in {off})"
+
+
+def _schedule_text(wire: dict) -> str:
+    if wire["type"] == "cron":
+        return f"Cron({wire['cron']!r}, timezone={wire['timezone']!r})"
+    parts = [f"months={wire['months']}"] if wire.get("months") else []
+    if wire.get("seconds"):
+        parts.append(f"seconds={wire['seconds']:g}")
+    return f"Period({', '.join(parts)})"
+
+
+@app_group.command()
+@click.argument("name")
+def info(name: str) -> None:
+    """Show app NAME: its functions, web endpoints, schedules (next and last run) and version."""
+    body = {"app_id": name} if name.startswith("ap-") else {"name": name}
+    reply = rpc("AppInfo", body)
+    kind = "deployed" if reply["deployed"] else "ephemeral"
+    version = f", v{reply['version']}" if reply.get("version") else ""
+    click.echo(f"{reply['name']} ({reply['app_id']}): {reply['state']}, {kind}{version}, "
+               f"{reply['n_containers']} container(s), created {ago(reply['created_at'])}")  # fmt: skip
+    click.echo("functions:")
+    for fn in reply["functions"]:
+        click.echo(f"  - {fn['tag']}")
+    for endpoint, url in sorted(reply["web_urls"].items()):
+        click.echo(f"web endpoint {endpoint} => {url}")
+    for sched in reply["schedules"]:
+        click.echo(f"schedule {sched['tag']}: {_schedule_text(sched['schedule'])}")
+        nxt = _when(sched["next_at"]) if reply["state"] == "running" else "- (the app is stopped)"
+        click.echo(f"  next run: {nxt}")
+        last = sched.get("last")
+        if last:
+            click.echo(f"  last run: {last['call_id']} {ago(last['at'])}, {last['status']}")
 
 
 @app_group.command()

@@ -169,6 +169,8 @@ async def AppCreate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     version = None
     if deployed:
         api.d.warm_deployed(app_id)
+        if api.d.schedules is not None:
+            api.d.schedules.sync(app_id, specs)
         version = _versions.record(
             api.store, name, app_id, list(body["functions"]), str(body.get("source_hash") or ""),
             str(body.get("note") or ""),
@@ -200,6 +202,7 @@ async def AppHeartbeat(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 @rpc
 async def AppList(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     apps = []
+    next_runs = api.d.schedules.next_runs() if api.d.schedules is not None else {}
     for app in api.store.list_apps():
         apps.append(
             {
@@ -211,9 +214,30 @@ async def AppList(api: Api, body: dict[str, Any]) -> dict[str, Any]:
                 "stopped_at": app["stopped_at"],
                 "n_functions": len(api.store.app_functions(app["id"])),
                 "n_containers": api.d.app_container_count(app["id"]),
+                "next_run": next_runs.get(app["id"]) if app["state"] == "running" else None,
             }
         )
     return {"apps": apps}
+
+
+@rpc
+async def AppInfo(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """An app's functions, web endpoints, schedules (next and last run) and live version."""
+    app = api.resolve_app(body)
+    functions = [{"tag": f["tag"], "function_id": f["id"]} for f in api.store.app_functions(app["id"])]
+    history = _versions.history(api.store, app["name"]) if app["deployed"] else []
+    return {
+        "app_id": app["id"],
+        "name": app["name"],
+        "state": app["state"],
+        "deployed": bool(app["deployed"]),
+        "created_at": app["created_at"],
+        "n_containers": api.d.app_container_count(app["id"]),
+        "functions": functions,
+        "web_urls": api.d.gateway.urls(app["id"]) if api.d.gateway is not None else {},
+        "schedules": api.d.schedules.describe(app["id"]) if api.d.schedules is not None else [],
+        "version": history[-1]["version"] if history else None,
+    }
 
 
 @rpc

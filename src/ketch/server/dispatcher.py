@@ -129,6 +129,7 @@ class Dispatcher:
         self.builds: Any = None  # a BuildService when the runtime applies images
         self.volumes: Any = None  # the VolumeService (set by the server)
         self.gateway: Any = None  # the web Gateway (set by the server)
+        self.schedules: Any = None  # the ScheduleRunner (set by the server)
         self._web_ids = itertools.count(-1, -1)  # web inputs: negative ids, never stored
         self._gpu_waiting: set[str] = set()
         self.pools: dict[str, sm.Pool] = {}

@@ -25,6 +25,7 @@ from .blobs import BlobStore
 from .builds import BuildService
 from .channel import serve_channel
 from .dispatcher import Dispatcher
+from .schedules import ScheduleRunner
 from .store import Store
 from .volumes import VolumeService
 from .web import Gateway
@@ -117,6 +118,8 @@ async def serve(home: Path, host: str, port: int, stop: asyncio.Event | None = N
     await dispatcher.start()
     dispatcher.gateway = Gateway(dispatcher, host)
     await dispatcher.gateway.start()
+    dispatcher.schedules = ScheduleRunner(dispatcher)
+    dispatcher.schedules.start()
     # Long polls of clients that went away must not hold a shutdown for a minute.
     runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
     await runner.setup()
@@ -144,6 +147,7 @@ async def serve(home: Path, host: str, port: int, stop: asyncio.Event | None = N
         listeners.close()
         await runner.cleanup()
         await dispatcher.gateway.close()
+        await dispatcher.schedules.close()
         for channel in channels:
             channel.close()
         await dispatcher.close()
