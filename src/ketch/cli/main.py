@@ -15,6 +15,7 @@ from .image_cmd import image_group
 from .queue_cmd import queue_group
 from .run import run
 from .secret_cmd import secret_group
+from .serve import serve
 from .server import server
 from .token_cmd import token_group
 from .volume_cmd import volume_group
@@ -32,6 +33,7 @@ def cli() -> None:
 
 cli.add_command(run)
 cli.add_command(deploy)
+cli.add_command(serve)
 cli.add_command(server)
 cli.add_command(app_group)
 cli.add_command(image_group)
