@@ -3,6 +3,7 @@
 ketch deploy examples/web_endpoints.py           # prints each endpoint's URL
 curl "$(URL of hello)?name=ada"                  # {"greeting": "hello, ada"}
 curl -N "$(URL of streamer)/count?n=3"           # chunks arrive one by one
+# ws://127.0.0.1:PORT/ws on the streamer's port echoes text frames ("bye" closes it)
 ketch token create                               # for the private endpoint:
 curl -H "Modal-Key: wk-..." -H "Modal-Secret: ws-..." -X POST -d '{"x": 2}' "$(URL of private)"
 
@@ -34,7 +35,7 @@ def private(item: dict) -> dict:
 @ketch.concurrent(max_inputs=8)
 @ketch.asgi_app()
 def streamer():
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
     from fastapi.responses import StreamingResponse
 
     web = FastAPI()
@@ -59,6 +60,19 @@ def streamer():
 
         await asyncio.sleep(seconds)
         return {"pid": os.getpid()}
+
+    @web.websocket("/ws")
+    async def echo_socket(socket: WebSocket):
+        await socket.accept()
+        try:
+            while True:
+                text = await socket.receive_text()
+                if text == "bye":
+                    await socket.close(code=4000, reason="bye")
+                    return
+                await socket.send_text(f"echo: {text}")
+        except WebSocketDisconnect:
+            pass
 
     @web.get("/boom")
     def boom():

@@ -74,6 +74,29 @@ def test_asgi_app_streams_chunks_as_they_are_made(web_env):
     assert arrived[-1] - arrived[0] > 0.8, [round(t - arrived[0], 2) for t in arrived]
 
 
+def test_websocket_echoes_both_ways_and_closes(web_env):
+    import asyncio
+
+    import aiohttp
+
+    async def talk() -> tuple[list[str], int | None]:
+        url = web_env.urls["streamer"].replace("http://", "ws://") + "/ws"
+        got = []
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            for word in ("one", "two", "three"):
+                await ws.send_str(word)
+                msg = await ws.receive(timeout=30)
+                got.append(msg.data)
+            await ws.send_str("bye")
+            closing = await ws.receive(timeout=30)
+            assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), closing
+            return got, ws.close_code
+
+    got, code = asyncio.run(talk())
+    assert got == ["echo: one", "echo: two", "echo: three"]
+    assert code == 4000
+
+
 def test_asgi_app_gets_the_request_body_and_path(web_env):
     status, _, body = _request(f"{web_env.urls['streamer']}/echo", data=b"x" * 5000, method="POST")
     assert status == 200 and json.loads(body)["bytes"] == 5000

@@ -342,6 +342,8 @@ class ContainerLoop:
                         with self.cond:
                             self.queue.extend(msg["items"])
                             self.cond.notify_all()
+                elif kind == "web_in" and self.web is not None:
+                    self.web.feed(msg)
                 elif kind == "cancel":
                     self.cancel(list(msg["ids"]))
                 elif kind == "stop":

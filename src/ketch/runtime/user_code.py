@@ -76,7 +76,8 @@ def _import_module(spec: FunctionSpec) -> Any:
                 with open(spec.module_file, encoding="utf-8") as fh:
                     source = fh.read()
                 linecache.cache[host_file] = (len(source), None, source.splitlines(True), host_file)
-                exec(compile(source, host_file, "exec"), module.__dict__)
+                # dont_inherit: this module's own `from __future__ import annotations` must not leak into the user's
+                exec(compile(source, host_file, "exec", dont_inherit=True), module.__dict__)
             else:
                 mod_spec.loader.exec_module(module)
         except BaseException:

@@ -40,9 +40,26 @@ class WebHost:
         self.apps: dict[str | None, Any] = {}
         self.lifespans: list[_Lifespan] = []
         self.lock: asyncio.Lock | None = None
+        # Messages from the gateway for a running request (WebSocket frames), by input id.
+        self.inboxes: dict[int, asyncio.Queue[dict[str, Any]]] = {}
 
     def submit(self, item: dict[str, Any]) -> None:
         asyncio.run_coroutine_threadsafe(self.run(item), self.c.aloop)
+
+    def feed(self, msg: dict[str, Any]) -> None:
+        """A ``web_in`` message from the channel's reader thread."""
+        assert self.c.aloop is not None
+        self.c.aloop.call_soon_threadsafe(self._inbox(int(msg["id"])).put_nowait, msg)
+
+    def _inbox(self, input_id: int) -> asyncio.Queue[dict[str, Any]]:
+        inbox = self.inboxes.get(input_id)
+        if inbox is None:
+            inbox = self.inboxes[input_id] = asyncio.Queue()
+        return inbox
+
+    def _emit(self, *events: dict[str, Any]) -> None:
+        with self.c.send_lock:
+            self.c.chan.write(*events)
 
     async def app_for(self, method: str | None) -> Any:
         if method in self.apps:
@@ -91,22 +108,69 @@ class WebHost:
         self.c.running[input_id] = running
         try:
             app = await self.app_for(item.get("method"))
-            await self._serve(app, input_id, item["web"])
+            if item["web"]["scope"].get("type") == "websocket":
+                await self._serve_websocket(app, input_id, item["web"])
+            else:
+                await self._serve(app, input_id, item["web"])
             out = self.c._result(input_id, "success", None, started)
         except BaseException as exc:  # the app may raise anything; a cancel arrives as CancelledError
             out = self.c._failure(input_id, exc, started)
         finally:
             self.c.running.pop(input_id, None)
+            self.inboxes.pop(input_id, None)
         self.c.emit(out, force=True)
 
-    async def _serve(self, app: Any, input_id: int, request: dict[str, Any]) -> None:
-        wire = request["scope"]
+    def _scope(self, wire: dict[str, Any]) -> dict[str, Any]:
         scope = dict(wire)
         scope["headers"] = [(bytes(k), bytes(v)) for k, v in wire["headers"]]
         scope["client"] = tuple(wire["client"]) if wire.get("client") else None
         scope["server"] = tuple(wire["server"]) if wire.get("server") else None
         if self.lifespans:
             scope["state"] = dict(self.lifespans[0].state)
+        return scope
+
+    async def _serve_websocket(self, app: Any, input_id: int, request: dict[str, Any]) -> None:
+        """One WebSocket: frames from the client arrive as ``web_in`` messages, the app's go out as events."""
+        scope = self._scope(request["scope"])
+        inbox = self._inbox(input_id)
+        connected = closed = False
+
+        async def receive() -> Message:
+            nonlocal connected, closed
+            if not connected:
+                connected = True
+                return {"type": "websocket.connect"}
+            if closed:
+                return {"type": "websocket.disconnect", "code": 1000}
+            msg = await inbox.get()
+            if msg.get("ev") == "ws_msg":
+                if msg.get("text") is not None:
+                    return {"type": "websocket.receive", "text": msg["text"]}
+                return {"type": "websocket.receive", "bytes": bytes(msg.get("bytes") or b"")}
+            closed = True
+            return {"type": "websocket.disconnect", "code": int(msg.get("code") or 1000)}
+
+        async def send(message: Message) -> None:
+            nonlocal closed
+            kind = message.get("type")
+            base = {"t": "web", "id": input_id}
+            if kind == "websocket.accept":
+                headers = [[bytes(k), bytes(v)] for k, v in message.get("headers", [])]
+                self._emit({**base, "ev": "ws_accept", "subprotocol": message.get("subprotocol"), "headers": headers})
+            elif kind == "websocket.send":
+                if message.get("text") is not None:
+                    self._emit({**base, "ev": "ws_send", "text": message["text"]})
+                else:
+                    self._emit({**base, "ev": "ws_send", "bytes": bytes(message.get("bytes") or b"")})
+            elif kind == "websocket.close":
+                closed = True
+                self._emit({**base, "ev": "ws_close", "code": int(message.get("code", 1000)),
+                            "reason": message.get("reason") or ""})  # fmt: skip
+
+        await app(scope, receive, send)
+
+    async def _serve(self, app: Any, input_id: int, request: dict[str, Any]) -> None:
+        scope = self._scope(request["scope"])
         body: bytes = request.get("body") or b""
         delivered = responded = False
         finished = asyncio.Event()
@@ -136,8 +200,7 @@ class WebHost:
                     return
                 more = bool(message.get("more_body", False))
                 event = {"t": "web", "id": input_id, "ev": "body", "body": bytes(message.get("body", b"")), "more": more}
-                with self.c.send_lock:
-                    self.c.chan.write(*held, event)
+                self._emit(*held, event)
                 held.clear()
                 if not more:
                     finished.set()
@@ -150,8 +213,7 @@ class WebHost:
         if not responded:
             raise RuntimeError("the ASGI app returned without sending a response")
         if not ended:  # an app that returned without ending its body
-            with self.c.send_lock:
-                self.c.chan.write(*held, {"t": "web", "id": input_id, "ev": "body", "body": b"", "more": False})
+            self._emit(*held, {"t": "web", "id": input_id, "ev": "body", "body": b"", "more": False})
 
 
 def _fastapi_app(fn: Callable[..., Any], cfg: dict[str, Any]) -> Any:

@@ -88,6 +88,7 @@ class InputState:
     web: Any = None
     web_request: dict[str, Any] | None = None
     container_id: str | None = None
+    web_pending: list[dict[str, Any]] = field(default_factory=list)  # for the container, once it has one
 
 
 
@@ -430,6 +431,16 @@ class Dispatcher:
         self._perform(pool, pool.enqueue([input_id], time.monotonic()))
         return input_id
 
+    def web_send(self, input_id: int, msg: dict[str, Any]) -> None:
+        """A message for the container serving web input ``input_id`` (a WebSocket frame, a disconnect)."""
+        info = self.inputs.get(input_id)
+        if info is None:
+            return
+        if info.container_id is None:
+            info.web_pending.append(msg)
+        else:
+            self._send(info.container_id, {"t": "web_in", "id": input_id, **msg})
+
     def web_cancel(self, input_id: int) -> None:
         """The client of a web request went away: stop running it."""
         info = self.inputs.get(input_id)
@@ -644,6 +655,12 @@ class Dispatcher:
             items.append({"id": input_id, "args": args, "method": info.method})
         if not self._send(container_id, {"t": "inputs", "items": items}):
             logger.warning("container %s is gone; its inputs fail over when it exits", container_id)
+            return
+        for input_id in input_ids:
+            info = self.inputs[input_id]
+            for msg in info.web_pending:
+                self._send(container_id, {"t": "web_in", "id": input_id, **msg})
+            info.web_pending.clear()
 
     def container_token_ok(self, container_id: str, token: str) -> bool:
         handle = self.containers.get(container_id)

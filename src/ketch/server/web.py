@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from sqlalchemy import Column, Float, Integer, LargeBinary, String, Table, delete, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -225,7 +225,7 @@ class Gateway:
             if not token_ok(self.store, key, secret):
                 return _text(401, "ketch: invalid credentials for proxy authorization")
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            return _text(501, "ketch: WebSocket endpoints are not supported yet")
+            return await self._websocket(request, route)
         limit = int(float(config.get("web_max_body_mb")) * 1024 * 1024)
         too_big = _text(413, f"ketch: request body over the limit of {limit // 2**20} MiB (KETCH_WEB_MAX_BODY_MB)")
         if request.content_length is not None and request.content_length > limit:
@@ -245,6 +245,69 @@ class Gateway:
         except (asyncio.CancelledError, ConnectionResetError):
             self.d.web_cancel(input_id)  # the client went away
             raise
+
+    async def _websocket(self, request: web.Request, route: Route) -> web.StreamResponse:
+        """A WebSocket, both ways: the app accepts (or not), then frames flow until either side closes."""
+        scope = _scope(request, route.port)
+        scope.update(type="websocket", scheme="ws")
+        scope.pop("method", None)
+        protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        scope["subprotocols"] = protocols
+        exchange = Exchange()
+        try:
+            input_id = self.d.web_request(route.function_id, route.method, exchange, scope, b"")
+        except Error as exc:
+            return _text(503, f"ketch: {type(exc).__name__}: {exc}")
+        ws: web.WebSocketResponse | None = None
+        pump: asyncio.Task[None] | None = None
+
+        async def from_client(sock: web.WebSocketResponse) -> None:
+            code = 1000
+            try:
+                async for msg in sock:
+                    if msg.type == WSMsgType.TEXT:
+                        self.d.web_send(input_id, {"ev": "ws_msg", "text": msg.data})
+                    elif msg.type == WSMsgType.BINARY:
+                        self.d.web_send(input_id, {"ev": "ws_msg", "bytes": msg.data})
+                    elif msg.type == WSMsgType.ERROR:
+                        code = 1006
+                        break
+            finally:
+                self.d.web_send(input_id, {"ev": "ws_disconnect", "code": sock.close_code or code})
+
+        try:
+            while True:
+                ev = await exchange.events.get()
+                kind = ev.get("ev")
+                if kind == "ws_accept" and ws is None:
+                    sub = ev.get("subprotocol")
+                    ws = web.WebSocketResponse(protocols=[sub] if sub else (), max_msg_size=0)
+                    for name, value in ev.get("headers", []):
+                        ws.headers.add(bytes(name).decode("latin-1"), bytes(value).decode("latin-1"))
+                    await ws.prepare(request)
+                    pump = asyncio.create_task(from_client(ws))
+                elif kind == "ws_send" and ws is not None:
+                    if ev.get("text") is not None:
+                        await ws.send_str(ev["text"])
+                    else:
+                        await ws.send_bytes(bytes(ev.get("bytes") or b""))
+                elif kind == "ws_close":
+                    if ws is None:  # closed before accepting: the app refused the connection
+                        return _text(403, "ketch: the app refused the WebSocket connection")
+                    await ws.close(code=int(ev.get("code") or 1000), message=str(ev.get("reason") or "").encode())
+                elif kind == "done":
+                    if ws is None:
+                        return _text(500 if ev.get("status") != "success" else 403,
+                                     f"ketch: the WebSocket endpoint ended without accepting: {_failure(ev)}")  # fmt: skip
+                    if not ws.closed:
+                        await ws.close(code=1000 if ev.get("status") == "success" else 1011)
+                    return ws
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.d.web_cancel(input_id)
+            raise
+        finally:
+            if pump is not None:
+                pump.cancel()
 
     async def _respond(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         resp: web.StreamResponse | None = None
