@@ -116,6 +116,20 @@ class Model:
         return {"y": x + self.weights["bias"]}
 
 
+@app.function(scaledown_window=2)
+@ketch.web_server(8765, startup_timeout=10)
+def files():
+    """Any HTTP server on the port: here Python's own, serving a small directory."""
+    import pathlib
+    import subprocess
+    import sys
+    import tempfile
+
+    root = pathlib.Path(tempfile.mkdtemp())
+    (root / "hello.txt").write_text("served by http.server\n")
+    subprocess.Popen([sys.executable, "-m", "http.server", "8765", "--bind", "127.0.0.1", "--directory", str(root)])
+
+
 @app.local_entrypoint()
 def main():
     import json

@@ -161,6 +161,7 @@ class _App:
             web = getattr(raw_f, "__ketch_web__", None)
             if web is not None:
                 spec.web = dict(web)
+            _web_server_limits(spec)
             if schedule_wire is not None:
                 if inspect.signature(raw_f).parameters and any(
                     p.default is p.empty for p in inspect.signature(raw_f).parameters.values()
@@ -222,6 +223,7 @@ class _App:
             spec.block_network = bool(block_network)
             spec.is_class = True
             spec.methods = methods
+            _web_server_limits(spec)
             cls_obj = new_class_function(self, spec, user_cls)
             cls_obj._fn._secrets = secret_list
             cls_obj._fn._volumes = volume_map
@@ -423,6 +425,18 @@ async def _attach_volumes(fns: list[_Function]) -> None:
             object_id = await vol._resolve()
             entries.append({"path": path, "object_id": object_id, "name": vol._name})
         fn._spec.volumes = entries
+
+
+def _web_server_limits(spec: FunctionSpec) -> None:
+    """A ``web_server`` listens on a fixed port of the node's network, so one container
+    serves it (a second would find the port taken), taking many requests at once."""
+    if not any(cfg.get("type") == "server" for cfg in spec.web_methods().values()):
+        return
+    if spec.max_containers not in (None, 1):
+        raise InvalidError(f"{spec.tag}: a @ketch.web_server endpoint runs in one container; drop max_containers")
+    spec.max_containers = 1
+    if spec.max_inputs == 1 and not spec.target_inputs:  # no @ketch.concurrent: let the server take the load
+        spec.max_inputs = 1000
 
 
 async def _attach_sources(client: _Client, fns: list[_Function], deployed: bool) -> None:

@@ -29,7 +29,7 @@ def web_env():
     env.env["KETCH_WEB_MAX_BODY_MB"] = "1"
     deployed = env.cli("deploy", "examples/web_endpoints.py", timeout=60).check()
     env.urls = dict(re.findall(r"- (\S+) => (http://127\.0\.0\.1:\d+)", deployed.stdout))
-    assert set(env.urls) == {"hello", "private", "streamer", "legacy", "broken", "Model.predict"}, deployed.describe()
+    assert set(env.urls) == {"hello", "private", "streamer", "legacy", "broken", "Model.predict", "files"}, deployed.describe()
     yield env
     env.close()
     shutil.rmtree(home, ignore_errors=True)
@@ -106,6 +106,13 @@ def test_wsgi_app(web_env):
     status, headers, body = _request(f"{web_env.urls['legacy']}/a/b?q=1", data=b"12345", method="PUT")
     assert status == 200 and headers["X-Served-By"] == "wsgi"
     assert body == b"PUT /a/b?q=1 5\n"
+
+
+def test_web_server_requests_are_relayed_to_its_port(web_env):
+    status, _, body = _request(f"{web_env.urls['files']}/hello.txt")
+    assert status == 200 and body == b"served by http.server\n"
+    status, _, _ = _request(f"{web_env.urls['files']}/missing.txt")
+    assert status == 404
 
 
 def test_proxy_auth(web_env):

@@ -85,12 +85,16 @@ class WebHost:
                 app = await app
             if kind == "wsgi":
                 app = WsgiAdapter(app)
-        else:
-            raise InvalidError(f"@ketch.web_server endpoints are not supported yet ({self.c.spec.tag})")
+        else:  # web_server: the function starts a server on the port; requests are relayed to it
+            result = await asyncio.get_running_loop().run_in_executor(None, fn)
+            if inspect.isawaitable(result):
+                await result
+            await _wait_listening(int(cfg["port"]), float(cfg.get("startup_timeout", 5.0)), self.c.spec.tag)
+            return PortRelay(int(cfg["port"]))
         if not callable(app):
             raise InvalidError(f"{self.c.spec.tag} returned {app!r}, not an {kind.upper()} app")
         lifespan = _Lifespan(app)
-        if kind != "wsgi" and await lifespan.startup():
+        if kind in ("asgi", "fastapi") and await lifespan.startup():
             self.lifespans.append(lifespan)
         return app
 
@@ -230,6 +234,114 @@ def _fastapi_app(fn: Callable[..., Any], cfg: dict[str, Any]) -> Any:
     app.add_api_route("/", fn, methods=[cfg.get("method", "GET")])
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
     return app
+
+
+async def _wait_listening(port: int, timeout: float, tag: str) -> None:
+    """Until something accepts connections on 127.0.0.1:``port`` (``startup_timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise InvalidError(
+                    f"{tag}: nothing listens on port {port} {timeout:g} s after the function returned "
+                    "(@ketch.web_server(port=..., startup_timeout=...))"
+                ) from None
+            await asyncio.sleep(0.05)
+
+
+class PortRelay:
+    """An ASGI app that passes requests and WebSockets on to the server on 127.0.0.1:``port``."""
+
+    _HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"te", b"trailer", b"host",
+            b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions", b"content-length"}  # fmt: skip
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.session: Any = None
+
+    def _session(self) -> Any:
+        import aiohttp
+
+        if self.session is None:
+            self.session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+            )
+        return self.session
+
+    def _target(self, scope: Message, scheme: str) -> tuple[str, list[tuple[str, str]]]:
+        query = scope.get("query_string") or b""
+        raw = scope.get("raw_path") or scope["path"].encode()
+        url = f"{scheme}://127.0.0.1:{self.port}{raw.decode('latin-1')}" + (f"?{query.decode('latin-1')}" if query else "")
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k.lower() not in self._HOP]
+        return url, headers
+
+    async def __call__(self, scope: Message, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+
+    async def _http(self, scope: Message, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        import yarl
+
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        url, headers = self._target(scope, "http")
+        async with self._session().request(
+            scope["method"], yarl.URL(url, encoded=True), headers=headers, data=body or None, allow_redirects=False
+        ) as resp:
+            out = [(k.lower(), v) for k, v in resp.raw_headers if k.lower() not in (b"transfer-encoding", b"connection")]
+            await send({"type": "http.response.start", "status": resp.status, "headers": out})
+            async for chunk in resp.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _websocket(self, scope: Message, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        import aiohttp
+        import yarl
+
+        await receive()  # websocket.connect
+        url, headers = self._target(scope, "ws")
+        try:
+            upstream = await self._session().ws_connect(
+                yarl.URL(url, encoded=True), headers=headers, protocols=scope.get("subprotocols") or ()
+            )
+        except aiohttp.ClientError:
+            await send({"type": "websocket.close", "code": 1011})
+            return
+        await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
+
+        async def down() -> None:
+            async for msg in upstream:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    await send({"type": "websocket.send", "text": msg.data})
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    await send({"type": "websocket.send", "bytes": msg.data})
+            await send({"type": "websocket.close", "code": upstream.close_code or 1000})
+
+        relay = asyncio.ensure_future(down())
+        try:
+            while True:
+                msg = await receive()
+                if msg["type"] == "websocket.receive":
+                    if msg.get("text") is not None:
+                        await upstream.send_str(msg["text"])
+                    else:
+                        await upstream.send_bytes(msg.get("bytes") or b"")
+                else:
+                    break
+        finally:
+            await upstream.close()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(relay, 5)
 
 
 class _Lifespan:
