@@ -45,6 +45,7 @@ _SETTINGS: dict[str, _Setting] = {
     "fork_containers": _Setting(True, _to_bool, "start containers as forks of a warm template process"),
     "force_build": _Setting(False, _to_bool, "rebuild images even when cached"),
     "web_max_body_mb": _Setting(64.0, float, "largest web request body the gateway takes, in MiB (413 beyond)"),
+    "web_sync_window": _Setting(150.0, float, "seconds a web request waits for its response to start before a 303 to its result"),
 }
 
 

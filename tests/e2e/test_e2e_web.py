@@ -23,10 +23,12 @@ APP = "web-demo"
 
 @pytest.fixture(scope="module")
 def web_env():
-    """A control plane of its own: a 1 MiB body limit, so the 413 test needs no big upload."""
+    """A control plane of its own: a 1 MiB body limit, so the 413 test needs no big upload, and
+    a 2 s synchronous window, so the redirect test need not wait 150 s."""
     home = Path(tempfile.mkdtemp(prefix="ketch-e2e-web-", dir="/tmp"))
     env = KetchEnv(home)
     env.env["KETCH_WEB_MAX_BODY_MB"] = "1"
+    env.env["KETCH_WEB_SYNC_WINDOW"] = "2"  # seconds before a slow request is answered with a 303
     deployed = env.cli("deploy", "examples/web_endpoints.py", timeout=60).check()
     env.urls = dict(re.findall(r"- (\S+) => (http://127\.0\.0\.1:\d+)", deployed.stdout))
     assert set(env.urls) == {"hello", "private", "streamer", "legacy", "broken", "Model.predict", "files"}, deployed.describe()
@@ -113,6 +115,29 @@ def test_web_server_requests_are_relayed_to_its_port(web_env):
     assert status == 200 and body == b"served by http.server\n"
     status, _, _ = _request(f"{web_env.urls['files']}/missing.txt")
     assert status == 404
+
+
+def test_a_request_outliving_the_sync_window_is_redirected_to_its_result(web_env):
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    base = web_env.urls["streamer"]
+    started = time.monotonic()
+    try:
+        opener.open(f"{base}/slow?seconds=3.5", timeout=30)
+        raise AssertionError("expected a 303")
+    except urllib.error.HTTPError as err:
+        assert err.code == 303, err
+        location = err.headers["Location"]
+    assert location.startswith("/__ketch/result/") and time.monotonic() - started < 3.4
+    status, _, body = _request(f"{base}{location}")  # waits (and follows 303s) until the result
+    assert status == 200 and "pid" in json.loads(body)
+    assert _request(f"{base}{location}")[0] == 404  # a result is fetched once
+    # urllib follows the 303 by itself, as browsers and most clients do.
+    status, _, body = _request(f"{base}/slow?seconds=3")
+    assert status == 200 and "pid" in json.loads(body)
 
 
 def test_proxy_auth(web_env):

@@ -109,11 +109,17 @@ def token_ok(store: Store, token_id: str, secret: str) -> bool:
     return row is not None and hmac.compare_digest(row[0], _hash(secret))
 
 
+RESULT_PATH = "/__ketch/result/"
+KEEP_RESULT_S = 600.0  # how long a redirected request's response waits to be fetched
+
+
 class Gateway:
     def __init__(self, dispatcher: Any, host: str = "127.0.0.1") -> None:
         self.d = dispatcher
         self.store: Store = dispatcher.store
         self.host = host
+        # Requests that outlived the synchronous window: token -> (port, exchange, when it was parked).
+        self.parked: dict[str, tuple[int, Exchange, float]] = {}
         self.by_port: dict[int, Route] = {}
         self.sites: dict[int, web.BaseSite] = {}
         self.runner: web.AppRunner | None = None
@@ -224,6 +230,8 @@ class Gateway:
                 return _text(401, "ketch: missing credentials for proxy authorization (Modal-Key, Modal-Secret)")
             if not token_ok(self.store, key, secret):
                 return _text(401, "ketch: invalid credentials for proxy authorization")
+        if request.path.startswith(RESULT_PATH):
+            return await self._result(request, route, request.path[len(RESULT_PATH) :])
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request, route)
         limit = int(float(config.get("web_max_body_mb")) * 1024 * 1024)
@@ -241,10 +249,41 @@ class Gateway:
         except Error as exc:
             return _text(503, f"ketch: {type(exc).__name__}: {exc}")
         try:
-            return await self._respond(request, exchange)
+            first = await self._first_event(exchange)
+            if first is None:  # still working after the synchronous window: see other, later
+                return self._park(route.port, exchange)
+            return await self._respond(request, exchange, first)
         except (asyncio.CancelledError, ConnectionResetError):
             self.d.web_cancel(input_id)  # the client went away
             raise
+
+    async def _first_event(self, exchange: Exchange) -> dict[str, Any] | None:
+        """The request's first event, or None if none came within ``web_sync_window`` seconds."""
+        try:
+            return await asyncio.wait_for(exchange.events.get(), float(config.get("web_sync_window")))
+        except TimeoutError:
+            return None
+
+    def _park(self, port: int, exchange: Exchange) -> web.Response:
+        """Keep a slow request running and send the client to where its response will be (as Modal's 303)."""
+        now = time.monotonic()
+        for token, (_, _, since) in list(self.parked.items()):
+            if now - since > KEEP_RESULT_S:
+                del self.parked[token]
+        token = secrets.token_urlsafe(16)
+        self.parked[token] = (port, exchange, now)
+        return web.Response(status=303, headers={"Location": f"{RESULT_PATH}{token}"})
+
+    async def _result(self, request: web.Request, route: Route, token: str) -> web.StreamResponse:
+        """A redirected request's response: once it has started, or another 303 here if it still has not."""
+        parked = self.parked.pop(token, None)
+        if parked is None or parked[0] != route.port:
+            return _text(404, "ketch: no such pending result (each result can be fetched once, within 10 minutes)")
+        first = await self._first_event(parked[1])
+        if first is None:
+            self.parked[token] = (parked[0], parked[1], time.monotonic())
+            return web.Response(status=303, headers={"Location": f"{RESULT_PATH}{token}"})
+        return await self._respond(request, parked[1], first)
 
     async def _websocket(self, request: web.Request, route: Route) -> web.StreamResponse:
         """A WebSocket, both ways: the app accepts (or not), then frames flow until either side closes."""
@@ -309,10 +348,12 @@ class Gateway:
             if pump is not None:
                 pump.cancel()
 
-    async def _respond(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+    async def _respond(self, request: web.Request, exchange: Exchange, first: dict[str, Any]) -> web.StreamResponse:
         resp: web.StreamResponse | None = None
+        ev: dict[str, Any] | None = first
         while True:
-            ev = await exchange.events.get()
+            if ev is None:
+                ev = await exchange.events.get()
             kind = ev.get("ev")
             if kind == "start" and resp is None:
                 resp = web.StreamResponse(status=int(ev["status"]))
@@ -335,6 +376,7 @@ class Gateway:
                 if request.transport is not None:
                     request.transport.close()
                 return resp
+            ev = None
 
 
 def _route(row: Any) -> Route:
