@@ -978,3 +978,59 @@ def test_image_list_rm_prune(sandbox_env, apps):
 
     bad = sandbox_env.cli("image", "prune", "--older-than", "soon", timeout=60)
     assert bad.returncode not in (0, None) and "--older-than" in bad.output, bad.describe()
+
+
+# --- web endpoints in sandboxes -----------------------------------------------------------
+
+SANDBOX_WEB = '''
+import ketch
+
+app = ketch.App("sandbox-web", image=ketch.Image.debian_slim().pip_install("fastapi"))
+
+
+@app.function()
+@ketch.fastapi_endpoint()
+def where(name: str = "x") -> dict:
+    import os
+
+    return {"hello": name, "source_at_root": os.path.exists("/root/sandbox_web.py")}
+
+
+@app.function()
+@ketch.asgi_app()
+def sock():
+    from fastapi import FastAPI, WebSocket
+
+    web = FastAPI()
+
+    @web.websocket("/ws")
+    async def ws(s: WebSocket):
+        await s.accept()
+        await s.send_text("hi from the sandbox: " + await s.receive_text())
+        await s.close()
+
+    return web
+'''
+
+
+def test_web_endpoints_and_websockets_in_sandboxes(sandbox_env, tmp_path):
+    import json
+    import urllib.request
+
+    import aiohttp
+
+    app_file = tmp_path / "sandbox_web.py"
+    app_file.write_text(SANDBOX_WEB)
+    deployed = sandbox_env.cli("deploy", str(app_file), timeout=400).check()
+    urls = dict(re.findall(r"- (\S+) => (http://127\.0\.0\.1:\d+)", deployed.stdout))
+    with urllib.request.urlopen(f"{urls['where']}/?name=bwrap", timeout=120) as resp:
+        assert json.loads(resp.read()) == {"hello": "bwrap", "source_at_root": True}
+
+    async def talk() -> str:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(urls["sock"].replace("http://", "ws://") + "/ws") as ws:
+                await ws.send_str("ping")
+                return (await ws.receive(timeout=120)).data
+
+    assert asyncio.run(talk()) == "hi from the sandbox: ping"
+    sandbox_env.cli("app", "stop", "sandbox-web").check()
