@@ -20,6 +20,7 @@ failure and retries like any other, and ``FunctionCall.from_id`` finds it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -64,6 +65,8 @@ class ScheduleRunner:
     async def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
 
     def sync(self, app_id: str, functions: list[dict[str, Any]]) -> None:
         """A deploy of ``app_id``: schedule its functions' schedules (and drop the ones it no longer has)."""
