@@ -49,6 +49,17 @@ def streamer():
 
         return StreamingResponse(chunks(), media_type="text/plain")
 
+    @web.get("/events")
+    def events(n: int = 3):
+        """Server-sent events: each event reaches the client as soon as it is made."""
+
+        def stream():
+            for i in range(n):
+                yield f"event: tick\ndata: {i} {time.time():.3f}\n\n"
+                time.sleep(0.3)
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
     @web.post("/echo")
     async def echo(request: Request):
         body = await request.body()

@@ -76,6 +76,17 @@ def test_asgi_app_streams_chunks_as_they_are_made(web_env):
     assert arrived[-1] - arrived[0] > 0.8, [round(t - arrived[0], 2) for t in arrived]
 
 
+def test_server_sent_events_arrive_one_by_one(web_env):
+    arrived = []
+    with urllib.request.urlopen(f"{web_env.urls['streamer']}/events?n=3", timeout=60) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        for line in resp:
+            if line.startswith(b"data: "):
+                arrived.append((time.monotonic(), int(line.split()[1])))
+    assert [i for _, i in arrived] == [0, 1, 2]
+    assert arrived[-1][0] - arrived[0][0] > 0.4, "the events came together: buffered"
+
+
 def test_websocket_echoes_both_ways_and_closes(web_env):
     import asyncio
 
