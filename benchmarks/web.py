@@ -12,7 +12,8 @@ The endpoint is ``def ping(): return {"ok": True}`` as a
 one container takes the load, as one uvicorn process does). The peer is the
 same FastAPI app (built by the same code: the route, CORS open) served
 directly by ``uvicorn`` on 127.0.0.1 with its default settings, in a process
-of its own. Load comes from ``wrk`` (Debian's package; ``scripts/system-deps``
+of its own (with ``uvicorn[standard]`` installed, as ``.[bench]`` does, it
+picks httptools and uvloop, its fastest). Load comes from ``wrk`` (Debian's package; ``scripts/system-deps``
 installs it), one thread:
 
 - latency: 1 connection, requests back to back; p50 / p99 from wrk's
@@ -183,10 +184,16 @@ def main(argv: list[str] | None = None) -> int:
                 # Of the two rounds keep the better (higher rps, lower p50): VM noise only slows.
                 if best is None or (run["rps"] > best["rps"] if kind == "throughput" else run["p50_ms"] < best["p50_ms"]):
                     results[name][kind] = run
-        uv = subprocess.run(
-            [sys.executable, "-c", "import uvicorn; print(uvicorn.__version__)"], capture_output=True, text=True
+        probe = (
+            "import importlib.util as u, uvicorn; "
+            "print(uvicorn.__version__, 'httptools' if u.find_spec('httptools') else 'h11', "
+            "'uvloop' if u.find_spec('uvloop') else 'asyncio')"
         )
-        notes.append(f"uvicorn {uv.stdout.strip()} with its defaults (http='auto', loop='auto'), one process")
+        uv = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.split()
+        notes.append(
+            f"uvicorn {uv[0] if uv else '?'} with its defaults, one process: http='auto' picked "
+            f"{uv[1] if len(uv) > 1 else '?'}, loop='auto' picked {uv[2] if len(uv) > 2 else '?'}"
+        )
 
     aborted = h.guarded(body, cleanup, watchdog, notes)
     total = time.perf_counter() - t_start

@@ -43,32 +43,65 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
         raise ChannelClosed(str(exc)) from exc
 
 
+class FrameBuffer:
+    """Bytes received so far, cut into frames as they complete."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def frames(self) -> list[dict[str, Any]]:
+        """The complete frames at the front (removed from the buffer)."""
+        out, data, at = [], self.data, 0
+        while len(data) - at >= HEADER.size:
+            (size,) = HEADER.unpack_from(data, at)
+            if size > MAX_FRAME:
+                raise ChannelClosed(f"frame of {size} bytes is over the limit")
+            end = at + HEADER.size + size
+            if len(data) < end:
+                break
+            out.append(decode(bytes(data[at + HEADER.size : end])))
+            at = end
+        if at:
+            del data[:at]
+        return out
+
+
 class BlockingChannel:
-    """The container's end: a connected socket, reads from one thread, writes locked."""
+    """The container's end: a connected socket, reads from one thread, writes locked.
+
+    ``read`` blocks for the next frame; a container serving web requests
+    instead reads the socket from its event loop (``pending`` hands over
+    what was already received).
+    """
 
     def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._file = sock.makefile("rb", buffering=1024 * 1024)
+        self.sock = sock
+        self._in = FrameBuffer()
+        self._ready: list[dict[str, Any]] = []
 
     def read(self) -> dict[str, Any]:
-        header = self._file.read(HEADER.size)
-        if len(header) < HEADER.size:
-            raise ChannelClosed("control plane closed the channel")
-        (size,) = HEADER.unpack(header)
-        body = self._file.read(size)
-        if len(body) < size:
-            raise ChannelClosed("control plane closed the channel mid-frame")
-        return decode(body)
+        while not self._ready:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ChannelClosed("control plane closed the channel")
+            self._in.data += chunk
+            self._ready = self._in.frames()
+        return self._ready.pop(0)
+
+    def pending(self) -> tuple[list[dict[str, Any]], FrameBuffer]:
+        """Frames read but not yet returned, and the buffer of a partial one: for another reader."""
+        ready, self._ready = self._ready, []
+        return ready, self._in
 
     def write(self, *msgs: dict[str, Any]) -> None:
         """Send ``msgs`` in one write."""
         try:
-            self._sock.sendall(b"".join(encode(msg) for msg in msgs))
+            self.sock.sendall(b"".join(encode(msg) for msg in msgs))
         except OSError as exc:
             raise ChannelClosed(str(exc)) from exc
 
     def close(self) -> None:
         try:
-            self._sock.close()
+            self.sock.close()
         except OSError:
             pass

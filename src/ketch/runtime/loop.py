@@ -309,13 +309,13 @@ class ContainerLoop:
         is_async = any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f) for f in fns)
         if self.web is not None:  # requests run as tasks on an event loop, whatever the function is
             self.aloop = asyncio.new_event_loop()
-            threading.Thread(target=self.aloop.run_forever, name="user-loop", daemon=True).start()
+            threading.Thread(target=_run_loop, args=(self.aloop,), name="user-loop", daemon=True).start()
             targets = []
         elif self.spec.batch_max_size:
             targets = [self.batch_worker]
         elif is_async:
             self.aloop = asyncio.new_event_loop()
-            threading.Thread(target=self.aloop.run_forever, name="user-loop", daemon=True).start()
+            threading.Thread(target=_run_loop, args=(self.aloop,), name="user-loop", daemon=True).start()
             targets = [self.async_feeder]
         else:
             targets = [self.sync_worker] * self.slots
@@ -329,27 +329,66 @@ class ContainerLoop:
 
     def serve(self) -> None:
         threads = self.start_threads()
+        if self.web is not None:
+            self._serve_web(threads)
+            return
         self.chan.write({"t": "ready"})
         try:
             while True:
                 msg = self.chan.read()
                 kind = msg.get("t")
-                if kind == "inputs" and self.web is not None:
-                    for item in msg["items"]:
-                        self.web.submit(item)
-                elif kind == "inputs":
+                if kind == "inputs":
                     if not self._run_inline(msg["items"]):
                         with self.cond:
                             self.queue.extend(msg["items"])
                             self.cond.notify_all()
-                elif kind == "web_in" and self.web is not None:
-                    self.web.feed(msg)
                 elif kind == "cancel":
                     self.cancel(list(msg["ids"]))
                 elif kind == "stop":
                     break
         except ChannelClosed:
             os._exit(1)  # the control plane is gone; nothing to report to
+        self.shutdown(threads)
+
+    def _serve_web(self, threads: list[threading.Thread]) -> None:
+        """A web endpoint's container reads its channel on its event loop, where the requests
+        run: no hand-off between threads per request."""
+        assert self.aloop is not None and self.web is not None
+        loop, web, sock = self.aloop, self.web, self.chan.sock
+        ready, buffer = self.chan.pending()
+        stopped = threading.Event()
+
+        def handle(msg: dict[str, Any]) -> None:
+            kind = msg.get("t")
+            if kind == "inputs":
+                web.start(msg["items"])
+            elif kind == "web_in":
+                web.deliver(msg)
+            elif kind == "cancel":
+                self.cancel(list(msg["ids"]))
+            elif kind == "stop":
+                loop.remove_reader(sock.fileno())
+                stopped.set()
+
+        def readable() -> None:
+            try:
+                chunk = sock.recv(1 << 20)  # the socket stays blocking: it is readable, so this returns now
+            except OSError:
+                chunk = b""
+            if not chunk:
+                os._exit(1)  # the control plane is gone; nothing to report to
+            buffer.data += chunk
+            for msg in buffer.frames():
+                handle(msg)
+
+        def begin() -> None:
+            for msg in ready:
+                handle(msg)
+            loop.add_reader(sock.fileno(), readable)
+
+        loop.call_soon_threadsafe(begin)
+        self.chan.write({"t": "ready"})
+        stopped.wait()
         self.shutdown(threads)
 
     def _run_inline(self, items: list[dict[str, Any]]) -> bool:
@@ -389,6 +428,17 @@ class ContainerLoop:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Run the user's event loop for good, under one long-lived task, as ``asyncio.run`` would:
+    libraries look for that root task (anyio ties its worker threads to it; without one, a
+    FastAPI app would start and stop a thread for every request to a sync endpoint)."""
+
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    loop.run_until_complete(forever())
 
 
 def _connect() -> BlockingChannel:

@@ -29,6 +29,7 @@ from typing import Any
 from ..exception import InvalidError
 
 Message = dict[str, Any]
+FINAL_HOLD_S = 0.002  # how long a response's end waits to share a write with the input's output
 
 
 class WebHost:
@@ -42,20 +43,29 @@ class WebHost:
         self.lock: asyncio.Lock | None = None
         # Messages from the gateway for a running request (WebSocket frames), by input id.
         self.inboxes: dict[int, asyncio.Queue[dict[str, Any]]] = {}
+        # A response's last events, held to go out in one write with the input's output.
+        self.final: dict[int, list[dict[str, Any]]] = {}
 
-    def submit(self, item: dict[str, Any]) -> None:
-        asyncio.run_coroutine_threadsafe(self.run(item), self.c.aloop)
-
-    def feed(self, msg: dict[str, Any]) -> None:
-        """A ``web_in`` message from the channel's reader thread."""
+    def start(self, items: list[dict[str, Any]]) -> None:
+        """Start requests (on the event loop, which reads the channel)."""
         assert self.c.aloop is not None
-        self.c.aloop.call_soon_threadsafe(self._inbox(int(msg["id"])).put_nowait, msg)
+        for item in items:
+            self.c.aloop.create_task(self.run(item))
+
+    def deliver(self, msg: dict[str, Any]) -> None:
+        """A ``web_in`` message for a running request (on the event loop)."""
+        self._inbox(int(msg["id"])).put_nowait(msg)
 
     def _inbox(self, input_id: int) -> asyncio.Queue[dict[str, Any]]:
         inbox = self.inboxes.get(input_id)
         if inbox is None:
             inbox = self.inboxes[input_id] = asyncio.Queue()
         return inbox
+
+    def _flush_final(self, input_id: int) -> None:
+        final = self.final.pop(input_id, None)
+        if final:
+            self._emit(*final)
 
     def _emit(self, *events: dict[str, Any]) -> None:
         with self.c.send_lock:
@@ -122,7 +132,11 @@ class WebHost:
         finally:
             self.c.running.pop(input_id, None)
             self.inboxes.pop(input_id, None)
-        self.c.emit(out, force=True)
+        final = self.final.pop(input_id, None)
+        if final:  # the response's end and the output in one write
+            self._emit(*final, {"t": "outputs", "items": [out]})
+        else:
+            self.c.emit(out, force=True)
 
     def _scope(self, wire: dict[str, Any]) -> dict[str, Any]:
         scope = dict(wire)
@@ -204,10 +218,14 @@ class WebHost:
                     return
                 more = bool(message.get("more_body", False))
                 event = {"t": "web", "id": input_id, "ev": "body", "body": bytes(message.get("body", b"")), "more": more}
-                self._emit(*held, event)
-                held.clear()
-                if not more:
+                if more:
+                    self._emit(*held, event)
+                else:  # sent with the output if the app returns at once (almost every app does);
+                    # one that goes on (Starlette's background tasks) has it sent 2 ms later anyway
+                    self.final[input_id] = [*held, event]
+                    asyncio.get_running_loop().call_later(FINAL_HOLD_S, self._flush_final, input_id)
                     finished.set()
+                held.clear()
 
         try:
             await app(scope, receive, send)

@@ -122,6 +122,9 @@ class Gateway:
         self.parked: dict[str, tuple[int, Exchange, float]] = {}
         self.by_port: dict[int, Route] = {}
         self.sites: dict[int, web.BaseSite] = {}
+        # Read once: a settings lookup reads the config file, too slow for every request.
+        self.max_body = int(float(config.get("web_max_body_mb")) * 1024 * 1024)
+        self.sync_window = float(config.get("web_sync_window"))
         self.runner: web.AppRunner | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -234,7 +237,7 @@ class Gateway:
             return await self._result(request, route, request.path[len(RESULT_PATH) :])
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request, route)
-        limit = int(float(config.get("web_max_body_mb")) * 1024 * 1024)
+        limit = self.max_body
         too_big = _text(413, f"ketch: request body over the limit of {limit // 2**20} MiB (KETCH_WEB_MAX_BODY_MB)")
         if request.content_length is not None and request.content_length > limit:
             return too_big
@@ -260,7 +263,7 @@ class Gateway:
     async def _first_event(self, exchange: Exchange) -> dict[str, Any] | None:
         """The request's first event, or None if none came within ``web_sync_window`` seconds."""
         try:
-            return await asyncio.wait_for(exchange.events.get(), float(config.get("web_sync_window")))
+            return await asyncio.wait_for(exchange.events.get(), self.sync_window)
         except TimeoutError:
             return None
 
