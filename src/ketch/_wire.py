@@ -28,7 +28,7 @@ def encode(msg: dict[str, Any]) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def decode(body: bytes) -> dict[str, Any]:
+def decode(body: bytes | memoryview) -> dict[str, Any]:
     return msgpack.unpackb(body, raw=False, strict_map_key=False)
 
 
@@ -48,19 +48,28 @@ class FrameBuffer:
 
     def __init__(self) -> None:
         self.data = bytearray()
+        self._scratch = bytearray(1 << 18)
+
+    def receive(self, sock: socket.socket) -> int:
+        """One ``recv`` into the buffer (into a reused scratch area: no allocation per call)."""
+        n = sock.recv_into(self._scratch)
+        if n:
+            self.data += memoryview(self._scratch)[:n]
+        return n
 
     def frames(self) -> list[dict[str, Any]]:
         """The complete frames at the front (removed from the buffer)."""
         out, data, at = [], self.data, 0
-        while len(data) - at >= HEADER.size:
-            (size,) = HEADER.unpack_from(data, at)
-            if size > MAX_FRAME:
-                raise ChannelClosed(f"frame of {size} bytes is over the limit")
-            end = at + HEADER.size + size
-            if len(data) < end:
-                break
-            out.append(decode(bytes(data[at + HEADER.size : end])))
-            at = end
+        with memoryview(data) as view:
+            while len(data) - at >= HEADER.size:
+                (size,) = HEADER.unpack_from(data, at)
+                if size > MAX_FRAME:
+                    raise ChannelClosed(f"frame of {size} bytes is over the limit")
+                end = at + HEADER.size + size
+                if len(data) < end:
+                    break
+                out.append(decode(view[at + HEADER.size : end]))
+                at = end
         if at:
             del data[:at]
         return out
@@ -81,16 +90,15 @@ class BlockingChannel:
 
     def read(self) -> dict[str, Any]:
         while not self._ready:
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
+            if not self._in.receive(self.sock):
                 raise ChannelClosed("control plane closed the channel")
-            self._in.data += chunk
             self._ready = self._in.frames()
-        return self._ready.pop(0)
+            self._ready.reverse()  # popped from the end
+        return self._ready.pop()
 
     def pending(self) -> tuple[list[dict[str, Any]], FrameBuffer]:
         """Frames read but not yet returned, and the buffer of a partial one: for another reader."""
-        ready, self._ready = self._ready, []
+        ready, self._ready = self._ready[::-1], []
         return ready, self._in
 
     def write(self, *msgs: dict[str, Any]) -> None:

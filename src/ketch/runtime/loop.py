@@ -372,12 +372,11 @@ class ContainerLoop:
 
         def readable() -> None:
             try:
-                chunk = sock.recv(1 << 20)  # the socket stays blocking: it is readable, so this returns now
+                got = buffer.receive(sock)  # the socket stays blocking: it is readable, so this returns now
             except OSError:
-                chunk = b""
-            if not chunk:
+                got = 0
+            if not got:
                 os._exit(1)  # the control plane is gone; nothing to report to
-            buffer.data += chunk
             for msg in buffer.frames():
                 handle(msg)
 
