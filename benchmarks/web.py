@@ -205,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         over = g["latency"]["p50_ms"] - d["latency"]["p50_ms"]
         verdict = "met" if over <= OVERHEAD_TARGET_MS else "MISSED"
         print(f"| p50 latency, 1 connection, ms | {d['latency']['p50_ms']:.3f} | {g['latency']['p50_ms']:.3f} "
-              f"| +{over:.3f} ms | overhead <= {OVERHEAD_TARGET_MS:g} ms: {verdict} |")  # fmt: skip
+              f"| {over:+.3f} ms | overhead <= {OVERHEAD_TARGET_MS:g} ms: {verdict} |")  # fmt: skip
         print(f"| p99 latency, 1 connection, ms | {d['latency']['p99_ms']:.3f} | {g['latency']['p99_ms']:.3f} "
-              f"| +{g['latency']['p99_ms'] - d['latency']['p99_ms']:.3f} ms | — |")  # fmt: skip
+              f"| {g['latency']['p99_ms'] - d['latency']['p99_ms']:+.3f} ms | — |")  # fmt: skip
         print(f"| requests/s, 1 connection | {d['latency']['rps']:,.0f} | {g['latency']['rps']:,.0f} "
               f"| {g['latency']['rps'] / d['latency']['rps']:.0%} | — |")  # fmt: skip
     if "throughput" in d and "throughput" in g:
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| requests/s, {CONNECTIONS} connections | {d['throughput']['rps']:,.0f} | "
               f"{g['throughput']['rps']:,.0f} | {ratio:.0%} | >= {THROUGHPUT_TARGET:.0%} of direct: {verdict} |")  # fmt: skip
         print(f"| p50 latency, {CONNECTIONS} connections, ms | {d['throughput']['p50_ms']:.3f} | "
-              f"{g['throughput']['p50_ms']:.3f} | +{g['throughput']['p50_ms'] - d['throughput']['p50_ms']:.3f} ms | — |")  # fmt: skip
+              f"{g['throughput']['p50_ms']:.3f} | {g['throughput']['p50_ms'] - d['throughput']['p50_ms']:+.3f} ms | — |")  # fmt: skip
     print()
     for note in notes:
         print(f"- {note}")
