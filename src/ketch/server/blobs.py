@@ -15,7 +15,7 @@ import os
 import secrets
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -50,18 +50,6 @@ def copy_range(src: int, dst: int, size: int) -> None:
 def _write_all(fd: int, data: memoryview) -> None:
     while data:
         data = data[os.write(fd, data) :]
-
-
-class _Changed(Exception):
-    """The file being ingested changed while it was copied."""
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
-
-
-def _hash_range(fd: int, offset: int, length: int) -> bytes:
-    return hashlib.sha256(os.pread(fd, length, offset)).digest()
 
 
 class BlobWriter:
@@ -145,48 +133,10 @@ class BlobStore:
     def ingest(self, source: str | os.PathLike[str]) -> tuple[str, int]:
         """Store a local file's contents; returns ``(blob_id, size)``.
 
-        The kernel copies the file (``copy_file_range``, as ``cp`` does: no
-        trip through user space) while other cores hash it from the page
-        cache. If the file changed meanwhile (its size, mtime, ctime or inode
-        differ after), or the kernel cannot copy it, it is read once instead,
-        each block written and hashed from the same buffer, so a blob's id
-        always matches its bytes.
+        The file is read once: each block is written to the blob and hashed
+        (on other cores) from the same buffer, so a file that changes
+        meanwhile still gives a blob whose id matches its bytes.
         """
-        try:
-            return self._ingest_by_kernel(source)
-        except (_Changed, OSError):
-            return self._ingest_by_reading(source)
-
-    def _ingest_by_kernel(self, source: str | os.PathLike[str]) -> tuple[str, int]:
-        before = os.stat(source)
-        size = before.st_size
-        src = os.open(source, os.O_RDONLY)
-        writer = self.writer()
-        hashes = [_HASHERS.submit(_hash_range, src, off, min(BLOCK, size - off)) for off in range(0, size, BLOCK)]
-        try:
-            dst = writer._fh.fileno()
-            done = 0
-            while done < size:
-                n = os.copy_file_range(src, dst, size - done)
-                if n == 0:
-                    raise _Changed()  # it shrank
-                done += n
-            digests = [f.result() for f in hashes] or [hashlib.sha256(b"").digest()]
-            after = os.stat(source)
-            if _identity(after) != _identity(before):
-                raise _Changed()
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            for f in hashes:
-                f.cancel()
-            wait(hashes)  # none may still read ``src`` once it is closed
-            os.close(src)
-        writer.size = size
-        return writer._finish(tree_id(digests)), size
-
-    def _ingest_by_reading(self, source: str | os.PathLike[str]) -> tuple[str, int]:
         writer = self.writer()
         pending: list[Any] = []
         room = threading.Semaphore(2 * _HASHERS._max_workers)
