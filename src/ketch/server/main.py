@@ -152,6 +152,11 @@ async def serve(home: Path, host: str, port: int, stop: asyncio.Event | None = N
             channel.close()
         await dispatcher.close()
         store.close()
+        for name in ("api.sock", "channel.sock"):  # a stopped control plane leaves no sockets behind
+            with contextlib.suppress(OSError):
+                (sockets / name).unlink()
+        with contextlib.suppress(OSError):
+            sockets.rmdir()  # only if empty: sandbox containers' run directories may still be there
 
 
 def main(argv: list[str] | None = None) -> None:
