@@ -27,6 +27,7 @@ import platform
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -358,6 +359,35 @@ class Cleanup:
         notes.extend(self.tidy())
         self.remove_workdir()
         return notes
+
+
+class ServerCleanup(Cleanup):
+    """A run with one embedded control plane in ``workdir/ketch-home`` and peer
+    processes of its own (servers, clients) in ``started``: stopping it stops the
+    control plane and sends SIGTERM to those still running."""
+
+    def __init__(self, workdir: Path, keep: bool) -> None:
+        super().__init__(workdir, keep)
+        self.ketch_home = workdir / "ketch-home"
+        self.started: list[subprocess.Popen] = []
+
+    def ketch_env(self) -> dict[str, str]:
+        return ketch_env(self.ketch_home)
+
+    def stop_ketch_all(self) -> list[str]:
+        notes = stop_control_plane(self.ketch_env())
+        for proc in self.started:
+            if proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    proc.terminate()
+        return notes
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class Watchdog:

@@ -37,7 +37,6 @@ import json
 import os
 import select
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -96,37 +95,14 @@ log = h.logger("dict_queue")
 # bookkeeping
 
 
-class Cleanup(h.Cleanup):
-    """Undoes the run (see ``_harness.Cleanup``): one control plane in ``ketch_home``,
-    the Redis servers and the client processes (all children of this process)."""
+class Cleanup(h.ServerCleanup):
+    """Undoes the run (see ``_harness.ServerCleanup``): one control plane in ``ketch_home``,
+    and in ``started`` the Redis servers and the client processes (all children of this process)."""
 
     cmdline_width = 120
 
-    def __init__(self, workdir: Path, keep: bool) -> None:
-        super().__init__(workdir, keep)
-        self.ketch_home = workdir / "ketch-home"
-        self.started: list[subprocess.Popen] = []  # Redis servers and clients
-
-    def ketch_env(self) -> dict[str, str]:
-        return h.ketch_env(self.ketch_home)
-
     def markers(self) -> list[Path]:
         return [self.workdir]
-
-    def stop_ketch_all(self) -> list[str]:
-        """``ketch server stop``, and SIGTERM to the Redis servers and clients still running."""
-        notes = h.stop_control_plane(self.ketch_env())
-        for proc in self.started:
-            if proc.poll() is None:
-                with contextlib.suppress(OSError):
-                    proc.terminate()
-        return notes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -268,7 +244,7 @@ class RedisServer:
         self.notes = notes
         self.dir = cleanup.workdir / system
         self.dir.mkdir(parents=True)
-        self.port = free_port()
+        self.port = h.free_port()
         argv = [
             shutil.which("redis-server") or "redis-server",
             "--bind", "127.0.0.1",

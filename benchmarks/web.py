@@ -33,7 +33,6 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -74,26 +73,6 @@ import bench_web_app
 app = _fastapi_app(bench_web_app.ping.get_raw_f(), {"method": "GET"})
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
 '''
-
-
-class Cleanup(h.Cleanup):
-    def __init__(self, workdir: Path, keep: bool) -> None:
-        super().__init__(workdir, keep)
-        self.ketch_home = workdir / "ketch-home"
-        self.started: list[subprocess.Popen] = []
-
-    def stop_ketch_all(self) -> list[str]:
-        notes = h.stop_control_plane(h.ketch_env(self.ketch_home))
-        for proc in self.started:
-            if proc.poll() is None:
-                proc.terminate()
-        return notes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(url: str, timeout: float) -> None:
@@ -143,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = h.machine_line(load=True)
     workdir = Path(tempfile.mkdtemp(prefix="ketch-web-"))
-    cleanup = Cleanup(workdir, keep=args.keep)
+    cleanup = h.ServerCleanup(workdir, keep=args.keep)
     watchdog = h.Watchdog(args.timeout, cleanup, log)
     results: dict[str, dict[str, dict[str, float]]] = {}
     notes: list[str] = []
@@ -156,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         env["KETCH_RUNTIME"] = "local"
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(workdir), env.get("PYTHONPATH", "")) if p)
 
-        port = free_port()
+        port = h.free_port()
         log(f"uvicorn on 127.0.0.1:{port}")
         direct = subprocess.Popen([sys.executable, str(workdir / "direct.py"), str(port)], env=env, cwd=workdir)
         cleanup.started.append(direct)

@@ -159,6 +159,22 @@ class Completed:
 _RESULT_RE = re.compile(r"RESULT (\{.*\})\s*$")
 
 
+# The head of a script that a test runs and reads with ``ExampleRun``: ``show(step, fn)``
+# prints one RESULT line with what ``fn()`` returned or the error it raised.
+SHOW = """\
+import json
+
+
+def show(step, fn):
+    try:
+        line = {"step": step, "value": fn()}
+    except Exception as exc:
+        line = {"step": step, "error": f"{type(exc).__name__}: {exc}"}
+    print("RESULT " + json.dumps(line, default=repr), flush=True)
+
+"""
+
+
 @dataclass
 class ExampleRun:
     """A finished example run and the ``RESULT {...}`` lines it printed."""

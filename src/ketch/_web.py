@@ -41,7 +41,21 @@ def default_label(app_name: str, tag: str) -> str:
     return text[:63].rstrip("-") or "endpoint"
 
 
-def _mark(kind: str, decorator: str, **config: Any) -> Callable[[F], F]:
+def endpoint_name(tag: str, method: str | None) -> str:
+    """How an endpoint is named in URL listings: the function's tag, or ``Cls.method``."""
+    return tag if method is None else f"{tag}.{method}"
+
+
+def _parentheses(missing: Any, decorator: str) -> None:
+    if missing is not None:
+        raise InvalidError(f"use @ketch.{decorator}() with parentheses")
+
+
+def _mark(kind: str, decorator: str, custom_domains: Any, **config: Any) -> Callable[[F], F]:
+    """The decorator that marks a function as a web endpoint of ``kind`` with ``config``."""
+    if custom_domains:
+        raise InvalidError("custom_domains are not supported: ketch serves endpoints on 127.0.0.1")
+    config["requires_proxy_auth"] = bool(config.get("requires_proxy_auth"))
     label = config.get("label")
     if label is not None:
         check_label(label)
@@ -71,15 +85,12 @@ def fastapi_endpoint(
     Query parameters and JSON bodies become its arguments, as FastAPI does;
     ``docs=True`` also serves ``/docs``.
     """
-    if _warn_parentheses_missing is not None:
-        raise InvalidError("use @ketch.fastapi_endpoint() with parentheses")
+    _parentheses(_warn_parentheses_missing, "fastapi_endpoint")
     if method.upper() not in _METHODS:
         raise InvalidError(f"fastapi_endpoint(method={method!r}): use one of {', '.join(_METHODS)}")
-    if custom_domains:
-        raise InvalidError("custom_domains are not supported: ketch serves endpoints on 127.0.0.1")
     return _mark(
-        "fastapi", "fastapi_endpoint", method=method.upper(), label=label, docs=bool(docs),
-        requires_proxy_auth=bool(requires_proxy_auth),
+        "fastapi", "fastapi_endpoint", custom_domains, method=method.upper(), label=label, docs=bool(docs),
+        requires_proxy_auth=requires_proxy_auth,
     )  # fmt: skip
 
 
@@ -91,11 +102,8 @@ def asgi_app(
     custom_domains: Any = None,
 ) -> Callable[[F], F]:
     """The function returns an ASGI app (FastAPI, Starlette, ...), which serves every path of the URL."""
-    if _warn_parentheses_missing is not None:
-        raise InvalidError("use @ketch.asgi_app() with parentheses")
-    if custom_domains:
-        raise InvalidError("custom_domains are not supported: ketch serves endpoints on 127.0.0.1")
-    return _mark("asgi", "asgi_app", label=label, requires_proxy_auth=bool(requires_proxy_auth))
+    _parentheses(_warn_parentheses_missing, "asgi_app")
+    return _mark("asgi", "asgi_app", custom_domains, label=label, requires_proxy_auth=requires_proxy_auth)
 
 
 def wsgi_app(
@@ -106,11 +114,8 @@ def wsgi_app(
     custom_domains: Any = None,
 ) -> Callable[[F], F]:
     """The function returns a WSGI app (Flask, Django, ...), which serves every path of the URL."""
-    if _warn_parentheses_missing is not None:
-        raise InvalidError("use @ketch.wsgi_app() with parentheses")
-    if custom_domains:
-        raise InvalidError("custom_domains are not supported: ketch serves endpoints on 127.0.0.1")
-    return _mark("wsgi", "wsgi_app", label=label, requires_proxy_auth=bool(requires_proxy_auth))
+    _parentheses(_warn_parentheses_missing, "wsgi_app")
+    return _mark("wsgi", "wsgi_app", custom_domains, label=label, requires_proxy_auth=requires_proxy_auth)
 
 
 def web_server(
@@ -124,9 +129,7 @@ def web_server(
     """The function starts an HTTP server on ``port`` (in a thread or subprocess) and returns."""
     if not isinstance(port, int) or not 0 < port < 65536:
         raise InvalidError(f"web_server(port={port!r}): give a TCP port number")
-    if custom_domains:
-        raise InvalidError("custom_domains are not supported: ketch serves endpoints on 127.0.0.1")
     return _mark(
-        "server", "web_server", port=port, startup_timeout=float(startup_timeout), label=label,
-        requires_proxy_auth=bool(requires_proxy_auth),
+        "server", "web_server", custom_domains, port=port, startup_timeout=float(startup_timeout), label=label,
+        requires_proxy_auth=requires_proxy_auth,
     )  # fmt: skip

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import _source, _sync
+from . import _sync
 from ._client import _Client
 from ._config import config
 from ._ids import new_id
@@ -288,7 +288,7 @@ class _App:
     async def _create(self, deployed: bool, name: str | None) -> tuple[str, float]:
         """Create the app on the control plane; returns its id and the heartbeat interval it wants."""
         client = await _Client.get()
-        await _attach_sources(client, list(self._functions.values()), deployed)
+        source_hash = await _attach_sources(client, list(self._functions.values()), deployed)
         await _build_images(client, [fn._spec for fn in self._functions.values()])
         await _attach_secrets(client, list(self._functions.values()))
         await _attach_volumes(list(self._functions.values()))
@@ -299,7 +299,7 @@ class _App:
                 "name": name or self._name or "",
                 "deployed": deployed,
                 "functions": [fn._spec.to_wire() for fn in self._functions.values()],
-                "source_hash": _source_hash(list(self._functions.values())),
+                "source_hash": source_hash,
             },
         )
         self._app_id = reply["app_id"]
@@ -439,8 +439,10 @@ def _web_server_limits(spec: FunctionSpec) -> None:
         spec.max_inputs = 1000
 
 
-async def _attach_sources(client: _Client, fns: list[_Function], deployed: bool) -> None:
-    """A deploy snapshots the app's source into a blob, so the version keeps its code (see ``_source``)."""
+async def _attach_sources(client: _Client, fns: list[_Function], deployed: bool) -> str:
+    """A deploy snapshots the app's source into a blob, so the version keeps its code (see
+    ``_source``); returns a short hash of the snapshots for ``ketch app history`` ("" if none)."""
+    from . import _source  # deploys only: tarfile stays off the import path of every container
     made: dict[tuple[str, str, str], dict[str, str]] = {}
     for fn in fns:
         spec = fn._spec
@@ -452,15 +454,8 @@ async def _attach_sources(client: _Client, fns: list[_Function], deployed: bool)
             data = _source.snapshot(Path(spec.root_dir), spec.module_name, spec.module_file)
             made[key] = {"blob_id": await client.put_blob(data), "hash": _source.digest(data)}
         spec.source = made[key]
-
-
-def _source_hash(fns: list[_Function]) -> str:
-    """A short hash of the app's source files, shown by `ketch app history`."""
-    digest = hashlib.sha256()
-    for path in sorted({fn._spec.module_file for fn in fns if fn._spec.module_file}):
-        with contextlib.suppress(OSError):
-            digest.update(Path(path).read_bytes())
-    return digest.hexdigest()[:8]
+    digests = sorted(m["hash"] for m in made.values())
+    return hashlib.sha256("".join(digests).encode()).hexdigest()[:8] if digests else ""
 
 
 def _image_wire(image: Image | None) -> dict[str, Any] | None:

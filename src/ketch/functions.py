@@ -32,6 +32,7 @@ from ._serialization import (
     serialize,
 )
 from ._spec import FunctionSpec
+from ._web import endpoint_name
 from .exception import CallCancelledError, CallTimeoutError, ExecutionError, InvalidError
 
 if TYPE_CHECKING:
@@ -152,8 +153,7 @@ class _Function:
         base = self._parent or self
         if base._object_id is None and base._lookup is not None:
             await base._resolve()
-        key = self.tag if self._method is None else f"{self.tag}.{self._method}"
-        return base._web_urls.get(key)
+        return base._web_urls.get(endpoint_name(self.tag, self._method))
 
     # -- arguments -----------------------------------------------------------
     def _encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:

@@ -20,16 +20,17 @@ import calendar
 import datetime as dt
 import os
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .exception import InvalidError
 
 
 class Schedule:
-    """The base of ``Cron`` and ``Period``."""
+    """The base of ``Cron`` and ``Period``: what the control plane is sent (``to_wire``)."""
+
+    _wire: dict[str, Any]
 
     def to_wire(self) -> dict[str, Any]:
-        raise NotImplementedError  # each kind says what it is
+        return dict(self._wire)
 
     def next_after(self, after: float) -> float:
         """The first run time after ``after`` (a UNIX timestamp)."""
@@ -50,12 +51,10 @@ class Cron(Schedule):
                 raise InvalidError(f"Cron({cron_string!r}) is not a valid cron expression")
         self.cron_string = cron_string
         self.timezone = timezone
+        self._wire = {"type": "cron", "cron": cron_string, "timezone": timezone}
 
     def __repr__(self) -> str:
         return f"Cron({self.cron_string!r}, timezone={self.timezone!r})"
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"type": "cron", "cron": self.cron_string, "timezone": self.timezone}
 
 
 class Period(Schedule):
@@ -73,12 +72,10 @@ class Period(Schedule):
         self.seconds = float(((weeks * 7 + days) * 24 + hours) * 60 * 60 + minutes * 60 + seconds)
         if self.months == 0 and self.seconds < 1:
             raise InvalidError("a Period must be at least 1 second long")
+        self._wire = {"type": "period", "months": self.months, "seconds": self.seconds}
 
     def __repr__(self) -> str:
         return f"Period(months={self.months}, seconds={self.seconds:g})"
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"type": "period", "months": self.months, "seconds": self.seconds}
 
 
 def check_schedule(schedule: Any) -> dict[str, Any] | None:
@@ -89,7 +86,9 @@ def check_schedule(schedule: Any) -> dict[str, Any] | None:
     return schedule.to_wire()
 
 
-def _zone(name: str) -> ZoneInfo:
+def _zone(name: str) -> dt.tzinfo:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # only where schedules are made or fired
+
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:

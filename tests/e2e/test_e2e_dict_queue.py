@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ExampleRun, KetchEnv
+from conftest import SHOW, ExampleRun, KetchEnv
 
 pytestmark = pytest.mark.e2e
 
@@ -41,18 +41,11 @@ def test_dict_and_queue_from_sandbox_containers():
         shutil.rmtree(home, ignore_errors=True)
 
 
-SCRIPT = textwrap.dedent(
+SCRIPT = SHOW + textwrap.dedent(
     '''
     import json, queue, sys, time
     import ketch
     from ketch.exception import NotFoundError, PayloadTooLargeError
-
-    def show(step, fn):
-        try:
-            line = {"step": step, "value": fn()}
-        except Exception as exc:
-            line = {"step": step, "error": f"{type(exc).__name__}: {exc}"}
-        print("RESULT " + json.dumps(line, default=repr), flush=True)
 
     mode = sys.argv[1]
     d = ketch.Dict.from_name("durable-d", create_if_missing=True)

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 # Imported at collection: later test folders bring a conftest module of the same name.
-from conftest import ExampleRun, KetchEnv
+from conftest import SHOW, ExampleRun, KetchEnv
 
 pytestmark = pytest.mark.e2e
 
-APP = textwrap.dedent(
+APP = SHOW + textwrap.dedent(
     '''
     import json, os, time
     import ketch
@@ -52,13 +52,6 @@ APP = textwrap.dedent(
     @app.function(gpu="A100-80GB:2")
     def impossible() -> str:
         return "ran"
-
-    def show(step, fn):
-        try:
-            line = {"step": step, "value": fn()}
-        except Exception as exc:
-            line = {"step": step, "error": f"{type(exc).__name__}: {exc}"}
-        print("RESULT " + json.dumps(line), flush=True)
 
     @app.local_entrypoint()
     def main():

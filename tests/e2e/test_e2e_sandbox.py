@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ExampleRun
+from conftest import SHOW, ExampleRun
 
 pytestmark = [pytest.mark.e2e]
 
@@ -37,24 +37,7 @@ TOKEN = f"sbx{uuid.uuid4().hex[:12]}"
 # The first build of the Debian base on a fresh machine runs debootstrap (~60 s).
 FIRST_BUILD_S = 300
 
-PRELUDE = """\
-import json
-import os
-import sys
-
-import ketch
-
-
-def show(step, fn):
-    try:
-        value = fn()
-    except Exception as exc:
-        line = {"step": step, "error": f"{type(exc).__name__}: {exc}"}
-    else:
-        line = {"step": step, "value": value}
-    print("RESULT " + json.dumps(line, default=repr), flush=True)
-
-"""
+PRELUDE = SHOW + "import os\nimport sys\n\nimport ketch\n\n"
 
 
 # --- helpers ------------------------------------------------------------------------------

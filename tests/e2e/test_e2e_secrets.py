@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ExampleRun, KetchEnv
+from conftest import SHOW, ExampleRun, KetchEnv
 
 pytestmark = pytest.mark.e2e
 
@@ -160,17 +160,10 @@ def test_secrets_reach_containers_survive_restart_and_never_touch_disk(fresh_ket
     assert _leaks(env.home, needles) == []
 
 
-ERRORS = textwrap.dedent(
+ERRORS = SHOW + textwrap.dedent(
     '''
     import json, os, sys
     import ketch
-
-    def show(step, fn):
-        try:
-            line = {"step": step, "value": fn()}
-        except Exception as exc:
-            line = {"step": step, "error": f"{type(exc).__name__}: {exc}"}
-        print("RESULT " + json.dumps(line, default=repr), flush=True)
 
     app = ketch.App("secret-errors")
 

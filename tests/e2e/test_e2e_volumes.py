@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ExampleRun, KetchEnv
+from conftest import SHOW, ExampleRun, KetchEnv
 
 pytestmark = pytest.mark.e2e
 
 # Containers of the local runtime mount Volumes at real host paths (root: a private
 # mount namespace over a mount point made here), so the tests use their own folder.
-APP = textwrap.dedent(
+APP = SHOW + textwrap.dedent(
     '''
     import json, os, sys, time
     import ketch
@@ -27,13 +27,6 @@ APP = textwrap.dedent(
     app = ketch.App("vol-e2e")
     vol = ketch.Volume.from_name("e2e-vol", create_if_missing=True)
     MOUNT = os.environ.get("E2E_MOUNT", "/data")
-
-    def show(step, fn):
-        try:
-            line = {"step": step, "value": fn()}
-        except Exception as exc:
-            line = {"step": step, "error": f"{type(exc).__name__}: {exc}"}
-        print("RESULT " + json.dumps(line, default=repr), flush=True)
 
     @app.function(volumes={MOUNT: vol})
     def write(name: str, text: str, commit: bool = True, hold: float = 0.0) -> str:
@@ -149,18 +142,11 @@ def test_exit_commit_and_crash_recovery(fresh_ketch_env, vol_app):
     assert not crashed & left, f"the crashed container's working copy is still there: {crashed & left}"
 
 
-CLIENT = textwrap.dedent(
+CLIENT = SHOW + textwrap.dedent(
     '''
     import io, json, os, sys
     import ketch
     from ketch import FileEntryType
-
-    def show(step, fn):
-        try:
-            line = {"step": step, "value": fn()}
-        except Exception as exc:
-            line = {"step": step, "error": f"{type(exc).__name__}: {exc}"}
-        print("RESULT " + json.dumps(line, default=repr), flush=True)
 
     src = sys.argv[1]
     with ketch.Volume.ephemeral() as vol:

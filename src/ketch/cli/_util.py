@@ -42,6 +42,21 @@ def import_file(path_str: str) -> Any:
     return module
 
 
+def web_urls(fn: Any) -> list[tuple[str, str]]:
+    """A registered function's web endpoints and their URLs, sorted (once its app runs)."""
+    return sorted(getattr(fn, "_ketch_impl", fn)._web_urls.items())
+
+
+def print_web_urls(app: Any) -> int:
+    """``web endpoint NAME => URL`` on stderr for each endpoint of a running app; how many."""
+    n = 0
+    for fn in app.registered_functions.values():
+        for endpoint, url in web_urls(fn):
+            click.echo(f"web endpoint {endpoint} => {url}", err=True)
+            n += 1
+    return n
+
+
 def find_apps(module: Any) -> list[Any]:
     return [v for v in vars(module).values() if isinstance(v, App)]
 

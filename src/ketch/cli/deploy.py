@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._util import find_app, import_file
+from ._util import find_app, import_file, web_urls
 
 
 @click.command()
@@ -22,8 +22,8 @@ def deploy(path: str, name: str | None) -> None:
     version = getattr(app, "_ketch_impl", app)._version
     click.echo(f"Deployed app {app_name!r} ({app.app_id}) as v{version}")
     for tag, fn in app.registered_functions.items():
-        urls = getattr(fn, "_ketch_impl", fn)._web_urls
+        urls = web_urls(fn)
         if not urls:
             click.echo(f"  - {tag}")
-        for endpoint, url in sorted(urls.items()):
+        for endpoint, url in urls:
             click.echo(f"  - {endpoint} => {url}")

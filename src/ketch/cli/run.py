@@ -12,7 +12,7 @@ import click
 
 from .._traceback import print_user_traceback
 from ..app import App
-from ._util import WholeLines, find_apps, import_file
+from ._util import WholeLines, find_apps, import_file, print_web_urls
 
 
 def _pick(module: Any, path: str, name: str | None) -> tuple[Any, Any, str]:
@@ -103,9 +103,7 @@ def run(ctx: click.Context, target: str, detach: bool) -> None:
         return
     try:
         with app.run():
-            for registered in app.registered_functions.values():
-                for endpoint, url in sorted(getattr(registered, "_ketch_impl", registered)._web_urls.items()):
-                    print(f"web endpoint {endpoint} => {url}", file=sys.stderr, flush=True)
+            print_web_urls(app)
             result = _call(fn, kind, kwargs)
     except (KeyboardInterrupt, SystemExit, click.exceptions.Exit):
         raise

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from ._util import WholeLines, find_app, import_file
+from ._util import WholeLines, find_app, import_file, print_web_urls
 
 RELOAD_DEBOUNCE_MS = 200
 
@@ -85,12 +85,7 @@ def _run_once(path: str) -> None:
         stop.wait()
         return
     with app.run():
-        served = 0
-        for registered in app.registered_functions.values():
-            for endpoint, url in sorted(getattr(registered, "_ketch_impl", registered)._web_urls.items()):
-                click.echo(f"web endpoint {endpoint} => {url}", err=True)
-                served += 1
-        if not served:
+        if not print_web_urls(app):
             click.echo(f"ketch serve: {path} has no web endpoints; its app runs until Ctrl-C", err=True)
         click.echo(f"ketch serve: serving {path} (pid {os.getpid()}) at {time.strftime('%H:%M:%S')}", err=True)
         try:

@@ -310,13 +310,18 @@ class Dispatcher:
         return running
 
     # -- calls -----------------------------------------------------------------
-    def create_call(self, body: dict[str, Any]) -> CallState:
-        function_id = body["function_id"]
+    def _callable(self, function_id: str) -> tuple[FunctionSpec, str]:
+        """The function's spec and app id, if a call or request can run now (its app runs, its GPUs exist)."""
         spec, app_id = self.function_spec(function_id)
         if not self.app_running(app_id):
             raise NotFoundError(f"app of function {spec.tag!r} is not running")
         if spec.gpu and (problem := self.gpus.check(spec.gpu)):
             raise ResourceUnavailableError(f"{spec.tag}: {problem}")
+        return spec, app_id
+
+    def create_call(self, body: dict[str, Any]) -> CallState:
+        function_id = body["function_id"]
+        spec, app_id = self._callable(function_id)
         params = body.get("params")
         if params and not spec.is_class:
             raise InvalidError("parameters were given for a function that is not a class")
@@ -417,11 +422,7 @@ class Dispatcher:
         self, function_id: str, method: str | None, exchange: Any, scope: dict[str, Any], body: bytes
     ) -> int:
         """Queue an HTTP request for the function's containers; its events go to ``exchange``."""
-        spec, app_id = self.function_spec(function_id)
-        if not self.app_running(app_id):
-            raise NotFoundError(f"app of function {spec.tag!r} is not running")
-        if spec.gpu and (problem := self.gpus.check(spec.gpu)):
-            raise ResourceUnavailableError(f"{spec.tag}: {problem}")
+        self._callable(function_id)
         key = self._ensure_pool(function_id, None)
         input_id = next(self._web_ids)
         self.inputs[input_id] = InputState(

@@ -38,7 +38,7 @@ from .._config import config
 from .._ids import new_id
 from .._serialization import deserialize_exception, pack, unpack
 from .._spec import FunctionSpec
-from .._web import check_label, default_label
+from .._web import check_label, default_label, endpoint_name
 from ..exception import AlreadyExistsError, Error, NotFoundError
 from .store import Store, metadata
 
@@ -149,7 +149,7 @@ class Gateway:
         for fn in functions:
             spec: FunctionSpec = fn["spec"]
             for method, cfg in spec.web_methods().items():
-                name = spec.tag if method is None else f"{spec.tag}.{method}"
+                name = endpoint_name(spec.tag, method)
                 label = cfg.get("label") or default_label(app_name, name)
                 if not deployed:
                     label = check_label(f"{label[:59].rstrip('-')}-dev")  # as Modal's `serve` URLs
@@ -171,7 +171,7 @@ class Gateway:
                         "port", "app_id", "app_name", "function_id", "method", "config", "updated_at")})
                 )  # fmt: skip
                 keep.add(label)
-                urls[name] = f"http://{self.host}:{port}"
+                urls[name] = self._url(port)
         for route in [r for r in self.by_port.values() if r.app_id == app_id and r.label not in keep]:
             await self._close(route.port)  # an endpoint the new version no longer has
             self.store.conn.execute(delete(web_routes).where(web_routes.c.label == route.label))
@@ -188,9 +188,11 @@ class Gateway:
         out = {}
         for row in rows:
             spec = self.d.function_spec(row["function_id"])[0]
-            name = spec.tag if row["method"] is None else f"{spec.tag}.{row['method']}"
-            out[name] = f"http://{self.host}:{row['port']}"
+            out[endpoint_name(spec.tag, row["method"])] = self._url(row["port"])
         return out
+
+    def _url(self, port: int) -> str:
+        return f"http://{self.host}:{port}"
 
     def _row(self, label: str) -> Any:
         return self.store.conn.execute(select(web_routes).where(web_routes.c.label == label)).mappings().first()
