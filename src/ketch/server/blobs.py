@@ -13,9 +13,9 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,10 @@ from ..exception import NotFoundError
 
 CHUNK = 4 << 20
 BLOCK = 8 << 20  # the tree hash's block
+# Files are read and written in pieces this small so that the buffer stays in the
+# CPU's cache between the read and the write: 1 MiB or 8 MiB pieces made every
+# copy about 2x slower on the machines we measured (cp uses 128 KiB too).
+IO = 128 << 10
 _HASHERS = ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="ketch-hash")
 
 
@@ -31,25 +35,58 @@ def tree_id(block_digests: list[bytes]) -> str:
 
 
 def copy_range(src: int, dst: int, size: int) -> None:
-    """Copy ``size`` bytes between open files through one reused buffer.
+    """Copy ``size`` bytes between open files through one small reused buffer.
 
     (``copy_file_range`` is no faster here and much slower when the source
     has just been written, as a container's file being committed has.)
     """
-    buf = bytearray(BLOCK)
+    buf = bytearray(IO)
     view = memoryview(buf)
     done = 0
     while done < size:
-        n = os.readv(src, [view[: min(BLOCK, size - done)]])
+        n = os.readv(src, [view[: min(IO, size - done)]])
         if n == 0:
             break
         _write_all(dst, view[:n])
         done += n
 
 
+def _sha256(data: memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
 def _write_all(fd: int, data: memoryview) -> None:
     while data:
         data = data[os.write(fd, data) :]
+
+
+_sync_file_range: Any = None
+
+
+def _write_back(fd: int, start: int, end: int) -> int:
+    """Start the disk writing bytes ``[start, end)`` of ``fd`` and wait for what came before.
+
+    A blob is fsynced before it counts as stored; handing it to the disk a block
+    at a time overlaps that flush with the copy (about 10-15% faster end to end)
+    and keeps a large upload from filling memory with dirty pages. Advisory:
+    any failure is left to the final fsync. Returns ``end``.
+    """
+    global _sync_file_range
+    if _sync_file_range is None:
+        try:
+            import ctypes
+
+            fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+            fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+            _sync_file_range = fn
+        except (OSError, AttributeError):
+            _sync_file_range = False
+    if _sync_file_range:
+        # SYNC_FILE_RANGE_WRITE for the new block; WAIT_BEFORE|WRITE|WAIT_AFTER for the ones before.
+        _sync_file_range(fd, start, end - start, 2)
+        if start:
+            _sync_file_range(fd, 0, start, 7)
+    return end
 
 
 class BlobWriter:
@@ -61,8 +98,9 @@ class BlobWriter:
         self._in_block = 0
         self._digests: list[bytes] = []
         self._tmp = store.root / f"tmp-{os.getpid()}-{secrets.token_hex(8)}"
-        self._fh: Any = self._tmp.open("wb")
+        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.size = 0
+        self._queued = 0  # bytes handed to the disk so far
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -74,8 +112,15 @@ class BlobWriter:
             if self._in_block == BLOCK:
                 self._digests.append(self._block.digest())
                 self._block, self._in_block = hashlib.sha256(), 0
-        self._fh.write(data)
-        self.size += len(data)
+        self._write(memoryview(data))
+
+    def _write(self, view: memoryview) -> None:
+        """Write (no hashing) in cache-sized pieces, handing each full block to the disk."""
+        for at in range(0, len(view), IO):
+            _write_all(self._fd, view[at : at + IO])
+        self.size += len(view)
+        if self.size - self._queued >= BLOCK:
+            self._queued = _write_back(self._fd, self._queued, self.size)
 
     def finish(self) -> str:
         """Make the blob durable and return its id (an existing identical blob is kept)."""
@@ -89,9 +134,9 @@ class BlobWriter:
             if path.exists():
                 os.utime(path)  # a fresh reference: the collector's grace period starts again
                 return blob_id
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
             path.parent.mkdir(parents=True, exist_ok=True)
             self._tmp.replace(path)
             return blob_id
@@ -99,8 +144,9 @@ class BlobWriter:
             self.abort()
 
     def abort(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         self._tmp.unlink(missing_ok=True)
 
 
@@ -133,34 +179,55 @@ class BlobStore:
     def ingest(self, source: str | os.PathLike[str]) -> tuple[str, int]:
         """Store a local file's contents; returns ``(blob_id, size)``.
 
-        The file is read once: each block is written to the blob and hashed
-        (on other cores) from the same buffer, so a file that changes
-        meanwhile still gives a blob whose id matches its bytes.
+        The file is read once, in small pieces that are written to the blob
+        straight away. A file of a block or more fills a ring of block buffers
+        that other cores hash while this thread reads on, so a file that
+        changes meanwhile still gives a blob whose id matches its bytes.
         """
         writer = self.writer()
-        pending: list[Any] = []
-        room = threading.Semaphore(2 * _HASHERS._max_workers)
-        size = 0
-
-        def digest(block: bytes) -> bytes:
-            try:
-                return hashlib.sha256(block).digest()
-            finally:
-                room.release()
-
         try:
-            with open(source, "rb") as fh:
-                while block := fh.read(BLOCK):
-                    room.acquire()
-                    pending.append(_HASHERS.submit(digest, block))
-                    writer._fh.write(block)
-                    size += len(block)
-            digests = [f.result() for f in pending] or [hashlib.sha256(b"").digest()]
+            fd = os.open(source, os.O_RDONLY)
+            try:
+                if os.fstat(fd).st_size < BLOCK:
+                    while piece := os.read(fd, IO):
+                        writer.write(piece)
+                    return writer.finish(), writer.size
+                digests = self._copy_hashing(fd, writer)
+            finally:
+                os.close(fd)
         except BaseException:
             writer.abort()
             raise
-        writer.size = size
-        return writer._finish(tree_id(digests)), size
+        return writer._finish(tree_id(digests)), writer.size
+
+    @staticmethod
+    def _copy_hashing(fd: int, writer: BlobWriter) -> list[bytes]:
+        """Copy ``fd`` into ``writer``'s file and return its block digests, hashed on other cores."""
+        ring: list[memoryview] = []
+        hashing: deque[Future[bytes]] = deque()
+        digests: list[bytes] = []
+        slots = _HASHERS._max_workers + 2
+        try:
+            while True:
+                if len(hashing) == slots:
+                    digests.append(hashing.popleft().result())  # frees the oldest buffer
+                if len(ring) < slots:
+                    ring.append(memoryview(bytearray(BLOCK)))
+                block = ring[(len(digests) + len(hashing)) % slots]
+                filled = 0
+                while filled < BLOCK and (n := os.readv(fd, [block[filled : filled + IO]])):
+                    writer._write(block[filled : filled + n])
+                    filled += n
+                if filled == 0 and (digests or hashing):
+                    break
+                hashing.append(_HASHERS.submit(_sha256, block[:filled]))
+                if filled < BLOCK:
+                    break
+            digests.extend(f.result() for f in hashing)
+        finally:
+            for f in hashing:
+                f.cancel()
+        return digests
 
     def get(self, blob_id: str) -> bytes:
         try:
