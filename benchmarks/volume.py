@@ -15,8 +15,10 @@ slows the next one down by up to 10x):
 - peer: ``cp SRC DST`` on the same disk, and ``cp`` followed by ``sync`` (a
   Volume write is on disk before it is acknowledged, so this is the fair
   peer for writes).
-- client write: ``vol.batch_upload()`` + ``put_file`` of the file, through
-  the HTTP API, until the commit returns (the blob is fsynced).
+- client write: ``vol.batch_upload()`` + ``put_file`` of the file until the
+  commit returns (the blob is fsynced). A client on the control plane's
+  machine writes the blob directory itself; run with ``KETCH_VOLUME_HTTP=1``
+  to time the HTTP path that other machines and sandboxed containers use.
 - client read: ``vol.read_file_into_fileobj`` into a new local file.
 - container write: inside a function, copy the file into the mounted Volume
   and ``vol.commit()``; timed inside the function.

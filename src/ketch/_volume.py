@@ -41,6 +41,7 @@ from ._serialization import unpack
 from .exception import InvalidError, NotFoundError
 
 CHUNK = 4 << 20
+WRITE_BATCH = 1 << 20
 UPLOAD_CONCURRENCY = 4
 Progress = Callable[[int], None]  # called with the number of bytes just moved
 
@@ -227,7 +228,7 @@ class _Volume(_Object):
                     raise NotFoundError(
                         f"could not read {path!r} from the Volume (HTTP {resp.status})"
                     )
-                async for chunk in resp.content.iter_chunked(CHUNK):
+                async for chunk in resp.content.iter_any():
                     if _progress:
                         _progress(len(chunk))
                     yield chunk
@@ -252,9 +253,15 @@ class _Volume(_Object):
                     fileobj.flush()
                     return await loop.run_in_executor(None, _kernel_copy, src.fileno(), fd, _progress)
         n = 0
+        buf = bytearray()
         async for chunk in self.read_file(path, _progress):
-            await loop.run_in_executor(None, fileobj.write, chunk)
+            buf += chunk
             n += len(chunk)
+            if len(buf) >= WRITE_BATCH:  # one thread hop per MiB, not per network read
+                await loop.run_in_executor(None, fileobj.write, buf)
+                buf = bytearray()
+        if buf:
+            await loop.run_in_executor(None, fileobj.write, buf)
         return n
 
     async def remove_file(self, path: str, *, recursive: bool = False) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 
@@ -18,7 +19,8 @@ from ketch.worker import volumes as wc
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.mark.parametrize("size", [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK + 7])
+# (More than 4 blocks wraps the ring of block buffers that ingest hashes from on 2 cores.)
+@pytest.mark.parametrize("size", [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK + 7, 5 * BLOCK, 11 * BLOCK + 3])
 def test_blob_ids_agree_however_the_bytes_arrive(tmp_path, size):
     store = BlobStore(tmp_path / "blobs")
     data = os.urandom(size)
@@ -26,8 +28,11 @@ def test_blob_ids_agree_however_the_bytes_arrive(tmp_path, size):
     streamed = store.writer()
     for i in range(0, size, 1_000_003):
         streamed.write(data[i : i + 1_000_003])
-    ids = {store.put(data), store.ingest(tmp_path / "f")[0], streamed.finish()}
-    assert len(ids) == 1
+    ingested, n = store.ingest(tmp_path / "f")
+    ids = {store.put(data), ingested, streamed.finish()}
+    blocks = [data[i : i + BLOCK] for i in range(0, size, BLOCK)] or [b""]
+    assert ids == {"bl-" + hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in blocks)).hexdigest()}
+    assert n == size and store.path(ingested).read_bytes() == data
     assert store.path(ids.pop()).read_bytes() == data
     assert not list((tmp_path / "blobs").glob("tmp-*"))
 

@@ -445,13 +445,13 @@ class VolumeService:
         writer = self.blobs.writer()
         buf = bytearray()
         try:
-            async for chunk in request.content.iter_chunked(CHUNK):
+            async for chunk in request.content.iter_any():
                 buf += chunk
                 if len(buf) >= CHUNK:
-                    await asyncio.to_thread(writer.write, bytes(buf))
-                    buf.clear()
+                    await asyncio.to_thread(writer.write, buf)
+                    buf = bytearray()
             if buf:
-                await asyncio.to_thread(writer.write, bytes(buf))
+                await asyncio.to_thread(writer.write, buf)
             blob_id = await asyncio.to_thread(writer.finish)
         except BaseException:
             writer.abort()
