@@ -160,6 +160,18 @@ class _Volume(_Object):
     """A named Volume of files, mounted by functions and readable from anywhere."""
 
     _kind = "volume"
+    _read_only = False
+
+    def read_only(self) -> _Volume:
+        """This Volume, to be mounted read-only: ``volumes={"/weights": vol.read_only()}``.
+
+        In the container, writes under the mount fail with ``OSError`` (EROFS),
+        ``commit()`` raises ``InvalidError`` and nothing is committed at exit;
+        ``reload()`` still brings in newer commits.
+        """
+        view = type(self)(name=self._name, object_id=self._object_id, create_if_missing=self._create_if_missing)
+        view._read_only = True
+        return view
 
     # -- inside containers ---------------------------------------------------
     def _container(self) -> dict[str, str]:

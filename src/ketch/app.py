@@ -423,7 +423,10 @@ async def _attach_volumes(fns: list[_Function]) -> None:
         entries = []
         for path, vol in fn._volumes.items():
             object_id = await vol._resolve()
-            entries.append({"path": path, "object_id": object_id, "name": vol._name})
+            entry = {"path": path, "object_id": object_id, "name": vol._name}
+            if vol._read_only:
+                entry["read_only"] = True
+            entries.append(entry)
         fn._spec.volumes = entries
 
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 # mount namespace over a mount point made here), so the tests use their own folder.
 APP = SHOW + textwrap.dedent(
     '''
-    import json, os, sys, time
+    import errno, json, os, sys, time
     import ketch
 
     app = ketch.App("vol-e2e")
@@ -54,6 +54,25 @@ APP = SHOW + textwrap.dedent(
         finally:
             fh.close()
 
+    @app.function(volumes={MOUNT: vol.read_only()})
+    def peek(name: str) -> dict:
+        out = {"text": open(f"{MOUNT}/{name}").read()}
+        for what, attempt in [
+            ("write", lambda: open(f"{MOUNT}/ro-new.txt", "w").write("x")),
+            ("overwrite", lambda: open(f"{MOUNT}/{name}", "w").write("x")),
+            ("commit", vol.commit),
+        ]:
+            try:
+                attempt()
+                out[what] = "done"
+            except OSError as exc:
+                out[what] = errno.errorcode.get(exc.errno or 0, str(exc))
+            except Exception as exc:
+                out[what] = type(exc).__name__ + ": " + str(exc)
+        vol.reload()
+        out["reloaded"] = open(f"{MOUNT}/{name}").read()
+        return out
+
     @app.function()
     def commit_unmounted() -> str:
         vol.commit()
@@ -75,6 +94,10 @@ APP = SHOW + textwrap.dedent(
             show("open_file", lambda: reload_with_open_file.remote("same.txt"))
             show("unmounted", lambda: commit_unmounted.remote())
             show("client_commit", lambda: vol.commit())
+        elif mode == "readonly":
+            write.remote("ro/a.txt", "seen read-only")
+            show("peek", lambda: peek.remote("ro/a.txt"))
+            show("after", lambda: sorted(e.path for e in vol.listdir("/", recursive=True)))
         elif mode == "nocommit":
             show("wrote", lambda: write.remote("exit.txt", "committed at exit", False))
         elif mode == "hold":
@@ -246,6 +269,35 @@ def test_cli_group(ketch_env, tmp_path):
     assert missing.returncode == 1 and "NotFoundError" in missing.stderr, missing.describe()
     cli("volume", "delete", "cli-vol", "--yes").check()
     assert "cli-vol" not in cli("volume", "list").check().stdout
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("runtime", ["local", "sandbox"])
+def test_read_only_mount(tmp_path, runtime):
+    """``vol.read_only()``: the mount refuses writes (EROFS), commit() is refused, reload() works."""
+    if runtime == "sandbox":
+        from ketch.build import isolate
+
+        if not isolate.support().ok:
+            pytest.skip("the sandbox runtime cannot run here")
+    elif os.geteuid() != 0:
+        pytest.skip("the local runtime mounts read-only only as root")
+    home = Path(tempfile.mkdtemp(prefix="ketch-e2e-ro-", dir="/tmp"))
+    mount = home / "mnt" / "data"
+    env = KetchEnv(home, runtime=runtime)
+    env.env["E2E_MOUNT"] = str(mount) if runtime == "local" else "/data"
+    script = tmp_path / "vol_app.py"
+    script.write_text(APP)
+    try:
+        run = ExampleRun.parse(env.cli("run", str(script), "--mode", "readonly", timeout=280))
+        peek = run.value("peek")
+        assert peek["text"] == "seen read-only" == peek["reloaded"], run.proc.describe()
+        assert peek["write"] == "EROFS" and peek["overwrite"] == "EROFS", peek
+        assert peek["commit"].startswith("InvalidError") and "read-only" in peek["commit"], peek
+        assert run.value("after") == ["ro", "ro/a.txt"]
+    finally:
+        env.close()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.timeout(300)

@@ -127,7 +127,7 @@ class VolumeService:
         self.blobs.clean_temporaries()
         self.work = home / "volumes" / "work"
         self.work.mkdir(parents=True, exist_ok=True)
-        self._mounts: dict[str, list[tuple[str, Path]]] = {}  # container -> [(volume id, work dir)]
+        self._mounts: dict[str, list[tuple[str, Path, bool]]] = {}  # container -> [(volume id, work dir, read-only)]
         self._locks: dict[Path, asyncio.Lock] = {}
         self._releasing: dict[str, asyncio.Task[None]] = {}
         self._unreferenced: dict[str, float] = {}  # blob -> when it lost a reference
@@ -299,9 +299,9 @@ class VolumeService:
 
     async def prepare(
         self, container_id: str, mounts: list[dict[str, Any]]
-    ) -> list[tuple[str, str]]:
-        """Fill a working copy per mount; returns ``[(host directory, mount path)]``."""
-        done: list[tuple[str, str]] = []
+    ) -> list[tuple[str, str, bool]]:
+        """Fill a working copy per mount; returns ``[(host directory, mount path, read-only)]``."""
+        done: list[tuple[str, str, bool]] = []
         self._mounts[container_id] = []
         for index, mount in enumerate(mounts):
             object_id = objects.check(self.store, str(mount["object_id"]), "volume")
@@ -313,10 +313,13 @@ class VolumeService:
                 functools.partial(wc.materialize, data, blob_path=self.blobs.path),
                 retry=functools.partial(shutil.rmtree, data, True),
             )
+            read_only = bool(mount.get("read_only"))
             info = {"object_id": object_id, "mount": mount["path"], "version": at, "files": state}
+            if read_only:
+                info["read_only"] = True  # never committed, not even after a crash
             await asyncio.to_thread(wc.save_state, work, info)
-            self._mounts[container_id].append((object_id, work))
-            done.append((str(work / "data"), str(mount["path"])))
+            self._mounts[container_id].append((object_id, work, read_only))
+            done.append((str(work / "data"), str(mount["path"]), read_only))
         return done
 
     async def _from_head(
@@ -338,17 +341,23 @@ class VolumeService:
                 await asyncio.to_thread(retry)
         raise NotFoundError(f"Volume {object_id} is missing file contents")
 
-    def _works(self, container_id: str, object_id: str) -> list[Path]:
-        works = [w for oid, w in self._mounts.get(container_id, []) if oid == object_id]
-        if not works:
+    def _works(self, container_id: str, object_id: str, writable: bool = False) -> list[Path]:
+        mounted = [(w, ro) for oid, w, ro in self._mounts.get(container_id, []) if oid == object_id]
+        if not mounted:
             raise InvalidError(
                 "this container does not mount that Volume: add it to the function's volumes= to commit or reload it"
+            )
+        works = [w for w, ro in mounted if not (writable and ro)]
+        if not works:
+            raise InvalidError(
+                "this container mounts that Volume read-only (vol.read_only()), so it cannot commit(); "
+                "mount it without read_only() to write to it"
             )
         return works
 
     async def commit(self, container_id: str, object_id: str) -> int:
         at = 0
-        for work in self._works(container_id, object_id):
+        for work in self._works(container_id, object_id, writable=True):
             at = await self._commit_work(work)
         return at
 
@@ -361,6 +370,8 @@ class VolumeService:
             except NotFoundError:
                 logger.info("volume %s was deleted; dropping a working copy's changes", object_id)
                 return 0
+            if info.get("read_only"):
+                return version(self.store, object_id)
             state = info["files"]
             for _ in range(3):
                 changes, after = await asyncio.to_thread(
@@ -394,7 +405,7 @@ class VolumeService:
         if not mounts:
             return
         self._releasing[container_id] = asyncio.get_running_loop().create_task(
-            self._release(container_id, [w for _, w in mounts])
+            self._release(container_id, [w for _, w, _ in mounts])
         )
 
     async def _release(self, container_id: str, works: list[Path]) -> None:

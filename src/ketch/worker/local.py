@@ -93,7 +93,7 @@ class LocalWorker:
         return env
 
     async def start(
-        self, container_id: str, env: dict[str, str], spec: FunctionSpec, mounts: Sequence[tuple[str, str]] = ()
+        self, container_id: str, env: dict[str, str], spec: FunctionSpec, mounts: Sequence[tuple[str, str, bool]] = ()
     ) -> None:
         cwd = spec.root_dir
         if mounts:  # applied by the container itself (ketch.runtime.mounts)

@@ -130,7 +130,7 @@ class SandboxWorker:
 
     # -- start ---------------------------------------------------------------
     async def start(
-        self, container_id: str, env: dict[str, str], spec: FunctionSpec, mounts: Sequence[tuple[str, str]] = ()
+        self, container_id: str, env: dict[str, str], spec: FunctionSpec, mounts: Sequence[tuple[str, str, bool]] = ()
     ) -> None:
         built = await self._image(container_id, spec)
         bundle = await self.builder.prepare_runtime(built, lambda line: None)
@@ -197,7 +197,7 @@ class SandboxWorker:
         bundle: Path,
         env: dict[str, str],
         spec: FunctionSpec,
-        mounts: Sequence[tuple[str, str]] = (),
+        mounts: Sequence[tuple[str, str, bool]] = (),
     ) -> tuple[list[str], dict[str, str]]:
         cfg = built.config
         workdir = str(cfg.get("workdir") or SOURCE_ROOT)
@@ -214,8 +214,8 @@ class SandboxWorker:
         self._bind_source(box, spec)
         for mount in (spec.image or {}).get("mounts", []):
             box.bind_ro(self._materialize(mount), mount["remote_path"])
-        for host_dir, path in mounts:  # Volume working copies
-            box.bind_rw(host_dir, path)
+        for host_dir, path, read_only in mounts:  # Volume working copies
+            (box.bind_ro if read_only else box.bind_rw)(host_dir, path)
         box.env.update({k: str(v) for k, v in cfg.get("env", {}).items()})
         if cfg.get("path"):
             box.env["PATH"] = str(cfg["path"])
