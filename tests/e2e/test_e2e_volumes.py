@@ -56,7 +56,7 @@ APP = SHOW + textwrap.dedent(
 
     @app.function(volumes={MOUNT: vol.read_only()})
     def peek(name: str) -> dict:
-        out = {"text": open(f"{MOUNT}/{name}").read()}
+        out = {"text": open(f"{MOUNT}/{name}").read(), "nlink": os.stat(f"{MOUNT}/{name}").st_nlink}
         for what, attempt in [
             ("write", lambda: open(f"{MOUNT}/ro-new.txt", "w").write("x")),
             ("overwrite", lambda: open(f"{MOUNT}/{name}", "w").write("x")),
@@ -293,6 +293,7 @@ def test_read_only_mount(tmp_path, runtime):
         peek = run.value("peek")
         assert peek["text"] == "seen read-only" == peek["reloaded"], run.proc.describe()
         assert peek["write"] == "EROFS" and peek["overwrite"] == "EROFS", peek
+        assert peek["nlink"] >= 2, peek  # a hard link to the stored blob, not a copy
         assert peek["commit"].startswith("InvalidError") and "read-only" in peek["commit"], peek
         assert run.value("after") == ["ro", "ro/a.txt"]
     finally:

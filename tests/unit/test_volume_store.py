@@ -70,6 +70,31 @@ def test_working_copy_collect_and_update(tmp_path):
     assert not (other / "b.txt").exists()
 
 
+def test_linked_working_copy(tmp_path):
+    """A read-only (linked) copy hard-links blobs whose mode matches and copies the rest."""
+    blobs = BlobStore(tmp_path / "blobs")
+    plain, script = blobs.put(b"weights"), blobs.put(b"#!/bin/sh\n")
+    blob_mode = os.stat(blobs.path(plain)).st_mode & 0o7777
+    entry = {"type": "f", "target": None, "size": 7, "mtime": 1_000_000.0}
+    head = [
+        {**entry, "path": "w.bin", "blob": plain, "mode": blob_mode},
+        {**entry, "path": "run.sh", "blob": script, "mode": 0o755},
+        {**entry, "path": "gone.bin", "blob": plain, "mode": blob_mode},
+    ]
+    data = tmp_path / "data"
+    state = wc.materialize(data, head, blobs.path, link=True)
+    assert os.path.samefile(data / "w.bin", blobs.path(plain))  # no bytes copied
+    assert not os.path.samefile(data / "run.sh", blobs.path(script))
+    assert os.stat(data / "run.sh").st_mode & 0o7777 == 0o755 and os.stat(data / "run.sh").st_mtime == 1_000_000.0
+    # Storing the same bytes again moves the blob's time: not a local change, so a
+    # file the head dropped still goes at reload.
+    time.sleep(0.01)
+    blobs.put(b"weights")
+    state = wc.update(data, state, head[:2], blobs.path, link=True)
+    assert not (data / "gone.bin").exists() and sorted(state) == ["run.sh", "w.bin"]
+    assert blobs.path(plain).read_bytes() == b"weights"  # the blob is intact
+
+
 @pytest.fixture
 def service(tmp_path):
     store = Store(tmp_path / "state.db")

@@ -574,7 +574,11 @@ class Dispatcher:
         try:
             # Opened here, on the way into the container, and nowhere else.
             secret_env = secret_store.container_env(self.store, info.spec.secrets)
-            mounts = await self.volumes.prepare(container_id, info.spec.volumes) if info.spec.volumes else []
+            mounts = (
+                await self.volumes.prepare(container_id, info.spec.volumes, self.worker.enforces_read_only)
+                if info.spec.volumes
+                else []
+            )
         except Error as exc:
             self._perform(
                 pool, pool.container_init_failed(container_id, time.monotonic(), "secrets or volumes unavailable"),

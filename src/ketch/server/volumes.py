@@ -298,9 +298,13 @@ class VolumeService:
         return self._locks.setdefault(work, asyncio.Lock())
 
     async def prepare(
-        self, container_id: str, mounts: list[dict[str, Any]]
+        self, container_id: str, mounts: list[dict[str, Any]], enforces_read_only: bool = False
     ) -> list[tuple[str, str, bool]]:
-        """Fill a working copy per mount; returns ``[(host directory, mount path, read-only)]``."""
+        """Fill a working copy per mount; returns ``[(host directory, mount path, read-only)]``.
+
+        ``enforces_read_only``: the runtime makes read-only mounts read-only, so
+        their working copies may be hard links to the blobs (see worker.volumes).
+        """
         done: list[tuple[str, str, bool]] = []
         self._mounts[container_id] = []
         for index, mount in enumerate(mounts):
@@ -308,15 +312,17 @@ class VolumeService:
             work = self.work / container_id / str(index)
             work.mkdir(parents=True, exist_ok=True)
             data = work / "data"
+            read_only = bool(mount.get("read_only"))
+            link = read_only and enforces_read_only
             at, state = await self._from_head(
                 object_id,
-                functools.partial(wc.materialize, data, blob_path=self.blobs.path),
+                functools.partial(wc.materialize, data, blob_path=self.blobs.path, link=link),
                 retry=functools.partial(shutil.rmtree, data, True),
             )
-            read_only = bool(mount.get("read_only"))
             info = {"object_id": object_id, "mount": mount["path"], "version": at, "files": state}
             if read_only:
                 info["read_only"] = True  # never committed, not even after a crash
+                info["linked"] = link
             await asyncio.to_thread(wc.save_state, work, info)
             self._mounts[container_id].append((object_id, work, read_only))
             done.append((str(work / "data"), str(mount["path"]), read_only))
@@ -393,7 +399,9 @@ class VolumeService:
         for work in self._works(container_id, object_id):
             async with self._lock(work):
                 info = await asyncio.to_thread(wc.load_state, work)
-                fill = functools.partial(wc.update, work / "data", info["files"], blob_path=self.blobs.path)
+                fill = functools.partial(
+                    wc.update, work / "data", info["files"], blob_path=self.blobs.path, link=bool(info.get("linked"))
+                )
                 at, info["files"] = await self._from_head(object_id, fill)
                 info["version"] = at
                 await asyncio.to_thread(wc.save_state, work, info)

@@ -77,6 +77,9 @@ class LocalWorker:
         "memory/cpu limits are NOT enforced)"
     )
 
+    # A read-only Volume mount is a read-only bind only as root (runtime.mounts).
+    enforces_read_only = os.geteuid() == 0
+
     def __init__(self, on_log: LogSink, on_exit: ExitSink, use_template: bool = True) -> None:
         self._on_log = on_log
         self._on_exit = on_exit

@@ -84,6 +84,7 @@ class SandboxWorker:
     """Starts, stops and watches sandboxed containers."""
 
     name = "sandbox"
+    enforces_read_only = True  # read-only Volume mounts are --ro-bind
 
     def __init__(
         self,

@@ -7,6 +7,13 @@ last committed, stores changed files as content-addressed blobs, and hands the
 changes to the control plane, which applies them in one transaction.
 ``reload`` brings the directory up to the Volume's newest committed state.
 
+A read-only mount whose runtime enforces read-only (the sandbox's
+``--ro-bind``, the local runtime's read-only bind as root) gets *linked*
+working copies: each file is a hard link to its blob, so filling it copies no
+bytes however large the Volume is. A file is copied instead where its mode
+differs from the blob's (executables) or the blob is on another filesystem;
+a linked file shows the blob's modification time, not the committed one.
+
 Entries (the wire shape, also kept in ``state.json`` beside the directory)::
 
     {"path": "a/b.txt", "type": "f"|"d"|"l", "blob": "bl-…"|None, "target": str|None,
@@ -58,8 +65,13 @@ def save_state(work: Path, state: dict[str, Any]) -> None:
     tmp.replace(work / "state.json")
 
 
-def _write_entry(data: Path, entry: Entry, blob_path: Callable[[str], Path]) -> Entry:
-    """Put one entry in the directory (replacing what is there); returns it with its stat."""
+def _write_entry(
+    data: Path, entry: Entry, blob_path: Callable[[str], Path], link: bool = False
+) -> Entry:
+    """Put one entry in the directory (replacing what is there); returns it with its stat.
+
+    With ``link`` a file becomes a hard link to its blob where that keeps its mode.
+    """
     dest = data / entry["path"]
     dest.parent.mkdir(parents=True, exist_ok=True)
     if entry["type"] == "d":
@@ -75,16 +87,28 @@ def _write_entry(data: Path, entry: Entry, blob_path: Callable[[str], Path]) -> 
             os.symlink(entry["target"], tmp)
             os.replace(tmp, dest)
             return dict(entry)
-        _copy(blob_path(entry["blob"]), tmp)
-        os.chmod(tmp, entry["mode"] & 0o7777)
-        ns = int(entry["mtime"] * 1e9)
-        os.utime(tmp, ns=(ns, ns))
+        if not (link and _link(blob_path(entry["blob"]), tmp, entry["mode"])):
+            _copy(blob_path(entry["blob"]), tmp)
+            os.chmod(tmp, entry["mode"] & 0o7777)
+            ns = int(entry["mtime"] * 1e9)
+            os.utime(tmp, ns=(ns, ns))
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
     return {**entry, "stat": _stat_key(os.lstat(dest))}
+
+
+def _link(blob: Path, dest: Path, mode: int) -> bool:
+    """Hard-link ``blob`` at ``dest`` if it has ``mode`` (a link shares the blob's mode and times)."""
+    if stat.S_IMODE(os.stat(blob).st_mode) != mode & 0o7777:
+        return False
+    try:
+        os.link(blob, dest)
+    except OSError:  # another filesystem, or links not allowed: copy instead
+        return False
+    return True
 
 
 def _copy(src: Path, dest: Path) -> None:
@@ -94,12 +118,14 @@ def _copy(src: Path, dest: Path) -> None:
         copy_range(fin.fileno(), fout.fileno(), os.fstat(fin.fileno()).st_size)
 
 
-def materialize(data: Path, entries: list[Entry], blob_path: Callable[[str], Path]) -> State:
+def materialize(
+    data: Path, entries: list[Entry], blob_path: Callable[[str], Path], link: bool = False
+) -> State:
     """Fill the empty directory ``data`` with ``entries``; returns the new state."""
     data.mkdir(parents=True, exist_ok=True)
     state: State = {}
     for entry in sorted(entries, key=lambda e: e["path"]):
-        state[entry["path"]] = _write_entry(data, entry, blob_path)
+        state[entry["path"]] = _write_entry(data, entry, blob_path, link)
     return state
 
 
@@ -169,14 +195,19 @@ def collect(
     return changes, after
 
 
-def update(data: Path, state: State, head: list[Entry], blob_path: Callable[[str], Path]) -> State:
+def update(
+    data: Path, state: State, head: list[Entry], blob_path: Callable[[str], Path], link: bool = False
+) -> State:
     """Bring ``data`` up to ``head``; files changed here and not there stay (uncommitted).
 
     Where both changed a file, the committed version wins: reload takes what
-    other containers committed.
+    other containers committed. A linked (read-only) copy has no changes of its
+    own: a blob's time moves when it is stored again, which is not a change.
     """
-    changed, deleted_here = scan(data, state)
-    local = set(changed) | set(deleted_here)
+    local: set[str] = set()
+    if not link:
+        changed, deleted_here = scan(data, state)
+        local = set(changed) | set(deleted_here)
     new: State = {}
     wanted = {e["path"]: e for e in head}
     for path in sorted(wanted):
@@ -185,7 +216,7 @@ def update(data: Path, state: State, head: list[Entry], blob_path: Callable[[str
         if same_content(base, entry) and base is not None:
             new[path] = base
             continue
-        new[path] = _write_entry(data, entry, blob_path)
+        new[path] = _write_entry(data, entry, blob_path, link)
     for path in sorted((p for p in state if p not in wanted), reverse=True):
         if path in local:
             continue  # changed here since: kept, and committed next time as new
