@@ -380,15 +380,21 @@ class VolumeService:
                 return version(self.store, object_id)
             state = info["files"]
             for _ in range(3):
+                started = time.monotonic()
                 changes, after = await asyncio.to_thread(
                     wc.collect, work / "data", state, self.blobs.ingest
                 )
                 if not changes:
                     return version(self.store, object_id)
+                stored = time.monotonic()
                 at, missing = self.apply(object_id, changes)
                 if not missing:
                     info["files"] = after
                     await asyncio.to_thread(wc.save_state, work, info)
+                    logger.debug(
+                        "committed %d changes to volume %s: stored in %.3f s, applied in %.3f s",
+                        len(changes), object_id, stored - started, time.monotonic() - stored,
+                    )  # fmt: skip
                     return at
                 for path in missing:  # collected meanwhile: store those files again
                     state = {p: e for p, e in state.items() if p != path}
