@@ -43,7 +43,12 @@ def test_period_fires_repeatedly_survives_restarts_once_and_stops_with_the_app(f
     assert env.wait_until(lambda: len(_ticks(env)) >= before + 2, timeout=30)
     ticks = _ticks(env)
     gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
-    assert min(gaps) > 1.0, f"two runs fired for one due time: gaps {gaps}"
+    # Ticks are when runs executed, not when they were due: the first run after a restart
+    # waits for a cold container, so the gap to the next (warm) run can shrink well below
+    # the 2 s period (0.76 s seen on a 2-core machine). Runs never overlap (a run due while
+    # one is going is skipped), so two runs fired for one due time execute back to back:
+    # a gap of a few milliseconds.
+    assert min(gaps) > 0.3, f"two runs fired for one due time: gaps {gaps}"
 
     env.cli("app", "stop", APP).check()
     time.sleep(1)

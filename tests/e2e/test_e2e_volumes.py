@@ -73,6 +73,17 @@ APP = SHOW + textwrap.dedent(
         out["reloaded"] = open(f"{MOUNT}/{name}").read()
         return out
 
+    @app.function(volumes={MOUNT: vol})
+    def edit() -> dict:
+        out = {"nlink": os.stat(f"{MOUNT}/ov/keep.txt").st_nlink}
+        with open(f"{MOUNT}/ov/keep.txt", "a") as fh:  # in place, into a file twin.txt shares a blob with
+            fh.write(" + edited")
+        os.unlink(f"{MOUNT}/ov/gone.txt")
+        with open(f"{MOUNT}/ov/new.txt", "w") as fh:
+            fh.write("new")
+        vol.commit()
+        return out
+
     @app.function()
     def commit_unmounted() -> str:
         vol.commit()
@@ -98,6 +109,14 @@ APP = SHOW + textwrap.dedent(
             write.remote("ro/a.txt", "seen read-only")
             show("peek", lambda: peek.remote("ro/a.txt"))
             show("after", lambda: sorted(e.path for e in vol.listdir("/", recursive=True)))
+        elif mode == "overlay":
+            import io
+            with vol.batch_upload(force=True) as batch:
+                for name, text in [("keep", "original"), ("twin", "original"), ("gone", "bye")]:
+                    batch.put_file(io.BytesIO(text.encode()), f"/ov/{name}.txt")
+            show("edit", lambda: edit.remote())
+            show("files", lambda: {e.path: b"".join(vol.read_file(e.path)).decode()
+                                   for e in vol.listdir("/ov")})
         elif mode == "nocommit":
             show("wrote", lambda: write.remote("exit.txt", "committed at exit", False))
         elif mode == "hold":
@@ -299,6 +318,35 @@ def test_read_only_mount(tmp_path, runtime):
     finally:
         env.close()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("runtime", ["local", "sandbox"])
+def test_read_write_mount_links_and_copies_up(tmp_path, runtime):
+    """A read-write mount starts from hard links (as root: an overlay); writing a file copies it up,
+    so a file sharing its blob keeps its bytes; deletes and new files commit."""
+    if runtime == "sandbox":
+        from ketch.build import isolate
+
+        if not isolate.support().ok:
+            pytest.skip("the sandbox runtime cannot run here")
+    home = Path(tempfile.mkdtemp(prefix="ketch-e2e-ov-", dir="/tmp"))
+    env = KetchEnv(home, runtime=runtime)
+    env.env["E2E_MOUNT"] = str(home / "mnt" / "data") if runtime == "local" else "/data"
+    script = tmp_path / "vol_app.py"
+    script.write_text(APP)
+    try:
+        run = ExampleRun.parse(env.cli("run", str(script), "--mode", "overlay", timeout=280))
+        files = run.value("files")
+        assert files == {"ov/keep.txt": "original + edited", "ov/twin.txt": "original", "ov/new.txt": "new"}, (
+            run.proc.describe()
+        )
+        if os.geteuid() == 0:
+            assert run.value("edit")["nlink"] >= 2, run.value("edit")  # linked, not copied, at the start
+    finally:
+        env.close()
+        shutil.rmtree(home, ignore_errors=True)
+    assert str(home) not in Path("/proc/mounts").read_text(), "a working copy stayed mounted"
 
 
 @pytest.mark.timeout(300)

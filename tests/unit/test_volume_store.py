@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -156,3 +158,47 @@ def test_unreferenced_blobs_are_collected(service):
     assert svc.blobs.exists(entry["blob"])
     assert asyncio.run(svc.collect_garbage(grace=0)) == 1
     assert not svc.blobs.exists(entry["blob"])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(os.geteuid() != 0, reason="overlay working copies need root")
+def test_overlay_copy_is_mounted_again_before_a_restart_commits_it(tmp_path):
+    """A machine restart drops a working copy's overlay mount but not its upper layer: the
+    next start mounts it again and commits the change, instead of committing every file as deleted."""
+    from ketch.build import isolate
+
+    store = Store(tmp_path / "state.db")
+    svc = VolumeService(store, tmp_path)
+    oid = objects.create(store, "volume", "overlay-vol")
+    svc.apply(oid, {"a.txt": _file(svc, "a.txt", "one"), "b.txt": _file(svc, "b.txt", "two")})
+
+    async def go() -> None:
+        [(host, _, _)] = await svc.prepare("c-1", [{"object_id": oid, "path": "/data"}])
+        data = Path(host)
+        if not os.path.ismount(data):
+            pytest.skip("overlayfs is not available here")
+        assert os.stat(data / "a.txt").st_nlink >= 2  # a link to the blob, not a copy
+        (data / "a.txt").write_text("changed")
+        assert svc.blobs.get(_blob(store, oid, "a.txt")) == b"one"  # copied up: the blob is untouched
+        await isolate.unmount(data)  # what a reboot does
+        assert not (data / "b.txt").exists()
+        again = VolumeService(store, tmp_path)
+        await again.start()
+        if again._gc_task:
+            again._gc_task.cancel()
+
+    try:
+        asyncio.run(go())
+        assert svc.blobs.get(_blob(store, oid, "a.txt")) == b"changed"
+        assert svc.blobs.get(_blob(store, oid, "b.txt")) == b"two"
+        assert not any(svc.work.iterdir())
+        assert str(tmp_path) not in Path("/proc/mounts").read_text()
+    finally:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            if str(tmp_path) in line.split()[1]:
+                subprocess.run(["umount", "-l", line.split()[1]], check=False)
+        store.close()
+
+
+def _blob(store: Store, oid: str, path: str) -> str:
+    return next(e["blob"] for e in head(store, oid) if e["path"] == path)

@@ -23,7 +23,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import posixpath
+import secrets
 import shutil
 import time
 from collections.abc import Callable
@@ -34,6 +36,7 @@ from aiohttp import web
 from sqlalchemy import Column, Float, Index, Integer, String, Table
 
 from .._serialization import pack
+from ..build import isolate
 from ..exception import AlreadyExistsError, InvalidError, NotFoundError
 from ..worker import volumes as wc
 from . import objects
@@ -132,6 +135,7 @@ class VolumeService:
         self._releasing: dict[str, asyncio.Task[None]] = {}
         self._unreferenced: dict[str, float] = {}  # blob -> when it lost a reference
         self._gc_task: asyncio.Task[None] | None = None
+        self._overlays: bool | None = None  # whether working copies can be overlays; found on first use
         objects.PURGE["volume"] = self._purge
 
     def _purge(self, store: Store, object_id: str) -> None:
@@ -314,16 +318,22 @@ class VolumeService:
             data = work / "data"
             read_only = bool(mount.get("read_only"))
             link = read_only and enforces_read_only
+            overlay = not read_only and await self._can_overlay()
+            fill_dir = work / "lower" if overlay else data
             at, state = await self._from_head(
                 object_id,
-                functools.partial(wc.materialize, data, blob_path=self.blobs.path, link=link),
-                retry=functools.partial(shutil.rmtree, data, True),
+                functools.partial(wc.materialize, fill_dir, blob_path=self.blobs.path, link=link or overlay),
+                retry=functools.partial(shutil.rmtree, fill_dir, True),
             )
             info = {"object_id": object_id, "mount": mount["path"], "version": at, "files": state}
             if read_only:
                 info["read_only"] = True  # never committed, not even after a crash
                 info["linked"] = link
+            if overlay:
+                info["overlay"] = True
             await asyncio.to_thread(wc.save_state, work, info)
+            if overlay:  # after the state says so: a restart then knows to mount it before committing
+                await self._mount(work)
             self._mounts[container_id].append((object_id, work, read_only))
             done.append((str(work / "data"), str(mount["path"]), read_only))
         return done
@@ -346,6 +356,40 @@ class VolumeService:
             except FileNotFoundError:
                 await asyncio.to_thread(retry)
         raise NotFoundError(f"Volume {object_id} is missing file contents")
+
+    async def _can_overlay(self) -> bool:
+        """Whether read-write working copies can be overlays (root, and a probe mount works)."""
+        if self._overlays is None:
+            self._overlays = False
+            if os.geteuid() == 0 and os.environ.get("KETCH_VOLUME_OVERLAY", "1") != "0":
+                probe = self.work / f".probe-{secrets.token_hex(4)}"
+                try:
+                    (probe / "lower").mkdir(parents=True)
+                    await isolate.mount_overlay([probe / "lower"], probe / "upper", probe / "ovl", probe / "data")
+                    await isolate.unmount(probe / "data")
+                    self._overlays = True
+                except (OSError, RuntimeError) as exc:
+                    logger.info("Volume working copies are plain copies: overlayfs is not available (%s)", exc)
+                finally:
+                    await asyncio.to_thread(shutil.rmtree, probe, True)
+        return self._overlays
+
+    async def _mount(self, work: Path) -> None:
+        """Mount an overlay working copy's layers at ``work/data`` (again, after a restart)."""
+        await isolate.mount_overlay([work / "lower"], work / "upper", work / "ovl", work / "data")
+
+    async def _ready(self, work: Path, info: dict[str, Any]) -> Path | None:
+        """Make sure an overlay working copy is mounted; returns its upper layer (None: not an overlay).
+
+        A machine restart drops the mount while the upper layer keeps the
+        container's changes: scanning the empty mount point would commit every
+        file as deleted, so it is mounted again first (or the commit fails).
+        """
+        if not info.get("overlay"):
+            return None
+        if not os.path.ismount(work / "data"):
+            await self._mount(work)
+        return work / "upper"
 
     def _works(self, container_id: str, object_id: str, writable: bool = False) -> list[Path]:
         mounted = [(w, ro) for oid, w, ro in self._mounts.get(container_id, []) if oid == object_id]
@@ -379,10 +423,11 @@ class VolumeService:
             if info.get("read_only"):
                 return version(self.store, object_id)
             state = info["files"]
+            upper = await self._ready(work, info)
             for _ in range(3):
                 started = time.monotonic()
                 changes, after = await asyncio.to_thread(
-                    wc.collect, work / "data", state, self.blobs.ingest
+                    wc.collect, work / "data", state, self.blobs.ingest, upper
                 )
                 if not changes:
                     return version(self.store, object_id)
@@ -406,8 +451,9 @@ class VolumeService:
             async with self._lock(work):
                 info = await asyncio.to_thread(wc.load_state, work)
                 fill = functools.partial(
-                    wc.update, work / "data", info["files"], blob_path=self.blobs.path, link=bool(info.get("linked"))
-                )
+                    wc.update, work / "data", info["files"], blob_path=self.blobs.path,
+                    link=bool(info.get("linked")), upper=await self._ready(work, info),
+                )  # fmt: skip
                 at, info["files"] = await self._from_head(object_id, fill)
                 info["version"] = at
                 await asyncio.to_thread(wc.save_state, work, info)
@@ -433,6 +479,8 @@ class VolumeService:
                     )
                     continue
                 self._locks.pop(work, None)
+                if os.path.ismount(work / "data"):
+                    await isolate.unmount(work / "data")
                 await asyncio.to_thread(shutil.rmtree, work, True)
             with contextlib.suppress(OSError):
                 (self.work / container_id).rmdir()
@@ -448,13 +496,24 @@ class VolumeService:
     async def start(self) -> None:
         """Commit working copies left by containers of a previous run, then start the collector."""
         for folder in sorted(self.work.iterdir()) if self.work.exists() else []:
+            if folder.name.startswith(".probe-"):  # an overlay probe cut short
+                if os.path.ismount(folder / "data"):
+                    await isolate.unmount(folder / "data")
+                await asyncio.to_thread(shutil.rmtree, folder, True)
+                continue
             works = [w for w in sorted(folder.iterdir()) if (w / "state.json").exists()]
             if works:
                 logger.info(
                     "committing %d working cop(ies) left by container %s", len(works), folder.name
                 )
             await self._release(folder.name, works)
-            await asyncio.to_thread(shutil.rmtree, folder, True)
+            left = list(folder.iterdir()) if folder.is_dir() else []
+            for half in [w for w in left if w not in works]:  # left mid-prepare: nothing to commit
+                if os.path.ismount(half / "data"):
+                    await isolate.unmount(half / "data")
+                await asyncio.to_thread(shutil.rmtree, half, True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # a copy whose commit failed stays, for the next start
         await self.collect_garbage(GC_GRACE_S, everything=True)
         self._gc_task = asyncio.create_task(self._collect())
 

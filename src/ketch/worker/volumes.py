@@ -7,6 +7,13 @@ last committed, stores changed files as content-addressed blobs, and hands the
 changes to the control plane, which applies them in one transaction.
 ``reload`` brings the directory up to the Volume's newest committed state.
 
+When the control plane may mount overlayfs (as root), a read-write working
+copy is an overlay: its lower layer is hard links to the blobs (filled
+without copying a byte) and its upper layer takes what the container
+changes (the kernel copies a file up when it is first written). ``data`` is
+then the merged mount; a file that is not in the upper layer is unchanged
+since the fill, whatever its times say.
+
 A read-only mount whose runtime enforces read-only (the sandbox's
 ``--ro-bind``, the local runtime's read-only bind as root) gets *linked*
 working copies: each file is a hard link to its blob, so filling it copies no
@@ -130,9 +137,14 @@ def materialize(
 
 
 def scan(
-    data: Path, state: State
+    data: Path, state: State, upper: Path | None = None
 ) -> tuple[dict[str, tuple[str, os.stat_result, str | None]], list[str]]:
-    """What changed in ``data`` since ``state``: ``({path: (type, stat, link target)}, deleted)``."""
+    """What changed in ``data`` since ``state``: ``({path: (type, stat, link target)}, deleted)``.
+
+    ``upper``: the overlay's upper layer when ``data`` is an overlay; a file
+    only in the lower layer has not changed (its times are its blob's, which
+    move when the same bytes are stored again).
+    """
     changed: dict[str, tuple[str, os.stat_result, str | None]] = {}
     seen: set[str] = set()
     stack = [(data, "")]
@@ -161,7 +173,9 @@ def scan(
                     dirty = base is None or base["type"] != "l" or base.get("target") != target
                 elif stat.S_ISREG(st.st_mode):
                     kind, target = "f", None
-                    dirty = base is None or base["type"] != "f" or base.get("stat") != _stat_key(st)
+                    dirty = base is None or base["type"] != "f"
+                    if base is not None and not dirty and (upper is None or os.path.lexists(upper / rel)):
+                        dirty = base.get("stat") != _stat_key(st)
                 else:
                     continue  # sockets, fifos and devices are not stored
                 seen.add(rel)
@@ -172,10 +186,10 @@ def scan(
 
 
 def collect(
-    data: Path, state: State, ingest: Callable[[Path], tuple[str, int]]
+    data: Path, state: State, ingest: Callable[[Path], tuple[str, int]], upper: Path | None = None
 ) -> tuple[dict[str, Entry | None], State]:
     """Store every changed file; returns the changes to commit and the state after them."""
-    changed, deleted = scan(data, state)
+    changed, deleted = scan(data, state, upper)
     changes: dict[str, Entry | None] = {p: None for p in deleted}
     after = {p: e for p, e in state.items() if p not in deleted}
     for rel, (kind, st, target) in sorted(changed.items()):
@@ -196,7 +210,12 @@ def collect(
 
 
 def update(
-    data: Path, state: State, head: list[Entry], blob_path: Callable[[str], Path], link: bool = False
+    data: Path,
+    state: State,
+    head: list[Entry],
+    blob_path: Callable[[str], Path],
+    link: bool = False,
+    upper: Path | None = None,
 ) -> State:
     """Bring ``data`` up to ``head``; files changed here and not there stay (uncommitted).
 
@@ -206,7 +225,7 @@ def update(
     """
     local: set[str] = set()
     if not link:
-        changed, deleted_here = scan(data, state)
+        changed, deleted_here = scan(data, state, upper)
         local = set(changed) | set(deleted_here)
     new: State = {}
     wanted = {e["path"]: e for e in head}
