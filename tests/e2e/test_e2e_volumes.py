@@ -341,7 +341,9 @@ def test_read_write_mount_links_and_copies_up(tmp_path, runtime):
         assert files == {"ov/keep.txt": "original + edited", "ov/twin.txt": "original", "ov/new.txt": "new"}, (
             run.proc.describe()
         )
-        if os.geteuid() == 0:
+        from ketch.build import isolate
+
+        if isolate.support().ok:  # root with overlayfs: the working copy is an overlay over links
             assert run.value("edit")["nlink"] >= 2, run.value("edit")  # linked, not copied, at the start
     finally:
         env.close()
