@@ -81,6 +81,7 @@ APP = SHOW + textwrap.dedent(
         os.unlink(f"{MOUNT}/ov/gone.txt")
         with open(f"{MOUNT}/ov/new.txt", "w") as fh:
             fh.write("new")
+        os.rename(f"{MOUNT}/ov/sub", f"{MOUNT}/ov/moved")  # a directory of the committed files
         vol.commit()
         return out
 
@@ -112,11 +113,11 @@ APP = SHOW + textwrap.dedent(
         elif mode == "overlay":
             import io
             with vol.batch_upload(force=True) as batch:
-                for name, text in [("keep", "original"), ("twin", "original"), ("gone", "bye")]:
+                for name, text in [("keep", "original"), ("twin", "original"), ("gone", "bye"), ("sub/s", "s")]:
                     batch.put_file(io.BytesIO(text.encode()), f"/ov/{name}.txt")
             show("edit", lambda: edit.remote())
             show("files", lambda: {e.path: b"".join(vol.read_file(e.path)).decode()
-                                   for e in vol.listdir("/ov")})
+                                   for e in vol.listdir("/ov", recursive=True) if e.type == ketch.FileEntryType.FILE})
         elif mode == "nocommit":
             show("wrote", lambda: write.remote("exit.txt", "committed at exit", False))
         elif mode == "hold":
@@ -338,7 +339,9 @@ def test_read_write_mount_links_and_copies_up(tmp_path, runtime):
     try:
         run = ExampleRun.parse(env.cli("run", str(script), "--mode", "overlay", timeout=280))
         files = run.value("files")
-        assert files == {"ov/keep.txt": "original + edited", "ov/twin.txt": "original", "ov/new.txt": "new"}, (
+        assert files == {
+            "ov/keep.txt": "original + edited", "ov/twin.txt": "original", "ov/new.txt": "new", "ov/moved/s.txt": "s"
+        }, (
             run.proc.describe()
         )
         from ketch.build import isolate

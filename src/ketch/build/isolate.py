@@ -87,11 +87,13 @@ def overlay_options(lowers: Sequence[Path], upper: Path | None, work: Path | Non
     return options
 
 
-async def mount_overlay(lowers: Sequence[Path], upper: Path, work: Path, merged: Path) -> None:
-    """Mount ``lowers`` (top first) with a writable ``upper`` at ``merged``."""
+async def mount_overlay(
+    lowers: Sequence[Path], upper: Path, work: Path, merged: Path, extra: str = ""
+) -> None:
+    """Mount ``lowers`` (top first) with a writable ``upper`` at ``merged``; ``extra``: more ``-o`` options."""
     for path in (upper, work, merged):
         path.mkdir(parents=True, exist_ok=True)
-    options = overlay_options(lowers, upper, work)
+    options = overlay_options(lowers, upper, work) + (f",{extra}" if extra else "")
     await run_checked(["mount", "-t", "overlay", "overlay", "-o", options, str(merged)], "mount overlay")
 
 

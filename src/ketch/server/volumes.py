@@ -121,6 +121,10 @@ def version(store: Store, object_id: str) -> int:
     return int(row[0]) if row else 0
 
 
+# Without redirect_dir, renaming a directory that came from the lower layer fails with EXDEV.
+OVERLAY_OPTIONS = "redirect_dir=on"
+
+
 class VolumeService:
     """The control plane's Volumes: blob store, changes, and the working copies of its node."""
 
@@ -365,7 +369,9 @@ class VolumeService:
                 probe = self.work / f".probe-{secrets.token_hex(4)}"
                 try:
                     (probe / "lower").mkdir(parents=True)
-                    await isolate.mount_overlay([probe / "lower"], probe / "upper", probe / "ovl", probe / "data")
+                    await isolate.mount_overlay(
+                        [probe / "lower"], probe / "upper", probe / "ovl", probe / "data", OVERLAY_OPTIONS
+                    )
                     await isolate.unmount(probe / "data")
                     self._overlays = True
                 except (OSError, RuntimeError) as exc:
@@ -376,7 +382,7 @@ class VolumeService:
 
     async def _mount(self, work: Path) -> None:
         """Mount an overlay working copy's layers at ``work/data`` (again, after a restart)."""
-        await isolate.mount_overlay([work / "lower"], work / "upper", work / "ovl", work / "data")
+        await isolate.mount_overlay([work / "lower"], work / "upper", work / "ovl", work / "data", OVERLAY_OPTIONS)
 
     async def _ready(self, work: Path, info: dict[str, Any]) -> Path | None:
         """Make sure an overlay working copy is mounted; returns its upper layer (None: not an overlay).
