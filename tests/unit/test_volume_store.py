@@ -202,3 +202,26 @@ def test_overlay_copy_is_mounted_again_before_a_restart_commits_it(tmp_path):
 
 def _blob(store: Store, oid: str, path: str) -> str:
     return next(e["blob"] for e in head(store, oid) if e["path"] == path)
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_overlay_mount_falls_back_to_a_plain_copy(service):
+    svc, oid = service
+    svc.apply(oid, {"a.txt": _file(svc, "a.txt", "one")})
+    svc._overlays = True  # as if the probe had passed
+
+    async def refuse(work: Path) -> None:
+        raise RuntimeError("mount overlay failed (exit 32): no space for the mount table")
+
+    svc._mount = refuse  # type: ignore[method-assign]
+
+    async def go() -> None:
+        [(host, _, _)] = await svc.prepare("c-1", [{"object_id": oid, "path": "/data"}])
+        data = Path(host)
+        assert (data / "a.txt").read_text() == "one" and os.stat(data / "a.txt").st_nlink == 1
+        assert "overlay" not in wc.load_state(data.parent) and not (data.parent / "lower").exists()
+        (data / "b.txt").write_text("two")
+        await svc.commit("c-1", oid)
+
+    asyncio.run(go())
+    assert svc.blobs.get(_blob(svc.store, oid, "b.txt")) == b"two"

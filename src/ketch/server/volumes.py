@@ -337,7 +337,19 @@ class VolumeService:
                 info["overlay"] = True
             await asyncio.to_thread(wc.save_state, work, info)
             if overlay:  # after the state says so: a restart then knows to mount it before committing
-                await self._mount(work)
+                try:
+                    await self._mount(work)
+                except RuntimeError as exc:  # the probe passed but this mount did not: a plain copy
+                    logger.warning("Volume working copy %s is a plain copy: %s", work, exc)
+                    at, info["files"] = await self._from_head(
+                        object_id,
+                        functools.partial(wc.materialize, data, blob_path=self.blobs.path),
+                        retry=functools.partial(shutil.rmtree, data, True),
+                    )
+                    info.pop("overlay")
+                    info["version"] = at
+                    await asyncio.to_thread(wc.save_state, work, info)
+                    await asyncio.to_thread(shutil.rmtree, work / "lower", True)
             self._mounts[container_id].append((object_id, work, read_only))
             done.append((str(work / "data"), str(mount["path"]), read_only))
         return done
