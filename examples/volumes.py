@@ -4,7 +4,9 @@
 
 A client uploads a config file; a ``train`` container reads it, writes a
 "checkpoint" and commits; an ``evaluate`` container (another function, so
-another container) reloads and reads the checkpoint back; the client then
+another container) mounts the Volume read-only (``vol.read_only()``: it only
+reads, and its container starts without copying the Volume), reloads and
+reads the checkpoint back; the client then
 lists the Volume and reads the checkpoint itself. ``ketch volume ls
 example-volume`` shows the files afterwards.
 """
@@ -31,7 +33,7 @@ def train(steps: int) -> dict:
     return {"container": os.environ.get("KETCH_CONTAINER_ID")}
 
 
-@app.function(volumes={MOUNT: vol})
+@app.function(volumes={MOUNT: vol.read_only()})
 def evaluate() -> dict:
     vol.reload()  # pick up what train committed
     checkpoint = json.load(open(f"{MOUNT}/checkpoints/latest.json"))
