@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -159,12 +160,17 @@ def main(argv: list[str] | None = None) -> int:
         record(key, seconds)
         return seconds
 
-    def pair(key: str, peer_s: float, seconds: float) -> None:
+    def paired(key: str, peer_key: str, step: Callable[[], float]) -> None:
+        """Time ``peer_key`` and then ``step`` (which returns its own seconds); record both and their ratio."""
+        peer_s = peer(peer_key, src, dst)
+        seconds = step()
         record(key, seconds)
         ratios.setdefault(key, []).append(peer_s / seconds)
 
+    src = workdir / "src.bin"
+    dst = workdir / "cp.bin"
+
     def body() -> None:
-        src = workdir / "src.bin"
         log(f"making a {mib} MiB file of random bytes")
         with open(src, "wb") as fh:
             for _ in range(mib):
@@ -182,8 +188,6 @@ def main(argv: list[str] | None = None) -> int:
             """Change the file's first bytes, so no round finds its blob already stored."""
             with open(src, "r+b") as fh:
                 fh.write(os.urandom(16))
-
-        dst = workdir / "cp.bin"
 
         os.environ.update(h.ketch_env(cleanup.ketch_home))
         os.environ["KETCH_RUNTIME"] = "local"
@@ -204,12 +208,10 @@ def main(argv: list[str] | None = None) -> int:
 
         for _ in range(rounds):
             vary()
-            peer_s = peer("cp+sync", src, dst)
-            pair("client write", peer_s, timed(upload))
+            paired("client write", "cp+sync", lambda: timed(upload))
             subprocess.run(["sync"], check=True)
 
-            peer_s = peer("cp", src, dst)
-            pair("client read", peer_s, timed(download))
+            paired("client read", "cp", lambda: timed(download))
             if out.stat().st_size != src.stat().st_size:
                 raise RuntimeError("downloaded file has the wrong size")
             out.unlink()
@@ -226,26 +228,28 @@ def main(argv: list[str] | None = None) -> int:
                 batch.put_file(src, "/client.bin")
             for _ in range(rounds):
                 vary()
-                peer_s = peer("cp+sync", src, dst)
-                settle()
-                r = mod.write.remote(str(src))
-                pair("container write", peer_s, r["copy"] + r["commit"])
-                extra.setdefault("container commit", []).append(r["commit"])
+
+                def write_in_container() -> float:
+                    settle()
+                    r = mod.write.remote(str(src))
+                    extra.setdefault("container commit", []).append(r["commit"])
+                    return float(r["copy"] + r["commit"])
+
+                paired("container write", "cp+sync", write_in_container)
                 subprocess.run(["sync"], check=True)
                 time.sleep(3)  # let the container scale down: the next read starts a fresh one
-                peer_s = peer("cp", src, dst)
-                settle()
-                t0 = time.perf_counter()
-                r = mod.read.remote("client.bin")
-                pair("container read", peer_s, time.perf_counter() - t0)
-                extra.setdefault("read inside", []).append(r["read"])
-                time.sleep(3)
-                peer_s = peer("cp", src, dst)
-                settle()
-                t0 = time.perf_counter()
-                r = mod.read_ro.remote("client.bin")
-                pair("container read, read-only mount", peer_s, time.perf_counter() - t0)
-                time.sleep(3)
+                for key, fn, label in [("container read", mod.read, "read inside"),
+                                       ("container read, read-only mount", mod.read_ro, "read inside, read-only")]:  # fmt: skip
+
+                    def read_in_container() -> float:
+                        settle()
+                        t0 = time.perf_counter()
+                        r = fn.remote("client.bin")  # noqa: B023 (called at once, in this iteration)
+                        extra.setdefault(label, []).append(r["read"])  # noqa: B023
+                        return time.perf_counter() - t0
+
+                    paired(key, "cp", read_in_container)
+                    time.sleep(3)
             # the same function's cold start with nothing to read, for reference
             vol_empty = []
             for _ in range(rounds):
@@ -257,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
             extra["cold start, no read"] = vol_empty
             notes.append(
                 "container read: from `.remote()` to the result, in a fresh container, so it includes "
-                "a cold start and filling the working copy (a Volume holding just that file); with "
-                "`vol.read_only()` the working copy is hard links to the blobs, so filling it copies nothing"
+                "a cold start and filling the working copy (a Volume holding just that file); as root a read-write "
+                "working copy is an overlay over hard links to the blobs and a read-only one is the links, so "
+                "filling either copies nothing"
             )
 
     aborted = h.guarded(body, cleanup, watchdog, notes)

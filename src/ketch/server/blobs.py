@@ -10,6 +10,7 @@ to disk and renamed into place, so a blob that exists is whole.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import secrets
@@ -60,33 +61,32 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[os.write(fd, data) :]
 
 
-_sync_file_range: Any = None
+@functools.cache
+def _sync_file_range() -> Any:
+    """libc's ``sync_file_range``, or None where there is none."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn
 
 
-def _write_back(fd: int, start: int, end: int) -> int:
-    """Start the disk writing bytes ``[start, end)`` of ``fd`` and wait for what came before.
+def _write_back(fd: int, waited: int, start: int, end: int) -> None:
+    """Start the disk writing bytes ``[start, end)`` of ``fd`` and wait for ``[waited, start)``.
 
     A blob is fsynced before it counts as stored; handing it to the disk a block
     at a time overlaps that flush with the copy (about 10-15% faster end to end)
     and keeps a large upload from filling memory with dirty pages. Advisory:
-    any failure is left to the final fsync. Returns ``end``.
+    any failure is left to the final fsync.
     """
-    global _sync_file_range
-    if _sync_file_range is None:
-        try:
-            import ctypes
-
-            fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-            fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-            _sync_file_range = fn
-        except (OSError, AttributeError):
-            _sync_file_range = False
-    if _sync_file_range:
-        # SYNC_FILE_RANGE_WRITE for the new block; WAIT_BEFORE|WRITE|WAIT_AFTER for the ones before.
-        _sync_file_range(fd, start, end - start, 2)
-        if start:
-            _sync_file_range(fd, 0, start, 7)
-    return end
+    fn = _sync_file_range()
+    if fn:
+        fn(fd, start, end - start, 2)  # SYNC_FILE_RANGE_WRITE
+        if start > waited:
+            fn(fd, waited, start - waited, 7)  # WAIT_BEFORE | WRITE | WAIT_AFTER
 
 
 class BlobWriter:
@@ -101,6 +101,7 @@ class BlobWriter:
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.size = 0
         self._queued = 0  # bytes handed to the disk so far
+        self._waited = 0  # bytes the disk is known to have written
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -120,7 +121,8 @@ class BlobWriter:
             _write_all(self._fd, view[at : at + IO])
         self.size += len(view)
         if self.size - self._queued >= BLOCK:
-            self._queued = _write_back(self._fd, self._queued, self.size)
+            _write_back(self._fd, self._waited, self._queued, self.size)
+            self._waited, self._queued = self._queued, self.size
 
     def finish(self) -> str:
         """Make the blob durable and return its id (an existing identical blob is kept)."""

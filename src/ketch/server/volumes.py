@@ -323,12 +323,7 @@ class VolumeService:
             read_only = bool(mount.get("read_only"))
             link = read_only and enforces_read_only
             overlay = not read_only and await self._can_overlay()
-            fill_dir = work / "lower" if overlay else data
-            at, state = await self._from_head(
-                object_id,
-                functools.partial(wc.materialize, fill_dir, blob_path=self.blobs.path, link=link or overlay),
-                retry=functools.partial(shutil.rmtree, fill_dir, True),
-            )
+            at, state = await self._fill(object_id, work / "lower" if overlay else data, link or overlay)
             info = {"object_id": object_id, "mount": mount["path"], "version": at, "files": state}
             if read_only:
                 info["read_only"] = True  # never committed, not even after a crash
@@ -341,11 +336,7 @@ class VolumeService:
                     await self._mount(work)
                 except RuntimeError as exc:  # the probe passed but this mount did not: a plain copy
                     logger.warning("Volume working copy %s is a plain copy: %s", work, exc)
-                    at, info["files"] = await self._from_head(
-                        object_id,
-                        functools.partial(wc.materialize, data, blob_path=self.blobs.path),
-                        retry=functools.partial(shutil.rmtree, data, True),
-                    )
+                    at, info["files"] = await self._fill(object_id, data, link=False)
                     info.pop("overlay")
                     info["version"] = at
                     await asyncio.to_thread(wc.save_state, work, info)
@@ -353,6 +344,14 @@ class VolumeService:
             self._mounts[container_id].append((object_id, work, read_only))
             done.append((str(work / "data"), str(mount["path"]), read_only))
         return done
+
+    async def _fill(self, object_id: str, into: Path, link: bool) -> tuple[int, wc.State]:
+        """Fill the empty directory ``into`` with the Volume's committed files; ``(version, state)``."""
+        return await self._from_head(
+            object_id,
+            functools.partial(wc.materialize, into, blob_path=self.blobs.path, link=link),
+            retry=functools.partial(shutil.rmtree, into, True),
+        )
 
     async def _from_head(
         self,
@@ -384,13 +383,19 @@ class VolumeService:
                     await isolate.mount_overlay(
                         [probe / "lower"], probe / "upper", probe / "ovl", probe / "data", OVERLAY_OPTIONS
                     )
-                    await isolate.unmount(probe / "data")
+                    await self._unmount(probe / "data")
                     self._overlays = True
                 except (OSError, RuntimeError) as exc:
                     logger.info("Volume working copies are plain copies: overlayfs is not available (%s)", exc)
                 finally:
                     await asyncio.to_thread(shutil.rmtree, probe, True)
         return self._overlays
+
+    @staticmethod
+    async def _unmount(data: Path) -> None:
+        """Detach an overlay working copy's mount, if it is mounted."""
+        if os.path.ismount(data):
+            await isolate.unmount(data)
 
     async def _mount(self, work: Path) -> None:
         """Mount an overlay working copy's layers at ``work/data`` (again, after a restart)."""
@@ -497,8 +502,7 @@ class VolumeService:
                     )
                     continue
                 self._locks.pop(work, None)
-                if os.path.ismount(work / "data"):
-                    await isolate.unmount(work / "data")
+                await self._unmount(work / "data")
                 await asyncio.to_thread(shutil.rmtree, work, True)
             with contextlib.suppress(OSError):
                 (self.work / container_id).rmdir()
@@ -515,8 +519,7 @@ class VolumeService:
         """Commit working copies left by containers of a previous run, then start the collector."""
         for folder in sorted(self.work.iterdir()) if self.work.exists() else []:
             if folder.name.startswith(".probe-"):  # an overlay probe cut short
-                if os.path.ismount(folder / "data"):
-                    await isolate.unmount(folder / "data")
+                await self._unmount(folder / "data")
                 await asyncio.to_thread(shutil.rmtree, folder, True)
                 continue
             works = [w for w in sorted(folder.iterdir()) if (w / "state.json").exists()]
@@ -527,8 +530,7 @@ class VolumeService:
             await self._release(folder.name, works)
             left = list(folder.iterdir()) if folder.is_dir() else []
             for half in [w for w in left if w not in works]:  # left mid-prepare: nothing to commit
-                if os.path.ismount(half / "data"):
-                    await isolate.unmount(half / "data")
+                await self._unmount(half / "data")
                 await asyncio.to_thread(shutil.rmtree, half, True)
             with contextlib.suppress(OSError):
                 folder.rmdir()  # a copy whose commit failed stays, for the next start

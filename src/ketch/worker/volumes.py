@@ -173,9 +173,11 @@ def scan(
                     dirty = base is None or base["type"] != "l" or base.get("target") != target
                 elif stat.S_ISREG(st.st_mode):
                     kind, target = "f", None
-                    dirty = base is None or base["type"] != "f"
-                    if base is not None and not dirty and (upper is None or os.path.lexists(upper / rel)):
-                        dirty = base.get("stat") != _stat_key(st)
+                    dirty = (
+                        base is None
+                        or base["type"] != "f"
+                        or ((upper is None or os.path.lexists(upper / rel)) and base.get("stat") != _stat_key(st))
+                    )
                 else:
                     continue  # sockets, fifos and devices are not stored
                 seen.add(rel)
