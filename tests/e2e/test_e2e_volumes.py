@@ -291,34 +291,44 @@ def test_cli_group(ketch_env, tmp_path):
     assert "cli-vol" not in cli("volume", "list").check().stdout
 
 
+@contextlib.contextmanager
+def _own_home(runtime: str):
+    """A control plane of its own (skipped where ``runtime`` cannot run); nothing left mounted after."""
+    from ketch.build import isolate
+
+    if runtime == "sandbox" and not isolate.support().ok:
+        pytest.skip("the sandbox runtime cannot run here")
+    home = Path(tempfile.mkdtemp(prefix="ketch-e2e-own-", dir="/tmp"))
+    env = KetchEnv(home, runtime=runtime)
+    env.env["E2E_MOUNT"] = str(home / "mnt" / "data") if runtime == "local" else "/data"
+    try:
+        yield env
+    finally:
+        env.close()
+        shutil.rmtree(home, ignore_errors=True)
+    assert str(home) not in Path("/proc/mounts").read_text(), "a working copy stayed mounted"
+
+
+def _run_mode(env: KetchEnv, tmp_path: Path, mode: str) -> ExampleRun:
+    script = tmp_path / "vol_app.py"
+    script.write_text(APP)
+    return ExampleRun.parse(env.cli("run", str(script), "--mode", mode, timeout=280))
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("runtime", ["local", "sandbox"])
 def test_read_only_mount(tmp_path, runtime):
     """``vol.read_only()``: the mount refuses writes (EROFS), commit() is refused, reload() works."""
-    if runtime == "sandbox":
-        from ketch.build import isolate
-
-        if not isolate.support().ok:
-            pytest.skip("the sandbox runtime cannot run here")
-    elif os.geteuid() != 0:
+    if runtime == "local" and os.geteuid() != 0:
         pytest.skip("the local runtime mounts read-only only as root")
-    home = Path(tempfile.mkdtemp(prefix="ketch-e2e-ro-", dir="/tmp"))
-    mount = home / "mnt" / "data"
-    env = KetchEnv(home, runtime=runtime)
-    env.env["E2E_MOUNT"] = str(mount) if runtime == "local" else "/data"
-    script = tmp_path / "vol_app.py"
-    script.write_text(APP)
-    try:
-        run = ExampleRun.parse(env.cli("run", str(script), "--mode", "readonly", timeout=280))
+    with _own_home(runtime) as env:
+        run = _run_mode(env, tmp_path, "readonly")
         peek = run.value("peek")
         assert peek["text"] == "seen read-only" == peek["reloaded"], run.proc.describe()
         assert peek["write"] == "EROFS" and peek["overwrite"] == "EROFS", peek
         assert peek["nlink"] >= 2, peek  # a hard link to the stored blob, not a copy
         assert peek["commit"].startswith("InvalidError") and "read-only" in peek["commit"], peek
         assert run.value("after") == ["ro", "ro/a.txt"]
-    finally:
-        env.close()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.timeout(300)
@@ -326,43 +336,23 @@ def test_read_only_mount(tmp_path, runtime):
 def test_read_write_mount_links_and_copies_up(tmp_path, runtime):
     """A read-write mount starts from hard links (as root: an overlay); writing a file copies it up,
     so a file sharing its blob keeps its bytes; deletes and new files commit."""
-    if runtime == "sandbox":
-        from ketch.build import isolate
+    from ketch.build import isolate
 
-        if not isolate.support().ok:
-            pytest.skip("the sandbox runtime cannot run here")
-    home = Path(tempfile.mkdtemp(prefix="ketch-e2e-ov-", dir="/tmp"))
-    env = KetchEnv(home, runtime=runtime)
-    env.env["E2E_MOUNT"] = str(home / "mnt" / "data") if runtime == "local" else "/data"
-    script = tmp_path / "vol_app.py"
-    script.write_text(APP)
-    try:
-        run = ExampleRun.parse(env.cli("run", str(script), "--mode", "overlay", timeout=280))
+    with _own_home(runtime) as env:
+        run = _run_mode(env, tmp_path, "overlay")
         files = run.value("files")
         assert files == {
             "ov/keep.txt": "original + edited", "ov/twin.txt": "original", "ov/new.txt": "new", "ov/moved/s.txt": "s"
         }, (
             run.proc.describe()
         )
-        from ketch.build import isolate
-
         if isolate.support().ok:  # root with overlayfs: the working copy is an overlay over links
             assert run.value("edit")["nlink"] >= 2, run.value("edit")  # linked, not copied, at the start
-    finally:
-        env.close()
-        shutil.rmtree(home, ignore_errors=True)
-    assert str(home) not in Path("/proc/mounts").read_text(), "a working copy stayed mounted"
 
 
 @pytest.mark.timeout(300)
 def test_example_in_sandbox():
-    from ketch.build import isolate
-
-    if not isolate.support().ok:
-        pytest.skip("the sandbox runtime cannot run here")
-    home = Path(tempfile.mkdtemp(prefix="ketch-e2e-vol-", dir="/tmp"))
-    env = KetchEnv(home, runtime="sandbox")
-    try:
+    with _own_home("sandbox") as env:
         run = ExampleRun.parse(env.cli("run", "examples/volumes.py", timeout=280))
         value = run.value("volumes")
         assert value["steps"] == 4 and value["score"] == 3.0 and value["two_containers"], value
@@ -370,6 +360,3 @@ def test_example_in_sandbox():
         assert value["client_steps"] == 4
         listing = env.cli("volume", "ls", "example-volume", "-r").check().stdout
         assert "checkpoints/latest.json" in listing, listing
-    finally:
-        env.close()
-        shutil.rmtree(home, ignore_errors=True)
