@@ -325,7 +325,10 @@ class KetchEnv:
         request = urllib.request.Request(
             f"{info['url']}/rpc/{method}",
             data=msgpack.packb(body or {}),
-            headers={"Content-Type": "application/msgpack"},
+            headers={
+                "Content-Type": "application/msgpack",
+                "Authorization": f"Bearer {(self.home / 'token').read_text().strip()}",
+            },
             method="POST",
         )
         try:

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +47,15 @@ def reply_error(payload: bytes, default_type: str, default_message: str) -> Base
 
 
 def _host_port(url: str) -> tuple[str, int]:
-    host, _, port = url.removeprefix("http://").rpartition(":")
-    return host, int(port)
+    host, _, port = url.removeprefix("http://").removeprefix("https://").rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _tls(url: str) -> ssl.SSLContext | None:
+    """A client TLS context for an ``https://`` control plane (``KETCH_TLS_CA``: a CA file to trust)."""
+    if not url.startswith("https://"):
+        return None
+    return ssl.create_default_context(cafile=os.environ.get("KETCH_TLS_CA") or None)
 
 
 # Blocking connections for calls made from blocking code, by address; shared by
@@ -56,7 +64,14 @@ _BLOCKING_IDLE: dict[str, list[socket.socket]] = {}
 os.register_at_fork(after_in_child=_BLOCKING_IDLE.clear)
 
 
-def _call_blocking(unix_path: str | None, url: str, request: bytes, timeout: float) -> tuple[int, dict[str, Any]]:
+def _hello(token: str) -> bytes:
+    """What opens an RPC connection: the magic, then the auth frame (``server/frames.py``)."""
+    return RPC_MAGIC + encode({"auth": token})
+
+
+def _call_blocking(
+    unix_path: str | None, url: str, request: bytes, timeout: float, token: str
+) -> tuple[int, dict[str, Any]]:
     """``_Client._call`` on a plain socket, for a call whose thread is blocked on it anyway.
 
     This skips the event loop's bookkeeping, which costs more than the round trip.
@@ -71,9 +86,12 @@ def _call_blocking(unix_path: str | None, url: str, request: bytes, timeout: flo
             sock.settimeout(5)
             sock.connect(unix_path)
         else:
-            sock = socket.create_connection(_host_port(url), timeout=5)
+            host, port = _host_port(url)
+            sock = socket.create_connection((host, port), timeout=5)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(RPC_MAGIC)
+            if (tls := _tls(url)) is not None:
+                sock = tls.wrap_socket(sock, server_hostname=host)
+        sock.sendall(_hello(token))
     reused = False
     try:
         sock.settimeout(timeout)
@@ -115,6 +133,7 @@ class _Client:
         # more CPU per request than a Dict get costs the control plane).
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._idle_for: str | None = None
+        self._token = ""
 
     @classmethod
     async def get(cls) -> _Client:
@@ -128,6 +147,9 @@ class _Client:
         """Where the control plane is now (starting the embedded one if it is down)."""
         info = await asyncio.get_running_loop().run_in_executor(None, _server_manager.ensure)
         url = info.url
+        self._token = _server_manager.token()
+        if info.socket and os.path.exists(info.socket):
+            url = "unix:" + info.socket  # same machine: the socket, which also lets us name local files
         if url.startswith("unix:"):
             self._socket, url = url[len("unix:") :], "http://ketch"
         self._url = url
@@ -143,7 +165,9 @@ class _Client:
             else:
                 connector = aiohttp.TCPConnector(limit=64, force_close=False)
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+                headers={"Authorization": f"Bearer {self._token}"},
             )
         return self._session
 
@@ -159,7 +183,7 @@ class _Client:
             try:
                 url = self._url or await self._locate()
                 if blocking:
-                    status, reply = _call_blocking(self._socket, url, request, timeout)
+                    status, reply = _call_blocking(self._socket, url, request, timeout, self._token)
                 else:
                     status, reply = await asyncio.wait_for(self._call(url, request), timeout)
                 if status != 200:
@@ -189,11 +213,13 @@ class _Client:
             reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self._socket, limit=1 << 20), 5)
         else:
             host, port = _host_port(url)
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=1 << 20), 5)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, limit=1 << 20, ssl=_tls(url)), 5
+            )
             sock = writer.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        writer.write(RPC_MAGIC)
+        writer.write(_hello(self._token))
         return reader, writer
 
     async def _call(self, url: str, request: bytes) -> tuple[int, dict[str, Any]]:

@@ -23,6 +23,7 @@ class ServerInfo:
     pid: int | None = None
     version: str | None = None
     started_at: float | None = None
+    socket: str | None = None  # the API's unix socket, for clients on the same machine
 
 
 def home() -> Path:
@@ -53,11 +54,14 @@ def read_info() -> ServerInfo | None:
         return None
     if not _alive(int(data["pid"])):
         return None
-    return ServerInfo(data["url"], int(data["pid"]), data.get("version"), data.get("started_at"))
+    return ServerInfo(data["url"], int(data["pid"]), data.get("version"), data.get("started_at"), data.get("socket"))
 
 
-def start(timeout: float = 30.0) -> ServerInfo:
-    """Start the embedded server in the background (or return the running one)."""
+def start(timeout: float = 30.0, extra_args: tuple[str, ...] = ()) -> ServerInfo:
+    """Start the embedded server in the background (or return the running one).
+
+    ``extra_args`` go to ``python -m ketch.server`` (``--host``, ``--port``, TLS files).
+    """
     h = home()
     h.mkdir(parents=True, exist_ok=True)
     with (h / "server.lock").open("w") as lock:
@@ -71,7 +75,7 @@ def start(timeout: float = 30.0) -> ServerInfo:
         proc = subprocess.Popen(
             # -P and cwd=home: the user's folder (a secrets.py in it, say) must not shadow
             # the standard library for the control plane.
-            [sys.executable, "-P", "-m", "ketch.server", "--home", str(h.resolve())],
+            [sys.executable, "-P", "-m", "ketch.server", "--home", str(h.resolve()), *extra_args],
             cwd=str(h.resolve()),
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -124,6 +128,20 @@ def ensure() -> ServerInfo:
     if url:
         return ServerInfo(url.rstrip("/"))
     return read_info() or start()
+
+
+def token() -> str:
+    """The token this process sends: its container's, ``KETCH_TOKEN``, or the owner's file.
+
+    The owner's token is ``KETCH_HOME/token``, written by the control plane's first start.
+    """
+    found = os.environ.get("KETCH_CONTAINER_TOKEN") or config.get("token")
+    if found:
+        return str(found)
+    try:
+        return (home() / "token").read_text().strip()
+    except OSError:
+        return ""
 
 
 def is_embedded() -> bool:

@@ -89,6 +89,14 @@ class ServerError(Error):
     """The control plane failed while handling a request."""
 
 
+class AuthError(Error):
+    """A request to the control plane carried no valid token (HTTP 401)."""
+
+
+class PermissionDeniedError(Error):
+    """The caller's token does not allow this operation (HTTP 403); the message names it."""
+
+
 class CallTimeoutError(Error, builtins.TimeoutError):
     """A client-side wait such as ``FunctionCall.get(timeout=)`` expired.
 
@@ -118,6 +126,8 @@ _BY_NAME: dict[str, type[BaseException]] = {
         CallTimeoutError,
         ImageBuildError,
         ResourceUnavailableError,
+        AuthError,
+        PermissionDeniedError,
     )
 }
 

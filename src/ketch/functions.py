@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .app import _App
 
 MAP_BATCH = 1000
+MAP_BATCH_BYTES = 16 << 20  # a batch of inputs stays well under the control plane's request cap
 POLL_S = 50.0
 ERROR_STATUSES = ("failure", "timeout", "crash", "init_failure", "cancelled")
 
@@ -261,11 +262,12 @@ class _Function:
     async def _send_inputs(self, call_body: dict[str, Any], arg_iter: Any, sent: asyncio.Event) -> int:
         client = await _Client.get()
         batch: list[dict[str, Any]] = []
+        batch_bytes = 0
         idx = 0
         created = False
 
         async def flush(final: bool) -> None:
-            nonlocal batch, created
+            nonlocal batch, batch_bytes, created
             if not created:
                 await client.rpc("CallCreate", {**call_body, "inputs": batch, "closed": final, "wait": 0})
                 created = True
@@ -275,13 +277,14 @@ class _Function:
                     "CallPutInputs",
                     {"call_id": call_body["call_id"], "inputs": batch, "n_inputs": idx if final else None},
                 )
-            batch = []
+            batch, batch_bytes = [], 0
 
         async for args, kwargs in _aiter_args(arg_iter):
             data = self._encode_args(args, kwargs)
             batch.append(await _encode_input(client, idx, data))
+            batch_bytes += len(batch[-1].get("args") or b"")
             idx += 1
-            if len(batch) >= MAP_BATCH:
+            if len(batch) >= MAP_BATCH or batch_bytes >= MAP_BATCH_BYTES:
                 await flush(False)
         await flush(True)
         return idx

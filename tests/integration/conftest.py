@@ -21,6 +21,9 @@ class InProcessServer:
         self.stop_event: asyncio.Event | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.url = ""
+        self.socket = ""
+        self.token = ""
+        self.headers: dict[str, str] = {}
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -39,7 +42,11 @@ class InProcessServer:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("in-process control plane did not start")
             time.sleep(0.02)
-        self.url = json.loads(info.read_text())["url"]
+        written = json.loads(info.read_text())
+        self.url = written["url"]
+        self.socket = written["socket"]
+        self.token = (self.home / "token").read_text().strip()
+        self.headers = {"Authorization": f"Bearer {self.token}"}
 
     def stop(self) -> None:
         if self.stop_event is not None:
@@ -55,7 +62,9 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProces
     mp.setenv("KETCH_RUNTIME", "local")
     server = InProcessServer(home)
     server.start()
-    mp.setenv("KETCH_SERVER_URL", server.url)
+    # The unix socket, as the SDK uses for the embedded control plane: only there may a
+    # client name local files (its app's source).
+    mp.setenv("KETCH_SERVER_URL", "unix:" + server.socket)
     mp.setenv("KETCH_HOME", str(home))
     try:
         yield server

@@ -30,8 +30,8 @@ def add(a: int, b: int = 1) -> int:
     return a + b
 
 
-def _post(url: str, body: bytes) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=body, method="POST")
+def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, msgpack.unpackb(resp.read())
@@ -40,18 +40,20 @@ def _post(url: str, body: bytes) -> tuple[int, dict]:
 
 
 def test_malformed_body_is_a_typed_400(control_plane):
-    status, reply = _post(f"{control_plane.url}/rpc/CallCreate", b"\xc1 not msgpack")
+    status, reply = _post(f"{control_plane.url}/rpc/CallCreate", b"\xc1 not msgpack", control_plane.headers)
     assert status == 400
     assert reply["error"]["type"] == "InvalidError"
 
 
 def test_missing_field_is_a_typed_400(control_plane):
-    status, reply = _post(f"{control_plane.url}/rpc/CallCreate", msgpack.packb({"call_id": "fc-x"}))
+    status, reply = _post(
+        f"{control_plane.url}/rpc/CallCreate", msgpack.packb({"call_id": "fc-x"}), control_plane.headers
+    )
     assert status == 400 and reply["error"]["type"] == "InvalidError"
 
 
 def test_unknown_method_is_404(control_plane):
-    status, reply = _post(f"{control_plane.url}/rpc/NoSuchThing", msgpack.packb({}))
+    status, reply = _post(f"{control_plane.url}/rpc/NoSuchThing", msgpack.packb({}), control_plane.headers)
     assert status == 404 and reply["error"]["type"] == "NotFoundError"
 
 

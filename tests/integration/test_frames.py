@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import threading
 import time
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -17,10 +19,13 @@ from ketch._wire import RPC_MAGIC
 pytestmark = pytest.mark.timeout(60)
 
 
-def _connect(url: str) -> socket.socket:
+def _connect(url: str, token: str | None = None) -> socket.socket:
+    """A frame connection to ``url``, authenticated with ``token`` (default: the owner's)."""
     host, _, port = url.removeprefix("http://").rpartition(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.sendall(RPC_MAGIC)
+    if token is None:
+        token = (Path(os.environ["KETCH_HOME"]) / "token").read_text().strip()
+    sock.sendall(RPC_MAGIC + _frame({"auth": token}))
     return sock
 
 
@@ -65,7 +70,7 @@ def test_an_oversized_frame_is_refused_and_the_connection_closed(control_plane):
     with _connect(control_plane.url) as sock:
         sock.sendall(struct.pack(">I", 0xFFFFFFF0))
         reply = _read(sock)
-        assert reply["s"] == 400 and "over the limit" in reply["r"]["error"]["message"]
+        assert reply["s"] == 413 and "over the limit" in reply["r"]["error"]["message"]
         assert sock.recv(1) == b""
 
 
@@ -114,7 +119,9 @@ def test_a_client_leaving_mid_poll_does_not_disturb_the_server(control_plane):
 def test_http_rpc_still_answers_beside_frames(control_plane):
     import urllib.request
 
-    req = urllib.request.Request(f"{control_plane.url}/rpc/Status", data=msgpack.packb({}), method="POST")
+    req = urllib.request.Request(
+        f"{control_plane.url}/rpc/Status", data=msgpack.packb({}), method="POST", headers=control_plane.headers
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert "version" in msgpack.unpackb(resp.read())
 

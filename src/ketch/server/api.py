@@ -1,35 +1,67 @@
-"""The HTTP API: ``POST /rpc/<Method>`` with msgpack bodies, plus blob upload/download."""
+"""The HTTP API: ``POST /rpc/<Method>`` with msgpack bodies, plus blob upload/download.
+
+Every request is authenticated (``auth``): HTTP requests carry
+``Authorization: Bearer <token>``; a handler that takes a third argument gets
+the :class:`~ketch.server.auth.Caller` to scope what it does.
+"""
 
 from __future__ import annotations
 
 import inspect
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.exc import DBAPIError, StatementError
 
 from .. import __version__
 from .._config import config
 from .._ids import stable_id
 from .._serialization import MAX_PAYLOAD_BYTES, pack, unpack
 from .._spec import FunctionSpec
-from ..exception import Error, InvalidError, NotFoundError, wire_name
+from ..exception import Error, InvalidError, NotFoundError, PayloadTooLargeError, wire_name
+from . import auth
+from .auth import Caller
+from .blobs import receive_blob
 from .dispatcher import Dispatcher
 
 logger = logging.getLogger(__name__)
 
 # A handler returns its reply, or an awaitable of it (coroutine handlers, long polls).
-Handler = Callable[["Api", dict[str, Any]], "dict[str, Any] | Awaitable[dict[str, Any]]"]
+Handler = Callable[..., "dict[str, Any] | Awaitable[dict[str, Any]]"]
 _HANDLERS: dict[str, Handler] = {}
-_STATUS = {"NotFoundError": 404, "InvalidError": 400, "PayloadTooLargeError": 413, "AlreadyExistsError": 409}
+_WANTS_CALLER: set[str] = set()  # handlers that take the caller as a third argument
+_STATUS = {
+    "NotFoundError": 404, "InvalidError": 400, "PayloadTooLargeError": 413, "AlreadyExistsError": 409,
+    "AuthError": 401, "PermissionDeniedError": 403,
+}  # fmt: skip
+# The largest RPC request (HTTP body or frame): a Dict or Queue item is at most 64 MiB,
+# and clients send call inputs in batches of at most 16 MiB (larger arguments are blobs).
+MAX_RPC_BYTES = 80 << 20
+CALLER = web.RequestKey("caller", Caller)
 
 
 def rpc(fn: Handler) -> Handler:
     _HANDLERS[fn.__name__] = fn
+    if len(inspect.signature(fn).parameters) == 3:
+        _WANTS_CALLER.add(fn.__name__)
     return fn
+
+
+# What SQLite raises for a value it cannot bind or store (their text quotes SQL); not disk or lock errors.
+_BAD_VALUE = (
+    OverflowError, sqlite3.DataError, sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+)  # fmt: skip
+
+
+def _bad_value(exc: BaseException) -> bool:
+    if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
+        return True  # a parameter SQLAlchemy could not process
+    return isinstance(exc.orig if isinstance(exc, DBAPIError) else exc, _BAD_VALUE)
 
 
 def error_reply(exc: BaseException, method: str) -> tuple[int, dict[str, Any]]:
@@ -39,8 +71,11 @@ def error_reply(exc: BaseException, method: str) -> tuple[int, dict[str, Any]]:
         message = str(exc) if isinstance(exc, Error) else f"bad request: {type(exc).__name__}: {exc}"
         status = _STATUS.get(name, 400 if not isinstance(exc, Error) else 500)
         return status, {"error": {"type": name, "message": message}}
-    logger.error("%s failed", method, exc_info=exc)
-    return 500, {"error": {"type": "ServerError", "message": str(exc)}}
+    if _bad_value(exc):  # a value the store cannot take that no schema caught
+        logger.warning("%s: bad value reached the store", method, exc_info=exc)
+        return 400, {"error": {"type": "InvalidError", "message": f"{method}: a value is out of range or of the wrong type"}}
+    logger.error("%s failed", method, exc_info=exc)  # the traceback stays in the server's log
+    return 500, {"error": {"type": "ServerError", "message": f"internal error in {method} (see the control plane's log)"}}
 
 
 async def _finish(reply: Awaitable[dict[str, Any]], method: str) -> tuple[int, dict[str, Any]]:
@@ -50,15 +85,21 @@ async def _finish(reply: Awaitable[dict[str, Any]], method: str) -> tuple[int, d
         return error_reply(exc, method)
 
 
+def _bearer(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    return header[7:].strip() if header[:7].lower() == "bearer " else ""
+
+
 class Api:
-    def __init__(self, dispatcher: Dispatcher, started_at: float) -> None:
+    def __init__(self, dispatcher: Dispatcher, started_at: float, authenticator: auth.Authenticator) -> None:
         self.d = dispatcher
         self.store = dispatcher.store
         self.started_at = started_at
+        self.auth = authenticator
         self.url = ""
 
     def app(self) -> web.Application:
-        application = web.Application(client_max_size=MAX_PAYLOAD_BYTES + (1 << 20))
+        application = web.Application(client_max_size=MAX_RPC_BYTES, middlewares=[self._authenticate])
         application.router.add_post("/rpc/{method}", self.handle_rpc)
         application.router.add_put("/blobs", self.put_blob)
         application.router.add_get("/blobs/{blob_id}", self.get_blob)
@@ -67,19 +108,37 @@ class Api:
             application.router.add_get("/volume-blobs/{blob_id}", self.d.volumes.get_blob)
         return application
 
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Every route needs a token; ``/rpc`` checks the method against the caller's role."""
+        sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+        caller = self.auth.identify(_bearer(request), auth.peer_uid(sock))
+        if caller is None or caller.role not in auth.BLOB_ROLES:
+            try:
+                auth.check_method(None, "")
+            except Error as exc:
+                status, reply = error_reply(exc, request.path)
+            return web.Response(status=status, body=pack(reply), content_type="application/msgpack")
+        request[CALLER] = caller
+        return await handler(request)  # type: ignore[no-any-return]
+
     async def handle_rpc(self, request: web.Request) -> web.Response:
         """``POST /rpc/<Method>``: the HTTP form of an RPC (the frame form is in ``frames``)."""
         method = request.match_info["method"]
         try:
             body = unpack(await request.read())
+        except web.HTTPRequestEntityTooLarge:
+            status, reply = error_reply(PayloadTooLargeError(_too_large(method, request.content_length)), method)
         except Exception as exc:
             status, reply = error_reply(InvalidError(f"malformed request body: {exc}"), method)
         else:
-            status, reply = await self.invoke(method, body)
+            status, reply = await self.invoke(method, body, request[CALLER])
         return web.Response(status=status, body=pack(reply), content_type="application/msgpack")
 
-    def start(self, method: str, body: Any) -> tuple[int, dict[str, Any]] | Awaitable[tuple[int, dict[str, Any]]]:
-        """Run RPC ``method``: ``(status, reply)`` at once, or an awaitable of it.
+    def start(
+        self, method: str, body: Any, caller: Caller | None
+    ) -> tuple[int, dict[str, Any]] | Awaitable[tuple[int, dict[str, Any]]]:
+        """Run RPC ``method`` for ``caller``: ``(status, reply)`` at once, or an awaitable of it.
 
         Handlers that never wait (Dict and Queue operations) are plain functions
         and answer here without a task; the rest are coroutines, or plain
@@ -87,28 +146,34 @@ class Api:
         """
         handler = _HANDLERS.get(method)
         try:
+            caller = auth.check_method(caller, method)
             if handler is None:
                 raise NotFoundError(f"no API method {method!r}")
             if not isinstance(body, dict):
                 raise InvalidError("request body must be a msgpack map")
-            reply = handler(self, body)
+            reply = handler(self, body, caller) if method in _WANTS_CALLER else handler(self, body)
         except Exception as exc:
             return error_reply(exc, method)
         if inspect.isawaitable(reply):
             return _finish(reply, method)
         return 200, reply
 
-    async def invoke(self, method: str, body: Any) -> tuple[int, dict[str, Any]]:
-        started = self.start(method, body)
+    async def invoke(self, method: str, body: Any, caller: Caller | None) -> tuple[int, dict[str, Any]]:
+        started = self.start(method, body, caller)
         return await started if inspect.isawaitable(started) else started
 
     async def put_blob(self, request: web.Request) -> web.Response:
-        data = await request.read()
-        return web.Response(body=pack({"blob_id": self.d.blobs.put(data)}))
-
-    async def get_blob(self, request: web.Request) -> web.Response:
+        """Stream a call payload into the blob store (never the whole body in memory)."""
         try:
-            return web.Response(body=self.d.blobs.get(request.match_info["blob_id"]))
+            blob_id, _ = await receive_blob(request.content, self.d.blobs, MAX_PAYLOAD_BYTES)
+        except PayloadTooLargeError as exc:
+            status, reply = error_reply(exc, "PUT /blobs")
+            return web.Response(status=status, body=pack(reply))
+        return web.Response(body=pack({"blob_id": blob_id}))
+
+    async def get_blob(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return web.FileResponse(self.d.blobs.existing(request.match_info["blob_id"]))
         except NotFoundError as exc:
             return web.Response(status=404, body=pack({"error": {"type": "NotFoundError", "message": str(exc)}}))
 
@@ -122,6 +187,17 @@ class Api:
         if app is None:
             raise NotFoundError(f"no app {body.get('app_id') or body.get('name')!r}")
         return app
+
+    def check_call(self, caller: Caller, what: str, app_id: str, creator_app: str | None = None) -> None:
+        """``auth.check_call`` with the app's deployed flag looked up."""
+        if caller.role in ("container", "invoke"):
+            app = self.store.get_app(app_id)
+            auth.check_call(caller, what, app_id, bool(app and app["deployed"]), creator_app)
+
+
+def _too_large(method: str, size: int | None) -> str:
+    got = f"{size / 2**20:.0f} MiB" if size else "its body"
+    return f"{method}: a request of {got} is over the limit of {MAX_RPC_BYTES >> 20} MiB"
 
 
 @rpc
@@ -140,8 +216,9 @@ async def Status(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 
 
 @rpc
-async def AppCreate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+async def AppCreate(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
     """Create an ephemeral app, or deploy (a new version of) a named one."""
+    auth.check_host_paths(caller, [p for raw in body["functions"] for p in auth.host_paths(raw)])
     name = str(body.get("name") or "")
     deployed = bool(body.get("deployed"))
     if deployed and not name:
@@ -264,8 +341,13 @@ async def FunctionLookup(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 
 
 @rpc
-async def CallCreate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
-    state = api.d.create_call(body)
+async def CallCreate(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    if caller.role in ("container", "invoke"):
+        _, app_id = api.d.function_spec(str(body["function_id"]))
+        api.check_call(caller, "calling this function", app_id)
+        if api.store.get_call(str(body["call_id"])) is not None:
+            _check_call_id(api, caller, str(body["call_id"]))
+    state = api.d.create_call(body, caller.app_id)
     wait = float(body.get("wait", 0))
     outputs: list[dict[str, Any]] = []
     done = False
@@ -275,13 +357,15 @@ async def CallCreate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 
 
 @rpc
-async def CallPutInputs(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+async def CallPutInputs(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    _check_call_id(api, caller, body["call_id"])
     api.d.put_inputs(body["call_id"], body["inputs"], body.get("n_inputs"))
     return {}
 
 
 @rpc
-async def CallGetOutputs(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+async def CallGetOutputs(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    _check_call_id(api, caller, body["call_id"])
     outputs, done = await api.d.wait_outputs(
         body["call_id"], int(body.get("after", 0)), float(body.get("timeout", 0)), int(body.get("limit", 1000))
     )
@@ -290,14 +374,16 @@ async def CallGetOutputs(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 
 
 @rpc
-async def CallCancel(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+async def CallCancel(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    _check_call_id(api, caller, body["call_id"])
     api.d.cancel_call(body["call_id"])
     return {"at": time.time()}
 
 
 @rpc
-async def ImageBuild(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+async def ImageBuild(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
     """Start (or join) the build of ``image`` (an ``Image.to_wire()`` dict)."""
+    auth.check_host_paths(caller, auth.host_paths(body["image"]))
     if api.d.builds is None:
         return {"skipped": f"images are not applied by the {api.d.worker.name} runtime"}
     from ..image import Image
@@ -310,6 +396,30 @@ async def ImageBuild(api: Api, body: dict[str, Any]) -> dict[str, Any]:
         force = "marked" if force is True else ""
     job = api.d.builds.start(wire, str(force))
     return {"build_id": job.id, "image_hash": job.image_hash}
+
+
+def _check_call_id(api: Api, caller: Caller, call_id: str) -> None:
+    if caller.role in ("container", "invoke"):
+        state = api.d.call_state(str(call_id))
+        api.check_call(caller, f"function call {call_id}", state.app_id, state.creator_app)
+
+
+@rpc
+async def ApiTokenCreate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """A new API token with ``role`` (invoke, deploy or admin); the token is in this reply only."""
+    token_id, token = api.auth.create(str(body.get("role") or ""))
+    return {"token_id": token_id, "token": token}
+
+
+@rpc
+async def ApiTokenList(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    return {"tokens": api.auth.list()}
+
+
+@rpc
+async def ApiTokenRevoke(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    api.auth.revoke(str(body["token_id"]))
+    return {}
 
 
 @rpc

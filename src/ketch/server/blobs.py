@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..exception import NotFoundError
+from ..exception import NotFoundError, PayloadTooLargeError
 
 CHUNK = 4 << 20
 BLOCK = 8 << 20  # the tree hash's block
@@ -167,6 +167,13 @@ class BlobStore:
             raise NotFoundError(f"no blob {blob_id!r}")
         return self.root / blob_id[3:5] / blob_id[3:]
 
+    def existing(self, blob_id: str) -> Path:
+        """The path of a stored blob; NotFoundError if there is none."""
+        path = self.path(blob_id)
+        if not path.is_file():
+            raise NotFoundError(f"no blob {blob_id!r}")
+        return path
+
     def exists(self, blob_id: str) -> bool:
         return self.path(blob_id).exists()
 
@@ -255,3 +262,29 @@ class BlobStore:
         """Remove half-written blobs left by a crash."""
         for tmp in self.root.glob("tmp-*"):
             tmp.unlink(missing_ok=True)
+
+
+async def receive_blob(content: Any, store: BlobStore, limit: int | None = None) -> tuple[str, int]:
+    """Stream an HTTP body (``aiohttp.StreamReader``) into a blob: ``(blob_id, size)``.
+
+    Pieces go to disk in ``CHUNK``-sized writes off the event loop, so a large
+    upload never sits in memory; over ``limit`` bytes is a PayloadTooLargeError.
+    """
+    import asyncio
+
+    writer = store.writer()
+    buf = bytearray()
+    try:
+        async for chunk in content.iter_any():
+            buf += chunk
+            if limit is not None and writer.size + len(buf) > limit:
+                raise PayloadTooLargeError(f"an upload over the limit of {limit >> 20} MiB")
+            if len(buf) >= CHUNK:
+                await asyncio.to_thread(writer.write, buf)
+                buf = bytearray()
+        if buf:
+            await asyncio.to_thread(writer.write, buf)
+        return await asyncio.to_thread(writer.finish), writer.size
+    except BaseException:
+        writer.abort()
+        raise

@@ -62,6 +62,7 @@ class CallState:
     n_final: int
     method: str | None = None
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    creator_app: str | None = None  # the app whose container made the call (None: a client)
 
     def wake(self) -> None:
         for fut in self.waiters:
@@ -138,6 +139,7 @@ class Dispatcher:
         self.calls: dict[str, CallState] = {}
         self.inputs: dict[int, InputState] = {}
         self.containers: dict[str, ContainerHandle] = {}
+        self._container_tokens: dict[str, str] = {}  # token -> container id
         self._specs: dict[str, tuple[FunctionSpec, str]] = {}
         self._tick_task: asyncio.Task[None] | None = None
         self._evicting = False
@@ -319,7 +321,7 @@ class Dispatcher:
             raise ResourceUnavailableError(f"{spec.tag}: {problem}")
         return spec, app_id
 
-    def create_call(self, body: dict[str, Any]) -> CallState:
+    def create_call(self, body: dict[str, Any], creator_app: str | None = None) -> CallState:
         function_id = body["function_id"]
         spec, app_id = self._callable(function_id)
         params = body.get("params")
@@ -340,7 +342,7 @@ class Dispatcher:
         state = self.calls.get(call["id"])
         if state is None:
             state = CallState(call["id"], function_id, app_id, self._ensure_pool(function_id, params), call["kind"],
-                              call["n_inputs"], 0, method=call["method"])  # fmt: skip
+                              call["n_inputs"], 0, method=call["method"], creator_app=creator_app)  # fmt: skip
             self.calls[call["id"]] = state
         self._enqueue(state, fresh, rows, body.get("method"))
         return state
@@ -569,8 +571,9 @@ class Dispatcher:
     async def _start_container(self, pool: sm.Pool, container_id: str, gpu_env: dict[str, str] | None = None) -> None:
         info = self.pool_info[pool.key]
         logger.info("starting container %s for %s", container_id, info.spec.tag)
-        handle = ContainerHandle(container_id, pool.key, secrets.token_hex(16))
+        handle = ContainerHandle(container_id, pool.key, "kc-" + secrets.token_urlsafe(24))
         self.containers[container_id] = handle
+        self._container_tokens[handle.token] = container_id
         try:
             # Opened here, on the way into the container, and nowhere else.
             secret_env = secret_store.container_env(self.store, info.spec.secrets)
@@ -671,6 +674,15 @@ class Dispatcher:
         handle = self.containers.get(container_id)
         return handle is not None and secrets.compare_digest(handle.token, token)
 
+    def container_caller(self, token: str) -> tuple[str, str] | None:
+        """``(container id, app id)`` of the live container holding ``token``."""
+        container_id = self._container_tokens.get(token)
+        handle = self.containers.get(container_id) if container_id else None
+        if handle is None or handle.exited.is_set():
+            return None
+        info = self.pool_info.get(handle.pool_key)
+        return (container_id, info.app_id) if info is not None and container_id else None
+
     def container_hello(self, container_id: str, token: str, writer: asyncio.StreamWriter) -> dict[str, Any]:
         if not self.container_token_ok(container_id, token):
             raise InvalidError("unknown container or bad token")
@@ -730,6 +742,7 @@ class Dispatcher:
         handle = self.containers.pop(container_id, None)
         if handle is None:
             return
+        self._container_tokens.pop(handle.token, None)
         logger.info("container %s %s", container_id, reason)
         handle.exited.set()
         pool = self.pools.get(handle.pool_key)

@@ -2,7 +2,9 @@
 
 A connection that opens with ``_wire.RPC_MAGIC`` speaks frames: each request
 is ``{"m": method, "b": body}`` and each reply ``{"s": status, "r": reply}``,
-in order, one request at a time per connection. Any other connection is
+in order, one request at a time per connection. The first frame may be
+``{"auth": token}`` (no reply): the caller of every request on the connection
+(``auth``); requests without it get 401. Any other connection is
 handed to aiohttp. Frames skip HTTP's parsing on both ends, which is most of
 what a Dict or Queue operation costs; HTTP stays for blobs, for tools such
 as ``curl``, and for anything written against ``POST /rpc/<Method>``.
@@ -15,12 +17,14 @@ import contextlib
 import inspect
 import logging
 import os
+import ssl
 from collections.abc import Callable
 from typing import Any
 
-from .._wire import HEADER, MAX_FRAME, RPC_MAGIC, decode, encode
-from ..exception import InvalidError
-from .api import Api, error_reply
+from .._wire import HEADER, RPC_MAGIC, decode, encode
+from ..exception import InvalidError, PayloadTooLargeError
+from . import auth
+from .api import MAX_RPC_BYTES, Api, error_reply
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,9 @@ class FrameRpc(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.waiting: asyncio.Task[Any] | None = None  # the reply being awaited, if any
+        self.caller: auth.Caller | None = None
+        self.first = True
+        self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -43,6 +50,11 @@ class FrameRpc(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buf += data
         self._drain()
+        # Behind a request that waits (a blocking Queue get), read no more than one
+        # request's worth: the client cannot make the control plane hold more.
+        if self.waiting is not None and len(self.buf) > MAX_RPC_BYTES and self.transport is not None:
+            self.transport.pause_reading()
+            self.paused = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.waiting is not None:
@@ -54,8 +66,11 @@ class FrameRpc(asyncio.Protocol):
         """Answer the complete requests in the buffer, stopping at one that has to wait."""
         while self.waiting is None and self.transport is not None and len(self.buf) >= HEADER.size:
             (size,) = HEADER.unpack_from(self.buf)
-            if size > MAX_FRAME:
-                self._reply(*error_reply(InvalidError(f"a request of {size} bytes is over the limit"), "?"))
+            if size > MAX_RPC_BYTES:
+                too_large = PayloadTooLargeError(
+                    f"a request of {size >> 20} MiB is over the limit of {MAX_RPC_BYTES >> 20} MiB"
+                )
+                self._reply(*error_reply(too_large, "?"))
                 self.transport.close()
                 return
             end = HEADER.size + size
@@ -65,16 +80,25 @@ class FrameRpc(asyncio.Protocol):
             del self.buf[:end]
             try:
                 request = decode(frame)
+                if self.first:
+                    self.first = False
+                    if isinstance(request, dict) and "auth" in request:
+                        self._authenticate(request["auth"])
+                        continue
                 method, body = str(request["m"]), request["b"]
             except Exception as exc:
                 self._reply(*error_reply(InvalidError(f"malformed request frame: {exc}"), "?"))
                 continue
-            started = self.api.start(method, body)
+            started = self.api.start(method, body, self.caller)
             if inspect.isawaitable(started):
                 self.waiting = asyncio.ensure_future(started)
                 self.waiting.add_done_callback(self._done)
             else:
                 self._reply(*started)
+
+    def _authenticate(self, token: Any) -> None:
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        self.caller = self.api.auth.identify(token, auth.peer_uid(sock))
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self.waiting = None
@@ -82,6 +106,9 @@ class FrameRpc(asyncio.Protocol):
             return
         self._reply(*task.result())
         self._drain()
+        if self.paused and self.waiting is None and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
 
     def _reply(self, status: int, reply: dict[str, Any]) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -139,16 +166,21 @@ class Listeners:
 
 
 async def serve(
-    api: Api, http: Callable[[], asyncio.BaseProtocol], host: str, port: int, unix_path: str
+    api: Api,
+    http: Callable[[], asyncio.BaseProtocol],
+    host: str,
+    port: int,
+    unix_path: str,
+    tls: ssl.SSLContext | None = None,
 ) -> Listeners:
-    """Listen on ``host:port`` and on the unix socket ``unix_path`` (bound into sandboxes)."""
+    """Listen on ``host:port`` (with ``tls`` if given) and on the unix socket ``unix_path``."""
     loop = asyncio.get_running_loop()
     listeners = Listeners()
 
     def sniffer() -> Sniffer:
         return Sniffer(api, http, listeners.live)
 
-    listeners.servers.append(await loop.create_server(sniffer, host, port, reuse_address=True))
+    listeners.servers.append(await loop.create_server(sniffer, host, port, reuse_address=True, ssl=tls))
     with contextlib.suppress(FileNotFoundError):
         os.unlink(unix_path)
     listeners.servers.append(await loop.create_unix_server(sniffer, unix_path))

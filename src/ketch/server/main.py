@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ..build import isolate
 from ..worker.sandbox import SandboxWorker, socket_dir
 from . import frames
 from .api import Api
+from .auth import Authenticator
 from .blobs import BlobStore
 from .builds import BuildService
 from .channel import serve_channel
@@ -31,6 +33,7 @@ from .volumes import VolumeService
 from .web import Gateway
 
 logger = logging.getLogger("ketch.server")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _pick_port(home: Path, requested: int) -> int:
@@ -56,6 +59,16 @@ def _write_info(home: Path, info: dict[str, object]) -> None:
     tmp = home / f"server.json.tmp{os.getpid()}"
     tmp.write_text(json.dumps(info))
     tmp.replace(home / "server.json")
+
+
+def _private_home(home: Path) -> None:
+    """``KETCH_HOME`` holds the owner's token and the state: only its owner may enter."""
+    home.mkdir(parents=True, exist_ok=True)
+    st = home.stat()
+    if st.st_uid != os.geteuid():
+        raise SystemExit(f"ketch: {home} belongs to uid {st.st_uid}, not to this user ({os.geteuid()})")
+    if st.st_mode & 0o077:
+        os.chmod(home, st.st_mode & 0o700)
 
 
 async def _reap_ephemeral_apps(store: Store, dispatcher: Dispatcher) -> None:
@@ -100,23 +113,42 @@ def _choose_runtime(dispatcher: Dispatcher, home: Path, sockets: Path) -> None:
     )
 
 
-async def serve(home: Path, host: str, port: int, stop: asyncio.Event | None = None) -> None:
+def _tls_context(host: str, cert: str | None, key: str | None, insecure: bool) -> ssl.SSLContext | None:
+    """TLS for the API; required off loopback unless ``insecure`` (tokens would travel in clear)."""
+    if bool(cert) != bool(key):
+        raise SystemExit("ketch: give both --tls-cert and --tls-key")
+    if cert and key:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        return context
+    if host not in LOOPBACK and not insecure:
+        raise SystemExit(
+            f"ketch: serving on {host} (off loopback) sends tokens over the network: give "
+            "--tls-cert and --tls-key, or --insecure to do it in clear text anyway"
+        )
+    return None
+
+
+async def serve(
+    home: Path, host: str, port: int, stop: asyncio.Event | None = None, tls: ssl.SSLContext | None = None
+) -> None:
     """Run the control plane until SIGTERM/SIGINT (or until ``stop`` is set, for tests)."""
-    home.mkdir(parents=True, exist_ok=True)
+    _private_home(home)
     store = Store(home / "state.db")
     port = _pick_port(home, port)
-    url = f"http://{host}:{port}"
+    url = f"{'https' if tls else 'http'}://{host}:{port}"
     max_containers = config.get("max_containers_per_node") or max(8, 4 * (os.cpu_count() or 1))
     dispatcher = Dispatcher(store, BlobStore(home / "blobs"), url, max_containers)
     dispatcher.volumes = VolumeService(store, home)
     await dispatcher.volumes.start()  # commits working copies a crash left behind
-    api = Api(dispatcher, time.time())
+    api = Api(dispatcher, time.time(), Authenticator(home, store, dispatcher.container_caller))
     api.url = url
     sockets = socket_dir(home)
-    channels = await serve_channel(dispatcher, host, str(sockets / "channel.sock"))
+    # Containers and web endpoints stay on loopback whatever the API's address.
+    channels = await serve_channel(dispatcher, "127.0.0.1", str(sockets / "channel.sock"))
     _choose_runtime(dispatcher, home, sockets)
     await dispatcher.start()
-    dispatcher.gateway = Gateway(dispatcher, host)
+    dispatcher.gateway = Gateway(dispatcher, "127.0.0.1")
     await dispatcher.gateway.start()
     dispatcher.schedules = ScheduleRunner(dispatcher)
     dispatcher.schedules.start()
@@ -124,9 +156,13 @@ async def serve(home: Path, host: str, port: int, stop: asyncio.Event | None = N
     runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
     await runner.setup()
     assert runner.server is not None
-    listeners = await frames.serve(api, runner.server, host, port, str(sockets / "api.sock"))
+    listeners = await frames.serve(api, runner.server, host, port, str(sockets / "api.sock"), tls)
     (home / "last_port").write_text(str(port))
-    _write_info(home, {"url": url, "pid": os.getpid(), "version": __version__, "started_at": api.started_at})
+    _write_info(
+        home,
+        {"url": url, "socket": str(sockets / "api.sock"), "pid": os.getpid(), "version": __version__,
+         "started_at": api.started_at},
+    )  # fmt: skip
     logger.info("ketch control plane %s listening on %s", __version__, url)
 
     if stop is None:
@@ -164,15 +200,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--home", default=None, help="state directory (default: KETCH_HOME or ~/.ketch)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tls-cert", default=None, help="certificate (PEM) for the API off loopback")
+    parser.add_argument("--tls-key", default=None, help="its private key (PEM)")
+    parser.add_argument("--insecure", action="store_true", help="serve off loopback without TLS")
     args = parser.parse_args(argv)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        raise SystemExit("ketch: binding off loopback needs API tokens, which this version does not have yet")
+    tls = _tls_context(args.host, args.tls_cert, args.tls_key, args.insecure)
     logging.basicConfig(
         level=config.get("log_level").upper() if config.get("log_level") else "INFO",
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     home = Path(args.home).expanduser() if args.home else config.home()
-    asyncio.run(serve(home, args.host, args.port))
+    asyncio.run(serve(home, args.host, args.port, tls=tls))
 
 
 if __name__ == "__main__":

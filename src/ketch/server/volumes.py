@@ -40,7 +40,7 @@ from ..build import isolate
 from ..exception import AlreadyExistsError, InvalidError, NotFoundError
 from ..worker import volumes as wc
 from . import objects
-from .blobs import CHUNK, BlobStore
+from .blobs import CHUNK, BlobStore, receive_blob
 from .store import Store, metadata
 
 logger = logging.getLogger(__name__)
@@ -546,21 +546,8 @@ class VolumeService:
     # -- HTTP: blob upload and download --------------------------------------
     async def put_blob(self, request: web.Request) -> web.Response:
         """Stream a request body into a blob; replies ``{"blob_id", "size"}``."""
-        writer = self.blobs.writer()
-        buf = bytearray()
-        try:
-            async for chunk in request.content.iter_any():
-                buf += chunk
-                if len(buf) >= CHUNK:
-                    await asyncio.to_thread(writer.write, buf)
-                    buf = bytearray()
-            if buf:
-                await asyncio.to_thread(writer.write, buf)
-            blob_id = await asyncio.to_thread(writer.finish)
-        except BaseException:
-            writer.abort()
-            raise
-        return web.Response(body=pack({"blob_id": blob_id, "size": writer.size}))
+        blob_id, size = await receive_blob(request.content, self.blobs)
+        return web.Response(body=pack({"blob_id": blob_id, "size": size}))
 
     async def get_blob(self, request: web.Request) -> web.StreamResponse:
         try:

@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import tempfile
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -64,7 +65,16 @@ def socket_dir(home: Path) -> Path:
 
     tag = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
     path = Path(tempfile.gettempdir()) / f"ketch-{os.getuid()}-{tag}"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    # The name is predictable: another user may have made it first, to read or swap
+    # our sockets. Use it only if it is our own private directory.
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise PermissionError(
+            f"{path} is not a private directory of uid {os.geteuid()} (owner uid {st.st_uid}, "
+            f"mode {stat.S_IMODE(st.st_mode):o}); refusing to put the control plane's sockets there"
+        )
     return path
 
 

@@ -1,0 +1,141 @@
+"""A container's token is scoped to its app: attacks on the control plane from inside a sandbox.
+
+One app (the victim) runs; a second app's ``block_network=True`` container
+tries what the owner may do and it may not: create an app that mounts the
+host's ``/``, list and stop other apps, mint tokens, manage Secrets, build
+images, call or read another app's functions and calls, find the owner's
+token. Each must fail with ``PermissionDeniedError`` naming the operation,
+while its own app's calls and Dicts keep working.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(240)
+
+VICTIM = '''
+import time
+import ketch
+
+app = ketch.App("sec-victim")
+
+
+@app.function()
+def private_work(x: int) -> str:
+    return f"victim-{x}"
+
+
+@app.local_entrypoint()
+def main():
+    handoff = ketch.Dict.from_name("sec-handoff", create_if_missing=True)
+    call = private_work.spawn(1)
+    assert call.get(timeout=120) == "victim-1"
+    handoff["victim"] = {"function_id": private_work.object_id, "call_id": call.object_id}
+    deadline = time.time() + 150
+    while "done" not in handoff and time.time() < deadline:
+        time.sleep(0.2)
+    print("VICTIM-OK", private_work.remote(2))
+'''
+
+ATTACKER = '''
+import json
+import os
+import time
+
+import ketch
+
+app = ketch.App("sec-attacker")
+
+
+def rpc(method, body):
+    from ketch import _sync
+    from ketch._client import _Client
+
+    async def go():
+        return await (await _Client.get()).rpc(method, body, timeout=30)
+
+    return _sync.run_sync(go())
+
+
+@app.function()
+def helper(x: int) -> int:
+    return x + 1
+
+
+@app.function(block_network=True)
+def attack(victim: dict, home: str) -> dict:
+    from ketch.exception import PermissionDeniedError
+
+    out = {}
+
+    def attempt(name, method, body):
+        try:
+            rpc(method, body)
+            out[name] = "allowed"
+        except PermissionDeniedError as exc:
+            out[name] = "denied" if method in str(exc) or "another app" in str(exc) else f"denied? {exc}"
+        except Exception as exc:
+            out[name] = f"{type(exc).__name__}: {exc}"
+
+    host_root = {"version": 1, "layers": [], "notes": [],
+                 "mounts": [{"kind": "dir", "local_path": "/", "remote_path": "/host", "ignore": []}]}
+    spec = {"tag": "evil", "module_name": "evil", "qualname": "evil", "image": host_root}
+    attempt("create_app_mounting_host_root", "AppCreate",
+            {"app_id": "ap-evil", "name": "evil", "functions": [spec]})
+    attempt("list_apps", "AppList", {})
+    attempt("stop_another_app", "AppStop", {"name": "sec-victim"})
+    attempt("read_another_apps_logs", "AppLogs", {"name": "sec-victim"})
+    attempt("mint_proxy_token", "ProxyTokenCreate", {})
+    attempt("mint_api_token", "ApiTokenCreate", {"role": "admin"})
+    attempt("create_secret", "SecretCreate", {"name": "evil", "env": {"A": "1"}})
+    attempt("build_image", "ImageBuild", {"image": host_root})
+    attempt("call_another_apps_function", "CallCreate",
+            {"call_id": "fc-evil", "function_id": victim["function_id"], "inputs": [], "closed": True})
+    attempt("read_another_apps_call", "CallGetOutputs", {"call_id": victim["call_id"]})
+    attempt("cancel_another_apps_call", "CallCancel", {"call_id": victim["call_id"]})
+    attempt("append_to_another_apps_call", "CallPutInputs",
+            {"call_id": victim["call_id"], "inputs": [], "n_inputs": None})
+    attempt("volume_blob_dir", "VolumeInfo", {})
+    out["owner_token_reachable"] = os.path.exists(os.path.join(home, "token"))
+    # What its app may still do.
+    out["own_call"] = helper.remote(1)
+    out["dict"] = ketch.Dict.from_name("sec-handoff").get("victim") == victim
+    return out
+
+
+@app.local_entrypoint()
+def main(home: str):
+    handoff = ketch.Dict.from_name("sec-handoff", create_if_missing=True)
+    deadline = time.time() + 150
+    while "victim" not in handoff and time.time() < deadline:
+        time.sleep(0.2)
+    try:
+        print("RESULT " + json.dumps({"step": "attack", "value": attack.remote(handoff["victim"], home)}))
+    finally:
+        handoff["done"] = True
+'''
+
+
+def test_a_container_cannot_act_as_the_owner(sandbox_env, workdir: Path):
+    (workdir / "victim.py").write_text(textwrap.dedent(VICTIM))
+    (workdir / "attacker.py").write_text(textwrap.dedent(ATTACKER))
+    victim = sandbox_env.popen("run", workdir / "victim.py")
+    try:
+        run = sandbox_env.cli("run", workdir / "attacker.py", "--home", str(sandbox_env.home), timeout=200)
+        lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+        assert lines, run.describe()
+        result = json.loads(lines[-1][len("RESULT ") :])["value"]
+        finished = victim.wait(timeout=60)
+    finally:
+        victim.proc.kill()
+    denied = {k: v for k, v in result.items() if k not in ("owner_token_reachable", "own_call", "dict")}
+    assert denied and all(v == "denied" for v in denied.values()), json.dumps(result, indent=1)
+    assert result["owner_token_reachable"] is False
+    assert result["own_call"] == 2 and result["dict"] is True
+    # The victim app was neither stopped nor disturbed.
+    assert "VICTIM-OK victim-2" in finished.stdout, finished.describe()
