@@ -11,6 +11,8 @@ from .exception import InvalidError
 from .retries import Retries
 
 MAX_TIMEOUT = 24 * 3600
+DEFAULT_EPHEMERAL_DISK_MIB = 20 * 1024  # a container's writable layer and /tmp, unless ephemeral_disk= says
+MAX_EPHEMERAL_DISK_MIB = 3 * 1024 * 1024
 DEFAULT_TIMEOUT = 300
 DEFAULT_SCALEDOWN_WINDOW = 60.0
 
@@ -101,6 +103,7 @@ class FunctionSpec:
     signature: bytes | None = None
     image: dict[str, Any] | None = None  # Image.to_wire(); applied by the sandbox runtime
     block_network: bool = False
+    ephemeral_disk: int | None = None  # MiB for the writable layer and /tmp (None: DEFAULT_EPHEMERAL_DISK_MIB)
     # One entry per Secret, in order: {"name", "id"} for a named one, {"sealed"} for
     # inline values sealed by the control plane. Never values in clear text.
     secrets: list[dict[str, Any]] = field(default_factory=list)
@@ -157,6 +160,7 @@ def build_options(
     gpu: Any = None,
     cpu: Any = None,
     memory: Any = None,
+    ephemeral_disk: Any = None,
 ) -> dict[str, Any]:
     """Validate decorator options; every problem is an ``InvalidError`` here, at decoration."""
     if not isinstance(timeout, int | float) or isinstance(timeout, bool):
@@ -189,4 +193,7 @@ def build_options(
         "gpu": parse_gpu(gpu),
         "cpu": _resource(cpu, "cpu", float),
         "memory": _resource(memory, "memory", int),
+        "ephemeral_disk": None
+        if ephemeral_disk is None
+        else _int_option(ephemeral_disk, "ephemeral_disk (MiB)", 64, MAX_EPHEMERAL_DISK_MIB),
     }

@@ -117,6 +117,7 @@ class _App:
         gpu: Any = None,
         cpu: Any = None,
         memory: Any = None,
+        ephemeral_disk: Any = None,
         timeout: Any = 300,
         retries: Any = None,
         min_containers: Any = 0,
@@ -140,7 +141,7 @@ class _App:
         options = build_options(
             timeout=timeout, retries=retries, min_containers=min_containers, max_containers=max_containers,
             buffer_containers=buffer_containers, scaledown_window=scaledown_window, env=env, gpu=gpu, cpu=cpu,
-            memory=memory,
+            memory=memory, ephemeral_disk=ephemeral_disk,
         )  # fmt: skip
         _check_image(image)
         secret_list = check_secrets(secrets)
@@ -184,6 +185,7 @@ class _App:
         gpu: Any = None,
         cpu: Any = None,
         memory: Any = None,
+        ephemeral_disk: Any = None,
         timeout: Any = 300,
         retries: Any = None,
         min_containers: Any = 0,
@@ -206,7 +208,7 @@ class _App:
         options = build_options(
             timeout=timeout, retries=retries, min_containers=min_containers, max_containers=max_containers,
             buffer_containers=buffer_containers, scaledown_window=scaledown_window, env=env, gpu=gpu, cpu=cpu,
-            memory=memory,
+            memory=memory, ephemeral_disk=ephemeral_disk,
         )  # fmt: skip
         _check_image(image)
         secret_list = check_secrets(secrets)

@@ -117,7 +117,7 @@ def test_api_tokens_have_roles_and_can_be_revoked(control_plane):
 
 def test_host_paths_need_the_unix_socket(control_plane, tmp_path):
     """Over TCP, even the owner's token cannot make the control plane read a local path."""
-    spec = {"tag": "f", "module_name": "m", "image": {"version": 1, "layers": [], "notes": [],
+    spec = {"tag": "f", "module_name": "m", "qualname": "f", "image": {"version": 1, "layers": [], "notes": [],
             "mounts": [{"kind": "dir", "local_path": "/", "remote_path": "/host", "ignore": []}]}}  # fmt: skip
     body = {"app_id": "ap-hostroot", "name": "hostroot", "functions": [spec]}
     status, reply = _post(control_plane.url, "AppCreate", body, _owner(control_plane))

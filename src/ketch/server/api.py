@@ -24,7 +24,7 @@ from .._ids import stable_id
 from .._serialization import MAX_PAYLOAD_BYTES, pack, unpack
 from .._spec import FunctionSpec
 from ..exception import Error, InvalidError, NotFoundError, PayloadTooLargeError, wire_name
-from . import auth
+from . import auth, schemas
 from .auth import Caller
 from .blobs import receive_blob
 from .dispatcher import Dispatcher
@@ -151,6 +151,7 @@ class Api:
                 raise NotFoundError(f"no API method {method!r}")
             if not isinstance(body, dict):
                 raise InvalidError("request body must be a msgpack map")
+            schemas.validate(method, body)
             reply = handler(self, body, caller) if method in _WANTS_CALLER else handler(self, body)
         except Exception as exc:
             return error_reply(exc, method)

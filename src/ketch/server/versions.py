@@ -65,7 +65,7 @@ def history(store: Store, name: str) -> list[dict[str, Any]]:
 
 
 def register(rpc: Callable[[Any], Any], create: Callable[..., Any]) -> None:
-    """``create(api, body)`` is AppCreate's implementation (``rollback`` deploys through it)."""
+    """``create(api, body, caller)`` is AppCreate's implementation (``rollback`` deploys through it)."""
 
     @rpc
     def AppHistory(api: Any, body: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +86,7 @@ def register(rpc: Callable[[Any], Any], create: Callable[..., Any]) -> None:
         }  # fmt: skip
 
     @rpc
-    async def AppRollback(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+    async def AppRollback(api: Any, body: dict[str, Any], caller: Any) -> dict[str, Any]:
         name = str(body["name"])
         rows = history(api.store, name)
         if not rows:
@@ -111,5 +111,6 @@ def register(rpc: Callable[[Any], Any], create: Callable[..., Any]) -> None:
                 "source_hash": target["source_hash"],
                 "note": f"rollback to v{target['version']}",
             },
+            caller,  # its host paths are checked again, for this caller
         )
         return {**reply, "rolled_back_to": target["version"]}
