@@ -39,6 +39,8 @@ _SETTINGS: dict[str, _Setting] = {
     "debian_mirror": _Setting("http://deb.debian.org/debian", str, "Debian archive for debian_slim images"),
     "image_cache": _Setting(str(Path.home() / ".cache" / "ketch" / "images"), str, "image layer cache shared by every home on this machine"),
     "max_containers_per_node": _Setting(0, int, "node cap on running containers (0: 4 x CPUs)"),
+    "containers_memory_mb": _Setting(0, int, "memory all containers of the node may use together, in MiB (0: the host's less max(1 GiB, 10%))"),
+    "cgroup_parent": _Setting("ketch", str, "cgroup under which the node's containers live (and whose memory is capped)"),
     "log_level": _Setting("WARNING", str, "log level of the CLI and server"),
     "connect_timeout": _Setting(120.0, float, "seconds a client keeps retrying an unreachable server"),
     "ephemeral_app_timeout": _Setting(90.0, float, "seconds without client heartbeats before an ephemeral app stops"),

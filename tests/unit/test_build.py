@@ -54,12 +54,15 @@ def test_overlay_options_refuse_too_many_layers(tmp_path):
 
 
 def test_bwrap_containers_drop_capabilities_and_can_block_network(tmp_path):
-    argv = Bwrap(tmp_path, network=False, hostname="ketch-1", env={"A": "1"}).argv(["python3"])
+    with Bwrap(tmp_path, network=False, hostname="ketch-1", env={"A": "1"}) as box:
+        argv = box.argv(["python3"])
     assert "--unshare-net" in argv and "--cap-drop" in argv and argv[-1] == "python3"
     assert "CAP_SYS_ADMIN" not in argv and argv[argv.index("--hostname") + 1] == "ketch-1"
     assert ["--setenv", "A", "1"] == argv[argv.index("A") - 1 : argv.index("A") + 2]
-    builder = Bwrap(tmp_path, builder=True).argv(["sh"])
-    assert "--cap-drop" not in builder and "--unshare-net" not in builder
+    # build steps: the same sandbox with the host network (tests/unit/test_seccomp.py)
+    with Bwrap(tmp_path) as box:
+        builder = box.argv(["sh"])
+    assert "--cap-drop" in builder and "--unshare-net" not in builder
 
 
 def test_step_summaries():

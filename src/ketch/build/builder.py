@@ -409,7 +409,7 @@ class Builder:
             raise _StepFailed(f"cannot build images here: {support.reason}", [])
         workdir = str(cfg.get("workdir") or "/")
         (rootfs / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        box = isolate.Bwrap(rootfs, builder=True, cwd=workdir)
+        box = isolate.Bwrap(rootfs, cwd=workdir)  # the network stays the host's: installs download
         box.env.update({**cfg.get("env", {}), **(env or {})})
         if cfg.get("path"):
             box.env["PATH"] = str(cfg["path"])
@@ -428,10 +428,16 @@ class Builder:
         if user and str(user) not in ("root", "0", "0:0"):
             uid, _, gid = str(user).partition(":")
             command = ["setpriv", f"--reuid={uid}", f"--regid={gid or uid}", "--init-groups", *command]
-        await self._stream(box.argv(command), log, what)
+        with box:
+            await self._stream(box.argv(command), log, what, pass_fds=box.pass_fds)
 
     async def _stream(
-        self, argv: Sequence[str], log: Log, what: str, env: Mapping[str, str] | None = None
+        self,
+        argv: Sequence[str],
+        log: Log,
+        what: str,
+        env: Mapping[str, str] | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -440,6 +446,7 @@ class Builder:
             stderr=asyncio.subprocess.STDOUT,
             env=dict(env) if env is not None else None,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
         assert proc.stdout is not None
         tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL)

@@ -5,10 +5,16 @@ first) under a private writable ``upper``; bubblewrap then enters it with its
 own mount, pid, ipc and uts namespaces. Both need root (or a user namespace
 setup ketch does not do yet), which :func:`support` checks once.
 
+Every sandbox, a container's or an image build step's, gets the same kernel
+boundary, Docker's defaults (docs/security.md, "Containers"): its capabilities
+with ``no_new_privs``, runc's read-only and masked kernel paths
+(:func:`kernel_paths`) and the seccomp filter of :mod:`ketch.build.seccomp`.
+
 Example::
 
     with_overlay = await mount_overlay([layer_b, layer_a], upper, work, merged)
-    argv = Bwrap(merged).bind_ro("/host/lib", "/.ketch/lib").argv(["python3", "-c", "pass"])
+    with Bwrap(merged).bind_ro("/host/lib", "/.ketch/lib") as box:
+        proc = subprocess.Popen(box.argv(["python3", "-c", "pass"]), pass_fds=box.pass_fds)
     ...
     await unmount(merged)
 """
@@ -19,11 +25,15 @@ import asyncio
 import contextlib
 import functools
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
+
+from . import seccomp
 
 # Docker's default capability set: enough for package managers and servers,
 # without CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_SYS_PTRACE or module loading.
@@ -31,6 +41,22 @@ CONTAINER_CAPS = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
     "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SYS_CHROOT",
     "CAP_MKNOD", "CAP_AUDIT_WRITE", "CAP_SETFCAP",
+)  # fmt: skip
+# runc's defaults, which Docker uses: kernel files a container may read but not write...
+READ_ONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+# ...and ones it may not read at all: a file reads as empty (/dev/null), a directory is empty.
+MASKED_PATHS = (
+    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+    "/proc/latency_stats", "/proc/sched_debug", "/proc/scsi", "/proc/timer_list",
+    "/proc/timer_stats", "/sys/devices/virtual/powercap", "/sys/firmware",
+)  # fmt: skip
+# Where hosts mount kernel filesystems under the host trees a sandbox sees. Covered even
+# when nothing is mounted there now: bubblewrap's mounts are slaves of the host's, so a
+# mount the host makes later (binfmt_misc's automount, say) would appear in running sandboxes.
+KERNEL_MOUNT_POINTS = (
+    "/proc/sys/fs/binfmt_misc", "/proc/fs/nfsd", "/sys/fs/bpf", "/sys/fs/cgroup",
+    "/sys/fs/fuse/connections", "/sys/fs/pstore", "/sys/fs/selinux", "/sys/kernel/config",
+    "/sys/kernel/debug", "/sys/kernel/security", "/sys/kernel/tracing",
 )  # fmt: skip
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_OVERLAY_OPTIONS = 4000  # the kernel takes mount options up to one page
@@ -126,25 +152,75 @@ async def run_checked(argv: Sequence[str], what: str, timeout: float = 60.0) -> 
     return text
 
 
+def kernel_paths() -> list[str]:
+    """bubblewrap options that leave ``/sys`` and ``/proc`` as runc leaves a container's.
+
+    ``/proc`` is the sandbox's own (``--proc``); the read-only paths are bound over it
+    from the host's ``/proc`` (bubblewrap has no way to name the new one as a source),
+    whose sysctl files answer for the namespaces of the process that reads them: a
+    sandbox with its own network sees its own ``net.*``. ``/sys`` is the host's,
+    read-only, as Docker's own sysfs instance shows the same devices; every kernel
+    filesystem the host mounts below these trees (cgroups, debugfs, bpffs,
+    binfmt_misc, ...) is covered by an empty read-only tmpfs. Paths this kernel lacks
+    are skipped. Read each time: the host's mounts may change.
+
+    Example: ``["--ro-bind", "/sys", "/sys", "--ro-bind", "/proc/sys", "/proc/sys", ...]``.
+    """
+    args = ["--ro-bind", "/sys", "/sys"] if os.path.isdir("/sys") else []
+    for path in READ_ONLY_PATHS:
+        if os.path.exists(path):
+            args += ["--ro-bind", path, path]
+    candidates = (*MASKED_PATHS, *KERNEL_MOUNT_POINTS, *_host_mounts_below())
+    hidden = [path for path in candidates if os.path.exists(path)]
+    for path in sorted(set(hidden)):
+        if any(path.startswith(other + "/") for other in hidden):
+            continue  # inside a directory that is covered already
+        if os.path.isdir(path):
+            args += ["--tmpfs", path, "--remount-ro", path]
+        else:
+            args += ["--dev-bind", "/dev/null", path]
+    return args
+
+
+def _host_mounts_below() -> list[str]:
+    """The host's mount points inside ``/sys`` and the read-only ``/proc`` paths."""
+    trees = tuple(t + "/" for t in ("/sys", *READ_ONLY_PATHS))
+    found = []
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            for line in fh:
+                fields = line.split(" ", 5)
+                if len(fields) > 4 and fields[4].startswith(trees):
+                    found.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4]))
+    except OSError:
+        pass
+    return found
+
+
 @dataclass
 class Bwrap:
     """A bubblewrap command line for a root filesystem at ``root``.
 
-    ``builder=True`` keeps root's capabilities and the host network (image
-    builds run package managers); containers get Docker's default capabilities.
+    Containers and image build steps (which keep the host network for package
+    managers) get the same sandbox: Docker's default capabilities with
+    ``no_new_privs``, runc's read-only and masked kernel paths, and the seccomp
+    filter. :meth:`argv` opens a pipe that carries the filter to bubblewrap:
+    start the command with ``pass_fds=box.pass_fds``, then :meth:`close` (or use
+    ``with``). Forgetting ``pass_fds`` fails closed: bubblewrap refuses to start.
 
     Example::
 
-        argv = Bwrap(merged, hostname="c-1").bind_ro(src, "/.ketch/runtime").argv(["python3"])
+        with Bwrap(merged, hostname="c-1").bind_ro(src, "/.ketch/runtime") as box:
+            proc = subprocess.Popen(box.argv(["python3"]), pass_fds=box.pass_fds)
     """
 
     root: Path
-    builder: bool = False
     network: bool = True
     hostname: str | None = None
     cwd: str = "/"
     env: dict[str, str] = field(default_factory=dict)
     _binds: list[str] = field(default_factory=list)
+    pass_fds: list[int] = field(default_factory=list, init=False)
 
     def bind_ro(self, src: str | Path, dest: str) -> Bwrap:
         self._binds += ["--ro-bind", str(src), dest]
@@ -167,12 +243,30 @@ class Bwrap:
             args.append("--unshare-net")
         if self.hostname:
             args += ["--hostname", self.hostname]
-        if not self.builder:
-            args += ["--cap-drop", "ALL"]
-            for cap in CONTAINER_CAPS:
-                args += ["--cap-add", cap]
+        args += ["--cap-drop", "ALL"]
+        for cap in CONTAINER_CAPS:
+            args += ["--cap-add", cap]
         args += self._binds
+        args += kernel_paths()  # after the binds, so that none of them can uncover a path
+        self.pass_fds.append(seccomp.program_fd())
+        args += ["--seccomp", str(self.pass_fds[-1])]
         args += ["--chdir", self.cwd, "--clearenv"]
         for key, value in {"PATH": DEFAULT_PATH, "HOME": "/root", **self.env}.items():
             args += ["--setenv", key, value]
         return [*args, "--", *command]
+
+    def close(self) -> None:
+        """Close the descriptors :meth:`argv` opened, once the command has started."""
+        while self.pass_fds:
+            os.close(self.pass_fds.pop())
+
+    def __enter__(self) -> Bwrap:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

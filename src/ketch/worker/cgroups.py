@@ -615,6 +615,57 @@ def join_command(cg: ContainerCgroup, argv: list[str]) -> list[str]:
     return ["/bin/sh", "-c", script, "ketch-cgroup-join", str(len(files)), *files, *argv]
 
 
+def cap_parent(memory_limit_bytes: int, parent: str = "ketch", support: Support | None = None) -> str | None:
+    """Cap the memory of every group under ``parent`` together; returns why not, or None.
+
+    Containers with no ``memory=`` of their own then still cannot take the
+    host's memory: over the cap the kernel kills inside ``parent`` (a
+    container), never the control plane, which lives outside it.
+
+    Example::
+
+        problem = cap_parent(20 * 2**30, support=detect())
+    """
+    _check_name(parent, "parent", nested=True)
+    if memory_limit_bytes <= 0:
+        raise ValueError(f"memory cap must be positive, got {memory_limit_bytes} bytes")
+    support = support if support is not None else detect()
+    root = support.root_of("memory")
+    if root is None:
+        return f"no usable memory controller ({support.reason or 'not detected'})"
+    level = root
+    try:
+        for segment in parent.split("/"):
+            if support.version == "v2":
+                _enable_v2_controller(level, "memory")
+            level = os.path.join(level, segment)
+            os.makedirs(level, exist_ok=True)
+        if support.version == "v2":
+            _write(os.path.join(level, "memory.max"), str(memory_limit_bytes))
+        else:
+            _write(os.path.join(level, "memory.limit_in_bytes"), str(memory_limit_bytes))
+    except (OSError, CgroupError) as e:
+        return f"cannot cap {level}: {e}"
+    return None
+
+
+def host_memory_bytes() -> int:
+    """MemTotal of this machine (0 when /proc/meminfo cannot be read)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def default_containers_cap(total: int) -> int:
+    """What containers may use together: the host's memory less max(1 GiB, 10%) for everything else."""
+    return max(256 << 20, total - max(1 << 30, total // 10))
+
+
 def cleanup_stale(
     parent: str = "ketch", support: Support | None = None, *, remove_parent: bool = False
 ) -> int:

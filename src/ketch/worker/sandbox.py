@@ -3,8 +3,9 @@
 A container's root is an overlay of its image's layers with a private writable
 layer under ``$KETCH_HOME/containers/<id>/``. bubblewrap enters it with its own
 mount, pid, ipc and uts namespaces (and a network namespace with no route out
-for ``block_network=True``), Docker's default capabilities, a fresh ``/dev``,
-``/proc`` and ``/tmp``, and only these things from the host, bound in:
+for ``block_network=True``), Docker's default capabilities and seccomp filter,
+runc's read-only and masked kernel paths (:mod:`ketch.build.isolate`), a fresh
+``/dev``, ``/proc`` and ``/tmp``, and only these things from the host, bound in:
 
 * ``/.ketch/runtime`` (read-only): ketch and its runtime dependencies
   (:mod:`ketch.build.runtime`);
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._config import config
 from .._image_files import content_digest, local_files
 from .._source import project_sources
 from .._spec import FunctionSpec
@@ -118,7 +120,23 @@ class SandboxWorker:
         self._driver_files: list[str] | None = None
         self.containers_dir = home / "containers"
         self.mounts_dir = home / "mounts"
+        self.cgroup_parent = str(config.get("cgroup_parent"))
         self._cleanup_leftovers()
+        self.containers_cap_mib = self._cap_containers()
+
+    def _cap_containers(self) -> int | None:
+        """Cap the memory of all containers together (``containers_memory_mb``), so that
+        containers without ``memory=`` cannot drive the host, or the control plane, out of it.
+        """
+        if self.cgroups.version == "none":
+            return None
+        wanted = int(config.get("containers_memory_mb")) << 20
+        cap = wanted or cgroups.default_containers_cap(cgroups.host_memory_bytes())
+        problem = cgroups.cap_parent(cap, self.cgroup_parent, self.cgroups)
+        if problem:
+            logger.warning("containers' memory is not capped together: %s", problem)
+            return None
+        return cap >> 20
 
     @property
     def isolation(self) -> str:
@@ -137,7 +155,7 @@ class SandboxWorker:
                 remove_tree(entry)
         self.containers_dir.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(Exception):
-            cgroups.cleanup_stale(support=self.cgroups)
+            cgroups.cleanup_stale(self.cgroup_parent, support=self.cgroups)
 
     # -- start ---------------------------------------------------------------
     async def start(
@@ -148,9 +166,11 @@ class SandboxWorker:
         cdir = self.containers_dir / container_id
         container = _Container(container_id, cdir, cdir / "merged")
         self._containers[container_id] = container
+        box: isolate.Bwrap | None = None
         try:
             await isolate.mount_overlay(built.lowers, cdir / "upper", cdir / "work", container.merged)
-            full, box_env = self._command(container, built, bundle, env, spec, mounts)
+            box, command = self._command(container, built, bundle, env, spec, mounts)
+            full = box.argv(command)
             # bubblewrap reads its arguments from a pipe, so the container's /proc/1/cmdline
             # shows no host paths, environment or tokens.
             split = full.index("--")
@@ -173,11 +193,14 @@ class SandboxWorker:
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
                     start_new_session=True,
-                    pass_fds=(read_fd,),
+                    pass_fds=(read_fd, *box.pass_fds),  # box.pass_fds: the seccomp filter
                 )
             finally:
                 os.close(read_fd)
+                box.close()
         except BaseException:
+            if box is not None:
+                box.close()
             self._containers.pop(container_id, None)
             await self._teardown(container)
             raise
@@ -209,7 +232,7 @@ class SandboxWorker:
         env: dict[str, str],
         spec: FunctionSpec,
         mounts: Sequence[tuple[str, str, bool]] = (),
-    ) -> tuple[list[str], dict[str, str]]:
+    ) -> tuple[isolate.Bwrap, list[str]]:
         cfg = built.config
         workdir = str(cfg.get("workdir") or SOURCE_ROOT)
         (container.merged / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
@@ -251,7 +274,7 @@ class SandboxWorker:
         if user and str(user) not in ("root", "0", "0:0"):
             uid, _, gid = str(user).partition(":")
             command = ["setpriv", f"--reuid={uid}", f"--regid={gid or uid}", "--init-groups", *command]
-        return box.argv(command), box.env
+        return box, command
 
     def _bind_source(self, box: isolate.Bwrap, spec: FunctionSpec) -> None:
         """The app's source at ``/root``, read-only: the entry module (or its top package) and
@@ -323,6 +346,7 @@ class SandboxWorker:
             cpu_limit=float(cpu) if cpu else None,
             pids_limit=PIDS_LIMIT,
             support=self.cgroups,
+            parent=self.cgroup_parent,
         )
         return cgroup, int(memory) if memory else None
 
@@ -337,8 +361,13 @@ class SandboxWorker:
             await asyncio.wait_for(asyncio.gather(*container.tasks, return_exceptions=True), 2.0)
         reason = describe_exit(returncode)
         if container.cgroup is not None and container.cgroup.oom_killed():
-            limit = f"{container.memory_limit_mib} MiB" if container.memory_limit_mib else "the machine's"
-            reason = f"ran out of memory (limit {limit}) and was killed"
+            if container.memory_limit_mib:
+                limit = f"limit {container.memory_limit_mib} MiB"
+            elif self.containers_cap_mib:
+                limit = f"no memory= of its own; all containers together may use {self.containers_cap_mib} MiB"
+            else:
+                limit = "the machine's"
+            reason = f"ran out of memory ({limit}) and was killed"
         self._containers.pop(container.container_id, None)
         await self._teardown(container)
         self._on_exit(container.container_id, reason)
