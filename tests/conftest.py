@@ -519,3 +519,9 @@ def sandbox_env():
     yield env
     env.close()
     shutil.rmtree(home, ignore_errors=True)
+
+
+# Test modules import these helpers as ``ketch_testing``: every test folder with a
+# conftest.py of its own (integration, security) replaces ``conftest`` in sys.modules,
+# so ``from conftest import ...`` would depend on the order pytest collects folders in.
+sys.modules.setdefault("ketch_testing", sys.modules[__name__])

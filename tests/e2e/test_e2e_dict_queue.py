@@ -10,8 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from conftest import SHOW, ExampleRun, KetchEnv
+from ketch_testing import SHOW, ExampleRun, KetchEnv
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 # Imported at collection: later test folders bring a conftest module of the same name.
-from conftest import SHOW, ExampleRun, KetchEnv
+from ketch_testing import SHOW, ExampleRun, KetchEnv
 
 pytestmark = pytest.mark.e2e
 

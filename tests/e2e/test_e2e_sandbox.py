@@ -26,8 +26,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from conftest import SHOW, ExampleRun
+from ketch_testing import SHOW, ExampleRun
 
 pytestmark = [pytest.mark.e2e]
 

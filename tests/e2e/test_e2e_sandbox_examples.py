@@ -13,8 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-from conftest import KetchEnv
+from ketch_testing import KetchEnv
 
 pytestmark = pytest.mark.e2e
 

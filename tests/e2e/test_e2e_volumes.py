@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import SHOW, ExampleRun, KetchEnv
+from ketch_testing import SHOW, ExampleRun, KetchEnv
 
 pytestmark = pytest.mark.e2e
 

@@ -219,6 +219,7 @@ class Bwrap:
     hostname: str | None = None
     cwd: str = "/"
     env: dict[str, str] = field(default_factory=dict)
+    tmp_size_mib: int | None = None  # a bound on /tmp (a tmpfs: its pages count as the container's memory)
     _binds: list[str] = field(default_factory=list)
     pass_fds: list[int] = field(default_factory=list, init=False)
 
@@ -237,6 +238,8 @@ class Bwrap:
     def argv(self, command: Sequence[str]) -> list[str]:
         bwrap = support().bwrap or "bwrap"
         args = [bwrap, "--bind", str(self.root), "/", "--dev", "/dev", "--proc", "/proc"]
+        if self.tmp_size_mib:
+            args += ["--size", str(self.tmp_size_mib << 20)]
         args += ["--perms", "1777", "--tmpfs", "/tmp", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
         args += ["--unshare-cgroup-try", "--die-with-parent", "--new-session"]
         if not self.network:

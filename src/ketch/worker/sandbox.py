@@ -44,12 +44,12 @@ from typing import Any
 from .._config import config
 from .._image_files import content_digest, local_files
 from .._source import project_sources
-from .._spec import FunctionSpec
+from .._spec import DEFAULT_EPHEMERAL_DISK_MIB, FunctionSpec
 from ..build import isolate
 from ..build.builder import Builder, BuiltImage
 from ..build.layers import remove_tree
 from ..build.runtime import DEPS_MOUNT_POINT, MOUNT_POINT
-from . import cgroups, gpus
+from . import cgroups, gpus, scratch
 from .local import ExitSink, LogSink, describe_exit, pump_lines
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ class _Container:
     exited: Awaitable[int] | None = None
     cgroup: cgroups.ContainerCgroup | None = None
     memory_limit_mib: int | None = None
+    disk: Path | None = None  # the scratch disk holding its writable layer (``scratch``)
+    disk_mib: int = 0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -122,6 +124,11 @@ class SandboxWorker:
         self.mounts_dir = home / "mounts"
         self.cgroup_parent = str(config.get("cgroup_parent"))
         self._cleanup_leftovers()
+        self.disks: scratch.ScratchDisks | None = None
+        if (why_not := scratch.support()) is None:
+            self.disks = scratch.ScratchDisks(home / "scratch", DEFAULT_EPHEMERAL_DISK_MIB)
+        else:
+            logger.warning("containers' writable layers are not bounded by ephemeral_disk: %s", why_not)
         self.containers_cap_mib = self._cap_containers()
 
     def _cap_containers(self) -> int | None:
@@ -168,7 +175,12 @@ class SandboxWorker:
         self._containers[container_id] = container
         box: isolate.Bwrap | None = None
         try:
-            await isolate.mount_overlay(built.lowers, cdir / "upper", cdir / "work", container.merged)
+            layer = cdir
+            if self.disks is not None:
+                container.disk, container.disk_mib = cdir / "disk", _ephemeral_disk_mib(spec)
+                await self.disks.mount(container.disk, container.disk_mib)
+                layer = container.disk
+            await isolate.mount_overlay(built.lowers, layer / "upper", layer / "work", container.merged)
             box, command = self._command(container, built, bundle, env, spec, mounts)
             full = box.argv(command)
             # bubblewrap reads its arguments from a pipe, so the container's /proc/1/cmdline
@@ -241,6 +253,7 @@ class SandboxWorker:
             network=not bool(getattr(spec, "block_network", False)),
             hostname=f"ketch-{container.container_id[-8:]}",
             cwd=workdir,
+            tmp_size_mib=_ephemeral_disk_mib(spec),
         )
         box.bind_ro(bundle, MOUNT_POINT)
         box.bind_rw(self.channel_socket, f"{RUN_DIR}/channel.sock")
@@ -368,6 +381,8 @@ class SandboxWorker:
             else:
                 limit = "the machine's"
             reason = f"ran out of memory ({limit}) and was killed"
+        elif container.disk is not None and scratch.ScratchDisks.full(container.disk):
+            reason += f" (its disk was full: ephemeral_disk={container.disk_mib} MiB)"
         self._containers.pop(container.container_id, None)
         await self._teardown(container)
         self._on_exit(container.container_id, reason)
@@ -377,6 +392,8 @@ class SandboxWorker:
             container.cgroup.remove()
         self.gpus.release(container.container_id)
         await isolate.unmount(container.merged)
+        if container.disk is not None and self.disks is not None:
+            await self.disks.unmount(container.disk)
         await asyncio.get_running_loop().run_in_executor(None, remove_tree, container.dir)
 
     def terminate(self, container_id: str, grace: float) -> None:
@@ -405,3 +422,8 @@ class SandboxWorker:
         deadline = asyncio.get_running_loop().time() + grace + 1
         while self._containers and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
+
+
+def _ephemeral_disk_mib(spec: FunctionSpec) -> int:
+    """A container's bound, in MiB, on its writable layer and (separately) its /tmp."""
+    return int(getattr(spec, "ephemeral_disk", None) or DEFAULT_EPHEMERAL_DISK_MIB)
