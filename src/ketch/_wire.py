@@ -32,11 +32,12 @@ def decode(body: bytes | memoryview) -> dict[str, Any]:
     return msgpack.unpackb(body, raw=False, strict_map_key=False)
 
 
-async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
+async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> dict[str, Any]:
+    """The next frame; a frame over ``limit`` bytes closes the channel before it is read."""
     try:
         header = await reader.readexactly(HEADER.size)
         (size,) = HEADER.unpack(header)
-        if size > MAX_FRAME:
+        if size > limit:
             raise ChannelClosed(f"frame of {size} bytes is over the limit")
         return decode(await reader.readexactly(size))
     except (asyncio.IncompleteReadError, ConnectionError) as exc:

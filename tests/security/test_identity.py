@@ -256,3 +256,26 @@ def test_token_cli_creates_lists_and_revokes_api_tokens(ketch_env):
     assert refused.stdout.strip() == "PermissionDeniedError", refused.describe()
     ketch_env.cli("token", "revoke", token_id).check()
     assert token_id not in ketch_env.cli("token", "list").check().stdout
+
+
+def test_the_container_channel_wants_a_small_hello_and_a_valid_token(control_plane):
+    """An unauthenticated peer of the container channel cannot make the server hold a large frame."""
+    import asyncio
+
+    from ketch._wire import decode
+
+    channel = json.loads((control_plane.home / "server.json").read_text())["channel"]
+    port = int(channel.rpartition(":")[2])
+
+    async def probe() -> list[str]:
+        out = []
+        for payload in (struct.pack(">I", 512 << 20), _frame({"container_id": "ta-x", "token": "kc-guess"})):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(payload)
+            await writer.drain()
+            data = await asyncio.wait_for(reader.read(), 5)  # the server closes the connection
+            out.append("closed" if not data else decode(data[4:]).get("t", "?"))
+            writer.close()
+        return out
+
+    assert asyncio.run(probe()) == ["closed", "closed"]

@@ -16,6 +16,7 @@ from ..exception import InvalidError
 from .dispatcher import Dispatcher
 
 logger = logging.getLogger(__name__)
+HELLO_MAX_BYTES = 64 << 10
 
 
 async def serve_channel(
@@ -26,7 +27,10 @@ async def serve_channel(
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         container_id = None
         try:
-            hello = await read_frame(reader)
+            # Before its token is checked, a peer may not make us hold more than a hello.
+            hello = await read_frame(reader, limit=HELLO_MAX_BYTES)
+            if not isinstance(hello, dict):
+                raise InvalidError("the first frame must be a hello map")
             container_id = str(hello.get("container_id"))
             init = dispatcher.container_hello(container_id, str(hello.get("token")), writer)
             writer.write(encode(init))

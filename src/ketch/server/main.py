@@ -160,7 +160,8 @@ async def serve(
     (home / "last_port").write_text(str(port))
     _write_info(
         home,
-        {"url": url, "socket": str(sockets / "api.sock"), "pid": os.getpid(), "version": __version__,
+        {"url": url, "socket": str(sockets / "api.sock"), "channel": dispatcher.channel_addr,
+         "pid": os.getpid(), "version": __version__,
          "started_at": api.started_at},
     )  # fmt: skip
     logger.info("ketch control plane %s listening on %s", __version__, url)
