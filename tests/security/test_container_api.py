@@ -101,6 +101,7 @@ def attack(victim: dict, home: str) -> dict:
     attempt("append_to_another_apps_call", "CallPutInputs",
             {"call_id": victim["call_id"], "inputs": [], "n_inputs": None})
     attempt("volume_blob_dir", "VolumeInfo", {})
+    attempt("delete_a_named_dict", "ObjectDelete", {"kind": "dict", "name": "sec-handoff"})
     out["owner_token_reachable"] = os.path.exists(os.path.join(home, "token"))
     # What its app may still do.
     out["own_call"] = helper.remote(1)

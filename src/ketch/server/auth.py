@@ -59,7 +59,7 @@ api_tokens = Table(
 CONTAINER_METHODS = frozenset(
     {
         "Status", "FunctionLookup", "CallCreate", "CallPutInputs", "CallGetOutputs", "CallCancel",
-        "ObjectGet", "ObjectCreate", "ObjectEphemeral", "ObjectDelete",
+        "ObjectGet", "ObjectCreate", "ObjectEphemeral",
         "DictPut", "DictGet", "DictLen", "DictScan", "DictClear",
         "QueuePut", "QueueGet", "QueueLen", "QueueClear", "QueuePeek",
         "VolumeList", "VolumeGetFile", "VolumePutFiles", "VolumeRemove", "VolumeCopy",
