@@ -61,8 +61,9 @@ def _put(store: Store, object_id: str, items: list[list[bytes]], skip_if_exists:
     now = time.time()
     written = 0
     sql = _INSERT_NEW if skip_if_exists else _UPSERT
-    for key, value in items:
+    for key, value in items:  # all checked before any is written: a put is whole or nothing
         _check_size(key, value)
+    for key, value in items:
         written += store.db.execute(sql, (object_id, key, value, now)).rowcount or 0
     store._commit()
     return written
