@@ -107,7 +107,11 @@ def _run_app(env: KetchEnv, script: Path, values: Values, timeout: float = 120) 
 def _leaks(home: Path, needles: list[str]) -> list[str]:
     """Every (file, value) pair where a secret value appears in a file under ``home``."""
     found = []
-    for root, _dirs, files in os.walk(home):
+    for root, dirs, files in os.walk(home):
+        if Path(root) == home and "scratch" in dirs:
+            # Sparse images of empty filesystems (20 GiB each, unread); a container's own is
+            # deleted with the container.
+            dirs.remove("scratch")
         for name in files:
             path = Path(root) / name
             try:
