@@ -76,8 +76,8 @@ def _call_blocking(
 
     This skips the event loop's bookkeeping, which costs more than the round trip.
     """
-    address = unix_path or url
-    idle = _BLOCKING_IDLE.setdefault(address, [])
+    # A connection is authenticated once, by its first frame: it serves one token only.
+    idle = _BLOCKING_IDLE.setdefault(f"{unix_path or url} {token}", [])
     try:
         sock = idle.pop()
     except IndexError:
@@ -146,13 +146,16 @@ class _Client:
     async def _locate(self) -> str:
         """Where the control plane is now (starting the embedded one if it is down)."""
         info = await asyncio.get_running_loop().run_in_executor(None, _server_manager.ensure)
-        url = info.url
-        self._token = _server_manager.token()
+        url, unix, token = info.url, None, _server_manager.token()
         if info.socket and os.path.exists(info.socket):
             url = "unix:" + info.socket  # same machine: the socket, which also lets us name local files
         if url.startswith("unix:"):
-            self._socket, url = url[len("unix:") :], "http://ketch"
-        self._url = url
+            unix, url = url[len("unix:") :], "http://ketch"
+        if (unix, token) != (self._socket, self._token) and self._session is not None:
+            # The blob session's connector and headers belong to the old place or token.
+            await self._session.close()
+            self._session = None
+        self._socket, self._token, self._url = unix, token, url
         return url
 
     def _ensure_session(self) -> aiohttp.ClientSession:
@@ -203,10 +206,11 @@ class _Client:
                 delay = min(delay * 2, 1.0)
 
     async def _connect(self, url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._idle_for != url:
+        where = f"{self._socket} {url} {self._token}"  # connections are per place and token
+        if self._idle_for != where:
             for _, writer in self._idle:
                 writer.close()
-            self._idle, self._idle_for = [], url
+            self._idle, self._idle_for = [], where
         if self._idle:
             return self._idle.pop()
         if self._socket:
