@@ -40,6 +40,8 @@ _SETTINGS: dict[str, _Setting] = {
     "image_cache": _Setting(str(Path.home() / ".cache" / "ketch" / "images"), str, "image layer cache shared by every home on this machine"),
     "max_containers_per_node": _Setting(0, int, "node cap on running containers (0: 4 x CPUs)"),
     "containers_memory_mb": _Setting(0, int, "memory all containers of the node may use together, in MiB (0: the host's less max(1 GiB, 10%))"),
+    "userns": _Setting(True, _to_bool, "run sandbox containers and build steps in a user namespace (root inside is nobody on the host)"),
+    "userns_base": _Setting(1_000_000_000, int, "host uid of root in the containers' user namespace (ids BASE..BASE+65535)"),
     "cgroup_parent": _Setting("ketch", str, "cgroup under which the node's containers live (and whose memory is capped)"),
     "log_level": _Setting("WARNING", str, "log level of the CLI and server"),
     "connect_timeout": _Setting(120.0, float, "seconds a client keeps retrying an unreachable server"),

@@ -1,8 +1,10 @@
 """Build an :class:`~ketch.image.Image` into cached layers.
 
 Each layer is built on an overlay of its parent layers: the step runs in a
-bubblewrap sandbox of the image (with the host network, as root), and what it
-changed (the overlay's upper directory) becomes the layer. Steps that only set
+bubblewrap sandbox of the image (with the host network, as root of the node's
+user namespace where there is one: :mod:`ketch.build.userns`), and what it
+changed (the overlay's upper directory) becomes the layer, with the on-disk
+ids it would have had as host root. Steps that only set
 configuration (``env``, ``workdir``, ``user``) make empty layers. A layer that
 is already cached costs nothing; ``force_build`` rebuilds a step and all later
 ones.
@@ -45,6 +47,7 @@ from ..exception import ImageBuildError
 from . import isolate
 from .layers import LayerStore, remove_tree
 from .runtime import MOUNT_POINT, RuntimeBundles, uv_binary
+from .userns import Staging, UserNamespace, restore_ids
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +112,9 @@ class _StepFailed(Exception):
 class Builder:
     """Builds images into a :class:`LayerStore`; one per control plane."""
 
-    def __init__(self, store: LayerStore) -> None:
+    def __init__(self, store: LayerStore, userns: UserNamespace | None = None) -> None:
         self.store = store
+        self.userns = userns  # build steps run as its root (None: as host root)
         self.bundles = RuntimeBundles(store)
         self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
 
@@ -293,7 +297,7 @@ class Builder:
         return (lines[0].strip(), lines[1].strip()) if len(lines) >= 2 else None
 
     async def _probe_python(self, built: BuiltImage, log: Log) -> None:
-        with _Overlay(self.store, built.lowers, built.hash) as root:
+        with _Overlay(self.store, built.lowers, built.hash, self.userns) as root:
             await root.mount()
             found = await self._find_python(root.merged, built.config, log)
         if found is None:
@@ -386,12 +390,14 @@ class Builder:
         else:
             raise _StepFailed(f"unknown build step {kind!r}", [])
         lowers = [self.store.fs(h) for h in reversed(chain)]
-        root = _Overlay(self.store, lowers, layer["hash"], upper=build_dir / "fs")
+        root = _Overlay(self.store, lowers, layer["hash"], self.userns, upper=build_dir / "fs")
         with root:
             await root.mount()
             for argv in commands:
                 await self._sandbox(root.merged, argv, cfg, log, kind, binds=binds, env=env)
         root.forget_mount_points()
+        if self.userns is not None:
+            await asyncio.to_thread(restore_ids, build_dir / "fs")
 
     # -- processes -----------------------------------------------------------
     async def _sandbox(
@@ -408,28 +414,53 @@ class Builder:
         if not support.ok:
             raise _StepFailed(f"cannot build images here: {support.reason}", [])
         workdir = str(cfg.get("workdir") or "/")
-        (rootfs / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        box = isolate.Bwrap(rootfs, cwd=workdir)  # the network stays the host's: installs download
+        with contextlib.ExitStack() as stack:
+            stage = None
+            if self.userns is None:
+                (rootfs / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
+            else:  # the root and the binds where the namespace's root reaches them, idmapped
+                self.userns.makedirs(rootfs, workdir)
+                stage = stack.enter_context(self.userns.staging())
+                rootfs = stage.expose(rootfs, writable=True, nosuid=False)
+            box = isolate.Bwrap(rootfs, cwd=workdir)  # the network stays the host's: installs download
+            self._fill_box(box, stage, cfg, binds, env)
+            command = list(argv)
+            user = cfg.get("user")
+            if user and str(user) not in ("root", "0", "0:0"):
+                uid, _, gid = str(user).partition(":")
+                command = ["setpriv", f"--reuid={uid}", f"--regid={gid or uid}", "--init-groups", *command]
+            with box:
+                full = box.argv(command)
+                if self.userns is not None:
+                    full = self.userns.enter(full)
+                await self._stream(full, log, what, pass_fds=box.pass_fds)
+
+    @staticmethod
+    def _fill_box(
+        box: isolate.Bwrap,
+        stage: Staging | None,
+        cfg: Mapping[str, Any],
+        binds: Sequence[tuple[Path | str, str, bool]],
+        env: Mapping[str, str] | None,
+    ) -> None:
+        """A build step's environment and binds (host paths through ``stage`` if given)."""
+
+        def host(src: Path | str, writable: bool = False) -> Path | str:
+            return stage.expose(Path(src), writable=writable) if stage is not None else src
+
         box.env.update({**cfg.get("env", {}), **(env or {})})
         if cfg.get("path"):
             box.env["PATH"] = str(cfg["path"])
         if os.path.exists("/etc/resolv.conf"):
-            box.bind_ro(os.path.realpath("/etc/resolv.conf"), "/etc/resolv.conf")
+            box.bind_ro(host(os.path.realpath("/etc/resolv.conf")), "/etc/resolv.conf")
         host_ca = _host_ca_bundle()
         if host_ca and any(dest.startswith(KETCH_DIR + "/") for _, dest, _ in binds):
             # Builds trust the host's CAs (a TLS-intercepting proxy's, say) for downloads.
-            box.bind_ro(host_ca, f"{KETCH_DIR}/host-ca.crt")
+            box.bind_ro(host(host_ca), f"{KETCH_DIR}/host-ca.crt")
             for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT"):
                 box.env.setdefault(name, f"{KETCH_DIR}/host-ca.crt")
         for src, dest, writable in binds:
-            (box.bind_rw if writable else box.bind_ro)(src, dest)
-        command = list(argv)
-        user = cfg.get("user")
-        if user and str(user) not in ("root", "0", "0:0"):
-            uid, _, gid = str(user).partition(":")
-            command = ["setpriv", f"--reuid={uid}", f"--regid={gid or uid}", "--init-groups", *command]
-        with box:
-            await self._stream(box.argv(command), log, what, pass_fds=box.pass_fds)
+            (box.bind_rw if writable else box.bind_ro)(host(src, writable), dest)
 
     async def _stream(
         self,
@@ -481,7 +512,7 @@ class Builder:
         except RuntimeError as exc:
             raise ImageBuildError(str(exc)) from None
         if RuntimeBundles.needs_compile(bundle, version):
-            with _Overlay(self.store, built.lowers, built.hash) as root:
+            with _Overlay(self.store, built.lowers, built.hash, self.userns) as root:
                 await root.mount()
                 argv = [built.python, "-m", "compileall", "-q", "-j", "0", MOUNT_POINT]
                 try:
@@ -503,21 +534,35 @@ def _host_ca_bundle() -> str | None:
 
 
 class _Overlay:
-    """An overlay of ``lowers`` with a throwaway (or given) upper dir, unmounted on exit."""
+    """An overlay of ``lowers`` with a throwaway (or given) upper dir, unmounted on exit.
+
+    With a user namespace its layers are idmapped, and it is mounted where the
+    namespace's root can reach it (a :class:`~ketch.build.userns.Staging`).
+    """
 
     def __init__(
-        self, store: LayerStore, lowers: Sequence[Path], name: str, upper: Path | None = None
+        self,
+        store: LayerStore,
+        lowers: Sequence[Path],
+        name: str,
+        userns: UserNamespace | None = None,
+        upper: Path | None = None,
     ) -> None:
         self.dir = store.new_build_dir("mnt-" + name)
         self.upper = upper or self.dir / "upper"
-        self.merged = self.dir / "merged"
+        self.userns = userns
+        self.stage = userns.staging() if userns is not None else None
+        self.merged = self.stage.mount_point() if self.stage is not None else self.dir / "merged"
         self.lowers = list(lowers)
         self._mounted = False
         self._created: list[str] = []
 
     async def mount(self) -> None:
         self.upper.mkdir(parents=True, exist_ok=True)
-        await isolate.mount_overlay(self.lowers, self.upper, self.dir / "work", self.merged)
+        if self.userns is not None:
+            await self.userns.mount_overlay(self.lowers, self.upper, self.dir / "work", self.merged)
+        else:
+            await isolate.mount_overlay(self.lowers, self.upper, self.dir / "work", self.merged)
         self._mounted = True
         for point in (KETCH_DIR, "etc/resolv.conf"):
             if not os.path.lexists(self.merged / point.lstrip("/")):
@@ -537,6 +582,8 @@ class _Overlay:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._mounted:
+        if self.stage is not None:
+            self.stage.close()  # the overlay with the rest
+        elif self._mounted:
             isolate.unmount_sync(self.merged)
         remove_tree(self.dir)

@@ -2,8 +2,9 @@
 
 A root filesystem is an overlay of read-only image layers (``lowers``, top
 first) under a private writable ``upper``; bubblewrap then enters it with its
-own mount, pid, ipc and uts namespaces. Both need root (or a user namespace
-setup ketch does not do yet), which :func:`support` checks once.
+own mount, pid, ipc and uts namespaces. Both need root, which :func:`support`
+checks once; bubblewrap then runs as root of the node's user namespace where
+there is one (:mod:`ketch.build.userns`, which idmaps the layers).
 
 Every sandbox, a container's or an image build step's, gets the same kernel
 boundary, Docker's defaults (docs/security.md, "Containers"): its capabilities

@@ -22,6 +22,7 @@ from typing import Any
 from .._ids import new_id
 from ..build.builder import Builder
 from ..build.layers import LayerStore
+from ..build.userns import UserNamespace
 from ..exception import Error, ImageBuildError, NotFoundError, wire_name
 
 logger = logging.getLogger(__name__)
@@ -52,8 +53,9 @@ class BuildJob:
 class BuildService:
     """Runs builds on the control plane's event loop (the steps are subprocesses)."""
 
-    def __init__(self, cache_root: Path) -> None:
+    def __init__(self, cache_root: Path, userns: UserNamespace | None = None) -> None:
         self.cache_root = cache_root
+        self.userns = userns  # build steps run as its root
         self._builder: Builder | None = None
         self.jobs: dict[str, BuildJob] = {}
         self._by_image: dict[str, BuildJob] = {}
@@ -61,7 +63,7 @@ class BuildService:
     @property
     def builder(self) -> Builder:
         if self._builder is None:
-            self._builder = Builder(LayerStore(self.cache_root))
+            self._builder = Builder(LayerStore(self.cache_root), self.userns)
         return self._builder
 
     def start(self, wire: dict[str, Any], force: str) -> BuildJob:

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from .. import __version__
 from .._config import config
-from ..build import isolate
+from ..build import isolate, userns
 from ..worker.sandbox import SandboxWorker, socket_dir
 from . import frames
 from .api import Api
@@ -83,14 +83,17 @@ async def _reap_ephemeral_apps(store: Store, dispatcher: Dispatcher) -> None:
                 await dispatcher.stop_app(app["id"], wait=0)
 
 
-def _choose_runtime(dispatcher: Dispatcher, home: Path, sockets: Path) -> None:
-    """``sandbox`` where bubblewrap and root are available (``auto``), else ``local``, loudly."""
+def _choose_runtime(dispatcher: Dispatcher, home: Path, sockets: Path) -> userns.UserNamespace | None:
+    """``sandbox`` where bubblewrap and root are available (``auto``), else ``local``, loudly.
+
+    Returns the sandboxes' user namespace, for the caller to close at shutdown.
+    """
     wanted = str(config.get("runtime")).lower()
     if wanted not in ("auto", "sandbox", "local"):
         raise SystemExit(f"ketch: unknown runtime {wanted!r}; choose sandbox, local or auto")
     if wanted == "local":
         logger.warning("runtime 'local': containers are NOT isolated and images are not applied")
-        return
+        return None
     support = isolate.support()
     if not support.ok:
         if wanted == "sandbox":
@@ -99,9 +102,15 @@ def _choose_runtime(dispatcher: Dispatcher, home: Path, sockets: Path) -> None:
             "runtime 'local' (the sandbox runtime cannot run here: %s); containers are NOT isolated",
             support.reason,
         )
-        return
-    builds = BuildService(Path(config.get("image_cache")).expanduser())
+        return None
+    cache = Path(config.get("image_cache")).expanduser()
+    ns, why_not = userns.start(home, probe_dirs=[cache])
+    if ns is None:
+        logger.warning("sandbox containers run as host root, with no user namespace: %s", why_not)
+    builds = BuildService(cache, ns)
     dispatcher.builds = builds
+    if dispatcher.volumes is not None:
+        dispatcher.volumes.userns = ns
     dispatcher.worker = SandboxWorker(
         dispatcher._on_log,
         dispatcher._on_exit,
@@ -110,7 +119,10 @@ def _choose_runtime(dispatcher: Dispatcher, home: Path, sockets: Path) -> None:
         sockets / "channel.sock",
         sockets / "api.sock",
         dispatcher.gpus,
+        ns,
+        why_not,
     )
+    return ns
 
 
 def _tls_context(host: str, cert: str | None, key: str | None, insecure: bool) -> ssl.SSLContext | None:
@@ -146,7 +158,7 @@ async def serve(
     sockets = socket_dir(home)
     # Containers and web endpoints stay on loopback whatever the API's address.
     channels = await serve_channel(dispatcher, "127.0.0.1", str(sockets / "channel.sock"))
-    _choose_runtime(dispatcher, home, sockets)
+    containers_userns = _choose_runtime(dispatcher, home, sockets)
     await dispatcher.start()
     dispatcher.gateway = Gateway(dispatcher, "127.0.0.1")
     await dispatcher.gateway.start()
@@ -188,6 +200,8 @@ async def serve(
         for channel in channels:
             channel.close()
         await dispatcher.close()
+        if containers_userns is not None:
+            containers_userns.close()
         store.close()
         for name in ("api.sock", "channel.sock"):  # a stopped control plane leaves no sockets behind
             with contextlib.suppress(OSError):

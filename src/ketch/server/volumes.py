@@ -37,6 +37,7 @@ from sqlalchemy import Column, Float, Index, Integer, String, Table
 
 from .._serialization import pack
 from ..build import isolate
+from ..build.userns import UserNamespace
 from ..exception import AlreadyExistsError, InvalidError, NotFoundError
 from ..worker import volumes as wc
 from . import objects
@@ -140,6 +141,9 @@ class VolumeService:
         self._unreferenced: dict[str, float] = {}  # blob -> when it lost a reference
         self._gc_task: asyncio.Task[None] | None = None
         self._overlays: bool | None = None  # whether working copies can be overlays; found on first use
+        # The sandbox runtime's user namespace: overlay copies are then made of idmapped
+        # layers, so that its root owns what it finds there (set when the runtime starts).
+        self.userns: UserNamespace | None = None
         objects.PURGE["volume"] = self._purge
 
     def _purge(self, store: Store, object_id: str) -> None:
@@ -380,9 +384,7 @@ class VolumeService:
                 probe = self.work / f".probe-{secrets.token_hex(4)}"
                 try:
                     (probe / "lower").mkdir(parents=True)
-                    await isolate.mount_overlay(
-                        [probe / "lower"], probe / "upper", probe / "ovl", probe / "data", OVERLAY_OPTIONS
-                    )
+                    await self._mount(probe)
                     await self._unmount(probe / "data")
                     self._overlays = True
                 except (OSError, RuntimeError) as exc:
@@ -399,7 +401,18 @@ class VolumeService:
 
     async def _mount(self, work: Path) -> None:
         """Mount an overlay working copy's layers at ``work/data`` (again, after a restart)."""
-        await isolate.mount_overlay([work / "lower"], work / "upper", work / "ovl", work / "data", OVERLAY_OPTIONS)
+        mount = isolate.mount_overlay if self.userns is None else self.userns.mount_overlay
+        await mount([work / "lower"], work / "upper", work / "ovl", work / "data", OVERLAY_OPTIONS)
+
+    def _owner(self, work: Path) -> int | None:
+        """Who what the control plane writes in ``work/data`` must belong to (None: host root).
+
+        In an overlay of idmapped layers root of the user namespace, or its
+        containers could not change what a reload brought.
+        """
+        if self.userns is not None and self.userns.owns(work / "data"):
+            return self.userns.base
+        return None
 
     async def _ready(self, work: Path, info: dict[str, Any]) -> Path | None:
         """Make sure an overlay working copy is mounted; returns its upper layer (None: not an overlay).
@@ -476,6 +489,7 @@ class VolumeService:
                 fill = functools.partial(
                     wc.update, work / "data", info["files"], blob_path=self.blobs.path,
                     link=bool(info.get("linked")), upper=await self._ready(work, info),
+                    owner=self._owner(work),
                 )  # fmt: skip
                 at, info["files"] = await self._from_head(object_id, fill)
                 info["version"] = at

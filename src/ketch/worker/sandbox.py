@@ -1,7 +1,10 @@
 """The ``sandbox`` runtime: each container is an isolated bubblewrap sandbox.
 
 A container's root is an overlay of its image's layers with a private writable
-layer under ``$KETCH_HOME/containers/<id>/``. bubblewrap enters it with its own
+layer under ``$KETCH_HOME/containers/<id>/``. Where the node has a user namespace
+(:mod:`ketch.build.userns`), the container runs as its root, which is nobody on
+the host: the layers and every host directory bound in are idmapped, and mounted
+for bubblewrap under ``/run/ketch``. bubblewrap enters the root with its own
 mount, pid, ipc and uts namespaces (and a network namespace with no route out
 for ``block_network=True``), Docker's default capabilities and seccomp filter,
 runc's read-only and masked kernel paths (:mod:`ketch.build.isolate`), a fresh
@@ -49,6 +52,7 @@ from ..build import isolate
 from ..build.builder import Builder, BuiltImage
 from ..build.layers import remove_tree
 from ..build.runtime import DEPS_MOUNT_POINT, MOUNT_POINT
+from ..build.userns import Staging, UserNamespace
 from . import cgroups, gpus, scratch
 from .local import ExitSink, LogSink, describe_exit, pump_lines
 
@@ -91,7 +95,12 @@ class _Container:
     memory_limit_mib: int | None = None
     disk: Path | None = None  # the scratch disk holding its writable layer (``scratch``)
     disk_mib: int = 0
+    stage: Staging | None = None  # its idmapped root and binds, with a user namespace
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def host(self, path: str | Path, writable: bool = False) -> Path:
+        """A host path to bind in: as it is, or idmapped where the namespace's root reaches it."""
+        return self.stage.expose(Path(path), writable) if self.stage is not None else Path(path)
 
 
 class SandboxWorker:
@@ -109,6 +118,8 @@ class SandboxWorker:
         channel_socket: Path,
         api_socket: Path,
         gpu_allocator: gpus.GpuAllocator,
+        userns: UserNamespace | None = None,
+        userns_note: str = "",
     ) -> None:
         self._on_log = on_log
         self._on_exit = on_exit
@@ -117,6 +128,9 @@ class SandboxWorker:
         self.channel_socket = channel_socket
         self.api_socket = api_socket
         self.gpus = gpu_allocator
+        self.userns = userns  # containers run as its root; None: as host root
+        self.userns_note = userns_note  # why there is none
+        self._sockets_open = False
         self.cgroups = cgroups.detect()
         self._containers: dict[str, _Container] = {}
         self._driver_files: list[str] | None = None
@@ -147,8 +161,12 @@ class SandboxWorker:
 
     @property
     def isolation(self) -> str:
+        if self.userns is not None:
+            users = self.userns.describe()
+        else:
+            users = f"no user namespace: root inside is root on the host ({self.userns_note})"
         return (
-            "bubblewrap + overlayfs (own mount, pid, ipc and uts namespaces); "
+            f"bubblewrap + overlayfs (own mount, pid, ipc and uts namespaces; {users}); "
             + self.cgroups.describe()
         )
 
@@ -180,7 +198,12 @@ class SandboxWorker:
                 container.disk, container.disk_mib = cdir / "disk", _ephemeral_disk_mib(spec)
                 await self.disks.mount(container.disk, container.disk_mib)
                 layer = container.disk
-            await isolate.mount_overlay(built.lowers, layer / "upper", layer / "work", container.merged)
+            if self.userns is not None:
+                container.stage = self.userns.staging()
+                container.merged = container.stage.mount_point()
+                await self.userns.mount_overlay(built.lowers, layer / "upper", layer / "work", container.merged)
+            else:
+                await isolate.mount_overlay(built.lowers, layer / "upper", layer / "work", container.merged)
             box, command = self._command(container, built, bundle, env, spec, mounts)
             full = box.argv(command)
             # bubblewrap reads its arguments from a pipe, so the container's /proc/1/cmdline
@@ -195,6 +218,8 @@ class SandboxWorker:
             finally:
                 os.close(write_fd)
             argv = [full[0], "--args", str(read_fd), *full[split:]]
+            if self.userns is not None:  # bubblewrap runs as root of the user namespace
+                argv = self.userns.enter(argv)
             container.cgroup, container.memory_limit_mib = self._cgroup(container_id, spec)
             if container.cgroup is not None:
                 argv = cgroups.join_command(container.cgroup, argv)
@@ -247,7 +272,10 @@ class SandboxWorker:
     ) -> tuple[isolate.Bwrap, list[str]]:
         cfg = built.config
         workdir = str(cfg.get("workdir") or SOURCE_ROOT)
-        (container.merged / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        if self.userns is not None:
+            self.userns.makedirs(container.merged, workdir)
+        else:
+            (container.merged / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
         box = isolate.Bwrap(
             container.merged,
             network=not bool(getattr(spec, "block_network", False)),
@@ -255,14 +283,17 @@ class SandboxWorker:
             cwd=workdir,
             tmp_size_mib=_ephemeral_disk_mib(spec),
         )
-        box.bind_ro(bundle, MOUNT_POINT)
-        box.bind_rw(self.channel_socket, f"{RUN_DIR}/channel.sock")
-        box.bind_rw(self.api_socket, f"{RUN_DIR}/api.sock")
-        self._bind_source(box, spec)
+        box.bind_ro(container.host(bundle), MOUNT_POINT)
+        for name, sock in (("channel.sock", self.channel_socket), ("api.sock", self.api_socket)):
+            box.bind_rw(self._socket(container, sock), f"{RUN_DIR}/{name}")
+        self._bind_source(box, container, spec)
         for mount in (spec.image or {}).get("mounts", []):
-            box.bind_ro(self._materialize(mount), mount["remote_path"])
+            box.bind_ro(container.host(self._materialize(mount)), mount["remote_path"])
         for host_dir, path, read_only in mounts:  # Volume working copies
-            (box.bind_ro if read_only else box.bind_rw)(host_dir, path)
+            if read_only:
+                box.bind_ro(container.host(host_dir), path)
+            else:
+                box.bind_rw(container.host(host_dir, writable=True), path)
         box.env.update({k: str(v) for k, v in cfg.get("env", {}).items()})
         if cfg.get("path"):
             box.env["PATH"] = str(cfg["path"])
@@ -289,13 +320,33 @@ class SandboxWorker:
             command = ["setpriv", f"--reuid={uid}", f"--regid={gid or uid}", "--init-groups", *command]
         return box, command
 
-    def _bind_source(self, box: isolate.Bwrap, spec: FunctionSpec) -> None:
+    def _socket(self, container: _Container, path: Path) -> Path:
+        """A control plane socket for the container: as it is, or (user namespace) open to
+        anyone who reaches it (connecting needs write permission, and root inside is nobody
+        to the socket's owner); its directory stays private to host root.
+        """
+        if container.stage is None:
+            return path
+        if not self._sockets_open:
+            for sock in (self.channel_socket, self.api_socket):
+                os.chmod(sock, 0o666)
+            self._sockets_open = True
+        return container.stage.bind(path)
+
+    def _bind_source(self, box: isolate.Bwrap, container: _Container, spec: FunctionSpec) -> None:
         """The app's source at ``/root``, read-only: the entry module (or its top package) and
         the Python modules and packages beside it, so ``import helpers`` works as it does locally.
         """
         if not spec.module_file or not spec.root_dir or spec.serialized_fn:
             return
-        for name, path in project_sources(Path(spec.root_dir), spec.module_name, spec.module_file):
+        root = Path(spec.root_dir)
+        view: Path | None = None  # one idmapped mount of the app's directory serves every entry
+        for name, path in project_sources(root, spec.module_name, spec.module_file):
+            if container.stage is not None and path.parent == root:
+                view = view or container.host(root)
+                path = view / path.name
+            else:
+                path = container.host(path)
             box.bind_ro(path, f"{SOURCE_ROOT}/{name}")
 
     def _materialize(self, mount: dict[str, Any]) -> Path:
@@ -391,7 +442,10 @@ class SandboxWorker:
         if container.cgroup is not None:
             container.cgroup.remove()
         self.gpus.release(container.container_id)
-        await isolate.unmount(container.merged)
+        if container.stage is not None:
+            container.stage.close()  # its root and binds
+        else:
+            await isolate.unmount(container.merged)
         if container.disk is not None and self.disks is not None:
             await self.disks.unmount(container.disk)
         await asyncio.get_running_loop().run_in_executor(None, remove_tree, container.dir)

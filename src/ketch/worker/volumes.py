@@ -72,19 +72,35 @@ def save_state(work: Path, state: dict[str, Any]) -> None:
     tmp.replace(work / "state.json")
 
 
+def _mkdirs(path: Path, owner: int | None) -> None:
+    """``mkdir -p``; the directories it makes belong to ``owner`` (uid and gid) if given."""
+    if owner is None:
+        path.mkdir(parents=True, exist_ok=True)
+        return
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir()
+            os.lchown(folder, owner, owner)
+
+
 def _write_entry(
-    data: Path, entry: Entry, blob_path: Callable[[str], Path], link: bool = False
+    data: Path, entry: Entry, blob_path: Callable[[str], Path], link: bool = False, owner: int | None = None
 ) -> Entry:
     """Put one entry in the directory (replacing what is there); returns it with its stat.
 
     With ``link`` a file becomes a hard link to its blob where that keeps its mode.
+    ``owner``: the uid (and gid) what is written here belongs to; None: the writer's.
     """
     dest = data / entry["path"]
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    _mkdirs(dest.parent, owner)
     if entry["type"] == "d":
         if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
             dest.unlink()
-        dest.mkdir(exist_ok=True)
+        _mkdirs(dest, owner)
         return dict(entry)
     if dest.is_dir() and not dest.is_symlink():
         shutil.rmtree(dest)
@@ -92,10 +108,14 @@ def _write_entry(
     try:
         if entry["type"] == "l":
             os.symlink(entry["target"], tmp)
+            if owner is not None:
+                os.lchown(tmp, owner, owner)
             os.replace(tmp, dest)
             return dict(entry)
         if not (link and _link(blob_path(entry["blob"]), tmp, entry["mode"])):
             _copy(blob_path(entry["blob"]), tmp)
+            if owner is not None:  # before chmod: chown clears setuid bits
+                os.lchown(tmp, owner, owner)
             os.chmod(tmp, entry["mode"] & 0o7777)
             ns = int(entry["mtime"] * 1e9)
             os.utime(tmp, ns=(ns, ns))
@@ -218,12 +238,15 @@ def update(
     blob_path: Callable[[str], Path],
     link: bool = False,
     upper: Path | None = None,
+    owner: int | None = None,
 ) -> State:
     """Bring ``data`` up to ``head``; files changed here and not there stay (uncommitted).
 
     Where both changed a file, the committed version wins: reload takes what
     other containers committed. A linked (read-only) copy has no changes of its
     own: a blob's time moves when it is stored again, which is not a change.
+    ``owner``: the uid what this writes belongs to (root of the containers' user
+    namespace, for a copy that is an overlay of idmapped layers); None: ours.
     """
     local: set[str] = set()
     if not link:
@@ -237,7 +260,7 @@ def update(
         if same_content(base, entry) and base is not None:
             new[path] = base
             continue
-        new[path] = _write_entry(data, entry, blob_path, link)
+        new[path] = _write_entry(data, entry, blob_path, link, owner)
     for path in sorted((p for p in state if p not in wanted), reverse=True):
         if path in local:
             continue  # changed here since: kept, and committed next time as new
