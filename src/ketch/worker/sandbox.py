@@ -195,9 +195,8 @@ class SandboxWorker:
         try:
             layer = cdir
             if self.disks is not None:
-                container.disk, container.disk_mib = cdir / "disk", _ephemeral_disk_mib(spec)
-                await self.disks.mount(container.disk, container.disk_mib)
-                layer = container.disk
+                container.disk_mib = _ephemeral_disk_mib(spec)
+                container.disk = layer = await self.disks.take(container.disk_mib)
             if self.userns is not None:
                 container.stage = self.userns.staging()
                 container.merged = container.stage.mount_point()
@@ -447,7 +446,7 @@ class SandboxWorker:
         else:
             await isolate.unmount(container.merged)
         if container.disk is not None and self.disks is not None:
-            await self.disks.unmount(container.disk)
+            await self.disks.release(container.disk)
         await asyncio.get_running_loop().run_in_executor(None, remove_tree, container.dir)
 
     def terminate(self, container_id: str, grace: float) -> None:
@@ -476,6 +475,8 @@ class SandboxWorker:
         deadline = asyncio.get_running_loop().time() + grace + 1
         while self._containers and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
+        if self.disks is not None:
+            self.disks.close()
 
 
 def _ephemeral_disk_mib(spec: FunctionSpec) -> int:

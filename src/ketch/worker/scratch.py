@@ -1,21 +1,23 @@
 """A container's writable layer on a filesystem of its own, so that ``ephemeral_disk`` bounds it.
 
 Each sandbox container's overlay ``upper`` and ``work`` directories live on a
-sparse ext4 image, loop-mounted at ``containers/<id>/disk``: a container that
-writes more than its ``ephemeral_disk`` gets ``ENOSPC`` and cannot fill the
-host's disk. (The kernels we run on have no ext4 or XFS project quotas, which
-would have bounded a directory on the host's filesystem for free.)
+sparse ext4 image, loop-mounted (``nosuid,nodev``): a container that writes
+more than its ``ephemeral_disk`` gets ``ENOSPC`` and cannot fill the host's
+disk. (The kernels we run on have no ext4 or XFS project quotas, which would
+have bounded a directory on the host's filesystem for free.)
 
-Formatting an image takes 10-20 ms, so a small pool of images of the default
-size is kept ready, formatted off the start path; other sizes are formatted
-when asked. Images are sparse: a container pays only for what it writes.
+Formatting and mounting an image take 15-25 ms, so a small pool of images of
+the default size is kept formatted and mounted, off the start path; a
+container takes one as it is. Other sizes are made when asked. Images are
+sparse: a container pays only for what it writes.
 
 Example::
 
     disks = ScratchDisks(home / "scratch", default_mib=20480)
-    await disks.mount(cdir / "disk", 20480)
+    disk = await disks.take(20480)      # a mounted, empty filesystem
     ...
-    await disks.unmount(cdir / "disk")
+    await disks.release(disk)           # unmounted and deleted
+    disks.close()                       # the pool's, at shutdown
 """
 
 from __future__ import annotations
@@ -28,12 +30,16 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 POOL_SIZE = 2
+# After a container takes a disk, wait this long before making its replacement: on a
+# small machine mkfs would otherwise compete with the container's own start for the CPU.
+REFILL_DELAY_S = 1.0
 
 
 @functools.cache
@@ -48,92 +54,128 @@ def support() -> str | None:
     return None
 
 
-def format_image(path: Path, size_mib: int) -> None:
-    """A sparse, empty ext4 filesystem of ``size_mib`` MiB in ``path``."""
-    with open(path, "wb") as fh:
+def make_disk(image: Path, mount_point: Path, size_mib: int) -> None:
+    """Format a sparse ext4 image of ``size_mib`` MiB and mount it at ``mount_point``."""
+    with open(image, "wb") as fh:
         fh.truncate(size_mib << 20)
-    # No journal: a container's writable layer does not outlive a crash anyway.
-    subprocess.run(
-        ["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-E", "lazy_itable_init=1,nodiscard",
-         "-m", "0", str(path)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    try:
+        # No journal: a container's writable layer does not outlive a crash anyway.
+        subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-E", "lazy_itable_init=1,nodiscard",
+             "-m", "0", str(image)],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        mount_point.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mount", "-o", "loop,nosuid,nodev,noatime", str(image), str(mount_point)],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+    except subprocess.CalledProcessError as exc:
+        image.unlink(missing_ok=True)
+        raise RuntimeError(f"cannot make a scratch disk: {exc.stderr.decode(errors='replace').strip()}") from None
+    except BaseException:
+        image.unlink(missing_ok=True)
+        raise
+    (mount_point / "lost+found").rmdir()
+
+
+def _unmount(mount_point: Path) -> None:
+    # Lazily: a straggler cannot keep it; the loop device goes with the last user.
+    subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, timeout=60)
 
 
 class ScratchDisks:
-    """Loop-mounted ext4 images for containers' writable layers, with a pool of ready ones."""
+    """Loop-mounted ext4 disks for containers' writable layers, with a pool of mounted ones."""
 
     def __init__(self, root: Path, default_mib: int, pool_size: int = POOL_SIZE) -> None:
         self.root = root
         self.default_mib = default_mib
         self.pool_size = pool_size
-        self.pool_dir = root / "pool"
-        self.images_dir = root / "images"
-        shutil.rmtree(root, ignore_errors=True)  # images of a crashed run: their mounts are gone
-        self.pool_dir.mkdir(parents=True, exist_ok=True)
-        self.images_dir.mkdir(parents=True, exist_ok=True)
+        self.images = root / "images"  # <name>.img
+        self.disks = root / "disks"  # <name>/: where <name>.img is mounted
+        self._clean()
+        self.images.mkdir(parents=True, exist_ok=True)
+        self.disks.mkdir(parents=True, exist_ok=True)
+        self._ready: list[Path] = []
         self._lock = threading.Lock()
         self._filling = False
+        self._closed = False
         self._refill()
 
-    def _refill(self) -> None:
+    def _clean(self) -> None:
+        """Unmount and delete what a crashed control plane left here."""
+        if self.disks.is_dir():
+            for entry in self.disks.iterdir():
+                if os.path.ismount(entry):
+                    _unmount(entry)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _new(self, size_mib: int) -> Path:
+        name = uuid.uuid4().hex
+        disk = self.disks / name
+        make_disk(self.images / f"{name}.img", disk, size_mib)
+        return disk
+
+    def _refill(self, delay: float = 0.0) -> None:
         with self._lock:
-            if self._filling or len(list(self.pool_dir.glob("*.img"))) >= self.pool_size:
+            if self._filling or self._closed or len(self._ready) >= self.pool_size:
                 return
             self._filling = True
-        threading.Thread(target=self._fill, name="ketch-scratch-pool", daemon=True).start()
+        threading.Thread(target=self._fill, args=(delay,), name="ketch-scratch-pool", daemon=True).start()
 
-    def _fill(self) -> None:
+    def _fill(self, delay: float) -> None:
         try:
-            while len(list(self.pool_dir.glob("*.img"))) < self.pool_size:
-                tmp = self.pool_dir / f"{uuid.uuid4().hex}.tmp"
-                format_image(tmp, self.default_mib)
-                tmp.rename(tmp.with_suffix(".img"))
+            time.sleep(delay)
+            while True:
+                with self._lock:
+                    if self._closed or len(self._ready) >= self.pool_size:
+                        return
+                disk = self._new(self.default_mib)
+                with self._lock:
+                    if self._closed:
+                        self._remove(disk)
+                        return
+                    self._ready.append(disk)
         except Exception:
-            logger.exception("could not format scratch images for the pool")
+            logger.exception("could not make scratch disks for the pool")
         finally:
             with self._lock:
                 self._filling = False
 
-    def _take(self, size_mib: int, image: Path) -> None:
-        """Move a pooled image of the default size to ``image``, or format one there."""
+    async def take(self, size_mib: int) -> Path:
+        """A mounted, empty filesystem of ``size_mib`` MiB for one container."""
+        disk = None
         if size_mib == self.default_mib:
-            for ready in self.pool_dir.glob("*.img"):
-                with contextlib.suppress(FileNotFoundError):
-                    ready.rename(image)
-                    return
-        format_image(image, size_mib)
+            with self._lock:
+                disk = self._ready.pop() if self._ready else None
+        if disk is None:
+            disk = await asyncio.get_running_loop().run_in_executor(None, self._new, size_mib)
+        self._refill(REFILL_DELAY_S)
+        return disk
 
-    async def mount(self, target: Path, size_mib: int) -> None:
-        """Mount a fresh filesystem of ``size_mib`` MiB at ``target`` (nosuid, nodev)."""
-        image = self.images_dir / f"{target.parent.name}.img"
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._take, size_mib, image)
-        self._refill()
-        target.mkdir(parents=True, exist_ok=True)
-        proc = await asyncio.create_subprocess_exec(
-            "mount", "-o", "loop,nosuid,nodev,noatime", str(image), str(target),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        _, err = await proc.communicate()
-        if proc.returncode != 0:
-            image.unlink(missing_ok=True)
-            raise RuntimeError(f"cannot mount a scratch disk: {err.decode(errors='replace').strip()}")
-        (target / "lost+found").rmdir()
+    def _remove(self, disk: Path) -> None:
+        _unmount(disk)
+        (self.images / f"{disk.name}.img").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            disk.rmdir()
 
-    async def unmount(self, target: Path) -> None:
-        """Unmount ``target`` (lazily: a straggler cannot keep it) and delete its image."""
-        proc = await asyncio.create_subprocess_exec(
-            "umount", "-l", str(target), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        await proc.wait()
-        (self.images_dir / f"{target.parent.name}.img").unlink(missing_ok=True)
+    async def release(self, disk: Path) -> None:
+        """Unmount ``disk`` and delete its image."""
+        await asyncio.get_running_loop().run_in_executor(None, self._remove, disk)
+
+    def close(self) -> None:
+        """Unmount and delete the pool's disks (at shutdown)."""
+        with self._lock:
+            self._closed = True
+            ready, self._ready = self._ready, []
+        for disk in ready:
+            self._remove(disk)
 
     @staticmethod
-    def full(target: Path) -> bool:
-        """Whether the filesystem at ``target`` has (next to) no room left."""
+    def full(disk: Path) -> bool:
+        """Whether the filesystem at ``disk`` has (next to) no room left."""
         try:
-            st = os.statvfs(target)
+            st = os.statvfs(disk)
         except OSError:
             return False
         return st.f_bavail * st.f_frsize < max(1 << 20, st.f_blocks * st.f_frsize // 200)
