@@ -79,6 +79,21 @@ MS_BIND, MS_REC, MNT_DETACH = 0x1000, 0x4000, 2
 ENOSYS = 38
 
 
+def mkdirs(path: Path, owner: int | None) -> None:
+    """``mkdir -p``; the directories it makes belong to ``owner`` (uid and gid) if given."""
+    if owner is None:
+        path.mkdir(parents=True, exist_ok=True)
+        return
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir()
+            os.lchown(folder, owner, owner)
+
+
 class _MountAttr(ctypes.Structure):  # struct mount_attr, MOUNT_ATTR_SIZE_VER0 (32 bytes)
     _fields_ = [
         ("attr_set", ctypes.c_uint64),
@@ -284,18 +299,8 @@ class UserNamespace:
         """``mkdir -p root/rel`` as host root; in an overlay of idmapped layers the new dirs
         become root's of ``U`` (else they would be nobody's inside, and 65536 on disk).
         """
-        path = root / rel.lstrip("/")
-        if not self.owns(root):  # a plain directory: on-disk ids as host root makes them
-            path.mkdir(parents=True, exist_ok=True)
-            return
-        missing = []
-        while not os.path.lexists(path):
-            missing.append(path)
-            path = path.parent
-        for folder in reversed(missing):
-            with contextlib.suppress(FileExistsError):
-                folder.mkdir()
-                os.lchown(folder, self.base, self.base)
+        # A plain directory (not ours): on-disk ids as host root makes them.
+        mkdirs(root / rel.lstrip("/"), self.base if self.owns(root) else None)
 
     def close(self) -> None:
         """Detach the pins and whatever is still staged (mounted overlays keep working)."""

@@ -43,6 +43,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..build.userns import mkdirs
+
 TMP_PREFIX = ".ketch-tmp-"
 Entry = dict[str, Any]
 State = dict[str, Entry]  # path -> entry (+ "stat" for files)
@@ -72,21 +74,6 @@ def save_state(work: Path, state: dict[str, Any]) -> None:
     tmp.replace(work / "state.json")
 
 
-def _mkdirs(path: Path, owner: int | None) -> None:
-    """``mkdir -p``; the directories it makes belong to ``owner`` (uid and gid) if given."""
-    if owner is None:
-        path.mkdir(parents=True, exist_ok=True)
-        return
-    missing = []
-    while not os.path.lexists(path):
-        missing.append(path)
-        path = path.parent
-    for folder in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            folder.mkdir()
-            os.lchown(folder, owner, owner)
-
-
 def _write_entry(
     data: Path, entry: Entry, blob_path: Callable[[str], Path], link: bool = False, owner: int | None = None
 ) -> Entry:
@@ -96,11 +83,11 @@ def _write_entry(
     ``owner``: the uid (and gid) what is written here belongs to; None: the writer's.
     """
     dest = data / entry["path"]
-    _mkdirs(dest.parent, owner)
+    mkdirs(dest.parent, owner)
     if entry["type"] == "d":
         if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
             dest.unlink()
-        _mkdirs(dest, owner)
+        mkdirs(dest, owner)
         return dict(entry)
     if dest.is_dir() and not dest.is_symlink():
         shutil.rmtree(dest)
