@@ -55,6 +55,15 @@ def fill_tmp() -> dict:
     return fill("/tmp/big.bin")
 
 
+@app.function(ephemeral_disk=64)
+def fill_and_raise() -> None:
+    with open("/root/big.bin", "wb") as fh:
+        while True:
+            fh.write(b"x" * (8 << 20))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
 @app.function()
 def hog() -> int:
     chunks = []
@@ -71,6 +80,10 @@ def fine() -> str:
 @app.local_entrypoint()
 def main():
     out = {"root": fill_root.remote(), "tmp": fill_tmp.remote()}
+    try:
+        fill_and_raise.remote()
+    except OSError as exc:
+        out["raised"] = f"{type(exc).__name__}: {exc} | " + " ".join(getattr(exc, "__notes__", []))
     try:
         out["hog"] = hog.remote()
     except Exception as exc:
@@ -107,6 +120,8 @@ def test_disk_tmp_and_memory_are_bounded(bounded_env, workdir: Path):
     if scratch.support() is None:
         assert out["root"]["errno"] == 28 and out["root"]["written_mib"] <= 96, out  # ENOSPC at its bound
     assert out["tmp"]["errno"] == 28 and out["tmp"]["written_mib"] <= 64, out
+    if scratch.support() is None:  # the call fails with the error, and the note names the bound
+        assert "No space left" in out["raised"] and "ephemeral_disk=64 MiB" in out["raised"], out
     assert out["hog"].startswith("OutOfMemoryError"), out
     assert "300 MiB" in out["hog"], out
     assert out["fine"] == "still fine", out

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import errno
 import inspect
 import logging
 import os
@@ -50,6 +51,18 @@ def _die_with_parent() -> None:
     parent = os.environ.get("KETCH_PARENT_PID")
     if parent and os.getppid() != int(parent):
         os._exit(1)
+
+
+
+def _noted(exc: BaseException) -> BaseException:
+    """``exc``, with a note naming the bound when it is the container's full disk."""
+    bound = os.environ.get("KETCH_EPHEMERAL_DISK_MIB")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and bound:
+        exc.add_note(
+            f"ketch: the container's disk is full: its writable layer and /tmp are each bounded "
+            f"by ephemeral_disk={bound} MiB (raise it with @app.function(ephemeral_disk=...))"
+        )
+    return exc
 
 
 class _Running:
@@ -130,7 +143,7 @@ class ContainerLoop:
     def _failure(self, input_id: int, exc: BaseException, started: float) -> dict[str, Any]:
         if isinstance(exc, InputCancellation) or input_id in self.cancelled:
             return self._result(input_id, "cancelled", None, started)
-        exc = exc.with_traceback(user_frames(exc.__traceback__))
+        exc = _noted(exc.with_traceback(user_frames(exc.__traceback__)))
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         return self._result(input_id, "failure", serialize_exception(exc), started)
 
@@ -467,7 +480,7 @@ def main() -> None:
         params = unpack(init["params"]) if init.get("params") else None
         service = build_service(spec, params, init["app_id"], init["function_ids"])
     except BaseException as exc:
-        exc = exc.with_traceback(user_frames(exc.__traceback__))
+        exc = _noted(exc.with_traceback(user_frames(exc.__traceback__)))
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         chan.write({"t": "init_failed", "error": serialize_exception(exc)})
         sys.stderr.flush()

@@ -307,6 +307,7 @@ class SandboxWorker:
                 "KETCH_SOURCE_ROOT": SOURCE_ROOT,
                 "KETCH_PARENT_PID": "",
                 "KETCH_RUNTIME": "sandbox",
+                "KETCH_EPHEMERAL_DISK_MIB": str(_ephemeral_disk_mib(spec)),
             }
         )
         self._bind_gpus(box, container.container_id, env)
