@@ -279,3 +279,26 @@ def test_the_container_channel_wants_a_small_hello_and_a_valid_token(control_pla
         return out
 
     assert asyncio.run(probe()) == ["closed", "closed"]
+
+
+def test_a_large_blob_upload_streams_to_disk(control_plane):
+    """A 300 MiB PUT /blobs is written as it arrives: the control plane does not hold it."""
+    import http.client
+
+    host, _, port = control_plane.url.removeprefix("http://").rpartition(":")
+    size, piece = 300 << 20, b"z" * (4 << 20)
+    before = _rss()
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.putrequest("PUT", "/blobs")
+    conn.putheader("Authorization", f"Bearer {_owner(control_plane)}")
+    conn.putheader("Content-Length", str(size))
+    conn.endheaders()
+    peak = 0
+    for _ in range(size // len(piece)):
+        conn.send(piece)
+        peak = max(peak, _rss() - before)
+    reply = conn.getresponse()
+    assert reply.status == 200, reply.read()
+    assert msgpack.unpackb(reply.read())["blob_id"].startswith("bl-")
+    conn.close()
+    assert peak < 150 << 20, f"the control plane grew by {peak >> 20} MiB during a 300 MiB upload"
