@@ -521,6 +521,52 @@ def sandbox_env():
     shutil.rmtree(home, ignore_errors=True)
 
 
+# -- the control plane's wire, spoken by hand (attack and protocol tests) ------------------
+
+
+def post_raw(url: str, data: bytes, headers: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, dict]:
+    """``POST`` ``data`` to ``url``; ``(status, decoded msgpack reply)``, errors included."""
+    import urllib.error
+    import urllib.request
+
+    import msgpack
+
+    req = urllib.request.Request(url, data=data, method="POST", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, msgpack.unpackb(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, msgpack.unpackb(err.read())
+
+
+def frame(obj: object) -> bytes:
+    """One RPC frame: a 4-byte big-endian length and a msgpack body."""
+    import struct
+
+    import msgpack
+
+    body = msgpack.packb(obj, use_bin_type=True)
+    return struct.pack(">I", len(body)) + body
+
+
+def read_frame(sock) -> dict:
+    """The next frame on a blocking socket, decoded."""
+    import struct
+
+    import msgpack
+
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            assert chunk, "connection closed"
+            data += chunk
+        return data
+
+    (size,) = struct.unpack(">I", exactly(4))
+    return msgpack.unpackb(exactly(size), raw=False)
+
+
 # Test modules import these helpers as ``ketch_testing``: every test folder with a
 # conftest.py of its own (integration, security) replaces ``conftest`` in sys.modules,
 # so ``from conftest import ...`` would depend on the order pytest collects folders in.

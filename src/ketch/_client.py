@@ -18,6 +18,7 @@ a blob.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -53,9 +54,12 @@ def _host_port(url: str) -> tuple[str, int]:
 
 def _tls(url: str) -> ssl.SSLContext | None:
     """A client TLS context for an ``https://`` control plane (``KETCH_TLS_CA``: a CA file to trust)."""
-    if not url.startswith("https://"):
-        return None
-    return ssl.create_default_context(cafile=os.environ.get("KETCH_TLS_CA") or None)
+    return _tls_context(os.environ.get("KETCH_TLS_CA") or None) if url.startswith("https://") else None
+
+
+@functools.cache
+def _tls_context(cafile: str | None) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=cafile)  # reading the CA store once, not per connection
 
 
 # Blocking connections for calls made from blocking code, by address; shared by
@@ -132,7 +136,7 @@ class _Client:
         # Kept-alive connections for RPCs (a small HTTP/1.1 client: aiohttp's costs
         # more CPU per request than a Dict get costs the control plane).
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        self._idle_for: str | None = None
+        self._idle_for: tuple[str | None, str, str] | None = None
         self._token = ""
 
     @classmethod
@@ -156,6 +160,11 @@ class _Client:
             await self._session.close()
             self._session = None
         self._socket, self._token, self._url = unix, token, url
+        # Kept connections are per place and token (a connection authenticates once).
+        if self._idle_for != (unix, url, token):
+            for _, writer in self._idle:
+                writer.close()
+            self._idle, self._idle_for = [], (unix, url, token)
         return url
 
     def _ensure_session(self) -> aiohttp.ClientSession:
@@ -206,11 +215,6 @@ class _Client:
                 delay = min(delay * 2, 1.0)
 
     async def _connect(self, url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        where = f"{self._socket} {url} {self._token}"  # connections are per place and token
-        if self._idle_for != where:
-            for _, writer in self._idle:
-                writer.close()
-            self._idle, self._idle_for = [], where
         if self._idle:
             return self._idle.pop()
         if self._socket:

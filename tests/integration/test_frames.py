@@ -11,6 +11,8 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from ketch_testing import frame as _frame
+from ketch_testing import read_frame as _read
 
 import ketch
 from ketch import _sync
@@ -27,24 +29,6 @@ def _connect(url: str, token: str | None = None) -> socket.socket:
         token = (Path(os.environ["KETCH_HOME"]) / "token").read_text().strip()
     sock.sendall(RPC_MAGIC + _frame({"auth": token}))
     return sock
-
-
-def _frame(obj: object) -> bytes:
-    body = msgpack.packb(obj, use_bin_type=True)
-    return struct.pack(">I", len(body)) + body
-
-
-def _read(sock: socket.socket) -> dict:
-    def exactly(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            assert chunk, "connection closed"
-            data += chunk
-        return data
-
-    (size,) = struct.unpack(">I", exactly(4))
-    return msgpack.unpackb(exactly(size), raw=False)
 
 
 def _call(sock: socket.socket, method: str, body: object) -> dict:

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-
 import msgpack
 import pytest
+from ketch_testing import post_raw
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def _post(control_plane, method: str, body: dict) -> tuple[int, dict]:
-    req = urllib.request.Request(
-        f"{control_plane.url}/rpc/{method}", data=msgpack.packb(body), method="POST", headers=control_plane.headers
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, msgpack.unpackb(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, msgpack.unpackb(err.read())
+    return post_raw(f"{control_plane.url}/rpc/{method}", msgpack.packb(body), control_plane.headers)
 
 
 def test_a_dict_put_with_one_oversized_entry_writes_none(control_plane):

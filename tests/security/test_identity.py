@@ -19,6 +19,9 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from ketch_testing import frame as _frame
+from ketch_testing import post_raw
+from ketch_testing import read_frame as _read_frame
 
 from ketch._wire import RPC_MAGIC
 
@@ -27,30 +30,7 @@ pytestmark = pytest.mark.timeout(60)
 
 def _post(url: str, method: str, body: object, token: str | None = None) -> tuple[int, dict]:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    req = urllib.request.Request(f"{url}/rpc/{method}", data=msgpack.packb(body), method="POST", headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=20) as resp:
-            return resp.status, msgpack.unpackb(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, msgpack.unpackb(err.read())
-
-
-def _frame(obj: object) -> bytes:
-    body = msgpack.packb(obj, use_bin_type=True)
-    return struct.pack(">I", len(body)) + body
-
-
-def _read_frame(sock: socket.socket) -> dict:
-    def exactly(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            assert chunk, "connection closed"
-            data += chunk
-        return data
-
-    (size,) = struct.unpack(">I", exactly(4))
-    return msgpack.unpackb(exactly(size))
+    return post_raw(f"{url}/rpc/{method}", msgpack.packb(body), headers, timeout=20)
 
 
 def _owner(control_plane) -> str:
@@ -87,6 +67,17 @@ def test_frames_without_a_valid_token_are_401(control_plane):
             sock.sendall(RPC_MAGIC + hello + _frame({"m": "AppList", "b": {}}))
             reply = _read_frame(sock)
             assert reply["s"] == 401 and reply["r"]["error"]["type"] == "AuthError", reply
+
+
+def test_before_a_valid_token_a_connection_may_send_only_a_small_frame(control_plane):
+    """An unauthenticated peer cannot make the control plane hold a large frame (80 MiB is for callers)."""
+    host, _, port = control_plane.url.removeprefix("http://").rpartition(":")
+    for hello in (b"", _frame({"auth": "ko-wrong"})):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(RPC_MAGIC + hello + struct.pack(">I", 1 << 20))
+            reply = _read_frame(sock)
+            assert reply["s"] == 413 and "before a valid token" in reply["r"]["error"]["message"], reply
+            assert sock.recv(1) == b""  # and the connection is closed
 
 
 def test_api_tokens_have_roles_and_can_be_revoked(control_plane):
@@ -302,3 +293,41 @@ def test_a_large_blob_upload_streams_to_disk(control_plane):
     assert msgpack.unpackb(reply.read())["blob_id"].startswith("bl-")
     conn.close()
     assert peak < 150 << 20, f"the control plane grew by {peak >> 20} MiB during a 300 MiB upload"
+
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to become another user")
+def test_another_user_cannot_reach_a_sandbox_control_plane(sandbox_env, workdir):
+    """With sandbox containers running, their sockets are 0666, but their directory (0700) and
+    the user namespace's staging under /run/ketch (0710, group of the namespace) keep uid 65534 out.
+    """
+    app = workdir / "alive.py"
+    app.write_text(
+        "import ketch\napp = ketch.App('sec-alive')\n\n@app.function()\ndef f() -> int:\n    return 1\n\n"
+        "@app.local_entrypoint()\ndef main():\n    print('RESULT', f.remote())\n"
+    )
+    assert "RESULT 1" in sandbox_env.cli("run", app, timeout=120).check().stdout
+    info = json.loads((sandbox_env.home / "server.json").read_text())
+    staged = sorted(p for p in Path("/run/ketch").glob("*/*") if p.is_dir()) if Path("/run/ketch").is_dir() else []
+    if "root inside is host uid" in sandbox_env.rpc("Status")["isolation"]:  # a user namespace: sockets 0666
+        assert staged and stat.S_IMODE(os.stat(info["socket"]).st_mode) == 0o666, staged
+    probe = f"""
+import os, socket
+out = []
+for path in {[info["socket"], str(Path(info["socket"]).parent / "channel.sock")]!r}:
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path); out.append("connected")
+    except OSError as e: out.append(type(e).__name__)
+for path in {[str(p) for p in staged]!r}:
+    try:
+        os.listdir(path); out.append("listed " + path)
+    except OSError as e: out.append(type(e).__name__)
+print(" ".join(out))
+"""
+    done = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-I", "-c", probe],
+        capture_output=True, text=True, timeout=30, cwd="/",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert set(done.stdout.split()) == {"PermissionError"}, done.stdout

@@ -44,7 +44,7 @@ from typing import Any
 from .._config import config
 from .._image_files import content_digest, local_files
 from ..exception import ImageBuildError
-from . import isolate
+from . import isolate, userns
 from .layers import LayerStore, remove_tree
 from .runtime import MOUNT_POINT, RuntimeBundles, uv_binary
 from .userns import Staging, UserNamespace, restore_ids
@@ -416,19 +416,13 @@ class Builder:
         workdir = str(cfg.get("workdir") or "/")
         with contextlib.ExitStack() as stack:
             stage = None
-            if self.userns is None:
-                (rootfs / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
-            else:  # the root and the binds where the namespace's root reaches them, idmapped
-                self.userns.makedirs(rootfs, workdir)
+            userns.makedirs(self.userns, rootfs, workdir)
+            if self.userns is not None:  # the root and the binds where the namespace's root reaches them, idmapped
                 stage = stack.enter_context(self.userns.staging())
                 rootfs = stage.expose(rootfs, writable=True, nosuid=False)
             box = isolate.Bwrap(rootfs, cwd=workdir)  # the network stays the host's: installs download
             self._fill_box(box, stage, cfg, binds, env)
-            command = list(argv)
-            user = cfg.get("user")
-            if user and str(user) not in ("root", "0", "0:0"):
-                uid, _, gid = str(user).partition(":")
-                command = ["setpriv", f"--reuid={uid}", f"--regid={gid or uid}", "--init-groups", *command]
+            command = isolate.as_user(cfg.get("user"), argv)
             with box:
                 full = box.argv(command)
                 if self.userns is not None:
@@ -559,10 +553,7 @@ class _Overlay:
 
     async def mount(self) -> None:
         self.upper.mkdir(parents=True, exist_ok=True)
-        if self.userns is not None:
-            await self.userns.mount_overlay(self.lowers, self.upper, self.dir / "work", self.merged)
-        else:
-            await isolate.mount_overlay(self.lowers, self.upper, self.dir / "work", self.merged)
+        await userns.mount_overlay(self.userns, self.lowers, self.upper, self.dir / "work", self.merged)
         self._mounted = True
         for point in (KETCH_DIR, "etc/resolv.conf"):
             if not os.path.lexists(self.merged / point.lstrip("/")):

@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import functools
 import os
@@ -123,7 +124,7 @@ async def mount_overlay(
         path.mkdir(parents=True, exist_ok=True)
     options = overlay_options(lowers, upper, work) + (f",{extra}" if extra else "")
     # mount(2) itself: starting mount(8) cost a few ms of every container's cold start.
-    if _libc().mount(b"overlay", os.fsencode(merged), b"overlay", 0, options.encode()) != 0:
+    if libc().mount(b"overlay", os.fsencode(merged), b"overlay", 0, options.encode()) != 0:
         err = ctypes.get_errno()
         raise RuntimeError(f"mount overlay at {merged} failed: {os.strerror(err)} (the kernel log says more)")
 
@@ -135,12 +136,26 @@ async def unmount(merged: Path) -> None:
 
 def unmount_sync(merged: Path) -> None:
     """:func:`unmount` for blocking code: ``umount -l``, quietly (nothing mounted is fine)."""
-    _libc().umount2(os.fsencode(merged), MNT_DETACH)
+    libc().umount2(os.fsencode(merged), MNT_DETACH)
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
+def libc() -> ctypes.CDLL:
+    """The C library, for mount system calls (``syscall`` returns a long)."""
+    lib = ctypes.CDLL(None, use_errno=True)
+    lib.syscall.restype = ctypes.c_long
+    return lib
+
+
+def mount_points(top: str | Path) -> list[str]:
+    """This process's mount points at or under ``top``, from ``/proc/self/mountinfo``."""
+    prefix, found = str(top).rstrip("/"), []
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split(" ", 5)[4])
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(point)
+    return found
 
 
 async def run_checked(argv: Sequence[str], what: str, timeout: float = 60.0) -> str:
@@ -191,17 +206,15 @@ def kernel_paths() -> list[str]:
 
 def _host_mounts_below() -> list[str]:
     """The host's mount points inside ``/sys`` and the read-only ``/proc`` paths."""
-    trees = tuple(t + "/" for t in ("/sys", *READ_ONLY_PATHS))
-    found = []
-    try:
-        with open("/proc/self/mountinfo") as fh:
-            for line in fh:
-                fields = line.split(" ", 5)
-                if len(fields) > 4 and fields[4].startswith(trees):
-                    found.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4]))
-    except OSError:
-        pass
-    return found
+    return [p for tree in ("/sys", *READ_ONLY_PATHS) for p in mount_points(tree) if p != tree]
+
+
+def as_user(user: object, command: Sequence[str]) -> list[str]:
+    """``command`` run as an image's ``USER`` (``uid[:gid]``) inside a sandbox; as it is for root."""
+    if not user or str(user) in ("root", "0", "0:0"):
+        return list(command)
+    uid, _, gid = str(user).partition(":")
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid or uid}", "--init-groups", *command]
 
 
 @dataclass

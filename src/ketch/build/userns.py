@@ -48,11 +48,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import hashlib
 import logging
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -103,13 +101,6 @@ class _MountAttr(ctypes.Structure):  # struct mount_attr, MOUNT_ATTR_SIZE_VER0 (
     ]
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    return libc
-
-
 def _check(result: int, what: str) -> int:
     if result < 0:
         err = ctypes.get_errno()
@@ -121,7 +112,7 @@ def idmap_mount(
     src: Path, dest: Path, userns_fd: int, read_only: bool = False, nosuid: bool = False
 ) -> None:
     """Mount ``src`` again at ``dest`` (an existing dir, or file for a file), ids mapped by ``userns_fd``."""
-    libc = _libc()
+    libc = isolate.libc()
     flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC
     fd = _check(libc.syscall(SYS_OPEN_TREE, AT_FDCWD, os.fsencode(src), flags), f"open_tree {src}")
     try:
@@ -143,25 +134,19 @@ def idmap_mount(
 def bind_mount(src: Path, dest: Path) -> None:
     """A plain (recursive) bind mount of ``src`` on ``dest``."""
     _check(
-        _libc().mount(os.fsencode(src), os.fsencode(dest), None, MS_BIND | MS_REC, None),
+        isolate.libc().mount(os.fsencode(src), os.fsencode(dest), None, MS_BIND | MS_REC, None),
         f"binding {src}",
     )
 
 
 def detach(path: Path) -> None:
     """Unmount ``path`` lazily; nothing mounted there is fine."""
-    _libc().umount2(os.fsencode(path), MNT_DETACH)
+    isolate.unmount_sync(path)
 
 
 def mounts_below(top: Path) -> list[Path]:
-    """Mount points at or under ``top``, deepest first (from ``/proc/self/mountinfo``)."""
-    prefix, found = str(top).rstrip("/"), []
-    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split(" ", 5)[4])
-            if point == prefix or point.startswith(prefix + "/"):
-                found.append(Path(point))
-    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+    """Mount points at or under ``top``, deepest first."""
+    return sorted(map(Path, isolate.mount_points(top)), key=lambda p: len(p.parts), reverse=True)
 
 
 def clear(top: Path) -> None:
@@ -184,7 +169,7 @@ def _make_userns(base: int, extra: str = "") -> int:
         try:
             os.close(ready_r)
             os.close(go_w)
-            ok = _libc().unshare(CLONE_NEWUSER) == 0
+            ok = isolate.libc().unshare(CLONE_NEWUSER) == 0
             os.write(ready_w, b"u" if ok else b"e")
             os.read(go_r, 1)
         finally:
@@ -380,6 +365,24 @@ class Staging:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def mount_overlay(
+    ns: UserNamespace | None, lowers: Sequence[Path], upper: Path, work: Path, merged: Path, extra: str = ""
+) -> None:
+    """An overlay for a sandbox: over idmapped layers with a namespace, as it is without one."""
+    if ns is None:
+        await isolate.mount_overlay(lowers, upper, work, merged, extra)
+    else:
+        await ns.mount_overlay(lowers, upper, work, merged, extra)
+
+
+def makedirs(ns: UserNamespace | None, root: Path, rel: str) -> None:
+    """``mkdir -p root/rel``, owned as the sandbox's root will need (:meth:`UserNamespace.makedirs`)."""
+    if ns is None:
+        mkdirs(root / rel.lstrip("/"), None)
+    else:
+        ns.makedirs(root, rel)
 
 
 def restore_ids(upper: Path) -> None:

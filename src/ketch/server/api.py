@@ -7,6 +7,7 @@ the :class:`~ketch.server.auth.Caller` to scope what it does.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -110,14 +111,11 @@ class Api:
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Every route needs a token; ``/rpc`` checks the method against the caller's role."""
+        """Every route needs a token (before any body is read); ``/rpc`` checks the method too."""
         sock = request.transport.get_extra_info("socket") if request.transport is not None else None
         caller = self.auth.identify(_bearer(request), auth.peer_uid(sock))
-        if caller is None or caller.role not in auth.BLOB_ROLES:
-            try:
-                auth.check_method(None, "")
-            except Error as exc:
-                status, reply = error_reply(exc, request.path)
+        if caller is None:
+            status, reply = error_reply(auth.unauthenticated(), request.path)
             return web.Response(status=status, body=pack(reply), content_type="application/msgpack")
         request[CALLER] = caller
         return await handler(request)  # type: ignore[no-any-return]
@@ -346,7 +344,7 @@ async def CallCreate(api: Api, body: dict[str, Any], caller: Caller) -> dict[str
     if caller.role in ("container", "invoke"):
         _, app_id = api.d.function_spec(str(body["function_id"]))
         api.check_call(caller, "calling this function", app_id)
-        if api.store.get_call(str(body["call_id"])) is not None:
+        with contextlib.suppress(NotFoundError):  # a new call id (the usual case) is free to take
             _check_call_id(api, caller, str(body["call_id"]))
     state = api.d.create_call(body, caller.app_id)
     wait = float(body.get("wait", 0))

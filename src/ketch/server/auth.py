@@ -74,8 +74,8 @@ INVOKE_METHODS = frozenset(
 ADMIN_METHODS = frozenset(
     {"ProxyTokenCreate", "ProxyTokenList", "ProxyTokenDelete", "ApiTokenCreate", "ApiTokenList", "ApiTokenRevoke"}
 )
-# HTTP routes other than ``/rpc``: blobs move arguments, results and Volume files.
-BLOB_ROLES = frozenset({"owner", "admin", "deploy", "invoke", "container"})
+# Before a connection's token is checked, it may not make the control plane hold more.
+UNAUTHENTICATED_MAX_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -94,11 +94,6 @@ class Caller:
         if self.role == "owner":
             return "the owner"
         return f"an {self.role!r} token" if self.role[0] in "aeiou" else f"a {self.role!r} token"
-
-    def with_peer(self, peer_uid: int | None) -> Caller:
-        if peer_uid == self.peer_uid:
-            return self
-        return Caller(self.role, self.app_id, self.container_id, peer_uid, self.token_id)
 
 
 def _hash(token: str) -> str:
@@ -188,13 +183,18 @@ class Authenticator:
             raise NotFoundError(f"no API token {token_id!r}")
 
 
+def unauthenticated() -> AuthError:
+    """The error for a request with no valid token."""
+    return AuthError(
+        "missing or invalid token: the owner's token is in KETCH_HOME/token "
+        "(the SDK and CLI read it); others need `ketch token create`"
+    )
+
+
 def check_method(caller: Caller | None, method: str) -> Caller:
     """``caller`` if it may call RPC ``method``; else AuthError (no token) or PermissionDeniedError."""
     if caller is None:
-        raise AuthError(
-            "missing or invalid token: the owner's token is in KETCH_HOME/token "
-            "(the SDK and CLI read it); others need `ketch token create`"
-        )
+        raise unauthenticated()
     role = caller.role
     allowed = (
         role in ("owner", "admin")

@@ -10,6 +10,7 @@ to disk and renamed into place, so a blob that exists is whole.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import os
@@ -270,8 +271,6 @@ async def receive_blob(content: Any, store: BlobStore, limit: int | None = None)
     Pieces go to disk in ``CHUNK``-sized writes off the event loop, so a large
     upload never sits in memory; over ``limit`` bytes is a PayloadTooLargeError.
     """
-    import asyncio
-
     writer = store.writer()
     buf = bytearray()
     try:

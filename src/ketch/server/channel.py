@@ -13,10 +13,10 @@ import os
 
 from .._wire import ChannelClosed, encode, read_frame
 from ..exception import InvalidError
+from .auth import UNAUTHENTICATED_MAX_BYTES
 from .dispatcher import Dispatcher
 
 logger = logging.getLogger(__name__)
-HELLO_MAX_BYTES = 64 << 10
 
 
 async def serve_channel(
@@ -28,7 +28,7 @@ async def serve_channel(
         container_id = None
         try:
             # Before its token is checked, a peer may not make us hold more than a hello.
-            hello = await read_frame(reader, limit=HELLO_MAX_BYTES)
+            hello = await read_frame(reader, limit=UNAUTHENTICATED_MAX_BYTES)
             if not isinstance(hello, dict):
                 raise InvalidError("the first frame must be a hello map")
             container_id = str(hello.get("container_id"))

@@ -66,9 +66,11 @@ class FrameRpc(asyncio.Protocol):
         """Answer the complete requests in the buffer, stopping at one that has to wait."""
         while self.waiting is None and self.transport is not None and len(self.buf) >= HEADER.size:
             (size,) = HEADER.unpack_from(self.buf)
-            if size > MAX_RPC_BYTES:
+            limit = MAX_RPC_BYTES if self.caller is not None else auth.UNAUTHENTICATED_MAX_BYTES
+            if size > limit:
                 too_large = PayloadTooLargeError(
-                    f"a request of {size >> 20} MiB is over the limit of {MAX_RPC_BYTES >> 20} MiB"
+                    f"a request of {size} bytes is over the limit of {limit} bytes"
+                    + ("" if self.caller is not None else " before a valid token")
                 )
                 self._reply(*error_reply(too_large, "?"))
                 self.transport.close()

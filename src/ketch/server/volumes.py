@@ -36,7 +36,7 @@ from aiohttp import web
 from sqlalchemy import Column, Float, Index, Integer, String, Table
 
 from .._serialization import pack
-from ..build import isolate
+from ..build import isolate, userns
 from ..build.userns import UserNamespace
 from ..exception import AlreadyExistsError, InvalidError, NotFoundError
 from ..worker import volumes as wc
@@ -401,8 +401,7 @@ class VolumeService:
 
     async def _mount(self, work: Path) -> None:
         """Mount an overlay working copy's layers at ``work/data`` (again, after a restart)."""
-        mount = isolate.mount_overlay if self.userns is None else self.userns.mount_overlay
-        await mount([work / "lower"], work / "upper", work / "ovl", work / "data", OVERLAY_OPTIONS)
+        await userns.mount_overlay(self.userns, [work / "lower"], work / "upper", work / "ovl", work / "data", OVERLAY_OPTIONS)
 
     def _owner(self, work: Path) -> int | None:
         """Who what the control plane writes in ``work/data`` must belong to (None: host root).
@@ -565,9 +564,7 @@ class VolumeService:
 
     async def get_blob(self, request: web.Request) -> web.StreamResponse:
         try:
-            path = self.blobs.path(request.match_info["blob_id"])
-            if not path.exists():
-                raise NotFoundError(f"no blob {request.match_info['blob_id']!r}")
+            path = self.blobs.existing(request.match_info["blob_id"])
         except NotFoundError as exc:
             return web.Response(
                 status=404, body=pack({"error": {"type": "NotFoundError", "message": str(exc)}})

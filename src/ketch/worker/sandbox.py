@@ -48,7 +48,7 @@ from .._config import config
 from .._image_files import content_digest, local_files
 from .._source import project_sources
 from .._spec import DEFAULT_EPHEMERAL_DISK_MIB, FunctionSpec
-from ..build import isolate
+from ..build import isolate, userns
 from ..build.builder import Builder, BuiltImage
 from ..build.layers import remove_tree
 from ..build.runtime import DEPS_MOUNT_POINT, MOUNT_POINT
@@ -200,9 +200,7 @@ class SandboxWorker:
             if self.userns is not None:
                 container.stage = self.userns.staging()
                 container.merged = container.stage.mount_point()
-                await self.userns.mount_overlay(built.lowers, layer / "upper", layer / "work", container.merged)
-            else:
-                await isolate.mount_overlay(built.lowers, layer / "upper", layer / "work", container.merged)
+            await userns.mount_overlay(self.userns, built.lowers, layer / "upper", layer / "work", container.merged)
             box, command = self._command(container, built, bundle, env, spec, mounts)
             full = box.argv(command)
             # bubblewrap reads its arguments from a pipe, so the container's /proc/1/cmdline
@@ -271,10 +269,7 @@ class SandboxWorker:
     ) -> tuple[isolate.Bwrap, list[str]]:
         cfg = built.config
         workdir = str(cfg.get("workdir") or SOURCE_ROOT)
-        if self.userns is not None:
-            self.userns.makedirs(container.merged, workdir)
-        else:
-            (container.merged / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        userns.makedirs(self.userns, container.merged, workdir)
         box = isolate.Bwrap(
             container.merged,
             network=not bool(getattr(spec, "block_network", False)),
@@ -313,12 +308,7 @@ class SandboxWorker:
         self._bind_gpus(box, container.container_id, env)
         # -P: the app folder (the working directory) must not shadow the standard library
         # for ketch itself (an app file named secrets.py, say).
-        command = [built.python, "-P", "-m", "ketch.runtime"]
-        user = cfg.get("user")
-        if user and str(user) not in ("root", "0", "0:0"):
-            uid, _, gid = str(user).partition(":")
-            command = ["setpriv", f"--reuid={uid}", f"--regid={gid or uid}", "--init-groups", *command]
-        return box, command
+        return box, isolate.as_user(cfg.get("user"), [built.python, "-P", "-m", "ketch.runtime"])
 
     def _socket(self, container: _Container, path: Path) -> Path:
         """A control plane socket for the container: as it is, or (user namespace) open to
