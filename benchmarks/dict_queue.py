@@ -247,13 +247,18 @@ class RedisServer:
         self.port = h.free_port()
         argv = [
             shutil.which("redis-server") or "redis-server",
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
             *REDIS_ARGS[system],
-            "--dir", str(self.dir),
-            "--logfile", str(self.dir / "redis.log"),
-            "--daemonize", "no",
-        ]  # fmt: skip
+            "--dir",
+            str(self.dir),
+            "--logfile",
+            str(self.dir / "redis.log"),
+            "--daemonize",
+            "no",
+        ]
         self.command = " ".join(a if a else "''" for a in argv[1:])
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT

@@ -59,7 +59,7 @@ import _harness as h  # noqa: E402
 TARGET = 0.5
 log = h.logger("volume")
 
-APP = '''
+APP = """
 import os, shutil, time
 import ketch
 
@@ -96,7 +96,7 @@ def read(name: str) -> dict:
 @app.function(volumes={MOUNT + "-ro": rvol.read_only()}, scaledown_window=2)
 def read_ro(name: str) -> dict:
     return read_all(MOUNT + "-ro/" + name)
-'''
+"""
 
 
 class Cleanup(h.Cleanup):
@@ -238,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
                 paired("container write", "cp+sync", write_in_container)
                 subprocess.run(["sync"], check=True)
                 time.sleep(3)  # let the container scale down: the next read starts a fresh one
-                for key, fn, label in [("container read", mod.read, "read inside"),
-                                       ("container read, read-only mount", mod.read_ro, "read inside, read-only")]:  # fmt: skip
+                for key, fn, label in [
+                    ("container read", mod.read, "read inside"),
+                    ("container read, read-only mount", mod.read_ro, "read inside, read-only"),
+                ]:
 
                     def read_in_container() -> float:
                         settle()
@@ -271,11 +273,19 @@ def main(argv: list[str] | None = None) -> int:
 
     h.print_head(f"ketch Volume vs cp, one {mib} MiB file", args.quick, machine, total)
     size = mib / 1024
-    print("| path | median s | GiB/s | peer | peer GiB/s | ratio (median of pairs) | pairs | target >= 50% |")
+    print(
+        "| path | median s | GiB/s | peer | peer GiB/s | ratio (median of pairs) | pairs | target >= 50% |"
+    )
     print("|---|---:|---:|---|---:|---:|---|---|")
-    rows = [("cp", None), ("cp+sync", None), ("client write", "cp+sync"), ("client read", "cp"),
-            ("container write", "cp+sync"), ("container read", "cp"),
-            ("container read, read-only mount", "cp")]  # fmt: skip
+    rows = [
+        ("cp", None),
+        ("cp+sync", None),
+        ("client write", "cp+sync"),
+        ("client read", "cp"),
+        ("container write", "cp+sync"),
+        ("container read", "cp"),
+        ("container read, read-only mount", "cp"),
+    ]
     result = {}
     for key, peer_key in rows:
         if not times.get(key):
@@ -285,16 +295,33 @@ def main(argv: list[str] | None = None) -> int:
         ratio = statistics.median(ratios[key]) if ratios.get(key) else None
         ok = "" if ratio is None else ("met" if ratio >= TARGET else "MISSED")
         cells = [f"`{peer_key}`" if peer_key else "", f"{size / peer_t:.2f}" if peer_t else ""]
-        cells += [f"{ratio:.0%}" if ratio is not None else "", ", ".join(f"{r:.0%}" for r in ratios.get(key, []))]
+        cells += [
+            f"{ratio:.0%}" if ratio is not None else "",
+            ", ".join(f"{r:.0%}" for r in ratios.get(key, [])),
+        ]
         print(f"| {key} | {t:.2f} | {size / t:.2f} | {' | '.join(cells)} | {ok} |")
-        result[key] = {"median_s": t, "samples": times[key], "ratio": ratio, "pair_ratios": ratios.get(key, [])}
+        result[key] = {
+            "median_s": t,
+            "samples": times[key],
+            "ratio": ratio,
+            "pair_ratios": ratios.get(key, []),
+        }
     print()
     for key, vals in extra.items():
-        print(f"- {key}: median {statistics.median(vals):.2f} s ({', '.join(f'{v:.2f}' for v in vals)})")
+        print(
+            f"- {key}: median {statistics.median(vals):.2f} s ({', '.join(f'{v:.2f}' for v in vals)})"
+        )
     for note in notes:
         print(f"- {note}")
     if args.json:
-        h.write_json(args.json, {"mib": mib, "rounds": rounds}, machine, total, {"times": result, "extra": extra}, notes)
+        h.write_json(
+            args.json,
+            {"mib": mib, "rounds": rounds},
+            machine,
+            total,
+            {"times": result, "extra": extra},
+            notes,
+        )
     return 124 if aborted else 0
 
 

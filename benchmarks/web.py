@@ -51,7 +51,7 @@ OVERHEAD_TARGET_MS = 1.0
 THROUGHPUT_TARGET = 0.5
 CONNECTIONS = 16
 
-APP = '''
+APP = """
 import ketch
 
 app = ketch.App("bench-web")
@@ -62,9 +62,9 @@ app = ketch.App("bench-web")
 @ketch.fastapi_endpoint()
 def ping():
     return {"ok": True}
-'''
+"""
 
-DIRECT = '''
+DIRECT = """
 import sys
 import uvicorn
 from ketch.runtime.web import _fastapi_app
@@ -72,7 +72,7 @@ import bench_web_app
 
 app = _fastapi_app(bench_web_app.ping.get_raw_f(), {"method": "GET"})
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
-'''
+"""
 
 
 def wait_ready(url: str, timeout: float) -> None:
@@ -95,8 +95,11 @@ def wrk(url: str, connections: int, seconds: float) -> dict[str, float]:
     """One wrk run: requests/s and the p50 / p99 latency in ms."""
     proc = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", url],
-        capture_output=True, text=True, timeout=seconds + 60, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    )
     out = proc.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lat = {}
@@ -133,11 +136,15 @@ def main(argv: list[str] | None = None) -> int:
         (workdir / "direct.py").write_text(DIRECT)
         env = h.ketch_env(cleanup.ketch_home)
         env["KETCH_RUNTIME"] = "local"
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(workdir), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(workdir), env.get("PYTHONPATH", "")) if p
+        )
 
         port = h.free_port()
         log(f"uvicorn on 127.0.0.1:{port}")
-        direct = subprocess.Popen([sys.executable, str(workdir / "direct.py"), str(port)], env=env, cwd=workdir)
+        direct = subprocess.Popen(
+            [sys.executable, str(workdir / "direct.py"), str(port)], env=env, cwd=workdir
+        )
         cleanup.started.append(direct)
         direct_url = f"http://127.0.0.1:{port}/"
         wait_ready(direct_url, 60)
@@ -145,12 +152,19 @@ def main(argv: list[str] | None = None) -> int:
         log("ketch deploy")
         cli = Path(sys.executable).parent / "ketch"
         deployed = subprocess.run(
-            [str(cli), "deploy", str(workdir / "bench_web_app.py")], env=env, cwd=workdir,
-            capture_output=True, text=True, timeout=120, check=True,
-        )  # fmt: skip
+            [str(cli), "deploy", str(workdir / "bench_web_app.py")],
+            env=env,
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         match = re.search(r"ping => (http://127\.0\.0\.1:\d+)", deployed.stdout)
         if match is None:
-            raise RuntimeError(f"no URL in `ketch deploy` output:\n{deployed.stdout}\n{deployed.stderr}")
+            raise RuntimeError(
+                f"no URL in `ketch deploy` output:\n{deployed.stdout}\n{deployed.stderr}"
+            )
         gateway_url = match.group(1) + "/"
         wait_ready(gateway_url, 120)
 
@@ -161,14 +175,20 @@ def main(argv: list[str] | None = None) -> int:
                 run = wrk(url, conns, seconds)
                 best = results.setdefault(name, {}).get(kind)
                 # Of the two rounds keep the better (higher rps, lower p50): VM noise only slows.
-                if best is None or (run["rps"] > best["rps"] if kind == "throughput" else run["p50_ms"] < best["p50_ms"]):
+                if best is None or (
+                    run["rps"] > best["rps"]
+                    if kind == "throughput"
+                    else run["p50_ms"] < best["p50_ms"]
+                ):
                     results[name][kind] = run
         probe = (
             "import importlib.util as u, uvicorn; "
             "print(uvicorn.__version__, 'httptools' if u.find_spec('httptools') else 'h11', "
             "'uvloop' if u.find_spec('uvloop') else 'asyncio')"
         )
-        uv = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.split()
+        uv = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True
+        ).stdout.split()
         notes.append(
             f"uvicorn {uv[0] if uv else '?'} with its defaults, one process: http='auto' picked "
             f"{uv[1] if len(uv) > 1 else '?'}, loop='auto' picked {uv[2] if len(uv) > 2 else '?'}"
@@ -176,26 +196,38 @@ def main(argv: list[str] | None = None) -> int:
 
     aborted = h.guarded(body, cleanup, watchdog, notes)
     total = time.perf_counter() - t_start
-    h.print_head("ketch web gateway vs uvicorn, a trivial FastAPI endpoint", args.quick, machine, total)
+    h.print_head(
+        "ketch web gateway vs uvicorn, a trivial FastAPI endpoint", args.quick, machine, total
+    )
     d, g = results.get("direct", {}), results.get("gateway", {})
     print("| metric | uvicorn direct | ketch gateway | gateway - direct | target |")
     print("|---|---:|---:|---:|---|")
     if "latency" in d and "latency" in g:
         over = g["latency"]["p50_ms"] - d["latency"]["p50_ms"]
         verdict = "met" if over <= OVERHEAD_TARGET_MS else "MISSED"
-        print(f"| p50 latency, 1 connection, ms | {d['latency']['p50_ms']:.3f} | {g['latency']['p50_ms']:.3f} "
-              f"| {over:+.3f} ms | overhead <= {OVERHEAD_TARGET_MS:g} ms: {verdict} |")  # fmt: skip
-        print(f"| p99 latency, 1 connection, ms | {d['latency']['p99_ms']:.3f} | {g['latency']['p99_ms']:.3f} "
-              f"| {g['latency']['p99_ms'] - d['latency']['p99_ms']:+.3f} ms | — |")  # fmt: skip
-        print(f"| requests/s, 1 connection | {d['latency']['rps']:,.0f} | {g['latency']['rps']:,.0f} "
-              f"| {g['latency']['rps'] / d['latency']['rps']:.0%} | — |")  # fmt: skip
+        print(
+            f"| p50 latency, 1 connection, ms | {d['latency']['p50_ms']:.3f} | {g['latency']['p50_ms']:.3f} "
+            f"| {over:+.3f} ms | overhead <= {OVERHEAD_TARGET_MS:g} ms: {verdict} |"
+        )
+        print(
+            f"| p99 latency, 1 connection, ms | {d['latency']['p99_ms']:.3f} | {g['latency']['p99_ms']:.3f} "
+            f"| {g['latency']['p99_ms'] - d['latency']['p99_ms']:+.3f} ms | — |"
+        )
+        print(
+            f"| requests/s, 1 connection | {d['latency']['rps']:,.0f} | {g['latency']['rps']:,.0f} "
+            f"| {g['latency']['rps'] / d['latency']['rps']:.0%} | — |"
+        )
     if "throughput" in d and "throughput" in g:
         ratio = g["throughput"]["rps"] / d["throughput"]["rps"]
         verdict = "met" if ratio >= THROUGHPUT_TARGET else "MISSED"
-        print(f"| requests/s, {CONNECTIONS} connections | {d['throughput']['rps']:,.0f} | "
-              f"{g['throughput']['rps']:,.0f} | {ratio:.0%} | >= {THROUGHPUT_TARGET:.0%} of direct: {verdict} |")  # fmt: skip
-        print(f"| p50 latency, {CONNECTIONS} connections, ms | {d['throughput']['p50_ms']:.3f} | "
-              f"{g['throughput']['p50_ms']:.3f} | {g['throughput']['p50_ms'] - d['throughput']['p50_ms']:+.3f} ms | — |")  # fmt: skip
+        print(
+            f"| requests/s, {CONNECTIONS} connections | {d['throughput']['rps']:,.0f} | "
+            f"{g['throughput']['rps']:,.0f} | {ratio:.0%} | >= {THROUGHPUT_TARGET:.0%} of direct: {verdict} |"
+        )
+        print(
+            f"| p50 latency, {CONNECTIONS} connections, ms | {d['throughput']['p50_ms']:.3f} | "
+            f"{g['throughput']['p50_ms']:.3f} | {g['throughput']['p50_ms'] - d['throughput']['p50_ms']:+.3f} ms | — |"
+        )
     print()
     for note in notes:
         print(f"- {note}")

@@ -22,7 +22,11 @@ named = ketch.Secret.from_name("example-api")
 @app.function(secrets=[named, inline], env={"DEBUG": "1"})
 def whoami() -> dict:
     key = os.environ["API_KEY"]
-    return {"api_key_length": len(key), "region": os.environ["REGION"], "debug": os.environ["DEBUG"]}
+    return {
+        "api_key_length": len(key),
+        "region": os.environ["REGION"],
+        "debug": os.environ["DEBUG"],
+    }
 
 
 @app.local_entrypoint()

@@ -37,8 +37,11 @@ def train(steps: int) -> dict:
 def evaluate() -> dict:
     vol.reload()  # pick up what train committed
     checkpoint = json.load(open(f"{MOUNT}/checkpoints/latest.json"))
-    return {"steps": checkpoint["steps"], "score": sum(checkpoint["weights"]),
-            "container": os.environ.get("KETCH_CONTAINER_ID")}
+    return {
+        "steps": checkpoint["steps"],
+        "score": sum(checkpoint["weights"]),
+        "container": os.environ.get("KETCH_CONTAINER_ID"),
+    }
 
 
 @app.local_entrypoint()

@@ -95,7 +95,9 @@ def streamer():
 def _wsgi(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("X-Served-By", "wsgi")])
     body = environ["wsgi.input"].read()
-    return [f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']}?{environ['QUERY_STRING']} {len(body)}\n".encode()]
+    return [
+        f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']}?{environ['QUERY_STRING']} {len(body)}\n".encode()
+    ]
 
 
 @app.function(scaledown_window=2)
@@ -138,7 +140,18 @@ def files():
 
     root = pathlib.Path(tempfile.mkdtemp())
     (root / "hello.txt").write_text("served by http.server\n")
-    subprocess.Popen([sys.executable, "-m", "http.server", "8765", "--bind", "127.0.0.1", "--directory", str(root)])
+    subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            "8765",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(root),
+        ]
+    )
 
 
 @app.local_entrypoint()

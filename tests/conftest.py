@@ -524,7 +524,9 @@ def sandbox_env():
 # -- the control plane's wire, spoken by hand (attack and protocol tests) ------------------
 
 
-def post_raw(url: str, data: bytes, headers: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, dict]:
+def post_raw(
+    url: str, data: bytes, headers: dict[str, str] | None = None, timeout: float = 30
+) -> tuple[int, dict]:
     """``POST`` ``data`` to ``url``; ``(status, decoded msgpack reply)``, errors included."""
     import urllib.error
     import urllib.request

@@ -54,12 +54,16 @@ def _host_port(url: str) -> tuple[str, int]:
 
 def _tls(url: str) -> ssl.SSLContext | None:
     """A client TLS context for an ``https://`` control plane (``KETCH_TLS_CA``: a CA file to trust)."""
-    return _tls_context(os.environ.get("KETCH_TLS_CA") or None) if url.startswith("https://") else None
+    return (
+        _tls_context(os.environ.get("KETCH_TLS_CA") or None) if url.startswith("https://") else None
+    )
 
 
 @functools.cache
 def _tls_context(cafile: str | None) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=cafile)  # reading the CA store once, not per connection
+    return ssl.create_default_context(
+        cafile=cafile
+    )  # reading the CA store once, not per connection
 
 
 # Blocking connections for calls made from blocking code, by address; shared by
@@ -152,7 +156,9 @@ class _Client:
         info = await asyncio.get_running_loop().run_in_executor(None, _server_manager.ensure)
         url, unix, token = info.url, None, _server_manager.token()
         if info.socket and os.path.exists(info.socket):
-            url = "unix:" + info.socket  # same machine: the socket, which also lets us name local files
+            url = (
+                "unix:" + info.socket
+            )  # same machine: the socket, which also lets us name local files
         if url.startswith("unix:"):
             unix, url = url[len("unix:") :], "http://ketch"
         if (unix, token) != (self._socket, self._token) and self._session is not None:
@@ -186,7 +192,9 @@ class _Client:
     async def url(self) -> str:
         return self._url or await self._locate()
 
-    async def rpc(self, method: str, body: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+    async def rpc(
+        self, method: str, body: dict[str, Any], timeout: float = 120.0
+    ) -> dict[str, Any]:
         request = encode({"m": method, "b": body})
         blocking = _sync.blocking_allowed()
         deadline: float | None = None
@@ -200,15 +208,22 @@ class _Client:
                     status, reply = await asyncio.wait_for(self._call(url, request), timeout)
                 if status != 200:
                     err = reply.get("error", {})
-                    raise from_wire(err.get("type", "ServerError"), err.get("message", f"status {status}"))
+                    raise from_wire(
+                        err.get("type", "ServerError"), err.get("message", f"status {status}")
+                    )
                 return reply
-            except (TimeoutError, OSError) as exc:  # OSError: ConnectionError, a missing socket file
+            except (
+                TimeoutError,
+                OSError,
+            ) as exc:  # OSError: ConnectionError, a missing socket file
                 if isinstance(exc, ConnectionFailedError) and not _server_manager.is_embedded():
                     raise
                 if deadline is None:
                     deadline = time.monotonic() + config.get("connect_timeout")
                 if time.monotonic() > deadline:
-                    raise ConnectionFailedError(f"cannot reach the ketch control plane: {exc}") from exc
+                    raise ConnectionFailedError(
+                        f"cannot reach the ketch control plane: {exc}"
+                    ) from exc
                 logger.info("control plane unreachable (%s); retrying", exc)
                 self._url = None
                 await asyncio.sleep(delay)
@@ -218,7 +233,9 @@ class _Client:
         if self._idle:
             return self._idle.pop()
         if self._socket:
-            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self._socket, limit=1 << 20), 5)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(self._socket, limit=1 << 20), 5
+            )
         else:
             host, port = _host_port(url)
             reader, writer = await asyncio.wait_for(

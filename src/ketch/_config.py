@@ -32,24 +32,60 @@ class _Setting:
 
 
 _SETTINGS: dict[str, _Setting] = {
-    "home": _Setting(str(Path.home() / ".ketch"), str, "state directory of the embedded control plane"),
+    "home": _Setting(
+        str(Path.home() / ".ketch"), str, "state directory of the embedded control plane"
+    ),
     "server_url": _Setting("", str, "use this control plane instead of the embedded one"),
     "token": _Setting("", str, "API token for a control plane bound off loopback"),
-    "runtime": _Setting("auto", str, "container runtime: sandbox, local, or auto (sandbox where it can run)"),
-    "debian_mirror": _Setting("http://deb.debian.org/debian", str, "Debian archive for debian_slim images"),
-    "image_cache": _Setting(str(Path.home() / ".cache" / "ketch" / "images"), str, "image layer cache shared by every home on this machine"),
+    "runtime": _Setting(
+        "auto", str, "container runtime: sandbox, local, or auto (sandbox where it can run)"
+    ),
+    "debian_mirror": _Setting(
+        "http://deb.debian.org/debian", str, "Debian archive for debian_slim images"
+    ),
+    "image_cache": _Setting(
+        str(Path.home() / ".cache" / "ketch" / "images"),
+        str,
+        "image layer cache shared by every home on this machine",
+    ),
     "max_containers_per_node": _Setting(0, int, "node cap on running containers (0: 4 x CPUs)"),
-    "containers_memory_mb": _Setting(0, int, "memory all containers of the node may use together, in MiB (0: the host's less max(1 GiB, 10%))"),
-    "userns": _Setting(True, _to_bool, "run sandbox containers and build steps in a user namespace (root inside is nobody on the host)"),
-    "userns_base": _Setting(1_000_000_000, int, "host uid of root in the containers' user namespace (ids BASE..BASE+65535)"),
-    "cgroup_parent": _Setting("ketch", str, "cgroup under which the node's containers live (and whose memory is capped)"),
+    "containers_memory_mb": _Setting(
+        0,
+        int,
+        "memory all containers of the node may use together, in MiB (0: the host's less max(1 GiB, 10%))",
+    ),
+    "userns": _Setting(
+        True,
+        _to_bool,
+        "run sandbox containers and build steps in a user namespace (root inside is nobody on the host)",
+    ),
+    "userns_base": _Setting(
+        1_000_000_000,
+        int,
+        "host uid of root in the containers' user namespace (ids BASE..BASE+65535)",
+    ),
+    "cgroup_parent": _Setting(
+        "ketch", str, "cgroup under which the node's containers live (and whose memory is capped)"
+    ),
     "log_level": _Setting("WARNING", str, "log level of the CLI and server"),
-    "connect_timeout": _Setting(120.0, float, "seconds a client keeps retrying an unreachable server"),
-    "ephemeral_app_timeout": _Setting(90.0, float, "seconds without client heartbeats before an ephemeral app stops"),
-    "fork_containers": _Setting(True, _to_bool, "start containers as forks of a warm template process"),
+    "connect_timeout": _Setting(
+        120.0, float, "seconds a client keeps retrying an unreachable server"
+    ),
+    "ephemeral_app_timeout": _Setting(
+        90.0, float, "seconds without client heartbeats before an ephemeral app stops"
+    ),
+    "fork_containers": _Setting(
+        True, _to_bool, "start containers as forks of a warm template process"
+    ),
     "force_build": _Setting(False, _to_bool, "rebuild images even when cached"),
-    "web_max_body_mb": _Setting(64.0, float, "largest web request body the gateway takes, in MiB (413 beyond)"),
-    "web_sync_window": _Setting(150.0, float, "seconds a web request waits for its response to start before a 303 to its result"),
+    "web_max_body_mb": _Setting(
+        64.0, float, "largest web request body the gateway takes, in MiB (413 beyond)"
+    ),
+    "web_sync_window": _Setting(
+        150.0,
+        float,
+        "seconds a web request waits for its response to start before a 303 to its result",
+    ),
 }
 
 

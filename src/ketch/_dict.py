@@ -43,7 +43,9 @@ class _Dict(_Object):
 
     async def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> bool:
         """Set ``key`` to ``value``; with ``skip_if_exists`` keep an existing value. Returns whether it wrote."""
-        reply = await self._rpc("DictPut", {"items": [_pack(key, value)], "skip_if_exists": skip_if_exists})
+        reply = await self._rpc(
+            "DictPut", {"items": [_pack(key, value)], "skip_if_exists": skip_if_exists}
+        )
         return bool(reply["written"])
 
     async def get(self, key: Any, default: Any = None) -> Any:

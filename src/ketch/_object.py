@@ -41,7 +41,10 @@ class _Object:
         return f"{type(self).__name__}({self._name or self._object_id or '?'!r})"
 
     def __reduce__(self) -> Any:
-        return (_rebuild, (type(self).__name__.lstrip("_"), self._name, self._object_id, self._create_if_missing))
+        return (
+            _rebuild,
+            (type(self).__name__.lstrip("_"), self._name, self._object_id, self._create_if_missing),
+        )
 
     @property
     def name(self) -> str | None:
@@ -78,7 +81,9 @@ class _Object:
             yield obj
         finally:
             with contextlib.suppress(Exception):
-                await client.rpc("ObjectDelete", {"kind": cls._kind, "object_id": reply["object_id"]})
+                await client.rpc(
+                    "ObjectDelete", {"kind": cls._kind, "object_id": reply["object_id"]}
+                )
 
     @classmethod
     async def delete(cls, name: str, *, allow_missing: bool = False) -> None:
@@ -87,7 +92,9 @@ class _Object:
         Example: ``ketch.Queue.delete("jobs")``
         """
         client = await _Client.get()
-        await client.rpc("ObjectDelete", {"kind": cls._kind, "name": name, "allow_missing": allow_missing})
+        await client.rpc(
+            "ObjectDelete", {"kind": cls._kind, "name": name, "allow_missing": allow_missing}
+        )
 
     async def hydrate(self: ObjT) -> ObjT:
         """Look the object up now (handles are otherwise looked up on first use)."""
@@ -99,12 +106,18 @@ class _Object:
             client = await _Client.get()
             reply = await client.rpc(
                 "ObjectGet",
-                {"kind": self._kind, "name": self._name, "create_if_missing": self._create_if_missing},
+                {
+                    "kind": self._kind,
+                    "name": self._name,
+                    "create_if_missing": self._create_if_missing,
+                },
             )
             self._object_id = str(reply["object_id"])
         return self._object_id
 
-    async def _rpc(self, method: str, body: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+    async def _rpc(
+        self, method: str, body: dict[str, Any], timeout: float = 120.0
+    ) -> dict[str, Any]:
         object_id = await self._resolve()
         client = await _Client.get()
         return await client.rpc(method, {**body, "object_id": object_id}, timeout=timeout)

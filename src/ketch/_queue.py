@@ -93,7 +93,9 @@ class _Queue(_Object):
         """Up to ``n_values`` items (at least one when blocking, unless the timeout passes)."""
         return await self._get(max(1, int(n_values)), block, timeout, partition)
 
-    async def _get(self, n: int, block: bool, timeout: float | None, partition: str | None) -> list[Any]:
+    async def _get(
+        self, n: int, block: bool, timeout: float | None, partition: str | None
+    ) -> list[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = 0.0
@@ -103,7 +105,11 @@ class _Queue(_Object):
             reply = await self._rpc(
                 "QueueGet", {"n": n, "partition": partition, "wait": wait}, timeout=wait + 60
             )
-            if reply["items"] or not block or (deadline is not None and time.monotonic() >= deadline):
+            if (
+                reply["items"]
+                or not block
+                or (deadline is not None and time.monotonic() >= deadline)
+            ):
                 return [deserialize(x) for x in reply["items"]]
 
     async def len(self, *, partition: str | None = None, total: bool = False) -> int:

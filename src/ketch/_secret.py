@@ -54,11 +54,15 @@ def check_env(env: Any, what: str = "a Secret") -> dict[str, str]:
         if value is None:
             continue
         if not isinstance(value, str):
-            raise InvalidError(f"{what}: the value of {key} must be a str, not {type(value).__name__}")
+            raise InvalidError(
+                f"{what}: the value of {key} must be a str, not {type(value).__name__}"
+            )
         if "\0" in value:
             raise InvalidError(f"{what}: the value of {key} contains a NUL character")
         if len(value) > MAX_VALUE_CHARS:
-            raise InvalidError(f"{what}: the value of {key} is longer than {MAX_VALUE_CHARS} characters")
+            raise InvalidError(
+                f"{what}: the value of {key} is longer than {MAX_VALUE_CHARS} characters"
+            )
         checked[key] = value
     return checked
 
@@ -138,12 +142,16 @@ def parse_dotenv(text: str, source: str = ".env") -> dict[str, str]:
             quote, body = rest[0], rest[1:]
             while (end := _closing_quote(body, quote)) < 0:
                 if i >= len(lines):
-                    raise InvalidError(f"{source}:{lineno}: the value of {key} has no closing {quote}")
+                    raise InvalidError(
+                        f"{source}:{lineno}: the value of {key} has no closing {quote}"
+                    )
                 body += "\n" + lines[i]
                 i += 1
             value, tail = body[:end], body[end + 1 :].strip()
             if tail and not tail.startswith("#"):
-                raise InvalidError(f"{source}:{lineno}: unexpected text after the quoted value of {key}")
+                raise InvalidError(
+                    f"{source}:{lineno}: unexpected text after the quoted value of {key}"
+                )
             if quote == '"':
                 value = _expand_double_quoted(value, values)
         else:
@@ -250,7 +258,9 @@ class _Secret(_Object):
         return cls(env=check_env({k: os.environ[k] for k in env_keys}, "Secret.from_local_environ"))
 
     @classmethod
-    def from_dotenv(cls, path: str | os.PathLike[str] | None = None, *, filename: str = ".env") -> _Secret:
+    def from_dotenv(
+        cls, path: str | os.PathLike[str] | None = None, *, filename: str = ".env"
+    ) -> _Secret:
         """A Secret with the variables of a ``.env`` file.
 
         The file is ``filename`` in the folder of ``path`` (a folder, or a
@@ -268,7 +278,9 @@ class _Secret(_Object):
         except FileNotFoundError:
             raise InvalidError(f"Secret.from_dotenv: no file {where}") from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidError(f"Secret.from_dotenv: cannot read {where}: {type(exc).__name__}") from None
+            raise InvalidError(
+                f"Secret.from_dotenv: cannot read {where}: {type(exc).__name__}"
+            ) from None
         return cls(env=check_env(parse_dotenv(text, str(where)), f"Secret.from_dotenv({where})"))
 
     @classmethod
@@ -310,7 +322,9 @@ def check_secrets(secrets: Any) -> list[_Secret]:
         raise InvalidError(f"secrets must be a list of ketch.Secret, not {type(secrets).__name__}")
     for secret in secrets:
         if not isinstance(secret, _Secret):
-            raise InvalidError(f"secrets must be a list of ketch.Secret; got {type(secret).__name__}")
+            raise InvalidError(
+                f"secrets must be a list of ketch.Secret; got {type(secret).__name__}"
+            )
     return list(secrets)
 
 

@@ -84,7 +84,9 @@ def deserialize_exception(data: bytes) -> BaseException:
         except Exception:
             exc = None
     if not isinstance(exc, BaseException):
-        exc = RemoteError(f"{info['type']}: {info['repr']}\n\nRemote traceback:\n{info['formatted']}")
+        exc = RemoteError(
+            f"{info['type']}: {info['repr']}\n\nRemote traceback:\n{info['formatted']}"
+        )
     if info.get("tb"):
         try:
             exc = exc.with_traceback(Traceback.from_dict(info["tb"]).as_traceback())

@@ -54,7 +54,13 @@ def read_info() -> ServerInfo | None:
         return None
     if not _alive(int(data["pid"])):
         return None
-    return ServerInfo(data["url"], int(data["pid"]), data.get("version"), data.get("started_at"), data.get("socket"))
+    return ServerInfo(
+        data["url"],
+        int(data["pid"]),
+        data.get("version"),
+        data.get("started_at"),
+        data.get("socket"),
+    )
 
 
 def start(timeout: float = 30.0, extra_args: tuple[str, ...] = ()) -> ServerInfo:
@@ -94,7 +100,9 @@ def start(timeout: float = 30.0, extra_args: tuple[str, ...] = ()) -> ServerInfo
                 )
             time.sleep(0.02)
         proc.kill()
-        raise ConnectionFailedError(f"the ketch control plane did not start within {timeout:g} s; see {h / 'server.log'}")
+        raise ConnectionFailedError(
+            f"the ketch control plane did not start within {timeout:g} s; see {h / 'server.log'}"
+        )
 
 
 def stop(timeout: float = 10.0) -> ServerInfo | None:

@@ -54,7 +54,9 @@ def snapshot(root: Path, module_name: str, module_file: str) -> bytes:
             files.append((name, path))
             continue
         for dirpath, dirnames, filenames in os.walk(path):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS)
+            dirnames[:] = sorted(
+                d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS
+            )
             for fname in sorted(filenames):
                 if not fname.endswith((".pyc", ".pyo")):  # modules and package data
                     full = Path(dirpath) / fname

@@ -11,15 +11,29 @@ from .exception import InvalidError
 from .retries import Retries
 
 MAX_TIMEOUT = 24 * 3600
-DEFAULT_EPHEMERAL_DISK_MIB = 20 * 1024  # a container's writable layer and /tmp, unless ephemeral_disk= says
+DEFAULT_EPHEMERAL_DISK_MIB = (
+    20 * 1024
+)  # a container's writable layer and /tmp, unless ephemeral_disk= says
 MAX_EPHEMERAL_DISK_MIB = 3 * 1024 * 1024
 DEFAULT_TIMEOUT = 300
 DEFAULT_SCALEDOWN_WINDOW = 60.0
 
 KNOWN_GPUS = (
-    "T4", "L4", "A10", "A10G", "A100", "A100-40GB", "A100-80GB", "L40S",
-    "H100", "H100!", "H200", "B200", "RTX-PRO-6000", "ANY",
-)  # fmt: skip
+    "T4",
+    "L4",
+    "A10",
+    "A10G",
+    "A100",
+    "A100-40GB",
+    "A100-80GB",
+    "L40S",
+    "H100",
+    "H100!",
+    "H200",
+    "B200",
+    "RTX-PRO-6000",
+    "ANY",
+)
 _GPU_RE = re.compile(r"^(?P<kind>[A-Za-z0-9!-]+?)(?::(?P<count>\d+))?$")
 
 
@@ -51,9 +65,13 @@ def _resource(value: Any, name: str, kind: type) -> list[float | None] | None:
     if value is None:
         return None
     pair = value if isinstance(value, tuple) else (value, None)
-    if len(pair) != 2 or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in pair if v is not None
-    ) or pair[0] is None:
+    if (
+        len(pair) != 2
+        or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in pair if v is not None
+        )
+        or pair[0] is None
+    ):
         raise InvalidError(f"{name} must be a number or a (request, limit) tuple, got {value!r}")
     request, limit = kind(pair[0]), (kind(pair[1]) if pair[1] is not None else None)
     if request <= 0 or (limit is not None and limit < request):
@@ -103,7 +121,9 @@ class FunctionSpec:
     signature: bytes | None = None
     image: dict[str, Any] | None = None  # Image.to_wire(); applied by the sandbox runtime
     block_network: bool = False
-    ephemeral_disk: int | None = None  # MiB for the writable layer and /tmp (None: DEFAULT_EPHEMERAL_DISK_MIB)
+    ephemeral_disk: int | None = (
+        None  # MiB for the writable layer and /tmp (None: DEFAULT_EPHEMERAL_DISK_MIB)
+    )
     # One entry per Secret, in order: {"name", "id"} for a named one, {"sealed"} for
     # inline values sealed by the control plane. Never values in clear text.
     secrets: list[dict[str, Any]] = field(default_factory=list)
@@ -124,7 +144,9 @@ class FunctionSpec:
         return {name: m["web"] for name, m in self.methods.items() if m.get("web")}
 
     def retries(self) -> Retries:
-        return Retries(self.max_retries, self.backoff_coefficient, self.initial_delay, self.max_delay)
+        return Retries(
+            self.max_retries, self.backoff_coefficient, self.initial_delay, self.max_delay
+        )
 
     def to_wire(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,10 +164,18 @@ def _check_secret_entries(entries: Any) -> None:
     if not isinstance(entries, list):
         raise InvalidError("spec secrets must be a list")
     for entry in entries:
-        sealed = isinstance(entry, dict) and isinstance(entry.get("sealed"), bytes) and len(entry) == 1
-        named = isinstance(entry, dict) and set(entry) <= {"name", "id"} and isinstance(entry.get("id"), str)
+        sealed = (
+            isinstance(entry, dict) and isinstance(entry.get("sealed"), bytes) and len(entry) == 1
+        )
+        named = (
+            isinstance(entry, dict)
+            and set(entry) <= {"name", "id"}
+            and isinstance(entry.get("id"), str)
+        )
         if not (sealed or named):
-            raise InvalidError("a spec's secrets must be sealed by the control plane (SecretSeal) or named by id")
+            raise InvalidError(
+                "a spec's secrets must be sealed by the control plane (SecretSeal) or named by id"
+            )
 
 
 def build_options(
@@ -166,15 +196,21 @@ def build_options(
     if not isinstance(timeout, int | float) or isinstance(timeout, bool):
         raise InvalidError(f"timeout must be a number of seconds, not {timeout!r}")
     if not 1 <= timeout <= MAX_TIMEOUT:
-        raise InvalidError(f"timeout must be between 1 and {MAX_TIMEOUT} seconds (24 h), got {timeout}")
+        raise InvalidError(
+            f"timeout must be between 1 and {MAX_TIMEOUT} seconds (24 h), got {timeout}"
+        )
     policy = Retries.coerce(retries)
     min_c = _int_option(min_containers, "min_containers", 0, 1000)
-    max_c = None if max_containers is None else _int_option(max_containers, "max_containers", 1, 10_000)
+    max_c = (
+        None if max_containers is None else _int_option(max_containers, "max_containers", 1, 10_000)
+    )
     if max_c is not None and min_c > max_c:
         raise InvalidError(f"min_containers ({min_c}) cannot exceed max_containers ({max_c})")
     buffer = _int_option(buffer_containers, "buffer_containers", 0, 1000)
     if not isinstance(scaledown_window, int | float) or not 1 <= scaledown_window <= MAX_TIMEOUT:
-        raise InvalidError(f"scaledown_window must be between 1 and {MAX_TIMEOUT} seconds, got {scaledown_window!r}")
+        raise InvalidError(
+            f"scaledown_window must be between 1 and {MAX_TIMEOUT} seconds, got {scaledown_window!r}"
+        )
     env = dict(env or {})
     for key, value in env.items():
         if not isinstance(key, str) or not isinstance(value, str):

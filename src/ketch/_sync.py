@@ -169,7 +169,9 @@ def iterate_sync(agen: AsyncIterator[T]) -> Iterator[T]:
     so a long stream (a big ``map``) costs no thread hop per item.
     """
     if _loop_thread.in_loop_thread():
-        raise InvalidError("a blocking ketch iteration was started from ketch's own event loop; use .aio")
+        raise InvalidError(
+            "a blocking ketch iteration was started from ketch's own event loop; use .aio"
+        )
     items: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     async def pump() -> None:
@@ -272,7 +274,9 @@ def _unwrap(obj: Any) -> Any:
     return obj
 
 
-def _unwrap_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _unwrap_args(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return tuple(_unwrap(a) for a in args), {k: _unwrap(v) for k, v in kwargs.items()}
 
 
@@ -406,9 +410,16 @@ class _PropertyWrapper:
 
 
 _PASSTHROUGH_DUNDERS = (
-    "__call__", "__getitem__", "__setitem__", "__delitem__", "__len__", "__contains__", "__iter__",
-    "__getattr__", "__reduce__",
-)  # fmt: skip
+    "__call__",
+    "__getitem__",
+    "__setitem__",
+    "__delitem__",
+    "__len__",
+    "__contains__",
+    "__iter__",
+    "__getattr__",
+    "__reduce__",
+)
 
 
 def synchronize_api(impl_cls: type, name: str | None = None) -> type:

@@ -107,7 +107,9 @@ async def _local_store(client: _Client) -> Any:
             info = await client.rpc("VolumeInfo", {})
             blob_dir = Path(info["blob_dir"])
             with contextlib.suppress(OSError):
-                same_boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip() == info["boot_id"]
+                same_boot = (
+                    Path("/proc/sys/kernel/random/boot_id").read_text().strip() == info["boot_id"]
+                )
                 if same_boot and info["boot_id"] and os.access(blob_dir, os.W_OK | os.X_OK):
                     from .server.blobs import BlobStore
 
@@ -169,7 +171,9 @@ class _Volume(_Object):
         ``commit()`` raises ``InvalidError`` and nothing is committed at exit;
         ``reload()`` still brings in newer commits.
         """
-        view = type(self)(name=self._name, object_id=self._object_id, create_if_missing=self._create_if_missing)
+        view = type(self)(
+            name=self._name, object_id=self._object_id, create_if_missing=self._create_if_missing
+        )
         view._read_only = True
         return view
 
@@ -254,7 +258,9 @@ class _Volume(_Object):
         client = await _Client.get()
         local = await _local_store(client)
         fd = _fileno(fileobj)
-        if local is not None and fd is not None:  # a real file on the control plane's machine: the kernel copies
+        if (
+            local is not None and fd is not None
+        ):  # a real file on the control plane's machine: the kernel copies
             for _ in range(3):
                 info = await self._rpc("VolumeGetFile", {"path": path})
                 try:
@@ -263,7 +269,9 @@ class _Volume(_Object):
                     continue  # replaced meanwhile: look the file up again
                 with src:
                     fileobj.flush()
-                    return await loop.run_in_executor(None, _kernel_copy, src.fileno(), fd, _progress)
+                    return await loop.run_in_executor(
+                        None, _kernel_copy, src.fileno(), fd, _progress
+                    )
         n = 0
         buf = bytearray()
         async for chunk in self.read_file(path, _progress):

@@ -89,9 +89,14 @@ def fastapi_endpoint(
     if method.upper() not in _METHODS:
         raise InvalidError(f"fastapi_endpoint(method={method!r}): use one of {', '.join(_METHODS)}")
     return _mark(
-        "fastapi", "fastapi_endpoint", custom_domains, method=method.upper(), label=label, docs=bool(docs),
+        "fastapi",
+        "fastapi_endpoint",
+        custom_domains,
+        method=method.upper(),
+        label=label,
+        docs=bool(docs),
         requires_proxy_auth=requires_proxy_auth,
-    )  # fmt: skip
+    )
 
 
 def asgi_app(
@@ -103,7 +108,9 @@ def asgi_app(
 ) -> Callable[[F], F]:
     """The function returns an ASGI app (FastAPI, Starlette, ...), which serves every path of the URL."""
     _parentheses(_warn_parentheses_missing, "asgi_app")
-    return _mark("asgi", "asgi_app", custom_domains, label=label, requires_proxy_auth=requires_proxy_auth)
+    return _mark(
+        "asgi", "asgi_app", custom_domains, label=label, requires_proxy_auth=requires_proxy_auth
+    )
 
 
 def wsgi_app(
@@ -115,7 +122,9 @@ def wsgi_app(
 ) -> Callable[[F], F]:
     """The function returns a WSGI app (Flask, Django, ...), which serves every path of the URL."""
     _parentheses(_warn_parentheses_missing, "wsgi_app")
-    return _mark("wsgi", "wsgi_app", custom_domains, label=label, requires_proxy_auth=requires_proxy_auth)
+    return _mark(
+        "wsgi", "wsgi_app", custom_domains, label=label, requires_proxy_auth=requires_proxy_auth
+    )
 
 
 def web_server(
@@ -130,6 +139,11 @@ def web_server(
     if not isinstance(port, int) or not 0 < port < 65536:
         raise InvalidError(f"web_server(port={port!r}): give a TCP port number")
     return _mark(
-        "server", "web_server", custom_domains, port=port, startup_timeout=float(startup_timeout), label=label,
+        "server",
+        "web_server",
+        custom_domains,
+        port=port,
+        startup_timeout=float(startup_timeout),
+        label=label,
         requires_proxy_auth=requires_proxy_auth,
-    )  # fmt: skip
+    )

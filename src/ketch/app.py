@@ -72,7 +72,9 @@ class _App:
         self, name: str | None = None, *, image: Image | None = None, description: str | None = None
     ) -> None:
         if name is not None and (not isinstance(name, str) or not name or len(name) > 64):
-            raise InvalidError(f"app name must be a non-empty string of at most 64 characters, got {name!r}")
+            raise InvalidError(
+                f"app name must be a non-empty string of at most 64 characters, got {name!r}"
+            )
         _check_image(image)
         self._image = image
         self._name = name
@@ -137,12 +139,22 @@ class _App:
         if _warn_parentheses_missing is not None:
             raise InvalidError("use @app.function() with parentheses")
         if unknown:
-            raise InvalidError(f"unknown option(s) for @app.function(): {', '.join(sorted(unknown))}")
+            raise InvalidError(
+                f"unknown option(s) for @app.function(): {', '.join(sorted(unknown))}"
+            )
         options = build_options(
-            timeout=timeout, retries=retries, min_containers=min_containers, max_containers=max_containers,
-            buffer_containers=buffer_containers, scaledown_window=scaledown_window, env=env, gpu=gpu, cpu=cpu,
-            memory=memory, ephemeral_disk=ephemeral_disk,
-        )  # fmt: skip
+            timeout=timeout,
+            retries=retries,
+            min_containers=min_containers,
+            max_containers=max_containers,
+            buffer_containers=buffer_containers,
+            scaledown_window=scaledown_window,
+            env=env,
+            gpu=gpu,
+            cpu=cpu,
+            memory=memory,
+            ephemeral_disk=ephemeral_disk,
+        )
         _check_image(image)
         secret_list = check_secrets(secrets)
         volume_map = check_volumes(volumes)
@@ -158,7 +170,9 @@ class _App:
             spec = self._spec_for(raw_f, name or raw_f.__name__, options, serialized)
             spec.image = _image_wire(image or self._image)
             spec.block_network = bool(block_network)
-            spec.is_generator = inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(raw_f)
+            spec.is_generator = inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(
+                raw_f
+            )
             web = getattr(raw_f, "__ketch_web__", None)
             if web is not None:
                 spec.web = dict(web)
@@ -167,7 +181,9 @@ class _App:
                 if inspect.signature(raw_f).parameters and any(
                     p.default is p.empty for p in inspect.signature(raw_f).parameters.values()
                 ):
-                    raise InvalidError(f"{raw_f.__name__} has a schedule, so it must take no required arguments")
+                    raise InvalidError(
+                        f"{raw_f.__name__} has a schedule, so it must take no required arguments"
+                    )
                 spec.schedule = schedule_wire
             fn = _Function(self, spec, raw_f)
             fn._secrets = secret_list
@@ -206,10 +222,18 @@ class _App:
         if unknown:
             raise InvalidError(f"unknown option(s) for @app.cls(): {', '.join(sorted(unknown))}")
         options = build_options(
-            timeout=timeout, retries=retries, min_containers=min_containers, max_containers=max_containers,
-            buffer_containers=buffer_containers, scaledown_window=scaledown_window, env=env, gpu=gpu, cpu=cpu,
-            memory=memory, ephemeral_disk=ephemeral_disk,
-        )  # fmt: skip
+            timeout=timeout,
+            retries=retries,
+            min_containers=min_containers,
+            max_containers=max_containers,
+            buffer_containers=buffer_containers,
+            scaledown_window=scaledown_window,
+            env=env,
+            gpu=gpu,
+            cpu=cpu,
+            memory=memory,
+            ephemeral_disk=ephemeral_disk,
+        )
         _check_image(image)
         secret_list = check_secrets(secrets)
         volume_map = check_volumes(volumes)
@@ -235,7 +259,9 @@ class _App:
 
         return _sync.translating(wrap)
 
-    def local_entrypoint(self, _warn_parentheses_missing: Any = None, *, name: str | None = None) -> Callable[[F], F]:
+    def local_entrypoint(
+        self, _warn_parentheses_missing: Any = None, *, name: str | None = None
+    ) -> Callable[[F], F]:
         """Mark the function ``ketch run`` calls locally; its parameters become CLI options."""
         if _warn_parentheses_missing is not None:
             raise InvalidError("use @app.local_entrypoint() with parentheses")
@@ -259,16 +285,26 @@ class _App:
         fn._app = self
         self._functions[tag] = fn
 
-    def _spec_for(self, obj: Any, tag: str, options: dict[str, Any], serialized: bool) -> FunctionSpec:
+    def _spec_for(
+        self, obj: Any, tag: str, options: dict[str, Any], serialized: bool
+    ) -> FunctionSpec:
         module_name, module_file, root_dir = _source_location(obj)
         concurrent = getattr(obj, "__ketch_concurrent__", None)
         batched = getattr(obj, "__ketch_batched__", None)
         if concurrent and batched:
             raise InvalidError("a function cannot be both @ketch.concurrent and @ketch.batched")
-        spec = FunctionSpec(tag=tag, module_name=module_name, qualname=obj.__qualname__, module_file=module_file,
-                            root_dir=root_dir, **options)  # fmt: skip
+        spec = FunctionSpec(
+            tag=tag,
+            module_name=module_name,
+            qualname=obj.__qualname__,
+            module_file=module_file,
+            root_dir=root_dir,
+            **options,
+        )
         if "<locals>" in obj.__qualname__ and not serialized:
-            raise InvalidError(f"{tag} is defined inside a function: define it at module level or use serialized=True")
+            raise InvalidError(
+                f"{tag} is defined inside a function: define it at module level or use serialized=True"
+            )
         if serialized:
             spec.serialized_fn = _pickle_by_value(obj)
         if concurrent:
@@ -322,7 +358,7 @@ class _App:
         if os.environ.get("KETCH_CONTAINER_ID"):
             raise InvalidError(
                 "app.run() was called inside a container, most likely while the container imported your "
-                "module: put it under `if __name__ == \"__main__\":`"
+                'module: put it under `if __name__ == "__main__":`'
             )
         if self._running:
             raise InvalidError(f"app {self._name!r} is already running")
@@ -346,7 +382,9 @@ class _App:
     async def deploy(self, *, name: str | None = None) -> _App:
         """Deploy the app under its name: its functions stay callable by name until stopped."""
         if not (name or self._name):
-            raise InvalidError("a deployed app needs a name: ketch.App('my-app') or deploy(name=...)")
+            raise InvalidError(
+                "a deployed app needs a name: ketch.App('my-app') or deploy(name=...)"
+            )
         await self._create(deployed=True, name=name)
         return self
 
@@ -369,7 +407,9 @@ class _Follower:
         after = 0
         while True:
             try:
-                reply = await client.rpc("AppLogs", {"app_id": app_id, "after": after, "timeout": 30})
+                reply = await client.rpc(
+                    "AppLogs", {"app_id": app_id, "after": after, "timeout": 30}
+                )
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -401,7 +441,11 @@ class _Follower:
 def print_log_line(row: dict[str, Any]) -> None:
     stream = sys.stderr if row["stream"] == "stderr" else sys.stdout
     text = row["text"]
-    prefix = f"[{row['tag']}] " if row.get("tag") and os.environ.get("KETCH_LOG_PREFIX", "1") != "0" else ""
+    prefix = (
+        f"[{row['tag']}] "
+        if row.get("tag") and os.environ.get("KETCH_LOG_PREFIX", "1") != "0"
+        else ""
+    )
     stream.write(prefix + text if text.endswith("\n") else prefix + text + "\n")
     stream.flush()
 
@@ -438,9 +482,13 @@ def _web_server_limits(spec: FunctionSpec) -> None:
     if not any(cfg.get("type") == "server" for cfg in spec.web_methods().values()):
         return
     if spec.max_containers not in (None, 1):
-        raise InvalidError(f"{spec.tag}: a @ketch.web_server endpoint runs in one container; drop max_containers")
+        raise InvalidError(
+            f"{spec.tag}: a @ketch.web_server endpoint runs in one container; drop max_containers"
+        )
     spec.max_containers = 1
-    if spec.max_inputs == 1 and not spec.target_inputs:  # no @ketch.concurrent: let the server take the load
+    if (
+        spec.max_inputs == 1 and not spec.target_inputs
+    ):  # no @ketch.concurrent: let the server take the load
         spec.max_inputs = 1000
 
 
@@ -448,11 +496,17 @@ async def _attach_sources(client: _Client, fns: list[_Function], deployed: bool)
     """A deploy snapshots the app's source into a blob, so the version keeps its code (see
     ``_source``); returns a short hash of the snapshots for ``ketch app history`` ("" if none)."""
     from . import _source  # deploys only: tarfile stays off the import path of every container
+
     made: dict[tuple[str, str, str], dict[str, str]] = {}
     for fn in fns:
         spec = fn._spec
         spec.source = None
-        if not deployed or not spec.module_file or not spec.root_dir or spec.serialized_fn is not None:
+        if (
+            not deployed
+            or not spec.module_file
+            or not spec.root_dir
+            or spec.serialized_fn is not None
+        ):
             continue
         key = (spec.root_dir, spec.module_name, spec.module_file)
         if key not in made:
@@ -486,7 +540,9 @@ async def _build_images(client: _Client, specs: list[FunctionSpec]) -> None:
         reply = await client.rpc("ImageBuild", {"image": wire, "force": force})
         if reply.get("skipped"):
             if spec_images := [s for s in specs if s.image]:
-                logger.warning("%s: image= of %s is not applied", reply["skipped"], spec_images[0].tag)
+                logger.warning(
+                    "%s: image= of %s is not applied", reply["skipped"], spec_images[0].tag
+                )
             return
         if reply.get("cached"):
             continue
@@ -513,7 +569,9 @@ async def _stream_build(client: _Client, build_id: str, image_hash: str) -> None
 
 def _check_image(image: Any) -> None:
     if image is not None and not isinstance(image, Image):
-        raise InvalidError(f"image must be a ketch.Image (e.g. ketch.Image.debian_slim()), not {type(image).__name__}")
+        raise InvalidError(
+            f"image must be a ketch.Image (e.g. ketch.Image.debian_slim()), not {type(image).__name__}"
+        )
 
 
 def check_volumes(volumes: Any) -> dict[str, Any]:
@@ -523,17 +581,26 @@ def check_volumes(volumes: Any) -> dict[str, Any]:
     if volumes is None:
         return {}
     if not isinstance(volumes, dict):
-        raise InvalidError(f"volumes must map mount paths to ketch.Volume objects, not {type(volumes).__name__}")
+        raise InvalidError(
+            f"volumes must map mount paths to ketch.Volume objects, not {type(volumes).__name__}"
+        )
     out: dict[str, Any] = {}
     for path, vol in volumes.items():
         clean = posixpath.normpath(path) if isinstance(path, str) else ""
-        if not isinstance(path, str) or not path.startswith("/") or clean in ("/", "/root") or clean.startswith(
-            ("/.ketch", "/proc", "/dev", "/sys")
+        if (
+            not isinstance(path, str)
+            or not path.startswith("/")
+            or clean in ("/", "/root")
+            or clean.startswith(("/.ketch", "/proc", "/dev", "/sys"))
         ):
-            raise InvalidError(f"volume mount path must be an absolute path other than /, /root and system paths, not {path!r}")
+            raise InvalidError(
+                f"volume mount path must be an absolute path other than /, /root and system paths, not {path!r}"
+            )
         vol = _sync._unwrap(vol)
         if not isinstance(vol, _Volume):
-            raise InvalidError(f"volumes[{path!r}] must be a ketch.Volume, not {type(vol).__name__}")
+            raise InvalidError(
+                f"volumes[{path!r}] must be a ketch.Volume, not {type(vol).__name__}"
+            )
         out[clean] = vol
     if any(a != b and b.startswith(a + "/") for a in out for b in out):
         raise InvalidError("volume mount paths may not be nested inside each other")

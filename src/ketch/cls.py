@@ -69,7 +69,9 @@ class _Cls:
                 )
             missing = [n for n, p in declared.items() if not p.has_default and n not in params]
             if missing:
-                raise InvalidError(f"{self._user_cls.__name__} needs a value for {', '.join(missing)}")
+                raise InvalidError(
+                    f"{self._user_cls.__name__} needs a value for {', '.join(missing)}"
+                )
             params = {n: params.get(n, p.default) for n, p in declared.items()}
         for name, value in params.items():
             check_param_value(name, value)
@@ -103,7 +105,12 @@ class _Obj:
                 raise AttributeError(f"{self._cls._fn.tag} has no @ketch.method() named {name!r}")
             raw = getattr(self._cls._user_cls, name, None) if self._cls._user_cls else None
             fn = _Function(
-                self._cls._app, self._cls._fn._spec, raw, params=self._params, method=name, parent=self._cls._fn
+                self._cls._app,
+                self._cls._fn._spec,
+                raw,
+                params=self._params,
+                method=name,
+                parent=self._cls._fn,
             )
             self._methods[name] = fn
         return fn
@@ -132,7 +139,11 @@ def class_spec_methods(user_cls: type) -> dict[str, dict[str, Any]]:
     for name in marked(user_cls, "__ketch_method__"):
         fn = getattr(user_cls, name)
         flag = fn.__ketch_method__.get("is_generator")
-        is_gen = flag if flag is not None else inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        is_gen = (
+            flag
+            if flag is not None
+            else inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        )
         methods[name] = {"is_generator": bool(is_gen)}
     for name in marked(user_cls, "__ketch_web__"):  # web endpoints need no @ketch.method()
         methods[name] = {"is_generator": False, "web": dict(getattr(user_cls, name).__ketch_web__)}

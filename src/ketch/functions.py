@@ -59,7 +59,11 @@ async def _decode_output(client: _Client, out: dict[str, Any]) -> Any:
     if status in ("success", "item"):
         return deserialize(data) if data is not None else None
     if data is None:
-        return CallCancelledError("the call was cancelled") if status == "cancelled" else ExecutionError(status)
+        return (
+            CallCancelledError("the call was cancelled")
+            if status == "cancelled"
+            else ExecutionError(status)
+        )
     return deserialize_exception(data)
 
 
@@ -91,7 +95,9 @@ class _Function:
         self._object_id: str | None = None
         self._local_instance: Any = None
         self._local_owner: type | None = None
-        self._secrets: list[Any] = []  # ketch.Secret handles; put into the spec when the app is created
+        self._secrets: list[
+            Any
+        ] = []  # ketch.Secret handles; put into the spec when the app is created
         self._volumes: dict[str, Any] = {}  # mount path -> ketch.Volume handle; the same
         self._web_urls: dict[str, str] = {}  # endpoint (tag, or tag.method) -> URL, once known
         self._signature = _signature_of(raw_f, bound_method=method is not None)
@@ -134,12 +140,16 @@ class _Function:
             return self._object_id
         if self._lookup is not None:
             client = await _Client.get()
-            reply = await client.rpc("FunctionLookup", {"app_name": self._lookup[0], "tag": self._lookup[1]})
+            reply = await client.rpc(
+                "FunctionLookup", {"app_name": self._lookup[0], "tag": self._lookup[1]}
+            )
             self._spec = FunctionSpec.from_wire(reply["spec"])
             if self._spec.signature and self._raw_f is None:
                 self._signature = deserialize(self._spec.signature)
             self._object_id = reply["function_id"]
-            self._web_urls = {k: v for k, v in reply.get("web_urls", {}).items() if k.split(".")[0] == self.tag}
+            self._web_urls = {
+                k: v for k, v in reply.get("web_urls", {}).items() if k.split(".")[0] == self.tag
+            }
             return self._object_id
         raise InvalidError(
             f"{self._spec.tag} is not running: call it inside `with app.run():`, from `ketch run`, "
@@ -180,7 +190,9 @@ class _Function:
     def _check_generator(self, want: bool) -> None:
         is_gen = self._is_generator()
         if is_gen and not want:
-            raise InvalidError(f"{self._display()} is a generator: use .remote_gen() to iterate its results")
+            raise InvalidError(
+                f"{self._display()} is a generator: use .remote_gen() to iterate its results"
+            )
         if want and not is_gen:
             raise InvalidError(f"{self._display()} is not a generator: use .remote()")
 
@@ -191,7 +203,9 @@ class _Function:
         return self._spec.is_generator
 
     # -- single calls --------------------------------------------------------
-    async def _start(self, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any], wait: float) -> dict[str, Any]:
+    async def _start(
+        self, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any], wait: float
+    ) -> dict[str, Any]:
         function_id = await self._resolve()
         data = self._encode_args(args, kwargs)
         client = await _Client.get()
@@ -219,7 +233,9 @@ class _Function:
         after = 0
         next_index = 0  # a retried generator starts again from 0: skip what was already yielded
         while True:
-            got = await client.rpc("CallGetOutputs", {"call_id": reply["call_id"], "after": after, "timeout": POLL_S})
+            got = await client.rpc(
+                "CallGetOutputs", {"call_id": reply["call_id"], "after": after, "timeout": POLL_S}
+            )
             for out in got["outputs"]:
                 after = out["seq"]
                 if out["status"] == "item" and (out.get("gen_index") or 0) < next_index:
@@ -259,7 +275,9 @@ class _Function:
         return self.local(*args, **kwargs)
 
     # -- many calls ----------------------------------------------------------
-    async def _send_inputs(self, call_body: dict[str, Any], arg_iter: Any, sent: asyncio.Event) -> int:
+    async def _send_inputs(
+        self, call_body: dict[str, Any], arg_iter: Any, sent: asyncio.Event
+    ) -> int:
         client = await _Client.get()
         batch: list[dict[str, Any]] = []
         batch_bytes = 0
@@ -269,13 +287,19 @@ class _Function:
         async def flush(final: bool) -> None:
             nonlocal batch, batch_bytes, created
             if not created:
-                await client.rpc("CallCreate", {**call_body, "inputs": batch, "closed": final, "wait": 0})
+                await client.rpc(
+                    "CallCreate", {**call_body, "inputs": batch, "closed": final, "wait": 0}
+                )
                 created = True
                 sent.set()
             else:
                 await client.rpc(
                     "CallPutInputs",
-                    {"call_id": call_body["call_id"], "inputs": batch, "n_inputs": idx if final else None},
+                    {
+                        "call_id": call_body["call_id"],
+                        "inputs": batch,
+                        "n_inputs": idx if final else None,
+                    },
                 )
             batch, batch_bytes = [], 0
 
@@ -315,7 +339,11 @@ class _Function:
                         break
                 got = await client.rpc(
                     "CallGetOutputs",
-                    {"call_id": body["call_id"], "after": after, "timeout": 0.5 if not sender.done() else POLL_S},
+                    {
+                        "call_id": body["call_id"],
+                        "after": after,
+                        "timeout": 0.5 if not sender.done() else POLL_S,
+                    },
                 )
                 for out in got["outputs"]:
                     after = out["seq"]
@@ -369,14 +397,19 @@ class _Function:
             yield value
 
     async def for_each(
-        self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] | None = None, ignore_exceptions: bool = False
+        self,
+        *input_iterators: Iterable[Any],
+        kwargs: dict[str, Any] | None = None,
+        ignore_exceptions: bool = False,
     ) -> None:
         """Run the function over the inputs for its side effects, discarding results."""
         args_iter = _zip_inputs(input_iterators, kwargs or {})
         async for _ in self._map_stream(args_iter, False, ignore_exceptions):
             pass
 
-    async def spawn_map(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] | None = None) -> _FunctionCall:
+    async def spawn_map(
+        self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] | None = None
+    ) -> _FunctionCall:
         """Queue the function over the inputs and return at once; ``.get()`` gives the list of results."""
         function_id = await self._resolve()
         body = self._call_body(function_id, "spawn_map")
@@ -422,8 +455,12 @@ class _FunctionCall:
         after = 0
         finals: dict[int, dict[str, Any]] = {}
         while True:
-            wait = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
-            got = await client.rpc("CallGetOutputs", {"call_id": self._call_id, "after": after, "timeout": wait})
+            wait = (
+                POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
+            )
+            got = await client.rpc(
+                "CallGetOutputs", {"call_id": self._call_id, "after": after, "timeout": wait}
+            )
             for out in got["outputs"]:
                 after = out["seq"]
                 if out["status"] != "item":
@@ -432,7 +469,9 @@ class _FunctionCall:
             if got["done"] and n_inputs is not None and len(finals) >= n_inputs:
                 break
             if deadline is not None and time.monotonic() >= deadline:
-                raise CallTimeoutError(f"function call {self._call_id} did not finish within {timeout:g} s")
+                raise CallTimeoutError(
+                    f"function call {self._call_id} did not finish within {timeout:g} s"
+                )
         if got.get("kind") == "spawn_map":
             return [await self._value(finals[i]) for i in sorted(finals)]
         return await self._value(finals[min(finals)])
@@ -440,7 +479,9 @@ class _FunctionCall:
     async def cancel(self, terminate_containers: bool = False) -> None:
         """Cancel the call: queued inputs never run, running ones are interrupted."""
         client = await _Client.get()
-        await client.rpc("CallCancel", {"call_id": self._call_id, "terminate": terminate_containers})
+        await client.rpc(
+            "CallCancel", {"call_id": self._call_id, "terminate": terminate_containers}
+        )
 
     @staticmethod
     async def gather(*function_calls: _FunctionCall) -> list[Any]:
@@ -464,7 +505,9 @@ async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any
             yield item
 
 
-async def _zip_inputs(iterables: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[tuple[tuple[Any, ...], dict[str, Any]]]:
+async def _zip_inputs(
+    iterables: tuple[Any, ...], kwargs: dict[str, Any]
+) -> AsyncIterator[tuple[tuple[Any, ...], dict[str, Any]]]:
     iters = [_aiter(it).__aiter__() for it in iterables]
     while True:
         row = []
@@ -476,7 +519,9 @@ async def _zip_inputs(iterables: tuple[Any, ...], kwargs: dict[str, Any]) -> Asy
         yield tuple(row), kwargs
 
 
-async def _star_inputs(items: Any, kwargs: dict[str, Any]) -> AsyncIterator[tuple[tuple[Any, ...], dict[str, Any]]]:
+async def _star_inputs(
+    items: Any, kwargs: dict[str, Any]
+) -> AsyncIterator[tuple[tuple[Any, ...], dict[str, Any]]]:
     async for row in _aiter(items):
         yield tuple(row), kwargs
 

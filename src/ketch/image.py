@@ -488,7 +488,9 @@ class Image:
     ) -> Image:
         if not copy:
             return self._with(mounts=[Mount(kind, local, remote, ignore)])
-        digest = "client-side" if in_container() else content_digest(local_files(local, ignore, prefix))
+        digest = (
+            "client-side" if in_container() else content_digest(local_files(local, ignore, prefix))
+        )
         spec = {"type": kind, "remote_path": remote, "digest": digest}
         info = {"local_path": local, "ignore": ignore, "prefix": prefix}
         return self._step("add_local_" + kind, spec, force, local=info)

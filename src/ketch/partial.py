@@ -30,7 +30,9 @@ _PARAM_TYPES = (str, int, bool, bytes, float)
 
 def _check_callable(obj: Any, decorator: str) -> None:
     if hasattr(obj, "_ketch_impl"):
-        raise InvalidError(f"put @ketch.{decorator}() below @app.function() / @app.cls(), not above it")
+        raise InvalidError(
+            f"put @ketch.{decorator}() below @app.function() / @app.cls(), not above it"
+        )
     if not callable(obj):
         raise InvalidError(f"@ketch.{decorator}() decorates a function or method, not {obj!r}")
 
@@ -77,8 +79,12 @@ def concurrent(*, max_inputs: int, target_inputs: int | None = None) -> Callable
     """
     if not isinstance(max_inputs, int) or max_inputs < 1 or max_inputs > 1000:
         raise InvalidError(f"max_inputs must be an int between 1 and 1000, got {max_inputs!r}")
-    if target_inputs is not None and (not isinstance(target_inputs, int) or not 1 <= target_inputs <= max_inputs):
-        raise InvalidError(f"target_inputs must be an int between 1 and max_inputs, got {target_inputs!r}")
+    if target_inputs is not None and (
+        not isinstance(target_inputs, int) or not 1 <= target_inputs <= max_inputs
+    ):
+        raise InvalidError(
+            f"target_inputs must be an int between 1 and max_inputs, got {target_inputs!r}"
+        )
 
     def wrap(obj: F) -> F:
         _check_callable(obj, "concurrent")
@@ -95,7 +101,9 @@ def batched(*, max_batch_size: int, wait_ms: int) -> Callable[[F], F]:
     the same length; callers pass single items and get single results.
     """
     if not isinstance(max_batch_size, int) or not 1 <= max_batch_size <= 1000:
-        raise InvalidError(f"max_batch_size must be an int between 1 and 1000, got {max_batch_size!r}")
+        raise InvalidError(
+            f"max_batch_size must be an int between 1 and 1000, got {max_batch_size!r}"
+        )
     if not isinstance(wait_ms, int) or not 0 <= wait_ms <= 10 * 60 * 1000:
         raise InvalidError(f"wait_ms must be an int between 0 and 600000, got {wait_ms!r}")
 
@@ -114,7 +122,9 @@ class _Parameter:
 
     def __init__(self, default: Any = _NO_DEFAULT, init: bool = True) -> None:
         if default is not self._NO_DEFAULT and not isinstance(default, _PARAM_TYPES):
-            raise InvalidError(f"parameter defaults must be str, int, bool, bytes or float, not {default!r}")
+            raise InvalidError(
+                f"parameter defaults must be str, int, bool, bytes or float, not {default!r}"
+            )
         self.default = default
         self.init = init
 
@@ -123,7 +133,11 @@ class _Parameter:
         return self.default is not self._NO_DEFAULT
 
     def __repr__(self) -> str:
-        return f"ketch.parameter(default={self.default!r})" if self.has_default else "ketch.parameter()"
+        return (
+            f"ketch.parameter(default={self.default!r})"
+            if self.has_default
+            else "ketch.parameter()"
+        )
 
 
 def parameter(*, default: Any = _Parameter._NO_DEFAULT, init: bool = True) -> Any:
@@ -155,4 +169,6 @@ def marked(user_cls: type, marker: str) -> list[str]:
 
 def check_param_value(name: str, value: Any) -> None:
     if not isinstance(value, _PARAM_TYPES):
-        raise InvalidError(f"parameter {name!r} must be str, int, bool, bytes or float, not {type(value).__name__}")
+        raise InvalidError(
+            f"parameter {name!r} must be str, int, bool, bytes or float, not {type(value).__name__}"
+        )

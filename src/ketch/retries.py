@@ -32,7 +32,9 @@ class Retries:
         if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool):
             raise InvalidError(f"max_retries must be an int, not {self.max_retries!r}")
         if not 0 <= self.max_retries <= MAX_RETRIES:
-            raise InvalidError(f"max_retries must be between 0 and {MAX_RETRIES}, got {self.max_retries}")
+            raise InvalidError(
+                f"max_retries must be between 0 and {MAX_RETRIES}, got {self.max_retries}"
+            )
         if not 1.0 <= self.backoff_coefficient <= 10.0:
             raise InvalidError("backoff_coefficient must be between 1.0 and 10.0")
         if not 0.0 <= self.initial_delay <= 60.0:
@@ -41,7 +43,9 @@ class Retries:
             raise InvalidError("max_delay must be between 1 and 60 seconds")
 
     def delay(self, retry_number: int) -> float:
-        return min(self.initial_delay * self.backoff_coefficient ** (retry_number - 1), self.max_delay)
+        return min(
+            self.initial_delay * self.backoff_coefficient ** (retry_number - 1), self.max_delay
+        )
 
     @classmethod
     def coerce(cls, value: int | Retries | None) -> Retries:

@@ -42,9 +42,13 @@ class Cron(Schedule):
 
     def __init__(self, cron_string: str, timezone: str = "UTC") -> None:
         if not isinstance(cron_string, str) or len(cron_string.split()) != 5:
-            raise InvalidError(f"Cron({cron_string!r}): give 5 fields, minute hour day-of-month month day-of-week")
+            raise InvalidError(
+                f"Cron({cron_string!r}): give 5 fields, minute hour day-of-month month day-of-week"
+            )
         _zone(timezone)
-        if not os.environ.get("KETCH_CONTAINER_ID"):  # checked where the app is defined; containers lack croniter
+        if not os.environ.get(
+            "KETCH_CONTAINER_ID"
+        ):  # checked where the app is defined; containers lack croniter
             from croniter import croniter
 
             if not croniter.is_valid(cron_string):
@@ -61,10 +65,20 @@ class Period(Schedule):
     """Runs every so long, counted from the latest deploy."""
 
     def __init__(
-        self, *, years: int = 0, months: int = 0, weeks: float = 0, days: float = 0, hours: float = 0,
-        minutes: float = 0, seconds: float = 0,
-    ) -> None:  # fmt: skip
-        if any(not isinstance(v, (int, float)) or v < 0 for v in (years, months, weeks, days, hours, minutes, seconds)):
+        self,
+        *,
+        years: int = 0,
+        months: int = 0,
+        weeks: float = 0,
+        days: float = 0,
+        hours: float = 0,
+        minutes: float = 0,
+        seconds: float = 0,
+    ) -> None:
+        if any(
+            not isinstance(v, (int, float)) or v < 0
+            for v in (years, months, weeks, days, hours, minutes, seconds)
+        ):
             raise InvalidError("Period(...) takes non-negative numbers")
         if int(years) != years or int(months) != months:
             raise InvalidError("Period(years=, months=) take whole numbers")
@@ -82,7 +96,9 @@ def check_schedule(schedule: Any) -> dict[str, Any] | None:
     if schedule is None:
         return None
     if not isinstance(schedule, Schedule):
-        raise InvalidError(f"schedule= takes ketch.Cron(...) or ketch.Period(...), not {schedule!r}")
+        raise InvalidError(
+            f"schedule= takes ketch.Cron(...) or ketch.Period(...), not {schedule!r}"
+        )
     return schedule.to_wire()
 
 
@@ -92,13 +108,17 @@ def _zone(name: str) -> dt.tzinfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise InvalidError(f"unknown timezone {name!r} (use an IANA name like 'Europe/Paris')") from exc
+        raise InvalidError(
+            f"unknown timezone {name!r} (use an IANA name like 'Europe/Paris')"
+        ) from exc
 
 
 def _add_months(when: dt.datetime, months: int) -> dt.datetime:
     month = when.month - 1 + months
     year, month = when.year + month // 12, month % 12 + 1
-    return when.replace(year=year, month=month, day=min(when.day, calendar.monthrange(year, month)[1]))
+    return when.replace(
+        year=year, month=month, day=min(when.day, calendar.monthrange(year, month)[1])
+    )
 
 
 def next_run(wire: dict[str, Any], after: float) -> float:

@@ -41,7 +41,7 @@ def test_dict_and_queue_from_sandbox_containers():
 
 
 SCRIPT = SHOW + textwrap.dedent(
-    '''
+    """
     import json, queue, sys, time
     import ketch
     from ketch.exception import NotFoundError, PayloadTooLargeError
@@ -69,7 +69,7 @@ SCRIPT = SHOW + textwrap.dedent(
         show("too_big_item", lambda: q.put(b"x" * (65 * 2**20)))
         show("key_error", lambda: d["missing"])
         show("bad_name", lambda: ketch.Dict.from_name("bad name!").get(1))
-    '''
+    """
 )
 
 
@@ -108,9 +108,13 @@ def test_clear_errors(ketch_env, tmp_path):
     script = tmp_path / "dq.py"
     script.write_text(SCRIPT)
     run = ExampleRun.parse(ketch_env.python(script, "errors", timeout=120))
-    assert "NotFoundError" in run.error("missing_dict") and "never-made" in run.error("missing_dict")
+    assert "NotFoundError" in run.error("missing_dict") and "never-made" in run.error(
+        "missing_dict"
+    )
     assert "NotFoundError" in run.error("missing_queue")
-    assert "PayloadTooLargeError" in run.error("too_big_value") and "64 MiB" in run.error("too_big_value")
+    assert "PayloadTooLargeError" in run.error("too_big_value") and "64 MiB" in run.error(
+        "too_big_value"
+    )
     assert "PayloadTooLargeError" in run.error("too_big_item")
     assert run.error("key_error").startswith("KeyError")
     assert "InvalidError" in run.error("bad_name")

@@ -25,7 +25,7 @@ from ketch_testing import SHOW, ExampleRun, KetchEnv
 pytestmark = pytest.mark.e2e
 
 APP = SHOW + textwrap.dedent(
-    '''
+    """
     import json, os, time
     import ketch
 
@@ -63,7 +63,7 @@ APP = SHOW + textwrap.dedent(
         t1 = time.time()
         show("fallback", lambda: fallback.remote())
         show("fallback_s", lambda: time.time() - t1)
-    '''
+    """
 )
 
 
@@ -105,7 +105,9 @@ def test_one_gpu_is_owned_by_one_container_at_a_time(fake_gpu_run):
     first, second = sorted(run.value("exclusive"), key=lambda r: r["start"])
     assert first["cuda"] == second["cuda"] == "0", (first, second)
     assert first["container"] != second["container"], (first, second)
-    assert second["start"] >= first["end"] - 0.05, f"two containers held the GPU at once: {first} {second}"
+    assert second["start"] >= first["end"] - 0.05, (
+        f"two containers held the GPU at once: {first} {second}"
+    )
     assert "waiting for a GPU" in logs.output, logs.describe()
 
 
@@ -120,7 +122,7 @@ def test_preference_list_falls_back_to_what_exists(fake_gpu_run):
 # --- real hardware -------------------------------------------------------------------------
 
 TORCH_APP = textwrap.dedent(
-    '''
+    """
     import json, os, subprocess
     import ketch
 
@@ -146,7 +148,7 @@ TORCH_APP = textwrap.dedent(
                 print("RESULT " + json.dumps({"step": name, "value": fn.remote()}), flush=True)
             except Exception as exc:
                 print("RESULT " + json.dumps({"step": name, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
-    '''
+    """
 )
 
 

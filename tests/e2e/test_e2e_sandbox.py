@@ -254,12 +254,16 @@ def isolation_run(sandbox_env, apps, host_secret, listener) -> ExampleRun:
     run = run_app(
         sandbox_env,
         app,
-        "--secret-path", host_secret,
-        "--home", sandbox_env.home,
-        "--port", listener.port,
-        "--name", f"x-{TOKEN}",
+        "--secret-path",
+        host_secret,
+        "--home",
+        sandbox_env.home,
+        "--port",
+        listener.port,
+        "--name",
+        f"x-{TOKEN}",
         timeout=FIRST_BUILD_S,
-    )  # fmt: skip
+    )
     run.proc.check()
     return run
 
@@ -964,7 +968,7 @@ def test_image_list_rm_prune(sandbox_env, apps):
 
 # --- web endpoints in sandboxes -----------------------------------------------------------
 
-SANDBOX_WEB = '''
+SANDBOX_WEB = """
 import ketch
 
 app = ketch.App("sandbox-web", image=ketch.Image.debian_slim().pip_install("fastapi"))
@@ -992,7 +996,7 @@ def sock():
         await s.close()
 
     return web
-'''
+"""
 
 
 def test_web_endpoints_and_websockets_in_sandboxes(sandbox_env, tmp_path):

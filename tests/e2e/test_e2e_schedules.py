@@ -22,13 +22,17 @@ def _ticks(env) -> list[float]:
 def test_period_fires_repeatedly_survives_restarts_once_and_stops_with_the_app(fresh_ketch_env):
     env = fresh_ketch_env
     env.cli("deploy", "examples/schedules.py", timeout=60).check()
-    assert env.wait_until(lambda: len(_ticks(env)) >= 3, timeout=30), "the 2 s schedule did not fire 3 times"
+    assert env.wait_until(lambda: len(_ticks(env)) >= 3, timeout=30), (
+        "the 2 s schedule did not fire 3 times"
+    )
     info = env.cli("app", "info", APP).check().stdout
     assert "schedule heartbeat: Period(seconds=2)" in info, info
     assert re.search(r"next run: \S+ \S+ \(in \d+s\)", info), info
     assert re.search(r"last run: fc-\S+ .*(success|running)", info), info
     assert "Cron('0 3 * * *', timezone='Europe/Paris')" in info, info
-    assert re.search(r"schedules-demo\s+running\s+deployed.*\(in \d+s\)", env.cli("app", "list").check().stdout)
+    assert re.search(
+        r"schedules-demo\s+running\s+deployed.*\(in \d+s\)", env.cli("app", "list").check().stdout
+    )
 
     # A restart, then a kill -9 and a restart: runs go on, and never twice for one due time.
     env.cli("server", "stop", timeout=60).check()
@@ -58,7 +62,7 @@ def test_period_fires_repeatedly_survives_restarts_once_and_stops_with_the_app(f
     assert "the app is stopped" in env.cli("app", "info", APP).check().stdout
 
 
-OVERLAP = '''
+OVERLAP = """
 import time
 import ketch
 
@@ -68,7 +72,7 @@ app = ketch.App("overlap-demo")
 @app.function(schedule=ketch.Period(seconds=1))
 def slow():
     time.sleep(3.5)
-'''
+"""
 
 
 def test_a_run_due_while_the_last_still_runs_is_skipped(ketch_env, workdir):
@@ -76,8 +80,11 @@ def test_a_run_due_while_the_last_still_runs_is_skipped(ketch_env, workdir):
     path.write_text(OVERLAP)
     ketch_env.cli("deploy", str(path), timeout=60).check()
     try:
+
         def skipped() -> bool:
-            logs = ketch_env.cli("app", "logs", "overlap-demo", timeout=20, allow_timeout=True).output
+            logs = ketch_env.cli(
+                "app", "logs", "overlap-demo", timeout=20, allow_timeout=True
+            ).output
             return "skipped a scheduled run of slow: the previous run (fc-" in logs
 
         assert ketch_env.wait_until(skipped, timeout=30)

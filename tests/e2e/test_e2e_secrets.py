@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 # The container reports digests of secret values, never the values: a function's
 # result is stored in state.db, and the test below proves no value is stored there.
 APP = textwrap.dedent(
-    '''
+    """
     import hashlib, json, os
     import ketch
 
@@ -53,7 +53,7 @@ APP = textwrap.dedent(
     def main():
         for step, fn in (("probe", probe.remote), ("cls", Holder().token_digest.remote)):
             print("RESULT " + json.dumps({"step": step, "value": fn()}), flush=True)
-    '''
+    """
 )
 
 LOOKUP = (
@@ -128,7 +128,9 @@ def _leaks(home: Path, needles: list[str]) -> list[str]:
 def test_secrets_reach_containers_survive_restart_and_never_touch_disk(fresh_ketch_env, tmp_path):
     env, values = fresh_ketch_env, Values()
     script = values.write_app(tmp_path)
-    created = env.cli("secret", "create", "e2e-creds", f"API_TOKEN={values.api}", "SHARED=named").check()
+    created = env.cli(
+        "secret", "create", "e2e-creds", f"API_TOKEN={values.api}", "SHARED=named"
+    ).check()
     assert "created Secret e2e-creds" in created.stdout and values.api not in created.output
 
     again = env.cli("secret", "create", "e2e-creds", "API_TOKEN=other")
@@ -145,7 +147,9 @@ def test_secrets_reach_containers_survive_restart_and_never_touch_disk(fresh_ket
     # --force replaces the values in place; containers started afterwards see the new ones,
     # also after the control plane restarts (deployed app: named and inline secrets).
     new_api = f"api2-{uuid.uuid4().hex}"
-    replaced = env.cli("secret", "create", "e2e-creds", f"API_TOKEN={new_api}", "SHARED=named", "--force")
+    replaced = env.cli(
+        "secret", "create", "e2e-creds", f"API_TOKEN={new_api}", "SHARED=named", "--force"
+    )
     assert "replaced the values of Secret e2e-creds" in replaced.check().stdout
     env.cli("deploy", script, cwd=tmp_path, extra_env=values.client_env(), timeout=120).check()
     env.cli("server", "stop", timeout=30).check()
@@ -164,7 +168,7 @@ def test_secrets_reach_containers_survive_restart_and_never_touch_disk(fresh_ket
 
 
 ERRORS = SHOW + textwrap.dedent(
-    '''
+    """
     import json, os, sys
     import ketch
 
@@ -195,7 +199,7 @@ ERRORS = SHOW + textwrap.dedent(
         show("required_keys", lambda: ketch.Secret.from_name(sys.argv[1], required_keys=["NOPE"]).hydrate().object_id)
         show("local_environ", lambda: ketch.Secret.from_local_environ(["KETCH_E2E_SURELY_UNSET_VAR"]))
         show("gone", run_gone)
-    '''
+    """
 )
 
 
@@ -207,13 +211,22 @@ def test_secret_errors_are_clear(ketch_env, tmp_path):
     script.write_text(ERRORS)
     run = ExampleRun.parse(ketch_env.python(script, name, timeout=150))
     assert run.error("missing_name").startswith("NotFoundError"), run.proc.describe()
-    assert "never-made-secret" in run.error("missing_name") and "ketch secret create" in run.error("missing_name")
-    assert run.error("hydrate_missing").startswith("NotFoundError: Secret 'never-made-secret' not found")
-    assert run.error("required_keys") == f"NotFoundError: Secret {name!r} is missing required key(s): NOPE"
+    assert "never-made-secret" in run.error("missing_name") and "ketch secret create" in run.error(
+        "missing_name"
+    )
+    assert run.error("hydrate_missing").startswith(
+        "NotFoundError: Secret 'never-made-secret' not found"
+    )
+    assert (
+        run.error("required_keys")
+        == f"NotFoundError: Secret {name!r} is missing required key(s): NOPE"
+    )
     assert run.error("local_environ").startswith("InvalidError"), run.proc.describe()
     assert "KETCH_E2E_SURELY_UNSET_VAR" in run.error("local_environ")
     # Deleted after the app started: the container cannot start, and the call says why.
-    assert run.error("gone").startswith("NotFoundError") and name in run.error("gone"), run.proc.describe()
+    assert run.error("gone").startswith("NotFoundError") and name in run.error("gone"), (
+        run.proc.describe()
+    )
     assert name not in ketch_env.cli("secret", "list").check().stdout
 
 
@@ -222,7 +235,9 @@ def test_secret_cli_delete_and_usage_errors(ketch_env, tmp_path):
     name = f"cli-{uuid.uuid4().hex[:8]}"
     dotenv = tmp_path / "creds.env"
     dotenv.write_text("FROM_FILE='x'\nA=from-file\n")
-    made = ketch_env.cli("secret", "create", f"{name}-file", "--from-dotenv", dotenv, "A=arg").check()
+    made = ketch_env.cli(
+        "secret", "create", f"{name}-file", "--from-dotenv", dotenv, "A=arg"
+    ).check()
     assert "key(s) A, FROM_FILE" in made.stdout, made.describe()
     ketch_env.rpc("SecretLookup", {"name": f"{name}-file", "required_keys": ["A", "FROM_FILE"]})
     ketch_env.cli("secret", "delete", f"{name}-file", "--yes").check()

@@ -34,7 +34,9 @@ def test_serve_picks_up_an_edit_at_the_same_url(ketch_env, workdir):
         url = re.search(r"greet => (http://127\.0\.0\.1:\d+)", proc.text()).group(1)
         assert _greeting(url) == "hello"
 
-        app_file.write_text(app_file.read_text().replace('GREETING = "hello"', 'GREETING = "bonjour"'))
+        app_file.write_text(
+            app_file.read_text().replace('GREETING = "hello"', 'GREETING = "bonjour"')
+        )
         edited = time.monotonic()
         assert ketch_env.wait_until(lambda: _greeting(url) == "bonjour", timeout=30), proc.text()
         took = time.monotonic() - edited
@@ -46,7 +48,9 @@ def test_serve_picks_up_an_edit_at_the_same_url(ketch_env, workdir):
         # A broken edit is reported, and the next good one is served again.
         app_file.write_text(app_file.read_text().replace("def greet()", "def greet(:"))
         assert proc.wait_for_line("fix the error and save", timeout=30), proc.text()
-        app_file.write_text(app_file.read_text().replace("def greet(:", "def greet()").replace("bonjour", "hola"))
+        app_file.write_text(
+            app_file.read_text().replace("def greet(:", "def greet()").replace("bonjour", "hola")
+        )
         assert ketch_env.wait_until(lambda: _greeting(url) == "hola", timeout=30), proc.text()
     finally:
         proc.proc.send_signal(signal.SIGINT)

@@ -46,7 +46,9 @@ def test_deploys_history_and_rollbacks(ketch_env, workdir):
     v2, url2 = _deploy(ketch_env, app_file)
     assert v2 == v1 + 1 and url2 == url  # the endpoint keeps its URL
     assert _which(url) == "second"
-    get = f"import ketch\nprint('RESULT', ketch.FunctionCall.from_id({call_id!r}).get(timeout=60))\n"
+    get = (
+        f"import ketch\nprint('RESULT', ketch.FunctionCall.from_id({call_id!r}).get(timeout=60))\n"
+    )
     assert "RESULT first" in ketch_env.python("-c", get).check().stdout
 
     history = ketch_env.cli("app", "history", APP).check().stdout

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 # Containers of the local runtime mount Volumes at real host paths (root: a private
 # mount namespace over a mount point made here), so the tests use their own folder.
 APP = SHOW + textwrap.dedent(
-    '''
+    """
     import errno, json, os, sys, time
     import ketch
 
@@ -125,7 +125,7 @@ APP = SHOW + textwrap.dedent(
         elif mode == "check":
             show("exit", lambda: read.remote("exit.txt")["text"])
             show("crash", lambda: read.remote("crash.txt")["text"])
-    '''
+    """
 )
 
 
@@ -134,7 +134,9 @@ def vol_app(fresh_ketch_env, tmp_path):
     mount = Path(tempfile.mkdtemp(prefix="ketch-e2e-mnt-", dir="/tmp")) / "data"
     script = tmp_path / "vol_app.py"
     script.write_text(APP)
-    fresh_ketch_env.env["E2E_MOUNT"] = str(mount)  # the CLI's, so its control plane's and containers'
+    fresh_ketch_env.env["E2E_MOUNT"] = str(
+        mount
+    )  # the CLI's, so its control plane's and containers'
     yield script
     shutil.rmtree(mount.parent, ignore_errors=True)
 
@@ -151,7 +153,9 @@ def test_commit_reload_between_containers(fresh_ketch_env, vol_app):
     assert run.value("same") == "second"
     assert "InvalidError" in run.error("open_file") and "open" in run.error("open_file")
     assert "does not mount that Volume" in run.error("unmounted")
-    assert "InvalidError" in run.error("client_commit") and "inside a container" in run.error("client_commit")
+    assert "InvalidError" in run.error("client_commit") and "inside a container" in run.error(
+        "client_commit"
+    )
 
 
 @pytest.mark.timeout(300)
@@ -181,11 +185,13 @@ def test_exit_commit_and_crash_recovery(fresh_ketch_env, vol_app):
     assert check.value("crash") == "committed after a crash", check.proc.describe()
     # (The spawned input is retried after the crash, so a new container holds a copy of its own.)
     left = {p.name for p in Path(env.home, "volumes", "work").iterdir()}
-    assert not crashed & left, f"the crashed container's working copy is still there: {crashed & left}"
+    assert not crashed & left, (
+        f"the crashed container's working copy is still there: {crashed & left}"
+    )
 
 
 CLIENT = SHOW + textwrap.dedent(
-    '''
+    """
     import io, json, os, sys
     import ketch
     from ketch import FileEntryType
@@ -216,7 +222,7 @@ CLIENT = SHOW + textwrap.dedent(
         show("dotdot", lambda: vol.listdir("../etc"))
         show("rm_dir", lambda: vol.remove_file("tree2"))
     show("missing_volume", lambda: ketch.Volume.from_name("never-made").listdir("/"))
-    '''
+    """
 )
 
 
@@ -232,7 +238,9 @@ def test_client_api(ketch_env, tmp_path, transport):
     script.write_text(CLIENT)
     extra = {"KETCH_VOLUME_HTTP": "1"} if transport == "http" else {}
     run = ExampleRun.parse(ketch_env.python(script, str(src), timeout=150, extra_env=extra))
-    assert run.value("listdir") == [["mem.txt", "FILE", 9], ["tree", "DIRECTORY", 0]], run.proc.describe()
+    assert run.value("listdir") == [["mem.txt", "FILE", 9], ["tree", "DIRECTORY", 0]], (
+        run.proc.describe()
+    )
     assert run.value("recursive") == ["tree/a.txt", "tree/big.bin", "tree/sub", "tree/sub/b.bin"]
     assert run.value("read") == "0001020304050607"
     assert run.value("big") == 9 << 20
@@ -244,7 +252,9 @@ def test_client_api(ketch_env, tmp_path, transport):
     assert "NotFoundError" in run.error("missing")
     assert "InvalidError" in run.error("dotdot")
     assert "recursive=True" in run.error("rm_dir")
-    assert "NotFoundError" in run.error("missing_volume") and "never-made" in run.error("missing_volume")
+    assert "NotFoundError" in run.error("missing_volume") and "never-made" in run.error(
+        "missing_volume"
+    )
 
 
 @pytest.mark.timeout(180)
@@ -260,10 +270,14 @@ def test_cli_group(ketch_env, tmp_path):
     (tree / "sub").mkdir(parents=True)
     (tree / "sub" / "x.txt").write_text("x")
     put = cli("volume", "put", "cli-vol", str(big)).check()
-    assert "12.0 MiB in" in put.stderr, put.describe()  # the transfer summary under the progress bar
+    assert "12.0 MiB in" in put.stderr, (
+        put.describe()
+    )  # the transfer summary under the progress bar
     cli("volume", "put", "cli-vol", str(tree), "/t").check()
     clash = cli("volume", "put", "cli-vol", str(big))
-    assert clash.returncode == 1 and "--force" in clash.stderr and "Traceback" not in clash.stderr, clash.describe()
+    assert (
+        clash.returncode == 1 and "--force" in clash.stderr and "Traceback" not in clash.stderr
+    ), clash.describe()
     cli("volume", "put", "cli-vol", str(big), "--force").check()
     listing = cli("volume", "ls", "cli-vol", "-r").check().stdout
     assert "12.0 MiB" in listing and "t/sub/x.txt" in listing, listing
@@ -341,12 +355,15 @@ def test_read_write_mount_links_and_copies_up(tmp_path, runtime):
         run = _run_mode(env, tmp_path, "overlay")
         files = run.value("files")
         assert files == {
-            "ov/keep.txt": "original + edited", "ov/twin.txt": "original", "ov/new.txt": "new", "ov/moved/s.txt": "s"
-        }, (
-            run.proc.describe()
-        )
+            "ov/keep.txt": "original + edited",
+            "ov/twin.txt": "original",
+            "ov/new.txt": "new",
+            "ov/moved/s.txt": "s",
+        }, run.proc.describe()
         if isolate.support().ok:  # root with overlayfs: the working copy is an overlay over links
-            assert run.value("edit")["nlink"] >= 2, run.value("edit")  # linked, not copied, at the start
+            assert run.value("edit")["nlink"] >= 2, run.value(
+                "edit"
+            )  # linked, not copied, at the start
 
 
 @pytest.mark.timeout(300)

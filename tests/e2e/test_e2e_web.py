@@ -30,13 +30,23 @@ def web_env():
     env.env["KETCH_WEB_SYNC_WINDOW"] = "2"  # seconds before a slow request is answered with a 303
     deployed = env.cli("deploy", "examples/web_endpoints.py", timeout=60).check()
     env.urls = dict(re.findall(r"- (\S+) => (http://127\.0\.0\.1:\d+)", deployed.stdout))
-    assert set(env.urls) == {"hello", "private", "streamer", "legacy", "broken", "Model.predict", "files"}, deployed.describe()
+    assert set(env.urls) == {
+        "hello",
+        "private",
+        "streamer",
+        "legacy",
+        "broken",
+        "Model.predict",
+        "files",
+    }, deployed.describe()
     yield env
     env.close()
     shutil.rmtree(home, ignore_errors=True)
 
 
-def _request(url: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None):
+def _request(
+    url: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None
+):
     req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
@@ -115,7 +125,9 @@ def test_asgi_app_gets_the_request_body_and_path(web_env):
 
 
 def test_wsgi_app(web_env):
-    status, headers, body = _request(f"{web_env.urls['legacy']}/a/b?q=1", data=b"12345", method="PUT")
+    status, headers, body = _request(
+        f"{web_env.urls['legacy']}/a/b?q=1", data=b"12345", method="PUT"
+    )
     assert status == 200 and headers["X-Served-By"] == "wsgi"
     assert body == b"PUT /a/b?q=1 5\n"
 
@@ -158,7 +170,9 @@ def test_proxy_auth(web_env):
     created = web_env.cli("token", "create").check()
     token_id = re.search(r"Token ID:\s+(\S+)", created.stdout).group(1)
     secret = re.search(r"Token secret:\s+(\S+)", created.stdout).group(1)
-    status, _, body = _request(url, data=payload, headers={**json_type, "Modal-Key": token_id, "Modal-Secret": "ws-wrong"})
+    status, _, body = _request(
+        url, data=payload, headers={**json_type, "Modal-Key": token_id, "Modal-Secret": "ws-wrong"}
+    )
     assert status == 401 and b"invalid credentials" in body
     good = {**json_type, "Modal-Key": token_id, "Modal-Secret": secret}
     status, _, body = _request(url, data=payload, headers=good)
@@ -171,7 +185,9 @@ def test_proxy_auth(web_env):
 
 
 def test_body_over_the_limit_is_413(web_env):
-    status, _, body = _request(f"{web_env.urls['streamer']}/echo", data=b"x" * (1024 * 1024 + 1), method="POST")
+    status, _, body = _request(
+        f"{web_env.urls['streamer']}/echo", data=b"x" * (1024 * 1024 + 1), method="POST"
+    )
     assert status == 413 and b"1 MiB" in body
 
 
@@ -185,7 +201,9 @@ def test_failing_endpoints_answer_500(web_env):
 
 
 def test_scales_from_zero_with_concurrency_and_back_to_zero(web_env):
-    assert web_env.wait_until(lambda: _containers(web_env) == 0, timeout=30), "containers did not stop"
+    assert web_env.wait_until(lambda: _containers(web_env) == 0, timeout=30), (
+        "containers did not stop"
+    )
     # Eight concurrent slow requests to a @concurrent(max_inputs=8) endpoint: one container.
     pids: list[int] = []
 
@@ -213,7 +231,9 @@ def test_scales_from_zero_with_concurrency_and_back_to_zero(web_env):
     for t in both:
         t.join(60)
     assert len(hello_pids) == 2
-    assert web_env.wait_until(lambda: _containers(web_env) == 0, timeout=30), "did not scale back to zero"
+    assert web_env.wait_until(lambda: _containers(web_env) == 0, timeout=30), (
+        "did not scale back to zero"
+    )
 
 
 def test_get_web_url_and_a_redeploy_keeps_the_urls(web_env):

@@ -40,20 +40,26 @@ def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple
 
 
 def test_malformed_body_is_a_typed_400(control_plane):
-    status, reply = _post(f"{control_plane.url}/rpc/CallCreate", b"\xc1 not msgpack", control_plane.headers)
+    status, reply = _post(
+        f"{control_plane.url}/rpc/CallCreate", b"\xc1 not msgpack", control_plane.headers
+    )
     assert status == 400
     assert reply["error"]["type"] == "InvalidError"
 
 
 def test_missing_field_is_a_typed_400(control_plane):
     status, reply = _post(
-        f"{control_plane.url}/rpc/CallCreate", msgpack.packb({"call_id": "fc-x"}), control_plane.headers
+        f"{control_plane.url}/rpc/CallCreate",
+        msgpack.packb({"call_id": "fc-x"}),
+        control_plane.headers,
     )
     assert status == 400 and reply["error"]["type"] == "InvalidError"
 
 
 def test_unknown_method_is_404(control_plane):
-    status, reply = _post(f"{control_plane.url}/rpc/NoSuchThing", msgpack.packb({}), control_plane.headers)
+    status, reply = _post(
+        f"{control_plane.url}/rpc/NoSuchThing", msgpack.packb({}), control_plane.headers
+    )
     assert status == 404 and reply["error"]["type"] == "NotFoundError"
 
 

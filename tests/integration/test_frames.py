@@ -60,9 +60,9 @@ def test_an_oversized_frame_is_refused_and_the_connection_closed(control_plane):
 
 def test_requests_split_across_writes_and_sent_together(control_plane):
     with _connect(control_plane.url) as sock:
-        oid = _call(sock, "ObjectGet", {"kind": "dict", "name": "frames-split", "create_if_missing": True})["r"][
-            "object_id"
-        ]
+        oid = _call(
+            sock, "ObjectGet", {"kind": "dict", "name": "frames-split", "create_if_missing": True}
+        )["r"]["object_id"]
         put = _frame({"m": "DictPut", "b": {"object_id": oid, "items": [[b"k", b"v"]]}})
         for i in range(0, len(put), 3):  # a byte or three at a time
             sock.sendall(put[i : i + 3])
@@ -75,11 +75,14 @@ def test_requests_split_across_writes_and_sent_together(control_plane):
 
 def test_a_long_poll_waits_then_later_requests_are_answered_in_order(control_plane):
     with _connect(control_plane.url) as waiter, _connect(control_plane.url) as putter:
-        oid = _call(waiter, "ObjectGet", {"kind": "queue", "name": "frames-poll", "create_if_missing": True})["r"][
-            "object_id"
-        ]
+        oid = _call(
+            waiter, "ObjectGet", {"kind": "queue", "name": "frames-poll", "create_if_missing": True}
+        )["r"]["object_id"]
         # A blocking get, then a Status queued behind it on the same connection.
-        waiter.sendall(_frame({"m": "QueueGet", "b": {"object_id": oid, "wait": 20}}) + _frame({"m": "Status", "b": {}}))
+        waiter.sendall(
+            _frame({"m": "QueueGet", "b": {"object_id": oid, "wait": 20}})
+            + _frame({"m": "Status", "b": {}})
+        )
         time.sleep(0.3)
         assert _call(putter, "QueuePut", {"object_id": oid, "items": [b"x"]})["s"] == 200
         first = _read(waiter)
@@ -89,9 +92,9 @@ def test_a_long_poll_waits_then_later_requests_are_answered_in_order(control_pla
 
 def test_a_client_leaving_mid_poll_does_not_disturb_the_server(control_plane):
     sock = _connect(control_plane.url)
-    oid = _call(sock, "ObjectGet", {"kind": "queue", "name": "frames-leave", "create_if_missing": True})["r"][
-        "object_id"
-    ]
+    oid = _call(
+        sock, "ObjectGet", {"kind": "queue", "name": "frames-leave", "create_if_missing": True}
+    )["r"]["object_id"]
     sock.sendall(_frame({"m": "QueueGet", "b": {"object_id": oid, "wait": 30}}))
     time.sleep(0.2)
     sock.close()
@@ -104,7 +107,10 @@ def test_http_rpc_still_answers_beside_frames(control_plane):
     import urllib.request
 
     req = urllib.request.Request(
-        f"{control_plane.url}/rpc/Status", data=msgpack.packb({}), method="POST", headers=control_plane.headers
+        f"{control_plane.url}/rpc/Status",
+        data=msgpack.packb({}),
+        method="POST",
+        headers=control_plane.headers,
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert "version" in msgpack.unpackb(resp.read())

@@ -27,7 +27,9 @@ class OwnControlPlane:
         self.headers: dict[str, str] = {}
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, name="security-control-plane", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="security-control-plane", daemon=True
+        )
 
     def _run(self) -> None:
         async def main() -> None:
@@ -40,7 +42,9 @@ class OwnControlPlane:
         self._thread.start()
         info = self.home / "server.json"
         deadline = time.monotonic() + timeout
-        while not info.exists():  # serve() writes it once it listens; there is no event to await across threads
+        while (
+            not info.exists()
+        ):  # serve() writes it once it listens; there is no event to await across threads
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError("the control plane did not start")
             time.sleep(0.02)

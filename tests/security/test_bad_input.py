@@ -21,6 +21,8 @@ def test_a_dict_put_with_one_oversized_entry_writes_none(control_plane):
     status, reply = _post(control_plane, "DictPut", {"object_id": oid, "items": items})
     assert status == 413 and reply["error"]["type"] == "PayloadTooLargeError", reply
     # A later put commits; the refused put's first entry must not ride along with it.
-    assert _post(control_plane, "DictPut", {"object_id": oid, "items": [[b"other", b"2"]]})[0] == 200
+    assert (
+        _post(control_plane, "DictPut", {"object_id": oid, "items": [[b"other", b"2"]]})[0] == 200
+    )
     status, got = _post(control_plane, "DictGet", {"object_id": oid, "key": b"small"})
     assert status == 200 and got["found"] is False, got

@@ -18,7 +18,7 @@ import pytest
 
 pytestmark = pytest.mark.timeout(240)
 
-VICTIM = '''
+VICTIM = """
 import time
 import ketch
 
@@ -40,9 +40,9 @@ def main():
     while "done" not in handoff and time.time() < deadline:
         time.sleep(0.2)
     print("VICTIM-OK", private_work.remote(2))
-'''
+"""
 
-ATTACKER = '''
+ATTACKER = """
 import json
 import os
 import time
@@ -119,7 +119,7 @@ def main(home: str):
         print("RESULT " + json.dumps({"step": "attack", "value": attack.remote(handoff["victim"], home)}))
     finally:
         handoff["done"] = True
-'''
+"""
 
 
 def test_a_container_cannot_act_as_the_owner(sandbox_env, workdir: Path):
@@ -127,14 +127,18 @@ def test_a_container_cannot_act_as_the_owner(sandbox_env, workdir: Path):
     (workdir / "attacker.py").write_text(textwrap.dedent(ATTACKER))
     victim = sandbox_env.popen("run", workdir / "victim.py")
     try:
-        run = sandbox_env.cli("run", workdir / "attacker.py", "--home", str(sandbox_env.home), timeout=200)
+        run = sandbox_env.cli(
+            "run", workdir / "attacker.py", "--home", str(sandbox_env.home), timeout=200
+        )
         lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
         assert lines, run.describe()
         result = json.loads(lines[-1][len("RESULT ") :])["value"]
         finished = victim.wait(timeout=60)
     finally:
         victim.proc.kill()
-    denied = {k: v for k, v in result.items() if k not in ("owner_token_reachable", "own_call", "dict")}
+    denied = {
+        k: v for k, v in result.items() if k not in ("owner_token_reachable", "own_call", "dict")
+    }
     assert denied and all(v == "denied" for v in denied.values()), json.dumps(result, indent=1)
     assert result["owner_token_reachable"] is False
     assert result["own_call"] == 2 and result["dict"] is True

@@ -276,8 +276,11 @@ def test_a_value_sqlite_cannot_take_is_a_400_without_sql():
     wrapped = IntegrityError(
         "INSERT INTO objects (id) VALUES (?)", ("x",), sqlite3.IntegrityError("NOT NULL")
     )
-    for exc in (OverflowError("Python int too large to convert to SQLite INTEGER"), wrapped,
-                StatementError("bad parameter", "SELECT 1", {}, ValueError())):  # fmt: skip
+    for exc in (
+        OverflowError("Python int too large to convert to SQLite INTEGER"),
+        wrapped,
+        StatementError("bad parameter", "SELECT 1", {}, ValueError()),
+    ):
         status, reply = api.error_reply(exc, "DictPut")
         assert status == 400 and reply["error"]["type"] == "InvalidError"
         assert not any(w.lower() in reply["error"]["message"].lower() for w in SQL_WORDS)

@@ -48,7 +48,11 @@ def test_no_token_or_a_wrong_one_is_401_on_http(control_plane):
     for token in (None, "", "ko-guess", "kt-guess", "kc-guess"):
         status, reply = _post(control_plane.url, "Status", {}, token)
         assert status == 401 and reply["error"]["type"] == "AuthError", (token, reply)
-    for method, body in (("AppList", {}), ("ProxyTokenCreate", {}), ("ApiTokenCreate", {"role": "admin"})):
+    for method, body in (
+        ("AppList", {}),
+        ("ProxyTokenCreate", {}),
+        ("ApiTokenCreate", {"role": "admin"}),
+    ):
         status, reply = _post(control_plane.url, method, body)
         assert status == 401, (method, reply)
     req = urllib.request.Request(f"{control_plane.url}/blobs", data=b"x" * 100, method="PUT")
@@ -76,7 +80,9 @@ def test_before_a_valid_token_a_connection_may_send_only_a_small_frame(control_p
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             sock.sendall(RPC_MAGIC + hello + struct.pack(">I", 1 << 20))
             reply = _read_frame(sock)
-            assert reply["s"] == 413 and "before a valid token" in reply["r"]["error"]["message"], reply
+            assert reply["s"] == 413 and "before a valid token" in reply["r"]["error"]["message"], (
+                reply
+            )
             assert sock.recv(1) == b""  # and the connection is closed
 
 
@@ -101,20 +107,37 @@ def test_api_tokens_have_roles_and_can_be_revoked(control_plane):
     status, listed = _post(control_plane.url, "ApiTokenList", {}, owner)
     assert {t["token_id"] for t in listed["tokens"]} >= {made["token_id"], deploy["token_id"]}
     assert all("token" not in t for t in listed["tokens"])  # only hashes are kept
-    assert _post(control_plane.url, "ApiTokenRevoke", {"token_id": made["token_id"]}, owner)[0] == 200
+    assert (
+        _post(control_plane.url, "ApiTokenRevoke", {"token_id": made["token_id"]}, owner)[0] == 200
+    )
     assert _post(control_plane.url, "Status", {}, invoke)[0] == 401
     assert _post(control_plane.url, "ApiTokenCreate", {"role": "root"}, owner)[0] == 400
 
 
 def test_host_paths_need_the_unix_socket(control_plane, tmp_path):
     """Over TCP, even the owner's token cannot make the control plane read a local path."""
-    spec = {"tag": "f", "module_name": "m", "qualname": "f", "image": {"version": 1, "layers": [], "notes": [],
-            "mounts": [{"kind": "dir", "local_path": "/", "remote_path": "/host", "ignore": []}]}}  # fmt: skip
+    spec = {
+        "tag": "f",
+        "module_name": "m",
+        "qualname": "f",
+        "image": {
+            "version": 1,
+            "layers": [],
+            "notes": [],
+            "mounts": [{"kind": "dir", "local_path": "/", "remote_path": "/host", "ignore": []}],
+        },
+    }
     body = {"app_id": "ap-hostroot", "name": "hostroot", "functions": [spec]}
     status, reply = _post(control_plane.url, "AppCreate", body, _owner(control_plane))
     assert status == 403 and reply["error"]["type"] == "PermissionDeniedError", reply
     assert "unix socket" in reply["error"]["message"]
-    module = {"tag": "f", "module_name": "m", "qualname": "f", "module_file": "/etc/shadow", "root_dir": "/etc"}
+    module = {
+        "tag": "f",
+        "module_name": "m",
+        "qualname": "f",
+        "module_file": "/etc/shadow",
+        "root_dir": "/etc",
+    }
     body = {"app_id": "ap-hostroot2", "name": "hostroot2", "functions": [module]}
     assert _post(control_plane.url, "AppCreate", body, _owner(control_plane))[0] == 403
     # The same owner on the unix socket may (an ephemeral app with no functions that run).
@@ -123,14 +146,29 @@ def test_host_paths_need_the_unix_socket(control_plane, tmp_path):
         sock.settimeout(10)
         sock.connect(sock_path)
         sock.sendall(RPC_MAGIC + _frame({"auth": _owner(control_plane)}))
-        sock.sendall(_frame({"m": "AppCreate", "b": {"app_id": "ap-ok", "name": "ok", "functions": [dict(module, root_dir=str(tmp_path), module_file=str(tmp_path / "m.py"))]}}))
+        sock.sendall(
+            _frame(
+                {
+                    "m": "AppCreate",
+                    "b": {
+                        "app_id": "ap-ok",
+                        "name": "ok",
+                        "functions": [
+                            dict(module, root_dir=str(tmp_path), module_file=str(tmp_path / "m.py"))
+                        ],
+                    },
+                }
+            )
+        )
         reply = _read_frame(sock)
         assert reply["s"] == 200, reply
         sock.sendall(_frame({"m": "AppStop", "b": {"app_id": "ap-ok"}}))
         assert _read_frame(sock)["s"] == 200
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to become another user")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to become another user"
+)
 def test_another_local_user_gets_nothing(control_plane):
     """uid 65534 cannot read the token, reach the unix socket, or use the TCP port without a token."""
     info = json.loads((control_plane.home / "server.json").read_text())
@@ -155,13 +193,28 @@ t.sendall({RPC_MAGIC!r} + struct.pack(">I", len(body)) + body)
 print(" ".join(out), "AuthError" in t.recv(4096).decode("latin-1") and "frames:401" or "frames:open")
 """
     done = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-I", "-c", probe],
-        capture_output=True, text=True, timeout=30, cwd="/",
-    )  # fmt: skip
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-I",
+            "-c",
+            probe,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [
-        "token:PermissionError", "socket:PermissionError", "http:401", "frames:401"
-    ], done.stdout  # fmt: skip
+        "token:PermissionError",
+        "socket:PermissionError",
+        "http:401",
+        "frames:401",
+    ], done.stdout
 
 
 def test_a_squatted_socket_directory_is_refused(tmp_path, monkeypatch):
@@ -192,11 +245,15 @@ def test_a_squatted_socket_directory_is_refused(tmp_path, monkeypatch):
 
 def test_a_huge_body_is_413_and_not_held(control_plane):
     """A request body over the cap is refused before it is read into memory; the server still answers."""
-    status, reply = _post(control_plane.url, "Status", {"pad": b"x" * (90 << 20)}, _owner(control_plane))
+    status, reply = _post(
+        control_plane.url, "Status", {"pad": b"x" * (90 << 20)}, _owner(control_plane)
+    )
     assert status == 413 and reply["error"]["type"] == "PayloadTooLargeError", reply
     host, _, port = control_plane.url.removeprefix("http://").rpartition(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(RPC_MAGIC + _frame({"auth": _owner(control_plane)}) + struct.pack(">I", 200 << 20))
+        sock.sendall(
+            RPC_MAGIC + _frame({"auth": _owner(control_plane)}) + struct.pack(">I", 200 << 20)
+        )
         reply = _read_frame(sock)
         assert reply["s"] == 413, reply
     assert _post(control_plane.url, "Status", {}, _owner(control_plane))[0] == 200
@@ -260,7 +317,10 @@ def test_the_container_channel_wants_a_small_hello_and_a_valid_token(control_pla
 
     async def probe() -> list[str]:
         out = []
-        for payload in (struct.pack(">I", 512 << 20), _frame({"container_id": "ta-x", "token": "kc-guess"})):
+        for payload in (
+            struct.pack(">I", 512 << 20),
+            _frame({"container_id": "ta-x", "token": "kc-guess"}),
+        ):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(payload)
             await writer.drain()
@@ -295,8 +355,9 @@ def test_a_large_blob_upload_streams_to_disk(control_plane):
     assert peak < 150 << 20, f"the control plane grew by {peak >> 20} MiB during a 300 MiB upload"
 
 
-
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to become another user")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to become another user"
+)
 def test_another_user_cannot_reach_a_sandbox_control_plane(sandbox_env, workdir):
     """With sandbox containers running, their sockets are 0666, but their directory (0700) and
     the user namespace's staging under /run/ketch (0710, group of the namespace) keep uid 65534 out.
@@ -308,8 +369,14 @@ def test_another_user_cannot_reach_a_sandbox_control_plane(sandbox_env, workdir)
     )
     assert "RESULT 1" in sandbox_env.cli("run", app, timeout=120).check().stdout
     info = json.loads((sandbox_env.home / "server.json").read_text())
-    staged = sorted(p for p in Path("/run/ketch").glob("*/*") if p.is_dir()) if Path("/run/ketch").is_dir() else []
-    if "root inside is host uid" in sandbox_env.rpc("Status")["isolation"]:  # a user namespace: sockets 0666
+    staged = (
+        sorted(p for p in Path("/run/ketch").glob("*/*") if p.is_dir())
+        if Path("/run/ketch").is_dir()
+        else []
+    )
+    if (
+        "root inside is host uid" in sandbox_env.rpc("Status")["isolation"]
+    ):  # a user namespace: sockets 0666
         assert staged and stat.S_IMODE(os.stat(info["socket"]).st_mode) == 0o666, staged
     probe = f"""
 import os, socket
@@ -326,8 +393,20 @@ for path in {[str(p) for p in staged]!r}:
 print(" ".join(out))
 """
     done = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-I", "-c", probe],
-        capture_output=True, text=True, timeout=30, cwd="/",
-    )  # fmt: skip
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-I",
+            "-c",
+            probe,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+    )
     assert done.returncode == 0, done.stderr
     assert set(done.stdout.split()) == {"PermissionError"}, done.stdout

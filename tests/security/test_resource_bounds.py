@@ -21,7 +21,7 @@ from ketch.worker import cgroups, scratch
 
 pytestmark = pytest.mark.timeout(240)
 
-APP = '''
+APP = """
 import json
 import os
 
@@ -90,7 +90,7 @@ def main():
         out["hog"] = f"{type(exc).__name__}: {exc}"
     out["fine"] = fine.remote()
     print("RESULT " + json.dumps(out))
-'''
+"""
 
 
 @pytest.fixture
@@ -102,7 +102,9 @@ def bounded_env():
     home = Path(tempfile.mkdtemp(prefix="ketch-bounds-", dir="/tmp"))
     env = KetchEnv(home)
     env.env.update(
-        KETCH_RUNTIME="sandbox", KETCH_CGROUP_PARENT="ketch-bounds-test", KETCH_CONTAINERS_MEMORY_MB="300"
+        KETCH_RUNTIME="sandbox",
+        KETCH_CGROUP_PARENT="ketch-bounds-test",
+        KETCH_CONTAINERS_MEMORY_MB="300",
     )
     yield env
     env.close()
@@ -118,7 +120,9 @@ def test_disk_tmp_and_memory_are_bounded(bounded_env, workdir: Path):
     assert lines, run.describe()
     out = json.loads(lines[-1][len("RESULT ") :])
     if scratch.support() is None:
-        assert out["root"]["errno"] == 28 and out["root"]["written_mib"] <= 96, out  # ENOSPC at its bound
+        assert out["root"]["errno"] == 28 and out["root"]["written_mib"] <= 96, (
+            out
+        )  # ENOSPC at its bound
     assert out["tmp"]["errno"] == 28 and out["tmp"]["written_mib"] <= 64, out
     if scratch.support() is None:  # the call fails with the error, and the note names the bound
         assert "No space left" in out["raised"] and "ephemeral_disk=64 MiB" in out["raised"], out

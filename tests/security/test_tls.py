@@ -34,13 +34,19 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = folder / "cert.pem", folder / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
     )
     return cert_path, key_path
 
@@ -48,8 +54,10 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
 def test_off_loopback_without_tls_is_refused(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "ketch.server", "--home", str(tmp_path / "h"), "--host", "0.0.0.0"],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode != 0
     assert "--tls-cert" in done.stderr and "--insecure" in done.stderr, done.stderr
 
@@ -66,21 +74,42 @@ def test_the_sdk_talks_tls_and_plain_text_is_not_answered(tmp_path):
     port = _free_port()
     env = dict(os.environ, KETCH_HOME=str(home), KETCH_RUNTIME="local")
     server = subprocess.Popen(
-        [sys.executable, "-m", "ketch.server", "--home", str(home), "--port", str(port),
-         "--tls-cert", str(cert), "--tls-key", str(key)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "ketch.server",
+            "--home",
+            str(home),
+            "--port",
+            str(port),
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(key),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not (home / "server.json").exists():
-            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read() if server.stderr else ""
+            assert server.poll() is None and time.monotonic() < deadline, (
+                server.stderr.read() if server.stderr else ""
+            )
             time.sleep(0.05)
         client_env = dict(
-            env, KETCH_SERVER_URL=f"https://127.0.0.1:{port}", KETCH_TLS_CA=str(cert),
-            KETCH_TOKEN=(home / "token").read_text().strip(), KETCH_HOME=str(tmp_path / "elsewhere"),
-        )  # fmt: skip
+            env,
+            KETCH_SERVER_URL=f"https://127.0.0.1:{port}",
+            KETCH_TLS_CA=str(cert),
+            KETCH_TOKEN=(home / "token").read_text().strip(),
+            KETCH_HOME=str(tmp_path / "elsewhere"),
+        )
         code = "import ketch; d = ketch.Dict.from_name('tls', create_if_missing=True); d['k'] = 7; print(d['k'])"
-        done = subprocess.run([sys.executable, "-c", code], env=client_env, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=client_env, capture_output=True, text=True, timeout=60
+        )
         assert done.stdout.strip() == "7", done.stderr
         # Plain HTTP on the TLS port gets no API answer.
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:

@@ -17,13 +17,17 @@ from ketch.image import Image, default_image
 from ketch.worker.sandbox import project_sources
 
 
-def _layer(store: LayerStore, name: str, parent: str = "", files: dict[str, str] | None = None) -> str:
+def _layer(
+    store: LayerStore, name: str, parent: str = "", files: dict[str, str] | None = None
+) -> str:
     build = store.new_build_dir(name)
     (build / "fs").mkdir()
     for rel, text in (files or {}).items():
         (build / "fs" / rel).parent.mkdir(parents=True, exist_ok=True)
         (build / "fs" / rel).write_text(text)
-    store.commit(build, name, {"parent": parent, "kind": "run_commands", "summary": name, "config": {}})
+    store.commit(
+        build, name, {"parent": parent, "kind": "run_commands", "summary": name, "config": {}}
+    )
     return name
 
 
@@ -46,9 +50,9 @@ def test_layers_commit_lowers_remove_and_prune(tmp_path):
 
 
 def test_overlay_options_refuse_too_many_layers(tmp_path):
-    assert overlay_options([tmp_path / "a", tmp_path / "b"], tmp_path / "u", tmp_path / "w").startswith(
-        f"lowerdir={tmp_path}/a:{tmp_path}/b,upperdir="
-    )
+    assert overlay_options(
+        [tmp_path / "a", tmp_path / "b"], tmp_path / "u", tmp_path / "w"
+    ).startswith(f"lowerdir={tmp_path}/a:{tmp_path}/b,upperdir=")
     with pytest.raises(ValueError, match="too many layers"):
         overlay_options([tmp_path / ("x" * 200)] * 40, None, None)
 
@@ -66,9 +70,19 @@ def test_bwrap_containers_drop_capabilities_and_can_block_network(tmp_path):
 
 
 def test_step_summaries():
-    image = Image.debian_slim("3.11").apt_install("git").run_commands("echo a", "echo b").env({"K": "v"})
+    image = (
+        Image.debian_slim("3.11")
+        .apt_install("git")
+        .run_commands("echo a", "echo b")
+        .env({"K": "v"})
+    )
     kinds = [summarize(s.kind, s.spec) for _, s in image.layers]
-    assert kinds == ["debian_slim python 3.11", "apt_install git", "run_commands echo a && echo b", "env K=v"]
+    assert kinds == [
+        "debian_slim python 3.11",
+        "apt_install git",
+        "run_commands echo a && echo b",
+        "env K=v",
+    ]
 
 
 def test_default_image_uses_a_python_debian_packages():
@@ -96,5 +110,7 @@ def test_project_sources_take_modules_and_packages_only(tmp_path: Path):
     (tmp_path / "notes.txt").write_text("")
     names = [name for name, _ in project_sources(tmp_path, "app", str(tmp_path / "app.py"))]
     assert names == ["app.py", "helpers.py", "pkg"]
-    inside = [name for name, _ in project_sources(tmp_path, "pkg.main", str(tmp_path / "pkg/main.py"))]
+    inside = [
+        name for name, _ in project_sources(tmp_path, "pkg.main", str(tmp_path / "pkg/main.py"))
+    ]
     assert inside == ["app.py", "helpers.py", "pkg"]

@@ -298,7 +298,9 @@ def test_cleanup_stale_removes_only_empty_groups(parent: str, make_group: MakeGr
     try:
         # In every hierarchy, not just one: the join writes them one after another (v1), and
         # a hierarchy not yet joined looks empty to cleanup_stale.
-        _wait_for(lambda: all(str(proc.pid) in Path(f).read_text().split() for f in busy.procs_files()))
+        _wait_for(
+            lambda: all(str(proc.pid) in Path(f).read_text().split() for f in busy.procs_files())
+        )
         assert cleanup_stale(parent, SUPPORT) == 1
         assert not any(os.path.exists(d) for d in empty.directories())
         assert all(os.path.exists(d) for d in busy.directories())

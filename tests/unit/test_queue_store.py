@@ -22,7 +22,12 @@ def test_items_of_the_older_table_move_over_in_order(tmp_path):
         queues._ready(store)
         assert queues._take(store, "qu-a", "", 10) == [b"first", b"second"]
         assert queues._take(store, "qu-b", "p", 10) == [b"other"]
-        assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'queue_items'").fetchone()[0] == 0
+        assert (
+            db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'queue_items'").fetchone()[
+                0
+            ]
+            == 0
+        )
         assert list(queues._next_seqs(store, 2)) == [13, 14]  # never below a seq once used
     finally:
         store.close()

@@ -937,4 +937,7 @@ def test_fast_function_with_slow_platform_time_scales_up():
     done = [(i, "success", FAST) for i in ids]
     pool.container_outputs("c1", done, 3.0 + 0.01 * len(ids))
     actions = pool.enqueue(list(range(1000, 11000)), 6.0)
-    assert [a for a in actions if isinstance(a, StartContainer)] == [StartContainer("c2"), StartContainer("c3")]
+    assert [a for a in actions if isinstance(a, StartContainer)] == [
+        StartContainer("c2"),
+        StartContainer("c3"),
+    ]

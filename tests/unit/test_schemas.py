@@ -22,10 +22,19 @@ app = ketch.App("schemas-test")
 
 
 @app.function(
-    image=ketch.Image.debian_slim().pip_install("requests").env({"A": "1"}).add_local_dir("/tmp", "/data"),
-    gpu="H100:2", cpu=(1, 2), memory=512, timeout=60, retries=3, max_containers=4,
-    env={"A": "1"}, schedule=ketch.Period(seconds=5),
-)  # fmt: skip
+    image=ketch.Image.debian_slim()
+    .pip_install("requests")
+    .env({"A": "1"})
+    .add_local_dir("/tmp", "/data"),
+    gpu="H100:2",
+    cpu=(1, 2),
+    memory=512,
+    timeout=60,
+    retries=3,
+    max_containers=4,
+    env={"A": "1"},
+    schedule=ketch.Period(seconds=5),
+)
 def options_everywhere() -> int:
     return 1
 
@@ -93,7 +102,7 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
             "closed": True,
             "wait": 0,
         },
-    ],  # fmt: skip
+    ],
     "CallPutInputs": [
         {"call_id": CALL, "inputs": [{"idx": 1000, "args": PICKLED}], "n_inputs": None},
         {"call_id": CALL, "inputs": [{"idx": 1001, "blob_id": "bl-2"}], "n_inputs": 1002},
@@ -163,7 +172,7 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
             ],
         },
         {"object_id": OBJ, "files": [], "dirs": ["empty/dir"]},
-    ],  # fmt: skip
+    ],
     "VolumeRemove": [{"object_id": OBJ, "path": "a", "recursive": True}],
     "VolumeCopy": [
         {"object_id": OBJ, "src_paths": ["a", "b"], "dst_path": "c", "recursive": False}
@@ -339,12 +348,22 @@ def test_the_specs_and_images_of_every_example_app_pass():
         ("cpu", [1.0, 2.0, 3.0], "$.functions[0].cpu"),
         ("methods", [], "$.functions[0].methods"),
         ("module_file", b"/abs/path.py", "$.functions[0].module_file"),
-        ("image", {"version": 1, "layers": [{"hash": "h", "kind": "k", "spec": {}, "blob": 10**9}]},
-         "$.functions[0].image.layers[0].blob"),
-        ("image", {"version": 1, "layers": [], "mounts": [{"kind": "dir", "local_path": ["/"], "remote_path": "/h"}]},
-         "$.functions[0].image.mounts[0].local_path"),
+        (
+            "image",
+            {"version": 1, "layers": [{"hash": "h", "kind": "k", "spec": {}, "blob": 10**9}]},
+            "$.functions[0].image.layers[0].blob",
+        ),
+        (
+            "image",
+            {
+                "version": 1,
+                "layers": [],
+                "mounts": [{"kind": "dir", "local_path": ["/"], "remote_path": "/h"}],
+            },
+            "$.functions[0].image.mounts[0].local_path",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_bad_function_spec_names_its_field(field: str, bad: Any, path: str):
     body = {"app_id": APP, "name": "", "functions": [{**SPEC, field: bad}]}
     assert f"`{path}`" in _fails("AppCreate", body)

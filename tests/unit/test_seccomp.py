@@ -24,12 +24,23 @@ CLONE_NEWUSER, CLONE_NEWNET, CLONE_THREAD_FLAGS, SIGCHLD = 0x10000000, 0x4000000
 
 # x86-64 and aarch64 numbers of calls the filter allows, from the kernel headers.
 ALLOWED = {
-    "read": (0, 63), "write": (1, 64), "openat": (257, 56), "futex": (202, 98),
-    "execve": (59, 221), "mmap": (9, 222), "ptrace": (101, 117),
-    "process_vm_readv": (310, 270), "adjtimex": (159, 171), "chroot": (161, 51),
-    "name_to_handle_at": (303, 264), "setuid": (105, 146), "rseq": (334, 293),
-    "pidfd_open": (434, 434), "fchmodat2": (452, 452), "mseal": (462, 462),
-}  # fmt: skip
+    "read": (0, 63),
+    "write": (1, 64),
+    "openat": (257, 56),
+    "futex": (202, 98),
+    "execve": (59, 221),
+    "mmap": (9, 222),
+    "ptrace": (101, 117),
+    "process_vm_readv": (310, 270),
+    "adjtimex": (159, 171),
+    "chroot": (161, 51),
+    "name_to_handle_at": (303, 264),
+    "setuid": (105, 146),
+    "rseq": (334, 293),
+    "pidfd_open": (434, 434),
+    "fchmodat2": (452, 452),
+    "mseal": (462, 462),
+}
 ARCHES = [(X86_64, 0), (AARCH64, 1)]
 
 

@@ -69,7 +69,7 @@ def test_dotenv_quotes():
 def test_dotenv_expansion_and_line_endings(monkeypatch):
     monkeypatch.setenv("KETCH_UNIT_FROM_ENV", "outside")
     monkeypatch.delenv("KETCH_UNIT_UNSET", raising=False)
-    text = "A=1\r\nB=${A}-x\r\nC=\"${KETCH_UNIT_FROM_ENV}\"\r\nD=${KETCH_UNIT_UNSET:-fallback}\r\nE=${KETCH_UNIT_UNSET}\r\n"
+    text = 'A=1\r\nB=${A}-x\r\nC="${KETCH_UNIT_FROM_ENV}"\r\nD=${KETCH_UNIT_UNSET:-fallback}\r\nE=${KETCH_UNIT_UNSET}\r\n'
     assert parse_dotenv(text) == {"A": "1", "B": "1-x", "C": "outside", "D": "fallback", "E": ""}
 
 
@@ -95,7 +95,16 @@ def test_dotenv_errors_name_the_line_not_its_content(text, message):
 
 @pytest.mark.parametrize(
     "env",
-    [{"1ABC": "x"}, {"A-B": "x"}, {"": "x"}, {3: "x"}, {"A": 3}, {"A": b"x"}, {"A": "nul\0"}, {"A": "x" * 40000}],
+    [
+        {"1ABC": "x"},
+        {"A-B": "x"},
+        {"": "x"},
+        {3: "x"},
+        {"A": 3},
+        {"A": b"x"},
+        {"A": "nul\0"},
+        {"A": "x" * 40000},
+    ],
 )
 def test_bad_env_is_invalid_and_never_echoes_the_value(env):
     with pytest.raises(InvalidError) as info:
@@ -115,7 +124,9 @@ def test_from_dict_drops_none_and_checks_types():
 def test_from_local_environ(monkeypatch):
     monkeypatch.setenv("KETCH_UNIT_TOKEN", "t0k3n")
     monkeypatch.delenv("KETCH_UNIT_MISSING", raising=False)
-    assert ketch.Secret.from_local_environ(["KETCH_UNIT_TOKEN"])._ketch_impl._env == {"KETCH_UNIT_TOKEN": "t0k3n"}
+    assert ketch.Secret.from_local_environ(["KETCH_UNIT_TOKEN"])._ketch_impl._env == {
+        "KETCH_UNIT_TOKEN": "t0k3n"
+    }
     with pytest.raises(InvalidError, match="KETCH_UNIT_MISSING"):
         ketch.Secret.from_local_environ(["KETCH_UNIT_TOKEN", "KETCH_UNIT_MISSING"])
     with pytest.raises(InvalidError):
@@ -163,7 +174,9 @@ def test_repr_and_pickle_never_carry_values():
 # -- decorators -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("secrets", ["creds", [{"A": "1"}], ["creds"], ketch.Secret.from_dict({"A": "1"})])
+@pytest.mark.parametrize(
+    "secrets", ["creds", [{"A": "1"}], ["creds"], ketch.Secret.from_dict({"A": "1"})]
+)
 def test_secrets_option_is_checked_at_decoration(secrets):
     with pytest.raises(InvalidError, match="ketch.Secret"):
         app.function(secrets=secrets)
@@ -174,7 +187,10 @@ def test_secrets_option_is_checked_at_decoration(secrets):
 def test_secrets_are_accepted_without_the_not_applied_warning(caplog):
     with caplog.at_level(logging.WARNING):
 
-        @app.function(secrets=[ketch.Secret.from_name("creds"), ketch.Secret.from_dict({"A": "1"})], serialized=True)
+        @app.function(
+            secrets=[ketch.Secret.from_name("creds"), ketch.Secret.from_dict({"A": "1"})],
+            serialized=True,
+        )
         def uses_secrets():
             pass
 

@@ -48,7 +48,9 @@ def test_unknown_option_is_named():
 
 
 def test_good_options_are_normalized():
-    opts = build_options(timeout=10, retries=ketch.Retries(max_retries=2, initial_delay=0.5), memory=(512, 1024))
+    opts = build_options(
+        timeout=10, retries=ketch.Retries(max_retries=2, initial_delay=0.5), memory=(512, 1024)
+    )
     assert opts["timeout"] == 10.0
     assert opts["max_retries"] == 2 and opts["initial_delay"] == 0.5
     assert opts["memory"] == [512, 1024]
@@ -111,7 +113,12 @@ def test_class_parameters_are_checked_at_the_client():
 
 @pytest.mark.parametrize(
     "options",
-    [{"secrets": "not-a-list"}, {"volumes": ["/data"]}, {"volumes": {"data": object()}}, {"volumes": {"/": object()}}],
+    [
+        {"secrets": "not-a-list"},
+        {"volumes": ["/data"]},
+        {"volumes": {"data": object()}},
+        {"volumes": {"/": object()}},
+    ],
 )
 def test_later_options_are_shape_checked_now(options):
     with pytest.raises(InvalidError):

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.timeout(60)
 
 
 # (More than 4 blocks wraps the ring of block buffers that ingest hashes from on 2 cores.)
-@pytest.mark.parametrize("size", [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK + 7, 5 * BLOCK, 11 * BLOCK + 3])
+@pytest.mark.parametrize(
+    "size", [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK + 7, 5 * BLOCK, 11 * BLOCK + 3]
+)
 def test_blob_ids_agree_however_the_bytes_arrive(tmp_path, size):
     store = BlobStore(tmp_path / "blobs")
     data = os.urandom(size)
@@ -33,7 +35,9 @@ def test_blob_ids_agree_however_the_bytes_arrive(tmp_path, size):
     ingested, n = store.ingest(tmp_path / "f")
     ids = {store.put(data), ingested, streamed.finish()}
     blocks = [data[i : i + BLOCK] for i in range(0, size, BLOCK)] or [b""]
-    assert ids == {"bl-" + hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in blocks)).hexdigest()}
+    assert ids == {
+        "bl-" + hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in blocks)).hexdigest()
+    }
     assert n == size and store.path(ingested).read_bytes() == data
     assert store.path(ids.pop()).read_bytes() == data
     assert not list((tmp_path / "blobs").glob("tmp-*"))
@@ -68,7 +72,9 @@ def test_working_copy_collect_and_update(tmp_path):
     assert (other / "mine.txt").read_text() == "uncommitted"
     assert "mine.txt" in wc.collect(other, other_state, blobs.ingest)[0]
     # A file deleted in the head goes, unless it was changed here.
-    other_state = wc.update(other, other_state, [e for e in committed if e["path"] != "b.txt"], blobs.path)
+    other_state = wc.update(
+        other, other_state, [e for e in committed if e["path"] != "b.txt"], blobs.path
+    )
     assert not (other / "b.txt").exists()
 
 
@@ -87,7 +93,10 @@ def test_linked_working_copy(tmp_path):
     state = wc.materialize(data, head, blobs.path, link=True)
     assert os.path.samefile(data / "w.bin", blobs.path(plain))  # no bytes copied
     assert not os.path.samefile(data / "run.sh", blobs.path(script))
-    assert os.stat(data / "run.sh").st_mode & 0o7777 == 0o755 and os.stat(data / "run.sh").st_mtime == 1_000_000.0
+    assert (
+        os.stat(data / "run.sh").st_mode & 0o7777 == 0o755
+        and os.stat(data / "run.sh").st_mtime == 1_000_000.0
+    )
     # Storing the same bytes again moves the blob's time: not a local change, so a
     # file the head dropped still goes at reload.
     time.sleep(0.01)
@@ -107,14 +116,23 @@ def service(tmp_path):
 
 
 def _file(svc: VolumeService, path: str, text: str) -> dict:
-    return {"path": path, "type": "f", "blob": svc.blobs.put(text.encode()), "target": None,
-            "size": len(text), "mode": 0o644, "mtime": time.time()}  # fmt: skip
+    return {
+        "path": path,
+        "type": "f",
+        "blob": svc.blobs.put(text.encode()),
+        "target": None,
+        "size": len(text),
+        "mode": 0o644,
+        "mtime": time.time(),
+    }
 
 
 def test_apply_makes_parents_and_last_commit_wins(service):
     svc, oid = service
     v1, _ = svc.apply(oid, {"a/b/c.txt": _file(svc, "a/b/c.txt", "one")})
-    v2, _ = svc.apply(oid, {"a/b/c.txt": _file(svc, "a/b/c.txt", "two"), "x.txt": _file(svc, "x.txt", "x")})
+    v2, _ = svc.apply(
+        oid, {"a/b/c.txt": _file(svc, "a/b/c.txt", "two"), "x.txt": _file(svc, "x.txt", "x")}
+    )
     assert v2 == v1 + 1
     entries = {e["path"]: e for e in head(svc.store, oid)}
     assert sorted(entries) == ["a", "a/b", "a/b/c.txt", "x.txt"]
@@ -142,7 +160,15 @@ def test_remove_copy_and_paths(service):
     svc.copy(oid, ["d"], "d2", recursive=True)
     svc.copy(oid, ["d/a", "d/e/b"], "flat", recursive=False)
     svc.remove(oid, "d", recursive=True)
-    assert sorted(e["path"] for e in head(svc.store, oid)) == ["d2", "d2/a", "d2/e", "d2/e/b", "flat", "flat/a", "flat/b"]
+    assert sorted(e["path"] for e in head(svc.store, oid)) == [
+        "d2",
+        "d2/a",
+        "d2/e",
+        "d2/e/b",
+        "flat",
+        "flat/a",
+        "flat/b",
+    ]
     with pytest.raises(NotFoundError):
         svc.remove(oid, "nope", recursive=False)
     assert norm("/a//b/./c/") == "a/b/c" and norm("/") == ""
@@ -179,7 +205,9 @@ def test_overlay_copy_is_mounted_again_before_a_restart_commits_it(tmp_path):
             pytest.skip("overlayfs is not available here")
         assert os.stat(data / "a.txt").st_nlink >= 2  # a link to the blob, not a copy
         (data / "a.txt").write_text("changed")
-        assert svc.blobs.get(_blob(store, oid, "a.txt")) == b"one"  # copied up: the blob is untouched
+        assert (
+            svc.blobs.get(_blob(store, oid, "a.txt")) == b"one"
+        )  # copied up: the blob is untouched
         await isolate.unmount(data)  # what a reboot does
         assert not (data / "b.txt").exists()
         again = VolumeService(store, tmp_path)

@@ -86,7 +86,9 @@ def summarize(kind: str, spec: Mapping[str, Any]) -> str:
     if kind in ("pip_install", "uv_pip_install", "apt_install"):
         return f"{kind} {' '.join(spec['packages'])}"
     if kind == "pip_install_from_requirements":
-        lines = [x for x in spec["requirements"].splitlines() if x.strip() and not x.startswith("#")]
+        lines = [
+            x for x in spec["requirements"].splitlines() if x.strip() and not x.startswith("#")
+        ]
         return f"{kind} ({len(lines)} requirements)"
     if kind == "run_commands":
         return "run_commands " + " && ".join(spec["commands"])
@@ -225,9 +227,14 @@ class Builder:
         debs = self.store.root / "debs" / suite
         debs.mkdir(parents=True, exist_ok=True)
         argv = [
-            "debootstrap", "--variant=minbase", "--include=python3,ca-certificates",
-            f"--cache-dir={debs}", suite, str(fs), config.get("debian_mirror"),
-        ]  # fmt: skip
+            "debootstrap",
+            "--variant=minbase",
+            "--include=python3,ca-certificates",
+            f"--cache-dir={debs}",
+            suite,
+            str(fs),
+            config.get("debian_mirror"),
+        ]
         await self._stream(argv, log, "debootstrap", env={**os.environ, "LC_ALL": "C"})
         for junk in ("var/lib/apt/lists", "var/cache/apt/archives"):
             for entry in (fs / junk).glob("*"):
@@ -284,7 +291,9 @@ class Builder:
             cfg["python"], cfg["python_version"] = found
         return cfg
 
-    async def _find_python(self, fs: Path, cfg: Mapping[str, Any], log: Log) -> tuple[str, str] | None:
+    async def _find_python(
+        self, fs: Path, cfg: Mapping[str, Any], log: Log
+    ) -> tuple[str, str] | None:
         script = (
             "for p in python3 python; do c=$(command -v $p) && "
             '{ echo "$c"; "$c" -c "import sys; print(\'%d.%d\' % sys.version_info[:2])"; exit 0; }; done; exit 3'
@@ -417,10 +426,14 @@ class Builder:
         with contextlib.ExitStack() as stack:
             stage = None
             userns.makedirs(self.userns, rootfs, workdir)
-            if self.userns is not None:  # the root and the binds where the namespace's root reaches them, idmapped
+            if (
+                self.userns is not None
+            ):  # the root and the binds where the namespace's root reaches them, idmapped
                 stage = stack.enter_context(self.userns.staging())
                 rootfs = stage.expose(rootfs, writable=True, nosuid=False)
-            box = isolate.Bwrap(rootfs, cwd=workdir)  # the network stays the host's: installs download
+            box = isolate.Bwrap(
+                rootfs, cwd=workdir
+            )  # the network stays the host's: installs download
             self._fill_box(box, stage, cfg, binds, env)
             command = isolate.as_user(cfg.get("user"), argv)
             with box:
@@ -511,9 +524,13 @@ class Builder:
                 argv = [built.python, "-m", "compileall", "-q", "-j", "0", MOUNT_POINT]
                 try:
                     await self._sandbox(
-                        root.merged, argv, built.config, lambda _line: None, "compileall",
+                        root.merged,
+                        argv,
+                        built.config,
+                        lambda _line: None,
+                        "compileall",
                         binds=[(bundle, MOUNT_POINT, True)],
-                    )  # fmt: skip
+                    )
                 except _StepFailed as exc:
                     logger.warning("could not precompile the ketch runtime: %s", exc)
             RuntimeBundles.mark_compiled(bundle, version)
@@ -553,7 +570,9 @@ class _Overlay:
 
     async def mount(self) -> None:
         self.upper.mkdir(parents=True, exist_ok=True)
-        await userns.mount_overlay(self.userns, self.lowers, self.upper, self.dir / "work", self.merged)
+        await userns.mount_overlay(
+            self.userns, self.lowers, self.upper, self.dir / "work", self.merged
+        )
         self._mounted = True
         for point in (KETCH_DIR, "etc/resolv.conf"):
             if not os.path.lexists(self.merged / point.lstrip("/")):

@@ -40,26 +40,54 @@ from . import seccomp
 # Docker's default capability set: enough for package managers and servers,
 # without CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_SYS_PTRACE or module loading.
 CONTAINER_CAPS = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SYS_CHROOT",
-    "CAP_MKNOD", "CAP_AUDIT_WRITE", "CAP_SETFCAP",
-)  # fmt: skip
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_SYS_CHROOT",
+    "CAP_MKNOD",
+    "CAP_AUDIT_WRITE",
+    "CAP_SETFCAP",
+)
 # runc's defaults, which Docker uses: kernel files a container may read but not write...
 READ_ONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 # ...and ones it may not read at all: a file reads as empty (/dev/null), a directory is empty.
 MASKED_PATHS = (
-    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
-    "/proc/latency_stats", "/proc/sched_debug", "/proc/scsi", "/proc/timer_list",
-    "/proc/timer_stats", "/sys/devices/virtual/powercap", "/sys/firmware",
-)  # fmt: skip
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/devices/virtual/powercap",
+    "/sys/firmware",
+)
 # Where hosts mount kernel filesystems under the host trees a sandbox sees. Covered even
 # when nothing is mounted there now: bubblewrap's mounts are slaves of the host's, so a
 # mount the host makes later (binfmt_misc's automount, say) would appear in running sandboxes.
 KERNEL_MOUNT_POINTS = (
-    "/proc/sys/fs/binfmt_misc", "/proc/fs/nfsd", "/sys/fs/bpf", "/sys/fs/cgroup",
-    "/sys/fs/fuse/connections", "/sys/fs/pstore", "/sys/fs/selinux", "/sys/kernel/config",
-    "/sys/kernel/debug", "/sys/kernel/security", "/sys/kernel/tracing",
-)  # fmt: skip
+    "/proc/sys/fs/binfmt_misc",
+    "/proc/fs/nfsd",
+    "/sys/fs/bpf",
+    "/sys/fs/cgroup",
+    "/sys/fs/fuse/connections",
+    "/sys/fs/pstore",
+    "/sys/fs/selinux",
+    "/sys/kernel/config",
+    "/sys/kernel/debug",
+    "/sys/kernel/security",
+    "/sys/kernel/tracing",
+)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_OVERLAY_OPTIONS = 4000  # the kernel takes mount options up to one page
 MNT_DETACH = 2
@@ -126,7 +154,9 @@ async def mount_overlay(
     # mount(2) itself: starting mount(8) cost a few ms of every container's cold start.
     if libc().mount(b"overlay", os.fsencode(merged), b"overlay", 0, options.encode()) != 0:
         err = ctypes.get_errno()
-        raise RuntimeError(f"mount overlay at {merged} failed: {os.strerror(err)} (the kernel log says more)")
+        raise RuntimeError(
+            f"mount overlay at {merged} failed: {os.strerror(err)} (the kernel log says more)"
+        )
 
 
 async def unmount(merged: Path) -> None:
@@ -239,7 +269,9 @@ class Bwrap:
     hostname: str | None = None
     cwd: str = "/"
     env: dict[str, str] = field(default_factory=dict)
-    tmp_size_mib: int | None = None  # a bound on /tmp (a tmpfs: its pages count as the container's memory)
+    tmp_size_mib: int | None = (
+        None  # a bound on /tmp (a tmpfs: its pages count as the container's memory)
+    )
     _binds: list[str] = field(default_factory=list)
     pass_fds: list[int] = field(default_factory=list, init=False)
 
@@ -260,7 +292,15 @@ class Bwrap:
         args = [bwrap, "--bind", str(self.root), "/", "--dev", "/dev", "--proc", "/proc"]
         if self.tmp_size_mib:
             args += ["--size", str(self.tmp_size_mib << 20)]
-        args += ["--perms", "1777", "--tmpfs", "/tmp", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+        args += [
+            "--perms",
+            "1777",
+            "--tmpfs",
+            "/tmp",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+        ]
         args += ["--unshare-cgroup-try", "--die-with-parent", "--new-session"]
         if not self.network:
             args.append("--unshare-net")

@@ -106,7 +106,9 @@ class LayerStore:
 
     def lowers(self, chain: Sequence[str]) -> list[Path]:
         """Overlay lower dirs for a chain of layer hashes (base first), top first, empty ones left out."""
-        return [self.fs(h) for h in reversed(chain) if not self.meta(h).get("empty") or h == chain[0]]
+        return [
+            self.fs(h) for h in reversed(chain) if not self.meta(h).get("empty") or h == chain[0]
+        ]
 
     def new_build_dir(self, layer_hash: str) -> Path:
         path = self.tmp_dir / f"{layer_hash[:16]}-{uuid.uuid4().hex[:8]}"

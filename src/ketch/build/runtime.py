@@ -105,10 +105,18 @@ class RuntimeBundles:
                 ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
             )
             argv = [
-                uv_binary(), "pip", "install", "--quiet", "--target", str(staging / "deps"),
-                "--python-version", python_version, "--python-platform", python_platform(),
+                uv_binary(),
+                "pip",
+                "install",
+                "--quiet",
+                "--target",
+                str(staging / "deps"),
+                "--python-version",
+                python_version,
+                "--python-platform",
+                python_platform(),
                 *_pins(),
-            ]  # fmt: skip
+            ]
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdout=asyncio.subprocess.PIPE,

@@ -368,7 +368,12 @@ class Staging:
 
 
 async def mount_overlay(
-    ns: UserNamespace | None, lowers: Sequence[Path], upper: Path, work: Path, merged: Path, extra: str = ""
+    ns: UserNamespace | None,
+    lowers: Sequence[Path],
+    upper: Path,
+    work: Path,
+    merged: Path,
+    extra: str = "",
 ) -> None:
     """An overlay for a sandbox: over idmapped layers with a namespace, as it is without one."""
     if ns is None:
@@ -480,8 +485,20 @@ def _probe(ns: UserNamespace, home: Path, probe_dirs: Iterable[Path]) -> None:
             if _read_only(merged):
                 raise RuntimeError("an overlay over idmapped layers comes up read-only")
             bwrap = isolate.support().bwrap or "bwrap"
-            argv = [bwrap, "--ro-bind", "/", "/", "--bind", str(merged), "/mnt", "--unshare-pid",
-                    "--die-with-parent", "/bin/sh", "-c", "touch /mnt/probe && test $(id -u) = 0"]  # fmt: skip
+            argv = [
+                bwrap,
+                "--ro-bind",
+                "/",
+                "/",
+                "--bind",
+                str(merged),
+                "/mnt",
+                "--unshare-pid",
+                "--die-with-parent",
+                "/bin/sh",
+                "-c",
+                "touch /mnt/probe && test $(id -u) = 0",
+            ]
             done = subprocess.run(ns.enter(argv), capture_output=True, text=True, timeout=20)
         if done.returncode != 0:
             raise RuntimeError(f"a sandbox cannot write its overlay: {done.stderr.strip()[-300:]}")

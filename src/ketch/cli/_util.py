@@ -68,7 +68,9 @@ def find_app(module: Any, path: str) -> Any:
     if len(apps) > 1 and "app" in vars(module) and isinstance(module.app, App):
         return module.app
     if len(apps) > 1:
-        raise click.UsageError(f"{path} defines several apps; name the one to use as FILE::app_variable")
+        raise click.UsageError(
+            f"{path} defines several apps; name the one to use as FILE::app_variable"
+        )
     return apps[0]
 
 

@@ -40,7 +40,13 @@ def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
     left = max(0.0, ts - time.time())
-    off = f"{left:.0f}s" if left < 120 else f"{left / 60:.0f}m" if left < 7200 else f"{left / 3600:.1f}h"
+    off = (
+        f"{left:.0f}s"
+        if left < 120
+        else f"{left / 60:.0f}m"
+        if left < 7200
+        else f"{left / 3600:.1f}h"
+    )
     return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts))} (in {off})"
 
 
@@ -61,8 +67,10 @@ def info(name: str) -> None:
     reply = rpc("AppInfo", body)
     kind = "deployed" if reply["deployed"] else "ephemeral"
     version = f", v{reply['version']}" if reply.get("version") else ""
-    click.echo(f"{reply['name']} ({reply['app_id']}): {reply['state']}, {kind}{version}, "
-               f"{reply['n_containers']} container(s), created {ago(reply['created_at'])}")  # fmt: skip
+    click.echo(
+        f"{reply['name']} ({reply['app_id']}): {reply['state']}, {kind}{version}, "
+        f"{reply['n_containers']} container(s), created {ago(reply['created_at'])}"
+    )
     click.echo("functions:")
     for fn in reply["functions"]:
         click.echo(f"  - {fn['tag']}")
@@ -94,7 +102,9 @@ def logs(name: str, follow: bool) -> None:
     body = {"app_id": name} if name.startswith("ap-") else {"name": name}
     after = 0
     while True:
-        reply = rpc("AppLogs", {**body, "after": after, "timeout": 30 if follow else 0, "limit": 5000})
+        reply = rpc(
+            "AppLogs", {**body, "after": after, "timeout": 30 if follow else 0, "limit": 5000}
+        )
         for row in reply["logs"]:
             after = row["seq"]
             print_log_line(row)
@@ -111,7 +121,9 @@ def history(name: str) -> None:
     for v in reversed(reply["versions"]):
         live = "  (live)" if v["version"] == reply["live"] else ""
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v["created_at"]))
-        click.echo(f"{'v' + str(v['version']):>7}  {when:<22} {v['source_hash']:<8}  {v['n_functions']:>9}  {v['note']}{live}")
+        click.echo(
+            f"{'v' + str(v['version']):>7}  {when:<22} {v['source_hash']:<8}  {v['n_functions']:>9}  {v['note']}{live}"
+        )
 
 
 @app_group.command()

@@ -48,7 +48,9 @@ def get(name: str, key: str) -> None:
 
 @dict_group.command()
 @click.argument("name")
-@click.option("-n", "limit", default=20, show_default=True, help="How many entries to show (0: all).")
+@click.option(
+    "-n", "limit", default=20, show_default=True, help="How many entries to show (0: all)."
+)
 def items(name: str, limit: int) -> None:
     """Print entries of Dict NAME."""
     d = Dict.from_name(name)

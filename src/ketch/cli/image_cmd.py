@@ -78,7 +78,9 @@ def prune(older_than: str) -> None:
     """Remove layers no image has used recently (and unfinished builds)."""
     m = _DURATION.match(older_than.strip())
     if not m:
-        raise click.ClickException(f"--older-than takes a duration like 30m, 12h or 7d, not {older_than!r}")
+        raise click.ClickException(
+            f"--older-than takes a duration like 30m, 12h or 7d, not {older_than!r}"
+        )
     seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
     started = time.monotonic()
     removed = _store().prune(seconds)

@@ -39,9 +39,13 @@ def _pick(module: Any, path: str, name: str | None) -> tuple[Any, Any, str]:
             return app, entrypoints[name], "entrypoint"
         if name in functions:
             return app, functions[name], "function"
-    choices = sorted({n for a in apps for n in [*a.registered_entrypoints, *a.registered_functions]})
+    choices = sorted(
+        {n for a in apps for n in [*a.registered_entrypoints, *a.registered_functions]}
+    )
     what = f"nothing named {name!r}" if name else "several entrypoints or functions"
-    raise click.UsageError(f"{path} has {what}; choose one with {path}::NAME from: {', '.join(choices)}")
+    raise click.UsageError(
+        f"{path} has {what}; choose one with {path}::NAME from: {', '.join(choices)}"
+    )
 
 
 def _options_for(fn: Any) -> list[click.Parameter]:
@@ -54,19 +58,32 @@ def _options_for(fn: Any) -> list[click.Parameter]:
     for param in inspect.signature(fn).parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
-        annotation = hints.get(param.name, str if param.default is param.empty else type(param.default))
+        annotation = hints.get(
+            param.name, str if param.default is param.empty else type(param.default)
+        )
         flag = "--" + param.name.replace("_", "-")
         if annotation is bool:
             options.append(
-                click.Option([f"{flag}/--no-{param.name.replace('_', '-')}"], default=param.default is True, show_default=True)
+                click.Option(
+                    [f"{flag}/--no-{param.name.replace('_', '-')}"],
+                    default=param.default is True,
+                    show_default=True,
+                )
             )
             continue
-        click_type = {int: click.INT, float: click.FLOAT, str: click.STRING}.get(annotation, click.STRING)
+        click_type = {int: click.INT, float: click.FLOAT, str: click.STRING}.get(
+            annotation, click.STRING
+        )
         required = param.default is param.empty
         options.append(
-            click.Option([flag, param.name], type=click_type, required=required,
-                         default=None if required else param.default, show_default=not required)
-        )  # fmt: skip
+            click.Option(
+                [flag, param.name],
+                type=click_type,
+                required=required,
+                default=None if required else param.default,
+                show_default=not required,
+            )
+        )
     return options
 
 
@@ -79,9 +96,19 @@ def _call(fn: Any, kind: str, kwargs: dict[str, Any]) -> Any:
     return result
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.command(
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": [],
+    }
+)
 @click.argument("target")
-@click.option("--detach", is_flag=True, help="Accepted for Modal compatibility; the app stops when the run ends.")
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Accepted for Modal compatibility; the app stops when the run ends.",
+)
 @click.pass_context
 def run(ctx: click.Context, target: str, detach: bool) -> None:
     """Run FILE's local entrypoint (or one function) on an ephemeral app.
@@ -95,7 +122,9 @@ def run(ctx: click.Context, target: str, detach: bool) -> None:
     raw = fn.get_raw_f() if kind == "function" else fn
     command = click.Command(name=target, params=_options_for(raw), callback=lambda **kw: kw)
     try:
-        kwargs = command.main(list(ctx.args), prog_name=f"ketch run {target}", standalone_mode=False)
+        kwargs = command.main(
+            list(ctx.args), prog_name=f"ketch run {target}", standalone_mode=False
+        )
     except click.ClickException as exc:
         exc.show()
         raise SystemExit(2) from None

@@ -18,8 +18,12 @@ def secret_group() -> None:
 @secret_group.command()
 @click.argument("name")
 @click.argument("pairs", nargs=-1, metavar="KEY=VALUE...")
-@click.option("--from-dotenv", "dotenv", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also read KEY=VALUE lines from this .env file (pairs given as arguments win).")  # fmt: skip
+@click.option(
+    "--from-dotenv",
+    "dotenv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also read KEY=VALUE lines from this .env file (pairs given as arguments win).",
+)
 @click.option("--force", is_flag=True, help="Replace the values of an existing Secret.")
 def create(name: str, pairs: tuple[str, ...], dotenv: Path | None, force: bool) -> None:
     """Create Secret NAME with the variables KEY=VALUE ...

@@ -26,7 +26,9 @@ RELOAD_DEBOUNCE_MS = 200
 
 @click.command()
 @click.argument("path")
-@click.option("--child", is_flag=True, hidden=True, help="Run the app once (used by the watching parent).")
+@click.option(
+    "--child", is_flag=True, hidden=True, help="Run the app once (used by the watching parent)."
+)
 def serve(path: str, child: bool) -> None:
     """Serve FILE's web endpoints until Ctrl-C, reloading on every change to its source.
 
@@ -43,7 +45,10 @@ def serve(path: str, child: bool) -> None:
     proc = _start(file)
     try:
         for changes in watchfiles.watch(
-            file.parent, watch_filter=watchfiles.PythonFilter(), debounce=RELOAD_DEBOUNCE_MS, raise_interrupt=True
+            file.parent,
+            watch_filter=watchfiles.PythonFilter(),
+            debounce=RELOAD_DEBOUNCE_MS,
+            raise_interrupt=True,
         ):
             names = sorted({Path(p).name for _, p in changes})
             click.echo(f"ketch serve: {', '.join(names)} changed; reloading", err=True)
@@ -86,8 +91,13 @@ def _run_once(path: str) -> None:
         return
     with app.run():
         if not print_web_urls(app):
-            click.echo(f"ketch serve: {path} has no web endpoints; its app runs until Ctrl-C", err=True)
-        click.echo(f"ketch serve: serving {path} (pid {os.getpid()}) at {time.strftime('%H:%M:%S')}", err=True)
+            click.echo(
+                f"ketch serve: {path} has no web endpoints; its app runs until Ctrl-C", err=True
+            )
+        click.echo(
+            f"ketch serve: serving {path} (pid {os.getpid()}) at {time.strftime('%H:%M:%S')}",
+            err=True,
+        )
         try:
             stop.wait()
         except KeyboardInterrupt:

@@ -17,11 +17,27 @@ def server() -> None:
 
 @server.command()
 @click.option("--host", default=None, help="address of the API (default 127.0.0.1)")
-@click.option("--port", type=int, default=None, help="port of the API (default: the last one, or a free one)")
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS certificate (PEM)")
-@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="its private key (PEM)")
-@click.option("--insecure", is_flag=True, help="off loopback without TLS: tokens travel in clear text")
-def start(host: str | None, port: int | None, tls_cert: str | None, tls_key: str | None, insecure: bool) -> None:
+@click.option(
+    "--port", type=int, default=None, help="port of the API (default: the last one, or a free one)"
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="TLS certificate (PEM)",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="its private key (PEM)",
+)
+@click.option(
+    "--insecure", is_flag=True, help="off loopback without TLS: tokens travel in clear text"
+)
+def start(
+    host: str | None, port: int | None, tls_cert: str | None, tls_key: str | None, insecure: bool
+) -> None:
     """Start the control plane in the background (no-op if it runs).
 
     Off loopback it needs TLS files (or --insecure), and every client a token:
@@ -29,7 +45,12 @@ def start(host: str | None, port: int | None, tls_cert: str | None, tls_key: str
         ketch server start --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem
     """
     extra: list[str] = []
-    for flag, value in (("--host", host), ("--port", port), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+    for flag, value in (
+        ("--host", host),
+        ("--port", port),
+        ("--tls-cert", tls_cert),
+        ("--tls-key", tls_key),
+    ):
         if value is not None:
             extra += [flag, str(value)]
     if insecure:

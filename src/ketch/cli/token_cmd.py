@@ -34,12 +34,18 @@ def create(role: str | None) -> None:
         reply = rpc("ApiTokenCreate", {"role": role})
         click.echo(f"Token ID: {reply['token_id']}")
         click.echo(f"Token:    {reply['token']}")
-        click.echo(f"An API token with role {role!r}; give it as KETCH_TOKEN. It is not shown again.", err=True)
+        click.echo(
+            f"An API token with role {role!r}; give it as KETCH_TOKEN. It is not shown again.",
+            err=True,
+        )
         return
     reply = rpc("ProxyTokenCreate", {})
     click.echo(f"Token ID:     {reply['token_id']}")
     click.echo(f"Token secret: {reply['token_secret']}")
-    click.echo("Send them as the Modal-Key and Modal-Secret headers. The secret is not shown again.", err=True)
+    click.echo(
+        "Send them as the Modal-Key and Modal-Secret headers. The secret is not shown again.",
+        err=True,
+    )
 
 
 @token_group.command(name="list")

@@ -53,7 +53,6 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-
 def _noted(exc: BaseException) -> BaseException:
     """``exc``, with a note naming the bound when it is the container's full disk."""
     bound = os.environ.get("KETCH_EPHEMERAL_DISK_MIB")
@@ -103,7 +102,9 @@ class ContainerLoop:
             if not self.outbox:
                 self.outbox_since = time.monotonic()
             self.outbox.append(item)
-            urgent = force or (not self.queue and not self.inline_left) or len(self.outbox) >= FLUSH_AT
+            urgent = (
+                force or (not self.queue and not self.inline_left) or len(self.outbox) >= FLUSH_AT
+            )
             urgent = urgent or time.monotonic() - self.outbox_since > FLUSH_AFTER_S
         if urgent:
             self.flush()
@@ -117,8 +118,15 @@ class ContainerLoop:
             with self.send_lock:
                 self.chan.write({"t": "outputs", "items": batch})
 
-    def _result(self, input_id: int, status: str, data: bytes | None, started: float) -> dict[str, Any]:
-        return {"id": input_id, "status": status, "data": data, "duration": time.monotonic() - started}
+    def _result(
+        self, input_id: int, status: str, data: bytes | None, started: float
+    ) -> dict[str, Any]:
+        return {
+            "id": input_id,
+            "status": status,
+            "data": data,
+            "duration": time.monotonic() - started,
+        }
 
     # -- running one input ---------------------------------------------------
     def _decode(self, item: dict[str, Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
@@ -132,13 +140,20 @@ class ContainerLoop:
         try:
             data = cloudpickle.dumps(value)
         except Exception as exc:
-            err = InvalidError(f"the return value could not be serialized: {type(exc).__name__}: {exc}")
+            err = InvalidError(
+                f"the return value could not be serialized: {type(exc).__name__}: {exc}"
+            )
             return self._result(input_id, "failure", serialize_exception(err), started)
         return self._result(input_id, "success", data, started)
 
     @staticmethod
     def _item(input_id: int, n: int, element: Any) -> dict[str, Any]:
-        return {"id": input_id, "status": "item", "gen_index": n, "data": cloudpickle.dumps(element)}
+        return {
+            "id": input_id,
+            "status": "item",
+            "gen_index": n,
+            "data": cloudpickle.dumps(element),
+        }
 
     def _failure(self, input_id: int, exc: BaseException, started: float) -> dict[str, Any]:
         if isinstance(exc, InputCancellation) or input_id in self.cancelled:
@@ -150,7 +165,9 @@ class ContainerLoop:
     def run_sync_input(self, item: dict[str, Any]) -> None:
         input_id = item["id"]
         started = time.monotonic()
-        self.running[input_id] = _Running(input_id, started + self.spec.timeout, threading.get_ident())
+        self.running[input_id] = _Running(
+            input_id, started + self.spec.timeout, threading.get_ident()
+        )
         try:
             fn, args, kwargs = self._decode(item)
             value = fn(*args, **kwargs)
@@ -196,7 +213,9 @@ class ContainerLoop:
     def run_batch(self, items: list[dict[str, Any]]) -> None:
         started = time.monotonic()
         for it in items:
-            self.running[it["id"]] = _Running(it["id"], started + self.spec.timeout, threading.get_ident())
+            self.running[it["id"]] = _Running(
+                it["id"], started + self.spec.timeout, threading.get_ident()
+            )
         try:
             decoded = [self._decode(it) for it in items]
             fn = decoded[0][0]
@@ -213,7 +232,9 @@ class ContainerLoop:
                 raise InvalidError(
                     f"a @batched function must return a list of {len(items)} results, got {type(values).__name__}"
                 )
-            outs = [self._pack_result(it["id"], v, started) for it, v in zip(items, values, strict=True)]
+            outs = [
+                self._pack_result(it["id"], v, started) for it, v in zip(items, values, strict=True)
+            ]
         except BaseException as exc:
             outs = [self._failure(it["id"], exc, started) for it in items]
         finally:
@@ -269,7 +290,9 @@ class ContainerLoop:
             items = self._take()
             if not items:
                 break
-            fut = asyncio.run_coroutine_threadsafe(self.run_async_input(items[0], sem_holder[0]), self.aloop)
+            fut = asyncio.run_coroutine_threadsafe(
+                self.run_async_input(items[0], sem_holder[0]), self.aloop
+            )
             pending.add(fut)
             pending = {f for f in pending if not f.done()}
         for fut in pending:
@@ -288,8 +311,16 @@ class ContainerLoop:
             f"{self.spec.tag} timed out after {self.spec.timeout:g} s (timeout={self.spec.timeout:g}); "
             "its container was stopped"
         )
-        out = {"id": running.input_id, "status": "timeout", "data": serialize_exception(err), "duration": self.spec.timeout}
-        print(f"ketch: input timed out after {self.spec.timeout:g} s; stopping the container", file=sys.stderr)
+        out = {
+            "id": running.input_id,
+            "status": "timeout",
+            "data": serialize_exception(err),
+            "duration": self.spec.timeout,
+        }
+        print(
+            f"ketch: input timed out after {self.spec.timeout:g} s; stopping the container",
+            file=sys.stderr,
+        )
         try:
             self.emit(out, force=True)
         finally:
@@ -322,13 +353,17 @@ class ContainerLoop:
         is_async = any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f) for f in fns)
         if self.web is not None:  # requests run as tasks on an event loop, whatever the function is
             self.aloop = asyncio.new_event_loop()
-            threading.Thread(target=_run_loop, args=(self.aloop,), name="user-loop", daemon=True).start()
+            threading.Thread(
+                target=_run_loop, args=(self.aloop,), name="user-loop", daemon=True
+            ).start()
             targets = []
         elif self.spec.batch_max_size:
             targets = [self.batch_worker]
         elif is_async:
             self.aloop = asyncio.new_event_loop()
-            threading.Thread(target=_run_loop, args=(self.aloop,), name="user-loop", daemon=True).start()
+            threading.Thread(
+                target=_run_loop, args=(self.aloop,), name="user-loop", daemon=True
+            ).start()
             targets = [self.async_feeder]
         else:
             targets = [self.sync_worker] * self.slots
@@ -385,7 +420,9 @@ class ContainerLoop:
 
         def readable() -> None:
             try:
-                got = buffer.receive(sock)  # the socket stays blocking: it is readable, so this returns now
+                got = buffer.receive(
+                    sock
+                )  # the socket stays blocking: it is readable, so this returns now
             except OSError:
                 got = 0
             if not got:
@@ -471,7 +508,13 @@ def main() -> None:
     _die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
     chan = _connect()
-    chan.write({"t": "hello", "container_id": os.environ["KETCH_CONTAINER_ID"], "token": os.environ["KETCH_CONTAINER_TOKEN"]})
+    chan.write(
+        {
+            "t": "hello",
+            "container_id": os.environ["KETCH_CONTAINER_ID"],
+            "token": os.environ["KETCH_CONTAINER_TOKEN"],
+        }
+    )
     init = chan.read()
     spec = FunctionSpec.from_wire(init["spec"])
     os.environ["KETCH_APP_ID"] = init["app_id"]

@@ -47,10 +47,16 @@ def apply_volume_mounts() -> None:
         _check(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "making / private")
         for host_dir, path, read_only in mounts:
             os.makedirs(path, exist_ok=True)
-            _check(libc.mount(host_dir.encode(), path.encode(), None, _MS_BIND | _MS_REC, None), f"mounting {path}")
+            _check(
+                libc.mount(host_dir.encode(), path.encode(), None, _MS_BIND | _MS_REC, None),
+                f"mounting {path}",
+            )
             if read_only:  # a bind mount takes MS_RDONLY only on a remount
                 flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY
-                _check(libc.mount(b"none", path.encode(), None, flags, None), f"making {path} read-only")
+                _check(
+                    libc.mount(b"none", path.encode(), None, flags, None),
+                    f"making {path} read-only",
+                )
         return
     for host_dir, path, _ in mounts:
         if os.path.islink(path):

@@ -29,7 +29,9 @@ def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
     sock.send(msgpack.packb(msg, use_bin_type=True))
 
 
-def _child(sock: socket.socket, wake_r: int, wake_w: int, req: dict[str, Any], fds: list[int]) -> None:
+def _child(
+    sock: socket.socket, wake_r: int, wake_w: int, req: dict[str, Any], fds: list[int]
+) -> None:
     """In the forked container: become its own session, take its pipes and environment, run."""
     try:
         sock.close()

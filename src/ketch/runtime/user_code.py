@@ -115,7 +115,9 @@ def load_user_object(spec: FunctionSpec, app_id: str, function_ids: dict[str, st
     return obj
 
 
-def build_service(spec: FunctionSpec, params: dict[str, Any] | None, app_id: str, function_ids: dict[str, str]) -> Service:
+def build_service(
+    spec: FunctionSpec, params: dict[str, Any] | None, app_id: str, function_ids: dict[str, str]
+) -> Service:
     obj = load_user_object(spec, app_id, function_ids)
     if not spec.is_class:
         return Service({None: obj})
@@ -128,7 +130,8 @@ def build_service(spec: FunctionSpec, params: dict[str, Any] | None, app_id: str
 
             asyncio.run(result)  # type: ignore[arg-type]
     callables: dict[str | None, Callable[..., Any]] = {
-        name: getattr(instance, name) for name in marked(obj, "__ketch_method__") + marked(obj, "__ketch_web__")
+        name: getattr(instance, name)
+        for name in marked(obj, "__ketch_method__") + marked(obj, "__ketch_web__")
     }
     exit_hooks = [getattr(instance, name) for name in marked(obj, "__ketch_exit__")]
     return Service(callables, exit_hooks)

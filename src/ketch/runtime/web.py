@@ -85,7 +85,9 @@ class WebHost:
         cfg = self.config.get(method)
         fn = self.c.service.callables.get(method)
         if cfg is None or fn is None:
-            raise InvalidError(f"{method or self.c.spec.tag} is not a web endpoint of this container")
+            raise InvalidError(
+                f"{method or self.c.spec.tag} is not a web endpoint of this container"
+            )
         kind = cfg["type"]
         if kind == "fastapi":
             app = _fastapi_app(fn, cfg)
@@ -99,7 +101,9 @@ class WebHost:
             result = await asyncio.get_running_loop().run_in_executor(None, fn)
             if inspect.isawaitable(result):
                 await result
-            await _wait_listening(int(cfg["port"]), float(cfg.get("startup_timeout", 5.0)), self.c.spec.tag)
+            await _wait_listening(
+                int(cfg["port"]), float(cfg.get("startup_timeout", 5.0)), self.c.spec.tag
+            )
             return PortRelay(int(cfg["port"]))
         if not callable(app):
             raise InvalidError(f"{self.c.spec.tag} returned {app!r}, not an {kind.upper()} app")
@@ -127,7 +131,9 @@ class WebHost:
             else:
                 await self._serve(app, input_id, item["web"])
             out = self.c._result(input_id, "success", None, started)
-        except BaseException as exc:  # the app may raise anything; a cancel arrives as CancelledError
+        except (
+            BaseException
+        ) as exc:  # the app may raise anything; a cancel arrives as CancelledError
             out = self.c._failure(input_id, exc, started)
         finally:
             self.c.running.pop(input_id, None)
@@ -174,16 +180,31 @@ class WebHost:
             base = {"t": "web", "id": input_id}
             if kind == "websocket.accept":
                 headers = [[bytes(k), bytes(v)] for k, v in message.get("headers", [])]
-                self._emit({**base, "ev": "ws_accept", "subprotocol": message.get("subprotocol"), "headers": headers})
+                self._emit(
+                    {
+                        **base,
+                        "ev": "ws_accept",
+                        "subprotocol": message.get("subprotocol"),
+                        "headers": headers,
+                    }
+                )
             elif kind == "websocket.send":
                 if message.get("text") is not None:
                     self._emit({**base, "ev": "ws_send", "text": message["text"]})
                 else:
-                    self._emit({**base, "ev": "ws_send", "bytes": bytes(message.get("bytes") or b"")})
+                    self._emit(
+                        {**base, "ev": "ws_send", "bytes": bytes(message.get("bytes") or b"")}
+                    )
             elif kind == "websocket.close":
                 closed = True
-                self._emit({**base, "ev": "ws_close", "code": int(message.get("code", 1000)),
-                            "reason": message.get("reason") or ""})  # fmt: skip
+                self._emit(
+                    {
+                        **base,
+                        "ev": "ws_close",
+                        "code": int(message.get("code", 1000)),
+                        "reason": message.get("reason") or "",
+                    }
+                )
 
         await app(scope, receive, send)
 
@@ -209,7 +230,15 @@ class WebHost:
                 if responded:
                     raise RuntimeError("the ASGI app started its response twice")
                 headers = [[bytes(k), bytes(v)] for k, v in message.get("headers", [])]
-                held.append({"t": "web", "id": input_id, "ev": "start", "status": int(message["status"]), "headers": headers})
+                held.append(
+                    {
+                        "t": "web",
+                        "id": input_id,
+                        "ev": "start",
+                        "status": int(message["status"]),
+                        "headers": headers,
+                    }
+                )
                 responded = True
             elif kind == "http.response.body":
                 if not responded:
@@ -217,7 +246,13 @@ class WebHost:
                 if finished.is_set():
                     return
                 more = bool(message.get("more_body", False))
-                event = {"t": "web", "id": input_id, "ev": "body", "body": bytes(message.get("body", b"")), "more": more}
+                event = {
+                    "t": "web",
+                    "id": input_id,
+                    "ev": "body",
+                    "body": bytes(message.get("body", b"")),
+                    "more": more,
+                }
                 if more:
                     self._emit(*held, event)
                 else:  # sent with the output if the app returns at once (almost every app does);
@@ -235,7 +270,9 @@ class WebHost:
         if not responded:
             raise RuntimeError("the ASGI app returned without sending a response")
         if not ended:  # an app that returned without ending its body
-            self._emit(*held, {"t": "web", "id": input_id, "ev": "body", "body": b"", "more": False})
+            self._emit(
+                *held, {"t": "web", "id": input_id, "ev": "body", "body": b"", "more": False}
+            )
 
 
 def _fastapi_app(fn: Callable[..., Any], cfg: dict[str, Any]) -> Any:
@@ -248,9 +285,15 @@ def _fastapi_app(fn: Callable[..., Any], cfg: dict[str, Any]) -> Any:
             "image=ketch.Image.debian_slim().pip_install('fastapi')"
         ) from exc
     docs = bool(cfg.get("docs"))
-    app = FastAPI(docs_url="/docs" if docs else None, redoc_url=None, openapi_url="/openapi.json" if docs else None)
+    app = FastAPI(
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.add_api_route("/", fn, methods=[cfg.get("method", "GET")])
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(
+        CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"]
+    )
     return app
 
 
@@ -274,8 +317,19 @@ async def _wait_listening(port: int, timeout: float, tag: str) -> None:
 class PortRelay:
     """An ASGI app that passes requests and WebSockets on to the server on 127.0.0.1:``port``."""
 
-    _HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"te", b"trailer", b"host",
-            b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions", b"content-length"}  # fmt: skip
+    _HOP = {
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"upgrade",
+        b"te",
+        b"trailer",
+        b"host",
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-extensions",
+        b"content-length",
+    }
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -286,24 +340,36 @@ class PortRelay:
 
         if self.session is None:
             self.session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+                timeout=aiohttp.ClientTimeout(total=None),
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self.session
 
     def _target(self, scope: Message, scheme: str) -> tuple[str, list[tuple[str, str]]]:
         query = scope.get("query_string") or b""
         raw = scope.get("raw_path") or scope["path"].encode()
-        url = f"{scheme}://127.0.0.1:{self.port}{raw.decode('latin-1')}" + (f"?{query.decode('latin-1')}" if query else "")
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k.lower() not in self._HOP]
+        url = f"{scheme}://127.0.0.1:{self.port}{raw.decode('latin-1')}" + (
+            f"?{query.decode('latin-1')}" if query else ""
+        )
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in scope["headers"]
+            if k.lower() not in self._HOP
+        ]
         return url, headers
 
-    async def __call__(self, scope: Message, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    async def __call__(
+        self, scope: Message, receive: Callable[..., Any], send: Callable[..., Any]
+    ) -> None:
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
         elif scope["type"] == "http":
             await self._http(scope, receive, send)
 
-    async def _http(self, scope: Message, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    async def _http(
+        self, scope: Message, receive: Callable[..., Any], send: Callable[..., Any]
+    ) -> None:
         import yarl
 
         body = b""
@@ -314,15 +380,25 @@ class PortRelay:
                 break
         url, headers = self._target(scope, "http")
         async with self._session().request(
-            scope["method"], yarl.URL(url, encoded=True), headers=headers, data=body or None, allow_redirects=False
+            scope["method"],
+            yarl.URL(url, encoded=True),
+            headers=headers,
+            data=body or None,
+            allow_redirects=False,
         ) as resp:
-            out = [(k.lower(), v) for k, v in resp.raw_headers if k.lower() not in (b"transfer-encoding", b"connection")]
+            out = [
+                (k.lower(), v)
+                for k, v in resp.raw_headers
+                if k.lower() not in (b"transfer-encoding", b"connection")
+            ]
             await send({"type": "http.response.start", "status": resp.status, "headers": out})
             async for chunk in resp.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _websocket(self, scope: Message, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    async def _websocket(
+        self, scope: Message, receive: Callable[..., Any], send: Callable[..., Any]
+    ) -> None:
         import aiohttp
         import yarl
 
@@ -330,7 +406,9 @@ class PortRelay:
         url, headers = self._target(scope, "ws")
         try:
             upstream = await self._session().ws_connect(
-                yarl.URL(url, encoded=True), headers=headers, protocols=scope.get("subprotocols") or ()
+                yarl.URL(url, encoded=True),
+                headers=headers,
+                protocols=scope.get("subprotocols") or (),
             )
         except aiohttp.ClientError:
             await send({"type": "websocket.close", "code": 1011})
@@ -374,7 +452,11 @@ class _Lifespan:
 
     async def startup(self) -> bool:
         """True if the app took part (and started); False if it does not speak lifespan."""
-        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.3"}, "state": self.state}
+        scope = {
+            "type": "lifespan",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "state": self.state,
+        }
         self.task = asyncio.ensure_future(self.app(scope, self.inbox.get, self.replies.put))
         await self.inbox.put({"type": "lifespan.startup"})
         reply = await self._reply()
@@ -409,7 +491,9 @@ class WsgiAdapter:
     def __init__(self, app: Callable[..., Any]) -> None:
         self.app = app
 
-    async def __call__(self, scope: Message, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    async def __call__(
+        self, scope: Message, receive: Callable[..., Any], send: Callable[..., Any]
+    ) -> None:
         if scope["type"] != "http":
             return
         request = await receive()
@@ -425,7 +509,9 @@ class WsgiAdapter:
         head: list[Any] = []
         started = False
 
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], None]:
             if exc_info is not None and started:
                 raise exc_info[1].with_traceback(exc_info[2])
             head[:] = [status, headers]
@@ -437,11 +523,15 @@ class WsgiAdapter:
                 if not head:
                     raise RuntimeError("the WSGI app did not call start_response")
                 status, headers = head
-                forward({
-                    "type": "http.response.start",
-                    "status": int(status.split(" ", 1)[0]),
-                    "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
-                })  # fmt: skip
+                forward(
+                    {
+                        "type": "http.response.start",
+                        "status": int(status.split(" ", 1)[0]),
+                        "headers": [
+                            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers
+                        ],
+                    }
+                )
                 started = True
 
         def write(data: bytes) -> None:
@@ -482,7 +572,10 @@ def _environ(scope: Message, body: bytes) -> dict[str, Any]:
     if scope.get("client"):
         environ["REMOTE_ADDR"] = scope["client"][0]
     for raw_name, raw_value in scope["headers"]:
-        name, value = raw_name.decode("latin-1").upper().replace("-", "_"), raw_value.decode("latin-1")
+        name, value = (
+            raw_name.decode("latin-1").upper().replace("-", "_"),
+            raw_value.decode("latin-1"),
+        )
         if name == "CONTENT_TYPE":
             environ["CONTENT_TYPE"] = value
         elif name == "CONTENT_LENGTH":

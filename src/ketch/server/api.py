@@ -37,9 +37,13 @@ Handler = Callable[..., "dict[str, Any] | Awaitable[dict[str, Any]]"]
 _HANDLERS: dict[str, Handler] = {}
 _WANTS_CALLER: set[str] = set()  # handlers that take the caller as a third argument
 _STATUS = {
-    "NotFoundError": 404, "InvalidError": 400, "PayloadTooLargeError": 413, "AlreadyExistsError": 409,
-    "AuthError": 401, "PermissionDeniedError": 403,
-}  # fmt: skip
+    "NotFoundError": 404,
+    "InvalidError": 400,
+    "PayloadTooLargeError": 413,
+    "AlreadyExistsError": 409,
+    "AuthError": 401,
+    "PermissionDeniedError": 403,
+}
 # The largest RPC request (HTTP body or frame): a Dict or Queue item is at most 64 MiB,
 # and clients send call inputs in batches of at most 16 MiB (larger arguments are blobs).
 MAX_RPC_BYTES = 80 << 20
@@ -55,8 +59,12 @@ def rpc(fn: Handler) -> Handler:
 
 # What SQLite raises for a value it cannot bind or store (their text quotes SQL); not disk or lock errors.
 _BAD_VALUE = (
-    OverflowError, sqlite3.DataError, sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
-)  # fmt: skip
+    OverflowError,
+    sqlite3.DataError,
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+)
 
 
 def _bad_value(exc: BaseException) -> bool:
@@ -69,14 +77,26 @@ def error_reply(exc: BaseException, method: str) -> tuple[int, dict[str, Any]]:
     """The status and ``{"error": {"type", "message"}}`` reply for a failed RPC."""
     if isinstance(exc, (Error, KeyError, TypeError, ValueError)):
         name = wire_name(exc) if isinstance(exc, Error) else "InvalidError"
-        message = str(exc) if isinstance(exc, Error) else f"bad request: {type(exc).__name__}: {exc}"
+        message = (
+            str(exc) if isinstance(exc, Error) else f"bad request: {type(exc).__name__}: {exc}"
+        )
         status = _STATUS.get(name, 400 if not isinstance(exc, Error) else 500)
         return status, {"error": {"type": name, "message": message}}
     if _bad_value(exc):  # a value the store cannot take that no schema caught
         logger.warning("%s: bad value reached the store", method, exc_info=exc)
-        return 400, {"error": {"type": "InvalidError", "message": f"{method}: a value is out of range or of the wrong type"}}
+        return 400, {
+            "error": {
+                "type": "InvalidError",
+                "message": f"{method}: a value is out of range or of the wrong type",
+            }
+        }
     logger.error("%s failed", method, exc_info=exc)  # the traceback stays in the server's log
-    return 500, {"error": {"type": "ServerError", "message": f"internal error in {method} (see the control plane's log)"}}
+    return 500, {
+        "error": {
+            "type": "ServerError",
+            "message": f"internal error in {method} (see the control plane's log)",
+        }
+    }
 
 
 async def _finish(reply: Awaitable[dict[str, Any]], method: str) -> tuple[int, dict[str, Any]]:
@@ -92,7 +112,9 @@ def _bearer(request: web.Request) -> str:
 
 
 class Api:
-    def __init__(self, dispatcher: Dispatcher, started_at: float, authenticator: auth.Authenticator) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, started_at: float, authenticator: auth.Authenticator
+    ) -> None:
         self.d = dispatcher
         self.store = dispatcher.store
         self.started_at = started_at
@@ -100,7 +122,9 @@ class Api:
         self.url = ""
 
     def app(self) -> web.Application:
-        application = web.Application(client_max_size=MAX_RPC_BYTES, middlewares=[self._authenticate])
+        application = web.Application(
+            client_max_size=MAX_RPC_BYTES, middlewares=[self._authenticate]
+        )
         application.router.add_post("/rpc/{method}", self.handle_rpc)
         application.router.add_put("/blobs", self.put_blob)
         application.router.add_get("/blobs/{blob_id}", self.get_blob)
@@ -126,7 +150,9 @@ class Api:
         try:
             body = unpack(await request.read())
         except web.HTTPRequestEntityTooLarge:
-            status, reply = error_reply(PayloadTooLargeError(_too_large(method, request.content_length)), method)
+            status, reply = error_reply(
+                PayloadTooLargeError(_too_large(method, request.content_length)), method
+            )
         except Exception as exc:
             status, reply = error_reply(InvalidError(f"malformed request body: {exc}"), method)
         else:
@@ -157,7 +183,9 @@ class Api:
             return _finish(reply, method)
         return 200, reply
 
-    async def invoke(self, method: str, body: Any, caller: Caller | None) -> tuple[int, dict[str, Any]]:
+    async def invoke(
+        self, method: str, body: Any, caller: Caller | None
+    ) -> tuple[int, dict[str, Any]]:
         started = self.start(method, body, caller)
         return await started if inspect.isawaitable(started) else started
 
@@ -174,7 +202,9 @@ class Api:
         try:
             return web.FileResponse(self.d.blobs.existing(request.match_info["blob_id"]))
         except NotFoundError as exc:
-            return web.Response(status=404, body=pack({"error": {"type": "NotFoundError", "message": str(exc)}}))
+            return web.Response(
+                status=404, body=pack({"error": {"type": "NotFoundError", "message": str(exc)}})
+            )
 
     def resolve_app(self, body: dict[str, Any]) -> dict[str, Any]:
         if body.get("app_id"):
@@ -187,7 +217,9 @@ class Api:
             raise NotFoundError(f"no app {body.get('app_id') or body.get('name')!r}")
         return app
 
-    def check_call(self, caller: Caller, what: str, app_id: str, creator_app: str | None = None) -> None:
+    def check_call(
+        self, caller: Caller, what: str, app_id: str, creator_app: str | None = None
+    ) -> None:
         """``auth.check_call`` with the app's deployed flag looked up."""
         if caller.role in ("container", "invoke"):
             app = self.store.get_app(app_id)
@@ -248,9 +280,13 @@ async def AppCreate(api: Api, body: dict[str, Any], caller: Caller) -> dict[str,
         if api.d.schedules is not None:
             api.d.schedules.sync(app_id, specs)
         version = _versions.record(
-            api.store, name, app_id, list(body["functions"]), str(body.get("source_hash") or ""),
+            api.store,
+            name,
+            app_id,
+            list(body["functions"]),
+            str(body.get("source_hash") or ""),
             str(body.get("note") or ""),
-        )  # fmt: skip
+        )
     heartbeat_s = min(15.0, float(config.get("ephemeral_app_timeout")) / 4)
     return {
         "app_id": app_id,
@@ -300,7 +336,9 @@ async def AppList(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 async def AppInfo(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     """An app's functions, web endpoints, schedules (next and last run) and live version."""
     app = api.resolve_app(body)
-    functions = [{"tag": f["tag"], "function_id": f["id"]} for f in api.store.app_functions(app["id"])]
+    functions = [
+        {"tag": f["tag"], "function_id": f["id"]} for f in api.store.app_functions(app["id"])
+    ]
     history = _versions.history(api.store, app["name"]) if app["deployed"] else []
     return {
         "app_id": app["id"],
@@ -322,7 +360,9 @@ async def AppLogs(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     timeout = float(body.get("timeout", 0)) if app["state"] == "running" else 0.0
     if app["state"] != "running":
         await api.d.logs.flush()  # a stopped app's last lines may still sit in the buffer
-    rows = await api.d.logs.read(app["id"], int(body.get("after", 0)), timeout, int(body.get("limit", 1000)))
+    rows = await api.d.logs.read(
+        app["id"], int(body.get("after", 0)), timeout, int(body.get("limit", 1000))
+    )
     state = (api.store.get_app(app["id"]) or app)["state"]
     return {"logs": rows, "state": state, "app_id": app["id"]}
 
@@ -335,7 +375,12 @@ async def FunctionLookup(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     for fn in api.store.app_functions(app["id"]):
         if fn["tag"] == body["tag"]:
             urls = api.d.gateway.urls(app["id"]) if api.d.gateway is not None else {}
-            return {"function_id": fn["id"], "spec": unpack(fn["spec"]), "app_id": app["id"], "web_urls": urls}
+            return {
+                "function_id": fn["id"],
+                "spec": unpack(fn["spec"]),
+                "app_id": app["id"],
+                "web_urls": urls,
+            }
     raise NotFoundError(f"app {body['app_name']!r} has no function or class {body['tag']!r}")
 
 
@@ -366,7 +411,10 @@ async def CallPutInputs(api: Api, body: dict[str, Any], caller: Caller) -> dict[
 async def CallGetOutputs(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
     _check_call_id(api, caller, body["call_id"])
     outputs, done = await api.d.wait_outputs(
-        body["call_id"], int(body.get("after", 0)), float(body.get("timeout", 0)), int(body.get("limit", 1000))
+        body["call_id"],
+        int(body.get("after", 0)),
+        float(body.get("timeout", 0)),
+        int(body.get("limit", 1000)),
     )
     state = api.d.call_state(body["call_id"])
     return {"outputs": outputs, "done": done, "n_inputs": state.n_inputs, "kind": state.kind}

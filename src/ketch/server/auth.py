@@ -58,21 +58,49 @@ api_tokens = Table(
 # Dicts/Queues/Volumes by name or id, blobs for arguments and results.
 CONTAINER_METHODS = frozenset(
     {
-        "Status", "FunctionLookup", "CallCreate", "CallPutInputs", "CallGetOutputs", "CallCancel",
-        "ObjectGet", "ObjectCreate", "ObjectEphemeral",
-        "DictPut", "DictGet", "DictLen", "DictScan", "DictClear",
-        "QueuePut", "QueueGet", "QueueLen", "QueueClear", "QueuePeek",
-        "VolumeList", "VolumeGetFile", "VolumePutFiles", "VolumeRemove", "VolumeCopy",
-        "VolumeCommit", "VolumeReload", "SecretLookup",
+        "Status",
+        "FunctionLookup",
+        "CallCreate",
+        "CallPutInputs",
+        "CallGetOutputs",
+        "CallCancel",
+        "ObjectGet",
+        "ObjectCreate",
+        "ObjectEphemeral",
+        "DictPut",
+        "DictGet",
+        "DictLen",
+        "DictScan",
+        "DictClear",
+        "QueuePut",
+        "QueueGet",
+        "QueueLen",
+        "QueueClear",
+        "QueuePeek",
+        "VolumeList",
+        "VolumeGetFile",
+        "VolumePutFiles",
+        "VolumeRemove",
+        "VolumeCopy",
+        "VolumeCommit",
+        "VolumeReload",
+        "SecretLookup",
     }
-)  # fmt: skip
+)
 # An ``invoke`` token calls deployed functions and reads their results, nothing else.
 INVOKE_METHODS = frozenset(
     {"Status", "FunctionLookup", "CallCreate", "CallPutInputs", "CallGetOutputs", "CallCancel"}
 )
 # Minting and listing credentials: the owner and ``admin`` tokens only.
 ADMIN_METHODS = frozenset(
-    {"ProxyTokenCreate", "ProxyTokenList", "ProxyTokenDelete", "ApiTokenCreate", "ApiTokenList", "ApiTokenRevoke"}
+    {
+        "ProxyTokenCreate",
+        "ProxyTokenList",
+        "ProxyTokenDelete",
+        "ApiTokenCreate",
+        "ApiTokenList",
+        "ApiTokenRevoke",
+    }
 )
 # Before a connection's token is checked, it may not make the control plane hold more.
 UNAUTHENTICATED_MAX_BYTES = 64 << 10
@@ -142,7 +170,9 @@ class Authenticator:
         self._reload()
 
     def _reload(self) -> None:
-        rows = self.store.conn.execute(select(api_tokens.c.id, api_tokens.c.role, api_tokens.c.secret_hash))
+        rows = self.store.conn.execute(
+            select(api_tokens.c.id, api_tokens.c.role, api_tokens.c.secret_hash)
+        )
         self._api = {r.secret_hash: (r.id, r.role) for r in rows}
 
     def identify(self, token: Any, peer: int | None = None) -> Caller | None:
@@ -156,7 +186,9 @@ class Authenticator:
             return Caller(found[1], peer_uid=peer, token_id=found[0]) if found else None
         container = self.container_caller(token)
         if container is not None:
-            return Caller("container", app_id=container[1], container_id=container[0], peer_uid=peer)
+            return Caller(
+                "container", app_id=container[1], container_id=container[0], peer_uid=peer
+            )
         return None
 
     def create(self, role: str) -> tuple[str, str]:
@@ -165,14 +197,18 @@ class Authenticator:
             raise InvalidError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
         token_id, token = new_id("tk"), "kt-" + secrets.token_urlsafe(32)
         self.store.conn.execute(
-            api_tokens.insert().values(id=token_id, role=role, secret_hash=_hash(token), created_at=time.time())
+            api_tokens.insert().values(
+                id=token_id, role=role, secret_hash=_hash(token), created_at=time.time()
+            )
         )
         self.store.conn.commit()
         self._reload()
         return token_id, token
 
     def list(self) -> list[dict[str, Any]]:
-        rows = self.store.conn.execute(select(api_tokens.c.id, api_tokens.c.role, api_tokens.c.created_at))
+        rows = self.store.conn.execute(
+            select(api_tokens.c.id, api_tokens.c.role, api_tokens.c.created_at)
+        )
         return [{"token_id": r.id, "role": r.role, "created_at": r.created_at} for r in rows]
 
     def revoke(self, token_id: str) -> None:
@@ -207,7 +243,9 @@ def check_method(caller: Caller | None, method: str) -> Caller:
     return caller
 
 
-def check_call(caller: Caller, what: str, app_id: str, app_deployed: bool, creator_app: str | None) -> None:
+def check_call(
+    caller: Caller, what: str, app_id: str, app_deployed: bool, creator_app: str | None
+) -> None:
     """May ``caller`` use a call of (or make one to) app ``app_id``?
 
     Containers: calls of their own app, calls to deployed apps (by name) that
@@ -221,7 +259,9 @@ def check_call(caller: Caller, what: str, app_id: str, app_deployed: bool, creat
             return
     else:
         return
-    raise PermissionDeniedError(f"{what} is not allowed for {caller.describe()}: it belongs to another app")
+    raise PermissionDeniedError(
+        f"{what} is not allowed for {caller.describe()}: it belongs to another app"
+    )
 
 
 def _local_paths(value: Any) -> Iterator[str]:
@@ -238,8 +278,14 @@ def _local_paths(value: Any) -> Iterator[str]:
 
 def host_paths(spec_or_image: dict[str, Any]) -> list[str]:
     """The host paths a function spec or image wire dict names (for :func:`check_host_paths`)."""
-    paths = list(_local_paths(spec_or_image.get("image") if "layers" not in spec_or_image else spec_or_image))
-    if "layers" not in spec_or_image and not spec_or_image.get("source") and not spec_or_image.get("serialized_fn"):
+    paths = list(
+        _local_paths(spec_or_image.get("image") if "layers" not in spec_or_image else spec_or_image)
+    )
+    if (
+        "layers" not in spec_or_image
+        and not spec_or_image.get("source")
+        and not spec_or_image.get("serialized_fn")
+    ):
         paths += [p for p in (spec_or_image.get("root_dir"), spec_or_image.get("module_file")) if p]
     return paths
 

@@ -29,7 +29,9 @@ BLOCK = 8 << 20  # the tree hash's block
 # CPU's cache between the read and the write: 1 MiB or 8 MiB pieces made every
 # copy about 2x slower on the machines we measured (cp uses 128 KiB too).
 IO = 128 << 10
-_HASHERS = ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="ketch-hash")
+_HASHERS = ThreadPoolExecutor(
+    max_workers=max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="ketch-hash"
+)
 
 
 def tree_id(block_digests: list[bytes]) -> str:
@@ -257,7 +259,13 @@ class BlobStore:
             return False
 
     def all_ids(self) -> list[str]:
-        return [f"bl-{p.name}" for d in self.root.iterdir() if d.is_dir() for p in d.iterdir() if len(p.name) == 64]
+        return [
+            f"bl-{p.name}"
+            for d in self.root.iterdir()
+            if d.is_dir()
+            for p in d.iterdir()
+            if len(p.name) == 64
+        ]
 
     def clean_temporaries(self) -> None:
         """Remove half-written blobs left by a crash."""

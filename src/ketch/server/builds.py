@@ -93,7 +93,9 @@ class BuildService:
     async def status(self, build_id: str, offset: int, wait: float) -> dict[str, Any]:
         job = self.jobs.get(build_id)
         if job is None:
-            raise NotFoundError(f"no image build {build_id!r} (finished builds are kept 10 minutes)")
+            raise NotFoundError(
+                f"no image build {build_id!r} (finished builds are kept 10 minutes)"
+            )
         start = max(0, offset - job.dropped)
         if start >= len(job.lines) and not job.done.is_set() and wait > 0:
             job.changed.clear()
@@ -103,7 +105,11 @@ class BuildService:
                 pass
         done = job.done.is_set()
         lines = job.lines[start:]
-        reply: dict[str, Any] = {"lines": lines, "offset": job.dropped + start + len(lines), "done": done}
+        reply: dict[str, Any] = {
+            "lines": lines,
+            "offset": job.dropped + start + len(lines),
+            "done": done,
+        }
         if job.error is not None:
             reply["error"] = {"type": job.error[0], "message": job.error[1]}
         return reply

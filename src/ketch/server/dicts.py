@@ -90,14 +90,20 @@ def register(rpc: Any) -> None:
     @rpc
     def DictLen(api: Any, body: dict[str, Any]) -> dict[str, Any]:
         object_id = objects.check(api.store, body["object_id"], "dict")
-        q = select(func.count()).select_from(dict_entries).where(dict_entries.c.object_id == object_id)
+        q = (
+            select(func.count())
+            .select_from(dict_entries)
+            .where(dict_entries.c.object_id == object_id)
+        )
         return {"len": int(api.store.conn.execute(q).scalar() or 0)}
 
     @rpc
     def DictScan(api: Any, body: dict[str, Any]) -> dict[str, Any]:
         """A page of entries in key order after ``after`` (keys, values, or both)."""
         object_id = objects.check(api.store, body["object_id"], "dict")
-        q = select(dict_entries.c.key, dict_entries.c.value).where(dict_entries.c.object_id == object_id)
+        q = select(dict_entries.c.key, dict_entries.c.value).where(
+            dict_entries.c.object_id == object_id
+        )
         if body.get("after") is not None:
             q = q.where(dict_entries.c.key > bytes(body["after"]))
         limit = min(int(body.get("limit", PAGE)), PAGE)

@@ -48,7 +48,12 @@ logger = logging.getLogger(__name__)
 
 STOP_GRACE_S = 10.0
 KEEP_IN_MEMORY_BYTES = 64 * 1024
-OUTCOME = {"success": "success", "failure": "failure", "timeout": "failure", "cancelled": "cancelled"}
+OUTCOME = {
+    "success": "success",
+    "failure": "failure",
+    "timeout": "failure",
+    "cancelled": "cancelled",
+}
 
 
 @dataclass
@@ -89,8 +94,9 @@ class InputState:
     web: Any = None
     web_request: dict[str, Any] | None = None
     container_id: str | None = None
-    web_pending: list[dict[str, Any]] = field(default_factory=list)  # for the container, once it has one
-
+    web_pending: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # for the container, once it has one
 
 
 @dataclass
@@ -119,14 +125,18 @@ def pool_key_for(function_id: str, params: bytes | None) -> str:
 class Dispatcher:
     """Calls in, containers out."""
 
-    def __init__(self, store: Store, blobs: BlobStore, server_url: str, max_containers: int) -> None:
+    def __init__(
+        self, store: Store, blobs: BlobStore, server_url: str, max_containers: int
+    ) -> None:
         self.store = store
         self.blobs = blobs
         self.server_url = server_url
         self.channel_addr = ""
         self.max_containers = max_containers
         self.logs = LogBook(store)
-        self.worker: Any = LocalWorker(self._on_log, self._on_exit, use_template=config.get("fork_containers"))
+        self.worker: Any = LocalWorker(
+            self._on_log, self._on_exit, use_template=config.get("fork_containers")
+        )
         self.gpus = gpus.GpuAllocator(gpus.discover())
         self.builds: Any = None  # a BuildService when the runtime applies images
         self.volumes: Any = None  # the VolumeService (set by the server)
@@ -174,7 +184,13 @@ class Dispatcher:
                 continue
             key = self._ensure_pool(row["function_id"], row["params"])
             self.inputs[row["id"]] = InputState(
-                row["id"], row["call_id"], row["idx"], key, row["method"], _keep(row["args"]), row["blob_id"]
+                row["id"],
+                row["call_id"],
+                row["idx"],
+                key,
+                row["method"],
+                _keep(row["args"]),
+                row["blob_id"],
             )
             by_pool.setdefault(key, []).append(row["id"])
             failures[row["id"]] = row["attempts"]
@@ -261,9 +277,12 @@ class Dispatcher:
             info = self.pool_info[key]
             wanted = ", ".join(f"{o['type']}:{o['count']}" for o in spec.gpu)
             self.logs.add(
-                info.app_id, spec.tag, "", "stderr",
+                info.app_id,
+                spec.tag,
+                "",
+                "stderr",
                 f"waiting for a GPU ({wanted}): all matching GPUs are busy\n",
-            )  # fmt: skip
+            )
         elif fits:
             self._gpu_waiting.discard(key)
         if fits == 0:
@@ -289,7 +308,9 @@ class Dispatcher:
         if self._evicting:
             return
         candidates = [
-            (t, p) for k, p in self.pools.items() if eligible(k) and (t := p.idle_since()) is not None
+            (t, p)
+            for k, p in self.pools.items()
+            if eligible(k) and (t := p.idle_since()) is not None
         ]
         if not candidates:
             return
@@ -341,13 +362,24 @@ class Dispatcher:
         fresh = self.store.add_call(call, rows, commit=not waited)
         state = self.calls.get(call["id"])
         if state is None:
-            state = CallState(call["id"], function_id, app_id, self._ensure_pool(function_id, params), call["kind"],
-                              call["n_inputs"], 0, method=call["method"], creator_app=creator_app)  # fmt: skip
+            state = CallState(
+                call["id"],
+                function_id,
+                app_id,
+                self._ensure_pool(function_id, params),
+                call["kind"],
+                call["n_inputs"],
+                0,
+                method=call["method"],
+                creator_app=creator_app,
+            )
             self.calls[call["id"]] = state
         self._enqueue(state, fresh, rows, body.get("method"))
         return state
 
-    def put_inputs(self, call_id: str, items: Sequence[dict[str, Any]], n_inputs: int | None) -> None:
+    def put_inputs(
+        self, call_id: str, items: Sequence[dict[str, Any]], n_inputs: int | None
+    ) -> None:
         state = self.call_state(call_id)
         rows = self._input_rows(items)
         fresh = self.store.add_inputs(call_id, rows, n_inputs)
@@ -367,7 +399,11 @@ class Dispatcher:
         return rows
 
     def _enqueue(
-        self, state: CallState, fresh: list[tuple[int, int]], rows: list[dict[str, Any]], method: str | None
+        self,
+        state: CallState,
+        fresh: list[tuple[int, int]],
+        rows: list[dict[str, Any]],
+        method: str | None,
     ) -> None:
         if not fresh:
             return
@@ -375,7 +411,13 @@ class Dispatcher:
         for input_id, idx in fresh:
             row = by_idx[idx]
             self.inputs[input_id] = InputState(
-                input_id, state.id, idx, state.pool_key, method, _keep(row.get("args")), row.get("blob_id")
+                input_id,
+                state.id,
+                idx,
+                state.pool_key,
+                method,
+                _keep(row.get("args")),
+                row.get("blob_id"),
             )
         pool = self.pools[state.pool_key]
         self._perform(pool, pool.enqueue([i for i, _ in fresh], time.monotonic()))
@@ -388,13 +430,21 @@ class Dispatcher:
                 raise NotFoundError(f"no function call {call_id!r}")
             key = self._ensure_pool(row["function_id"], row["params"])
             state = CallState(
-                call_id, row["function_id"], row["app_id"], key, row["kind"], row["n_inputs"],
-                self.store.count_final_outputs(call_id), method=row["method"],
-            )  # fmt: skip
+                call_id,
+                row["function_id"],
+                row["app_id"],
+                key,
+                row["kind"],
+                row["n_inputs"],
+                self.store.count_final_outputs(call_id),
+                method=row["method"],
+            )
             self.calls[call_id] = state
         return state
 
-    async def wait_outputs(self, call_id: str, after: int, timeout: float, limit: int) -> tuple[list[dict[str, Any]], bool]:
+    async def wait_outputs(
+        self, call_id: str, after: int, timeout: float, limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
         state = self.call_state(call_id)
         deadline = time.monotonic() + max(0.0, min(timeout, 55.0))
         while True:
@@ -421,14 +471,26 @@ class Dispatcher:
 
     # -- web requests ----------------------------------------------------------
     def web_request(
-        self, function_id: str, method: str | None, exchange: Any, scope: dict[str, Any], body: bytes
+        self,
+        function_id: str,
+        method: str | None,
+        exchange: Any,
+        scope: dict[str, Any],
+        body: bytes,
     ) -> int:
         """Queue an HTTP request for the function's containers; its events go to ``exchange``."""
         self._callable(function_id)
         key = self._ensure_pool(function_id, None)
         input_id = next(self._web_ids)
         self.inputs[input_id] = InputState(
-            input_id, "", 0, key, method, None, web=exchange, web_request={"scope": scope, "body": body}
+            input_id,
+            "",
+            0,
+            key,
+            method,
+            None,
+            web=exchange,
+            web_request={"scope": scope, "body": body},
         )
         pool = self.pools[key]
         self._perform(pool, pool.enqueue([input_id], time.monotonic()))
@@ -474,10 +536,14 @@ class Dispatcher:
                 self._web_done(input_id, "cancelled", stopped)
         ids = self.store.pending_input_ids_of_app(app_id)
         if ids:
-            err = serialize_exception(CallCancelledError("the app was stopped before this input ran"))
+            err = serialize_exception(
+                CallCancelledError("the app was stopped before this input ran")
+            )
             self._finalize([self._row(i, "cancelled", err) for i in ids if i in self.inputs], ids)
         if handles and wait > 0:
-            await asyncio.wait([asyncio.create_task(h.exited.wait()) for h in handles], timeout=wait)
+            await asyncio.wait(
+                [asyncio.create_task(h.exited.wait()) for h in handles], timeout=wait
+            )
             if self.volumes is not None:
                 await self.volumes.settle([h.id for h in handles], timeout=max(wait, 30.0))
         await self.logs.flush()
@@ -492,7 +558,11 @@ class Dispatcher:
 
     # -- actions -------------------------------------------------------------
     def _perform(
-        self, pool: sm.Pool, actions: list[sm.Action], fail_payload: bytes | None = None, crash: bool = False
+        self,
+        pool: sm.Pool,
+        actions: list[sm.Action],
+        fail_payload: bytes | None = None,
+        crash: bool = False,
     ) -> None:
         rows: list[dict[str, Any]] = []
         done: list[int] = []
@@ -502,7 +572,11 @@ class Dispatcher:
             elif isinstance(action, sm.Complete):
                 row = self._stash.pop(action.input_id, None)
                 if action.input_id < 0:
-                    self._web_done(action.input_id, row["status"] if row else "cancelled", row["data"] if row else None)
+                    self._web_done(
+                        action.input_id,
+                        row["status"] if row else "cancelled",
+                        row["data"] if row else None,
+                    )
                     continue
                 if row is not None:
                     rows.append(row)
@@ -511,7 +585,12 @@ class Dispatcher:
                 self._stash.pop(action.input_id, None)
                 self.store.record_attempt(action.input_id, action.attempt)
                 info = self.inputs.get(action.input_id)
-                logger.info("retrying input %s (attempt %d) in %.1fs", info and info.idx, action.attempt, action.delay)
+                logger.info(
+                    "retrying input %s (attempt %d) in %.1fs",
+                    info and info.idx,
+                    action.attempt,
+                    action.delay,
+                )
             elif isinstance(action, sm.Fail):
                 payload = fail_payload or serialize_exception(ContainerCrashError(action.reason))
                 status = "init_failure" if fail_payload and not crash else "crash"
@@ -568,7 +647,9 @@ class Dispatcher:
             return {"KETCH_GPU_UNAVAILABLE": "1"}
         return gpus.visible_devices_env(got[1])
 
-    async def _start_container(self, pool: sm.Pool, container_id: str, gpu_env: dict[str, str] | None = None) -> None:
+    async def _start_container(
+        self, pool: sm.Pool, container_id: str, gpu_env: dict[str, str] | None = None
+    ) -> None:
         info = self.pool_info[pool.key]
         logger.info("starting container %s for %s", container_id, info.spec.tag)
         handle = ContainerHandle(container_id, pool.key, "kc-" + secrets.token_urlsafe(24))
@@ -578,15 +659,20 @@ class Dispatcher:
             # Opened here, on the way into the container, and nowhere else.
             secret_env = secret_store.container_env(self.store, info.spec.secrets)
             mounts = (
-                await self.volumes.prepare(container_id, info.spec.volumes, self.worker.enforces_read_only)
+                await self.volumes.prepare(
+                    container_id, info.spec.volumes, self.worker.enforces_read_only
+                )
                 if info.spec.volumes
                 else []
             )
         except Error as exc:
             self._perform(
-                pool, pool.container_init_failed(container_id, time.monotonic(), "secrets or volumes unavailable"),
+                pool,
+                pool.container_init_failed(
+                    container_id, time.monotonic(), "secrets or volumes unavailable"
+                ),
                 serialize_exception(exc),
-            )  # fmt: skip
+            )
             self._on_exit(container_id, f"could not start: {exc}")
             return
         # Precedence, lowest first: the image's ENV (sandbox), secrets in list order,
@@ -609,7 +695,9 @@ class Dispatcher:
             run_spec = info.spec
             if info.spec.source and info.spec.root_dir and info.spec.module_file:
                 run_spec = self._snapshot_spec(info.spec)
-                env["KETCH_SOURCE_ROOT"] = str(run_spec.root_dir)  # the sandbox runtime puts it at /root
+                env["KETCH_SOURCE_ROOT"] = str(
+                    run_spec.root_dir
+                )  # the sandbox runtime puts it at /root
             await self.worker.start(container_id, env, run_spec, mounts)
         except ImageBuildError as exc:
             self._perform(
@@ -636,7 +724,9 @@ class Dispatcher:
         if not self._send(container_id, {"t": "stop"}):
             self.worker.terminate(container_id, 1.0)
             return
-        asyncio.get_running_loop().call_later(STOP_GRACE_S, self.worker.terminate, container_id, 2.0)
+        asyncio.get_running_loop().call_later(
+            STOP_GRACE_S, self.worker.terminate, container_id, 2.0
+        )
 
     def _send(self, container_id: str, msg: dict[str, Any]) -> bool:
         from .._wire import encode
@@ -683,7 +773,9 @@ class Dispatcher:
         info = self.pool_info.get(handle.pool_key)
         return (container_id, info.app_id) if info is not None and container_id else None
 
-    def container_hello(self, container_id: str, token: str, writer: asyncio.StreamWriter) -> dict[str, Any]:
+    def container_hello(
+        self, container_id: str, token: str, writer: asyncio.StreamWriter
+    ) -> dict[str, Any]:
         if not self.container_token_ok(container_id, token):
             raise InvalidError("unknown container or bad token")
         handle = self.containers[container_id]
@@ -708,7 +800,9 @@ class Dispatcher:
         if kind == "ready":
             self._perform(pool, pool.container_ready(container_id, now))
         elif kind == "init_failed":
-            self._perform(pool, pool.container_init_failed(container_id, now, "init failed"), msg["error"])
+            self._perform(
+                pool, pool.container_init_failed(container_id, now, "init failed"), msg["error"]
+            )
         elif kind == "outputs":
             self._container_outputs(handle, pool, msg["items"], now)
         elif kind == "web":
@@ -716,7 +810,9 @@ class Dispatcher:
             if info is not None and info.web is not None:
                 info.web.event(msg)
 
-    def _container_outputs(self, handle: ContainerHandle, pool: sm.Pool, items: list[dict[str, Any]], now: float) -> None:
+    def _container_outputs(
+        self, handle: ContainerHandle, pool: sm.Pool, items: list[dict[str, Any]], now: float
+    ) -> None:
         results = []
         item_rows = []
         for item in items:
@@ -729,7 +825,9 @@ class Dispatcher:
                 item_rows.append(row)
                 continue
             self._stash[input_id] = self._row(input_id, item["status"], item.get("data"))
-            results.append((input_id, OUTCOME.get(item["status"], "failure"), float(item.get("duration", 0.0))))
+            results.append(
+                (input_id, OUTCOME.get(item["status"], "failure"), float(item.get("duration", 0.0)))
+            )
         if item_rows:
             self._finalize(item_rows, [])
         if results:
@@ -747,7 +845,9 @@ class Dispatcher:
         handle.exited.set()
         pool = self.pools.get(handle.pool_key)
         if pool is not None:
-            actions = pool.container_exited(container_id, time.monotonic(), f"container {container_id} {reason}")
+            actions = pool.container_exited(
+                container_id, time.monotonic(), f"container {container_id} {reason}"
+            )
             oom = None
             if reason.startswith("ran out of memory"):
                 oom = serialize_exception(OutOfMemoryError(f"container {container_id} {reason}"))

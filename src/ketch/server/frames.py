@@ -52,7 +52,11 @@ class FrameRpc(asyncio.Protocol):
         self._drain()
         # Behind a request that waits (a blocking Queue get), read no more than one
         # request's worth: the client cannot make the control plane hold more.
-        if self.waiting is not None and len(self.buf) > MAX_RPC_BYTES and self.transport is not None:
+        if (
+            self.waiting is not None
+            and len(self.buf) > MAX_RPC_BYTES
+            and self.transport is not None
+        ):
             self.transport.pause_reading()
             self.paused = True
 
@@ -120,7 +124,9 @@ class FrameRpc(asyncio.Protocol):
 class Sniffer(asyncio.Protocol):
     """Reads a connection's first bytes and hands it to frames or to aiohttp."""
 
-    def __init__(self, api: Api, http: Callable[[], asyncio.BaseProtocol], live: set[FrameRpc]) -> None:
+    def __init__(
+        self, api: Api, http: Callable[[], asyncio.BaseProtocol], live: set[FrameRpc]
+    ) -> None:
         self.api = api
         self.http = http
         self.live = live
@@ -182,7 +188,9 @@ async def serve(
     def sniffer() -> Sniffer:
         return Sniffer(api, http, listeners.live)
 
-    listeners.servers.append(await loop.create_server(sniffer, host, port, reuse_address=True, ssl=tls))
+    listeners.servers.append(
+        await loop.create_server(sniffer, host, port, reuse_address=True, ssl=tls)
+    )
     with contextlib.suppress(FileNotFoundError):
         os.unlink(unix_path)
     listeners.servers.append(await loop.create_unix_server(sniffer, unix_path))

@@ -31,7 +31,14 @@ class LogBook:
 
     def add(self, app_id: str, tag: str, container_id: str, stream: str, text: str) -> None:
         self._buffer.append(
-            {"app_id": app_id, "tag": tag, "container_id": container_id, "stream": stream, "text": text, "ts": time.time()}
+            {
+                "app_id": app_id,
+                "tag": tag,
+                "container_id": container_id,
+                "stream": stream,
+                "text": text,
+                "ts": time.time(),
+            }
         )
 
     async def flush(self) -> None:
@@ -52,7 +59,9 @@ class LogBook:
             await asyncio.sleep(FLUSH_INTERVAL_S)
             await self.flush()
 
-    async def read(self, app_id: str, after: int, timeout: float, limit: int) -> list[dict[str, Any]]:
+    async def read(
+        self, app_id: str, after: int, timeout: float, limit: int
+    ) -> list[dict[str, Any]]:
         rows = self.store.logs_after(app_id, after, limit)
         if rows or timeout <= 0:
             return rows

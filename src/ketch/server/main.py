@@ -66,7 +66,9 @@ def _private_home(home: Path) -> None:
     home.mkdir(parents=True, exist_ok=True)
     st = home.stat()
     if st.st_uid != os.geteuid():
-        raise SystemExit(f"ketch: {home} belongs to uid {st.st_uid}, not to this user ({os.geteuid()})")
+        raise SystemExit(
+            f"ketch: {home} belongs to uid {st.st_uid}, not to this user ({os.geteuid()})"
+        )
     if st.st_mode & 0o077:
         os.chmod(home, st.st_mode & 0o700)
 
@@ -83,7 +85,9 @@ async def _reap_ephemeral_apps(store: Store, dispatcher: Dispatcher) -> None:
                 await dispatcher.stop_app(app["id"], wait=0)
 
 
-def _choose_runtime(dispatcher: Dispatcher, home: Path, sockets: Path) -> userns.UserNamespace | None:
+def _choose_runtime(
+    dispatcher: Dispatcher, home: Path, sockets: Path
+) -> userns.UserNamespace | None:
     """``sandbox`` where bubblewrap and root are available (``auto``), else ``local``, loudly.
 
     Returns the sandboxes' user namespace, for the caller to close at shutdown.
@@ -125,7 +129,9 @@ def _choose_runtime(dispatcher: Dispatcher, home: Path, sockets: Path) -> userns
     return ns
 
 
-def _tls_context(host: str, cert: str | None, key: str | None, insecure: bool) -> ssl.SSLContext | None:
+def _tls_context(
+    host: str, cert: str | None, key: str | None, insecure: bool
+) -> ssl.SSLContext | None:
     """TLS for the API; required off loopback unless ``insecure`` (tokens would travel in clear)."""
     if bool(cert) != bool(key):
         raise SystemExit("ketch: give both --tls-cert and --tls-key")
@@ -142,7 +148,11 @@ def _tls_context(host: str, cert: str | None, key: str | None, insecure: bool) -
 
 
 async def serve(
-    home: Path, host: str, port: int, stop: asyncio.Event | None = None, tls: ssl.SSLContext | None = None
+    home: Path,
+    host: str,
+    port: int,
+    stop: asyncio.Event | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     """Run the control plane until SIGTERM/SIGINT (or until ``stop`` is set, for tests)."""
     _private_home(home)
@@ -165,17 +175,24 @@ async def serve(
     dispatcher.schedules = ScheduleRunner(dispatcher)
     dispatcher.schedules.start()
     # Long polls of clients that went away must not hold a shutdown for a minute.
-    runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
+    runner = web.AppRunner(
+        api.app(), access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+    )
     await runner.setup()
     assert runner.server is not None
     listeners = await frames.serve(api, runner.server, host, port, str(sockets / "api.sock"), tls)
     (home / "last_port").write_text(str(port))
     _write_info(
         home,
-        {"url": url, "socket": str(sockets / "api.sock"), "channel": dispatcher.channel_addr,
-         "pid": os.getpid(), "version": __version__,
-         "started_at": api.started_at},
-    )  # fmt: skip
+        {
+            "url": url,
+            "socket": str(sockets / "api.sock"),
+            "channel": dispatcher.channel_addr,
+            "pid": os.getpid(),
+            "version": __version__,
+            "started_at": api.started_at,
+        },
+    )
     logger.info("ketch control plane %s listening on %s", __version__, url)
 
     if stop is None:
@@ -203,7 +220,10 @@ async def serve(
         if containers_userns is not None:
             containers_userns.close()
         store.close()
-        for name in ("api.sock", "channel.sock"):  # a stopped control plane leaves no sockets behind
+        for name in (
+            "api.sock",
+            "channel.sock",
+        ):  # a stopped control plane leaves no sockets behind
             with contextlib.suppress(OSError):
                 (sockets / name).unlink()
         with contextlib.suppress(OSError):
@@ -211,11 +231,17 @@ async def serve(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m ketch.server", description="Run the ketch control plane.")
-    parser.add_argument("--home", default=None, help="state directory (default: KETCH_HOME or ~/.ketch)")
+    parser = argparse.ArgumentParser(
+        prog="python -m ketch.server", description="Run the ketch control plane."
+    )
+    parser.add_argument(
+        "--home", default=None, help="state directory (default: KETCH_HOME or ~/.ketch)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--tls-cert", default=None, help="certificate (PEM) for the API off loopback")
+    parser.add_argument(
+        "--tls-cert", default=None, help="certificate (PEM) for the API off loopback"
+    )
     parser.add_argument("--tls-key", default=None, help="its private key (PEM)")
     parser.add_argument("--insecure", action="store_true", help="serve off loopback without TLS")
     args = parser.parse_args(argv)

@@ -59,9 +59,11 @@ def check_name(kind: str, name: Any) -> str:
 
 
 def find(store: Store, kind: str, name: str) -> dict[str, Any] | None:
-    row = store.conn.execute(
-        select(objects).where(objects.c.kind == kind, objects.c.name == name)
-    ).mappings().first()
+    row = (
+        store.conn.execute(select(objects).where(objects.c.kind == kind, objects.c.name == name))
+        .mappings()
+        .first()
+    )
     return dict(row) if row else None
 
 
@@ -156,9 +158,18 @@ def register(rpc: Callable[[Any], Any]) -> None:
     @rpc
     async def ObjectList(api: Any, body: dict[str, Any]) -> dict[str, Any]:
         kind = check_kind(body.get("kind"))
-        rows = api.store.conn.execute(
-            select(objects)
-            .where(objects.c.kind == kind, objects.c.ephemeral.is_(False))
-            .order_by(objects.c.created_at)
-        ).mappings().all()
-        return {"objects": [{"object_id": r["id"], "name": r["name"], "created_at": r["created_at"]} for r in rows]}
+        rows = (
+            api.store.conn.execute(
+                select(objects)
+                .where(objects.c.kind == kind, objects.c.ephemeral.is_(False))
+                .order_by(objects.c.created_at)
+            )
+            .mappings()
+            .all()
+        )
+        return {
+            "objects": [
+                {"object_id": r["id"], "name": r["name"], "created_at": r["created_at"]}
+                for r in rows
+            ]
+        }

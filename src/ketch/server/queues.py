@@ -64,7 +64,9 @@ _counts: dict[tuple[str, str], int] = {}
 _expired_at: dict[str, float] = {}
 EXPIRE_EVERY_S = 1.0
 _INSERT = "INSERT INTO queue_entries (object_id, partition, seq, data) VALUES (?, ?, ?, ?)"
-_TAKE = "SELECT seq, data FROM queue_entries WHERE object_id = ? AND partition = ? ORDER BY seq LIMIT ?"
+_TAKE = (
+    "SELECT seq, data FROM queue_entries WHERE object_id = ? AND partition = ? ORDER BY seq LIMIT ?"
+)
 _DROP_TAKEN = "DELETE FROM queue_entries WHERE object_id = ? AND partition = ? AND seq <= ?"
 _TOUCH = (
     "INSERT INTO queue_partitions (object_id, partition, expires_at) VALUES (?, ?, ?) "
@@ -77,7 +79,9 @@ def _ready(store: Store) -> None:
     over, and start the seq counter after the largest seq there is."""
     if getattr(store, "queue_seq", None) is None:
         db = store.db
-        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'queue_items'").fetchone():
+        if db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'queue_items'"
+        ).fetchone():
             db.execute(
                 "INSERT INTO queue_entries (object_id, partition, seq, data) "
                 "SELECT object_id, partition, seq, data FROM queue_items"
@@ -112,7 +116,9 @@ def _partition(body: dict[str, Any]) -> str:
     if partition is None:
         return ""
     if not isinstance(partition, str) or not partition or len(partition) > 64:
-        raise InvalidError(f"partition must be a non-empty string of at most 64 characters, got {partition!r}")
+        raise InvalidError(
+            f"partition must be a non-empty string of at most 64 characters, got {partition!r}"
+        )
     return partition
 
 
@@ -121,13 +127,17 @@ def _expire(store: Store, object_id: str) -> None:
     if now - _expired_at.get(object_id, 0.0) < EXPIRE_EVERY_S:
         return
     _expired_at[object_id] = now
-    gone = store.conn.execute(
-        select(queue_partitions.c.partition).where(
-            queue_partitions.c.object_id == object_id,
-            queue_partitions.c.expires_at.is_not(None),
-            queue_partitions.c.expires_at < now,
+    gone = (
+        store.conn.execute(
+            select(queue_partitions.c.partition).where(
+                queue_partitions.c.object_id == object_id,
+                queue_partitions.c.expires_at.is_not(None),
+                queue_partitions.c.expires_at < now,
+            )
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     for partition in gone:
         _purge(store, object_id, partition)
     if gone:
@@ -168,7 +178,9 @@ def _wake(object_id: str, partition: str) -> None:
             fut.set_result(None)
 
 
-async def _wait_and_take(store: Store, object_id: str, partition: str, n: int, deadline: float) -> dict[str, Any]:
+async def _wait_and_take(
+    store: Store, object_id: str, partition: str, n: int, deadline: float
+) -> dict[str, Any]:
     """Wait for a put to ``partition`` (no polling) and take up to ``n`` items, until ``deadline``."""
     while True:
         left = deadline - time.monotonic()
@@ -209,7 +221,10 @@ def register(rpc: Any) -> None:
         if len(items) == 1:
             db.execute(_INSERT, (object_id, partition, seqs[0], items[0]))
         else:
-            db.executemany(_INSERT, [(object_id, partition, seq, item) for seq, item in zip(seqs, items, strict=True)])
+            db.executemany(
+                _INSERT,
+                [(object_id, partition, seq, item) for seq, item in zip(seqs, items, strict=True)],
+            )
         if partition or count == 0:  # named partitions refresh their TTL on every put
             db.execute(_TOUCH, (object_id, partition, expires))
         api.store._commit()

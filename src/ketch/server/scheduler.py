@@ -144,10 +144,14 @@ class Pool:
         self.start_failures = 0
         self.cancelled: set[int] = set()
         self.stopped = False
-        self.ewma_service: float | None = None  # seconds per input at one busy container, all costs in
+        self.ewma_service: float | None = (
+            None  # seconds per input at one busy container, all costs in
+        )
 
     # -- events --------------------------------------------------------------
-    def enqueue(self, input_ids: Iterable[int], now: float, failures: dict[int, int] | None = None) -> list[Action]:
+    def enqueue(
+        self, input_ids: Iterable[int], now: float, failures: dict[int, int] | None = None
+    ) -> list[Action]:
         self.pending.extend(input_ids)
         if failures:
             self.failures.update(failures)
@@ -174,7 +178,9 @@ class Pool:
                 continue  # not ours any more (failed over when its container died)
             c.assigned.remove(input_id)
             if outcome != "cancelled":
-                self.ewma_duration = duration if self.ewma_duration is None else _ewma(self.ewma_duration, duration)
+                self.ewma_duration = (
+                    duration if self.ewma_duration is None else _ewma(self.ewma_duration, duration)
+                )
             if input_id in self.cancelled:
                 self.cancelled.discard(input_id)
                 continue
@@ -196,7 +202,9 @@ class Pool:
         if c.status == "starting":
             self.start_failures += 1
             if self.start_failures >= MAX_START_FAILURES:
-                actions += self._fail_all_pending(f"{reason} (container failed to start {self.start_failures} times)")
+                actions += self._fail_all_pending(
+                    f"{reason} (container failed to start {self.start_failures} times)"
+                )
                 self.start_failures = 0
         running = [i for i in c.assigned[: self.policy.slots] if i not in self.cancelled]
         queued = c.assigned[self.policy.slots :]
@@ -262,7 +270,9 @@ class Pool:
 
     def idle_since(self) -> float | None:
         """When the longest-idle ready container went idle (None if none is idle)."""
-        times = [c.idle_since for c in self.containers.values() if c.status == "ready" and not c.assigned]
+        times = [
+            c.idle_since for c in self.containers.values() if c.status == "ready" and not c.assigned
+        ]
         return min((t for t in times if t is not None), default=None)
 
     # -- queries -------------------------------------------------------------
@@ -300,7 +310,11 @@ class Pool:
         window = self._window()
         ready = [c for c in self.containers.values() if c.status == "ready"]
         # Spread work: with a prefetch window, a container takes at most its share of the queue.
-        share = math.ceil(len(self.pending) / len(ready)) if ready and window > self.policy.slots else window
+        share = (
+            math.ceil(len(self.pending) / len(ready))
+            if ready and window > self.policy.slots
+            else window
+        )
         given: set[str] = set()
         while self.pending and ready:
             ready.sort(key=lambda c: (c.container_id in given, len(c.assigned)))
@@ -374,7 +388,11 @@ class Pool:
             actions.append(StartContainer(cid))
         excess = len(live) - want
         idle = sorted(
-            (c for c in live if c.status == "ready" and not c.assigned and c.idle_since is not None),
+            (
+                c
+                for c in live
+                if c.status == "ready" and not c.assigned and c.idle_since is not None
+            ),
             key=lambda c: c.idle_since or 0.0,
         )
         for c in idle:

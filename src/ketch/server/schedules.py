@@ -72,7 +72,10 @@ class ScheduleRunner:
         """A deploy of ``app_id``: schedule its functions' schedules (and drop the ones it no longer has)."""
         now = time.time()
         conn = self.store.conn
-        have = {r["function_id"]: r for r in conn.execute(select(schedules).where(schedules.c.app_id == app_id)).mappings()}
+        have = {
+            r["function_id"]: r
+            for r in conn.execute(select(schedules).where(schedules.c.app_id == app_id)).mappings()
+        }
         keep = set()
         for fn in functions:
             wire = fn["spec"].schedule
@@ -86,7 +89,9 @@ class ScheduleRunner:
             if row is None:
                 conn.execute(schedules.insert().values(function_id=fn["id"], **values))
             else:
-                conn.execute(update(schedules).where(schedules.c.function_id == fn["id"]).values(**values))
+                conn.execute(
+                    update(schedules).where(schedules.c.function_id == fn["id"]).values(**values)
+                )
         gone = set(have) - keep
         if gone:
             conn.execute(delete(schedules).where(schedules.c.function_id.in_(gone)))
@@ -95,7 +100,11 @@ class ScheduleRunner:
 
     def describe(self, app_id: str) -> list[dict[str, Any]]:
         """The app's schedules: function, schedule, next run, last run and its state."""
-        rows = self.store.conn.execute(select(schedules).where(schedules.c.app_id == app_id)).mappings().all()
+        rows = (
+            self.store.conn.execute(select(schedules).where(schedules.c.app_id == app_id))
+            .mappings()
+            .all()
+        )
         out = []
         for row in rows:
             spec = self.d.function_spec(row["function_id"])[0]
@@ -108,7 +117,14 @@ class ScheduleRunner:
                     "at": row["last_fired_at"],
                     "status": outputs[0]["status"] if outputs else "running",
                 }
-            out.append({"tag": spec.tag, "schedule": unpack(row["schedule"]), "next_at": row["next_at"], "last": last})
+            out.append(
+                {
+                    "tag": spec.tag,
+                    "schedule": unpack(row["schedule"]),
+                    "next_at": row["next_at"],
+                    "last": last,
+                }
+            )
         return out
 
     def next_runs(self) -> dict[str, float]:
@@ -135,11 +151,17 @@ class ScheduleRunner:
     def _fire_due(self) -> float:
         """Fire every due run; seconds until the next one is due (at most ``MAX_SLEEP_S``)."""
         now = time.time()
-        rows = self.store.conn.execute(select(schedules).where(schedules.c.next_at <= now)).mappings().all()
+        rows = (
+            self.store.conn.execute(select(schedules).where(schedules.c.next_at <= now))
+            .mappings()
+            .all()
+        )
         for row in rows:
             if self.d.app_running(row["app_id"]):
                 self._fire(row, now)
-        soonest = self.store.conn.execute(select(schedules.c.next_at).order_by(schedules.c.next_at).limit(1)).scalar()
+        soonest = self.store.conn.execute(
+            select(schedules.c.next_at).order_by(schedules.c.next_at).limit(1)
+        ).scalar()
         return MAX_SLEEP_S if soonest is None else min(MAX_SLEEP_S, soonest - time.time())
 
     def _fire(self, row: Any, now: float) -> None:
@@ -151,20 +173,39 @@ class ScheduleRunner:
         values: dict[str, Any] = {"next_at": next_at}
         last = row["last_call_id"]
         if last and not self.d.call_state(last).done:
-            self.d.logs.add(app_id, spec.tag, "", "stderr",
-                            f"skipped a scheduled run of {spec.tag}: the previous run ({last}) is still going\n")  # fmt: skip
+            self.d.logs.add(
+                app_id,
+                spec.tag,
+                "",
+                "stderr",
+                f"skipped a scheduled run of {spec.tag}: the previous run ({last}) is still going\n",
+            )
         else:
             call_id = new_id("fc")
             try:
                 # ``wait`` leaves the call's rows uncommitted: they commit with next_at below, in one transaction.
-                self.d.create_call({
-                    "call_id": call_id, "function_id": row["function_id"], "kind": "schedule", "closed": True,
-                    "wait": 1, "inputs": [{"idx": 0, "args": _NO_ARGS}],
-                })  # fmt: skip
+                self.d.create_call(
+                    {
+                        "call_id": call_id,
+                        "function_id": row["function_id"],
+                        "kind": "schedule",
+                        "closed": True,
+                        "wait": 1,
+                        "inputs": [{"idx": 0, "args": _NO_ARGS}],
+                    }
+                )
             except Error as exc:
-                self.d.logs.add(app_id, spec.tag, "", "stderr", f"a scheduled run of {spec.tag} could not start: {exc}\n")
+                self.d.logs.add(
+                    app_id,
+                    spec.tag,
+                    "",
+                    "stderr",
+                    f"a scheduled run of {spec.tag} could not start: {exc}\n",
+                )
             else:
                 values.update(last_call_id=call_id, last_fired_at=now)
                 logger.info("scheduled run of %s: %s", spec.tag, call_id)
-        self.store.conn.execute(update(schedules).where(schedules.c.function_id == row["function_id"]).values(**values))
+        self.store.conn.execute(
+            update(schedules).where(schedules.c.function_id == row["function_id"]).values(**values)
+        )
         self.store.conn.commit()

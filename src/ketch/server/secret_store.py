@@ -79,7 +79,9 @@ class Sealer:
             self._create_key()
         mode = stat.S_IMODE(self.path.stat().st_mode)
         if mode & 0o077:
-            logger.warning("%s was readable by others (mode %o); setting it to 0600", self.path, mode)
+            logger.warning(
+                "%s was readable by others (mode %o); setting it to 0600", self.path, mode
+            )
             os.chmod(self.path, 0o600)
         try:
             key = base64.b64decode(self.path.read_bytes().strip(), validate=True)
@@ -116,7 +118,9 @@ class Sealer:
 
     def seal(self, env: dict[str, str], context: str) -> bytes:
         plain = msgpack.packb(sorted(env.items()), use_bin_type=True)
-        return _VERSION + self._load(create=True).encrypt(plain, [b"ketch-secret", context.encode()])
+        return _VERSION + self._load(create=True).encrypt(
+            plain, [b"ketch-secret", context.encode()]
+        )
 
     def open(self, sealed: bytes, context: str) -> dict[str, str]:
         from cryptography.exceptions import InvalidTag
@@ -124,7 +128,9 @@ class Sealer:
         if not sealed.startswith(_VERSION):
             raise ServerError("a stored Secret has an unknown format")
         try:
-            plain = self._load(create=False).decrypt(sealed[1:], [b"ketch-secret", context.encode()])
+            plain = self._load(create=False).decrypt(
+                sealed[1:], [b"ketch-secret", context.encode()]
+            )
         except InvalidTag:
             raise ServerError(
                 f"a stored Secret cannot be decrypted with {self.path}: was the key replaced?"
@@ -150,9 +156,13 @@ def sealer_for(store: Store) -> Sealer:
 def _find_named(store: Store, entry: dict[str, Any]) -> dict[str, Any] | None:
     """The Secret a spec entry names: by id, or by name if it was deleted and created again since."""
     if entry.get("id"):
-        row = store.conn.execute(
-            select(_objects.objects).where(_objects.objects.c.id == str(entry["id"]))
-        ).mappings().first()
+        row = (
+            store.conn.execute(
+                select(_objects.objects).where(_objects.objects.c.id == str(entry["id"]))
+            )
+            .mappings()
+            .first()
+        )
         if row is not None and row["kind"] == "secret":
             return dict(row)
     if entry.get("name"):
@@ -169,10 +179,13 @@ def named_values(store: Store, object_id: str) -> dict[str, str]:
 
 def put_values(store: Store, object_id: str, sealed: bytes) -> None:
     """Replace a named Secret's sealed values (the caller commits)."""
-    stmt = sqlite_insert(secret_values).values(object_id=object_id, sealed=sealed, updated_at=time.time())
+    stmt = sqlite_insert(secret_values).values(
+        object_id=object_id, sealed=sealed, updated_at=time.time()
+    )
     store.conn.execute(
         stmt.on_conflict_do_update(
-            index_elements=["object_id"], set_={"sealed": stmt.excluded.sealed, "updated_at": stmt.excluded.updated_at}
+            index_elements=["object_id"],
+            set_={"sealed": stmt.excluded.sealed, "updated_at": stmt.excluded.updated_at},
         )
     )
 
@@ -222,9 +235,13 @@ def register(rpc: Callable[[Any], Any]) -> None:
         store: Store = api.store
         row = _objects.find(store, "secret", name)
         if row is not None and not body.get("force"):
-            raise AlreadyExistsError(f"Secret {name!r} already exists (use --force to replace its values)")
+            raise AlreadyExistsError(
+                f"Secret {name!r} already exists (use --force to replace its values)"
+            )
         object_id = new_id(_objects.KINDS["secret"]) if row is None else row["id"]
-        sealed = sealer_for(store).seal(env, object_id)  # before any write: a failure leaves nothing behind
+        sealed = sealer_for(store).seal(
+            env, object_id
+        )  # before any write: a failure leaves nothing behind
         if row is None:
             store.conn.execute(
                 insert(_objects.objects).values(
@@ -241,13 +258,17 @@ def register(rpc: Callable[[Any], Any]) -> None:
         name = _objects.check_name("secret", body.get("name"))
         row = _objects.find(api.store, "secret", name)
         if row is None:
-            raise NotFoundError(f"Secret {name!r} not found: create it with `ketch secret create {name} KEY=VALUE ...`")
+            raise NotFoundError(
+                f"Secret {name!r} not found: create it with `ketch secret create {name} KEY=VALUE ...`"
+            )
         required = [str(k) for k in body.get("required_keys") or []]
         if required:
             have = named_values(api.store, row["id"])
             missing = [k for k in required if k not in have]
             if missing:
-                raise NotFoundError(f"Secret {name!r} is missing required key(s): {', '.join(missing)}")
+                raise NotFoundError(
+                    f"Secret {name!r} is missing required key(s): {', '.join(missing)}"
+                )
         return {"object_id": row["id"]}
 
     @rpc

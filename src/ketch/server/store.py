@@ -125,6 +125,8 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
 FINAL_STATUSES = ("success", "failure", "timeout", "crash", "cancelled", "init_failure")
 
 
@@ -155,7 +157,9 @@ class Store:
         self._wal = Path(f"{path}-wal")
         self._commits = 0
         self._closing = threading.Event()
-        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="wal-checkpoint", daemon=True)
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="wal-checkpoint", daemon=True
+        )
         self._checkpointer.start()
 
     def _commit(self) -> None:
@@ -181,7 +185,9 @@ class Store:
                 for column in table.columns:
                     if column.name not in have:
                         kind = column.type.compile(dialect=self.engine.dialect)
-                        conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
+                        conn.exec_driver_sql(
+                            f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"
+                        )
 
     def _checkpoint_loop(self) -> None:
         conn = sqlite3.connect(self._path, timeout=5.0)
@@ -203,22 +209,40 @@ class Store:
         self.engine.dispose()
 
     # -- apps and functions -------------------------------------------------
-    def create_app(self, app_id: str, name: str, deployed: bool, fns: Sequence[dict[str, Any]]) -> None:
+    def create_app(
+        self, app_id: str, name: str, deployed: bool, fns: Sequence[dict[str, Any]]
+    ) -> None:
         now = time.time()
         c = self.conn
         c.execute(
             sqlite_insert(apps)
-            .values(id=app_id, name=name, deployed=deployed, state="running", created_at=now, heartbeat_at=now)
+            .values(
+                id=app_id,
+                name=name,
+                deployed=deployed,
+                state="running",
+                created_at=now,
+                heartbeat_at=now,
+            )
             .on_conflict_do_nothing()
         )
         for fn in fns:
             stmt = sqlite_insert(functions).values(
-                id=fn["id"], app_id=app_id, tag=fn["tag"], spec=fn["spec"], version=1, created_at=now
+                id=fn["id"],
+                app_id=app_id,
+                tag=fn["tag"],
+                spec=fn["spec"],
+                version=1,
+                created_at=now,
             )
             c.execute(
                 stmt.on_conflict_do_update(
                     index_elements=["id"],
-                    set_={"spec": stmt.excluded.spec, "version": functions.c.version + 1, "app_id": app_id},
+                    set_={
+                        "spec": stmt.excluded.spec,
+                        "version": functions.c.version + 1,
+                        "app_id": app_id,
+                    },
                 )
             )
         c.commit()
@@ -244,7 +268,11 @@ class Store:
         q = select(apps).where(apps.c.name == name)
         if deployed_only:
             q = q.where(apps.c.deployed.is_(True))
-        order = ((apps.c.state == "running").desc(), apps.c.deployed.desc(), apps.c.created_at.desc())
+        order = (
+            (apps.c.state == "running").desc(),
+            apps.c.deployed.desc(),
+            apps.c.created_at.desc(),
+        )
         row = self.conn.execute(q.order_by(*order)).mappings().first()
         return dict(row) if row else None
 
@@ -253,11 +281,19 @@ class Store:
         return [dict(r) for r in rows]
 
     def app_functions(self, app_id: str) -> list[dict[str, Any]]:
-        rows = self.conn.execute(select(functions).where(functions.c.app_id == app_id)).mappings().all()
+        rows = (
+            self.conn.execute(select(functions).where(functions.c.app_id == app_id))
+            .mappings()
+            .all()
+        )
         return [dict(r) for r in rows]
 
     def get_function(self, function_id: str) -> dict[str, Any] | None:
-        row = self.conn.execute(select(functions).where(functions.c.id == function_id)).mappings().first()
+        row = (
+            self.conn.execute(select(functions).where(functions.c.id == function_id))
+            .mappings()
+            .first()
+        )
         return dict(row) if row else None
 
     def running_apps(self) -> list[dict[str, Any]]:
@@ -279,9 +315,17 @@ class Store:
         self.db.execute(
             "INSERT OR IGNORE INTO calls (id, function_id, app_id, kind, params, method, n_inputs, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (call["id"], call["function_id"], call["app_id"], call["kind"], call["params"], call["method"],
-             call["n_inputs"], time.time()),
-        )  # fmt: skip
+            (
+                call["id"],
+                call["function_id"],
+                call["app_id"],
+                call["kind"],
+                call["params"],
+                call["method"],
+                call["n_inputs"],
+                time.time(),
+            ),
+        )
         ids = self._insert_inputs(call["id"], new_inputs)
         if commit:
             self._commit()
@@ -296,7 +340,9 @@ class Store:
         self._commit()
         return ids
 
-    def _insert_inputs(self, call_id: str, new_inputs: Sequence[dict[str, Any]]) -> list[tuple[int, int]]:
+    def _insert_inputs(
+        self, call_id: str, new_inputs: Sequence[dict[str, Any]]
+    ) -> list[tuple[int, int]]:
         if not new_inputs:
             return []
         db = self.db
@@ -313,10 +359,15 @@ class Store:
         existing = {
             r[0]
             for r in db.execute(
-                "SELECT idx FROM inputs WHERE call_id = ? AND idx BETWEEN ? AND ?", (call_id, lo, hi)
+                "SELECT idx FROM inputs WHERE call_id = ? AND idx BETWEEN ? AND ?",
+                (call_id, lo, hi),
             )
         }
-        fresh = [(call_id, i["idx"], i.get("args"), i.get("blob_id")) for i in new_inputs if i["idx"] not in existing]
+        fresh = [
+            (call_id, i["idx"], i.get("args"), i.get("blob_id"))
+            for i in new_inputs
+            if i["idx"] not in existing
+        ]
         if not fresh:
             return []
         db.executemany(
@@ -325,13 +376,15 @@ class Store:
         )
         wanted = {f[1] for f in fresh}
         rows = db.execute(
-            "SELECT id, idx FROM inputs WHERE call_id = ? AND idx BETWEEN ? AND ? ORDER BY id", (call_id, lo, hi)
+            "SELECT id, idx FROM inputs WHERE call_id = ? AND idx BETWEEN ? AND ? ORDER BY id",
+            (call_id, lo, hi),
         ).fetchall()
         return [(r[0], r[1]) for r in rows if r[1] in wanted]
 
     def get_call(self, call_id: str) -> dict[str, Any] | None:
         row = self.db.execute(
-            "SELECT id, function_id, app_id, kind, params, method, n_inputs FROM calls WHERE id = ?", (call_id,)
+            "SELECT id, function_id, app_id, kind, params, method, n_inputs FROM calls WHERE id = ?",
+            (call_id,),
         ).fetchone()
         if row is None:
             return None
@@ -339,17 +392,29 @@ class Store:
         return dict(zip(keys, row, strict=True))
 
     def input_args(self, input_id: int) -> tuple[bytes | None, str | None]:
-        row = self.db.execute("SELECT args, blob_id FROM inputs WHERE id = ?", (input_id,)).fetchone()
+        row = self.db.execute(
+            "SELECT args, blob_id FROM inputs WHERE id = ?", (input_id,)
+        ).fetchone()
         return (row[0], row[1]) if row else (None, None)
 
     def pending_inputs(self) -> list[dict[str, Any]]:
         q = (
-            select(inputs.c.id, inputs.c.call_id, inputs.c.idx, inputs.c.attempts, inputs.c.args, inputs.c.blob_id,
-                   calls.c.function_id, calls.c.params, calls.c.method, calls.c.app_id)
+            select(
+                inputs.c.id,
+                inputs.c.call_id,
+                inputs.c.idx,
+                inputs.c.attempts,
+                inputs.c.args,
+                inputs.c.blob_id,
+                calls.c.function_id,
+                calls.c.params,
+                calls.c.method,
+                calls.c.app_id,
+            )
             .join(calls, calls.c.id == inputs.c.call_id)
             .where(inputs.c.state == "pending")
             .order_by(inputs.c.id)
-        )  # fmt: skip
+        )
         rows = [dict(r) for r in self.conn.execute(q).mappings().all()]
         self.conn.commit()
         return rows
@@ -362,12 +427,23 @@ class Store:
             db.executemany(
                 "INSERT INTO outputs (call_id, idx, status, data, blob_id, gen_index, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(r["call_id"], r["idx"], r["status"], r.get("data"), r.get("blob_id"), r.get("gen_index"), now)
-                 for r in rows],  # fmt: skip
+                [
+                    (
+                        r["call_id"],
+                        r["idx"],
+                        r["status"],
+                        r.get("data"),
+                        r.get("blob_id"),
+                        r.get("gen_index"),
+                        now,
+                    )
+                    for r in rows
+                ],
             )
         if done_input_ids:
             db.executemany(
-                "UPDATE inputs SET state = 'done', args = NULL WHERE id = ?", [(i,) for i in done_input_ids]
+                "UPDATE inputs SET state = 'done', args = NULL WHERE id = ?",
+                [(i,) for i in done_input_ids],
             )
         self._commit()
 
@@ -387,7 +463,8 @@ class Store:
     def count_final_outputs(self, call_id: str) -> int:
         marks = ", ".join("?" for _ in FINAL_STATUSES)
         row = self.db.execute(
-            f"SELECT COUNT(*) FROM outputs WHERE call_id = ? AND status IN ({marks})", (call_id, *FINAL_STATUSES)
+            f"SELECT COUNT(*) FROM outputs WHERE call_id = ? AND status IN ({marks})",
+            (call_id, *FINAL_STATUSES),
         ).fetchone()
         return int(row[0])
 
@@ -408,7 +485,10 @@ class Store:
         if rows:
             self.db.executemany(
                 "INSERT INTO logs (app_id, tag, container_id, stream, text, ts) VALUES (?, ?, ?, ?, ?, ?)",
-                [(r["app_id"], r["tag"], r["container_id"], r["stream"], r["text"], r["ts"]) for r in rows],
+                [
+                    (r["app_id"], r["tag"], r["container_id"], r["stream"], r["text"], r["ts"])
+                    for r in rows
+                ],
             )
             self._commit()
 

@@ -43,24 +43,42 @@ def specs_hash(functions: list[dict[str, Any]]) -> str:
     return hashlib.sha256(pack(functions)).hexdigest()[:8]
 
 
-def record(store: Store, name: str, app_id: str, functions: list[dict[str, Any]], source_hash: str, note: str = "") -> int:
+def record(
+    store: Store,
+    name: str,
+    app_id: str,
+    functions: list[dict[str, Any]],
+    source_hash: str,
+    note: str = "",
+) -> int:
     """Record a new version of deployed app ``name``; its number."""
-    last = store.conn.execute(select(func.max(app_versions.c.version)).where(app_versions.c.name == name)).scalar()
+    last = store.conn.execute(
+        select(func.max(app_versions.c.version)).where(app_versions.c.name == name)
+    ).scalar()
     version = int(last or 0) + 1
     store.conn.execute(
         app_versions.insert().values(
-            name=name, version=version, app_id=app_id, created_at=time.time(),
-            source_hash=source_hash or specs_hash(functions), functions=pack(functions), note=note or None,
+            name=name,
+            version=version,
+            app_id=app_id,
+            created_at=time.time(),
+            source_hash=source_hash or specs_hash(functions),
+            functions=pack(functions),
+            note=note or None,
         )
-    )  # fmt: skip
+    )
     store.conn.commit()
     return version
 
 
 def history(store: Store, name: str) -> list[dict[str, Any]]:
-    rows = store.conn.execute(
-        select(app_versions).where(app_versions.c.name == name).order_by(app_versions.c.version)
-    ).mappings().all()
+    rows = (
+        store.conn.execute(
+            select(app_versions).where(app_versions.c.name == name).order_by(app_versions.c.version)
+        )
+        .mappings()
+        .all()
+    )
     return [dict(r) for r in rows]
 
 
@@ -79,11 +97,16 @@ def register(rpc: Callable[[Any], Any], create: Callable[..., Any]) -> None:
             "name": name,
             "live": live,
             "versions": [
-                {"version": r["version"], "created_at": r["created_at"], "source_hash": r["source_hash"],
-                 "n_functions": len(unpack(r["functions"])), "note": r["note"] or ""}
+                {
+                    "version": r["version"],
+                    "created_at": r["created_at"],
+                    "source_hash": r["source_hash"],
+                    "n_functions": len(unpack(r["functions"])),
+                    "note": r["note"] or "",
+                }
                 for r in rows
             ],
-        }  # fmt: skip
+        }
 
     @rpc
     async def AppRollback(api: Any, body: dict[str, Any], caller: Any) -> dict[str, Any]:
@@ -99,7 +122,9 @@ def register(rpc: Callable[[Any], Any], create: Callable[..., Any]) -> None:
         else:
             found = [r for r in rows if r["version"] == int(wanted)]
             if not found:
-                raise NotFoundError(f"app {name!r} has no version {wanted} (versions 1-{rows[-1]['version']})")
+                raise NotFoundError(
+                    f"app {name!r} has no version {wanted} (versions 1-{rows[-1]['version']})"
+                )
             target = found[0]
         reply = await create(
             api,

@@ -135,12 +135,16 @@ class VolumeService:
         self.blobs.clean_temporaries()
         self.work = home / "volumes" / "work"
         self.work.mkdir(parents=True, exist_ok=True)
-        self._mounts: dict[str, list[tuple[str, Path, bool]]] = {}  # container -> [(volume id, work dir, read-only)]
+        self._mounts: dict[
+            str, list[tuple[str, Path, bool]]
+        ] = {}  # container -> [(volume id, work dir, read-only)]
         self._locks: dict[Path, asyncio.Lock] = {}
         self._releasing: dict[str, asyncio.Task[None]] = {}
         self._unreferenced: dict[str, float] = {}  # blob -> when it lost a reference
         self._gc_task: asyncio.Task[None] | None = None
-        self._overlays: bool | None = None  # whether working copies can be overlays; found on first use
+        self._overlays: bool | None = (
+            None  # whether working copies can be overlays; found on first use
+        )
         # The sandbox runtime's user namespace: overlay copies are then made of idmapped
         # layers, so that its root owns what it finds there (set when the runtime starts).
         self.userns: UserNamespace | None = None
@@ -327,7 +331,9 @@ class VolumeService:
             read_only = bool(mount.get("read_only"))
             link = read_only and enforces_read_only
             overlay = not read_only and await self._can_overlay()
-            at, state = await self._fill(object_id, work / "lower" if overlay else data, link or overlay)
+            at, state = await self._fill(
+                object_id, work / "lower" if overlay else data, link or overlay
+            )
             info = {"object_id": object_id, "mount": mount["path"], "version": at, "files": state}
             if read_only:
                 info["read_only"] = True  # never committed, not even after a crash
@@ -335,7 +341,9 @@ class VolumeService:
             if overlay:
                 info["overlay"] = True
             await asyncio.to_thread(wc.save_state, work, info)
-            if overlay:  # after the state says so: a restart then knows to mount it before committing
+            if (
+                overlay
+            ):  # after the state says so: a restart then knows to mount it before committing
                 try:
                     await self._mount(work)
                 except RuntimeError as exc:  # the probe passed but this mount did not: a plain copy
@@ -388,7 +396,10 @@ class VolumeService:
                     await self._unmount(probe / "data")
                     self._overlays = True
                 except (OSError, RuntimeError) as exc:
-                    logger.info("Volume working copies are plain copies: overlayfs is not available (%s)", exc)
+                    logger.info(
+                        "Volume working copies are plain copies: overlayfs is not available (%s)",
+                        exc,
+                    )
                 finally:
                     await asyncio.to_thread(shutil.rmtree, probe, True)
         return self._overlays
@@ -401,7 +412,14 @@ class VolumeService:
 
     async def _mount(self, work: Path) -> None:
         """Mount an overlay working copy's layers at ``work/data`` (again, after a restart)."""
-        await userns.mount_overlay(self.userns, [work / "lower"], work / "upper", work / "ovl", work / "data", OVERLAY_OPTIONS)
+        await userns.mount_overlay(
+            self.userns,
+            [work / "lower"],
+            work / "upper",
+            work / "ovl",
+            work / "data",
+            OVERLAY_OPTIONS,
+        )
 
     def _owner(self, work: Path) -> int | None:
         """Who what the control plane writes in ``work/data`` must belong to (None: host root).
@@ -473,8 +491,11 @@ class VolumeService:
                     await asyncio.to_thread(wc.save_state, work, info)
                     logger.debug(
                         "committed %d changes to volume %s: stored in %.3f s, applied in %.3f s",
-                        len(changes), object_id, stored - started, time.monotonic() - stored,
-                    )  # fmt: skip
+                        len(changes),
+                        object_id,
+                        stored - started,
+                        time.monotonic() - stored,
+                    )
                     return at
                 for path in missing:  # collected meanwhile: store those files again
                     state = {p: e for p, e in state.items() if p != path}
@@ -486,10 +507,14 @@ class VolumeService:
             async with self._lock(work):
                 info = await asyncio.to_thread(wc.load_state, work)
                 fill = functools.partial(
-                    wc.update, work / "data", info["files"], blob_path=self.blobs.path,
-                    link=bool(info.get("linked")), upper=await self._ready(work, info),
+                    wc.update,
+                    work / "data",
+                    info["files"],
+                    blob_path=self.blobs.path,
+                    link=bool(info.get("linked")),
+                    upper=await self._ready(work, info),
                     owner=self._owner(work),
-                )  # fmt: skip
+                )
                 at, info["files"] = await self._from_head(object_id, fill)
                 info["version"] = at
                 await asyncio.to_thread(wc.save_state, work, info)
@@ -657,12 +682,29 @@ def register(rpc: Any) -> None:
                         f"{path!r} already exists in the Volume (use force=True, or `ketch volume put --force`)"
                     )
             mode = int(f.get("mode") or 0o644) & 0o7777
-            changes[path] = {"path": path, "type": "f", "blob": str(f["blob_id"]), "target": None,
-                             "size": int(f["size"]), "mode": mode, "mtime": float(f.get("mtime") or time.time())}  # fmt: skip
+            changes[path] = {
+                "path": path,
+                "type": "f",
+                "blob": str(f["blob_id"]),
+                "target": None,
+                "size": int(f["size"]),
+                "mode": mode,
+                "mtime": float(f.get("mtime") or time.time()),
+            }
         for path in body.get("dirs", []):
             path = norm(path, allow_root=False)
-            changes.setdefault(path, {"path": path, "type": "d", "blob": None, "target": None, "size": 0,
-                                      "mode": 0o755, "mtime": time.time()})  # fmt: skip
+            changes.setdefault(
+                path,
+                {
+                    "path": path,
+                    "type": "d",
+                    "blob": None,
+                    "target": None,
+                    "size": 0,
+                    "mode": 0o755,
+                    "mtime": time.time(),
+                },
+            )
         at, missing = svc.apply(object_id, changes)
         missing_blobs = sorted({str(changes[p]["blob"]) for p in missing if changes[p]})  # type: ignore[index]
         return {"version": at, "missing": missing_blobs}

@@ -61,12 +61,22 @@ proxy_tokens = Table(
     "proxy_tokens",
     metadata,
     Column("id", String, primary_key=True),
-    Column("secret_hash", String, nullable=False),  # SHA-256 of the secret; the secret is shown once
+    Column(
+        "secret_hash", String, nullable=False
+    ),  # SHA-256 of the secret; the secret is shown once
     Column("created_at", Float, nullable=False),
 )
 
 # Connection-level headers a proxy must not pass along (RFC 9110, 7.6.1).
-_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"}
+_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+}
 
 
 @dataclass
@@ -99,13 +109,17 @@ def _hash(secret: str) -> str:
 def create_token(store: Store) -> tuple[str, str]:
     """A new proxy auth token: (id, secret). Only the secret's hash is kept."""
     token_id, secret = new_id("wk"), "ws-" + secrets.token_urlsafe(24)
-    store.conn.execute(proxy_tokens.insert().values(id=token_id, secret_hash=_hash(secret), created_at=time.time()))
+    store.conn.execute(
+        proxy_tokens.insert().values(id=token_id, secret_hash=_hash(secret), created_at=time.time())
+    )
     store.conn.commit()
     return token_id, secret
 
 
 def token_ok(store: Store, token_id: str, secret: str) -> bool:
-    row = store.conn.execute(select(proxy_tokens.c.secret_hash).where(proxy_tokens.c.id == token_id)).first()
+    row = store.conn.execute(
+        select(proxy_tokens.c.secret_hash).where(proxy_tokens.c.id == token_id)
+    ).first()
     return row is not None and hmac.compare_digest(row[0], _hash(secret))
 
 
@@ -131,7 +145,9 @@ class Gateway:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
+        self.runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+        )
         await self.runner.setup()
         for row in self.store.conn.execute(select(web_routes)).mappings().all():
             if self.d.app_running(row["app_id"]):
@@ -142,7 +158,9 @@ class Gateway:
             await self.runner.cleanup()
 
     # -- routes ------------------------------------------------------------------
-    async def publish(self, app_id: str, app_name: str, deployed: bool, functions: list[dict[str, Any]]) -> dict[str, str]:
+    async def publish(
+        self, app_id: str, app_name: str, deployed: bool, functions: list[dict[str, Any]]
+    ) -> dict[str, str]:
         """Serve the web endpoints of an app's functions; their URLs by tag (``Cls.method`` for methods)."""
         urls: dict[str, str] = {}
         keep: set[str] = set()
@@ -163,16 +181,37 @@ class Gateway:
                 route = Route(label, row["port"] if row else 0, app_id, fn["id"], method, dict(cfg))
                 port = await self._open(route)
                 stmt = sqlite_insert(web_routes).values(
-                    label=label, port=port, app_id=app_id, app_name=app_name, function_id=fn["id"],
-                    method=method, config=pack(cfg), updated_at=time.time(),
-                )  # fmt: skip
+                    label=label,
+                    port=port,
+                    app_id=app_id,
+                    app_name=app_name,
+                    function_id=fn["id"],
+                    method=method,
+                    config=pack(cfg),
+                    updated_at=time.time(),
+                )
                 self.store.conn.execute(
-                    stmt.on_conflict_do_update(index_elements=["label"], set_={k: stmt.excluded[k] for k in (
-                        "port", "app_id", "app_name", "function_id", "method", "config", "updated_at")})
-                )  # fmt: skip
+                    stmt.on_conflict_do_update(
+                        index_elements=["label"],
+                        set_={
+                            k: stmt.excluded[k]
+                            for k in (
+                                "port",
+                                "app_id",
+                                "app_name",
+                                "function_id",
+                                "method",
+                                "config",
+                                "updated_at",
+                            )
+                        },
+                    )
+                )
                 keep.add(label)
                 urls[name] = self._url(port)
-        for route in [r for r in self.by_port.values() if r.app_id == app_id and r.label not in keep]:
+        for route in [
+            r for r in self.by_port.values() if r.app_id == app_id and r.label not in keep
+        ]:
             await self._close(route.port)  # an endpoint the new version no longer has
             self.store.conn.execute(delete(web_routes).where(web_routes.c.label == route.label))
         self.store.conn.commit()
@@ -184,7 +223,11 @@ class Gateway:
             await self._close(route.port)
 
     def urls(self, app_id: str) -> dict[str, str]:
-        rows = self.store.conn.execute(select(web_routes).where(web_routes.c.app_id == app_id)).mappings().all()
+        rows = (
+            self.store.conn.execute(select(web_routes).where(web_routes.c.app_id == app_id))
+            .mappings()
+            .all()
+        )
         out = {}
         for row in rows:
             spec = self.d.function_spec(row["function_id"])[0]
@@ -195,7 +238,11 @@ class Gateway:
         return f"http://{self.host}:{port}"
 
     def _row(self, label: str) -> Any:
-        return self.store.conn.execute(select(web_routes).where(web_routes.c.label == label)).mappings().first()
+        return (
+            self.store.conn.execute(select(web_routes).where(web_routes.c.label == label))
+            .mappings()
+            .first()
+        )
 
     async def _open(self, route: Route) -> int:
         """Listen for ``route`` on its port (a new one if it has none or it was taken meanwhile)."""
@@ -208,7 +255,9 @@ class Gateway:
         try:
             sock.bind((self.host, route.port))
         except OSError:
-            logger.warning("port %d of web endpoint %s is taken; it gets a new one", route.port, route.label)
+            logger.warning(
+                "port %d of web endpoint %s is taken; it gets a new one", route.port, route.label
+            )
             sock.bind((self.host, 0))
         route.port = sock.getsockname()[1]
         site = web.SockSite(self.runner, sock)
@@ -232,7 +281,10 @@ class Gateway:
         if route.config.get("requires_proxy_auth"):
             key, secret = request.headers.get("Modal-Key"), request.headers.get("Modal-Secret")
             if not key or not secret:
-                return _text(401, "ketch: missing credentials for proxy authorization (Modal-Key, Modal-Secret)")
+                return _text(
+                    401,
+                    "ketch: missing credentials for proxy authorization (Modal-Key, Modal-Secret)",
+                )
             if not token_ok(self.store, key, secret):
                 return _text(401, "ketch: invalid credentials for proxy authorization")
         if request.path.startswith(RESULT_PATH):
@@ -240,7 +292,10 @@ class Gateway:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request, route)
         limit = self.max_body
-        too_big = _text(413, f"ketch: request body over the limit of {limit // 2**20} MiB (KETCH_WEB_MAX_BODY_MB)")
+        too_big = _text(
+            413,
+            f"ketch: request body over the limit of {limit // 2**20} MiB (KETCH_WEB_MAX_BODY_MB)",
+        )
         if request.content_length is not None and request.content_length > limit:
             return too_big
         body = bytearray()
@@ -250,7 +305,9 @@ class Gateway:
                 return too_big
         exchange = Exchange()
         try:
-            input_id = self.d.web_request(route.function_id, route.method, exchange, _scope(request, route.port), bytes(body))
+            input_id = self.d.web_request(
+                route.function_id, route.method, exchange, _scope(request, route.port), bytes(body)
+            )
         except Error as exc:
             return _text(503, f"ketch: {type(exc).__name__}: {exc}")
         try:
@@ -283,7 +340,10 @@ class Gateway:
         """A redirected request's response: once it has started, or another 303 here if it still has not."""
         parked = self.parked.pop(token, None)
         if parked is None or parked[0] != route.port:
-            return _text(404, "ketch: no such pending result (each result can be fetched once, within 10 minutes)")
+            return _text(
+                404,
+                "ketch: no such pending result (each result can be fetched once, within 10 minutes)",
+            )
         first = await self._first_event(parked[1])
         if first is None:
             self.parked[token] = (parked[0], parked[1], time.monotonic())
@@ -295,7 +355,11 @@ class Gateway:
         scope = _scope(request, route.port)
         scope.update(type="websocket", scheme="ws")
         scope.pop("method", None)
-        protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        protocols = [
+            p.strip()
+            for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+            if p.strip()
+        ]
         scope["subprotocols"] = protocols
         exchange = Exchange()
         try:
@@ -327,7 +391,9 @@ class Gateway:
                     sub = ev.get("subprotocol")
                     ws = web.WebSocketResponse(protocols=[sub] if sub else (), max_msg_size=0)
                     for name, value in ev.get("headers", []):
-                        ws.headers.add(bytes(name).decode("latin-1"), bytes(value).decode("latin-1"))
+                        ws.headers.add(
+                            bytes(name).decode("latin-1"), bytes(value).decode("latin-1")
+                        )
                     await ws.prepare(request)
                     pump = asyncio.create_task(from_client(ws))
                 elif kind == "ws_send" and ws is not None:
@@ -338,11 +404,16 @@ class Gateway:
                 elif kind == "ws_close":
                     if ws is None:  # closed before accepting: the app refused the connection
                         return _text(403, "ketch: the app refused the WebSocket connection")
-                    await ws.close(code=int(ev.get("code") or 1000), message=str(ev.get("reason") or "").encode())
+                    await ws.close(
+                        code=int(ev.get("code") or 1000),
+                        message=str(ev.get("reason") or "").encode(),
+                    )
                 elif kind == "done":
                     if ws is None:
-                        return _text(500 if ev.get("status") != "success" else 403,
-                                     f"ketch: the WebSocket endpoint ended without accepting: {_failure(ev)}")  # fmt: skip
+                        return _text(
+                            500 if ev.get("status") != "success" else 403,
+                            f"ketch: the WebSocket endpoint ended without accepting: {_failure(ev)}",
+                        )
                     if not ws.closed:
                         await ws.close(code=1000 if ev.get("status") == "success" else 1011)
                     return ws
@@ -353,7 +424,9 @@ class Gateway:
             if pump is not None:
                 pump.cancel()
 
-    async def _respond(self, request: web.Request, exchange: Exchange, first: dict[str, Any]) -> web.StreamResponse:
+    async def _respond(
+        self, request: web.Request, exchange: Exchange, first: dict[str, Any]
+    ) -> web.StreamResponse:
         resp: web.StreamResponse | None = None
         ev: dict[str, Any] | None = first
         while True:
@@ -385,7 +458,14 @@ class Gateway:
 
 
 def _route(row: Any) -> Route:
-    return Route(row["label"], row["port"], row["app_id"], row["function_id"], row["method"], unpack(row["config"]))
+    return Route(
+        row["label"],
+        row["port"],
+        row["app_id"],
+        row["function_id"],
+        row["method"],
+        unpack(row["config"]),
+    )
 
 
 def _text(status: int, message: str) -> web.Response:
@@ -435,7 +515,9 @@ def register(rpc: Any) -> None:
 
     @rpc
     def ProxyTokenDelete(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        gone = api.store.conn.execute(delete(proxy_tokens).where(proxy_tokens.c.id == str(body["token_id"])))
+        gone = api.store.conn.execute(
+            delete(proxy_tokens).where(proxy_tokens.c.id == str(body["token_id"]))
+        )
         api.store.conn.commit()
         if not gone.rowcount:
             raise NotFoundError(f"no proxy token {body['token_id']!r}")

@@ -115,7 +115,9 @@ class TemplateProcess:
         spawned: asyncio.Future[int] = loop.create_future()
         self._spawned[container_id] = spawned
         try:
-            request = msgpack.packb({"t": "spawn", "id": container_id, "env": env, "cwd": cwd}, use_bin_type=True)
+            request = msgpack.packb(
+                {"t": "spawn", "id": container_id, "env": env, "cwd": cwd}, use_bin_type=True
+            )
             socket.send_fds(sock, [request], [out_w, err_w])
         finally:
             os.close(out_w)
@@ -144,5 +146,7 @@ class TemplateProcess:
 async def _reader(fd: int) -> asyncio.StreamReader:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0))
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0)
+    )
     return reader

@@ -615,7 +615,9 @@ def join_command(cg: ContainerCgroup, argv: list[str]) -> list[str]:
     return ["/bin/sh", "-c", script, "ketch-cgroup-join", str(len(files)), *files, *argv]
 
 
-def cap_parent(memory_limit_bytes: int, parent: str = "ketch", support: Support | None = None) -> str | None:
+def cap_parent(
+    memory_limit_bytes: int, parent: str = "ketch", support: Support | None = None
+) -> str | None:
     """Cap the memory of every group under ``parent`` together; returns why not, or None.
 
     Containers with no ``memory=`` of their own then still cannot take the

@@ -40,9 +40,19 @@ FAKE_SOURCE = f"fake ({FAKE_ENV})"
 
 # Concrete kinds a GPU can be normalized to (``KNOWN_GPUS`` minus the request-only aliases).
 KINDS = (
-    "T4", "L4", "A10", "A10G", "A100-40GB", "A100-80GB", "L40S",
-    "H100", "H200", "B200", "RTX-PRO-6000", "OTHER",
-)  # fmt: skip
+    "T4",
+    "L4",
+    "A10",
+    "A10G",
+    "A100-40GB",
+    "A100-80GB",
+    "L40S",
+    "H100",
+    "H200",
+    "B200",
+    "RTX-PRO-6000",
+    "OTHER",
+)
 
 # Kinds that satisfy a request type, best first; "ANY" is handled apart.
 _CANDIDATES: dict[str, tuple[str, ...]] = {
@@ -63,19 +73,34 @@ _CANDIDATES: dict[str, tuple[str, ...]] = {
 
 # Typical NVML memory totals (MiB), used for fake GPUs.
 _FAKE_MEMORY_MIB = {
-    "T4": 15360, "L4": 23034, "A10": 23028, "A10G": 23028, "A100-40GB": 40960,
-    "A100-80GB": 81920, "L40S": 46068, "H100": 81559, "H200": 143771, "B200": 183359,
-    "RTX-PRO-6000": 97887, "OTHER": 16384,
-}  # fmt: skip
+    "T4": 15360,
+    "L4": 23034,
+    "A10": 23028,
+    "A10G": 23028,
+    "A100-40GB": 40960,
+    "A100-80GB": 81920,
+    "L40S": 46068,
+    "H100": 81559,
+    "H200": 143771,
+    "B200": 183359,
+    "RTX-PRO-6000": 97887,
+    "OTHER": 16384,
+}
 
 # Device nodes shared by all GPUs of a node; bound when present.
 _CONTROL_DEVICES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset", "nvidia-caps")
 
 # User-space driver libraries a CUDA program needs inside a container.
 _DRIVER_LIBRARIES = (
-    "libcuda", "libnvidia-ml", "libnvidia-ptxjitcompiler", "libnvidia-nvvm",
-    "libnvidia-gpucomp", "libnvidia-allocator", "libnvidia-cfg", "libnvidia-opencl",
-)  # fmt: skip
+    "libcuda",
+    "libnvidia-ml",
+    "libnvidia-ptxjitcompiler",
+    "libnvidia-nvvm",
+    "libnvidia-gpucomp",
+    "libnvidia-allocator",
+    "libnvidia-cfg",
+    "libnvidia-opencl",
+)
 _DRIVER_LIBRARY_RE = re.compile(
     r"^(?:" + "|".join(map(re.escape, _DRIVER_LIBRARIES)) + r")\.so(?:\.[0-9.]+)?$"
 )

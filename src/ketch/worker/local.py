@@ -38,7 +38,10 @@ def describe_exit(returncode: int | None) -> str:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = f"signal {-returncode}"
-        hint = {"SIGKILL": " (killed, possibly out of memory)", "SIGSEGV": " (segmentation fault)"}.get(name, "")
+        hint = {
+            "SIGKILL": " (killed, possibly out of memory)",
+            "SIGSEGV": " (segmentation fault)",
+        }.get(name, "")
         return f"killed by {name}{hint}"
     return f"exited with code {returncode}"
 
@@ -84,7 +87,9 @@ class LocalWorker:
         self._on_log = on_log
         self._on_exit = on_exit
         self._procs: dict[str, _Proc] = {}
-        self._template: TemplateProcess | None = TemplateProcess(self._base_env()) if use_template else None
+        self._template: TemplateProcess | None = (
+            TemplateProcess(self._base_env()) if use_template else None
+        )
 
     def running(self) -> int:
         return len(self._procs)
@@ -96,7 +101,11 @@ class LocalWorker:
         return env
 
     async def start(
-        self, container_id: str, env: dict[str, str], spec: FunctionSpec, mounts: Sequence[tuple[str, str, bool]] = ()
+        self,
+        container_id: str,
+        env: dict[str, str],
+        spec: FunctionSpec,
+        mounts: Sequence[tuple[str, str, bool]] = (),
     ) -> None:
         cwd = spec.root_dir
         if mounts:  # applied by the container itself (ketch.runtime.mounts)
@@ -105,7 +114,14 @@ class LocalWorker:
         if self._template is not None:
             try:
                 pid, out, err, exited = await self._template.spawn(container_id, env, cwd)
-                proc = _Proc(pid, exited, [self._pump(container_id, "stdout", out), self._pump(container_id, "stderr", err)])
+                proc = _Proc(
+                    pid,
+                    exited,
+                    [
+                        self._pump(container_id, "stdout", out),
+                        self._pump(container_id, "stderr", err),
+                    ],
+                )
             except Exception as exc:  # fall back to a fresh interpreter
                 logger.warning("template process unusable (%s); starting containers fresh", exc)
                 self._template = None
@@ -128,10 +144,15 @@ class LocalWorker:
             start_new_session=True,
         )
         assert process.stdout is not None and process.stderr is not None
-        tasks = [self._pump(container_id, "stdout", process.stdout), self._pump(container_id, "stderr", process.stderr)]
+        tasks = [
+            self._pump(container_id, "stdout", process.stdout),
+            self._pump(container_id, "stderr", process.stderr),
+        ]
         return _Proc(process.pid, process.wait(), tasks)
 
-    def _pump(self, container_id: str, stream: str, reader: asyncio.StreamReader) -> asyncio.Task[None]:
+    def _pump(
+        self, container_id: str, stream: str, reader: asyncio.StreamReader
+    ) -> asyncio.Task[None]:
         return pump_lines(reader, lambda text: self._on_log(container_id, stream, text))
 
     async def _wait(self, container_id: str, proc: _Proc) -> None:

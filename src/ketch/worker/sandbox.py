@@ -142,7 +142,9 @@ class SandboxWorker:
         if (why_not := scratch.support()) is None:
             self.disks = scratch.ScratchDisks(home / "scratch", DEFAULT_EPHEMERAL_DISK_MIB)
         else:
-            logger.warning("containers' writable layers are not bounded by ephemeral_disk: %s", why_not)
+            logger.warning(
+                "containers' writable layers are not bounded by ephemeral_disk: %s", why_not
+            )
         self.containers_cap_mib = self._cap_containers()
 
     def _cap_containers(self) -> int | None:
@@ -184,7 +186,11 @@ class SandboxWorker:
 
     # -- start ---------------------------------------------------------------
     async def start(
-        self, container_id: str, env: dict[str, str], spec: FunctionSpec, mounts: Sequence[tuple[str, str, bool]] = ()
+        self,
+        container_id: str,
+        env: dict[str, str],
+        spec: FunctionSpec,
+        mounts: Sequence[tuple[str, str, bool]] = (),
     ) -> None:
         built = await self._image(container_id, spec)
         bundle = await self.builder.prepare_runtime(built, lambda line: None)
@@ -200,7 +206,9 @@ class SandboxWorker:
             if self.userns is not None:
                 container.stage = self.userns.staging()
                 container.merged = container.stage.mount_point()
-            await userns.mount_overlay(self.userns, built.lowers, layer / "upper", layer / "work", container.merged)
+            await userns.mount_overlay(
+                self.userns, built.lowers, layer / "upper", layer / "work", container.merged
+            )
             box, command = self._command(container, built, bundle, env, spec, mounts)
             full = box.argv(command)
             # bubblewrap reads its arguments from a pipe, so the container's /proc/1/cmdline
@@ -405,7 +413,9 @@ class SandboxWorker:
         return cgroup, int(memory) if memory else None
 
     # -- running -------------------------------------------------------------
-    def _pump(self, container_id: str, stream: str, reader: asyncio.StreamReader) -> asyncio.Task[None]:
+    def _pump(
+        self, container_id: str, stream: str, reader: asyncio.StreamReader
+    ) -> asyncio.Task[None]:
         return pump_lines(reader, lambda text: self._on_log(container_id, stream, text))
 
     async def _wait(self, container: _Container) -> None:

@@ -61,18 +61,34 @@ def make_disk(image: Path, mount_point: Path, size_mib: int) -> None:
     try:
         # No journal: a container's writable layer does not outlive a crash anyway.
         subprocess.run(
-            ["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-E", "lazy_itable_init=1,nodiscard",
-             "-m", "0", str(image)],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-O",
+                "^has_journal",
+                "-E",
+                "lazy_itable_init=1,nodiscard",
+                "-m",
+                "0",
+                str(image),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         mount_point.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             ["mount", "-o", "loop,nosuid,nodev,noatime", str(image), str(mount_point)],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
     except subprocess.CalledProcessError as exc:
         image.unlink(missing_ok=True)
-        raise RuntimeError(f"cannot make a scratch disk: {exc.stderr.decode(errors='replace').strip()}") from None
+        raise RuntimeError(
+            f"cannot make a scratch disk: {exc.stderr.decode(errors='replace').strip()}"
+        ) from None
     except BaseException:
         image.unlink(missing_ok=True)
         raise
@@ -121,7 +137,9 @@ class ScratchDisks:
             if self._filling or self._closed or len(self._ready) >= self.pool_size:
                 return
             self._filling = True
-        threading.Thread(target=self._fill, args=(delay,), name="ketch-scratch-pool", daemon=True).start()
+        threading.Thread(
+            target=self._fill, args=(delay,), name="ketch-scratch-pool", daemon=True
+        ).start()
 
     def _fill(self, delay: float) -> None:
         try:

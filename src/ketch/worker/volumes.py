@@ -75,7 +75,11 @@ def save_state(work: Path, state: dict[str, Any]) -> None:
 
 
 def _write_entry(
-    data: Path, entry: Entry, blob_path: Callable[[str], Path], link: bool = False, owner: int | None = None
+    data: Path,
+    entry: Entry,
+    blob_path: Callable[[str], Path],
+    link: bool = False,
+    owner: int | None = None,
 ) -> Entry:
     """Put one entry in the directory (replacing what is there); returns it with its stat.
 
@@ -183,7 +187,10 @@ def scan(
                     dirty = (
                         base is None
                         or base["type"] != "f"
-                        or ((upper is None or os.path.lexists(upper / rel)) and base.get("stat") != _stat_key(st))
+                        or (
+                            (upper is None or os.path.lexists(upper / rel))
+                            and base.get("stat") != _stat_key(st)
+                        )
                     )
                 else:
                     continue  # sockets, fifos and devices are not stored
@@ -202,8 +209,15 @@ def collect(
     changes: dict[str, Entry | None] = {p: None for p in deleted}
     after = {p: e for p, e in state.items() if p not in deleted}
     for rel, (kind, st, target) in sorted(changed.items()):
-        entry: Entry = {"path": rel, "type": kind, "blob": None, "target": target, "size": 0,
-                        "mode": stat.S_IMODE(st.st_mode), "mtime": st.st_mtime}  # fmt: skip
+        entry: Entry = {
+            "path": rel,
+            "type": kind,
+            "blob": None,
+            "target": target,
+            "size": 0,
+            "mode": stat.S_IMODE(st.st_mode),
+            "mtime": st.st_mtime,
+        }
         if kind == "f":
             try:
                 entry["blob"], entry["size"] = ingest(data / rel)
