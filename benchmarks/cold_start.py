@@ -21,7 +21,7 @@ Rows per case:
 
 * ketch, ``KETCH_RUNTIME=sandbox``: bubblewrap sandboxes of an image (the
   default image for (a), ``debian_slim().pip_install("numpy")`` for (b));
-  skipped, with the reason, where ``ketch.build.isolate.support()`` says no;
+  skipped, with the reason, where ``ketch.worker.isolate.support()`` says no;
 * ketch, ``KETCH_RUNTIME=local``: containers forked from a warm template
   process on the host;
 * Ray actor start: from ``A.remote()`` to the first method result, Ray already
@@ -191,7 +191,7 @@ class Cleanup(h.Cleanup):
         # named after KETCH_HOME; remove ours, if the control plane left them.
         for runtime in RUNTIMES:
             with contextlib.suppress(Exception):
-                from ketch.worker.sandbox import socket_dir
+                from ketch.worker.bubblewrap import socket_dir
 
                 if self.home(runtime).exists():
                     shutil.rmtree(socket_dir(self.home(runtime)), ignore_errors=True)
@@ -282,7 +282,7 @@ def busy_containers(home: Path) -> list[str]:
         return found
     for pid, ppid in h.descendants(h.proc_table(), server).items():
         line = h.cmdline(pid)
-        if ppid == server and "ketch.runtime.template" in line:
+        if ppid == server and "ketch.guest.template" in line:
             continue
         found.append(f"pid {pid} `{line}`")
     return found
@@ -448,7 +448,7 @@ def verdicts(results: dict) -> list[str]:
 
 def sandbox_support() -> tuple[bool, str]:
     try:
-        from ketch.build.isolate import support
+        from ketch.worker.isolate import support
     except Exception as exc:  # noqa: BLE001
         return False, f"cannot import ketch: {exc!r}"
     s = support()

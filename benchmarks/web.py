@@ -67,7 +67,7 @@ def ping():
 DIRECT = """
 import sys
 import uvicorn
-from ketch.runtime.web import _fastapi_app
+from ketch.guest.web import _fastapi_app
 import bench_web_app
 
 app = _fastapi_app(bench_web_app.ping.get_raw_f(), {"method": "GET"})

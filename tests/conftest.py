@@ -508,7 +508,7 @@ def sandbox_env():
     image layer cache stays the machine's (``KETCH_IMAGE_CACHE``), so the Debian
     base is built at most once per machine.
     """
-    from ketch.build import isolate
+    from ketch.worker import isolate
 
     support = isolate.support()
     if not support.ok:

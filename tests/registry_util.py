@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -25,8 +26,22 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+
+from ketch.images.registry import (
+    LAYOUT_TAG,
+    RETRY_TIMES,
+    LogFn,
+    RegistryError,
+    _ignore,
+    _remove_tree,
+    _rootless,
+    _run,
+    _skopeo,
+    _tool_failure,
+    parse_reference,
+)
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 TOOLS = ("skopeo", "umoci")
@@ -202,3 +217,87 @@ def push_without(source: str, target: str, relative: str, work: Path) -> None:
         done = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=60)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr}")
+
+
+class PushError(RegistryError):
+    """Packing a root filesystem into an image or uploading it failed.
+
+    Example: ``PushError("could not push to '127.0.0.1:5000/a:1': registry unreachable ...")``.
+    """
+
+
+async def push_rootfs(
+    rootfs: Path,
+    ref: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    workdir: str | None = None,
+    user: str | None = None,
+    entrypoint: Sequence[str] | None = None,
+    cmd: Sequence[str] | None = None,
+    log: LogFn = _ignore,
+    timeout: float = 900,
+) -> str:
+    """Pack the directory ``rootfs`` into a one-layer image and upload it as ``ref``.
+
+    Ownership, modes, symlinks and hard links are kept. ``env``, ``workdir``,
+    ``user``, ``entrypoint`` and ``cmd`` become the image configuration. Returns
+    the digest of the manifest in the registry. Raises :class:`PushError` when a
+    tool fails or the push takes longer than ``timeout`` seconds.
+
+    Example: ``await push_rootfs(Path("rootfs"), "127.0.0.1:5000/a/b:1", workdir="/srv")``.
+    """
+    try:
+        reference = parse_reference(ref)
+    except ValueError as exc:
+        raise PushError(str(exc), ref=ref) from None
+    if reference.digest:
+        raise PushError(f"cannot push to {ref!r}: a push needs a tag, not a digest", ref=ref)
+    rootfs = Path(rootfs)
+    if not rootfs.is_dir():
+        raise PushError(f"cannot push {rootfs} as {ref!r}: it is not a directory", ref=ref)
+    work = Path(tempfile.mkdtemp(prefix="ketch-push-"))
+    image, history = f"layout:{LAYOUT_TAG}", "--history.created_by=ketch push_rootfs"
+    config_flags: list[str] = []
+    for key, value in (env or {}).items():
+        if not key or "=" in key:
+            raise PushError(f"cannot push {ref!r}: bad environment variable name {key!r}", ref=ref)
+        config_flags.append(f"--config.env={key}={value}")
+    if workdir is not None:
+        config_flags.append(f"--config.workingdir={workdir}")
+    if user is not None:
+        config_flags.append(f"--config.user={user}")
+    config_flags += [f"--config.entrypoint={arg}" for arg in entrypoint or ()]
+    config_flags += [f"--config.cmd={arg}" for arg in cmd or ()]
+    steps: list[tuple[str, list[str]]] = [
+        ("umoci init", ["umoci", "init", "--layout", "layout"]),
+        ("umoci new", ["umoci", "new", "--image", image]),
+        ("umoci unpack", ["umoci", "unpack", *_rootless(), "--image", image, "bundle"]),
+        ("cp", ["cp", "-a", "--", f"{rootfs.resolve()}/.", "bundle/rootfs/"]),
+        ("umoci repack", ["umoci", "repack", history, "--image", image, "bundle"]),
+    ]
+    if config_flags:
+        steps.append(("umoci config", ["umoci", "config", *config_flags, "--image", image]))
+    copy = [*_skopeo(work), "copy", f"--retry-times={RETRY_TIMES}", "--digestfile=digest"]
+    if reference.insecure:
+        copy.append("--dest-tls-verify=false")
+    steps.append(("skopeo copy", [*copy, f"oci:{image}", reference.transport]))
+    step = "starting"
+    try:
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                for step, argv in steps:
+                    result = await _run(argv, cwd=work, log=log)
+                    if result.returncode != 0:
+                        raise _tool_failure(PushError, "push", ref, reference, step, result)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise PushError(
+                f"pushing {ref!r} timed out after {timeout:g}s during {step} (the tool was stopped)",
+                ref=ref,
+            ) from None
+        return (work / "digest").read_text().strip()
+    finally:
+        await asyncio.to_thread(_remove_tree, work)

@@ -22,7 +22,7 @@ import sys as _sys
 
 # Inside sandbox containers ketch's own dependencies live in a directory of
 # their own, searched after the image's packages so that the user's pins win.
-if (_deps := _os.environ.get("KETCH_RUNTIME_DEPS")) and _deps not in _sys.path:
+if (_deps := _os.environ.get("KETCH_BUNDLE_DEPS")) and _deps not in _sys.path:
     _sys.path.append(_deps)
 
 __version__ = "0.1.0"

@@ -26,7 +26,7 @@ def test_queue_feeds_a_blocked_consumer_and_dict_collects(ketch_env):
 
 @pytest.mark.timeout(300)
 def test_dict_and_queue_from_sandbox_containers():
-    from ketch.build import isolate
+    from ketch.worker import isolate
 
     if not isolate.support().ok:
         pytest.skip("the sandbox runtime cannot run here")

@@ -165,7 +165,7 @@ def test_real_gpu_devices_and_torch(runtime):
     if not _real_gpus():
         pytest.skip("no NVIDIA GPU (NVML finds none)")
     if runtime == "sandbox":
-        from ketch.build import isolate
+        from ketch.worker import isolate
 
         if not isolate.support().ok:
             pytest.skip("the sandbox runtime cannot run here")

@@ -94,7 +94,7 @@ def image_hashes(*build) -> list[str]:
 
 def remove_own_layers() -> list[str]:
     """Delete every cached layer whose step mentions ``TOKEN`` (and the layers built on it)."""
-    from ketch.build.layers import LayerStore
+    from ketch.images.layers import LayerStore
 
     if not (cache_root() / "layers").is_dir():
         return []
@@ -289,7 +289,7 @@ def test_container_has_its_own_pid_namespace(isolation_run):
         mine = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
     assert mine not in procs.values(), procs
     # Only the container's own processes: bubblewrap (its pid 1) and the ketch runtime it runs.
-    strangers = {pid: cmd for pid, cmd in procs.items() if "ketch.runtime" not in cmd}
+    strangers = {pid: cmd for pid, cmd in procs.items() if "ketch.guest" not in cmd}
     assert not strangers, f"processes from outside the container are visible: {strangers}"
 
 
@@ -727,8 +727,7 @@ def base_layer_fs(sandbox_env, apps) -> Path:
 @pytest.fixture(scope="module")
 def registry_ref(base_layer_fs, tmp_path_factory):
     """``127.0.0.1:PORT/test/debian:<TOKEN>``: the Debian base pushed to a local registry."""
-    from ketch.build.registry import push_rootfs
-    from registry_util import local_registry, missing_tools
+    from registry_util import local_registry, missing_tools, push_rootfs
 
     missing = missing_tools()
     if missing:

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _sandbox_ok() -> tuple[bool, str]:
-    from ketch.build import isolate
+    from ketch.worker import isolate
 
     support = isolate.support()
     return support.ok, support.reason

@@ -255,7 +255,7 @@ def test_secret_cli_delete_and_usage_errors(ketch_env, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_secrets_in_sandbox_containers(tmp_path):
-    from ketch.build import isolate
+    from ketch.worker import isolate
 
     if not isolate.support().ok:
         pytest.skip("the sandbox runtime cannot run here")

@@ -307,7 +307,7 @@ def test_cli_group(ketch_env, tmp_path):
 @contextlib.contextmanager
 def _own_home(runtime: str):
     """A control plane of its own (skipped where ``runtime`` cannot run); nothing left mounted after."""
-    from ketch.build import isolate
+    from ketch.worker import isolate
 
     if runtime == "sandbox" and not isolate.support().ok:
         pytest.skip("the sandbox runtime cannot run here")
@@ -349,7 +349,7 @@ def test_read_only_mount(tmp_path, runtime):
 def test_read_write_mount_links_and_copies_up(tmp_path, runtime):
     """A read-write mount starts from hard links (as root: an overlay); writing a file copies it up,
     so a file sharing its blob keeps its bytes; deletes and new files commit."""
-    from ketch.build import isolate
+    from ketch.worker import isolate
 
     with _own_home(runtime) as env:
         run = _run_mode(env, tmp_path, "overlay")

@@ -1,4 +1,4 @@
-"""ketch.build.registry against a real registry: push a tiny rootfs, pull it back, break things.
+"""ketch.images.registry against a real registry: push a tiny rootfs, pull it back, break things.
 
 The registry is Debian's ``docker-registry`` on a free loopback port (see
 ``tests/registry_util.py``); nothing here needs the internet. The reference
@@ -18,15 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from ketch.build.registry import (
+from ketch.images.registry import (
     ImageConfig,
     PullError,
-    PushError,
     is_insecure_host,
     normalize,
     parse_reference,
     pull,
-    push_rootfs,
 )
 from registry_util import (
     DOOMED_PATH,
@@ -38,10 +36,12 @@ from registry_util import (
     SECRET_PATH,
     STICKY_DIR,
     SYMLINKS,
+    PushError,
     free_port,
     local_registry,
     make_rootfs,
     missing_tools,
+    push_rootfs,
     push_without,
 )
 

@@ -168,7 +168,7 @@ def main():
 
 
 def _remove_own_layers(token: str) -> None:
-    from ketch.build.layers import LayerStore
+    from ketch.images.layers import LayerStore
 
     root = Path(os.environ.get("KETCH_IMAGE_CACHE", "~/.cache/ketch/images")).expanduser()
     if not (root / "layers").is_dir():

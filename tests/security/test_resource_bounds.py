@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from ketch_testing import KetchEnv
 
-from ketch.build import isolate
-from ketch.worker import cgroups, scratch
+from ketch.worker import cgroups, isolate, scratch
 
 pytestmark = pytest.mark.timeout(240)
 

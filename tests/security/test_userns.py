@@ -110,7 +110,7 @@ def host_uids(container_id):
                 status = dict(line.split(":\t", 1) for line in fh.read().splitlines() if ":\t" in line)
         except OSError:
             continue
-        if marker in environ and b"ketch.runtime" in cmdline:
+        if marker in environ and b"ketch.guest" in cmdline:
             return status["Uid"].split()
     return None
 
@@ -134,7 +134,7 @@ def main():
 
 
 def _own_layer(token: str) -> Path | None:
-    from ketch.build.layers import LayerStore
+    from ketch.images.layers import LayerStore
 
     root = Path(os.environ.get("KETCH_IMAGE_CACHE", "~/.cache/ketch/images")).expanduser()
     store = LayerStore(root)
@@ -145,7 +145,7 @@ def _own_layer(token: str) -> Path | None:
 
 
 def _remove_own_layers(token: str) -> None:
-    from ketch.build.layers import LayerStore
+    from ketch.images.layers import LayerStore
 
     store = LayerStore(
         Path(os.environ.get("KETCH_IMAGE_CACHE", "~/.cache/ketch/images")).expanduser()
@@ -237,7 +237,7 @@ def test_what_root_of_the_namespace_cannot_do(userns_run):
 
 def test_staged_mounts_show_the_namespaces_ids_and_go_away(tmp_path):
     """The host side of the recipe, without a container: idmapped mounts, and nothing left after."""
-    from ketch.build import userns
+    from ketch.worker import userns
 
     home = tmp_path / "home"
     home.mkdir(mode=0o700)

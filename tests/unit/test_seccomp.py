@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ketch.build import seccomp
-from ketch.build.isolate import CONTAINER_CAPS, Bwrap
+from ketch.worker import seccomp
+from ketch.worker.isolate import CONTAINER_CAPS, Bwrap
 
 X86_64, AARCH64 = 0xC000003E, 0xC00000B7
 I386, ARM, X32_BIT = 0x40000003, 0x40000028, 0x40000000

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from ketch.build import userns
+from ketch.worker import userns
 
 
 def test_turned_off_or_out_of_range_falls_back_with_a_reason(tmp_path, monkeypatch):

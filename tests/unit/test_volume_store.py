@@ -191,7 +191,7 @@ def test_unreferenced_blobs_are_collected(service):
 def test_overlay_copy_is_mounted_again_before_a_restart_commits_it(tmp_path):
     """A machine restart drops a working copy's overlay mount but not its upper layer: the
     next start mounts it again and commits the change, instead of committing every file as deleted."""
-    from ketch.build import isolate
+    from ketch.worker import isolate
 
     store = Store(tmp_path / "state.db")
     svc = VolumeService(store, tmp_path)

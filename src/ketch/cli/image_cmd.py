@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from .._config import config
-from ..build.layers import LayerStore
+from ..images.layers import LayerStore
 from ._util import ago
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from .._ids import new_id
-from ..build.builder import Builder
-from ..build.layers import LayerStore
-from ..build.userns import UserNamespace
 from ..exception import Error, ImageBuildError, NotFoundError, wire_name
+from ..images.builder import Builder
+from ..images.layers import LayerStore
+from ..worker.userns import UserNamespace
 
 logger = logging.getLogger(__name__)
 

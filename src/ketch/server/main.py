@@ -18,8 +18,8 @@ from aiohttp import web
 
 from .. import __version__
 from .._config import config
-from ..build import isolate, userns
-from ..worker.sandbox import SandboxWorker, socket_dir
+from ..worker import isolate, userns
+from ..worker.bubblewrap import BubblewrapWorker, socket_dir
 from . import frames
 from .api import Api
 from .auth import Authenticator
@@ -115,7 +115,7 @@ def _choose_runtime(
     dispatcher.builds = builds
     if dispatcher.volumes is not None:
         dispatcher.volumes.userns = ns
-    dispatcher.worker = SandboxWorker(
+    dispatcher.worker = BubblewrapWorker(
         dispatcher._on_log,
         dispatcher._on_exit,
         home,

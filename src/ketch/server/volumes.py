@@ -36,10 +36,10 @@ from aiohttp import web
 from sqlalchemy import Column, Float, Index, Integer, String, Table
 
 from .._serialization import pack
-from ..build import isolate, userns
-from ..build.userns import UserNamespace
 from ..exception import AlreadyExistsError, InvalidError, NotFoundError
+from ..worker import isolate, userns
 from ..worker import volumes as wc
+from ..worker.userns import UserNamespace
 from . import objects
 from .blobs import CHUNK, BlobStore, receive_blob
 from .store import Store, metadata

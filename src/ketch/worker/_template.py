@@ -17,7 +17,7 @@ START_TIMEOUT_S = 30.0
 
 
 class TemplateProcess:
-    """Starts ``ketch.runtime.template`` on first use and asks it for forks."""
+    """Starts ``ketch.guest.template`` on first use and asks it for forks."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self._env = env
@@ -53,7 +53,7 @@ class TemplateProcess:
                 sys.executable,
                 "-P",
                 "-m",
-                "ketch.runtime.template",
+                "ketch.guest.template",
                 stdin=asyncio.subprocess.DEVNULL,
                 env={**self._env, "KETCH_TEMPLATE_FD": str(theirs.fileno())},
                 pass_fds=[theirs.fileno()],

@@ -16,7 +16,7 @@ Example::
     print(support.describe())            # "cgroup v1: memory, cpu, pids limits enforced"
     cg = ContainerCgroup.create("c-123", memory_limit_bytes=512 * 2**20, cpu_limit=1.5,
                                 pids_limit=256, support=support)
-    proc = subprocess.Popen(join_command(cg, ["python", "-m", "ketch.runtime"]))
+    proc = subprocess.Popen(join_command(cg, ["python", "-m", "ketch.guest"]))
     proc.wait()
     if cg.oom_killed():
         print("out of memory")

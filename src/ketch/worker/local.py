@@ -3,10 +3,10 @@
 No isolation: containers see the host filesystem and network. It is for dev
 loops and machines without bubblewrap, and ``ketch server status`` says so.
 
-Containers are forked from a warm template process (``ketch.runtime.template``)
+Containers are forked from a warm template process (``ketch.guest.template``)
 that has already imported ketch, which takes most of the interpreter start-up
 out of a cold start. If the template cannot be used, a container is a fresh
-``python -m ketch.runtime`` process.
+``python -m ketch.guest`` process.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class LocalWorker:
         mounts: Sequence[tuple[str, str, bool]] = (),
     ) -> None:
         cwd = spec.root_dir
-        if mounts:  # applied by the container itself (ketch.runtime.mounts)
+        if mounts:  # applied by the container itself (ketch.guest.mounts)
             env = {**env, "KETCH_VOLUME_MOUNTS": json.dumps([list(m) for m in mounts])}
         proc = None
         if self._template is not None:
@@ -135,7 +135,7 @@ class LocalWorker:
             sys.executable,
             "-P",  # the app folder (cwd) must not shadow the standard library for ketch
             "-m",
-            "ketch.runtime",
+            "ketch.guest",
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..build.userns import mkdirs
+from ..worker.userns import mkdirs
 
 TMP_PREFIX = ".ketch-tmp-"
 Entry = dict[str, Any]

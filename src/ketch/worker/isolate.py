@@ -4,12 +4,12 @@ A root filesystem is an overlay of read-only image layers (``lowers``, top
 first) under a private writable ``upper``; bubblewrap then enters it with its
 own mount, pid, ipc and uts namespaces. Both need root, which :func:`support`
 checks once; bubblewrap then runs as root of the node's user namespace where
-there is one (:mod:`ketch.build.userns`, which idmaps the layers).
+there is one (:mod:`ketch.worker.userns`, which idmaps the layers).
 
 Every sandbox, a container's or an image build step's, gets the same kernel
 boundary, Docker's defaults (docs/security.md, "Containers"): its capabilities
 with ``no_new_privs``, runc's read-only and masked kernel paths
-(:func:`kernel_paths`) and the seccomp filter of :mod:`ketch.build.seccomp`.
+(:func:`kernel_paths`) and the seccomp filter of :mod:`ketch.worker.seccomp`.
 
 Example::
 
@@ -22,7 +22,6 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import functools
@@ -188,22 +187,6 @@ def mount_points(top: str | Path) -> list[str]:
     return found
 
 
-async def run_checked(argv: Sequence[str], what: str, timeout: float = 60.0) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise RuntimeError(f"{what} timed out after {timeout:.0f}s") from None
-    text = out.decode(errors="replace").strip()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit {proc.returncode}): {text}")
-    return text
-
-
 def kernel_paths() -> list[str]:
     """bubblewrap options that leave ``/sys`` and ``/proc`` as runc leaves a container's.
 
@@ -260,7 +243,7 @@ class Bwrap:
 
     Example::
 
-        with Bwrap(merged, hostname="c-1").bind_ro(src, "/.ketch/runtime") as box:
+        with Bwrap(merged, hostname="c-1").bind_ro(src, "/.ketch/bundle") as box:
             proc = subprocess.Popen(box.argv(["python3"]), pass_fds=box.pass_fds)
     """
 

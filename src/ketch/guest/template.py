@@ -20,7 +20,7 @@ from typing import Any
 import msgpack
 
 import ketch  # noqa: F401 - imported for its warm modules, which every fork inherits
-import ketch.runtime.loop as container_loop
+import ketch.guest.loop as container_loop
 
 MAX_MSG = 1 << 20
 

@@ -2,7 +2,7 @@
 
 Each layer is built on an overlay of its parent layers: the step runs in a
 bubblewrap sandbox of the image (with the host network, as root of the node's
-user namespace where there is one: :mod:`ketch.build.userns`), and what it
+user namespace where there is one: :mod:`ketch.worker.userns`), and what it
 changed (the overlay's upper directory) becomes the layer, with the on-disk
 ids it would have had as host root. Steps that only set
 configuration (``env``, ``workdir``, ``user``) make empty layers. A layer that
@@ -44,10 +44,10 @@ from typing import Any
 from .._config import config
 from .._image_files import content_digest, local_files
 from ..exception import ImageBuildError
-from . import isolate, userns
+from ..worker import isolate, userns
+from ..worker.userns import Staging, UserNamespace, restore_ids
+from .bundle import MOUNT_POINT, Bundles, uv_binary
 from .layers import LayerStore, remove_tree
-from .runtime import MOUNT_POINT, RuntimeBundles, uv_binary
-from .userns import Staging, UserNamespace, restore_ids
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class Builder:
     def __init__(self, store: LayerStore, userns: UserNamespace | None = None) -> None:
         self.store = store
         self.userns = userns  # build steps run as its root (None: as host root)
-        self.bundles = RuntimeBundles(store)
+        self.bundles = Bundles(store)
         self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
 
     def cached(self, wire: Mapping[str, Any]) -> BuiltImage | None:
@@ -175,7 +175,7 @@ class Builder:
         if not built.config.get("python"):
             await self._probe_python(built, log)
             built = self._built(chain)
-        await self.prepare_runtime(built, log)
+        await self.prepare_bundle(built, log)
         return built
 
     # -- steps ---------------------------------------------------------------
@@ -392,10 +392,10 @@ class Builder:
             binds.append((bundle, MOUNT_POINT, False))
             env = {
                 "PYTHONPATH": MOUNT_POINT,
-                "KETCH_RUNTIME_DEPS": f"{MOUNT_POINT}/deps",
+                "KETCH_BUNDLE_DEPS": f"{MOUNT_POINT}/deps",
                 "PYTHONUNBUFFERED": "1",
             }
-            commands = [[python, "-m", "ketch.runtime.build_fn", f"{KETCH_DIR}/job/fn.pkl"]]
+            commands = [[python, "-m", "ketch.guest.build_fn", f"{KETCH_DIR}/job/fn.pkl"]]
         else:
             raise _StepFailed(f"unknown build step {kind!r}", [])
         lowers = [self.store.fs(h) for h in reversed(chain)]
@@ -506,8 +506,8 @@ class Builder:
         if proc.returncode != 0:
             raise _StepFailed(f"{what} exited with code {proc.returncode}", tail)
 
-    async def prepare_runtime(self, built: BuiltImage, log: Log) -> Path:
-        """The runtime bundle for the image's Python, compiled by that Python (once)."""
+    async def prepare_bundle(self, built: BuiltImage, log: Log) -> Path:
+        """The ketch bundle for the image's Python, compiled by that Python (once)."""
         version = built.python_version
         if not version or tuple(int(x) for x in version.split(".")) < (3, 11):
             raise ImageBuildError(
@@ -518,7 +518,7 @@ class Builder:
             bundle = await self.bundles.ensure(version, log)
         except RuntimeError as exc:
             raise ImageBuildError(str(exc)) from None
-        if RuntimeBundles.needs_compile(bundle, version):
+        if Bundles.needs_compile(bundle, version):
             with _Overlay(self.store, built.lowers, built.hash, self.userns) as root:
                 await root.mount()
                 argv = [built.python, "-m", "compileall", "-q", "-j", "0", MOUNT_POINT]
@@ -532,8 +532,8 @@ class Builder:
                         binds=[(bundle, MOUNT_POINT, True)],
                     )
                 except _StepFailed as exc:
-                    logger.warning("could not precompile the ketch runtime: %s", exc)
-            RuntimeBundles.mark_compiled(bundle, version)
+                    logger.warning("could not precompile the ketch bundle: %s", exc)
+            Bundles.mark_compiled(bundle, version)
         return bundle
 
 
@@ -548,7 +548,7 @@ class _Overlay:
     """An overlay of ``lowers`` with a throwaway (or given) upper dir, unmounted on exit.
 
     With a user namespace its layers are idmapped, and it is mounted where the
-    namespace's root can reach it (a :class:`~ketch.build.userns.Staging`).
+    namespace's root can reach it (a :class:`~ketch.worker.userns.Staging`).
     """
 
     def __init__(

@@ -1,12 +1,11 @@
-"""Pull container images from registries into root filesystems, and push them back.
+"""Pull container images from registries into root filesystems.
 
 A pull is two tools in a row: ``skopeo copy`` fetches the image from the
 registry into an OCI layout, and ``umoci unpack`` applies its layers (whiteouts
 included) to a fresh root filesystem, which is then renamed into place. The
 image configuration (env, workdir, user, entrypoint, cmd) is read from the
-config blob in the layout, exactly as the image author wrote it. A push goes the
-other way: ``umoci`` packs a directory into a one-layer OCI image and
-``skopeo copy`` uploads it.
+config blob in the layout, exactly as the image author wrote it. (Pushing, which only
+the tests need, is ``tests/registry_util.push_rootfs``.)
 
 Loopback registries (``localhost``, ``127.0.0.1``, ``[::1]``, any port) are
 spoken to over plain HTTP; every other host needs HTTPS with a valid
@@ -16,7 +15,6 @@ Example::
 
     config = await pull("python:3.12-slim", Path("/var/cache/ketch/py312"), log=print)
     config.env["PYTHON_VERSION"], config.workdir, config.digest
-    await push_rootfs(Path("rootfs"), "127.0.0.1:5000/team/tool:1", env={"A": "1"})
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +63,7 @@ def _ignore(line: str) -> None:
 
 
 class RegistryError(Exception):
-    """A pull or push failed; ``ref`` is the image reference, ``stderr_tail`` the tool's last words.
+    """A pull failed; ``ref`` is the image reference, ``stderr_tail`` the tool's last words.
 
     Example: ``except RegistryError as exc: print(exc.ref, exc.stderr_tail)``.
     """
@@ -80,13 +78,6 @@ class PullError(RegistryError):
     """Pulling an image failed: unknown image or tag, unreachable registry, timeout, bad image.
 
     Example: ``PullError("could not pull 'python:9': tag '9' not found ...")``.
-    """
-
-
-class PushError(RegistryError):
-    """Packing a root filesystem into an image or uploading it failed.
-
-    Example: ``PushError("could not push to '127.0.0.1:5000/a:1': registry unreachable ...")``.
     """
 
 
@@ -376,87 +367,6 @@ def _read_json(path: Path) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"{path.name} is not a JSON object")
     return data
-
-
-# ---------------------------------------------------------------------------
-# push
-
-
-async def push_rootfs(
-    rootfs: Path,
-    ref: str,
-    *,
-    env: Mapping[str, str] | None = None,
-    workdir: str | None = None,
-    user: str | None = None,
-    entrypoint: Sequence[str] | None = None,
-    cmd: Sequence[str] | None = None,
-    log: LogFn = _ignore,
-    timeout: float = 900,
-) -> str:
-    """Pack the directory ``rootfs`` into a one-layer image and upload it as ``ref``.
-
-    Ownership, modes, symlinks and hard links are kept. ``env``, ``workdir``,
-    ``user``, ``entrypoint`` and ``cmd`` become the image configuration. Returns
-    the digest of the manifest in the registry. Raises :class:`PushError` when a
-    tool fails or the push takes longer than ``timeout`` seconds.
-
-    Example: ``await push_rootfs(Path("rootfs"), "127.0.0.1:5000/a/b:1", workdir="/srv")``.
-    """
-    try:
-        reference = parse_reference(ref)
-    except ValueError as exc:
-        raise PushError(str(exc), ref=ref) from None
-    if reference.digest:
-        raise PushError(f"cannot push to {ref!r}: a push needs a tag, not a digest", ref=ref)
-    rootfs = Path(rootfs)
-    if not rootfs.is_dir():
-        raise PushError(f"cannot push {rootfs} as {ref!r}: it is not a directory", ref=ref)
-    work = Path(tempfile.mkdtemp(prefix="ketch-push-"))
-    image, history = f"layout:{LAYOUT_TAG}", "--history.created_by=ketch push_rootfs"
-    config_flags: list[str] = []
-    for key, value in (env or {}).items():
-        if not key or "=" in key:
-            raise PushError(f"cannot push {ref!r}: bad environment variable name {key!r}", ref=ref)
-        config_flags.append(f"--config.env={key}={value}")
-    if workdir is not None:
-        config_flags.append(f"--config.workingdir={workdir}")
-    if user is not None:
-        config_flags.append(f"--config.user={user}")
-    config_flags += [f"--config.entrypoint={arg}" for arg in entrypoint or ()]
-    config_flags += [f"--config.cmd={arg}" for arg in cmd or ()]
-    steps: list[tuple[str, list[str]]] = [
-        ("umoci init", ["umoci", "init", "--layout", "layout"]),
-        ("umoci new", ["umoci", "new", "--image", image]),
-        ("umoci unpack", ["umoci", "unpack", *_rootless(), "--image", image, "bundle"]),
-        ("cp", ["cp", "-a", "--", f"{rootfs.resolve()}/.", "bundle/rootfs/"]),
-        ("umoci repack", ["umoci", "repack", history, "--image", image, "bundle"]),
-    ]
-    if config_flags:
-        steps.append(("umoci config", ["umoci", "config", *config_flags, "--image", image]))
-    copy = [*_skopeo(work), "copy", f"--retry-times={RETRY_TIMES}", "--digestfile=digest"]
-    if reference.insecure:
-        copy.append("--dest-tls-verify=false")
-    steps.append(("skopeo copy", [*copy, f"oci:{image}", reference.transport]))
-    step = "starting"
-    try:
-        deadline = asyncio.timeout(timeout)
-        try:
-            async with deadline:
-                for step, argv in steps:
-                    result = await _run(argv, cwd=work, log=log)
-                    if result.returncode != 0:
-                        raise _tool_failure(PushError, "push", ref, reference, step, result)
-        except TimeoutError:
-            if not deadline.expired():
-                raise
-            raise PushError(
-                f"pushing {ref!r} timed out after {timeout:g}s during {step} (the tool was stopped)",
-                ref=ref,
-            ) from None
-        return (work / "digest").read_text().strip()
-    finally:
-        await asyncio.to_thread(_remove_tree, work)
 
 
 # ---------------------------------------------------------------------------

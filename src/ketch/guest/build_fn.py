@@ -1,4 +1,4 @@
-"""Run an image's ``run_function`` step: ``python -m ketch.runtime.build_fn FILE``.
+"""Run an image's ``run_function`` step: ``python -m ketch.guest.build_fn FILE``.
 
 ``FILE`` holds ``cloudpickle.dumps((fn, args, kwargs))``; the step fails when
 the function raises (its traceback is the step's output).

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .isolate import unmount_sync
+from ..worker.isolate import unmount_sync
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from ketch._spec import build_options
-from ketch.build.builder import summarize
-from ketch.build.isolate import Bwrap, overlay_options
-from ketch.build.layers import LayerStore
 from ketch.exception import InvalidError
 from ketch.image import Image, default_image
-from ketch.worker.sandbox import project_sources
+from ketch.images.builder import summarize
+from ketch.images.layers import LayerStore
+from ketch.worker.bubblewrap import project_sources
+from ketch.worker.isolate import Bwrap, overlay_options
 
 
 def _layer(

@@ -2,16 +2,16 @@
 
 A container's root is an overlay of its image's layers with a private writable
 layer under ``$KETCH_HOME/containers/<id>/``. Where the node has a user namespace
-(:mod:`ketch.build.userns`), the container runs as its root, which is nobody on
+(:mod:`ketch.worker.userns`), the container runs as its root, which is nobody on
 the host: the layers and every host directory bound in are idmapped, and mounted
 for bubblewrap under ``/run/ketch``. bubblewrap enters the root with its own
 mount, pid, ipc and uts namespaces (and a network namespace with no route out
 for ``block_network=True``), Docker's default capabilities and seccomp filter,
-runc's read-only and masked kernel paths (:mod:`ketch.build.isolate`), a fresh
+runc's read-only and masked kernel paths (:mod:`ketch.worker.isolate`), a fresh
 ``/dev``, ``/proc`` and ``/tmp``, and only these things from the host, bound in:
 
-* ``/.ketch/runtime`` (read-only): ketch and its runtime dependencies
-  (:mod:`ketch.build.runtime`);
+* ``/.ketch/bundle`` (read-only): ketch and its runtime dependencies
+  (:mod:`ketch.images.bundle`);
 * ``/.ketch/run/channel.sock`` and ``/.ketch/run/api.sock``: unix sockets to the
   control plane (the container channel, and the HTTP API for calls made from
   inside), which work without any network;
@@ -25,7 +25,7 @@ machine has them; a container killed by its memory limit is reported as such.
 
 Example::
 
-    worker = SandboxWorker(on_log, on_exit, home, builder, sockets, gpus)
+    worker = BubblewrapWorker(on_log, on_exit, home, builder, sockets, gpus)
     await worker.start(container_id, env, spec)
 """
 
@@ -48,13 +48,12 @@ from .._config import config
 from .._image_files import content_digest, local_files
 from .._source import project_sources
 from .._spec import DEFAULT_EPHEMERAL_DISK_MIB, FunctionSpec
-from ..build import isolate, userns
-from ..build.builder import Builder, BuiltImage
-from ..build.layers import remove_tree
-from ..build.runtime import DEPS_MOUNT_POINT, MOUNT_POINT
-from ..build.userns import Staging, UserNamespace
-from . import cgroups, gpus, scratch
+from ..images.builder import Builder, BuiltImage
+from ..images.bundle import DEPS_MOUNT_POINT, MOUNT_POINT
+from ..images.layers import remove_tree
+from . import cgroups, gpus, isolate, scratch, userns
 from .local import ExitSink, LogSink, describe_exit, pump_lines
+from .userns import Staging, UserNamespace
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ class _Container:
         return self.stage.expose(Path(path), writable) if self.stage is not None else Path(path)
 
 
-class SandboxWorker:
+class BubblewrapWorker:
     """Starts, stops and watches sandboxed containers."""
 
     name = "sandbox"
@@ -193,7 +192,7 @@ class SandboxWorker:
         mounts: Sequence[tuple[str, str, bool]] = (),
     ) -> None:
         built = await self._image(container_id, spec)
-        bundle = await self.builder.prepare_runtime(built, lambda line: None)
+        bundle = await self.builder.prepare_bundle(built, lambda line: None)
         cdir = self.containers_dir / container_id
         container = _Container(container_id, cdir, cdir / "merged")
         self._containers[container_id] = container
@@ -304,7 +303,7 @@ class SandboxWorker:
             {
                 "PYTHONPATH": MOUNT_POINT,
                 "PYTHONUNBUFFERED": "1",
-                "KETCH_RUNTIME_DEPS": DEPS_MOUNT_POINT,
+                "KETCH_BUNDLE_DEPS": DEPS_MOUNT_POINT,
                 "KETCH_CHANNEL": f"unix:{RUN_DIR}/channel.sock",
                 "KETCH_SERVER_URL": f"unix:{RUN_DIR}/api.sock",
                 "KETCH_SOURCE_ROOT": SOURCE_ROOT,
@@ -316,7 +315,7 @@ class SandboxWorker:
         self._bind_gpus(box, container.container_id, env)
         # -P: the app folder (the working directory) must not shadow the standard library
         # for ketch itself (an app file named secrets.py, say).
-        return box, isolate.as_user(cfg.get("user"), [built.python, "-P", "-m", "ketch.runtime"])
+        return box, isolate.as_user(cfg.get("user"), [built.python, "-P", "-m", "ketch.guest"])
 
     def _socket(self, container: _Container, path: Path) -> Path:
         """A control plane socket for the container: as it is, or (user namespace) open to

@@ -1,20 +1,20 @@
-"""The ketch runtime bundle that is bound read-only into every sandbox container.
+"""The ketch bundle that is bound read-only into every sandbox container.
 
 Users never add ketch to their image. For each Python version an image uses,
-the machine keeps ``<cache>/runtime/py<version>-<digest>/`` with a copy of the
+the machine keeps ``<cache>/bundles/py<version>-<digest>/`` with a copy of the
 ``ketch`` package and, under ``deps/``, the packages the container side needs
 (cloudpickle, msgpack, tblib, aiohttp), installed with uv for that Python
 version at the versions this machine runs, and compiled to bytecode by the
 image's own interpreter on first use. The digest covers ketch's source and
 those versions, so editing ketch makes a new bundle.
 
-Inside the container the bundle is ``/.ketch/runtime``: ``PYTHONPATH`` names
-it, and ``KETCH_RUNTIME_DEPS`` makes ``import ketch`` append ``deps/`` to the
+Inside the container the bundle is ``/.ketch/bundle``: ``PYTHONPATH`` names
+it, and ``KETCH_BUNDLE_DEPS`` makes ``import ketch`` append ``deps/`` to the
 *end* of ``sys.path``, so packages the user installed win over ketch's copies.
 
 Example::
 
-    bundle = await RuntimeBundles(cache).ensure("3.11", log)
+    bundle = await Bundles(cache).ensure("3.11", log)
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import ketch
 from .layers import LayerStore, remove_tree
 
 PACKAGES = ("cloudpickle", "msgpack", "tblib", "aiohttp")
-MOUNT_POINT = "/.ketch/runtime"
+MOUNT_POINT = "/.ketch/bundle"
 DEPS_MOUNT_POINT = MOUNT_POINT + "/deps"
 
 
@@ -72,12 +72,12 @@ def python_platform() -> str:
     return f"{arch}-manylinux_2_28"
 
 
-class RuntimeBundles:
-    """Makes (once) and finds the runtime bundle for a Python version."""
+class Bundles:
+    """Makes (once) and finds the ketch bundle for a Python version."""
 
     def __init__(self, store: LayerStore) -> None:
         self.store = store
-        self.root = store.root / "runtime"
+        self.root = store.root / "bundles"
         self.root.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -96,8 +96,8 @@ class RuntimeBundles:
         return target
 
     async def _make(self, python_version: str, target: Path, log: Callable[[str], None]) -> None:
-        log(f"preparing the ketch runtime for Python {python_version}")
-        staging = self.store.new_build_dir("runtime-" + target.name)
+        log(f"preparing the ketch bundle for Python {python_version}")
+        staging = self.store.new_build_dir("bundle-" + target.name)
         try:
             shutil.copytree(
                 Path(ketch.__file__).parent,
@@ -126,7 +126,7 @@ class RuntimeBundles:
             out, _ = await proc.communicate()
             if proc.returncode != 0:
                 raise RuntimeError(
-                    f"installing ketch's runtime packages for Python {python_version} failed:\n"
+                    f"installing the ketch bundle's packages for Python {python_version} failed:\n"
                     + out.decode(errors="replace")[-4000:]
                 )
             if target.exists():

@@ -1,1 +1,0 @@
-"""Image builds: base root filesystems, layer cache, registry pulls and the sandbox runtime."""

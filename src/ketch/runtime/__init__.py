@@ -1,1 +1,0 @@
-"""The program that runs inside every container."""
