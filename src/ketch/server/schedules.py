@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -32,7 +33,7 @@ from .._ids import new_id
 from .._serialization import pack, unpack
 from ..exception import Error
 from ..schedule import next_run
-from .store import metadata
+from .store import apps, metadata
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +54,10 @@ _NO_ARGS = cloudpickle.dumps(((), {}))
 
 
 class ScheduleRunner:
-    def __init__(self, dispatcher: Any) -> None:
+    def __init__(self, dispatcher: Any, clock: Callable[[], float] = time.time) -> None:
         self.d = dispatcher
         self.store = dispatcher.store
+        self.clock = clock  # wall-clock seconds; tests give their own
         self.changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -70,7 +72,7 @@ class ScheduleRunner:
 
     def sync(self, app_id: str, functions: list[dict[str, Any]]) -> None:
         """A deploy of ``app_id``: schedule its functions' schedules (and drop the ones it no longer has)."""
-        now = time.time()
+        now = self.clock()
         conn = self.store.conn
         have = {
             r["function_id"]: r
@@ -149,10 +151,18 @@ class ScheduleRunner:
                 pass
 
     def _fire_due(self) -> float:
-        """Fire every due run; seconds until the next one is due (at most ``MAX_SLEEP_S``)."""
-        now = time.time()
+        """Fire every due run; seconds until the next one is due (at most ``MAX_SLEEP_S``).
+
+        Only running apps' rows count: a stopped app's row keeps its past ``next_at``
+        for a later deploy, and must not make the wait negative (a busy loop).
+        """
+        now = self.clock()
+        live = schedules.join(apps, apps.c.id == schedules.c.app_id)
+        running = apps.c.state == "running"
         rows = (
-            self.store.conn.execute(select(schedules).where(schedules.c.next_at <= now))
+            self.store.conn.execute(
+                select(schedules).select_from(live).where(running, schedules.c.next_at <= now)
+            )
             .mappings()
             .all()
         )
@@ -160,9 +170,13 @@ class ScheduleRunner:
             if self.d.app_running(row["app_id"]):
                 self._fire(row, now)
         soonest = self.store.conn.execute(
-            select(schedules.c.next_at).order_by(schedules.c.next_at).limit(1)
+            select(schedules.c.next_at)
+            .select_from(live)
+            .where(running)
+            .order_by(schedules.c.next_at)
+            .limit(1)
         ).scalar()
-        return MAX_SLEEP_S if soonest is None else min(MAX_SLEEP_S, soonest - time.time())
+        return MAX_SLEEP_S if soonest is None else min(MAX_SLEEP_S, soonest - self.clock())
 
     def _fire(self, row: Any, now: float) -> None:
         wire = unpack(row["schedule"])
