@@ -24,6 +24,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from . import _server_manager, _sync
@@ -38,7 +39,8 @@ if TYPE_CHECKING or not os.environ.get("KETCH_CONTAINER_ID"):
 
 logger = logging.getLogger(__name__)
 
-_CLIENTS: dict[int, _Client] = {}
+# One client per running event loop. A client closes with its loop (see ``_Client.get``).
+_CLIENTS: dict[asyncio.AbstractEventLoop, _Client] = {}
 
 
 def reply_error(payload: bytes, default_type: str, default_message: str) -> BaseException:
@@ -142,14 +144,35 @@ class _Client:
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._idle_for: tuple[str | None, str, str] | None = None
         self._token = ""
+        self._closer: AsyncIterator[None] | None = None  # parked until the loop shuts down
 
     @classmethod
     async def get(cls) -> _Client:
+        """The running loop's client.
+
+        Each ``asyncio.run`` has its own loop, so a program that runs many leaves
+        clients behind: a client closes its connections when ``asyncio.run`` shuts
+        its loop's async generators down (``_close_with_loop``), and clients of
+        loops closed some other way are dropped here.
+        """
         loop = asyncio.get_running_loop()
-        client = _CLIENTS.get(id(loop))
+        client = _CLIENTS.get(loop)
         if client is None:
-            client = _CLIENTS[id(loop)] = cls()
+            for old in [other for other in _CLIENTS if other.is_closed()]:
+                del _CLIENTS[old]
+            client = _CLIENTS[loop] = cls()
+            client._closer = _close_with_loop(loop, client)
+            await anext(client._closer)
         return client
+
+    async def close(self) -> None:
+        """Close the kept connections and the blob session."""
+        for _, writer in self._idle:
+            writer.close()
+        self._idle = []
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def _locate(self) -> str:
         """Where the control plane is now (starting the embedded one if it is down)."""
@@ -281,3 +304,14 @@ class _Client:
             if resp.status != 200:
                 raise reply_error(payload, "NotFoundError", "blob not found")
             return payload
+
+
+async def _close_with_loop(loop: asyncio.AbstractEventLoop, client: _Client) -> AsyncIterator[None]:
+    """Parked for the life of ``loop``: its ``shutdown_asyncgens`` (``asyncio.run`` calls it
+    before closing the loop) ends the wait, and the client closes with the loop."""
+    try:
+        yield
+    finally:
+        if _CLIENTS.get(loop) is client:
+            del _CLIENTS[loop]
+        await client.close()

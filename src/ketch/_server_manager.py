@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,22 +78,33 @@ def start(timeout: float = 30.0, extra_args: tuple[str, ...] = ()) -> ServerInfo
             return info
         with contextlib.suppress(FileNotFoundError):
             (h / "server.json").unlink()
-        log = (h / "server.log").open("ab")
-        proc = subprocess.Popen(
-            # -P and cwd=home: the user's folder (a secrets.py in it, say) must not shadow
-            # the standard library for the control plane.
-            [sys.executable, "-P", "-m", "ketch.server", "--home", str(h.resolve()), *extra_args],
-            cwd=str(h.resolve()),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            close_fds=True,
-        )
+        with (h / "server.log").open("ab") as log:  # the child keeps its own copy
+            proc = subprocess.Popen(
+                # -P and cwd=home: the user's folder (a secrets.py in it, say) must not shadow
+                # the standard library for the control plane.
+                [
+                    sys.executable,
+                    "-P",
+                    "-m",
+                    "ketch.server",
+                    "--home",
+                    str(h.resolve()),
+                    *extra_args,
+                ],
+                cwd=str(h.resolve()),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = read_info()
             if info is not None and info.pid == proc.pid:
+                # Reaped when it exits, so that a server that died is no zombie that looks
+                # alive (``_alive``) to this process; and the Popen never warns at exit.
+                threading.Thread(target=proc.wait, name="ketch-reaper", daemon=True).start()
                 return info
             if proc.poll() is not None:
                 raise ConnectionFailedError(

@@ -363,16 +363,21 @@ class _App:
         if self._running:
             raise InvalidError(f"app {self._name!r} is already running")
         self._running = True
-        app_id, heartbeat_s = await self._create(deployed=False, name=None)
-        client = await _Client.get()
-        follower = _Follower(client, app_id) if show_logs else None
-        beat = asyncio.create_task(_heartbeat(client, app_id, heartbeat_s))
-        try:
+        app_id: str | None = None
+        follower: _Follower | None = None
+        beat: asyncio.Task[None] | None = None
+        try:  # whatever fails (a build, a Secret, the connection), the app is not left running
+            app_id, heartbeat_s = await self._create(deployed=False, name=None)
+            client = await _Client.get()
+            follower = _Follower(client, app_id) if show_logs else None
+            beat = asyncio.create_task(_heartbeat(client, app_id, heartbeat_s))
             yield self
         finally:
-            beat.cancel()
-            with contextlib.suppress(Exception):
-                await client.rpc("AppStop", {"app_id": app_id, "wait": 5.0})
+            if beat is not None:
+                beat.cancel()
+            if app_id is not None:
+                with contextlib.suppress(Exception):
+                    await (await _Client.get()).rpc("AppStop", {"app_id": app_id, "wait": 5.0})
             if follower is not None:
                 await follower.stop()
             self._running = False

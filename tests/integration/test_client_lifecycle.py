@@ -1,0 +1,52 @@
+"""The SDK's own lifecycle: clients per event loop, and an app.run() that fails."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+import ketch
+from ketch import _client
+from ketch.exception import NotFoundError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_client_closes_with_its_event_loop(control_plane):
+    """Regression: a client per ``asyncio.run`` was kept forever, with its loop and sockets."""
+
+    async def one_call() -> None:
+        client = await _client._Client.get()
+        assert (await client.rpc("Status", {}))["pid"] == os.getpid()
+
+    asyncio.run(one_call())  # the first run opens what is shared (the blocking pool, the server's side)
+    before = _fds()
+    for _ in range(30):
+        asyncio.run(one_call())
+    deadline = time.monotonic() + 10
+    while _fds() > before + 4 and time.monotonic() < deadline:  # the server closes its ends
+        time.sleep(0.1)
+    assert _fds() <= before + 4, f"file descriptors went from {before} to {_fds()}"
+    assert not _client._CLIENTS
+
+
+failing = ketch.App("lifecycle-failing")
+
+
+@failing.function(secrets=[ketch.Secret.from_name("lifecycle-no-such-secret")])
+def needs_a_secret() -> int:
+    return 1
+
+
+def test_a_failed_app_run_leaves_the_app_free_to_run_again(control_plane):
+    """Regression: after a failed start the next ``app.run()`` said "already running"."""
+    for _ in range(2):
+        with pytest.raises(NotFoundError, match="lifecycle-no-such-secret"), failing.run():
+            pass
