@@ -26,7 +26,9 @@ def test_a_client_closes_with_its_event_loop(control_plane):
         client = await _client._Client.get()
         assert (await client.rpc("Status", {}))["pid"] == os.getpid()
 
-    asyncio.run(one_call())  # the first run opens what is shared (the blocking pool, the server's side)
+    asyncio.run(
+        one_call()
+    )  # the first run opens what is shared (the blocking pool, the server's side)
     before = _fds()
     for _ in range(30):
         asyncio.run(one_call())
