@@ -56,9 +56,7 @@ def _host_port(url: str) -> tuple[str, int]:
 
 def _tls(url: str) -> ssl.SSLContext | None:
     """A client TLS context for an ``https://`` control plane (``KETCH_TLS_CA``: a CA file to trust)."""
-    return (
-        _tls_context(os.environ.get("KETCH_TLS_CA") or None) if url.startswith("https://") else None
-    )
+    return _tls_context(config.get("tls_ca") or None) if url.startswith("https://") else None
 
 
 @functools.cache

@@ -68,6 +68,16 @@ _SETTINGS: dict[str, _Setting] = {
         "ketch", str, "cgroup under which the node's containers live (and whose memory is capped)"
     ),
     "log_level": _Setting("WARNING", str, "log level of the CLI and server"),
+    "log_prefix": _Setting(
+        True, _to_bool, "prefix the container output a client prints with [function]"
+    ),
+    "tls_ca": _Setting("", str, "CA file (PEM) a client trusts for an https:// control plane"),
+    "volume_overlay": _Setting(
+        True, _to_bool, "Volume working copies as overlays where the control plane can mount them"
+    ),
+    "volume_http": _Setting(
+        False, _to_bool, "move Volume files over HTTP even on the control plane's own machine"
+    ),
     "connect_timeout": _Setting(
         120.0, float, "seconds a client keeps retrying an unreachable server"
     ),

@@ -446,11 +446,7 @@ class _Follower:
 def print_log_line(row: dict[str, Any]) -> None:
     stream = sys.stderr if row["stream"] == "stderr" else sys.stdout
     text = row["text"]
-    prefix = (
-        f"[{row['tag']}] "
-        if row.get("tag") and os.environ.get("KETCH_LOG_PREFIX", "1") != "0"
-        else ""
-    )
+    prefix = f"[{row['tag']}] " if row.get("tag") and config.get("log_prefix") else ""
     stream.write(prefix + text if text.endswith("\n") else prefix + text + "\n")
     stream.flush()
 

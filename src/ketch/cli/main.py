@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import click
 
 from .. import __version__
+from .._config import config
 from .app_cmd import app_group
 from .deploy import deploy
 from .dict_cmd import dict_group
@@ -26,7 +26,7 @@ from .volume_cmd import volume_group
 def cli() -> None:
     """ketch: run Python functions in containers on your own machines."""
     logging.basicConfig(
-        level=os.environ.get("KETCH_LOG_LEVEL", "WARNING").upper(),
+        level=str(config.get("log_level")).upper(),
         format="%(levelname)s %(name)s: %(message)s",
     )
 

@@ -35,6 +35,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import Column, Float, Index, Integer, String, Table
 
+from .._config import config
 from .._serialization import pack
 from ..exception import AlreadyExistsError, InvalidError, NotFoundError
 from ..worker import isolate, userns
@@ -388,7 +389,7 @@ class VolumeService:
         """Whether read-write working copies can be overlays (root, and a probe mount works)."""
         if self._overlays is None:
             self._overlays = False
-            if os.geteuid() == 0 and os.environ.get("KETCH_VOLUME_OVERLAY", "1") != "0":
+            if os.geteuid() == 0 and config.get("volume_overlay"):
                 probe = self.work / f".probe-{secrets.token_hex(4)}"
                 try:
                     (probe / "lower").mkdir(parents=True)
