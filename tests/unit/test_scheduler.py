@@ -941,3 +941,26 @@ def test_fast_function_with_slow_platform_time_scales_up():
         StartContainer("c2"),
         StartContainer("c3"),
     ]
+
+
+def test_retry_counts_are_forgotten_once_an_input_is_done():
+    """Regression: ``failures`` kept an entry for every input that ever failed once."""
+    pool = make_pool(retries=Retries(max_retries=3, initial_delay=0.0))
+    running_one(pool, 1)
+    assert pool.container_outputs("c1", [(1, "failure", 0.1)], 2.0) == [
+        Retry(1, attempt=1, delay=0.0),
+        Assign("c1", (1,)),
+    ]
+    assert pool.failures == {1: 1}
+    assert pool.container_outputs("c1", [(1, "success", 0.1)], 3.0) == [Complete(1)]
+    assert pool.failures == {}
+    # Also when a failed input is cancelled, or its pool gives up on it or stops.
+    pool.enqueue([2], 4.0)
+    pool.container_outputs("c1", [(2, "failure", 0.1)], 5.0)
+    assert pool.failures == {2: 1}
+    pool.cancel([2], 6.0)
+    assert pool.failures == {}
+    pool.enqueue([3], 7.0)
+    pool.container_outputs("c1", [(3, "failure", 0.1)], 8.0)
+    pool.stop_all()
+    assert pool.failures == {}

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .._tasks import spawn
 from ..exception import InvalidError
 
 Message = dict[str, Any]
@@ -50,7 +51,7 @@ class WebHost:
         """Start requests (on the event loop, which reads the channel)."""
         assert self.c.aloop is not None
         for item in items:
-            self.c.aloop.create_task(self.run(item))
+            spawn(self.run(item), name=f"web input {item.get('id')}")
 
     def deliver(self, msg: dict[str, Any]) -> None:
         """A ``web_in`` message for a running request (on the event loop)."""

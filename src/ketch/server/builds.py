@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .._ids import new_id
+from .._tasks import spawn
 from ..exception import Error, ImageBuildError, NotFoundError, wire_name
 from ..images.builder import Builder
 from ..images.layers import LayerStore
@@ -74,7 +75,7 @@ class BuildService:
         job = BuildJob(new_id("ib"), image_hash)
         self.jobs[job.id] = job
         self._by_image[image_hash] = job
-        asyncio.get_running_loop().create_task(self._run(job, wire, force))
+        spawn(self._run(job, wire, force), name=f"build {job.id}")
         return job
 
     async def _run(self, job: BuildJob, wire: dict[str, Any], force: str) -> None:

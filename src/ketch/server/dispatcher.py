@@ -25,6 +25,7 @@ from .._config import config
 from .._ids import new_id
 from .._serialization import MAX_INLINE_BYTES, serialize_exception, unpack
 from .._spec import FunctionSpec
+from .._tasks import spawn
 from ..exception import (
     CallCancelledError,
     ContainerCrashError,
@@ -42,6 +43,7 @@ from . import scheduler as sm
 from . import secret_store
 from .blobs import BlobStore
 from .logs import LogBook
+from .services import Builds, ContainerVolumes, Gateway, Schedules, Services, Worker
 from .store import FINAL_STATUSES, Store
 
 logger = logging.getLogger(__name__)
@@ -114,6 +116,9 @@ class ContainerHandle:
     token: str
     writer: asyncio.StreamWriter | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    # Asked to stop before it could be told to (no channel yet): it is stopped as soon
+    # as its worker has it, or not started at all.
+    stop_requested: bool = False
 
 
 def pool_key_for(function_id: str, params: bytes | None) -> str:
@@ -126,7 +131,12 @@ class Dispatcher:
     """Calls in, containers out."""
 
     def __init__(
-        self, store: Store, blobs: BlobStore, server_url: str, max_containers: int
+        self,
+        store: Store,
+        blobs: BlobStore,
+        server_url: str,
+        max_containers: int,
+        gpu_allocator: gpus.GpuAllocator | None = None,
     ) -> None:
         self.store = store
         self.blobs = blobs
@@ -134,14 +144,15 @@ class Dispatcher:
         self.channel_addr = ""
         self.max_containers = max_containers
         self.logs = LogBook(store)
-        self.worker: Any = LocalWorker(
-            self._on_log, self._on_exit, use_template=config.get("fork_containers")
+        self.gpus = gpu_allocator or gpus.GpuAllocator(gpus.discover())
+        # The ``local`` runtime until the server gives another worker and the rest.
+        self.services = Services(
+            LocalWorker(
+                self.container_log,
+                self.container_exited,
+                use_template=config.get("fork_containers"),
+            )
         )
-        self.gpus = gpus.GpuAllocator(gpus.discover())
-        self.builds: Any = None  # a BuildService when the runtime applies images
-        self.volumes: Any = None  # the VolumeService (set by the server)
-        self.gateway: Any = None  # the web Gateway (set by the server)
-        self.schedules: Any = None  # the ScheduleRunner (set by the server)
         self._web_ids = itertools.count(-1, -1)  # web inputs: negative ids, never stored
         self._gpu_waiting: set[str] = set()
         self.pools: dict[str, sm.Pool] = {}
@@ -156,6 +167,27 @@ class Dispatcher:
         self._app_running: dict[str, bool] = {}
         # A container's reported output, held until its pool says Complete or Retry.
         self._stash: dict[int, dict[str, Any]] = {}
+
+    # The services, by name (read-only: set them on ``services``).
+    @property
+    def worker(self) -> Worker:
+        return self.services.worker
+
+    @property
+    def volumes(self) -> ContainerVolumes | None:
+        return self.services.volumes
+
+    @property
+    def builds(self) -> Builds | None:
+        return self.services.builds
+
+    @property
+    def gateway(self) -> Gateway | None:
+        return self.services.gateway
+
+    @property
+    def schedules(self) -> Schedules | None:
+        return self.services.schedules
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -600,10 +632,14 @@ class Dispatcher:
                 rows.append(self._row(action.input_id, status, payload))
                 done.append(action.input_id)
             elif isinstance(action, sm.StartContainer):
-                gpu_env = self._allocate_gpus(pool, action.container_id)
-                asyncio.get_running_loop().create_task(
-                    self._start_container(pool, action.container_id, gpu_env)
+                # Registered now, so that a stop in this same tick finds it.
+                handle = ContainerHandle(
+                    action.container_id, pool.key, "kc-" + secrets.token_urlsafe(24)
                 )
+                self.containers[handle.id] = handle
+                self._container_tokens[handle.token] = handle.id
+                gpu_env = self._allocate_gpus(pool, handle.id)
+                spawn(self._start_container(pool, handle, gpu_env), name=f"start {handle.id}")
             elif isinstance(action, sm.StopContainer):
                 self._stop_container(action.container_id)
             elif isinstance(action, sm.CancelOnContainer):
@@ -648,23 +684,21 @@ class Dispatcher:
         return gpus.visible_devices_env(got[1])
 
     async def _start_container(
-        self, pool: sm.Pool, container_id: str, gpu_env: dict[str, str] | None = None
+        self, pool: sm.Pool, handle: ContainerHandle, gpu_env: dict[str, str]
     ) -> None:
+        container_id = handle.id
         info = self.pool_info[pool.key]
         logger.info("starting container %s for %s", container_id, info.spec.tag)
-        handle = ContainerHandle(container_id, pool.key, "kc-" + secrets.token_urlsafe(24))
-        self.containers[container_id] = handle
-        self._container_tokens[handle.token] = container_id
         try:
             # Opened here, on the way into the container, and nowhere else.
             secret_env = secret_store.container_env(self.store, info.spec.secrets)
-            mounts = (
-                await self.volumes.prepare(
+            mounts: list[tuple[str, str, bool]] = []
+            if info.spec.volumes:
+                if self.volumes is None:
+                    raise InvalidError("this control plane keeps no Volumes")
+                mounts = await self.volumes.prepare(
                     container_id, info.spec.volumes, self.worker.enforces_read_only
                 )
-                if info.spec.volumes
-                else []
-            )
         except Error as exc:
             self._perform(
                 pool,
@@ -673,7 +707,10 @@ class Dispatcher:
                 ),
                 serialize_exception(exc),
             )
-            self._on_exit(container_id, f"could not start: {exc}")
+            self.container_exited(container_id, f"could not start: {exc}")
+            return
+        if handle.stop_requested:
+            self.container_exited(container_id, "was stopped before it started")
             return
         # Precedence, lowest first: the image's ENV (sandbox), secrets in list order,
         # the function's env=, then ketch's own variables.
@@ -685,7 +722,7 @@ class Dispatcher:
             "KETCH_CHANNEL": self.channel_addr,
             "KETCH_SERVER_URL": self.server_url,
             "KETCH_PARENT_PID": str(os.getpid()),
-            **(gpu_env or {}),
+            **gpu_env,
         }
         if info.spec.volumes:
             env["KETCH_VOLUMES"] = json.dumps(info.spec.volumes)
@@ -695,9 +732,8 @@ class Dispatcher:
             run_spec = info.spec
             if info.spec.source and info.spec.root_dir and info.spec.module_file:
                 run_spec = self._snapshot_spec(info.spec)
-                env["KETCH_SOURCE_ROOT"] = str(
-                    run_spec.root_dir
-                )  # the sandbox runtime puts it at /root
+                # The sandbox runtime puts it at /root.
+                env["KETCH_SOURCE_ROOT"] = str(run_spec.root_dir)
             await self.worker.start(container_id, env, run_spec, mounts)
         except ImageBuildError as exc:
             self._perform(
@@ -705,10 +741,13 @@ class Dispatcher:
                 pool.container_init_failed(container_id, time.monotonic(), "image build failed"),
                 serialize_exception(exc),
             )
-            self._on_exit(container_id, f"could not start: {exc}")
+            self.container_exited(container_id, f"could not start: {exc}")
         except Exception as exc:
             logger.exception("could not start container %s", container_id)
-            self._on_exit(container_id, f"could not start: {exc}")
+            self.container_exited(container_id, f"could not start: {exc}")
+        else:
+            if handle.stop_requested:  # asked while it started: now its worker has it
+                self.worker.terminate(container_id, 1.0)
 
     def _snapshot_spec(self, spec: FunctionSpec) -> FunctionSpec:
         """``spec`` pointing at its deployed source snapshot, unpacked under ``KETCH_HOME/sources``."""
@@ -722,6 +761,9 @@ class Dispatcher:
     def _stop_container(self, container_id: str) -> None:
         logger.info("stopping container %s", container_id)
         if not self._send(container_id, {"t": "stop"}):
+            handle = self.containers.get(container_id)
+            if handle is not None:  # still starting: the worker may not have it yet
+                handle.stop_requested = True
             self.worker.terminate(container_id, 1.0)
             return
         asyncio.get_running_loop().call_later(
@@ -833,7 +875,7 @@ class Dispatcher:
         if results:
             self._perform(pool, pool.container_outputs(handle.id, results, now))
 
-    def _on_exit(self, container_id: str, reason: str) -> None:
+    def container_exited(self, container_id: str, reason: str) -> None:
         self.gpus.release(container_id)
         if self.volumes is not None:
             self.volumes.release(container_id)  # commits what it wrote to its Volumes
@@ -853,7 +895,7 @@ class Dispatcher:
                 oom = serialize_exception(OutOfMemoryError(f"container {container_id} {reason}"))
             self._perform(pool, actions, oom, crash=oom is not None)
 
-    def _on_log(self, container_id: str, stream: str, text: str) -> None:
+    def container_log(self, container_id: str, stream: str, text: str) -> None:
         handle = self.containers.get(container_id)
         if handle is None:
             return

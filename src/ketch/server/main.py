@@ -86,7 +86,7 @@ async def _reap_ephemeral_apps(store: Store, dispatcher: Dispatcher) -> None:
 
 
 def _choose_runtime(
-    dispatcher: Dispatcher, home: Path, sockets: Path
+    dispatcher: Dispatcher, volumes: VolumeService, home: Path, sockets: Path
 ) -> userns.UserNamespace | None:
     """``sandbox`` where bubblewrap and root are available (``auto``), else ``local``, loudly.
 
@@ -112,12 +112,11 @@ def _choose_runtime(
     if ns is None:
         logger.warning("sandbox containers run as host root, with no user namespace: %s", why_not)
     builds = BuildService(cache, ns)
-    dispatcher.builds = builds
-    if dispatcher.volumes is not None:
-        dispatcher.volumes.userns = ns
-    dispatcher.worker = BubblewrapWorker(
-        dispatcher._on_log,
-        dispatcher._on_exit,
+    volumes.userns = ns
+    dispatcher.services.builds = builds
+    dispatcher.services.worker = BubblewrapWorker(
+        dispatcher.container_log,
+        dispatcher.container_exited,
         home,
         builds.builder,
         sockets / "channel.sock",
@@ -161,19 +160,19 @@ async def serve(
     url = f"{'https' if tls else 'http'}://{host}:{port}"
     max_containers = config.get("max_containers_per_node") or max(8, 4 * (os.cpu_count() or 1))
     dispatcher = Dispatcher(store, BlobStore(home / "blobs"), url, max_containers)
-    dispatcher.volumes = VolumeService(store, home)
-    await dispatcher.volumes.start()  # commits working copies a crash left behind
+    volumes = dispatcher.services.volumes = VolumeService(store, home)
+    await volumes.start()  # commits working copies a crash left behind
     api = Api(dispatcher, time.time(), Authenticator(home, store, dispatcher.container_caller))
     api.url = url
     sockets = socket_dir(home)
     # Containers and web endpoints stay on loopback whatever the API's address.
     channels = await serve_channel(dispatcher, "127.0.0.1", str(sockets / "channel.sock"))
-    containers_userns = _choose_runtime(dispatcher, home, sockets)
+    containers_userns = _choose_runtime(dispatcher, volumes, home, sockets)
     await dispatcher.start()
-    dispatcher.gateway = Gateway(dispatcher, "127.0.0.1")
-    await dispatcher.gateway.start()
-    dispatcher.schedules = ScheduleRunner(dispatcher)
-    dispatcher.schedules.start()
+    gateway = dispatcher.services.gateway = Gateway(dispatcher, "127.0.0.1")
+    await gateway.start()
+    schedules = dispatcher.services.schedules = ScheduleRunner(dispatcher)
+    schedules.start()
     # Long polls of clients that went away must not hold a shutdown for a minute.
     runner = web.AppRunner(
         api.app(), access_log=None, shutdown_timeout=1.0, handler_cancellation=True
@@ -212,8 +211,8 @@ async def serve(
                 (home / "server.json").unlink()
         listeners.close()
         await runner.cleanup()
-        await dispatcher.gateway.close()
-        await dispatcher.schedules.close()
+        await gateway.close()
+        await schedules.close()
         for channel in channels:
             channel.close()
         await dispatcher.close()

@@ -183,10 +183,12 @@ class Pool:
                 )
             if input_id in self.cancelled:
                 self.cancelled.discard(input_id)
+                self.failures.pop(input_id, None)
                 continue
             if outcome == "failure":
                 actions.append(self._retry_or(input_id, now, Complete(input_id)))
             else:
+                self.failures.pop(input_id, None)
                 actions.append(Complete(input_id))
         if c is not None and not c.assigned:
             c.idle_since = now
@@ -226,6 +228,8 @@ class Pool:
 
     def cancel(self, input_ids: Iterable[int], now: float) -> list[Action]:
         ids = set(input_ids)
+        for input_id in ids:
+            self.failures.pop(input_id, None)
         self.pending = deque(i for i in self.pending if i not in ids)
         self.delayed = [(t, i) for t, i in self.delayed if i not in ids]
         heapq.heapify(self.delayed)
@@ -249,6 +253,7 @@ class Pool:
         self.stopped = True
         self.pending.clear()
         self.delayed.clear()
+        self.failures.clear()
         actions: list[Action] = []
         for c in self.containers.values():
             if c.status != "stopping":
@@ -423,6 +428,8 @@ class Pool:
         ids = list(self.pending) + [i for _, i in self.delayed]
         self.pending.clear()
         self.delayed.clear()
+        for input_id in ids:
+            self.failures.pop(input_id, None)
         return [Fail(i, reason) for i in ids]
 
 

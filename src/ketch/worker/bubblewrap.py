@@ -48,6 +48,7 @@ from .._config import config
 from .._image_files import content_digest, local_files
 from .._source import project_sources
 from .._spec import DEFAULT_EPHEMERAL_DISK_MIB, FunctionSpec
+from .._tasks import spawn
 from ..images.builder import Builder, BuiltImage
 from ..images.bundle import DEPS_MOUNT_POINT, MOUNT_POINT
 from ..images.layers import remove_tree
@@ -252,7 +253,7 @@ class BubblewrapWorker:
             self._pump(container_id, "stdout", process.stdout),
             self._pump(container_id, "stderr", process.stderr),
         ]
-        asyncio.get_running_loop().create_task(self._wait(container))
+        spawn(self._wait(container), name=f"wait {container_id}")
 
     async def _image(self, container_id: str, spec: FunctionSpec) -> BuiltImage:
         from ..image import default_image

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from .._spec import FunctionSpec
+from .._tasks import spawn
 from ._template import TemplateProcess
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ class LocalWorker:
         if proc is None:
             proc = await self._start_fresh(container_id, env, cwd)
         self._procs[container_id] = proc
-        asyncio.get_running_loop().create_task(self._wait(container_id, proc))
+        spawn(self._wait(container_id, proc), name=f"wait {container_id}")
 
     async def _start_fresh(self, container_id: str, env: dict[str, str], cwd: str | None) -> _Proc:
         process = await asyncio.create_subprocess_exec(
