@@ -24,11 +24,14 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FunctionType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
 from .exception import InvalidError
+
+if TYPE_CHECKING:
+    from pathspec import Pattern
 
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _pickle_lock = threading.Lock()
@@ -106,7 +109,8 @@ def pickle_function(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
         if register:
             cloudpickle.register_pickle_by_value(module)
         try:
-            return cloudpickle.dumps((fn, args, kwargs))
+            pickled: bytes = cloudpickle.dumps((fn, args, kwargs))
+            return pickled
         except Exception as exc:
             raise InvalidError(
                 f"run_function: cannot pickle {fn!r} with its arguments: {exc}"
@@ -116,48 +120,48 @@ def pickle_function(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
                 cloudpickle.unregister_pickle_by_value(module)
 
 
-def _ignore_rules(patterns: Sequence[str]) -> list[tuple[re.Pattern[str], bool]]:
-    """Compile dockerignore-style patterns: ``*``, ``?``, ``[...]``, ``**`` and ``!``."""
-    rules = []
+def _ignore_rules(patterns: Sequence[str]) -> list[Pattern]:
+    """Compile ``.dockerignore`` patterns with pathspec, read the way Docker reads them.
+
+    Docker cleans each pattern and matches it from the context root, so
+    ``*.log`` is only the root's logs (git would match it at any depth):
+    every pattern is anchored with a leading ``/`` before pathspec sees it.
+    Inside a container nothing is compiled: the client applied the patterns
+    already, and pathspec is a client-side dependency.
+    """
     for raw in patterns:
         if not isinstance(raw, str):
             raise InvalidError(f"ignore patterns must be strings, got {raw!r}")
+    if in_container():
+        return []
+    from pathspec import lookup_pattern
+
+    compile_pattern = lookup_pattern("gitignore")
+    rules = []
+    for raw in patterns:
         text = raw.strip()
-        negate = text.startswith("!")
-        text = posixpath.normpath(text.lstrip("!").strip().lstrip("/")) if text.lstrip("!") else ""
-        if not text or text.startswith("#") or text == ".":
+        if not text or text.startswith("#"):
             continue
-        out, i = [], 0
-        while i < len(text):
-            if text.startswith("**/", i):
-                out.append("(?:.*/)?")
-                i += 3
-            elif text.startswith("**", i):
-                out.append(".*")
-                i += 2
-            elif text[i] in "*?":
-                out.append("[^/]*" if text[i] == "*" else "[^/]")
-                i += 1
-            elif text[i] == "[" and "]" in text[i + 2 :]:
-                end = text.index("]", i + 2)
-                body = text[i + 1 : end]
-                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-                i = end + 1
-            else:
-                out.append(re.escape(text[i]))
-                i += 1
-        rules.append((re.compile("".join(out)), negate))
+        negate = text.startswith("!")
+        # Cleaned as Docker cleans it; "." and "/" name nothing.
+        body = posixpath.normpath("/" + (text[1:].strip() if negate else text)).lstrip("/")
+        if not body:
+            continue
+        try:
+            rules.append(compile_pattern(("!/" if negate else "/") + body))
+        except (ValueError, re.error) as exc:
+            raise InvalidError(f"ignore pattern {raw!r} is not valid: {exc}") from None
     return rules
 
 
-def _is_ignored(rel: str, rules: list[tuple[re.Pattern[str], bool]]) -> bool:
-    """Last matching rule wins; a rule matching a parent directory matches its files."""
+def _is_ignored(rel: str, rules: list[Pattern]) -> bool:
+    """Docker's rule: a pattern applies to a path it or one of its parents matches; the last wins."""
     parts = rel.split("/")
     prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
     ignored = False
-    for pattern, negate in rules:
-        if any(pattern.fullmatch(p) for p in prefixes):
-            ignored = not negate
+    for rule in rules:
+        if any(rule.match_file(p) is not None for p in prefixes):
+            ignored = bool(rule.include)
     return ignored
 
 
@@ -177,7 +181,7 @@ def local_files(
     if not os.path.isdir(local_path) or os.path.islink(local_path):
         return [("", local_path)]
     rules = _ignore_rules(ignore)
-    can_prune = not any(negate for _, negate in rules)
+    can_prune = all(rule.include for rule in rules)
     out = []
     for top, dirs, files in os.walk(local_path):
         rel_top = os.path.relpath(top, local_path).replace(os.sep, "/")

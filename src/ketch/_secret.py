@@ -19,6 +19,7 @@ log line.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -69,96 +70,32 @@ def check_env(env: Any, what: str = "a Secret") -> dict[str, str]:
 
 # -- .env files -------------------------------------------------------------
 
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "$": "$"}
-_EXPAND = r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}"
-_DOUBLE_QUOTED = re.compile(r"\\(.)|" + _EXPAND, re.DOTALL)
-_UNQUOTED = re.compile(_EXPAND)
-
-
-def _lookup(name: str, default: str | None, known: Mapping[str, str]) -> str:
-    if name in known:
-        return known[name]
-    return os.environ.get(name, default or "")
-
-
-def _expand_double_quoted(value: str, known: Mapping[str, str]) -> str:
-    def replace(m: re.Match[str]) -> str:
-        if m.group(1) is not None:
-            return _ESCAPES.get(m.group(1), "\\" + m.group(1))
-        return _lookup(m.group(2), m.group(3), known)
-
-    return _DOUBLE_QUOTED.sub(replace, value)
-
-
-def _expand_unquoted(value: str, known: Mapping[str, str]) -> str:
-    return _UNQUOTED.sub(lambda m: _lookup(m.group(1), m.group(2), known), value)
-
-
-def _closing_quote(body: str, quote: str) -> int:
-    """Index of the quote that ends ``body``, or -1 (``\\`` escapes inside double quotes only)."""
-    i = 0
-    while i < len(body):
-        if body[i] == "\\" and quote == '"':
-            i += 2
-            continue
-        if body[i] == quote:
-            return i
-        i += 1
-    return -1
-
 
 def parse_dotenv(text: str, source: str = ".env") -> dict[str, str]:
-    """Parse a ``.env`` file.
+    """Parse a ``.env`` file with python-dotenv, as Modal's ``Secret.from_dotenv`` does.
 
-    Understood: ``KEY=VALUE`` lines, blank lines and ``#`` comments, an
-    ``export`` prefix, single quotes (literal, may span lines), double quotes
-    (``\\n \\t \\r \\\\ \\" \\$`` escapes, may span lines), inline comments
-    after unquoted values (`` #``), and ``${NAME}`` / ``${NAME:-default}``
-    expansion from earlier lines or the local environment (not inside single
-    quotes). A bare ``KEY`` line has no value and is skipped, as in python-dotenv.
+    ``${NAME}`` and ``${NAME:-default}`` expand from earlier lines or the
+    local environment, in every kind of value. A bare ``KEY`` line has no
+    value and is skipped. A line python-dotenv cannot parse, or a key that is
+    not a valid variable name, is an ``InvalidError`` naming the line.
 
     Example: a file with the lines ``export A=1  # one`` and ``B="${A}-x"``
     gives ``{"A": "1", "B": "1-x"}``.
     """
-    values: dict[str, str] = {}
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    i = 0
-    while i < len(lines):
-        lineno, line = i + 1, lines[i].lstrip()
-        i += 1
-        if not line.strip() or line.startswith("#"):
-            continue
-        if line.startswith(("export ", "export\t")):
-            line = line[len("export") :].lstrip()
-        key, eq, rest = line.partition("=")
-        key = key.strip()
-        if not _ENV_KEY.match(key):
+    # Imported here: containers import this module but never read .env files.
+    from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
+
+    # dotenv_values only logs a warning for a bad line; the parser says which.
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error or (binding.key is not None and not _ENV_KEY.match(binding.key)):
             # The line itself is not shown: it may hold a value.
-            raise InvalidError(f"{source}:{lineno}: expected KEY=VALUE with a valid variable name")
-        if not eq:
-            continue
-        rest = rest.lstrip()
-        if rest[:1] in ("'", '"'):
-            quote, body = rest[0], rest[1:]
-            while (end := _closing_quote(body, quote)) < 0:
-                if i >= len(lines):
-                    raise InvalidError(
-                        f"{source}:{lineno}: the value of {key} has no closing {quote}"
-                    )
-                body += "\n" + lines[i]
-                i += 1
-            value, tail = body[:end], body[end + 1 :].strip()
-            if tail and not tail.startswith("#"):
-                raise InvalidError(
-                    f"{source}:{lineno}: unexpected text after the quoted value of {key}"
-                )
-            if quote == '"':
-                value = _expand_double_quoted(value, values)
-        else:
-            value = re.split(r"\s#", rest, maxsplit=1)[0].rstrip()
-            value = _expand_unquoted(value, values)
-        values[key] = value
-    return values
+            raise InvalidError(
+                f"{source}:{binding.original.line}: expected KEY=VALUE with a valid "
+                "variable name (and a closing quote after a quoted value)"
+            )
+    values = dotenv_values(stream=io.StringIO(text), interpolate=True)
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def dotenv_path(path: str | os.PathLike[str] | None, filename: str) -> Path:
@@ -284,7 +221,7 @@ class _Secret(_Object):
         return cls(env=check_env(parse_dotenv(text, str(where)), f"Secret.from_dotenv({where})"))
 
     @classmethod
-    def ephemeral(cls) -> Any:  # type: ignore[override]
+    def ephemeral(cls) -> Any:
         """Not available: use ``Secret.from_dict`` for values that live with one app."""
         raise InvalidError("Secret.ephemeral() does not exist: use Secret.from_dict({...}) instead")
 

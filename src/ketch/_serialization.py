@@ -39,7 +39,7 @@ def check_size(data: bytes, what: str) -> None:
 def serialize(obj: Any, what: str = "value") -> bytes:
     """Pickle ``obj``; an object that cannot be pickled is an ``InvalidError``."""
     try:
-        data = cloudpickle.dumps(obj)
+        data: bytes = cloudpickle.dumps(obj)
     except Exception as exc:  # pickling can raise almost anything
         raise InvalidError(f"{what} could not be serialized: {type(exc).__name__}: {exc}") from exc
     check_size(data, what)
@@ -62,7 +62,7 @@ def serialize_exception(exc: BaseException) -> bytes:
         tb = Traceback(exc.__traceback__).to_dict() if exc.__traceback__ else None
     except Exception:
         tb = None
-    return msgpack.packb(
+    packed: bytes = msgpack.packb(
         {
             "exc": pickled,
             "tb": tb,
@@ -72,6 +72,7 @@ def serialize_exception(exc: BaseException) -> bytes:
         },
         use_bin_type=True,
     )
+    return packed
 
 
 def deserialize_exception(data: bytes) -> BaseException:
@@ -97,7 +98,8 @@ def deserialize_exception(data: bytes) -> BaseException:
 
 
 def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def unpack(data: bytes) -> Any:

@@ -24,12 +24,13 @@ class ChannelClosed(Exception):
 
 
 def encode(msg: dict[str, Any]) -> bytes:
-    body = msgpack.packb(msg, use_bin_type=True)
+    body: bytes = msgpack.packb(msg, use_bin_type=True)
     return HEADER.pack(len(body)) + body
 
 
 def decode(body: bytes | memoryview) -> dict[str, Any]:
-    return msgpack.unpackb(body, raw=False, strict_map_key=False)
+    msg: dict[str, Any] = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    return msg
 
 
 async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> dict[str, Any]:

@@ -332,6 +332,22 @@ def test_from_dockerfile_honours_dockerignore_and_globs(context):
     assert Image.from_dockerfile(path).hash != image.hash
 
 
+def test_dockerignore_reads_as_docker_does(context):
+    # Anchored at the context root ("*.log" leaves app/debug.log), a leading "/" is
+    # ignored, "!" re-includes, and the last matching line wins.
+    (context / ".dockerignore").write_text("/app/sub\n!app/sub/x.py\n*.log\n*.cfg\n!a.cfg\n")
+    path = dockerfile(context, "FROM alpine\nCOPY app /app\nCOPY *.cfg /etc/\n")
+    (context / "app" / "sub" / "y.py").write_text("Y = 1\n")
+    image = Image.from_dockerfile(path)
+    assert (
+        image.layers[1].hash
+        == Image.from_registry("alpine")
+        .add_local_dir(context / "app", "/app", copy=True, ignore=["sub/y.py"])
+        .hash
+    )
+    assert [s.spec["remote_path"] for _, s in image.layers[2:]] == ["/etc/a.cfg"]
+
+
 def test_from_dockerfile_copy_of_the_whole_context(context):
     path = dockerfile(context, "FROM alpine\nCOPY . /app\n")
     first = Image.from_dockerfile(path)

@@ -330,6 +330,39 @@ def test_ignore_patterns(project):
     assert names(["[!ab]*"]) == ["app.log", "build/keep.txt", "build/out.bin"]
 
 
+def test_ignore_patterns_follow_docker_not_git(tmp_path):
+    for rel in ["a.log", "pkg/b.log", "pkg/keep.py", "pkg/sub/c.py", "pkg/sub/d.log", "x/pkg/e.py"]:
+        write(tmp_path / rel)
+
+    def names(ignore):
+        return [rel for rel, _ in local_files(str(tmp_path), ignore)]
+
+    # Without a slash a pattern names the root only (git would match at any depth).
+    assert names(["pkg"]) == ["a.log", "x/pkg/e.py"]
+    # A directory a pattern matches takes its contents with it, even under a re-include
+    # that keeps the walk from pruning it.
+    assert names(["pkg/*", "!pkg/keep.py"]) == ["a.log", "pkg/keep.py", "x/pkg/e.py"]
+    # The last matching pattern wins, whichever way it points.
+    assert names(["**/*.log", "!pkg/**", "pkg/sub/*.log"]) == [
+        "pkg/b.log",
+        "pkg/keep.py",
+        "pkg/sub/c.py",
+        "x/pkg/e.py",
+    ]
+    # Patterns are cleaned as Docker cleans them; "." and "/" name nothing.
+    assert names(["/pkg/./sub/", "x//pkg", ".", "/", "!"]) == ["a.log", "pkg/b.log", "pkg/keep.py"]
+    for bad in (["[z-a]"], ["a\\"], [3]):
+        with pytest.raises(InvalidError, match="ignore pattern"):
+            local_files(str(tmp_path), bad)
+
+
+def test_ignore_patterns_need_no_pathspec_in_a_container(tmp_path, monkeypatch):
+    monkeypatch.setenv("KETCH_CONTAINER_ID", "ct-123")
+    monkeypatch.setitem(sys.modules, "pathspec", None)  # a container's bundle has no pathspec
+    image = BASE.add_local_dir(tmp_path, "/app", ignore=["**/*.log", "!keep.log"])
+    assert image.mounts[0].ignore == ("**/*.log", "!keep.log")
+
+
 def test_ignored_files_do_not_change_the_hash(project):
     def image():
         return BASE.add_local_dir(project, "/app", copy=True, ignore=["**/*.log"])

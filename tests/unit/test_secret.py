@@ -49,8 +49,8 @@ def test_dotenv_basics():
 
 def test_dotenv_quotes():
     text = (
-        "SINGLE='  keep # all \\n ${PLAIN} '\n"
-        'DOUBLE="tab\\there \\"quoted\\" back\\\\slash \\$literal"  # comment\n'
+        "SINGLE='  keep # all \\n '\n"
+        'DOUBLE="tab\\there \\"quoted\\" back\\\\slash"  # comment\n'
         "MULTI='line one\n"
         "line two'\n"
         'MULTI2="a\n'
@@ -58,8 +58,8 @@ def test_dotenv_quotes():
         "EMPTY_Q=''\n"
     )
     assert parse_dotenv(text) == {
-        "SINGLE": "  keep # all \\n ${PLAIN} ",
-        "DOUBLE": 'tab\there "quoted" back\\slash $literal',
+        "SINGLE": "  keep # all \\n ",
+        "DOUBLE": 'tab\there "quoted" back\\slash',
         "MULTI": "line one\nline two",
         "MULTI2": "a\n  b",
         "EMPTY_Q": "",
@@ -73,20 +73,27 @@ def test_dotenv_expansion_and_line_endings(monkeypatch):
     assert parse_dotenv(text) == {"A": "1", "B": "1-x", "C": "outside", "D": "fallback", "E": ""}
 
 
+def test_dotenv_expands_as_modal_does(monkeypatch):
+    # python-dotenv, like Modal's from_dotenv: single quotes expand too, $NAME
+    # without braces does not, and the file's values win over the environment.
+    monkeypatch.setenv("KETCH_UNIT_A", "outside")
+    text = "KETCH_UNIT_A=inside\nS='${KETCH_UNIT_A}'\nD=\"\\$KETCH_UNIT_A\"\nU=$KETCH_UNIT_A\n"
+    assert parse_dotenv(text) == {
+        "KETCH_UNIT_A": "inside",
+        "S": "inside",
+        "D": "\\$KETCH_UNIT_A",
+        "U": "$KETCH_UNIT_A",
+    }
+
+
 @pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("sk-live-123456\n", "expected KEY=VALUE"),
-        ("1KEY=x\n", "expected KEY=VALUE"),
-        ("BAD KEY=x\n", "expected KEY=VALUE"),
-        ("A='never closed\nB=2\n", "no closing '"),
-        ('A="x" junk\n', "unexpected text"),
-    ],
+    "text",
+    ["sk-live-123456\n", "1KEY=x\n", "BAD KEY=x\n", "A='never closed\nB=2\n", 'A="x" junk\n'],
 )
-def test_dotenv_errors_name_the_line_not_its_content(text, message):
-    with pytest.raises(InvalidError, match=message) as info:
-        parse_dotenv(text, "app/.env")
-    assert str(info.value).startswith("app/.env:1:")
+def test_dotenv_errors_name_the_line_not_its_content(text):
+    with pytest.raises(InvalidError, match="expected KEY=VALUE") as info:
+        parse_dotenv("# first\nOK=1\n" + text, "app/.env")
+    assert str(info.value).startswith("app/.env:3:")
     assert "sk-live" not in str(info.value)
 
 

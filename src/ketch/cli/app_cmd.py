@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 
@@ -50,7 +51,7 @@ def _when(ts: float | None) -> str:
     return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts))} (in {off})"
 
 
-def _schedule_text(wire: dict) -> str:
+def _schedule_text(wire: dict[str, Any]) -> str:
     if wire["type"] == "cron":
         return f"Cron({wire['cron']!r}, timezone={wire['timezone']!r})"
     parts = [f"months={wire['months']}"] if wire.get("months") else []
