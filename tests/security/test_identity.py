@@ -219,28 +219,28 @@ print(" ".join(out), "AuthError" in t.recv(4096).decode("latin-1") and "frames:4
 
 def test_a_squatted_socket_directory_is_refused(tmp_path, monkeypatch):
     """Another user who creates the (predictably named) socket directory first does not get our sockets."""
-    from ketch.worker import sandbox
+    from ketch.worker import bubblewrap
 
-    monkeypatch.setattr(sandbox.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(bubblewrap.tempfile, "gettempdir", lambda: str(tmp_path))
     home = tmp_path / "home"
-    path = sandbox.socket_dir(home)  # ours: made private
+    path = bubblewrap.socket_dir(home)  # ours: made private
     assert stat.S_IMODE(path.stat().st_mode) == 0o700
     path.rmdir()
     path.mkdir(mode=0o777)
     os.chmod(path, 0o777)  # as a squatter would leave it open to swap files in
     with pytest.raises(PermissionError, match="not a private directory"):
-        sandbox.socket_dir(home)
+        bubblewrap.socket_dir(home)
     path.rmdir()
     (tmp_path / "elsewhere").mkdir(mode=0o700)
     path.symlink_to(tmp_path / "elsewhere")
     with pytest.raises(PermissionError, match="not a private directory"):
-        sandbox.socket_dir(home)
+        bubblewrap.socket_dir(home)
     if os.geteuid() == 0:
         path.unlink()
         path.mkdir(mode=0o700)
         os.chown(path, 65534, 65534)
         with pytest.raises(PermissionError, match="owner uid 65534"):
-            sandbox.socket_dir(home)
+            bubblewrap.socket_dir(home)
 
 
 def test_a_huge_body_is_413_and_not_held(control_plane):

@@ -13,7 +13,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -29,13 +29,13 @@ from . import auth, schemas
 from .auth import Caller
 from .blobs import receive_blob
 from .dispatcher import Dispatcher
+from .rpc import HANDLERS as _HANDLERS
+from .rpc import WANTS_CALLER as _WANTS_CALLER
+from .rpc import rpc
+from .volumes import VolumeService
 
 logger = logging.getLogger(__name__)
 
-# A handler returns its reply, or an awaitable of it (coroutine handlers, long polls).
-Handler = Callable[..., "dict[str, Any] | Awaitable[dict[str, Any]]"]
-_HANDLERS: dict[str, Handler] = {}
-_WANTS_CALLER: set[str] = set()  # handlers that take the caller as a third argument
 _STATUS = {
     "NotFoundError": 404,
     "InvalidError": 400,
@@ -48,13 +48,6 @@ _STATUS = {
 # and clients send call inputs in batches of at most 16 MiB (larger arguments are blobs).
 MAX_RPC_BYTES = 80 << 20
 CALLER = web.RequestKey("caller", Caller)
-
-
-def rpc(fn: Handler) -> Handler:
-    _HANDLERS[fn.__name__] = fn
-    if len(inspect.signature(fn).parameters) == 3:
-        _WANTS_CALLER.add(fn.__name__)
-    return fn
 
 
 # What SQLite raises for a value it cannot bind or store (their text quotes SQL); not disk or lock errors.
@@ -128,9 +121,10 @@ class Api:
         application.router.add_post("/rpc/{method}", self.handle_rpc)
         application.router.add_put("/blobs", self.put_blob)
         application.router.add_get("/blobs/{blob_id}", self.get_blob)
-        if self.d.volumes is not None:
-            application.router.add_put("/volume-blobs", self.d.volumes.put_blob)
-            application.router.add_get("/volume-blobs/{blob_id}", self.d.volumes.get_blob)
+        volumes = self.d.volumes
+        if isinstance(volumes, VolumeService):  # the dispatcher types it as what containers use
+            application.router.add_put("/volume-blobs", volumes.put_blob)
+            application.router.add_get("/volume-blobs/{blob_id}", volumes.get_blob)
         return application
 
     @web.middleware
@@ -478,18 +472,11 @@ async def ImageBuildStatus(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     return await api.d.builds.status(str(body["build_id"]), int(body.get("offset", 0)), wait)
 
 
-from . import dicts as _dicts  # noqa: E402  (object RPCs register themselves here)
-from . import objects as _objects  # noqa: E402
-from . import queues as _queues  # noqa: E402
-from . import secret_store as _secret_store  # noqa: E402
+# Importing these modules registers their handlers (``@rpc``); api's own are above.
+from . import dicts as _dicts  # noqa: E402, F401
+from . import objects as _objects  # noqa: E402, F401
+from . import queues as _queues  # noqa: E402, F401
+from . import secret_store as _secret_store  # noqa: E402, F401
 from . import versions as _versions  # noqa: E402
-from . import volumes as _volumes  # noqa: E402
-from . import web as _web  # noqa: E402
-
-_objects.register(rpc)
-_dicts.register(rpc)
-_queues.register(rpc)
-_secret_store.register(rpc)
-_volumes.register(rpc)
-_web.register(rpc)
-_versions.register(rpc, AppCreate)
+from . import volumes as _volumes  # noqa: E402, F401
+from . import web as _web  # noqa: E402, F401

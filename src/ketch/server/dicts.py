@@ -8,13 +8,17 @@ Modal); every write commits before the reply. RPCs take the dict's
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Column, Float, LargeBinary, String, Table, delete, func, select
 
 from ..exception import PayloadTooLargeError
 from . import objects
+from .rpc import rpc
 from .store import Store, metadata
+
+if TYPE_CHECKING:
+    from .api import Api
 
 MAX_ENTRY_BYTES = 64 * 1024 * 1024
 PAGE = 1000
@@ -69,50 +73,49 @@ def _put(store: Store, object_id: str, items: list[list[bytes]], skip_if_exists:
     return written
 
 
-def register(rpc: Any) -> None:
-    @rpc
-    def DictPut(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = objects.check(api.store, body["object_id"], "dict")
-        items = [[bytes(k), bytes(v)] for k, v in body["items"]]
-        written = _put(api.store, object_id, items, bool(body.get("skip_if_exists")))
-        return {"written": written}
+@rpc
+def DictPut(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    object_id = objects.check(api.store, body["object_id"], "dict")
+    items = [[bytes(k), bytes(v)] for k, v in body["items"]]
+    written = _put(api.store, object_id, items, bool(body.get("skip_if_exists")))
+    return {"written": written}
 
-    @rpc
-    def DictGet(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = objects.check(api.store, body["object_id"], "dict")
-        key = bytes(body["key"])
-        row = api.store.db.execute(_SELECT, (object_id, key)).fetchone()
-        if body.get("pop") and row is not None:
-            api.store.db.execute(_DELETE, (object_id, key))
-            api.store._commit()
-        return {"found": row is not None, "value": row[0] if row else None}
 
-    @rpc
-    def DictLen(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = objects.check(api.store, body["object_id"], "dict")
-        q = (
-            select(func.count())
-            .select_from(dict_entries)
-            .where(dict_entries.c.object_id == object_id)
-        )
-        return {"len": int(api.store.conn.execute(q).scalar() or 0)}
+@rpc
+def DictGet(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    object_id = objects.check(api.store, body["object_id"], "dict")
+    key = bytes(body["key"])
+    row = api.store.db.execute(_SELECT, (object_id, key)).fetchone()
+    if body.get("pop") and row is not None:
+        api.store.db.execute(_DELETE, (object_id, key))
+        api.store._commit()
+    return {"found": row is not None, "value": row[0] if row else None}
 
-    @rpc
-    def DictScan(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        """A page of entries in key order after ``after`` (keys, values, or both)."""
-        object_id = objects.check(api.store, body["object_id"], "dict")
-        q = select(dict_entries.c.key, dict_entries.c.value).where(
-            dict_entries.c.object_id == object_id
-        )
-        if body.get("after") is not None:
-            q = q.where(dict_entries.c.key > bytes(body["after"]))
-        limit = min(int(body.get("limit", PAGE)), PAGE)
-        rows = api.store.conn.execute(q.order_by(dict_entries.c.key).limit(limit)).all()
-        return {"items": [[r.key, r.value] for r in rows], "more": len(rows) == limit}
 
-    @rpc
-    def DictClear(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = objects.check(api.store, body["object_id"], "dict")
-        _purge(api.store, object_id)
-        api.store.conn.commit()
-        return {}
+@rpc
+def DictLen(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    object_id = objects.check(api.store, body["object_id"], "dict")
+    q = select(func.count()).select_from(dict_entries).where(dict_entries.c.object_id == object_id)
+    return {"len": int(api.store.conn.execute(q).scalar() or 0)}
+
+
+@rpc
+def DictScan(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """A page of entries in key order after ``after`` (keys, values, or both)."""
+    object_id = objects.check(api.store, body["object_id"], "dict")
+    q = select(dict_entries.c.key, dict_entries.c.value).where(
+        dict_entries.c.object_id == object_id
+    )
+    if body.get("after") is not None:
+        q = q.where(dict_entries.c.key > bytes(body["after"]))
+    limit = min(int(body.get("limit", PAGE)), PAGE)
+    rows = api.store.conn.execute(q.order_by(dict_entries.c.key).limit(limit)).all()
+    return {"items": [[r.key, r.value] for r in rows], "more": len(rows) == limit}
+
+
+@rpc
+def DictClear(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    object_id = objects.check(api.store, body["object_id"], "dict")
+    _purge(api.store, object_id)
+    api.store.conn.commit()
+    return {}

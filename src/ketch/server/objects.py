@@ -13,14 +13,18 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Boolean, Column, Float, Index, String, Table, delete, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .._ids import new_id
 from ..exception import AlreadyExistsError, InvalidError, NotFoundError
+from .rpc import rpc
 from .store import Store, metadata
+
+if TYPE_CHECKING:
+    from .api import Api
 
 KINDS = {"dict": "di", "queue": "qu", "secret": "st", "volume": "vo"}
 DISPLAY = {"dict": "Dict", "queue": "Queue", "secret": "Secret", "volume": "Volume"}
@@ -109,67 +113,67 @@ def remove(store: Store, object_id: str) -> None:
     _KINDS.pop(object_id, None)
 
 
-def register(rpc: Callable[[Any], Any]) -> None:
-    """Add the object RPCs to the API (called by ``api`` once it is defined)."""
+@rpc
+async def ObjectGet(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    kind = check_kind(body.get("kind"))
+    name = check_name(kind, body.get("name"))
+    row = find(api.store, kind, name)
+    if row is None:
+        if not body.get("create_if_missing"):
+            raise NotFoundError(
+                f"{DISPLAY[kind]} {name!r} not found: create it with `ketch {kind} create {name}` "
+                f"or ketch.{DISPLAY[kind]}.from_name({name!r}, create_if_missing=True)"
+            )
+        return {"object_id": create(api.store, kind, name), "created": True}
+    return {"object_id": row["id"], "created": False}
 
-    @rpc
-    async def ObjectGet(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        kind = check_kind(body.get("kind"))
+
+@rpc
+async def ObjectCreate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    kind = check_kind(body.get("kind"))
+    name = check_name(kind, body.get("name"))
+    if find(api.store, kind, name) is not None:
+        raise AlreadyExistsError(f"{DISPLAY[kind]} {name!r} already exists")
+    return {"object_id": create(api.store, kind, name)}
+
+
+@rpc
+async def ObjectEphemeral(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    kind = check_kind(body.get("kind"))
+    return {"object_id": create(api.store, kind, None, ephemeral=True)}
+
+
+@rpc
+async def ObjectDelete(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    kind = check_kind(body.get("kind"))
+    if body.get("object_id"):
+        object_id = get(api.store, str(body["object_id"]), kind)["id"]
+    else:
         name = check_name(kind, body.get("name"))
         row = find(api.store, kind, name)
         if row is None:
-            if not body.get("create_if_missing"):
-                raise NotFoundError(
-                    f"{DISPLAY[kind]} {name!r} not found: create it with `ketch {kind} create {name}` "
-                    f"or ketch.{DISPLAY[kind]}.from_name({name!r}, create_if_missing=True)"
-                )
-            return {"object_id": create(api.store, kind, name), "created": True}
-        return {"object_id": row["id"], "created": False}
+            if body.get("allow_missing"):
+                return {"deleted": False}
+            raise NotFoundError(f"{DISPLAY[kind]} {name!r} not found")
+        object_id = row["id"]
+    remove(api.store, object_id)
+    return {"deleted": True}
 
-    @rpc
-    async def ObjectCreate(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        kind = check_kind(body.get("kind"))
-        name = check_name(kind, body.get("name"))
-        if find(api.store, kind, name) is not None:
-            raise AlreadyExistsError(f"{DISPLAY[kind]} {name!r} already exists")
-        return {"object_id": create(api.store, kind, name)}
 
-    @rpc
-    async def ObjectEphemeral(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        kind = check_kind(body.get("kind"))
-        return {"object_id": create(api.store, kind, None, ephemeral=True)}
-
-    @rpc
-    async def ObjectDelete(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        kind = check_kind(body.get("kind"))
-        if body.get("object_id"):
-            object_id = get(api.store, str(body["object_id"]), kind)["id"]
-        else:
-            name = check_name(kind, body.get("name"))
-            row = find(api.store, kind, name)
-            if row is None:
-                if body.get("allow_missing"):
-                    return {"deleted": False}
-                raise NotFoundError(f"{DISPLAY[kind]} {name!r} not found")
-            object_id = row["id"]
-        remove(api.store, object_id)
-        return {"deleted": True}
-
-    @rpc
-    async def ObjectList(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        kind = check_kind(body.get("kind"))
-        rows = (
-            api.store.conn.execute(
-                select(objects)
-                .where(objects.c.kind == kind, objects.c.ephemeral.is_(False))
-                .order_by(objects.c.created_at)
-            )
-            .mappings()
-            .all()
+@rpc
+async def ObjectList(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    kind = check_kind(body.get("kind"))
+    rows = (
+        api.store.conn.execute(
+            select(objects)
+            .where(objects.c.kind == kind, objects.c.ephemeral.is_(False))
+            .order_by(objects.c.created_at)
         )
-        return {
-            "objects": [
-                {"object_id": r["id"], "name": r["name"], "created_at": r["created_at"]}
-                for r in rows
-            ]
-        }
+        .mappings()
+        .all()
+    )
+    return {
+        "objects": [
+            {"object_id": r["id"], "name": r["name"], "created_at": r["created_at"]} for r in rows
+        ]
+    }

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Column,
@@ -28,7 +28,11 @@ from sqlalchemy import (
 
 from ..exception import InvalidError, PayloadTooLargeError
 from . import objects
+from .rpc import rpc
 from .store import Store, metadata
+
+if TYPE_CHECKING:
+    from .api import Api
 
 MAX_ITEM_BYTES = 64 * 1024 * 1024
 MAX_ITEMS_PER_PARTITION = 100_000
@@ -198,85 +202,88 @@ async def _wait_and_take(
             return {"items": items}
 
 
-def register(rpc: Any) -> None:
-    @rpc
-    def QueuePut(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = objects.check(api.store, body["object_id"], "queue")
-        _ready(api.store)
-        partition = _partition(body)
-        items = [bytes(x) for x in body["items"]]
-        for item in items:
-            if len(item) > MAX_ITEM_BYTES:
-                raise PayloadTooLargeError(
-                    f"a Queue item is {len(item)} bytes pickled; the limit is {MAX_ITEM_BYTES // 2**20} MiB"
-                )
-        _expire(api.store, object_id)
-        count = _partition_count(api.store, object_id, partition)
-        if count + len(items) > MAX_ITEMS_PER_PARTITION:
-            return {"full": True}
-        ttl = body.get("partition_ttl")
-        expires = None if partition == "" else time.time() + float(ttl or DEFAULT_PARTITION_TTL_S)
-        db = api.store.db
-        seqs = _next_seqs(api.store, len(items))
-        if len(items) == 1:
-            db.execute(_INSERT, (object_id, partition, seqs[0], items[0]))
-        else:
-            db.executemany(
-                _INSERT,
-                [(object_id, partition, seq, item) for seq, item in zip(seqs, items, strict=True)],
+@rpc
+def QueuePut(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    object_id = objects.check(api.store, body["object_id"], "queue")
+    _ready(api.store)
+    partition = _partition(body)
+    items = [bytes(x) for x in body["items"]]
+    for item in items:
+        if len(item) > MAX_ITEM_BYTES:
+            raise PayloadTooLargeError(
+                f"a Queue item is {len(item)} bytes pickled; the limit is {MAX_ITEM_BYTES // 2**20} MiB"
             )
-        if partition or count == 0:  # named partitions refresh their TTL on every put
-            db.execute(_TOUCH, (object_id, partition, expires))
-        api.store._commit()
-        _counts[(object_id, partition)] = count + len(items)
-        _wake(object_id, partition)
-        return {"full": False}
+    _expire(api.store, object_id)
+    count = _partition_count(api.store, object_id, partition)
+    if count + len(items) > MAX_ITEMS_PER_PARTITION:
+        return {"full": True}
+    ttl = body.get("partition_ttl")
+    expires = None if partition == "" else time.time() + float(ttl or DEFAULT_PARTITION_TTL_S)
+    db = api.store.db
+    seqs = _next_seqs(api.store, len(items))
+    if len(items) == 1:
+        db.execute(_INSERT, (object_id, partition, seqs[0], items[0]))
+    else:
+        db.executemany(
+            _INSERT,
+            [(object_id, partition, seq, item) for seq, item in zip(seqs, items, strict=True)],
+        )
+    if partition or count == 0:  # named partitions refresh their TTL on every put
+        db.execute(_TOUCH, (object_id, partition, expires))
+    api.store._commit()
+    _counts[(object_id, partition)] = count + len(items)
+    _wake(object_id, partition)
+    return {"full": False}
 
-    @rpc
-    def QueueGet(api: Any, body: dict[str, Any]) -> dict[str, Any] | Awaitable[dict[str, Any]]:
-        """Up to ``n`` items; when there are none, a long poll of up to ``wait`` seconds."""
-        object_id = objects.check(api.store, body["object_id"], "queue")
-        _ready(api.store)
-        partition = _partition(body)
-        n = max(1, int(body.get("n", 1)))
-        wait = min(max(float(body.get("wait", 0.0)), 0.0), MAX_WAIT_S)
-        _expire(api.store, object_id)
-        items = _take(api.store, object_id, partition, n)
-        if items or wait <= 0:
-            return {"items": items}
-        return _wait_and_take(api.store, object_id, partition, n, time.monotonic() + wait)
 
-    @rpc
-    def QueueLen(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = objects.check(api.store, body["object_id"], "queue")
-        _ready(api.store)
-        _expire(api.store, object_id)
-        partition = None if body.get("total") else _partition(body)
-        return {"len": _count(api.store, object_id, partition)}
+@rpc
+def QueueGet(api: Api, body: dict[str, Any]) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+    """Up to ``n`` items; when there are none, a long poll of up to ``wait`` seconds."""
+    object_id = objects.check(api.store, body["object_id"], "queue")
+    _ready(api.store)
+    partition = _partition(body)
+    n = max(1, int(body.get("n", 1)))
+    wait = min(max(float(body.get("wait", 0.0)), 0.0), MAX_WAIT_S)
+    _expire(api.store, object_id)
+    items = _take(api.store, object_id, partition, n)
+    if items or wait <= 0:
+        return {"items": items}
+    return _wait_and_take(api.store, object_id, partition, n, time.monotonic() + wait)
 
-    @rpc
-    def QueueClear(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = objects.check(api.store, body["object_id"], "queue")
-        _ready(api.store)
-        _purge(api.store, object_id, None if body.get("all") else _partition(body))
-        api.store.conn.commit()
-        return {}
 
-    @rpc
-    def QueuePeek(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        """Items after ``after`` (a seq) without removing them, for ``iterate`` and the CLI."""
-        object_id = objects.check(api.store, body["object_id"], "queue")
-        _ready(api.store)
-        partition = _partition(body)
-        _expire(api.store, object_id)
-        rows = api.store.conn.execute(
-            select(queue_items.c.seq, queue_items.c.data)
-            .where(
-                queue_items.c.object_id == object_id,
-                queue_items.c.partition == partition,
-                queue_items.c.seq > int(body.get("after", 0)),
-            )
-            .order_by(queue_items.c.seq)
-            .limit(min(int(body.get("limit", 1000)), 1000))
-        ).all()
-        return {"items": [[r.seq, r.data] for r in rows]}
+@rpc
+def QueueLen(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    object_id = objects.check(api.store, body["object_id"], "queue")
+    _ready(api.store)
+    _expire(api.store, object_id)
+    partition = None if body.get("total") else _partition(body)
+    return {"len": _count(api.store, object_id, partition)}
+
+
+@rpc
+def QueueClear(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    object_id = objects.check(api.store, body["object_id"], "queue")
+    _ready(api.store)
+    _purge(api.store, object_id, None if body.get("all") else _partition(body))
+    api.store.conn.commit()
+    return {}
+
+
+@rpc
+def QueuePeek(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """Items after ``after`` (a seq) without removing them, for ``iterate`` and the CLI."""
+    object_id = objects.check(api.store, body["object_id"], "queue")
+    _ready(api.store)
+    partition = _partition(body)
+    _expire(api.store, object_id)
+    rows = api.store.conn.execute(
+        select(queue_items.c.seq, queue_items.c.data)
+        .where(
+            queue_items.c.object_id == object_id,
+            queue_items.c.partition == partition,
+            queue_items.c.seq > int(body.get("after", 0)),
+        )
+        .order_by(queue_items.c.seq)
+        .limit(min(int(body.get("limit", 1000)), 1000))
+    ).all()
+    return {"items": [[r.seq, r.data] for r in rows]}

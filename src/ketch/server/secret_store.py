@@ -30,9 +30,9 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 from sqlalchemy import Column, Float, LargeBinary, String, Table, delete, insert, select
@@ -42,7 +42,13 @@ from .._ids import new_id
 from .._secret import check_env
 from ..exception import AlreadyExistsError, NotFoundError, ServerError
 from . import objects as _objects
+from .rpc import rpc
 from .store import Store, metadata
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+
+    from .api import Api
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +72,9 @@ class Sealer:
 
     def __init__(self, home: Path) -> None:
         self.path = home / KEY_FILE
-        self._cipher: Any = None
+        self._cipher: AESSIV | None = None  # made on first use (cryptography is imported then)
 
-    def _load(self, create: bool) -> Any:
+    def _load(self, create: bool) -> AESSIV:
         from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
         if self._cipher is not None:
@@ -224,55 +230,52 @@ def container_env(store: Store, entries: Sequence[dict[str, Any]]) -> dict[str, 
 # -- RPCs -----------------------------------------------------------------------
 
 
-def register(rpc: Callable[[Any], Any]) -> None:
-    """Add the Secret RPCs to the API (called by ``api`` once it is defined)."""
-
-    @rpc
-    async def SecretCreate(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        """Create Secret ``name`` with ``env``; with ``force`` replace the values of an existing one."""
-        name = _objects.check_name("secret", body.get("name"))
-        env = check_env(body.get("env"), f"Secret {name!r}")
-        store: Store = api.store
-        row = _objects.find(store, "secret", name)
-        if row is not None and not body.get("force"):
-            raise AlreadyExistsError(
-                f"Secret {name!r} already exists (use --force to replace its values)"
+@rpc
+async def SecretCreate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """Create Secret ``name`` with ``env``; with ``force`` replace the values of an existing one."""
+    name = _objects.check_name("secret", body.get("name"))
+    env = check_env(body.get("env"), f"Secret {name!r}")
+    store: Store = api.store
+    row = _objects.find(store, "secret", name)
+    if row is not None and not body.get("force"):
+        raise AlreadyExistsError(
+            f"Secret {name!r} already exists (use --force to replace its values)"
+        )
+    object_id = new_id(_objects.KINDS["secret"]) if row is None else row["id"]
+    sealed = sealer_for(store).seal(
+        env, object_id
+    )  # before any write: a failure leaves nothing behind
+    if row is None:
+        store.conn.execute(
+            insert(_objects.objects).values(
+                id=object_id, kind="secret", name=name, ephemeral=False, created_at=time.time()
             )
-        object_id = new_id(_objects.KINDS["secret"]) if row is None else row["id"]
-        sealed = sealer_for(store).seal(
-            env, object_id
-        )  # before any write: a failure leaves nothing behind
-        if row is None:
-            store.conn.execute(
-                insert(_objects.objects).values(
-                    id=object_id, kind="secret", name=name, ephemeral=False, created_at=time.time()
-                )
-            )
-        put_values(store, object_id, sealed)  # one transaction with the object row
-        store.conn.commit()
-        return {"object_id": object_id, "created": row is None}
+        )
+    put_values(store, object_id, sealed)  # one transaction with the object row
+    store.conn.commit()
+    return {"object_id": object_id, "created": row is None}
 
-    @rpc
-    async def SecretLookup(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        """The id of Secret ``name``; ``required_keys`` it lacks are a NotFoundError."""
-        name = _objects.check_name("secret", body.get("name"))
-        row = _objects.find(api.store, "secret", name)
-        if row is None:
-            raise NotFoundError(
-                f"Secret {name!r} not found: create it with `ketch secret create {name} KEY=VALUE ...`"
-            )
-        required = [str(k) for k in body.get("required_keys") or []]
-        if required:
-            have = named_values(api.store, row["id"])
-            missing = [k for k in required if k not in have]
-            if missing:
-                raise NotFoundError(
-                    f"Secret {name!r} is missing required key(s): {', '.join(missing)}"
-                )
-        return {"object_id": row["id"]}
 
-    @rpc
-    async def SecretSeal(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        """Seal inline values for a function spec; only the control plane can open them."""
-        env = check_env(body.get("env"), "an inline Secret")
-        return {"sealed": sealer_for(api.store).seal(env, _INLINE)}
+@rpc
+async def SecretLookup(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """The id of Secret ``name``; ``required_keys`` it lacks are a NotFoundError."""
+    name = _objects.check_name("secret", body.get("name"))
+    row = _objects.find(api.store, "secret", name)
+    if row is None:
+        raise NotFoundError(
+            f"Secret {name!r} not found: create it with `ketch secret create {name} KEY=VALUE ...`"
+        )
+    required = [str(k) for k in body.get("required_keys") or []]
+    if required:
+        have = named_values(api.store, row["id"])
+        missing = [k for k in required if k not in have]
+        if missing:
+            raise NotFoundError(f"Secret {name!r} is missing required key(s): {', '.join(missing)}")
+    return {"object_id": row["id"]}
+
+
+@rpc
+async def SecretSeal(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """Seal inline values for a function spec; only the control plane can open them."""
+    env = check_env(body.get("env"), "an inline Secret")
+    return {"sealed": sealer_for(api.store).seal(env, _INLINE)}

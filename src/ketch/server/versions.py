@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Column, Float, Integer, LargeBinary, String, Table, func, select
 
 from .._ids import new_id
 from .._serialization import pack, unpack
 from ..exception import InvalidError, NotFoundError
+from .rpc import rpc
 from .store import Store, metadata
+
+if TYPE_CHECKING:
+    from .api import Api
+    from .auth import Caller
 
 app_versions = Table(
     "app_versions",
@@ -82,60 +86,65 @@ def history(store: Store, name: str) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
-def register(rpc: Callable[[Any], Any], create: Callable[..., Any]) -> None:
-    """``create(api, body, caller)`` is AppCreate's implementation (``rollback`` deploys through it)."""
-
-    @rpc
-    def AppHistory(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        name = str(body["name"])
-        rows = history(api.store, name)
-        if not rows:
-            raise NotFoundError(f"no deployed app {name!r} (deploy it with `ketch deploy`)")
-        app = api.store.find_app(name, deployed_only=True)
-        live = rows[-1]["version"] if app is not None and app["state"] == "running" else None
-        return {
-            "name": name,
-            "live": live,
-            "versions": [
-                {
-                    "version": r["version"],
-                    "created_at": r["created_at"],
-                    "source_hash": r["source_hash"],
-                    "n_functions": len(unpack(r["functions"])),
-                    "note": r["note"] or "",
-                }
-                for r in rows
-            ],
-        }
-
-    @rpc
-    async def AppRollback(api: Any, body: dict[str, Any], caller: Any) -> dict[str, Any]:
-        name = str(body["name"])
-        rows = history(api.store, name)
-        if not rows:
-            raise NotFoundError(f"no deployed app {name!r} (deploy it with `ketch deploy`)")
-        wanted = body.get("version")
-        if wanted is None:
-            if len(rows) < 2:
-                raise InvalidError(f"app {name!r} has only one version; nothing to roll back to")
-            target = rows[-2]
-        else:
-            found = [r for r in rows if r["version"] == int(wanted)]
-            if not found:
-                raise NotFoundError(
-                    f"app {name!r} has no version {wanted} (versions 1-{rows[-1]['version']})"
-                )
-            target = found[0]
-        reply = await create(
-            api,
+@rpc
+def AppHistory(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    name = str(body["name"])
+    rows = history(api.store, name)
+    if not rows:
+        raise NotFoundError(f"no deployed app {name!r} (deploy it with `ketch deploy`)")
+    app = api.store.find_app(name, deployed_only=True)
+    live = rows[-1]["version"] if app is not None and app["state"] == "running" else None
+    return {
+        "name": name,
+        "live": live,
+        "versions": [
             {
-                "app_id": new_id("ap"),  # AppCreate keeps the running app's id, if one runs
-                "name": name,
-                "deployed": True,
-                "functions": unpack(target["functions"]),
-                "source_hash": target["source_hash"],
-                "note": f"rollback to v{target['version']}",
-            },
-            caller,  # its host paths are checked again, for this caller
+                "version": r["version"],
+                "created_at": r["created_at"],
+                "source_hash": r["source_hash"],
+                "n_functions": len(unpack(r["functions"])),
+                "note": r["note"] or "",
+            }
+            for r in rows
+        ],
+    }
+
+
+def _rollback_target(name: str, rows: list[dict[str, Any]], wanted: Any) -> dict[str, Any]:
+    """The version to roll back to: ``wanted``, or the one before the latest."""
+    if wanted is None:
+        if len(rows) < 2:
+            raise InvalidError(f"app {name!r} has only one version; nothing to roll back to")
+        return rows[-2]
+    found = [r for r in rows if r["version"] == int(wanted)]
+    if not found:
+        raise NotFoundError(
+            f"app {name!r} has no version {wanted} (versions 1-{rows[-1]['version']})"
         )
-        return {**reply, "rolled_back_to": target["version"]}
+    return found[0]
+
+
+@rpc
+async def AppRollback(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    """Deploy an earlier version again, as a new version (through AppCreate, like a deploy)."""
+    # api imports this module at its end, so AppCreate is there by the time a call comes.
+    from .api import AppCreate
+
+    name = str(body["name"])
+    rows = history(api.store, name)
+    if not rows:
+        raise NotFoundError(f"no deployed app {name!r} (deploy it with `ketch deploy`)")
+    target = _rollback_target(name, rows, body.get("version"))
+    reply = await AppCreate(
+        api,
+        {
+            "app_id": new_id("ap"),  # AppCreate keeps the running app's id, if one runs
+            "name": name,
+            "deployed": True,
+            "functions": unpack(target["functions"]),
+            "source_hash": target["source_hash"],
+            "note": f"rollback to v{target['version']}",
+        },
+        caller,  # its host paths are checked again, for this caller
+    )
+    return {**reply, "rolled_back_to": target["version"]}

@@ -30,7 +30,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from sqlalchemy import Column, Float, Index, Integer, String, Table
@@ -43,7 +43,11 @@ from ..worker import volumes as wc
 from ..worker.userns import UserNamespace
 from . import objects
 from .blobs import CHUNK, BlobStore, receive_blob
+from .rpc import rpc
 from .store import Store, metadata
+
+if TYPE_CHECKING:
+    from .api import Api
 
 logger = logging.getLogger(__name__)
 
@@ -610,127 +614,137 @@ def _entry_wire(e: wc.Entry) -> dict[str, Any]:
     return {k: e[k] for k in ("path", "type", "size", "mode", "mtime", "target")}
 
 
-def register(rpc: Any) -> None:
-    def service(api: Any) -> VolumeService:
-        svc = api.d.volumes
-        if svc is None:
-            raise InvalidError("this control plane has no Volume service")
-        return svc  # type: ignore[no-any-return]
+def _service(api: Api) -> VolumeService:
+    """The dispatcher's Volumes, as the full service (it sees only what containers need)."""
+    svc = api.d.volumes
+    if not isinstance(svc, VolumeService):
+        raise InvalidError("this control plane has no Volume service")
+    return svc
 
-    def check(api: Any, body: dict[str, Any]) -> str:
-        return objects.check(api.store, str(body["object_id"]), "volume")
 
-    def container(api: Any, body: dict[str, Any]) -> str:
-        cid = str(body.get("container_id") or "")
-        if not cid or not api.d.container_token_ok(cid, str(body.get("token") or "")):
-            raise InvalidError(
-                "commit() and reload() work only inside a container that mounts the Volume"
-            )
-        return cid
+def _volume_id(api: Api, body: dict[str, Any]) -> str:
+    return objects.check(api.store, str(body["object_id"]), "volume")
 
-    @rpc
-    async def VolumeInfo(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        """Where this node keeps Volume blobs, for clients on the same machine that can use them."""
-        return {"blob_dir": str(service(api).blobs.root), "boot_id": boot_id()}
 
-    @rpc
-    async def VolumeList(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = check(api, body)
-        path = norm(body.get("path", "/"))
-        recursive = bool(body.get("recursive"))
-        if path:
-            entry = entry_at(api.store, object_id, path)
-            if entry is None:
-                raise NotFoundError(f"no file or directory {path!r} in the Volume")
-            if entry["type"] != "d":
-                return {"entries": [_entry_wire(entry)]}
-        rows = _under(api.store, object_id, path)
-        depth = path.count("/") + (1 if path else 0)
-        if not recursive:
-            rows = [r for r in rows if r["path"].count("/") == depth]
-        return {"entries": [_entry_wire(r) for r in rows], "version": version(api.store, object_id)}
+def _container_id(api: Api, body: dict[str, Any]) -> str:
+    cid = str(body.get("container_id") or "")
+    if not cid or not api.d.container_token_ok(cid, str(body.get("token") or "")):
+        raise InvalidError(
+            "commit() and reload() work only inside a container that mounts the Volume"
+        )
+    return cid
 
-    @rpc
-    async def VolumeGetFile(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = check(api, body)
-        path = norm(body.get("path"), allow_root=False)
+
+@rpc
+async def VolumeInfo(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """Where this node keeps Volume blobs, for clients on the same machine that can use them."""
+    return {"blob_dir": str(_service(api).blobs.root), "boot_id": boot_id()}
+
+
+@rpc
+async def VolumeList(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    object_id = _volume_id(api, body)
+    path = norm(body.get("path", "/"))
+    recursive = bool(body.get("recursive"))
+    if path:
         entry = entry_at(api.store, object_id, path)
         if entry is None:
-            raise NotFoundError(f"no file {path!r} in the Volume")
-        if entry["type"] != "f":
-            raise InvalidError(
-                f"{path!r} is a {'directory' if entry['type'] == 'd' else 'symlink'}, not a file"
-            )
-        return {
-            "blob_id": entry["blob"],
-            "size": entry["size"],
-            "mode": entry["mode"],
-            "mtime": entry["mtime"],
+            raise NotFoundError(f"no file or directory {path!r} in the Volume")
+        if entry["type"] != "d":
+            return {"entries": [_entry_wire(entry)]}
+    rows = _under(api.store, object_id, path)
+    depth = path.count("/") + (1 if path else 0)
+    if not recursive:
+        rows = [r for r in rows if r["path"].count("/") == depth]
+    return {"entries": [_entry_wire(r) for r in rows], "version": version(api.store, object_id)}
+
+
+@rpc
+async def VolumeGetFile(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    object_id = _volume_id(api, body)
+    path = norm(body.get("path"), allow_root=False)
+    entry = entry_at(api.store, object_id, path)
+    if entry is None:
+        raise NotFoundError(f"no file {path!r} in the Volume")
+    if entry["type"] != "f":
+        raise InvalidError(
+            f"{path!r} is a {'directory' if entry['type'] == 'd' else 'symlink'}, not a file"
+        )
+    return {
+        "blob_id": entry["blob"],
+        "size": entry["size"],
+        "mode": entry["mode"],
+        "mtime": entry["mtime"],
+    }
+
+
+@rpc
+async def VolumePutFiles(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """Add uploaded files (``{"path", "blob_id", "size", "mode", "mtime"}``) in one commit."""
+    object_id = _volume_id(api, body)
+    svc = _service(api)
+    changes: dict[str, wc.Entry | None] = {}
+    for f in body["files"]:
+        path = norm(f["path"], allow_root=False)
+        if not body.get("force"):
+            old = entry_at(api.store, object_id, path)
+            if old is not None:
+                raise AlreadyExistsError(
+                    f"{path!r} already exists in the Volume (use force=True, or `ketch volume put --force`)"
+                )
+        mode = int(f.get("mode") or 0o644) & 0o7777
+        changes[path] = {
+            "path": path,
+            "type": "f",
+            "blob": str(f["blob_id"]),
+            "target": None,
+            "size": int(f["size"]),
+            "mode": mode,
+            "mtime": float(f.get("mtime") or time.time()),
         }
-
-    @rpc
-    async def VolumePutFiles(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        """Add uploaded files (``{"path", "blob_id", "size", "mode", "mtime"}``) in one commit."""
-        object_id = check(api, body)
-        svc = service(api)
-        changes: dict[str, wc.Entry | None] = {}
-        for f in body["files"]:
-            path = norm(f["path"], allow_root=False)
-            if not body.get("force"):
-                old = entry_at(api.store, object_id, path)
-                if old is not None:
-                    raise AlreadyExistsError(
-                        f"{path!r} already exists in the Volume (use force=True, or `ketch volume put --force`)"
-                    )
-            mode = int(f.get("mode") or 0o644) & 0o7777
-            changes[path] = {
+    for path in body.get("dirs", []):
+        path = norm(path, allow_root=False)
+        changes.setdefault(
+            path,
+            {
                 "path": path,
-                "type": "f",
-                "blob": str(f["blob_id"]),
+                "type": "d",
+                "blob": None,
                 "target": None,
-                "size": int(f["size"]),
-                "mode": mode,
-                "mtime": float(f.get("mtime") or time.time()),
-            }
-        for path in body.get("dirs", []):
-            path = norm(path, allow_root=False)
-            changes.setdefault(
-                path,
-                {
-                    "path": path,
-                    "type": "d",
-                    "blob": None,
-                    "target": None,
-                    "size": 0,
-                    "mode": 0o755,
-                    "mtime": time.time(),
-                },
-            )
-        at, missing = svc.apply(object_id, changes)
-        missing_blobs = sorted({str(changes[p]["blob"]) for p in missing if changes[p]})  # type: ignore[index]
-        return {"version": at, "missing": missing_blobs}
+                "size": 0,
+                "mode": 0o755,
+                "mtime": time.time(),
+            },
+        )
+    at, missing = svc.apply(object_id, changes)
+    missing_blobs = sorted({str(changes[p]["blob"]) for p in missing if changes[p]})  # type: ignore[index]
+    return {"version": at, "missing": missing_blobs}
 
-    @rpc
-    async def VolumeRemove(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = check(api, body)
-        path = norm(body.get("path"))
-        return {"version": service(api).remove(object_id, path, bool(body.get("recursive")))}
 
-    @rpc
-    async def VolumeCopy(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = check(api, body)
-        sources = [norm(p) for p in body["src_paths"]]
-        if not sources:
-            raise InvalidError("copy_files needs at least one source path")
-        dest = norm(body["dst_path"])
-        return {"version": service(api).copy(object_id, sources, dest, bool(body.get("recursive")))}
+@rpc
+async def VolumeRemove(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    object_id = _volume_id(api, body)
+    path = norm(body.get("path"))
+    return {"version": _service(api).remove(object_id, path, bool(body.get("recursive")))}
 
-    @rpc
-    async def VolumeCommit(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = check(api, body)
-        return {"version": await service(api).commit(container(api, body), object_id)}
 
-    @rpc
-    async def VolumeReload(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        object_id = check(api, body)
-        return {"version": await service(api).reload(container(api, body), object_id)}
+@rpc
+async def VolumeCopy(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    object_id = _volume_id(api, body)
+    sources = [norm(p) for p in body["src_paths"]]
+    if not sources:
+        raise InvalidError("copy_files needs at least one source path")
+    dest = norm(body["dst_path"])
+    return {"version": _service(api).copy(object_id, sources, dest, bool(body.get("recursive")))}
+
+
+@rpc
+async def VolumeCommit(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    object_id = _volume_id(api, body)
+    return {"version": await _service(api).commit(_container_id(api, body), object_id)}
+
+
+@rpc
+async def VolumeReload(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    object_id = _volume_id(api, body)
+    return {"version": await _service(api).reload(_container_id(api, body), object_id)}

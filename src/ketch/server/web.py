@@ -28,7 +28,7 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 from sqlalchemy import Column, Float, Integer, LargeBinary, String, Table, delete, select
@@ -40,7 +40,11 @@ from .._serialization import deserialize_exception, pack, unpack
 from .._spec import FunctionSpec
 from .._web import check_label, default_label, endpoint_name
 from ..exception import AlreadyExistsError, Error, NotFoundError
+from .rpc import rpc
 from .store import Store, metadata
+
+if TYPE_CHECKING:
+    from .api import Api
 
 logger = logging.getLogger(__name__)
 
@@ -502,23 +506,24 @@ def _scope(request: web.Request, port: int) -> dict[str, Any]:
     }
 
 
-def register(rpc: Any) -> None:
-    @rpc
-    def ProxyTokenCreate(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        token_id, secret = create_token(api.store)
-        return {"token_id": token_id, "token_secret": secret}
+@rpc
+def ProxyTokenCreate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    token_id, secret = create_token(api.store)
+    return {"token_id": token_id, "token_secret": secret}
 
-    @rpc
-    def ProxyTokenList(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        rows = api.store.conn.execute(select(proxy_tokens.c.id, proxy_tokens.c.created_at)).all()
-        return {"tokens": [{"token_id": r.id, "created_at": r.created_at} for r in rows]}
 
-    @rpc
-    def ProxyTokenDelete(api: Any, body: dict[str, Any]) -> dict[str, Any]:
-        gone = api.store.conn.execute(
-            delete(proxy_tokens).where(proxy_tokens.c.id == str(body["token_id"]))
-        )
-        api.store.conn.commit()
-        if not gone.rowcount:
-            raise NotFoundError(f"no proxy token {body['token_id']!r}")
-        return {}
+@rpc
+def ProxyTokenList(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    rows = api.store.conn.execute(select(proxy_tokens.c.id, proxy_tokens.c.created_at)).all()
+    return {"tokens": [{"token_id": r.id, "created_at": r.created_at} for r in rows]}
+
+
+@rpc
+def ProxyTokenDelete(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    gone = api.store.conn.execute(
+        delete(proxy_tokens).where(proxy_tokens.c.id == str(body["token_id"]))
+    )
+    api.store.conn.commit()
+    if not gone.rowcount:
+        raise NotFoundError(f"no proxy token {body['token_id']!r}")
+    return {}
