@@ -265,4 +265,4 @@ def check_secrets(secrets: Any) -> list[_Secret]:
     return list(secrets)
 
 
-Secret = public(_Secret, "Secret")
+Secret: Any = public(_Secret, "Secret")

@@ -18,10 +18,15 @@ import inspect
 import os
 import queue
 import threading
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .exception import InvalidError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Coroutine, Generator
+    from typing import Concatenate, Generic, ParamSpec, Protocol
 
 T = TypeVar("T")
 
@@ -422,8 +427,12 @@ _PASSTHROUGH_DUNDERS = (
 )
 
 
-def synchronize_api(impl_cls: type, name: str | None = None) -> type:
-    """Generate the public blocking class for the async class ``impl_cls``."""
+def synchronize_api(impl_cls: type, name: str | None = None, *, generic: bool = False) -> type:
+    """Generate the public blocking class for the async class ``impl_cls``.
+
+    ``generic``: the stub type checkers see is generic (``Function[P, R]``), so
+    the class takes subscripts at run time too, as annotations evaluated then do.
+    """
     public_name = name or impl_cls.__name__.lstrip("_")
     namespace: dict[str, Any] = {
         "__doc__": impl_cls.__doc__,
@@ -431,6 +440,8 @@ def synchronize_api(impl_cls: type, name: str | None = None) -> type:
         "__slots__": ("_ketch_impl", "__weakref__", "__dict__"),
         "_ketch_impl_cls": impl_cls,
     }
+    if generic:
+        namespace["__class_getitem__"] = classmethod(types.GenericAlias)
     for klass in reversed(impl_cls.__mro__[:-1]):
         for attr_name, attr in vars(klass).items():
             if attr_name.startswith("_") and attr_name not in _PASSTHROUGH_DUNDERS:
@@ -491,3 +502,51 @@ def _dunder(raw: Callable[..., Any]) -> Callable[..., Any]:
         return _wrap(raw(self._ketch_impl, *a, **k))
 
     return plain
+
+
+# -- what type checkers see ----------------------------------------------------
+# ``synchronize_api`` returns a class built at run time, which type checkers
+# cannot follow, so each public class is also written out once, as a stub
+# under ``TYPE_CHECKING`` beside its implementation (``Function`` in
+# functions.py, ``App`` in app.py). The helpers below let such a stub state a
+# method's blocking signature once and get its ``.aio`` twin from it. None of
+# this exists at run time, so calls cost nothing more.
+if TYPE_CHECKING:
+    P = ParamSpec("P")
+    R = TypeVar("R")
+    R_co = TypeVar("R_co", covariant=True)
+    S = TypeVar("S")
+
+    class AioMethod(Protocol[P, R_co]):
+        """A blocking method; ``.aio`` makes the same call from async code."""
+
+        def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+        def aio(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R_co]: ...
+
+    class AioIterator(Protocol[P, R_co]):
+        """A method that streams results; ``.aio`` streams them to async code."""
+
+        def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Generator[R_co, None, None]: ...
+        def aio(self, *args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[R_co, None]: ...
+
+    class _AioMethodDescriptor(Generic[S, P, R]):
+        def __get__(self, obj: S, owner: Any, /) -> AioMethod[P, R]: ...
+
+    class _AioIteratorDescriptor(Generic[S, P, R]):
+        def __get__(self, obj: S, owner: Any, /) -> AioIterator[P, R]: ...
+
+    def aio_method(fn: Callable[Concatenate[S, P], R], /) -> _AioMethodDescriptor[S, P, R]:
+        """Stub decorator: the blocking method ``fn`` gains its ``.aio`` twin."""
+
+    def aio_iterator(
+        fn: Callable[Concatenate[S, P], Iterator[R]], /
+    ) -> _AioIteratorDescriptor[S, P, R]:
+        """Stub decorator: the generator method ``fn`` gains its async-generator ``.aio``."""
+
+    class BlockingContextManager(Protocol[R_co]):
+        """What an ``@context_manager`` method returns: use it with ``with`` or ``async with``."""
+
+        def __enter__(self) -> R_co: ...
+        def __exit__(self, *exc: object) -> bool | None: ...
+        async def __aenter__(self) -> R_co: ...
+        async def __aexit__(self, *exc: object) -> bool | None: ...

@@ -27,7 +27,7 @@ import posixpath
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _sync
 from ._client import _Client
@@ -41,6 +41,14 @@ from .exception import InvalidError, from_wire
 from .functions import _Function
 from .image import Image, default_image
 from .schedule import check_schedule
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+    from typing import ParamSpec, Protocol, dataclass_transform, overload
+
+    from .cls import Cls
+    from .functions import Function
+    from .partial import parameter
 
 logger = logging.getLogger(__name__)
 
@@ -617,10 +625,108 @@ def _pickle_by_value(obj: Any) -> bytes:
         cloudpickle.register_pickle_by_value(module)
         registered = True
     try:
-        return cloudpickle.dumps(obj)
+        data: bytes = cloudpickle.dumps(obj)
+        return data
     finally:
         if registered and module is not None:
             cloudpickle.unregister_pickle_by_value(module)
 
 
-App = _sync.synchronize_api(_App)
+if TYPE_CHECKING:
+    P = ParamSpec("P")
+    R = TypeVar("R")
+    C = TypeVar("C", bound=type)
+
+    class _FunctionDecorator(Protocol):
+        """What ``app.function(...)`` returns: it makes the user's function a ``Function``."""
+
+        @overload
+        def __call__(
+            self, raw_f: Callable[P, Coroutine[Any, Any, R]], /
+        ) -> Function[P, R, Coroutine[Any, Any, R]]: ...
+        @overload
+        def __call__(self, raw_f: Callable[P, R], /) -> Function[P, R]: ...
+
+    class App:
+        """A group of functions and classes that run and deploy together.
+
+        Example: ``app = ketch.App("demo")``, then ``@app.function()`` on a function.
+        """
+
+        _ketch_impl: _App
+
+        def __init__(
+            self,
+            name: str | None = None,
+            *,
+            image: Image | None = None,
+            description: str | None = None,
+        ) -> None: ...
+        @property
+        def name(self) -> str | None: ...
+        @property
+        def app_id(self) -> str | None: ...
+        @property
+        def registered_functions(self) -> dict[str, Function[..., Any]]: ...
+        @property
+        def registered_classes(self) -> dict[str, Cls]: ...
+        @property
+        def registered_entrypoints(self) -> dict[str, Callable[..., Any]]: ...
+
+        # The options of function() and cls() are _App's (tests/unit/test_user_typing.py
+        # keeps the lists equal), less **unknown: a misspelt option is a type error.
+        def function(
+            self,
+            *,
+            image: Image | None = None,
+            gpu: Any = None,
+            cpu: Any = None,
+            memory: Any = None,
+            ephemeral_disk: Any = None,
+            timeout: Any = 300,
+            retries: Any = None,
+            min_containers: Any = 0,
+            max_containers: Any = None,
+            buffer_containers: Any = 0,
+            scaledown_window: Any = 60,
+            env: dict[str, str] | None = None,
+            secrets: Any = None,
+            volumes: Any = None,
+            block_network: bool = False,
+            serialized: bool = False,
+            name: str | None = None,
+            schedule: Any = None,
+        ) -> _FunctionDecorator: ...
+
+        # The class stays the user's class, whose ``ketch.method()`` methods read as
+        # ``Function``s, and its ``ketch.parameter()`` fields as keyword arguments.
+        @dataclass_transform(kw_only_default=True, field_specifiers=(parameter,))
+        def cls(
+            self,
+            *,
+            image: Image | None = None,
+            gpu: Any = None,
+            cpu: Any = None,
+            memory: Any = None,
+            ephemeral_disk: Any = None,
+            timeout: Any = 300,
+            retries: Any = None,
+            min_containers: Any = 0,
+            max_containers: Any = None,
+            buffer_containers: Any = 0,
+            scaledown_window: Any = 60,
+            env: dict[str, str] | None = None,
+            secrets: Any = None,
+            volumes: Any = None,
+            block_network: bool = False,
+            serialized: bool = False,
+            name: str | None = None,
+        ) -> Callable[[C], C]: ...
+        def local_entrypoint(self, *, name: str | None = None) -> Callable[[F], F]: ...
+        def include(self, other: App) -> App: ...
+        def run(self, *, show_logs: bool = True) -> _sync.BlockingContextManager[App]: ...
+        @_sync.aio_method
+        def deploy(self, /, *, name: str | None = None) -> App: ...
+
+else:
+    App = _sync.synchronize_api(_App)

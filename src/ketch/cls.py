@@ -31,6 +31,7 @@ from .partial import check_param_value, class_parameters, marked
 
 if TYPE_CHECKING:
     from .app import _App
+    from .functions import Function
 
 
 class _Cls:
@@ -152,9 +153,34 @@ def class_spec_methods(user_cls: type) -> dict[str, dict[str, Any]]:
 
 def new_class_function(app: _App, spec: FunctionSpec, user_cls: type) -> _Cls:
     fn = _Function(app, spec, None)
-    fn._local_owner = user_cls  # type: ignore[attr-defined]
+    fn._local_owner = user_cls
     return _Cls(app, fn, user_cls)
 
 
-Cls = _sync.synchronize_api(_Cls)
-Obj = _sync.synchronize_api(_Obj)
+if TYPE_CHECKING:
+    # What ``@app.cls()`` returns is typed as the user's class (see ``App.cls``);
+    # these are the handles ``Cls.from_name`` gives, whose methods are found by name.
+    class Cls:
+        """A class of a deployed app: call it with parameters to get an object.
+
+        Example: ``ketch.Cls.from_name("my-app", "Model")(size=3).predict.remote(1)``
+        """
+
+        _ketch_impl: _Cls
+
+        @classmethod
+        def from_name(cls, app_name: str, name: str) -> Cls: ...
+        @_sync.aio_method
+        def hydrate(self, /) -> Cls: ...
+        def __call__(self, **params: str | int | bool | bytes | float) -> Obj: ...
+
+    class Obj:
+        """One parameterization of a class; its methods are functions."""
+
+        _ketch_impl: _Obj
+
+        def __getattr__(self, name: str) -> Function[..., Any]: ...
+
+else:
+    Cls = _sync.synchronize_api(_Cls)
+    Obj = _sync.synchronize_api(_Obj)

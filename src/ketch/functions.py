@@ -36,6 +36,11 @@ from ._web import endpoint_name
 from .exception import CallCancelledError, CallTimeoutError, ExecutionError, InvalidError
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Coroutine, Generator, Iterator
+    from typing import ClassVar, Generic, Literal, ParamSpec, Protocol, overload
+
+    from typing_extensions import TypeVar  # a default (PEP 696) needs 3.13's typing
+
     from .app import _App
 
 MAP_BATCH = 1000
@@ -540,5 +545,156 @@ def _signature_of(fn: Callable[..., Any] | None, bound_method: bool) -> inspect.
         return None
 
 
-Function = _sync.synchronize_api(_Function)
-FunctionCall = _sync.synchronize_api(_FunctionCall)
+if TYPE_CHECKING:
+    P = ParamSpec("P")
+    R = TypeVar("R")
+    R_co = TypeVar("R_co", covariant=True)
+    L = TypeVar("L", default=R)  # what .local() returns: R, or for an async def a coroutine of R
+
+    _Inputs = Iterable[Any] | AsyncIterable[Any]
+
+    class Function(Generic[P, R, L]):
+        """A function that runs in ketch containers: ``f.remote(...)``, ``f.map(...)``, ...
+
+        ``P`` and ``R`` are the user function's parameters and result (of an
+        ``async def``, the awaited result): ``f.remote(1)`` is checked against
+        ``P`` and typed ``R``. Methods with ``.aio`` take the same arguments there.
+        """
+
+        _ketch_impl: _Function
+
+        @property
+        def object_id(self) -> str | None: ...
+        @property
+        def tag(self) -> str: ...
+        def get_raw_f(self) -> Callable[..., Any] | None: ...
+        @classmethod
+        def from_name(cls, app_name: str, name: str) -> Function[..., Any]: ...
+
+        # ``self, /``: the stub decorators take ``self`` as their first positional argument
+        @_sync.aio_method
+        def hydrate(self, /) -> Function[P, R, L]: ...
+        @_sync.aio_method
+        def get_web_url(self, /) -> str | None: ...
+        @_sync.aio_method
+        def remote(self, /, *args: P.args, **kwargs: P.kwargs) -> R: ...
+        @_sync.aio_iterator
+        def remote_gen(self, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[Any]: ...
+        @_sync.aio_method
+        def spawn(self, /, *args: P.args, **kwargs: P.kwargs) -> FunctionCall[R]: ...
+        def local(self, *args: P.args, **kwargs: P.kwargs) -> L: ...
+        def __call__(self, *args: P.args, **kwargs: P.kwargs) -> L: ...
+        @property
+        def map(self) -> _Map[R]: ...
+        @property
+        def starmap(self) -> _Starmap[R]: ...
+        @_sync.aio_method
+        def for_each(
+            self,
+            /,
+            *input_iterators: _Inputs,
+            kwargs: dict[str, Any] | None = None,
+            ignore_exceptions: bool = False,
+        ) -> None: ...
+        @_sync.aio_method
+        def spawn_map(
+            self, /, *input_iterators: _Inputs, kwargs: dict[str, Any] | None = None
+        ) -> FunctionCall[list[R]]: ...
+
+    class _Map(Protocol[R_co]):
+        """``f.map``: with ``return_exceptions=True`` a failed input yields its exception."""
+
+        @overload
+        def __call__(
+            self,
+            *input_iterators: _Inputs,
+            kwargs: dict[str, Any] | None = None,
+            order_outputs: bool = True,
+            return_exceptions: Literal[False] = False,
+        ) -> Generator[R_co, None, None]: ...
+        @overload
+        def __call__(
+            self,
+            *input_iterators: _Inputs,
+            kwargs: dict[str, Any] | None = None,
+            order_outputs: bool = True,
+            return_exceptions: bool,
+        ) -> Generator[R_co | BaseException, None, None]: ...
+        @overload
+        def aio(
+            self,
+            *input_iterators: _Inputs,
+            kwargs: dict[str, Any] | None = None,
+            order_outputs: bool = True,
+            return_exceptions: Literal[False] = False,
+        ) -> AsyncGenerator[R_co, None]: ...
+        @overload
+        def aio(
+            self,
+            *input_iterators: _Inputs,
+            kwargs: dict[str, Any] | None = None,
+            order_outputs: bool = True,
+            return_exceptions: bool,
+        ) -> AsyncGenerator[R_co | BaseException, None]: ...
+
+    class _Starmap(Protocol[R_co]):
+        """``f.starmap``: each input is a tuple of positional arguments."""
+
+        @overload
+        def __call__(
+            self,
+            input_iterator: _Inputs,
+            kwargs: dict[str, Any] | None = None,
+            order_outputs: bool = True,
+            return_exceptions: Literal[False] = False,
+        ) -> Generator[R_co, None, None]: ...
+        @overload
+        def __call__(
+            self,
+            input_iterator: _Inputs,
+            kwargs: dict[str, Any] | None = None,
+            order_outputs: bool = True,
+            *,
+            return_exceptions: bool,
+        ) -> Generator[R_co | BaseException, None, None]: ...
+        @overload
+        def aio(
+            self,
+            input_iterator: _Inputs,
+            kwargs: dict[str, Any] | None = None,
+            order_outputs: bool = True,
+            return_exceptions: Literal[False] = False,
+        ) -> AsyncGenerator[R_co, None]: ...
+        @overload
+        def aio(
+            self,
+            input_iterator: _Inputs,
+            kwargs: dict[str, Any] | None = None,
+            order_outputs: bool = True,
+            *,
+            return_exceptions: bool,
+        ) -> AsyncGenerator[R_co | BaseException, None]: ...
+
+    class FunctionCall(Generic[R]):
+        """A handle to a running or finished call; ``.get()`` returns its ``R``."""
+
+        _ketch_impl: _FunctionCall
+
+        @property
+        def object_id(self) -> str: ...
+        @classmethod
+        def from_id(cls, function_call_id: str) -> FunctionCall[Any]: ...
+        @_sync.aio_method
+        def get(self, /, timeout: float | None = None) -> R: ...
+        @_sync.aio_method
+        def cancel(self, /, terminate_containers: bool = False) -> None: ...
+
+        gather: ClassVar[_Gather]
+
+    class _Gather(Protocol):
+        def __call__(self, *function_calls: FunctionCall[Any]) -> list[Any]: ...
+        def aio(self, *function_calls: FunctionCall[Any]) -> Coroutine[Any, Any, list[Any]]: ...
+
+else:
+    Function = _sync.synchronize_api(_Function, generic=True)
+    FunctionCall = _sync.synchronize_api(_FunctionCall, generic=True)

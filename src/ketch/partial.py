@@ -2,7 +2,8 @@
 ``concurrent``, ``batched`` and ``parameter``.
 
 They mark the object they decorate and return it unchanged, so the user's
-signature stays visible to type checkers.
+signature stays visible to type checkers (``method`` shows it as a
+``Function``, as objects of the class do; ``batched`` hides it, see there).
 
 Example::
 
@@ -20,9 +21,38 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .exception import InvalidError
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+    from typing import Concatenate, ParamSpec, Protocol, Self, overload
+
+    from .functions import Function
+
+    P = ParamSpec("P")
+    R = TypeVar("R")
+    L = TypeVar("L")
+
+    class _Method(Protocol[P, R, L]):
+        """A ``ketch.method()`` method: read from an object of an ``@app.cls`` class,
+        it is a ``Function`` (``Model().predict.remote(x)``); called, it runs here."""
+
+        def __call__(self, obj: Any, /, *args: P.args, **kwargs: P.kwargs) -> L: ...
+        @overload
+        def __get__(self, obj: None, owner: Any, /) -> Self: ...
+        @overload
+        def __get__(self, obj: object, owner: Any, /) -> Function[P, R, L]: ...
+
+    class _MethodDecorator(Protocol):
+        @overload
+        def __call__(
+            self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /
+        ) -> _Method[P, R, Coroutine[Any, Any, R]]: ...
+        @overload
+        def __call__(self, fn: Callable[Concatenate[Any, P], R], /) -> _Method[P, R, R]: ...
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 _PARAM_TYPES = (str, int, bool, bytes, float)
@@ -37,7 +67,7 @@ def _check_callable(obj: Any, decorator: str) -> None:
         raise InvalidError(f"@ketch.{decorator}() decorates a function or method, not {obj!r}")
 
 
-def method(*, is_generator: bool | None = None) -> Callable[[F], F]:
+def method(*, is_generator: bool | None = None) -> _MethodDecorator:
     """Expose a method of an ``@app.cls`` class for remote calls."""
 
     def wrap(fn: F) -> F:
@@ -45,7 +75,7 @@ def method(*, is_generator: bool | None = None) -> Callable[[F], F]:
         fn.__ketch_method__ = {"is_generator": is_generator}  # type: ignore[attr-defined]
         return fn
 
-    return wrap
+    return cast("_MethodDecorator", wrap)  # the method itself, typed as what objects show
 
 
 def enter(*, snap: bool = False) -> Callable[[F], F]:
@@ -94,11 +124,14 @@ def concurrent(*, max_inputs: int, target_inputs: int | None = None) -> Callable
     return wrap
 
 
-def batched(*, max_batch_size: int, wait_ms: int) -> Callable[[F], F]:
+def batched(
+    *, max_batch_size: int, wait_ms: int
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Collect single calls into lists of up to ``max_batch_size``, waiting at most ``wait_ms``.
 
     The function takes a list per parameter and returns a list of results of
-    the same length; callers pass single items and get single results.
+    the same length; callers pass single items and get single results. (Type
+    checkers cannot take the lists apart, so the signature reads as ``...``.)
     """
     if not isinstance(max_batch_size, int) or not 1 <= max_batch_size <= 1000:
         raise InvalidError(
