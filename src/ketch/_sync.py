@@ -66,6 +66,9 @@ class _LoopThread:
 
     def reset_after_fork(self) -> None:
         _thread_state.__dict__.pop("loop", None)
+        closer = _thread_state.__dict__.pop("closer", None)
+        if closer is not None:
+            closer.loop = None  # the parent's loop: not this process's to close
         self._loop = None
         self._thread = None
         self._lock = threading.Lock()
@@ -90,7 +93,32 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
         loop.set_task_factory(_counted_task)
         loop.ketch_tasks = 0  # type: ignore[attr-defined]
         _thread_state.loop = loop
+        _thread_state.closer = _LoopCloser(loop)
     return loop
+
+
+class _LoopCloser:
+    """Closes a thread's own loop when the thread ends.
+
+    A thread's locals are dropped when it ends, and this object with them: its
+    loop then shuts down its async generators (which closes the loop's client,
+    ``_client._close_with_loop``) and closes, so a program that makes ketch calls
+    from many short-lived threads keeps no loop, selector or socket per thread.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = loop
+
+    def __del__(self) -> None:
+        loop = self.loop
+        if loop is None or loop.is_closed() or loop.is_running():
+            return
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        except Exception:  # another loop runs in this thread, or the interpreter is exiting
+            pass
+        finally:
+            loop.close()
 
 
 def _counted_task(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:

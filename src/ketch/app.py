@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
-_UNSUPPORTED_YET = ("image", "volumes", "schedule", "cloud", "region", "network_file_systems")
 
 
 def _source_location(obj: Any) -> tuple[str, str | None, str | None]:

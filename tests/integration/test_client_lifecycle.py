@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 
 import pytest
@@ -37,6 +38,27 @@ def test_a_client_closes_with_its_event_loop(control_plane):
         time.sleep(0.1)
     assert _fds() <= before + 4, f"file descriptors went from {before} to {_fds()}"
     assert set(_client._CLIENTS) <= clients
+
+
+def test_a_thread_that_made_blocking_calls_leaves_nothing_behind(control_plane):
+    """Regression: each thread's own event loop (and its client) outlived the thread."""
+    d = ketch.Dict.from_name("lifecycle-dict", create_if_missing=True)
+
+    def one_call() -> None:
+        d.put("k", 1)
+        assert d.get("k") == 1
+
+    def in_a_thread() -> None:
+        thread = threading.Thread(target=one_call)
+        thread.start()
+        thread.join(30)
+
+    in_a_thread()
+    before, clients = _fds(), set(_client._CLIENTS)
+    for _ in range(20):
+        in_a_thread()
+    assert _fds() <= before + 4, f"file descriptors went from {before} to {_fds()}"
+    assert len(_client._CLIENTS) <= len(clients)
 
 
 failing = ketch.App("lifecycle-failing")
