@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import logging
 import os
 import socket
@@ -292,7 +293,11 @@ class _Client:
 
     async def put_blob(self, data: bytes) -> str:
         url = await self.url()
-        async with self._ensure_session().put(f"{url}/blobs", data=data) as resp:
+        # As a BytesIO aiohttp sends the body in pieces and yields between them; as raw
+        # bytes it hands the whole body to the transport at once, which blocks the loop
+        # and was 3x slower for 512 MiB (1.6 s against 0.5 s to a local server).
+        body = io.BytesIO(data)
+        async with self._ensure_session().put(f"{url}/blobs", data=body) as resp:
             return str(unpack(await resp.read())["blob_id"])
 
     async def get_blob(self, blob_id: str) -> bytes:
@@ -304,12 +309,23 @@ class _Client:
             return payload
 
 
-async def _close_with_loop(loop: asyncio.AbstractEventLoop, client: _Client) -> AsyncIterator[None]:
+async def _close_with_loop(
+    loop: asyncio.AbstractEventLoop,
+    client: _Client,
+    clients: dict[asyncio.AbstractEventLoop, _Client] = _CLIENTS,
+) -> AsyncIterator[None]:
     """Parked for the life of ``loop``: its ``shutdown_asyncgens`` (``asyncio.run`` calls it
-    before closing the loop) ends the wait, and the client closes with the loop."""
+    before closing the loop) ends the wait, and the client closes with the loop.
+
+    ``clients`` is bound when the generator is made: a thread's loop may close while
+    the interpreter exits, when this module's globals are already gone.
+    """
     try:
         yield
     finally:
-        if _CLIENTS.get(loop) is client:
-            del _CLIENTS[loop]
-        await client.close()
+        if clients.get(loop) is client:
+            del clients[loop]
+        try:
+            await client.close()
+        except Exception:  # the interpreter is exiting: its sockets close with it
+            logger.debug("closing a client failed", exc_info=True)
