@@ -35,10 +35,34 @@ def private(item: dict) -> dict:
 @ketch.concurrent(max_inputs=8)
 @ketch.asgi_app()
 def streamer():
-    from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
-    from fastapi.responses import StreamingResponse
+    from fastapi import FastAPI, Request
 
     web = FastAPI()
+    _add_streaming_routes(web)
+    _add_websocket_route(web)
+
+    @web.post("/echo")
+    async def echo(request: Request):
+        body = await request.body()
+        return {"bytes": len(body), "pid": os.getpid()}
+
+    @web.get("/slow")
+    async def slow(seconds: float = 1.0):
+        import asyncio
+
+        await asyncio.sleep(seconds)
+        return {"pid": os.getpid()}
+
+    @web.get("/boom")
+    def boom():
+        raise RuntimeError("the endpoint failed on purpose")
+
+    return web
+
+
+def _add_streaming_routes(web):
+    """Routes whose responses reach the client piece by piece, as they are made."""
+    from fastapi.responses import StreamingResponse
 
     @web.get("/count")
     def count(n: int = 3, delay: float = 0.3):
@@ -60,17 +84,10 @@ def streamer():
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
-    @web.post("/echo")
-    async def echo(request: Request):
-        body = await request.body()
-        return {"bytes": len(body), "pid": os.getpid()}
 
-    @web.get("/slow")
-    async def slow(seconds: float = 1.0):
-        import asyncio
-
-        await asyncio.sleep(seconds)
-        return {"pid": os.getpid()}
+def _add_websocket_route(web):
+    """A WebSocket at /ws that echoes text frames until the client says "bye"."""
+    from fastapi import WebSocket, WebSocketDisconnect
 
     @web.websocket("/ws")
     async def echo_socket(socket: WebSocket):
@@ -84,12 +101,6 @@ def streamer():
                 await socket.send_text(f"echo: {text}")
         except WebSocketDisconnect:
             pass
-
-    @web.get("/boom")
-    def boom():
-        raise RuntimeError("the endpoint failed on purpose")
-
-    return web
 
 
 def _wsgi(environ, start_response):

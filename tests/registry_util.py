@@ -33,6 +33,7 @@ from ketch.images.registry import (
     LAYOUT_TAG,
     RETRY_TIMES,
     LogFn,
+    Reference,
     RegistryError,
     _ignore,
     _remove_tree,
@@ -247,28 +248,59 @@ async def push_rootfs(
 
     Example: ``await push_rootfs(Path("rootfs"), "127.0.0.1:5000/a/b:1", workdir="/srv")``.
     """
+    rootfs = Path(rootfs)
+    reference = _push_target(rootfs, ref)
+    work = Path(tempfile.mkdtemp(prefix="ketch-push-"))
+    config_flags = _config_flags(ref, env, workdir, user, entrypoint, cmd)
+    steps = _push_steps(rootfs, reference, work, config_flags)
+    try:
+        await _run_push_steps(steps, ref, reference, work, log, timeout)
+        return (work / "digest").read_text().strip()
+    finally:
+        await asyncio.to_thread(_remove_tree, work)
+
+
+def _push_target(rootfs: Path, ref: str) -> Reference:
+    """The parsed ``ref``, after checking that it has a tag and ``rootfs`` is a directory."""
     try:
         reference = parse_reference(ref)
     except ValueError as exc:
         raise PushError(str(exc), ref=ref) from None
     if reference.digest:
         raise PushError(f"cannot push to {ref!r}: a push needs a tag, not a digest", ref=ref)
-    rootfs = Path(rootfs)
     if not rootfs.is_dir():
         raise PushError(f"cannot push {rootfs} as {ref!r}: it is not a directory", ref=ref)
-    work = Path(tempfile.mkdtemp(prefix="ketch-push-"))
-    image, history = f"layout:{LAYOUT_TAG}", "--history.created_by=ketch push_rootfs"
-    config_flags: list[str] = []
+    return reference
+
+
+def _config_flags(
+    ref: str,
+    env: Mapping[str, str] | None,
+    workdir: str | None,
+    user: str | None,
+    entrypoint: Sequence[str] | None,
+    cmd: Sequence[str] | None,
+) -> list[str]:
+    """The ``umoci config`` flags that set the image configuration (none when nothing is set)."""
+    flags: list[str] = []
     for key, value in (env or {}).items():
         if not key or "=" in key:
             raise PushError(f"cannot push {ref!r}: bad environment variable name {key!r}", ref=ref)
-        config_flags.append(f"--config.env={key}={value}")
+        flags.append(f"--config.env={key}={value}")
     if workdir is not None:
-        config_flags.append(f"--config.workingdir={workdir}")
+        flags.append(f"--config.workingdir={workdir}")
     if user is not None:
-        config_flags.append(f"--config.user={user}")
-    config_flags += [f"--config.entrypoint={arg}" for arg in entrypoint or ()]
-    config_flags += [f"--config.cmd={arg}" for arg in cmd or ()]
+        flags.append(f"--config.user={user}")
+    flags += [f"--config.entrypoint={arg}" for arg in entrypoint or ()]
+    flags += [f"--config.cmd={arg}" for arg in cmd or ()]
+    return flags
+
+
+def _push_steps(
+    rootfs: Path, reference: Reference, work: Path, config_flags: list[str]
+) -> list[tuple[str, list[str]]]:
+    """Each tool run of a push, named for errors: lay out, unpack, copy in, repack, upload."""
+    image, history = f"layout:{LAYOUT_TAG}", "--history.created_by=ketch push_rootfs"
     steps: list[tuple[str, list[str]]] = [
         ("umoci init", ["umoci", "init", "--layout", "layout"]),
         ("umoci new", ["umoci", "new", "--image", image]),
@@ -282,22 +314,30 @@ async def push_rootfs(
     if reference.insecure:
         copy.append("--dest-tls-verify=false")
     steps.append(("skopeo copy", [*copy, f"oci:{image}", reference.transport]))
+    return steps
+
+
+async def _run_push_steps(
+    steps: list[tuple[str, list[str]]],
+    ref: str,
+    reference: Reference,
+    work: Path,
+    log: LogFn,
+    timeout: float,
+) -> None:
+    """Run ``steps`` in ``work`` in order, all within ``timeout`` seconds; raise PushError if one fails."""
     step = "starting"
+    deadline = asyncio.timeout(timeout)
     try:
-        deadline = asyncio.timeout(timeout)
-        try:
-            async with deadline:
-                for step, argv in steps:
-                    result = await _run(argv, cwd=work, log=log)
-                    if result.returncode != 0:
-                        raise _tool_failure(PushError, "push", ref, reference, step, result)
-        except TimeoutError:
-            if not deadline.expired():
-                raise
-            raise PushError(
-                f"pushing {ref!r} timed out after {timeout:g}s during {step} (the tool was stopped)",
-                ref=ref,
-            ) from None
-        return (work / "digest").read_text().strip()
-    finally:
-        await asyncio.to_thread(_remove_tree, work)
+        async with deadline:
+            for step, argv in steps:
+                result = await _run(argv, cwd=work, log=log)
+                if result.returncode != 0:
+                    raise _tool_failure(PushError, "push", ref, reference, step, result)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise PushError(
+            f"pushing {ref!r} timed out after {timeout:g}s during {step} (the tool was stopped)",
+            ref=ref,
+        ) from None

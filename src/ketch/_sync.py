@@ -470,21 +470,7 @@ def synchronize_api(impl_cls: type, name: str | None = None, *, generic: bool = 
     }
     if generic:
         namespace["__class_getitem__"] = classmethod(types.GenericAlias)
-    for klass in reversed(impl_cls.__mro__[:-1]):
-        for attr_name, attr in vars(klass).items():
-            if attr_name.startswith("_") and attr_name not in _PASSTHROUGH_DUNDERS:
-                continue
-            if isinstance(attr, property):
-                namespace[attr_name] = _PropertyWrapper(attr)
-            elif isinstance(attr, staticmethod):
-                namespace[attr_name] = _MethodDescriptor(attr_name, attr.__func__, "staticmethod")
-            elif isinstance(attr, classmethod):
-                namespace[attr_name] = _MethodDescriptor(attr_name, attr.__func__, "classmethod")
-            elif inspect.isfunction(attr):
-                if attr_name in _PASSTHROUGH_DUNDERS:
-                    namespace[attr_name] = _dunder(attr)
-                else:
-                    namespace[attr_name] = _MethodDescriptor(attr_name, attr, "method")
+    namespace.update(_blocking_members(impl_cls))
 
     def _from_impl(cls: type, impl: Any) -> Any:
         cached = getattr(impl, "_ketch_wrapper", None)
@@ -514,6 +500,37 @@ def synchronize_api(impl_cls: type, name: str | None = None, *, generic: bool = 
     wrapper.__qualname__ = public_name
     _IMPL_TO_WRAPPER[impl_cls] = wrapper
     return wrapper
+
+
+def _blocking_members(impl_cls: type) -> dict[str, Any]:
+    """The blocking counterpart of each public member of ``impl_cls`` and its bases, by name.
+
+    Bases go first, so that a subclass's member replaces the one it overrides.
+    """
+    members: dict[str, Any] = {}
+    for klass in reversed(impl_cls.__mro__[:-1]):
+        for attr_name, attr in vars(klass).items():
+            if attr_name.startswith("_") and attr_name not in _PASSTHROUGH_DUNDERS:
+                continue
+            member = _blocking_member(attr_name, attr)
+            if member is not None:  # other class attributes (constants, slots) stay behind
+                members[attr_name] = member
+    return members
+
+
+def _blocking_member(attr_name: str, attr: Any) -> Any | None:
+    """The blocking wrapper of one class attribute, or None for one that is not wrapped."""
+    if isinstance(attr, property):
+        return _PropertyWrapper(attr)
+    if isinstance(attr, staticmethod):
+        return _MethodDescriptor(attr_name, attr.__func__, "staticmethod")
+    if isinstance(attr, classmethod):
+        return _MethodDescriptor(attr_name, attr.__func__, "classmethod")
+    if not inspect.isfunction(attr):
+        return None
+    if attr_name in _PASSTHROUGH_DUNDERS:
+        return _dunder(attr)
+    return _MethodDescriptor(attr_name, attr, "method")
 
 
 def _dunder(raw: Callable[..., Any]) -> Callable[..., Any]:

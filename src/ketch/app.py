@@ -558,20 +558,22 @@ async def _build_images(client: _Client, specs: list[FunctionSpec]) -> None:
 
 
 async def _stream_build(client: _Client, build_id: str, image_hash: str) -> None:
-    print(f"Building image {image_hash[:12]}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"Building image {image_hash[:12]}\n")
+    sys.stderr.flush()
     offset = 0
     while True:
         status = await client.rpc(
             "ImageBuildStatus", {"build_id": build_id, "offset": offset, "wait": 20}, timeout=60
         )
         for line in status["lines"]:
-            print(f"  {line}", file=sys.stderr)
+            sys.stderr.write(f"  {line}\n")
         sys.stderr.flush()
         offset = status["offset"]
         if status["done"]:
             if status.get("error"):
                 raise from_wire(status["error"]["type"], status["error"]["message"])
-            print(f"Built image {image_hash[:12]}", file=sys.stderr, flush=True)
+            sys.stderr.write(f"Built image {image_hash[:12]}\n")
+            sys.stderr.flush()
             return
 
 

@@ -79,6 +79,14 @@ def _well_typed(
 def _from_type(
     t: msgspec.inspect.Type, name: str, plausible: dict[str, list[Any]]
 ) -> st.SearchStrategy[Any]:
+    scalar = _scalar_from_type(t, name)
+    if scalar is not None:
+        return scalar
+    return _nested_from_type(t, name, plausible)
+
+
+def _scalar_from_type(t: msgspec.inspect.Type, name: str) -> st.SearchStrategy[Any] | None:
+    """Values of a scalar type ``t`` within its bounds, or None when ``t`` holds other values."""
     mi = msgspec.inspect
     if isinstance(t, mi.IntType):
         low, high = t.ge if t.ge is not None else -I64, t.le if t.le is not None else I64 - 1
@@ -96,6 +104,14 @@ def _from_type(
         return st.none()
     if isinstance(t, mi.LiteralType):
         return st.sampled_from(list(t.values))
+    return None
+
+
+def _nested_from_type(
+    t: msgspec.inspect.Type, name: str, plausible: dict[str, list[Any]]
+) -> st.SearchStrategy[Any]:
+    """Values of a union, container or struct type ``t``, or junk for ``Any``."""
+    mi = msgspec.inspect
     if isinstance(t, mi.UnionType):
         return st.one_of([_from_type(u, name, plausible) for u in t.types])
     if isinstance(t, mi.ListType):

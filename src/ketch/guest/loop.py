@@ -317,9 +317,8 @@ class ContainerLoop:
             "data": serialize_exception(err),
             "duration": self.spec.timeout,
         }
-        print(
-            f"ketch: input timed out after {self.spec.timeout:g} s; stopping the container",
-            file=sys.stderr,
+        sys.stderr.write(
+            f"ketch: input timed out after {self.spec.timeout:g} s; stopping the container\n"
         )
         try:
             self.emit(out, force=True)

@@ -156,15 +156,36 @@ def parse_reference(ref: str) -> Reference:
     text = text.removeprefix("docker://")
     if not text:
         raise ValueError("invalid image reference '': it is empty")
-    digest: str | None = None
-    if "@" in text:
-        text, digest = text.split("@", 1)
-        if not _DIGEST_RE.fullmatch(digest):
-            raise ValueError(
-                f"invalid image reference {ref!r}: digest {digest!r} is not ALGORITHM:HEX "
-                "(like sha256:<64 hex digits>)"
-            )
+    text, digest = _split_digest(ref, text)
+    host, path = _split_host(ref, text)
+    path, tag = _split_tag(ref, path)
+    _check_repository(ref, path)
+    if host == DOCKER_HUB and "/" not in path:
+        path = f"library/{path}"
+    if digest is not None:
+        tag = None
+    elif tag is None:
+        tag = "latest"
+    return Reference(host, path, tag, digest)
+
+
+def _split_digest(ref: str, text: str) -> tuple[str, str | None]:
+    """``text`` without its ``@ALGORITHM:HEX`` suffix, and that digest (None without one)."""
+    if "@" not in text:
+        return text, None
+    text, digest = text.split("@", 1)
+    if not _DIGEST_RE.fullmatch(digest):
+        raise ValueError(
+            f"invalid image reference {ref!r}: digest {digest!r} is not ALGORITHM:HEX "
+            "(like sha256:<64 hex digits>)"
+        )
+    return text, digest
+
+
+def _split_host(ref: str, text: str) -> tuple[str, str]:
+    """The registry host of ``text`` (Docker Hub when it names none) and the rest of it."""
     first, slash, rest = text.partition("/")
+    # As Docker reads it: a first component is a host only if it looks like one.
     if slash and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
         host, path = first, rest
     else:
@@ -173,15 +194,25 @@ def parse_reference(ref: str) -> Reference:
         raise ValueError(f"invalid image reference {ref!r}: {host!r} is not a registry host")
     if host.lower() in _DOCKER_HUB_ALIASES:
         host = DOCKER_HUB
-    tag: str | None = None
+    return host, path
+
+
+def _split_tag(ref: str, path: str) -> tuple[str, str | None]:
+    """``path`` without its ``:TAG`` suffix, and that tag (None without one)."""
     last_slash = path.rfind("/")
-    if ":" in path[last_slash + 1 :]:
-        path, tag = path.rsplit(":", 1)
-        if not _TAG_RE.fullmatch(tag):
-            raise ValueError(
-                f"invalid image reference {ref!r}: tag {tag!r} must be 1-128 letters, digits, "
-                "'_', '.' or '-' and not start with '.' or '-'"
-            )
+    if ":" not in path[last_slash + 1 :]:
+        return path, None
+    path, tag = path.rsplit(":", 1)
+    if not _TAG_RE.fullmatch(tag):
+        raise ValueError(
+            f"invalid image reference {ref!r}: tag {tag!r} must be 1-128 letters, digits, "
+            "'_', '.' or '-' and not start with '.' or '-'"
+        )
+    return path, tag
+
+
+def _check_repository(ref: str, path: str) -> None:
+    """Raise ``ValueError`` unless ``path`` is a valid repository name."""
     if not path:
         raise ValueError(f"invalid image reference {ref!r}: the repository name is empty")
     for component in path.split("/"):
@@ -190,13 +221,6 @@ def parse_reference(ref: str) -> Reference:
                 f"invalid image reference {ref!r}: repository name component {component!r} "
                 "must be lowercase letters and digits, separated by '.', '_', '__' or '-'"
             )
-    if host == DOCKER_HUB and "/" not in path:
-        path = f"library/{path}"
-    if digest is not None:
-        tag = None
-    elif tag is None:
-        tag = "latest"
-    return Reference(host, path, tag, digest)
 
 
 def normalize(ref: str) -> str:

@@ -278,39 +278,62 @@ class Gateway:
 
     # -- requests ----------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        sockname = request.transport.get_extra_info("sockname") if request.transport else None
-        route = self.by_port.get(sockname[1]) if sockname else None
+        route = self._route_of(request)
         if route is None or not self.d.app_running(route.app_id):
             return _text(404, "ketch: no web endpoint is served here (its app is not running)")
-        if route.config.get("requires_proxy_auth"):
-            key, secret = request.headers.get("Modal-Key"), request.headers.get("Modal-Secret")
-            if not key or not secret:
-                return _text(
-                    401,
-                    "ketch: missing credentials for proxy authorization (Modal-Key, Modal-Secret)",
-                )
-            if not token_ok(self.store, key, secret):
-                return _text(401, "ketch: invalid credentials for proxy authorization")
+        refusal = self._proxy_auth_refusal(request, route)
+        if refusal is not None:
+            return refusal
         if request.path.startswith(RESULT_PATH):
             return await self._result(request, route, request.path[len(RESULT_PATH) :])
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request, route)
+        body = await self._read_body(request)
+        if body is None:
+            return _text(
+                413,
+                f"ketch: request body over the limit of {self.max_body // 2**20} MiB "
+                "(KETCH_WEB_MAX_BODY_MB)",
+            )
+        return await self._call(request, route, body)
+
+    def _route_of(self, request: web.Request) -> Route | None:
+        """The route served on the port ``request`` came in on."""
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        return self.by_port.get(sockname[1]) if sockname else None
+
+    def _proxy_auth_refusal(self, request: web.Request, route: Route) -> web.Response | None:
+        """The 401 for a request without a valid proxy token, where ``route`` asks for one."""
+        if not route.config.get("requires_proxy_auth"):
+            return None
+        key, secret = request.headers.get("Modal-Key"), request.headers.get("Modal-Secret")
+        if not key or not secret:
+            return _text(
+                401,
+                "ketch: missing credentials for proxy authorization (Modal-Key, Modal-Secret)",
+            )
+        if not token_ok(self.store, key, secret):
+            return _text(401, "ketch: invalid credentials for proxy authorization")
+        return None
+
+    async def _read_body(self, request: web.Request) -> bytes | None:
+        """The whole request body, or None when it is over ``max_body`` bytes."""
         limit = self.max_body
-        too_big = _text(
-            413,
-            f"ketch: request body over the limit of {limit // 2**20} MiB (KETCH_WEB_MAX_BODY_MB)",
-        )
         if request.content_length is not None and request.content_length > limit:
-            return too_big
+            return None
         body = bytearray()
         async for chunk in request.content.iter_chunked(1 << 16):
             body += chunk
-            if len(body) > limit:
-                return too_big
+            if len(body) > limit:  # a chunked body declares no length up front
+                return None
+        return bytes(body)
+
+    async def _call(self, request: web.Request, route: Route, body: bytes) -> web.StreamResponse:
+        """Run the request as an input of the route's function and send back its response."""
         exchange = Exchange()
         try:
             input_id = self.d.web_request(
-                route.function_id, route.method, exchange, _scope(request, route.port), bytes(body)
+                route.function_id, route.method, exchange, _scope(request, route.port), body
             )
         except Error as exc:
             return _text(503, f"ketch: {type(exc).__name__}: {exc}")
@@ -356,55 +379,28 @@ class Gateway:
 
     async def _websocket(self, request: web.Request, route: Route) -> web.StreamResponse:
         """A WebSocket, both ways: the app accepts (or not), then frames flow until either side closes."""
-        scope = _scope(request, route.port)
-        scope.update(type="websocket", scheme="ws")
-        scope.pop("method", None)
-        protocols = [
-            p.strip()
-            for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
-            if p.strip()
-        ]
-        scope["subprotocols"] = protocols
         exchange = Exchange()
         try:
-            input_id = self.d.web_request(route.function_id, route.method, exchange, scope, b"")
+            input_id = self.d.web_request(
+                route.function_id,
+                route.method,
+                exchange,
+                _websocket_scope(request, route.port),
+                b"",
+            )
         except Error as exc:
             return _text(503, f"ketch: {type(exc).__name__}: {exc}")
         ws: web.WebSocketResponse | None = None
         pump: asyncio.Task[None] | None = None
-
-        async def from_client(sock: web.WebSocketResponse) -> None:
-            code = 1000
-            try:
-                async for msg in sock:
-                    if msg.type == WSMsgType.TEXT:
-                        self.d.web_send(input_id, {"ev": "ws_msg", "text": msg.data})
-                    elif msg.type == WSMsgType.BINARY:
-                        self.d.web_send(input_id, {"ev": "ws_msg", "bytes": msg.data})
-                    elif msg.type == WSMsgType.ERROR:
-                        code = 1006
-                        break
-            finally:
-                self.d.web_send(input_id, {"ev": "ws_disconnect", "code": sock.close_code or code})
-
         try:
             while True:
                 ev = await exchange.events.get()
                 kind = ev.get("ev")
                 if kind == "ws_accept" and ws is None:
-                    sub = ev.get("subprotocol")
-                    ws = web.WebSocketResponse(protocols=[sub] if sub else (), max_msg_size=0)
-                    for name, value in ev.get("headers", []):
-                        ws.headers.add(
-                            bytes(name).decode("latin-1"), bytes(value).decode("latin-1")
-                        )
-                    await ws.prepare(request)
-                    pump = asyncio.create_task(from_client(ws))
+                    ws = await _accept_websocket(request, ev)
+                    pump = asyncio.create_task(self._websocket_from_client(input_id, ws))
                 elif kind == "ws_send" and ws is not None:
-                    if ev.get("text") is not None:
-                        await ws.send_str(ev["text"])
-                    else:
-                        await ws.send_bytes(bytes(ev.get("bytes") or b""))
+                    await _send_to_websocket(ws, ev)
                 elif kind == "ws_close":
                     if ws is None:  # closed before accepting: the app refused the connection
                         return _text(403, "ketch: the app refused the WebSocket connection")
@@ -413,20 +409,28 @@ class Gateway:
                         message=str(ev.get("reason") or "").encode(),
                     )
                 elif kind == "done":
-                    if ws is None:
-                        return _text(
-                            500 if ev.get("status") != "success" else 403,
-                            f"ketch: the WebSocket endpoint ended without accepting: {_failure(ev)}",
-                        )
-                    if not ws.closed:
-                        await ws.close(code=1000 if ev.get("status") == "success" else 1011)
-                    return ws
+                    return await _websocket_ended(ws, ev)
         except (asyncio.CancelledError, ConnectionResetError):
             self.d.web_cancel(input_id)
             raise
         finally:
             if pump is not None:
                 pump.cancel()
+
+    async def _websocket_from_client(self, input_id: int, sock: web.WebSocketResponse) -> None:
+        """Pass the client's frames to the app, then its disconnect (1006 when the socket broke)."""
+        code = 1000
+        try:
+            async for msg in sock:
+                if msg.type == WSMsgType.TEXT:
+                    self.d.web_send(input_id, {"ev": "ws_msg", "text": msg.data})
+                elif msg.type == WSMsgType.BINARY:
+                    self.d.web_send(input_id, {"ev": "ws_msg", "bytes": msg.data})
+                elif msg.type == WSMsgType.ERROR:
+                    code = 1006
+                    break
+        finally:
+            self.d.web_send(input_id, {"ev": "ws_disconnect", "code": sock.close_code or code})
 
     async def _respond(
         self, request: web.Request, exchange: Exchange, first: dict[str, Any]
@@ -459,6 +463,50 @@ class Gateway:
                     request.transport.close()
                 return resp
             ev = None
+
+
+def _websocket_scope(request: web.Request, port: int) -> dict[str, Any]:
+    """The ASGI WebSocket scope of ``request``: its HTTP scope, less the method, plus subprotocols."""
+    scope = _scope(request, port)
+    scope.update(type="websocket", scheme="ws")
+    scope.pop("method", None)
+    protocols = [
+        p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
+    ]
+    scope["subprotocols"] = protocols
+    return scope
+
+
+async def _accept_websocket(request: web.Request, ev: dict[str, Any]) -> web.WebSocketResponse:
+    """Complete the handshake with the subprotocol and headers of the app's ``ws_accept``."""
+    sub = ev.get("subprotocol")
+    ws = web.WebSocketResponse(protocols=[sub] if sub else (), max_msg_size=0)
+    for name, value in ev.get("headers", []):
+        ws.headers.add(bytes(name).decode("latin-1"), bytes(value).decode("latin-1"))
+    await ws.prepare(request)
+    return ws
+
+
+async def _send_to_websocket(ws: web.WebSocketResponse, ev: dict[str, Any]) -> None:
+    """Send the app's ``ws_send`` as a text frame, or a binary one when it carries no text."""
+    if ev.get("text") is not None:
+        await ws.send_str(ev["text"])
+    else:
+        await ws.send_bytes(bytes(ev.get("bytes") or b""))
+
+
+async def _websocket_ended(
+    ws: web.WebSocketResponse | None, ev: dict[str, Any]
+) -> web.StreamResponse:
+    """The response once the app's input is ``done``: an error if it never accepted, else ``ws`` closed."""
+    if ws is None:
+        return _text(
+            500 if ev.get("status") != "success" else 403,
+            f"ketch: the WebSocket endpoint ended without accepting: {_failure(ev)}",
+        )
+    if not ws.closed:
+        await ws.close(code=1000 if ev.get("status") == "success" else 1011)
+    return ws
 
 
 def _route(row: Any) -> Route:
