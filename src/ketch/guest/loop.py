@@ -83,6 +83,7 @@ class ContainerLoop:
         self.cond = threading.Condition()
         self.outbox: list[dict[str, Any]] = []
         self.outbox_since = 0.0
+        self.flush_soon = threading.Event()  # an output waits in the outbox (see _flusher)
         self.send_lock = threading.Lock()
         self.out_lock = threading.Lock()
         self.running: dict[int, _Running] = {}
@@ -99,7 +100,8 @@ class ContainerLoop:
     # -- outputs ---------------------------------------------------------------
     def emit(self, item: dict[str, Any], force: bool = False) -> None:
         with self.out_lock:
-            if not self.outbox:
+            first = not self.outbox
+            if first:
                 self.outbox_since = time.monotonic()
             self.outbox.append(item)
             urgent = (
@@ -107,6 +109,17 @@ class ContainerLoop:
             )
             urgent = urgent or time.monotonic() - self.outbox_since > FLUSH_AFTER_S
         if urgent:
+            self.flush()
+        elif first:
+            self.flush_soon.set()
+
+    def _flusher(self) -> None:
+        """Send an output held back for batching after ``FLUSH_AFTER_S``, even when no other
+        output follows it (the next input may take long: its result must not wait for it)."""
+        while True:
+            self.flush_soon.wait()
+            self.flush_soon.clear()
+            time.sleep(FLUSH_AFTER_S)
             self.flush()
 
     def flush(self) -> None:
@@ -372,6 +385,7 @@ class ContainerLoop:
             t.start()
             threads.append(t)
         threading.Thread(target=self.watchdog, name="watchdog", daemon=True).start()
+        threading.Thread(target=self._flusher, name="flusher", daemon=True).start()
         return threads
 
     def serve(self) -> None:
