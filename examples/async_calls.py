@@ -6,6 +6,7 @@ ketch run examples/async_calls.py
 import asyncio
 import json
 import time
+import uuid
 
 import ketch
 
@@ -22,6 +23,19 @@ def double(x: int) -> int:
 def nap(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+@app.function()
+@ketch.concurrent(max_inputs=10)
+def meet(meeting: ketch.Dict, n: int) -> bool:
+    """Arrive, then wait for ``n`` calls to be running at once (False if they never are)."""
+    meeting.put(uuid.uuid4().hex, True)
+    deadline = time.monotonic() + 30
+    while meeting.len() < n:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 @app.function()
@@ -67,10 +81,8 @@ async def main():
     await show("remote_gen_aio", remote_gen_aio)
 
     async def gather_remote():
-        # Five one-second naps at once should take about one second, not five.
-        await nap.remote.aio(0.01)  # warm the container first
-        start = time.monotonic()
-        results = await asyncio.gather(*(nap.remote.aio(1.0) for _ in range(5)))
-        return {"results": results, "elapsed": time.monotonic() - start}
+        # Five calls that each wait for all five: they only return if they run at once.
+        async with ketch.Dict.ephemeral() as meeting:
+            return await asyncio.gather(*(meet.remote.aio(meeting, 5) for _ in range(5)))
 
     await show("gather_remote", gather_remote)

@@ -9,17 +9,29 @@
 import json
 import os
 import time
+import uuid
 
 import ketch
 
 app = ketch.App("concurrency")
 
 
+def wait_for_all(meeting: ketch.Dict, n: int, timeout: float = 30.0) -> bool:
+    """Arrive, then wait for ``n`` inputs to be running at once (False if they never are)."""
+    meeting.put(uuid.uuid4().hex, True)
+    deadline = time.monotonic() + timeout
+    while meeting.len() < n:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 @app.function(max_containers=1)
 @ketch.concurrent(max_inputs=8, target_inputs=4)
-def io_bound(i: int) -> int:
-    time.sleep(1.0)
-    return os.getpid()
+def io_bound(meeting: ketch.Dict, n: int) -> int | None:
+    # Returns only if all n inputs run at once: in one container (max_containers=1).
+    return os.getpid() if wait_for_all(meeting, n) else None
 
 
 @app.function()
@@ -29,9 +41,14 @@ def double_batch(xs: list[int]) -> list[dict]:
 
 
 @app.function(max_containers=1)
-def one_at_a_time(i: int) -> int:
-    time.sleep(0.5)
-    return os.getpid()
+def one_at_a_time(running: ketch.Dict) -> dict:
+    """Note whether another input was running alongside this one."""
+    me = uuid.uuid4().hex
+    running.put(me, True)
+    time.sleep(0.2)  # a window for a second input to overlap this one
+    alongside = running.len() - 1
+    running.pop(me)
+    return {"pid": os.getpid(), "alongside": alongside}
 
 
 def show(step, fn):
@@ -44,16 +61,19 @@ def show(step, fn):
     print("RESULT " + json.dumps(line, default=repr), flush=True)
 
 
-def timed(fn):
-    start = time.monotonic()
-    value = fn()
-    return {"value": value, "elapsed": time.monotonic() - start}
+def concurrent_map() -> list:
+    with ketch.Dict.ephemeral() as meeting:
+        return list(io_bound.map([meeting] * 8, [8] * 8))
+
+
+def one_by_one() -> list:
+    with ketch.Dict.ephemeral() as running:
+        return list(one_at_a_time.map([running] * 4))
 
 
 @app.local_entrypoint()
 def main():
-    io_bound.remote(-1)  # start the container so the timing below leaves out the cold start
-    show("concurrent_map", lambda: timed(lambda: list(io_bound.map(range(8)))))
+    show("concurrent_map", concurrent_map)
     show("batched_map", lambda: list(double_batch.map(range(8))))
     show("batched_remote", lambda: double_batch.remote(5))
-    show("max_containers_1", lambda: timed(lambda: list(one_at_a_time.map(range(4)))))
+    show("max_containers_1", one_by_one)

@@ -115,10 +115,17 @@ def main(workdir: str):
     def counter(name):
         return os.path.join(workdir, name)
 
-    show("timeout", lambda: outcome(too_slow.remote))
+    # The slow ones (a 2 s timeout, retries=2's 1 s and 2 s backoff, a first attempt that
+    # times out) are spawned first, so that they wait out their seconds side by side.
+    slow = {
+        "timeout": too_slow.spawn(),
+        "retries_int": flaky_int_retries.spawn(counter("int"), 2),
+        "timeout_retried": slow_then_fast.spawn(counter("slow")),
+    }
     show("retries_succeed", lambda: outcome(lambda: flaky.remote(counter("flaky"), 2)))
-    show("retries_int", lambda: outcome(lambda: flaky_int_retries.remote(counter("int"), 2)))
     show("retries_exhausted", lambda: outcome(lambda: flaky_too_often.remote(counter("often"), 2)))
+    for step, call in slow.items():
+        show(step, lambda call=call: outcome(call.get))
     show(
         "attempts",
         lambda: {n: int(Path(counter(n)).read_text()) for n in ("flaky", "int", "often")},
@@ -127,4 +134,3 @@ def main(workdir: str):
     show("crash_sigkill", lambda: outcome(crash_sigkill.remote))
     show("after_crash", lambda: outcome(healthy.remote))
     show("crash_retried", lambda: outcome(lambda: crash_then_ok.remote(counter("crash"))))
-    show("timeout_retried", lambda: outcome(lambda: slow_then_fast.remote(counter("slow"))))

@@ -13,17 +13,20 @@ app = ketch.App("logs-streaming")
 
 
 @app.function()
-def chatty(tag: str) -> str:
+def chatty(tag: str, go: str = "") -> str:
     print(f"STDOUT-LINE early tag={tag}")
     print(f"STDERR-LINE tag={tag}", file=sys.stderr)
-    time.sleep(3)
+    if go:  # wait until whoever watches the terminal puts an item on the Queue `go`
+        ketch.Queue.from_name(go, create_if_missing=True).get(timeout=60)
+    else:
+        time.sleep(3)
     print(f"LATE-LINE tag={tag}")
     return tag
 
 
 @app.local_entrypoint()
-def main(tag: str = "t1"):
-    print("returned:", chatty.remote(tag))
+def main(tag: str = "t1", go: str = ""):
+    print("returned:", chatty.remote(tag, go))
 
 
 @app.function()

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 
 import ketch
@@ -22,12 +23,23 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
+def wait_for_file(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path.name} never appeared")
+        time.sleep(0.02)
+
+
 @app.function()
 @ketch.concurrent(max_inputs=10)
-def sleep_then_echo(seconds: float) -> float:
-    # One container runs all inputs at once, so they finish in order of length.
-    time.sleep(seconds)
-    return seconds
+def finish_in_turn(directory: str, rank: int, after: str = "done") -> int:
+    """Finish once every input of a lower ``rank`` is ``after``: "done" (it returned), or
+    "got" (the caller has its result, so completion order cannot race delivery)."""
+    for earlier in range(rank):
+        wait_for_file(Path(directory, f"{after}-{earlier}"))
+    Path(directory, f"done-{rank}").touch()
+    return rank
 
 
 @app.function()
@@ -50,10 +62,11 @@ def countdown(n: int):
 
 
 @app.function()
-def slow_ticks(n: int):
+def ticks_on_ack(directory: str, n: int):
+    """Yield the next value only once the caller has got the last one."""
     for i in range(n):
-        time.sleep(0.5)
         yield i
+        wait_for_file(Path(directory, f"ack-{i}"))
 
 
 @app.function()
@@ -80,9 +93,15 @@ async def async_add(a: int, b: int) -> int:
 
 @app.function()
 @ketch.concurrent(max_inputs=10)
-async def async_nap(seconds: float) -> float:
-    await asyncio.sleep(seconds)
-    return seconds
+async def async_meet(directory: str, n: int) -> bool:
+    """Arrive, then wait (without blocking the event loop) for ``n`` inputs to be running at once."""
+    Path(directory, f"arrived-{uuid.uuid4().hex}").touch()
+    deadline = time.monotonic() + 30
+    while len(os.listdir(directory)) < n:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
 
 
 @app.function()
@@ -132,9 +151,27 @@ def main(workdir: str):
     show("starmap", lambda: list(add.starmap([(1, 2), (3, 4), (5, 6)])))
     show("map_empty", lambda: list(add.map([], [])))
 
-    delays = [2.0, 0.2, 1.0]
-    show("map_ordered", lambda: list(sleep_then_echo.map(delays)))
-    show("map_unordered", lambda: list(sleep_then_echo.map(delays, order_outputs=False)))
+    def ordered() -> list[int]:
+        # The first input finishes last, yet its result comes first.
+        directory = Path(workdir, "ordered")
+        directory.mkdir()
+        return list(finish_in_turn.map([str(directory)] * 3, [2, 0, 1]))
+
+    def unordered() -> list[int]:
+        # Results come as they finish: rank 0, then 1 (once we have 0), then 2.
+        directory = Path(workdir, "unordered")
+        directory.mkdir()
+        received = []
+        ranks = finish_in_turn.map(
+            [str(directory)] * 3, [2, 0, 1], ["got"] * 3, order_outputs=False
+        )
+        for rank in ranks:
+            received.append(rank)
+            Path(directory, f"got-{rank}").touch()
+        return received
+
+    show("map_ordered", ordered)
+    show("map_unordered", unordered)
 
     show(
         "map_return_exceptions", lambda: describe(fail_on_odd.map(range(4), return_exceptions=True))
@@ -176,19 +213,21 @@ def main(workdir: str):
     show("async_generator", lambda: list(async_countdown.remote_gen(3)))
 
     def async_concurrent():
-        async_nap.remote(0.01)  # warm up
-        start = time.monotonic()
-        results = list(async_nap.map([1.0] * 8))
-        return {"results": results, "elapsed": time.monotonic() - start}
+        # Eight inputs that each wait for all eight: they only finish if they run at once.
+        directory = Path(workdir, "meeting")
+        directory.mkdir()
+        return list(async_meet.map([str(directory)] * 8, [8] * 8))
 
     show("async_concurrent", async_concurrent)
 
     def remote_gen_streams():
-        # Each value should arrive as it is yielded, not all at once at the end.
-        start = time.monotonic()
-        arrivals = [
-            (value, round(time.monotonic() - start, 2)) for value in slow_ticks.remote_gen(4)
-        ]
-        return arrivals
+        # Each value must arrive as it is yielded: the generator waits for its ack.
+        directory = Path(workdir, "acks")
+        directory.mkdir()
+        received = []
+        for value in ticks_on_ack.remote_gen(str(directory), 4):
+            received.append(value)
+            Path(directory, f"ack-{value}").touch()
+        return received
 
     show("remote_gen_streams", remote_gen_streams)

@@ -19,8 +19,20 @@ def slow_square(x: int, delay: float = 0.5) -> int:
 
 
 @app.function(timeout=120)
+def wait_for(path: str) -> str:
+    """Return once ``path`` exists: a call that ends exactly when its caller says so."""
+    while not os.path.exists(path):
+        time.sleep(0.05)
+    return "released"
+
+
+@app.function(timeout=120)
 def sleep_long(seconds: float = 100.0) -> str:
-    time.sleep(seconds)
+    # Short naps: a cancellation lands between two of them (it cannot cut one C-level sleep
+    # short, and the container would stay busy until the app stops it).
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
     return "finished"
 
 
@@ -81,8 +93,14 @@ def main(workdir: str):
 
     show("spawn_kwargs", lambda: slow_square.spawn(3, delay=0.1).get(timeout=60))
 
-    slow = slow_square.spawn(9, delay=8.0)
-    show("get_timeout", lambda: outcome(lambda: slow.get(timeout=0.5)))
+    def get_timeout():
+        gate = os.path.join(workdir, "gate")
+        gated = wait_for.spawn(gate)
+        timed_out = outcome(lambda: gated.get(timeout=0.5))  # the call cannot have ended yet
+        open(gate, "w").close()
+        return {**timed_out, "then": gated.get(timeout=60)}  # the call went on meanwhile
+
+    show("get_timeout", get_timeout)
 
     def cancel():
         long = sleep_long.spawn()
@@ -98,15 +116,15 @@ def main(workdir: str):
         deadline = time.monotonic() + 30
         while not os.path.exists(path) and time.monotonic() < deadline:
             time.sleep(0.1)
-        time.sleep(1.0)
         call.cancel()
-        time.sleep(0.5)  # allow the cancellation to reach the container
+        # The input cleans up when InputCancellation reaches it, then ticks no more.
+        while not os.path.exists(path + ".cancelled") and time.monotonic() < deadline:
+            time.sleep(0.1)
         at_cancel = int(open(path).read() or 0)
-        time.sleep(2.0)
-        later = int(open(path).read() or 0)
+        time.sleep(1.0)  # four ticks, were it still running
         return {
             "at_cancel": at_cancel,
-            "two_seconds_later": later,
+            "a_second_later": int(open(path).read() or 0),
             "saw_input_cancellation": os.path.exists(path + ".cancelled"),
         }
 

@@ -11,15 +11,20 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def test_hello_world(ketch_env):
-    proc = ketch_env.cli("run", "examples/hello_world.py").check()
+@pytest.fixture(scope="module")
+def hello_run(ketch_env):
+    return ketch_env.cli("run", "examples/hello_world.py").check()
+
+
+def test_hello_world(hello_run):
+    proc = hello_run
     assert "remote: 16" in proc.stdout, proc.describe()
     assert "local: 25" in proc.stdout, proc.describe()
     assert "map: [0, 1, 4, 9, 16]" in proc.stdout, proc.describe()
 
 
-def test_hello_world_container_output_reaches_terminal(ketch_env):
-    proc = ketch_env.cli("run", "examples/hello_world.py").check()
+def test_hello_world_container_output_reaches_terminal(hello_run):
+    proc = hello_run
     # square.remote(4) printed this inside a container; local(5) printed its own line in this process.
     assert re.search(r"squaring 4 in container pid \d+", proc.output), proc.describe()
     remote_pid = int(re.search(r"squaring 4 in container pid (\d+)", proc.output).group(1))
@@ -27,9 +32,7 @@ def test_hello_world_container_output_reaches_terminal(ketch_env):
     assert remote_pid != local_pid, "remote() ran in the calling process"
 
 
-def test_ephemeral_app_stops_with_run(ketch_env):
-    ketch_env.cli("run", "examples/hello_world.py").check()
-
+def test_ephemeral_app_stops_with_run(ketch_env, hello_run):
     def stopped():
         record = ketch_env.app_record("hello-world")
         return record is not None and record["state"] != "running" and record["n_containers"] == 0
@@ -89,20 +92,23 @@ def test_stopping_a_running_app_ends_its_run(ketch_env):
     assert done.returncode != 0, done.describe()
 
 
-def test_plain_script_with_app_run(ketch_env):
-    proc = ketch_env.python("examples/plain_script.py").check()
+@pytest.fixture(scope="module")
+def plain_script_run(ketch_env):
+    return ketch_env.python("examples/plain_script.py").check()
+
+
+def test_plain_script_with_app_run(plain_script_run):
+    proc = plain_script_run
     assert "CUBE: 27" in proc.stdout, proc.describe()
     assert "CUBES: [1, 8, 27]" in proc.stdout, proc.describe()
 
 
-def test_function_env_option(ketch_env):
-    proc = ketch_env.python("examples/plain_script.py").check()
-    assert "ENV: bonjour" in proc.stdout, proc.describe()
+def test_function_env_option(plain_script_run):
+    assert "ENV: bonjour" in plain_script_run.stdout, plain_script_run.describe()
 
 
-def test_serialized_function_defined_in_main_block(ketch_env):
-    proc = ketch_env.python("examples/plain_script.py").check()
-    assert "SCALED: 42" in proc.stdout, proc.describe()
+def test_serialized_function_defined_in_main_block(plain_script_run):
+    assert "SCALED: 42" in plain_script_run.stdout, plain_script_run.describe()
 
 
 # --- map, starmap, for_each, spawn_map, remote_gen ------------------------------
@@ -136,11 +142,12 @@ def test_map_empty(map_run):
 
 
 def test_map_keeps_input_order(map_run):
-    assert map_run.value("map_ordered") == [2.0, 0.2, 1.0]
+    # The inputs finish in the order 0, 1, 2 (each waits for the lower ones).
+    assert map_run.value("map_ordered") == [2, 0, 1]
 
 
 def test_map_order_outputs_false_gives_completion_order(map_run):
-    assert map_run.value("map_unordered") == [0.2, 1.0, 2.0]
+    assert map_run.value("map_unordered") == [0, 1, 2]
 
 
 def test_map_return_exceptions(map_run):
@@ -170,11 +177,9 @@ def test_remote_gen(map_run):
 
 
 def test_remote_gen_streams_values_as_yielded(map_run):
-    arrivals = map_run.value("remote_gen_streams")
-    assert [value for value, _ in arrivals] == [0, 1, 2, 3]
-    first, last = arrivals[0][1], arrivals[-1][1]
-    # The generator yields every 0.5 s: the first value must not wait for the last.
-    assert last - first >= 1.0, f"values arrived at {arrivals}: buffered until the generator ended"
+    # The generator yields a value only once the caller has acknowledged the one before:
+    # buffered until the generator ended, no value would ever arrive.
+    assert map_run.value("remote_gen_streams") == [0, 1, 2, 3]
 
 
 def test_remote_gen_error_after_some_values(map_run):
@@ -196,9 +201,8 @@ def test_async_generator_function(map_run):
 
 
 def test_concurrent_async_function(map_run):
-    value = map_run.value("async_concurrent")
-    assert value["results"] == [1.0] * 8
-    assert value["elapsed"] < 3.5, f"8 concurrent 1 s inputs took {value['elapsed']:.1f}s"
+    # Each input waits (on the event loop) until all eight are running: False if they never were.
+    assert map_run.value("async_concurrent") == [True] * 8
 
 
 def test_run_missing_file(ketch_env):
@@ -273,6 +277,5 @@ def test_remote_gen_aio(aio_run):
 
 
 def test_asyncio_gather_runs_calls_concurrently(aio_run):
-    value = aio_run.value("gather_remote")
-    assert value["results"] == [1.0] * 5
-    assert value["elapsed"] < 3.5, f"5 concurrent 1s calls took {value['elapsed']:.1f}s"
+    # Each call waits until all five are running: False if they never were at once.
+    assert aio_run.value("gather_remote") == [True] * 5

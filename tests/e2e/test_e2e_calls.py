@@ -42,26 +42,28 @@ def test_spawn_with_kwargs(spawn_run):
     assert spawn_run.value("spawn_kwargs") == 9
 
 
-def test_get_timeout_raises_timeout_error(spawn_run):
+def test_get_timeout_raises_timeout_error_and_the_call_goes_on(spawn_run):
     value = spawn_run.value("get_timeout")
-    assert "raised" in value, f"get(timeout=0.5) on an 8 s call returned {value}"
+    # The call could only end once the caller, after get(timeout=0.5) gave up, let it.
+    assert "raised" in value, f"get(timeout=0.5) on a call waiting for its caller returned {value}"
     assert value["is_timeout"], value
-    assert value["elapsed"] < 5, value
+    assert value["then"] == "released", value
 
 
 def test_cancel(spawn_run):
     value = spawn_run.value("cancel")
     assert "raised" in value, f"get() after cancel() returned {value}"
+    # get(timeout=30) on a 100 s call: a TimeoutError would mean the cancel did nothing.
+    assert not value["is_timeout"], f"get() after cancel() waited for the call: {value}"
     assert (
         value["raised"] in ("InputCancellation", "CallCancelledError") or value["is_ketch_error"]
     ), value
-    assert value["elapsed"] < 15, f"get() after cancel() took {value['elapsed']:.1f}s"
 
 
 def test_cancel_stops_the_running_input(spawn_run):
     value = spawn_run.value("cancel_stops_work")
     # The input ticks four times a second; once cancelled it must stop ticking.
-    assert value["two_seconds_later"] <= value["at_cancel"] + 1, value
+    assert value["a_second_later"] == value["at_cancel"], value
 
 
 def test_cancel_raises_input_cancellation_in_the_container(spawn_run):

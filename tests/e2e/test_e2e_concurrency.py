@@ -15,10 +15,10 @@ def concurrency_run(ketch_env):
 
 
 def test_concurrent_inputs_share_one_container(concurrency_run):
-    value = concurrency_run.value("concurrent_map")
-    assert len(set(value["value"])) == 1, f"max_containers=1 but pids were {value['value']}"
-    # 8 one-second inputs, up to 8 at a time in one container: ~1-2 s, not 8 s.
-    assert value["elapsed"] < 4.0, f"took {value['elapsed']:.1f}s"
+    # Each of the 8 inputs returns its pid only once all 8 are running at the same time.
+    pids = concurrency_run.value("concurrent_map")
+    assert None not in pids, f"the 8 inputs never ran at once: {pids}"
+    assert len(set(pids)) == 1, f"max_containers=1 but pids were {pids}"
 
 
 def test_batched_map(concurrency_run):
@@ -36,8 +36,6 @@ def test_batched_single_call(concurrency_run):
 
 
 def test_max_containers_one_serializes(concurrency_run):
-    value = concurrency_run.value("max_containers_1")
-    assert len(set(value["value"])) == 1, value
-    assert value["elapsed"] >= 1.9, (
-        f"4 x 0.5 s inputs in one single-input container took {value['elapsed']:.1f}s"
-    )
+    runs = concurrency_run.value("max_containers_1")
+    assert len({run["pid"] for run in runs}) == 1, runs
+    assert [run["alongside"] for run in runs] == [0] * 4, f"inputs overlapped: {runs}"

@@ -58,10 +58,8 @@ SCRIPT = SHOW + textwrap.dedent(
     elif mode == "read":
         show("dict", lambda: [d["a"], d["b"], d[("tuple", 1)], sorted(map(str, d.keys()))])
         show("queue", lambda: [q.get(), q.get_many(5), q.get(partition="p")])
-        t = time.monotonic()
         show("empty_nonblocking", lambda: q.get(block=False))
         show("empty_timeout", lambda: q.get(timeout=0.5))
-        show("waited", lambda: round(time.monotonic() - t, 1))
     elif mode == "errors":
         show("missing_dict", lambda: ketch.Dict.from_name("never-made").get("k"))
         show("missing_queue", lambda: ketch.Queue.from_name("never-made").put(1))
@@ -100,7 +98,6 @@ def test_state_survives_stop_start_and_kill9(fresh_ketch_env, tmp_path):
     assert read.value("queue") == ["x", ["y", "z"], "p1"], read.proc.describe()
     assert read.error("empty_nonblocking").startswith("Empty"), read.proc.describe()
     assert read.error("empty_timeout").startswith("Empty"), read.proc.describe()
-    assert 0.4 <= read.value("waited") < 5, read.value("waited")
 
 
 @pytest.mark.timeout(180)

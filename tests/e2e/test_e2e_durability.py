@@ -31,26 +31,6 @@ def _restart_server(env, old_pid: int) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_kill9_during_map(fresh_ketch_env):
-    env = fresh_ketch_env
-    n = 1000
-    env.cli("server", "start", timeout=60).check()
-    run = env.popen("run", "examples/durable_map.py", "--n", n)
-    assert run.wait_for_line("FIRST-RESULT", 90), f"map never produced a result\n{run.text()}"
-    assert run.proc.poll() is None, f"map finished before the kill; raise n\n{run.text()}"
-
-    old = _kill9_server(env)
-    time.sleep(1.0)
-    assert run.proc.poll() is None, f"client gave up when the server died\n{run.text()}"
-    _restart_server(env, old)
-
-    done = run.wait(timeout=180)
-    assert done.returncode == 0 and not done.timed_out, done.describe()
-    assert f"SUM={n * (n + 1) // 2} EXPECTED={n * (n + 1) // 2}" in done.stdout, done.describe()
-    assert "ORDER-OK" in done.stdout, done.describe()
-
-
-@pytest.mark.timeout(300)
 def test_kill9_with_spawned_calls_in_deployed_app(fresh_ketch_env):
     env = fresh_ketch_env
     env.cli("deploy", "examples/deployed_app.py", timeout=60).check()
@@ -65,26 +45,6 @@ def test_kill9_with_spawned_calls_in_deployed_app(fresh_ketch_env):
     got = env.python("examples/deployed_client.py", "get", *ids.values(), timeout=150).check()
     for x, call_id in ids.items():
         assert f"RESULT {call_id} {int(x) ** 2}" in got.stdout, got.describe()
-
-
-@pytest.mark.timeout(300)
-def test_kill9_twice_during_map(fresh_ketch_env):
-    env = fresh_ketch_env
-    n = 1500
-    env.cli("server", "start", timeout=60).check()
-    run = env.popen("run", "examples/durable_map.py", "--n", n)
-    assert run.wait_for_line("FIRST-RESULT", 90), f"map never produced a result\n{run.text()}"
-    for _ in range(2):
-        if run.proc.poll() is not None:
-            break
-        old = _kill9_server(env)
-        time.sleep(0.5)
-        _restart_server(env, old)
-        time.sleep(2.0)
-    done = run.wait(timeout=180)
-    assert done.returncode == 0 and not done.timed_out, done.describe()
-    assert f"SUM={n * (n + 1) // 2} EXPECTED" in done.stdout, done.describe()
-    assert "ORDER-OK" in done.stdout, done.describe()
 
 
 class _PortSquatter:
@@ -124,11 +84,12 @@ class _PortSquatter:
 
 
 @pytest.mark.timeout(300)
-def test_kill9_restart_on_another_port(fresh_ketch_env):
-    # Something else grabs the old port while the control plane is down, so the
-    # restarted one must listen elsewhere; the client has to follow it there.
+def test_kill9_twice_during_map_and_restart_on_another_port(fresh_ketch_env):
+    # A map keeps going through two kill -9s of the control plane. While it is down the
+    # first time, something else grabs its port, so the restarted one must listen
+    # elsewhere; the client has to follow it there.
     env = fresh_ketch_env
-    n = 1000
+    n = 1500
     env.cli("server", "start", timeout=60).check()
     old_port = int(env.server_info()["url"].rsplit(":", 1)[1])
     run = env.popen("run", "examples/durable_map.py", "--n", n)
@@ -138,34 +99,34 @@ def test_kill9_restart_on_another_port(fresh_ketch_env):
     old = _kill9_server(env)
     blocker = _PortSquatter(old_port)
     try:
+        assert run.proc.poll() is None, f"client gave up when the server died\n{run.text()}"
         _restart_server(env, old)
-        new_port = int(env.server_info()["url"].rsplit(":", 1)[1])
-        assert new_port != old_port
+        assert int(env.server_info()["url"].rsplit(":", 1)[1]) != old_port
+        progress = run.text().count("progress")
+        assert env.wait_until(lambda: run.text().count("progress") > progress, 60), run.text()
+        assert run.proc.poll() is None, f"map finished before the second kill\n{run.text()}"
+        _restart_server(env, _kill9_server(env))
         done = run.wait(timeout=180)
     finally:
         blocker.close()
     assert done.returncode == 0 and not done.timed_out, done.describe()
-    assert f"SUM={n * (n + 1) // 2} EXPECTED" in done.stdout, done.describe()
+    assert f"SUM={n * (n + 1) // 2} EXPECTED={n * (n + 1) // 2}" in done.stdout, done.describe()
     assert "ORDER-OK" in done.stdout, done.describe()
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize(
-    "entrypoint, kill_after",
-    [("long_remote", 2.0), ("slow_map", 0.5), ("stream", 2.0)],
-    ids=["remote-in-flight", "map-inputs-in-flight", "remote_gen-in-flight"],
-)
-def test_kill9_with_inputs_in_flight(fresh_ketch_env, entrypoint, kill_after):
-    # The control plane dies while inputs are running in containers.
+def test_kill9_with_inputs_in_flight(fresh_ketch_env):
+    # The control plane dies while a .remote() call, the inputs of a .map() and a
+    # .remote_gen() stream are all running in containers.
     env = fresh_ketch_env
     env.cli("server", "start", timeout=60).check()
-    run = env.popen("run", f"examples/durable_calls.py::{entrypoint}")
+    run = env.popen("run", "examples/durable_calls.py::together")
     assert run.wait_for_line("STARTED", 90), run.text()
-    time.sleep(kill_after)
+    time.sleep(0.5)
     assert run.proc.poll() is None, f"finished before the kill\n{run.text()}"
     old = _kill9_server(env)
     time.sleep(0.5)
     _restart_server(env, old)
     done = run.wait(timeout=150)
     assert done.returncode == 0 and not done.timed_out, done.describe()
-    assert "OK" in done.stdout.split(), done.describe()
+    assert done.stdout.split()[-3:] == ["OK", "OK", "OK"], done.describe()

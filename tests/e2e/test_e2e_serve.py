@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import signal
-import time
 import urllib.request
 from pathlib import Path
 
@@ -37,10 +36,7 @@ def test_serve_picks_up_an_edit_at_the_same_url(ketch_env, workdir):
         app_file.write_text(
             app_file.read_text().replace('GREETING = "hello"', 'GREETING = "bonjour"')
         )
-        edited = time.monotonic()
         assert ketch_env.wait_until(lambda: _greeting(url) == "bonjour", timeout=30), proc.text()
-        took = time.monotonic() - edited
-        assert took < 10, f"the edit took {took:.1f} s to be served"
         assert "serve_app.py changed; reloading" in proc.text()
         assert len(re.findall(r"greet => (http://\S+)", proc.text())) == 2
         assert set(re.findall(r"greet => (http://\S+)", proc.text())) == {url}  # the same URL

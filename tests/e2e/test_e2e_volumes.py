@@ -57,7 +57,7 @@ APP = SHOW + textwrap.dedent(
     def peek(name: str) -> dict:
         out = {"text": open(f"{MOUNT}/{name}").read(), "nlink": os.stat(f"{MOUNT}/{name}").st_nlink}
         for what, attempt in [
-            ("write", lambda: open(f"{MOUNT}/ro-new.txt", "w").write("x")),
+            ("write", lambda: open(f"{MOUNT}/ro/new.txt", "w").write("x")),
             ("overwrite", lambda: open(f"{MOUNT}/{name}", "w").write("x")),
             ("commit", vol.commit),
         ]:
@@ -108,7 +108,7 @@ APP = SHOW + textwrap.dedent(
         elif mode == "readonly":
             write.remote("ro/a.txt", "seen read-only")
             show("peek", lambda: peek.remote("ro/a.txt"))
-            show("after", lambda: sorted(e.path for e in vol.listdir("/", recursive=True)))
+            show("after", lambda: sorted(e.path for e in vol.listdir("/ro", recursive=True)))
         elif mode == "overlay":
             import io
             with vol.batch_upload(force=True) as batch:
@@ -142,8 +142,8 @@ def vol_app(fresh_ketch_env, tmp_path):
 
 
 @pytest.mark.timeout(240)
-def test_commit_reload_between_containers(fresh_ketch_env, vol_app):
-    run = ExampleRun.parse(fresh_ketch_env.cli("run", str(vol_app), timeout=200))
+def test_commit_reload_between_containers(local_home, tmp_path):
+    run = _run_mode(local_home, tmp_path, "basic")
     read = run.value("read")
     assert read["text"] == "from a", run.proc.describe()
     assert read["container"] != run.value("writer"), "the reader should be another container"
@@ -322,6 +322,24 @@ def _own_home(runtime: str):
     assert str(home) not in Path("/proc/mounts").read_text(), "a working copy stayed mounted"
 
 
+@pytest.fixture(scope="module")
+def local_home():
+    """One local-runtime control plane for the tests below that neither stop nor kill it."""
+    with _own_home("local") as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def sandbox_home():
+    """The same in the sandbox runtime (each mode writes under a folder of its own)."""
+    with _own_home("sandbox") as env:
+        yield env
+
+
+def _home(request: pytest.FixtureRequest, runtime: str) -> KetchEnv:
+    return request.getfixturevalue(f"{runtime}_home")
+
+
 def _run_mode(env: KetchEnv, tmp_path: Path, mode: str) -> ExampleRun:
     script = tmp_path / "vol_app.py"
     script.write_text(APP)
@@ -330,49 +348,45 @@ def _run_mode(env: KetchEnv, tmp_path: Path, mode: str) -> ExampleRun:
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("runtime", ["local", "sandbox"])
-def test_read_only_mount(tmp_path, runtime):
+def test_read_only_mount(request, tmp_path, runtime):
     """``vol.read_only()``: the mount refuses writes (EROFS), commit() is refused, reload() works."""
     if runtime == "local" and os.geteuid() != 0:
         pytest.skip("the local runtime mounts read-only only as root")
-    with _own_home(runtime) as env:
-        run = _run_mode(env, tmp_path, "readonly")
-        peek = run.value("peek")
-        assert peek["text"] == "seen read-only" == peek["reloaded"], run.proc.describe()
-        assert peek["write"] == "EROFS" and peek["overwrite"] == "EROFS", peek
-        assert peek["nlink"] >= 2, peek  # a hard link to the stored blob, not a copy
-        assert peek["commit"].startswith("InvalidError") and "read-only" in peek["commit"], peek
-        assert run.value("after") == ["ro", "ro/a.txt"]
+    run = _run_mode(_home(request, runtime), tmp_path, "readonly")
+    peek = run.value("peek")
+    assert peek["text"] == "seen read-only" == peek["reloaded"], run.proc.describe()
+    assert peek["write"] == "EROFS" and peek["overwrite"] == "EROFS", peek
+    assert peek["nlink"] >= 2, peek  # a hard link to the stored blob, not a copy
+    assert peek["commit"].startswith("InvalidError") and "read-only" in peek["commit"], peek
+    assert run.value("after") == ["ro/a.txt"]
 
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("runtime", ["local", "sandbox"])
-def test_read_write_mount_links_and_copies_up(tmp_path, runtime):
+def test_read_write_mount_links_and_copies_up(request, tmp_path, runtime):
     """A read-write mount starts from hard links (as root: an overlay); writing a file copies it up,
     so a file sharing its blob keeps its bytes; deletes and new files commit."""
     from ketch.worker import isolate
 
-    with _own_home(runtime) as env:
-        run = _run_mode(env, tmp_path, "overlay")
-        files = run.value("files")
-        assert files == {
-            "ov/keep.txt": "original + edited",
-            "ov/twin.txt": "original",
-            "ov/new.txt": "new",
-            "ov/moved/s.txt": "s",
-        }, run.proc.describe()
-        if isolate.support().ok:  # root with overlayfs: the working copy is an overlay over links
-            assert run.value("edit")["nlink"] >= 2, run.value(
-                "edit"
-            )  # linked, not copied, at the start
+    run = _run_mode(_home(request, runtime), tmp_path, "overlay")
+    files = run.value("files")
+    assert files == {
+        "ov/keep.txt": "original + edited",
+        "ov/twin.txt": "original",
+        "ov/new.txt": "new",
+        "ov/moved/s.txt": "s",
+    }, run.proc.describe()
+    if isolate.support().ok:  # root with overlayfs: the working copy is an overlay over links
+        assert run.value("edit")["nlink"] >= 2, run.value("edit")  # linked, not copied, at first
 
 
 @pytest.mark.timeout(300)
-def test_example_in_sandbox():
-    with _own_home("sandbox") as env:
-        run = ExampleRun.parse(env.cli("run", "examples/volumes.py", timeout=280))
-        value = run.value("volumes")
-        assert value["steps"] == 4 and value["score"] == 3.0 and value["two_containers"], value
-        assert value["listing"] == ["checkpoints", "checkpoints/latest.json", "config.json"], value
-        assert value["client_steps"] == 4
-        listing = env.cli("volume", "ls", "example-volume", "-r").check().stdout
-        assert "checkpoints/latest.json" in listing, listing
+def test_example_in_sandbox(sandbox_home):
+    env = sandbox_home
+    run = ExampleRun.parse(env.cli("run", "examples/volumes.py", timeout=280))
+    value = run.value("volumes")
+    assert value["steps"] == 4 and value["score"] == 3.0 and value["two_containers"], value
+    assert value["listing"] == ["checkpoints", "checkpoints/latest.json", "config.json"], value
+    assert value["client_steps"] == 4
+    listing = env.cli("volume", "ls", "example-volume", "-r").check().stdout
+    assert "checkpoints/latest.json" in listing, listing

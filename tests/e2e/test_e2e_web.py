@@ -72,28 +72,32 @@ def test_class_method_endpoint_runs_after_enter(web_env):
     assert status == 200 and json.loads(body) == {"y": 15}
 
 
+# Each chunk and event carries the time.time() it was made at (one machine, one clock).
+
+
 def test_asgi_app_streams_chunks_as_they_are_made(web_env):
-    url = f"{web_env.urls['streamer']}/count?n=4&delay=0.4"
-    arrived = []
+    url = f"{web_env.urls['streamer']}/count?n=3&delay=0.3"
+    chunks = []  # (index, made at, arrived at)
     with urllib.request.urlopen(url, timeout=60) as resp:
         assert resp.headers.get("transfer-encoding") == "chunked"
         for line in resp:
-            arrived.append(time.monotonic())
-            assert line.startswith(b"chunk ")
-    assert len(arrived) == 4
-    # Buffered, all four would arrive together; streamed, about 0.4 s apart.
-    assert arrived[-1] - arrived[0] > 0.8, [round(t - arrived[0], 2) for t in arrived]
+            _, index, _, made = line.decode().split()
+            chunks.append((int(index), float(made), time.time()))
+    assert [index for index, _, _ in chunks] == [0, 1, 2]
+    # Buffered, the first chunk could only arrive once the last was made.
+    assert chunks[0][2] < chunks[-1][1], f"the first chunk waited for the last: {chunks}"
 
 
 def test_server_sent_events_arrive_one_by_one(web_env):
-    arrived = []
+    events = []  # (index, made at, arrived at)
     with urllib.request.urlopen(f"{web_env.urls['streamer']}/events?n=3", timeout=60) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
         for line in resp:
             if line.startswith(b"data: "):
-                arrived.append((time.monotonic(), int(line.split()[1])))
-    assert [i for _, i in arrived] == [0, 1, 2]
-    assert arrived[-1][0] - arrived[0][0] > 0.4, "the events came together: buffered"
+                _, index, made = line.decode().split()
+                events.append((int(index), float(made), time.time()))
+    assert [index for index, _, _ in events] == [0, 1, 2]
+    assert events[0][2] < events[-1][1], f"the events came together, buffered: {events}"
 
 
 def test_websocket_echoes_both_ways_and_closes(web_env):
@@ -146,19 +150,18 @@ def test_a_request_outliving_the_sync_window_is_redirected_to_its_result(web_env
 
     opener = urllib.request.build_opener(NoRedirect)
     base = web_env.urls["streamer"]
-    started = time.monotonic()
     try:
-        opener.open(f"{base}/slow?seconds=3.5", timeout=30)
+        opener.open(f"{base}/slow?seconds=3", timeout=30)
         raise AssertionError("expected a 303")
     except urllib.error.HTTPError as err:
-        assert err.code == 303, err
+        assert err.code == 303, err  # answered before the 3 s request was done
         location = err.headers["Location"]
-    assert location.startswith("/__ketch/result/") and time.monotonic() - started < 3.4
+    assert location.startswith("/__ketch/result/"), location
     status, _, body = _request(f"{base}{location}")  # waits (and follows 303s) until the result
     assert status == 200 and "pid" in json.loads(body)
     assert _request(f"{base}{location}")[0] == 404  # a result is fetched once
     # urllib follows the 303 by itself, as browsers and most clients do.
-    status, _, body = _request(f"{base}/slow?seconds=3")
+    status, _, body = _request(f"{base}/slow?seconds=2.5")
     assert status == 200 and "pid" in json.loads(body)
 
 

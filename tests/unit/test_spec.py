@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import ketch
@@ -134,3 +136,60 @@ def test_image_option_takes_an_image():
         pass
 
     assert uses_image._ketch_impl._spec.image["layers"][-1]["kind"] == "pip_install"
+
+
+def test_the_largest_options_are_accepted():
+    @app.function(
+        timeout=86400,
+        retries=ketch.Retries(max_retries=2, initial_delay=0.1),
+        gpu="H100",
+        serialized=True,
+    )
+    def biggest():
+        pass
+
+
+# Cron and Period check themselves when made; schedule= checks the rest when decorating.
+BAD_SCHEDULES = {
+    "cron-fields": (lambda: ketch.Cron("not a cron"), "5 fields"),
+    "cron-range": (lambda: ketch.Cron("61 * * * *"), "not a valid cron expression"),
+    "cron-timezone": (
+        lambda: ketch.Cron("* * * * *", timezone="Mars/Olympus"),
+        "unknown timezone",
+    ),
+    "period-zero": (lambda: ketch.Period(seconds=0), "at least 1 second"),
+    "not-a-schedule": (lambda: "daily", "ketch.Cron(...) or ketch.Period(...)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SCHEDULES))
+def test_bad_schedules_are_clear_errors(case):
+    make, message = BAD_SCHEDULES[case]
+    with pytest.raises(InvalidError, match=re.escape(message)):
+
+        @app.function(schedule=make(), serialized=True)
+        def tick():
+            pass
+
+
+def test_a_scheduled_function_must_take_no_arguments():
+    with pytest.raises(InvalidError, match="must take no required arguments"):
+
+        @app.function(schedule=ketch.Period(hours=1), serialized=True)
+        def tick(x):
+            pass
+
+
+def test_every_ketch_error_shares_one_base():
+    for name in (
+        "Error",
+        "InvalidError",
+        "NotFoundError",
+        "FunctionTimeoutError",
+        "RemoteError",
+        "ExecutionError",
+    ):
+        assert issubclass(getattr(ketch.exception, name), ketch.exception.Error)
+    # Raised inside a cancelled input: user code's `except Exception` must not swallow it.
+    assert issubclass(ketch.exception.InputCancellation, BaseException)
+    assert not issubclass(ketch.exception.InputCancellation, Exception)
