@@ -376,25 +376,36 @@ class KetchEnv:
         return pids
 
     def close(self) -> None:
+        killed = False
         for proc in self._popens:
             if proc.poll() is None:
                 _killpg(proc.pid, signal.SIGKILL)
+                killed = True
         # Note the control plane's children now: once it stops they are reparented.
         before = self._owned_pids()
-        if self.server_info() is not None:
-            try:
-                self.cli("server", "stop", timeout=30, allow_timeout=True)
-            except Exception:
-                pass
+        info = self.server_info()
+        if info is not None:
+            # What `ketch server stop` does (tests/e2e/test_e2e_server.py proves the command),
+            # without starting a CLI process per environment.
+            _signal_pid(info["pid"], signal.SIGTERM)
+            if not wait_until(lambda: not _pid_alive(info["pid"]), 30, interval=0.05):
+                _signal_pid(info["pid"], signal.SIGKILL)
         self.kill_leftovers(before)
-        # A client killed mid-reconnect may have been starting a new server: look again.
-        time.sleep(0.5)
-        self.kill_leftovers()
+        if killed:  # a client killed mid-reconnect may have been starting a new server
+            time.sleep(0.5)
+            self.kill_leftovers()
 
 
 def _killpg(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
