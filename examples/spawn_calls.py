@@ -6,6 +6,7 @@ ketch run examples/spawn_calls.py --workdir /tmp/some-empty-dir
 import json
 import os
 import time
+from pathlib import Path
 
 import ketch
 
@@ -120,11 +121,11 @@ def main(workdir: str):
         # The input cleans up when InputCancellation reaches it, then ticks no more.
         while not os.path.exists(path + ".cancelled") and time.monotonic() < deadline:
             time.sleep(0.1)
-        at_cancel = int(open(path).read() or 0)
+        at_cancel = int(Path(path).read_text() or 0)
         time.sleep(1.0)  # four ticks, were it still running
         return {
             "at_cancel": at_cancel,
-            "a_second_later": int(open(path).read() or 0),
+            "a_second_later": int(Path(path).read_text() or 0),
             "saw_input_cancellation": os.path.exists(path + ".cancelled"),
         }
 

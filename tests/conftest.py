@@ -51,6 +51,40 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "e2e: runs ketch through its CLI in subprocesses")
 
 
+# Modules that touch what a whole machine shares: the containers' cgroup parent (a sandbox
+# control plane removes empty groups under it at start), the user namespace and its
+# staging under /run/ketch, the machine's image cache (`ketch image rm|prune`). Under
+# pytest-xdist (`scripts/check` runs two workers) they run one at a time on one worker;
+# every other module is a group of its own, so its module fixtures are set up once.
+NODE_GLOBAL = {
+    "test_cgroups.py",
+    "test_images.py",
+    "test_seccomp.py",
+    "test_user_namespace.py",
+    "test_volume_store.py",
+    "test_container_api.py",
+    "test_container_boundary.py",
+    "test_identity.py",
+    "test_resource_bounds.py",
+    "test_userns.py",
+    "test_e2e_dict_queue.py",
+    "test_e2e_gpus.py",
+    "test_e2e_sandbox.py",
+    "test_e2e_sandbox_examples.py",
+    "test_e2e_secrets.py",
+    "test_e2e_volumes.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        name = item.path.name
+        group = "node" if name in NODE_GLOBAL else str(item.path.relative_to(REPO))
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def _ketch_command() -> list[str]:
     script = Path(sys.executable).parent / "ketch"
     if script.exists():
@@ -438,9 +472,10 @@ class StreamingProcess:
             reader.start()
 
     def _read(self, stream, name):
-        for line in stream:
-            with self._lock:
-                self.lines.append((time.monotonic() - self.started, name, line.rstrip("\n")))
+        with stream:  # the pipe closes with the process's output, not when collected
+            for line in stream:
+                with self._lock:
+                    self.lines.append((time.monotonic() - self.started, name, line.rstrip("\n")))
 
     def first_time(self, text: str) -> float | None:
         with self._lock:

@@ -32,7 +32,10 @@ class InProcessServer:
             self.stop_event = asyncio.Event()
             await serve(self.home, "127.0.0.1", 0, stop=self.stop_event)
 
-        self.loop.run_until_complete(main())
+        try:
+            self.loop.run_until_complete(main())
+        finally:
+            self.loop.close()
 
     def start(self) -> None:
         self.thread.start()

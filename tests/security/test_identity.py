@@ -58,7 +58,8 @@ def test_no_token_or_a_wrong_one_is_401_on_http(control_plane):
     req = urllib.request.Request(f"{control_plane.url}/blobs", data=b"x" * 100, method="PUT")
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=10)
-    assert err.value.code == 401
+    with err.value:  # it holds the response and its socket
+        assert err.value.code == 401
     # The owner still gets in.
     status, reply = _post(control_plane.url, "Status", {}, _owner(control_plane))
     assert status == 200 and "version" in reply

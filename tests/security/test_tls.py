@@ -123,3 +123,5 @@ def test_the_sdk_talks_tls_and_plain_text_is_not_answered(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=20)
+        if server.stderr:
+            server.stderr.close()

@@ -245,26 +245,26 @@ def test_pids_limit_refuses_forks_and_remove_kills_everything(make_group: MakeGr
         "print(ok, ' '.join(sorted(errors)), flush=True)\n"
         "time.sleep(30)\n"
     )
-    proc = subprocess.Popen(
+    # The with block closes the pipe; the finally makes sure its wait does not hang.
+    with subprocess.Popen(
         join_command(cg, [sys.executable, "-c", spawner]), stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        ok_text, _, errors = proc.stdout.readline().strip().partition(" ")
-        assert int(ok_text) <= 7  # the spawner itself is one of the 8
-        assert errors == "BlockingIOError"
-        members = cg.pids()
-        assert proc.pid in members and 2 <= len(members) <= 8
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            ok_text, _, errors = proc.stdout.readline().strip().partition(" ")
+            assert int(ok_text) <= 7  # the spawner itself is one of the 8
+            assert errors == "BlockingIOError"
+            members = cg.pids()
+            assert proc.pid in members and 2 <= len(members) <= 8
 
-        cg.remove()
-        assert proc.wait(timeout=10) == -9
-        _wait_for(lambda: not any(_alive(p) for p in members))
-        assert not any(os.path.exists(d) for d in cg.directories())
-        cg.remove()  # idempotent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            cg.remove()
+            assert proc.wait(timeout=10) == -9
+            _wait_for(lambda: not any(_alive(p) for p in members))
+            assert not any(os.path.exists(d) for d in cg.directories())
+            cg.remove()  # idempotent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 @needs_cgroups

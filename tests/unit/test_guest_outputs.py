@@ -34,4 +34,3 @@ def test_an_output_is_sent_soon_even_when_the_next_input_runs_long():
     while not chan.sent and time.monotonic() < deadline:
         time.sleep(FLUSH_AFTER_S)
     assert chan.sent == [{"t": "outputs", "items": [{"id": 1, "status": "success"}]}]
-

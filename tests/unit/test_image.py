@@ -7,6 +7,7 @@ import os
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import cloudpickle
 import msgpack
@@ -280,7 +281,7 @@ def test_copy_layer_hash_follows_content_mode_and_names(project):
 def test_copy_layer_hash_ignores_local_location(project, tmp_path):
     other = tmp_path / "elsewhere"
     for rel, path in local_files(str(project)):
-        write(other / rel, open(path).read(), os.stat(path).st_mode & 0o777)
+        write(other / rel, Path(path).read_text(), os.stat(path).st_mode & 0o777)
     assert (
         BASE.add_local_dir(project, "/app", copy=True).hash
         == BASE.add_local_dir(other, "/app", copy=True).hash

@@ -49,23 +49,27 @@ class TemplateProcess:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self._process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-P",
-                "-m",
-                "ketch.guest.template",
-                stdin=asyncio.subprocess.DEVNULL,
-                env={**self._env, "KETCH_TEMPLATE_FD": str(theirs.fileno())},
-                pass_fds=[theirs.fileno()],
-                start_new_session=True,
-            )
-        finally:
-            theirs.close()
-        ours.setblocking(False)
-        hello = await asyncio.wait_for(loop.sock_recv(ours, 1 << 16), START_TIMEOUT_S)
-        if not hello or msgpack.unpackb(hello, raw=False).get("t") != "ready":
+            try:
+                self._process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-P",
+                    "-m",
+                    "ketch.guest.template",
+                    stdin=asyncio.subprocess.DEVNULL,
+                    env={**self._env, "KETCH_TEMPLATE_FD": str(theirs.fileno())},
+                    pass_fds=[theirs.fileno()],
+                    start_new_session=True,
+                )
+            finally:
+                theirs.close()
+            ours.setblocking(False)
+            hello = await asyncio.wait_for(loop.sock_recv(ours, 1 << 16), START_TIMEOUT_S)
+            if not hello or msgpack.unpackb(hello, raw=False).get("t") != "ready":
+                raise ExecutionError("the template process did not start")
+        except BaseException:
             ours.close()
-            raise ExecutionError("the template process did not start")
+            await self._stop_process()
+            raise
         self._sock = ours
         self._reader = loop.create_task(self._read(ours))
 
@@ -79,17 +83,21 @@ class TemplateProcess:
                 self._dispatch(msgpack.unpackb(data, raw=False))
         except OSError:
             pass
-        # The template is gone; its forks died with it (parent-death signal).
-        self._sock = None
-        self._starting = None
-        for spawned in self._spawned.values():
-            if not spawned.done():
-                spawned.set_exception(ExecutionError("the template process exited"))
-        for exited in self._exits.values():
-            if not exited.done():
-                exited.set_result(None)
-        self._spawned.clear()
-        self._exits.clear()
+        finally:
+            # The template is gone (or we are closing); its forks died with it
+            # (parent-death signal). The reader owns the socket: closing it under a
+            # pending sock_recv would leave the loop watching a closed descriptor.
+            sock.close()
+            self._sock = None
+            self._starting = None
+            for spawned in self._spawned.values():
+                if not spawned.done():
+                    spawned.set_exception(ExecutionError("the template process exited"))
+            for exited in self._exits.values():
+                if not exited.done():
+                    exited.set_result(None)
+            self._spawned.clear()
+            self._exits.clear()
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         if msg["t"] == "spawned":
@@ -134,13 +142,25 @@ class TemplateProcess:
         return pid, await _reader(out_r), await _reader(err_r), exited
 
     async def close(self) -> None:
-        if self._process is not None and self._process.returncode is None:
+        await self._stop_process()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.wait([self._reader])  # its finally closes the socket
+            self._reader = None
+
+    async def _stop_process(self) -> None:
+        if self._process is None:
+            return
+        if self._process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._process.terminate()
-            with contextlib.suppress(asyncio.TimeoutError):
+            try:
                 await asyncio.wait_for(self._process.wait(), 5)
-        if self._sock is not None:
-            self._sock.close()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.kill()
+                await self._process.wait()
+        self._process = None
 
 
 async def _reader(fd: int) -> asyncio.StreamReader:

@@ -125,7 +125,8 @@ class LocalWorker:
                 )
             except Exception as exc:  # fall back to a fresh interpreter
                 logger.warning("template process unusable (%s); starting containers fresh", exc)
-                self._template = None
+                template, self._template = self._template, None
+                await template.close()
         if proc is None:
             proc = await self._start_fresh(container_id, env, cwd)
         self._procs[container_id] = proc
