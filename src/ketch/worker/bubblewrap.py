@@ -53,7 +53,14 @@ from ..images.builder import Builder, BuiltImage
 from ..images.bundle import DEPS_MOUNT_POINT, MOUNT_POINT
 from ..images.layers import remove_tree
 from . import cgroups, gpus, isolate, scratch, userns
-from .local import ExitSink, LogSink, describe_exit, pump_lines
+from .local import (
+    ExitSink,
+    LogSink,
+    describe_exit,
+    pump_lines,
+    signal_group,
+    terminate_all,
+)
 from .userns import Staging, UserNamespace
 
 logger = logging.getLogger(__name__)
@@ -467,15 +474,10 @@ class BubblewrapWorker:
 
     @staticmethod
     def _signal(container: _Container, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(container.pid, sig)
+        signal_group(container.pid, sig)
 
     async def shutdown(self, grace: float = 5.0) -> None:
-        for cid in list(self._containers):
-            self.terminate(cid, grace)
-        deadline = asyncio.get_running_loop().time() + grace + 1
-        while self._containers and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+        await terminate_all(self._containers, self.terminate, grace)
         if self.disks is not None:
             self.disks.close()
 

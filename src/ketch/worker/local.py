@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .._spec import FunctionSpec
@@ -45,6 +45,25 @@ def describe_exit(returncode: int | None) -> str:
         }.get(name, "")
         return f"killed by {name}{hint}"
     return f"exited with code {returncode}"
+
+
+def signal_group(pid: int, sig: int) -> None:
+    """Signal a container's process group (each container leads its own), if it is still there."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+async def terminate_all(
+    running: Mapping[str, object], terminate: Callable[[str, float], None], grace: float
+) -> None:
+    """Ask every container in ``running`` to stop, then wait (``grace`` + 1 s at most) until
+    the worker has seen them all exit."""
+    for container_id in list(running):
+        terminate(container_id, grace)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace + 1
+    while running and loop.time() < deadline:
+        await asyncio.sleep(0.05)
 
 
 def pump_lines(reader: asyncio.StreamReader, sink: Callable[[str], None]) -> asyncio.Task[None]:
@@ -179,14 +198,9 @@ class LocalWorker:
 
     @staticmethod
     def _signal(proc: _Proc, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
+        signal_group(proc.pid, sig)
 
     async def shutdown(self, grace: float = 5.0) -> None:
-        for cid in list(self._procs):
-            self.terminate(cid, grace)
-        deadline = asyncio.get_running_loop().time() + grace + 1
-        while self._procs and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+        await terminate_all(self._procs, self.terminate, grace)
         if self._template is not None:
             await self._template.close()
