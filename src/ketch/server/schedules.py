@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 from sqlalchemy import Column, Float, LargeBinary, String, Table, delete, select, update
@@ -34,6 +34,9 @@ from .._serialization import pack, unpack
 from ..exception import Error
 from ..schedule import next_run
 from .store import apps, metadata
+
+if TYPE_CHECKING:
+    from .dispatcher import Dispatcher
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ _NO_ARGS = cloudpickle.dumps(((), {}))
 
 
 class ScheduleRunner:
-    def __init__(self, dispatcher: Any, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, dispatcher: Dispatcher, clock: Callable[[], float] = time.time) -> None:
         self.d = dispatcher
         self.store = dispatcher.store
         self.clock = clock  # wall-clock seconds; tests give their own

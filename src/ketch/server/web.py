@@ -45,6 +45,7 @@ from .store import Store, metadata
 
 if TYPE_CHECKING:
     from .api import Api
+    from .dispatcher import Dispatcher
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ KEEP_RESULT_S = 600.0  # how long a redirected request's response waits to be fe
 
 
 class Gateway:
-    def __init__(self, dispatcher: Any, host: str = "127.0.0.1") -> None:
+    def __init__(self, dispatcher: Dispatcher, host: str = "127.0.0.1") -> None:
         self.d = dispatcher
         self.store: Store = dispatcher.store
         self.host = host
