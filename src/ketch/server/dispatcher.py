@@ -18,7 +18,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import _source
 from .._config import config
@@ -45,6 +45,9 @@ from .blobs import BlobStore
 from .logs import LogBook
 from .services import Builds, ContainerVolumes, Gateway, Schedules, Services, Worker
 from .store import FINAL_STATUSES, Store
+
+if TYPE_CHECKING:
+    from .web import Exchange
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +96,7 @@ class InputState:
     blob_id: str | None = None
     # A web request (``web.Exchange``): in memory only, never in the store; the container
     # it went to, for its disconnect.
-    web: Any = None
+    web: Exchange | None = None
     web_request: dict[str, Any] | None = None
     container_id: str | None = None
     web_pending: list[dict[str, Any]] = field(
@@ -506,7 +509,7 @@ class Dispatcher:
         self,
         function_id: str,
         method: str | None,
-        exchange: Any,
+        exchange: Exchange,
         scope: dict[str, Any],
         body: bytes,
     ) -> int:
