@@ -29,12 +29,12 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from . import _server_manager, _sync
-from ._config import config
+from ._config import config, in_container
 from ._serialization import unpack
 from ._wire import HEADER, RPC_MAGIC, decode, encode
 from .exception import ConnectionFailedError, from_wire
 
-if TYPE_CHECKING or not os.environ.get("KETCH_CONTAINER_ID"):
+if TYPE_CHECKING or not in_container():
     # Clients pay for aiohttp at import, as before; containers only on their first call out.
     import aiohttp
 

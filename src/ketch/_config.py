@@ -20,6 +20,18 @@ from pathlib import Path
 from typing import Any
 
 
+def in_container() -> bool:
+    """True inside a ketch container: the worker sets ``KETCH_CONTAINER_ID`` for it.
+
+    The ``KETCH_*`` variables a worker sets for its containers (the id, token,
+    channel, server URL, source root, ...) are the worker's contract with the
+    guest, not settings, so they are read where they are used; this one is asked
+    by the SDK in many places (an app module is imported again in its container,
+    where client-side work such as reading local files must not happen).
+    """
+    return bool(os.environ.get("KETCH_CONTAINER_ID"))
+
+
 def _to_bool(raw: str) -> bool:
     return raw.strip().lower() in ("1", "true", "yes", "on")
 

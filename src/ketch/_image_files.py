@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+from ._config import in_container
 from .exception import InvalidError
 
 if TYPE_CHECKING:
@@ -43,15 +44,6 @@ def container_path(path: str | os.PathLike[str], what: str) -> str:
     if not isinstance(text, str) or not text.startswith("/"):
         raise InvalidError(f"{what} must be an absolute path in the container, got {path!r}")
     return posixpath.normpath(text) + ("/" if text.endswith("/") and text != "/" else "")
-
-
-def in_container() -> bool:
-    """True inside a ketch container, where the app module is imported again.
-
-    The image was built from the client's files already; there the description
-    is never used, so local paths that only exist on the client are not checked.
-    """
-    return bool(os.environ.get("KETCH_CONTAINER_ID"))
 
 
 def existing_local_path(path: str | os.PathLike[str], what: str, want: str) -> Path:

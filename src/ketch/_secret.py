@@ -27,15 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from ._client import _Client
+from ._config import in_container
 from ._object import _Object, public
 from .exception import InvalidError
 
 MAX_VALUE_CHARS = 32 * 1024  # as in Modal
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def in_container() -> bool:
-    return bool(os.environ.get("KETCH_CONTAINER_ID"))
 
 
 def check_env(env: Any, what: str = "a Secret") -> dict[str, str]:

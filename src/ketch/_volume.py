@@ -36,7 +36,7 @@ from typing import IO, Any
 
 from . import _sync
 from ._client import _Client, reply_error
-from ._config import config
+from ._config import config, in_container
 from ._object import _Object, public
 from ._serialization import unpack
 from .exception import InvalidError, NotFoundError
@@ -104,7 +104,7 @@ async def _local_store(client: _Client) -> Any:
     url = await client.url()
     if url not in _LOCAL_STORE:
         store = None
-        if not os.environ.get("KETCH_CONTAINER_ID") and not config.get("volume_http"):
+        if not in_container() and not config.get("volume_http"):
             info = await client.rpc("VolumeInfo", {})
             blob_dir = Path(info["blob_dir"])
             with contextlib.suppress(OSError):

@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import inspect
 import logging
-import os
 import posixpath
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _sync
 from ._client import _Client
-from ._config import config
+from ._config import config, in_container
 from ._ids import new_id
 from ._secret import check_secrets
 from ._serialization import serialize
@@ -362,7 +361,7 @@ class _App:
 
         Example: ``with app.run(): square.remote(2)``
         """
-        if os.environ.get("KETCH_CONTAINER_ID"):
+        if in_container():
             raise InvalidError(
                 "app.run() was called inside a container, most likely while the container imported your "
                 'module: put it under `if __name__ == "__main__":`'
@@ -535,7 +534,7 @@ async def _build_images(client: _Client, specs: list[FunctionSpec]) -> None:
     A failing step raises ``ImageBuildError`` here, so ``app.run()`` and
     ``ketch deploy`` fail before anything runs.
     """
-    if os.environ.get("KETCH_CONTAINER_ID"):
+    if in_container():
         return
     images: dict[str, dict[str, Any]] = {}
     for spec in specs:

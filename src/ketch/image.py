@@ -33,6 +33,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from . import _dockerfile
+from ._config import in_container
 from ._image_files import (
     container_path,
     content_digest,
@@ -40,7 +41,6 @@ from ._image_files import (
     existing_local_path,
     find_module_source,
     ignore_patterns,
-    in_container,
     local_files,
     pickle_function,
     read_dockerignore,
@@ -576,7 +576,7 @@ class Image:
         try:
             yield
         except ImportError as exc:
-            if os.environ.get("KETCH_CONTAINER_ID"):
+            if in_container():
                 raise
             logger.debug("skipping import outside the container: %s", exc)
 

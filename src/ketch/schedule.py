@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
-import os
 from typing import Any
 
+from ._config import in_container
 from .exception import InvalidError
 
 
@@ -46,9 +46,7 @@ class Cron(Schedule):
                 f"Cron({cron_string!r}): give 5 fields, minute hour day-of-month month day-of-week"
             )
         _zone(timezone)
-        if not os.environ.get(
-            "KETCH_CONTAINER_ID"
-        ):  # checked where the app is defined; containers lack croniter
+        if not in_container():  # checked where the app is defined; containers lack croniter
             from croniter import croniter
 
             if not croniter.is_valid(cron_string):
