@@ -193,22 +193,7 @@ body = b"\\x82\\xa1m\\xa7AppList\\xa1b\\x80"
 t.sendall({RPC_MAGIC!r} + struct.pack(">I", len(body)) + body)
 print(" ".join(out), "AuthError" in t.recv(4096).decode("latin-1") and "frames:401" or "frames:open")
 """
-    done = subprocess.run(
-        [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "/usr/bin/python3",
-            "-I",
-            "-c",
-            probe,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd="/",
-    )
+    done = _as_nobody(probe)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [
         "token:PermissionError",
@@ -393,21 +378,18 @@ for path in {[str(p) for p in staged]!r}:
     except OSError as e: out.append(type(e).__name__)
 print(" ".join(out))
 """
-    done = subprocess.run(
-        [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "/usr/bin/python3",
-            "-I",
-            "-c",
-            probe,
-        ],
+    done = _as_nobody(probe)
+    assert done.returncode == 0, done.stderr
+    assert set(done.stdout.split()) == {"PermissionError"}, done.stdout
+
+
+def _as_nobody(probe: str) -> subprocess.CompletedProcess[str]:
+    """Run the Python ``probe`` as another local user (nobody), with no groups."""
+    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    return subprocess.run(
+        [*argv, "/usr/bin/python3", "-I", "-c", probe],
         capture_output=True,
         text=True,
         timeout=30,
         cwd="/",
     )
-    assert done.returncode == 0, done.stderr
-    assert set(done.stdout.split()) == {"PermissionError"}, done.stdout
