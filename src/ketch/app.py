@@ -348,6 +348,8 @@ class _App:
         )
         self._app_id = reply["app_id"]
         self._version = reply.get("version")
+        for warning in reply.get("warnings", []):
+            sys.stderr.write(f"ketch: warning: {warning}\n")
         for tag, fid in reply["function_ids"].items():
             self._functions[tag]._object_id = fid
         for endpoint, url in reply.get("web_urls", {}).items():

@@ -74,3 +74,20 @@ def test_a_failed_app_run_leaves_the_app_free_to_run_again(control_plane):
     for _ in range(2):
         with pytest.raises(NotFoundError, match="lifecycle-no-such-secret"), failing.run():
             pass
+
+
+bounded = ketch.App("lifecycle-bounded")
+
+
+@bounded.function(block_network=True, memory=(128, 256))
+def wants_bounds() -> int:
+    return 1
+
+
+def test_options_the_runtime_cannot_hold_are_said_when_the_app_starts(control_plane, capsys):
+    """The local runtime cannot block the network or limit memory: the user is told, once."""
+    with bounded.run(show_logs=False):
+        pass
+    err = capsys.readouterr().err
+    assert "ketch: warning: wants_bounds: block_network=True is not enforced: the local" in err
+    assert "ketch: warning: wants_bounds: the memory limit is not enforced: the local" in err

@@ -67,6 +67,9 @@ class FakeWorker:
     def running(self) -> int:
         return len(self.alive)
 
+    def unenforced(self, spec: FunctionSpec) -> list[str]:
+        return []
+
     async def shutdown(self, grace: float = 5.0) -> None:
         for cid in list(self.alive):
             self.terminate(cid, grace)

@@ -287,6 +287,10 @@ async def AppCreate(api: Api, body: dict[str, Any], caller: Caller) -> dict[str,
         "function_ids": {f["tag"]: f["id"] for f in fns},
         "heartbeat_s": heartbeat_s,
         "web_urls": web_urls,
+        # Options this control plane cannot hold, for the client to print: never a silent no-op.
+        "warnings": [
+            f"{s['spec'].tag}: {what}" for s in specs for what in api.d.worker.unenforced(s["spec"])
+        ],
         "version": version,
     }
 

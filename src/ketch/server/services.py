@@ -53,6 +53,8 @@ class Worker(Protocol):
 
     async def shutdown(self, grace: float = 5.0) -> None: ...
 
+    def unenforced(self, spec: FunctionSpec) -> list[str]: ...  # "X is not enforced: why"
+
 
 class ContainerVolumes(Protocol):
     """Volumes as containers see them: working copies made at start, committed at exit."""

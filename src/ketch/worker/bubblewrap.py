@@ -57,6 +57,7 @@ from .local import (
     ExitSink,
     LogSink,
     describe_exit,
+    limits_asked,
     pump_lines,
     signal_group,
     terminate_all,
@@ -146,9 +147,11 @@ class BubblewrapWorker:
         self.cgroup_parent = str(config.get("cgroup_parent"))
         self._cleanup_leftovers()
         self.disks: scratch.ScratchDisks | None = None
+        self.disks_note = ""  # why there are none
         if (why_not := scratch.support()) is None:
             self.disks = scratch.ScratchDisks(home / "scratch", DEFAULT_EPHEMERAL_DISK_MIB)
         else:
+            self.disks_note = why_not
             logger.warning(
                 "containers' writable layers are not bounded by ephemeral_disk: %s", why_not
             )
@@ -181,6 +184,17 @@ class BubblewrapWorker:
 
     def running(self) -> int:
         return len(self._containers)
+
+    def unenforced(self, spec: FunctionSpec) -> list[str]:
+        """What ``spec`` asks that this machine cannot hold (told to the user, never silent)."""
+        out = [
+            f"the {limit} limit is not enforced here: {self.cgroups.describe()}"
+            for limit in limits_asked(spec)
+            if limit not in self.cgroups.controllers
+        ]
+        if spec.ephemeral_disk and self.disks is None:
+            out.append(f"ephemeral_disk= is not enforced here: {self.disks_note}")
+        return out
 
     def _cleanup_leftovers(self) -> None:
         """Unmount and delete container dirs a crashed control plane left behind."""

@@ -47,6 +47,16 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
+def limits_asked(spec: FunctionSpec) -> list[str]:
+    """The resource limits ``spec`` asks for (a bare ``memory=``/``cpu=`` is a request only)."""
+    asked = []
+    if spec.memory and spec.memory[1]:
+        asked.append("memory")
+    if spec.cpu and spec.cpu[1]:
+        asked.append("cpu")
+    return asked
+
+
 def signal_group(pid: int, sig: int) -> None:
     """Signal a container's process group (each container leads its own), if it is still there."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -113,6 +123,18 @@ class LocalWorker:
 
     def running(self) -> int:
         return len(self._procs)
+
+    def unenforced(self, spec: FunctionSpec) -> list[str]:
+        """What ``spec`` asks that this runtime cannot hold (told to the user, never silent)."""
+        why = "is not enforced: the local runtime's containers are host processes"
+        out = []
+        if spec.block_network:
+            out.append(f"block_network=True {why}, on the host's network")
+        for limit in limits_asked(spec):
+            out.append(f"the {limit} limit {why}, without cgroups")
+        if spec.ephemeral_disk:
+            out.append(f"ephemeral_disk= {why}, writing to the host's disk")
+        return out
 
     @staticmethod
     def _base_env() -> dict[str, str]:
