@@ -307,6 +307,10 @@ class _App:
             root_dir=root_dir,
             **options,
         )
+        if module_name == "__main__" and module_file is None and not in_container():
+            # A notebook, a REPL or `python -c`: no file a container could import (Modal
+            # serializes such functions too).
+            serialized = True
         if "<locals>" in obj.__qualname__ and not serialized:
             raise InvalidError(
                 f"{tag} is defined inside a function: define it at module level or use serialized=True"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -91,3 +93,20 @@ def test_options_the_runtime_cannot_hold_are_said_when_the_app_starts(control_pl
     err = capsys.readouterr().err
     assert "ketch: warning: wants_bounds: block_network=True is not enforced: the local" in err
     assert "ketch: warning: wants_bounds: the memory limit is not enforced: the local" in err
+
+
+def test_functions_of_a_module_without_a_file_are_serialized(control_plane):
+    """A notebook, a REPL or ``python -c`` has no file a container could import."""
+    code = (
+        "import ketch\n"
+        "app = ketch.App('no-file')\n"
+        "@app.function()\n"
+        "def double(x):\n"
+        "    return 2 * x\n"
+        "with app.run(show_logs=False):\n"
+        "    print('RESULT', double.remote(21))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/"
+    )
+    assert "RESULT 42" in done.stdout, done.stderr
