@@ -115,6 +115,7 @@ class ScratchDisks:
         self._ready: list[Path] = []
         self._lock = threading.Lock()
         self._filling = False
+        self._filler: threading.Thread | None = None
         self._closed = False
         self._refill()
 
@@ -137,9 +138,10 @@ class ScratchDisks:
             if self._filling or self._closed or len(self._ready) >= self.pool_size:
                 return
             self._filling = True
-        threading.Thread(
-            target=self._fill, args=(delay,), name="ketch-scratch-pool", daemon=True
-        ).start()
+            self._filler = threading.Thread(
+                target=self._fill, args=(delay,), name="ketch-scratch-pool", daemon=True
+            )
+        self._filler.start()
 
     def _fill(self, delay: float) -> None:
         try:
@@ -186,8 +188,13 @@ class ScratchDisks:
         with self._lock:
             self._closed = True
             ready, self._ready = self._ready, []
+            filler = self._filler
         for disk in ready:
             self._remove(disk)
+        # A disk being made now is removed by its maker once it sees the pool closed; wait,
+        # or the process could exit with that disk still mounted (a loop device kept).
+        if filler is not None:
+            filler.join(timeout=60)
 
     @staticmethod
     def full(disk: Path) -> bool:
