@@ -599,30 +599,25 @@ class Dispatcher:
         fail_payload: bytes | None = None,
         crash: bool = False,
     ) -> None:
-        rows: list[dict[str, Any]] = []
+        rows: list[dict[str, Any]] = []  # outputs of Complete and Fail, for one _finalize
         done: list[int] = []
-        effects = self._effects
         for action in actions:
-            # The two actions that store an output collect it here, for one _finalize.
-            if isinstance(action, sm.Complete):
+            if isinstance(action, sm.Assign):
+                self._send_inputs(action.container_id, action.input_ids)
+            elif isinstance(action, sm.Complete):
                 self._perform_complete(action, rows, done)
+            elif isinstance(action, sm.Retry):
+                self._perform_retry(action)
             elif isinstance(action, sm.Fail):
                 self._perform_fail(action, rows, done, fail_payload, crash)
-            else:
-                effects[type(action)](pool, action)
+            elif isinstance(action, sm.StartContainer):
+                self._perform_start(pool, action)
+            elif isinstance(action, sm.StopContainer):
+                self._stop_container(action.container_id)
+            elif isinstance(action, sm.CancelOnContainer):
+                self._send(action.container_id, {"t": "cancel", "ids": list(action.input_ids)})
         if rows or done:
             self._finalize(rows, done)
-
-    @functools.cached_property
-    def _effects(self) -> dict[type, Callable[[sm.Pool, Any], None]]:
-        """The handler of each action that stores no output, by its type (bound once)."""
-        return {
-            sm.Assign: self._perform_assign,
-            sm.Retry: self._perform_retry,
-            sm.StartContainer: self._perform_start,
-            sm.StopContainer: self._perform_stop,
-            sm.CancelOnContainer: self._perform_cancel,
-        }
 
     def _perform_complete(
         self, action: sm.Complete, rows: list[dict[str, Any]], done: list[int]
@@ -655,10 +650,7 @@ class Dispatcher:
         rows.append(self._row(action.input_id, status, payload))
         done.append(action.input_id)
 
-    def _perform_assign(self, pool: sm.Pool, action: sm.Assign) -> None:
-        self._send_inputs(action.container_id, action.input_ids)
-
-    def _perform_retry(self, pool: sm.Pool, action: sm.Retry) -> None:
+    def _perform_retry(self, action: sm.Retry) -> None:
         self._stash.pop(action.input_id, None)
         self.store.record_attempt(action.input_id, action.attempt)
         info = self.inputs.get(action.input_id)
@@ -676,12 +668,6 @@ class Dispatcher:
         self._container_tokens[handle.token] = handle.id
         gpu_env = self._allocate_gpus(pool, handle.id)
         spawn(self._start_container(pool, handle, gpu_env), name=f"start {handle.id}")
-
-    def _perform_stop(self, pool: sm.Pool, action: sm.StopContainer) -> None:
-        self._stop_container(action.container_id)
-
-    def _perform_cancel(self, pool: sm.Pool, action: sm.CancelOnContainer) -> None:
-        self._send(action.container_id, {"t": "cancel", "ids": list(action.input_ids)})
 
     def _row(self, input_id: int, status: str, data: bytes | None) -> dict[str, Any]:
         info = self.inputs[input_id]
