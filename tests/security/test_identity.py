@@ -95,6 +95,8 @@ def test_api_tokens_have_roles_and_can_be_revoked(control_plane):
     assert _post(control_plane.url, "Status", {}, invoke)[0] == 200
     for method, body in (
         ("AppList", {}),
+        # Its reply also says which options this node cannot enforce (warnings).
+        ("AppCreate", {"app_id": "ap-invoke", "name": "", "functions": []}),
         ("ObjectList", {"kind": "dict"}),
         ("ApiTokenCreate", {"role": "admin"}),
         ("SecretCreate", {"name": "x", "env": {"A": "1"}}),
