@@ -76,12 +76,18 @@ NODE_GLOBAL = {
 }
 
 
+# Modules that add and remove accounts (tests/accounts.py): /etc/passwd and /etc/subuid are
+# edited one writer at a time, and a new account's subordinate range must not race another's.
+ACCOUNTS = {"test_rootless.py", "test_e2e_rootless.py"}
+
+
 def pytest_collection_modifyitems(config, items):
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
         name = item.path.name
         group = "node" if name in NODE_GLOBAL else str(item.path.relative_to(REPO))
+        group = "accounts" if name in ACCOUNTS else group
         item.add_marker(pytest.mark.xdist_group(group))
 
 

@@ -44,7 +44,7 @@ from typing import Any
 from .._config import config
 from .._image_files import content_digest, local_files
 from ..exception import ImageBuildError
-from ..worker import isolate, userns
+from ..worker import isolate, rootless, userns
 from ..worker.userns import Staging, UserNamespace, restore_ids
 from .bundle import MOUNT_POINT, Bundles, uv_binary
 from .layers import LayerStore, remove_tree
@@ -222,20 +222,8 @@ class Builder:
                 f"Debian's archive, which packages Python {offered}",
                 [],
             )
-        if shutil.which("debootstrap") is None:
-            raise _StepFailed("debootstrap is not installed (apt-get install debootstrap)", [])
-        debs = self.store.root / "debs" / suite
-        debs.mkdir(parents=True, exist_ok=True)
-        argv = [
-            "debootstrap",
-            "--variant=minbase",
-            "--include=python3,ca-certificates",
-            f"--cache-dir={debs}",
-            suite,
-            str(fs),
-            config.get("debian_mirror"),
-        ]
-        await self._stream(argv, log, "debootstrap", env={**os.environ, "LC_ALL": "C"})
+        argv = self._bootstrap_argv(suite, fs)
+        await self._stream(argv, log, argv[0], env={**os.environ, "LC_ALL": "C"})
         for junk in ("var/lib/apt/lists", "var/cache/apt/archives"):
             for entry in (fs / junk).glob("*"):
                 if entry.is_file():
@@ -252,6 +240,49 @@ class Builder:
             "python_version": version,
             "base": f"debian {suite}",
         }
+
+    def _bootstrap_argv(self, suite: str, fs: Path) -> list[str]:
+        """debootstrap as host root; mmdebstrap as root of a rootless control plane's
+        namespace (debootstrap needs mknod, which no user namespace has)."""
+        mapping = rootless.current()
+        packages = "python3,ca-certificates"
+        if mapping is None:
+            if shutil.which("debootstrap") is None:
+                raise _StepFailed("debootstrap is not installed (apt-get install debootstrap)", [])
+            debs = self.store.root / "debs" / suite
+            debs.mkdir(parents=True, exist_ok=True)
+            return [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={packages}",
+                f"--cache-dir={debs}",
+                suite,
+                str(fs),
+                config.get("debian_mirror"),
+            ]
+        if mapping.single_id:
+            raise _StepFailed(
+                f"debian_slim cannot be built here: {mapping.user} has no subordinate ids "
+                "mapped (Debian's packages own files as several users); ask an administrator: "
+                + rootless.admin_command(mapping.user),
+                [],
+            )
+        if shutil.which("mmdebstrap") is None:
+            raise _StepFailed(
+                "mmdebstrap is not installed (it builds debian_slim without root); ask an "
+                "administrator: " + rootless.admin_command(mapping.user),
+                [],
+            )
+        mirror = config.get("debian_mirror")
+        return [
+            "mmdebstrap",
+            "--mode=root",
+            "--variant=minbase",
+            f"--include={packages}",
+            suite,
+            str(fs),
+            mirror,
+        ]
 
     async def _registry(self, spec: Mapping[str, Any], fs: Path, log: Log) -> dict[str, Any]:
         from .registry import RegistryError, pull
@@ -275,7 +306,7 @@ class Builder:
             script = (
                 "if ! command -v apt-get >/dev/null; then echo 'ketch: this image has no apt-get' >&2; exit 97; fi\n"
                 "export DEBIAN_FRONTEND=noninteractive\n"
-                "apt-get update -q && apt-get install -y -q --no-install-recommends python3 ca-certificates\n"
+                f"apt-get {_apt_options()} update -q && apt-get {_apt_options()} install -y -q --no-install-recommends python3 ca-certificates\n"
                 "rc=$?; rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; exit $rc"
             )
             await self._sandbox(fs, ["/bin/sh", "-c", script], cfg, log, "add_python")
@@ -375,8 +406,8 @@ class Builder:
         elif kind == "apt_install":
             packages = " ".join(shlex.quote(p) for p in spec["packages"])
             script = (
-                "apt-get update -q && apt-get install -y -q --no-install-recommends "
-                f"{packages}; rc=$?; rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; exit $rc"
+                f"apt-get {_apt_options()} update -q && apt-get {_apt_options()} install -y -q "
+                f"--no-install-recommends {packages}; rc=$?; rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; exit $rc"
             )
             env = {"DEBIAN_FRONTEND": "noninteractive"}
             commands = [["/bin/sh", "-c", script]]
@@ -535,6 +566,13 @@ class Builder:
                     logger.warning("could not precompile the ketch bundle: %s", exc)
             Bundles.mark_compiled(bundle, version)
         return bundle
+
+
+def _apt_options() -> str:
+    """Options for apt-get in build steps: with a single-id mapping apt cannot drop to
+    its ``_apt`` user (no such id, and setgroups is off), so it downloads as root."""
+    mapping = rootless.current()
+    return "-o APT::Sandbox::User=root" if mapping is not None and mapping.single_id else ""
 
 
 def _host_ca_bundle() -> str | None:

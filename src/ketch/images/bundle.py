@@ -121,7 +121,11 @@ class Bundles:
                 *argv,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
-                env={**os.environ, "UV_CACHE_DIR": str(self.store.root / "uv-cache")},
+                env={
+                    "UV_NATIVE_TLS": "1",
+                    **os.environ,
+                    "UV_CACHE_DIR": str(self.store.root / "uv-cache"),
+                },
             )
             out, _ = await proc.communicate()
             if proc.returncode != 0:

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..worker import rootless
+
 LogFn = Callable[[str], None]
 
 DOCKER_HUB = "docker.io"
@@ -472,7 +474,9 @@ def _skopeo(work: Path) -> list[str]:
 
 
 def _rootless() -> list[str]:
-    return [] if os.geteuid() == 0 else ["--rootless"]
+    mapping = rootless.current()
+    full_ids = os.geteuid() == 0 and (mapping is None or not mapping.single_id)
+    return [] if full_ids else ["--rootless"]  # --rootless: files keep no owners but root
 
 
 _DIAGNOSES: tuple[tuple[tuple[str, ...], str], ...] = (

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from .. import __version__
 from .._config import config
-from ..worker import isolate, userns
+from ..worker import isolate, rootless, userns
 from ..worker.bubblewrap import BubblewrapWorker, socket_dir
 from . import frames
 from .api import Api
@@ -109,7 +109,7 @@ def _choose_runtime(
         return None
     cache = Path(config.get("image_cache")).expanduser()
     ns, why_not = userns.start(home, probe_dirs=[cache])
-    if ns is None:
+    if ns is None and rootless.current() is None:
         logger.warning("sandbox containers run as host root, with no user namespace: %s", why_not)
     builds = BuildService(cache, ns)
     volumes.userns = ns
@@ -229,6 +229,15 @@ async def serve(
             sockets.rmdir()  # only if empty: sandbox containers' run directories may still be there
 
 
+def _enter_rootless() -> None:
+    """An ordinary account's control plane moves into a user namespace of its own."""
+    state = rootless.enter()
+    for note in state.notes:
+        logger.warning("rootless: %s", note)
+    if state.mapping is not None:
+        logger.info("%s", state.mapping.describe())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m ketch.server", description="Run the ketch control plane."
@@ -250,6 +259,8 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     home = Path(args.home).expanduser() if args.home else config.home()
+    if os.geteuid() != 0 and str(config.get("runtime")).lower() != "local":
+        _enter_rootless()  # first, while this process has one thread
     asyncio.run(serve(home, args.host, args.port, tls=tls))
 
 

@@ -52,7 +52,7 @@ from .._tasks import spawn
 from ..images.builder import Builder, BuiltImage
 from ..images.bundle import DEPS_MOUNT_POINT, MOUNT_POINT
 from ..images.layers import remove_tree
-from . import cgroups, gpus, isolate, scratch, userns
+from . import cgroups, gpus, isolate, rootless, scratch, userns
 from .local import (
     ExitSink,
     LogSink,
@@ -78,7 +78,7 @@ def socket_dir(home: Path) -> Path:
     import hashlib
 
     tag = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
-    path = Path(tempfile.gettempdir()) / f"ketch-{os.getuid()}-{tag}"
+    path = Path(tempfile.gettempdir()) / f"ketch-{rootless.host_uid()}-{tag}"
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700)
     # The name is predictable: another user may have made it first, to read or swap
@@ -175,6 +175,8 @@ class BubblewrapWorker:
     def isolation(self) -> str:
         if self.userns is not None:
             users = self.userns.describe()
+        elif (mapping := rootless.current()) is not None:
+            users = mapping.describe()
         else:
             users = f"no user namespace: root inside is root on the host ({self.userns_note})"
         return (

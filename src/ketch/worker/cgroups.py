@@ -38,6 +38,8 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from . import rootless
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "/sys/fs/cgroup"
@@ -161,16 +163,24 @@ def _write(path: str, value: str) -> None:
         f.write(value)
 
 
+def _not_root() -> str:
+    mapping = rootless.current()
+    if os.geteuid() != 0 or mapping is not None:
+        user = mapping.user if mapping is not None else str(os.getuid())
+        return f"not root, and no cgroup is delegated to {user}"
+    return ""
+
+
 def _explain(err: OSError) -> str:
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "not root" if os.geteuid() != 0 else f"permission denied: {err.strerror}"
+        return _not_root() or f"permission denied: {err.strerror}"
     return err.strerror or str(err)
 
 
 def _probe_child(directory: str, probe_file: str) -> str:
     """Create and remove a throwaway child of ``directory``; "" when that works, else why not."""
     if not os.access(directory, os.W_OK):
-        return "not root" if os.geteuid() != 0 else f"{directory} is not writable"
+        return _not_root() or f"{directory} is not writable"
     child = os.path.join(directory, f"ketch-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         os.mkdir(child)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from . import seccomp
+from . import rootless, seccomp
 
 # Docker's default capability set: enough for package managers and servers,
 # without CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_SYS_PTRACE or module loading.
@@ -110,8 +110,10 @@ def support() -> Support:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return Support(False, "bubblewrap is not installed (apt-get install bubblewrap)", None)
-    if os.geteuid() != 0:
-        return Support(False, "the sandbox runtime needs root for overlay mounts", bwrap)
+    if os.geteuid() != 0:  # root of its own user namespace otherwise (worker/rootless.py)
+        state = rootless.state()
+        why = state.why_not if state is not None else "the control plane is not in a user namespace"
+        return Support(False, why, bwrap)
     try:
         with open("/proc/filesystems") as fh:
             if "overlay" not in fh.read():
@@ -136,6 +138,10 @@ def overlay_options(lowers: Sequence[Path], upper: Path | None, work: Path | Non
     options = "lowerdir=" + ":".join(str(p) for p in lowers)
     if upper is not None and work is not None:
         options += f",upperdir={upper},workdir={work}"
+    if rootless.current() is not None:
+        # Mounted in a user namespace, overlayfs may not use trusted.* xattrs: its
+        # opaque directories are marked with user.overlay.* ones instead.
+        options += ",userxattr"
     if len(options) > MAX_OVERLAY_OPTIONS:
         raise ValueError(
             f"the image has too many layers ({len(lowers)}) to mount; combine some steps"

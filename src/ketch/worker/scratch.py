@@ -34,6 +34,8 @@ import time
 import uuid
 from pathlib import Path
 
+from . import rootless
+
 logger = logging.getLogger(__name__)
 
 POOL_SIZE = 2
@@ -45,8 +47,8 @@ REFILL_DELAY_S = 1.0
 @functools.cache
 def support() -> str | None:
     """Why scratch disks cannot be used here, or None when they can."""
-    if os.geteuid() != 0:
-        return "loop mounts need root"
+    if os.geteuid() != 0 or rootless.current() is not None:
+        return "loop mounts need root on the host (this control plane is rootless)"
     if shutil.which("mkfs.ext4") is None:
         return "mkfs.ext4 is not installed (apt-get install e2fsprogs)"
     if not os.path.exists("/dev/loop-control"):

@@ -58,7 +58,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .._config import config
-from . import isolate
+from . import isolate, rootless
 
 logger = logging.getLogger(__name__)
 
@@ -440,6 +440,8 @@ def start(home: Path, probe_dirs: Iterable[Path] = ()) -> tuple[UserNamespace | 
         return None, f"userns_base={base} is out of range (1..{2**32 - 2 - COUNT})"
     if os.geteuid() != 0:
         return None, "the control plane is not root"
+    if (mapping := rootless.current()) is not None:
+        return None, mapping.describe()
     if shutil.which("nsenter") is None:
         return None, "nsenter is not installed (apt-get install util-linux)"
     try:

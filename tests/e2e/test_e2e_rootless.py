@@ -1,0 +1,297 @@
+"""The sandbox runtime for an ordinary account: two accounts made for the test, no root.
+
+Each account runs its own control plane through the real CLI, which moves into a
+user namespace of its own (``worker/rootless.py``) with the account's
+subordinate ids. Proved here: a ``debian_slim`` image with ``pip_install`` and
+``apt_install`` builds (mmdebstrap, without root) and the function imports what
+it installed; a container sees no host files and no host processes;
+``block_network`` holds; a Secret arrives; a Volume commit is read back by the
+CLI; a web endpoint answers; ``ketch server status`` says what is and is not
+enforced; and the two accounts cannot see or touch each other's control plane,
+containers, images, Volumes or Secrets.
+
+The same checks as root are the other sandbox tests (tests/e2e/test_e2e_sandbox.py,
+tests/security).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from pathlib import Path
+
+import pytest
+from ketch_testing import REPO, SHOW, ExampleRun, KetchEnv
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import accounts  # noqa: E402
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(bool(accounts.missing()), reason=accounts.missing() or "ok"),
+]
+
+APP = """
+import os
+import socket
+import subprocess
+
+import ketch
+
+app = ketch.App("rootless-demo")
+image = ketch.Image.debian_slim().pip_install("six").apt_install("jq")
+volume = ketch.Volume.from_name("rootless-vol", create_if_missing=True)
+secret = ketch.Secret.from_dict({"ROOTLESS_SECRET": "s3cret"})
+
+
+def dial(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            return "connected"
+    except OSError as exc:
+        return f"OSError: {exc}"
+
+
+@app.function(image=image, volumes={"/data": volume}, secrets=[secret])
+def inside(paths, other_pid, port):
+    import six
+
+    jq = subprocess.run(["jq", "--version"], capture_output=True, text=True).stdout.strip()
+    try:
+        os.kill(other_pid, 0)
+        signalled = "delivered"
+    except OSError as exc:
+        signalled = type(exc).__name__
+    with open("/data/from-container.txt", "w") as fh:
+        fh.write("written as " + str(os.getuid()))
+    volume.commit()
+    return {
+        "uid": os.getuid(),
+        "six": six.__version__,
+        "jq": jq,
+        "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+        "seen": {p: os.path.exists(p) for p in paths},
+        "secret": os.environ.get("ROOTLESS_SECRET"),
+        "signal": signalled,
+        "dial": dial(port),
+    }
+
+
+@app.function(image=image, block_network=True)
+def blocked(port):
+    return dial(port)
+
+
+@app.function(image=image)
+@ketch.wsgi_app()
+def web():
+    def answer(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [("uid %d" % os.getuid()).encode()]
+
+    return answer
+
+
+@app.local_entrypoint()
+def main(paths: str, other_pid: int, port: int):
+    show("inside", lambda: inside.remote(paths.split(","), other_pid, port))
+    show("blocked", lambda: blocked.remote(port))
+"""
+
+
+# B's deployed app keeps a container running, for A to try to reach.
+KEEPER = """
+
+@app.function(image=image, min_containers=1)
+def keeper():
+    pass
+"""
+
+
+class AccountEnv(KetchEnv):
+    """A ``KETCH_HOME`` of an ordinary account; every command runs as that account."""
+
+    def __init__(self, account: accounts.Account) -> None:
+        super().__init__(account.home / "ketch-home", runtime="sandbox")
+        self.account = account
+        self.env = account.env(self.env)
+
+    def _run(self, args, timeout, cwd=None, extra_env=None, allow_timeout=False):
+        return super()._run(
+            self.account.command([str(a) for a in args]),
+            timeout,
+            cwd or self.account.home,
+            extra_env,
+            allow_timeout,
+        )
+
+    def status(self) -> str:
+        return self.cli("server", "status", timeout=60).check().stdout
+
+
+def _listener() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    return sock
+
+
+@pytest.fixture(scope="module")
+def two():
+    """Accounts A and B, each with a sandbox control plane; B has a container running."""
+    made: list[accounts.Account] = []
+    envs: list[AccountEnv] = []
+    try:
+        for _ in range(2):
+            made.append(accounts.Account.create())
+            envs.append(AccountEnv(made[-1]))
+        a, b = envs
+        app = b.account.write("app/rootless_app.py", SHOW + textwrap.dedent(APP) + KEEPER)
+        b.deployed = b.cli("deploy", app, timeout=400).check()
+        a.app = a.account.write("app/rootless_app.py", SHOW + textwrap.dedent(APP))
+        yield a, b
+    finally:
+        for env in envs:
+            env.close()
+        for account in made:
+            account.remove()
+
+
+def _container_pids(env: AccountEnv) -> list[int]:
+    """Processes of ``env``'s containers: the control plane's descendants that run Python."""
+    pid = env.server_pid()
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,args="], capture_output=True, text=True)
+    rows = [line.split(None, 2) for line in out.stdout.splitlines() if line.strip()]
+    children: dict[int, list[tuple[int, str]]] = {}
+    for p, pp, args in (r for r in rows if len(r) == 3):
+        children.setdefault(int(pp), []).append((int(p), args))
+    found, frontier = [], [pid]
+    while frontier:
+        for child, args in children.get(frontier.pop(), []):
+            frontier.append(child)
+            if "ketch.guest" in args and "bwrap" not in args:
+                found.append(child)
+    return found
+
+
+def test_an_ordinary_account_builds_images_and_runs_isolated_containers(two):
+    a, b = two
+    listener = _listener()
+    try:
+        b_pid = b.server_pid()
+        paths = [str(REPO), str(b.home), str(a.home), "/etc/ketch-host-only"]
+        Path("/etc/ketch-host-only").write_text("host")
+        run = ExampleRun.parse(
+            a.cli(
+                "run",
+                a.app,
+                "--paths",
+                ",".join(paths),
+                "--other-pid",
+                str(b_pid),
+                "--port",
+                str(listener.getsockname()[1]),
+                timeout=400,
+            )
+        )
+    finally:
+        listener.close()
+        Path("/etc/ketch-host-only").unlink(missing_ok=True)
+    seen = run.value("inside")
+    assert seen["six"] and seen["jq"].startswith("jq-"), seen  # images built without root
+    assert seen["uid"] == 0  # root inside: the account outside
+    assert not any(seen["seen"].values()), seen["seen"]  # no host files
+    assert max(seen["pids"]) < 10, seen["pids"]  # its own pid namespace: no host processes
+    assert seen["signal"] == "ProcessLookupError"  # B's control plane is not there to signal
+    assert seen["secret"] == "s3cret"
+    assert seen["dial"] == "connected"  # the host network, as asked ...
+    assert run.value("blocked").startswith("OSError")  # ... and none with block_network
+    got = a.cli("volume", "get", "rootless-vol", "from-container.txt", "-", timeout=60).check()
+    assert "written as 0" in got.stdout
+    # What the account's files look like from the host: its own, or its subordinate ids'.
+    layers = a.account.home / ".cache" / "ketch" / "images" / "layers"
+    owners = {os.lstat(p).st_uid for p in layers.rglob("*") if p.is_file()}
+    first = _subuid_start(a.account.name)
+    assert owners and all(o == a.account.uid or first <= o < first + 65536 for o in owners)
+    status = a.status()
+    assert "rootless: root inside is " + a.account.name in status
+    assert "NOT enforced" in status and f"no cgroup is delegated to {a.account.name}" in status
+
+
+def test_a_web_endpoint_of_an_ordinary_account_answers(two):
+    _, b = two
+    urls = dict(re.findall(r"- (\S+) => (http://127\.0\.0\.1:\d+)", b.deployed.stdout))
+    with urllib.request.urlopen(urls["web"], timeout=120) as response:
+        assert response.read() == b"uid 0"
+
+
+def test_two_accounts_cannot_reach_each_other(two):
+    a, b = two
+    b_info = json.loads((b.home / "server.json").read_text())
+    probe = textwrap.dedent(
+        f"""
+        import json, os, signal, socket, urllib.request, urllib.error
+        out = {{}}
+        for name, path in {{
+            "token": {str(b.home / "token")!r},
+            "state": {str(b.home / "state.db")!r},
+            "images": {str(b.account.home / ".cache" / "ketch" / "images")!r},
+            "volumes": {str(b.home / "volumes")!r},
+        }}.items():
+            try:
+                (open if os.path.isfile(path) else os.listdir)(path)
+                out[name] = "read"
+            except OSError as exc:
+                out[name] = type(exc).__name__
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect({b_info["socket"]!r})
+            out["socket"] = "connected"
+        except OSError as exc:
+            out["socket"] = type(exc).__name__
+        try:
+            own = open({str(a.home / "token")!r}).read().strip()
+            req = urllib.request.Request({b_info["url"] + "/rpc/AppList"!r}, data=b"\\x80",
+                headers={{"Authorization": "Bearer " + own, "Content-Type": "application/msgpack"}})
+            urllib.request.urlopen(req, timeout=10)
+            out["api"] = "answered"
+        except urllib.error.HTTPError as exc:
+            out["api"] = exc.code
+        out["kill"] = {{}}
+        for pid in {[b_info["pid"], *_container_pids(b)]!r}:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                out["kill"][pid] = "killed"
+            except OSError as exc:
+                out["kill"][pid] = type(exc).__name__
+        print("PROBE " + json.dumps(out))
+        """
+    )
+    a.cli("server", "status", timeout=60).check()  # A's own control plane is up
+    done = a.python("-c", probe, timeout=60).check()
+    out = json.loads(done.stdout.split("PROBE ", 1)[1])
+    assert out["kill"], "B has no container running"
+    assert {out[k] for k in ("token", "state", "images", "volumes")} == {"PermissionError"}, out
+    assert out["socket"] == "PermissionError", out
+    assert out["api"] == 401, out  # A's token means nothing to B's control plane
+    assert set(out["kill"].values()) == {"PermissionError"}, out
+    assert b.pid_alive(b_info["pid"])
+    # B's own view: its app is still there, and A's CLI pointed at B's home gets nowhere.
+    assert b.app_record("rootless-demo") is not None
+    stolen = a.cli("app", "list", timeout=60, extra_env={"KETCH_HOME": str(b.home)})
+    assert stolen.returncode != 0, stolen.describe()
+
+
+def _subuid_start(name: str) -> int:
+    for line in Path("/etc/subuid").read_text().splitlines():
+        user, start, _ = line.split(":")
+        if user == name:
+            return int(start)
+    raise AssertionError(f"{name} has no subordinate ids")
