@@ -59,8 +59,17 @@ def dial(port):
         return f"OSError: {exc}"
 
 
+def dial_abstract(name):
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect("\\0" + name)
+            return "connected"
+    except OSError as exc:
+        return type(exc).__name__
+
+
 @app.function(image=image, volumes={"/data": volume}, secrets=[secret])
-def inside(paths, other_pid, port):
+def inside(paths, other_pid, port, abstract):
     import six
 
     jq = subprocess.run(["jq", "--version"], capture_output=True, text=True).stdout.strip()
@@ -81,6 +90,7 @@ def inside(paths, other_pid, port):
         "secret": os.environ.get("ROOTLESS_SECRET"),
         "signal": signalled,
         "dial": dial(port),
+        "abstract": dial_abstract(abstract),
     }
 
 
@@ -100,8 +110,8 @@ def web():
 
 
 @app.local_entrypoint()
-def main(paths: str, other_pid: int, port: int):
-    show("inside", lambda: inside.remote(paths.split(","), other_pid, port))
+def main(paths: str, other_pid: int, port: int, abstract: str):
+    show("inside", lambda: inside.remote(paths.split(","), other_pid, port, abstract))
     show("blocked", lambda: blocked.remote(port))
 """
 
@@ -184,6 +194,11 @@ def _container_pids(env: AccountEnv) -> list[int]:
 def test_an_ordinary_account_builds_images_and_runs_isolated_containers(two):
     a, b = two
     listener = _listener()
+    # A host process's abstract unix socket (no file permissions guard one): the
+    # container shares the host's network, and with it their names.
+    abstract = socket.socket(socket.AF_UNIX)
+    abstract.bind(f"\0ketch-rootless-{os.getpid()}")
+    abstract.listen(4)
     try:
         b_pid = b.server_pid()
         paths = [str(REPO), str(b.home), str(a.home), "/etc/ketch-host-only"]
@@ -198,11 +213,14 @@ def test_an_ordinary_account_builds_images_and_runs_isolated_containers(two):
                 str(b_pid),
                 "--port",
                 str(listener.getsockname()[1]),
+                "--abstract",
+                f"ketch-rootless-{os.getpid()}",
                 timeout=400,
             )
         )
     finally:
         listener.close()
+        abstract.close()
         Path("/etc/ketch-host-only").unlink(missing_ok=True)
     seen = run.value("inside")
     assert seen["six"] and seen["jq"].startswith("jq-"), seen  # images built without root
@@ -213,6 +231,7 @@ def test_an_ordinary_account_builds_images_and_runs_isolated_containers(two):
     assert seen["secret"] == "s3cret"
     assert seen["dial"] == "connected"  # the host network, as asked ...
     assert run.value("blocked").startswith("OSError")  # ... and none with block_network
+    assert seen["abstract"] == "PermissionError"  # Landlock: no host abstract sockets
     got = a.cli("volume", "get", "rootless-vol", "from-container.txt", "-", timeout=60).check()
     assert "written as 0" in got.stdout
     # What the account's files look like from the host: its own, or its subordinate ids'.

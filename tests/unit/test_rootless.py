@@ -7,6 +7,8 @@ here the parsing, the plan, and the single-id mapping of an account without a ra
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +126,44 @@ def test_an_account_without_subordinate_ids_gets_a_single_id_mapping():
         f"usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {account.name}"
         in (out["debian_slim"])
     )
+
+
+LANDLOCK = """
+import os, socket
+from ketch.guest.landlock import scope_container
+why_not = scope_container()
+out = [why_not]
+for name in ("host", "inner"):
+    if name == "inner":
+        own = socket.socket(socket.AF_UNIX)
+        own.bind("\\0ketch-landlock-inner-%d" % os.getpid())
+        own.listen(1)
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(("\\0ketch-landlock-%s-%d" % (name, os.getpid() if name == "inner" else os.getppid())))
+        out.append("connected")
+    except OSError as exc:
+        out.append(type(exc).__name__)
+try:
+    os.kill(os.getppid(), 0)
+    out.append("signalled")
+except OSError as exc:
+    out.append(type(exc).__name__)
+print("|".join(out))
+"""
+
+
+def test_landlock_scope_keeps_a_container_off_host_abstract_sockets_and_signals():
+    host = socket.socket(socket.AF_UNIX)
+    host.bind(f"\0ketch-landlock-host-{os.getpid()}")
+    host.listen(1)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", LANDLOCK], capture_output=True, text=True, timeout=30
+        )
+    finally:
+        host.close()
+    why_not, to_host, to_own, signal = done.stdout.strip().split("|")
+    if why_not:
+        pytest.skip(why_not)
+    assert (to_host, to_own, signal) == ("PermissionError", "connected", "PermissionError")

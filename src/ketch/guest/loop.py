@@ -519,6 +519,10 @@ def main() -> None:
     from .mounts import apply_volume_mounts
 
     _die_with_parent()
+    if os.environ.get("KETCH_RUNTIME") == "sandbox":
+        from .landlock import scope_container
+
+        scope_container()  # what the kernel lacks is told by `ketch server status`
     signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
     chan = _connect()
     chan.write(

@@ -33,11 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
 import signal
 import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -179,8 +182,9 @@ class BubblewrapWorker:
             users = mapping.describe()
         else:
             users = f"no user namespace: root inside is root on the host ({self.userns_note})"
+        scoped = landlock_scopes()
         return (
-            f"bubblewrap + overlayfs (own mount, pid, ipc and uts namespaces; {users}); "
+            f"bubblewrap + overlayfs (own mount, pid, ipc and uts namespaces; {users}; {scoped}); "
             + self.cgroups.describe()
         )
 
@@ -496,6 +500,21 @@ class BubblewrapWorker:
         await terminate_all(self._containers, self.terminate, grace)
         if self.disks is not None:
             self.disks.close()
+
+
+@functools.cache
+def landlock_scopes() -> str:
+    """Whether containers' Landlock scopes hold on this kernel (ketch.guest applies them), in words."""
+    done = subprocess.run(
+        [sys.executable, "-c", "from ketch.guest.landlock import scope_container as s; print(s())"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    why_not = done.stdout.strip() if done.returncode == 0 else done.stderr.strip()[-200:]
+    if why_not:
+        return f"no Landlock scopes: {why_not}"
+    return "Landlock: no abstract unix sockets or signals outside the container"
 
 
 def _ephemeral_disk_mib(spec: FunctionSpec) -> int:
