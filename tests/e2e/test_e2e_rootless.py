@@ -16,6 +16,7 @@ tests/security).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -293,7 +294,7 @@ def test_two_accounts_cannot_reach_each_other(two):
         print("PROBE " + json.dumps(out))
         """
     )
-    a.cli("server", "status", timeout=60).check()  # A's own control plane is up
+    a.cli("server", "start", timeout=120).check()  # A has a control plane of its own too
     done = a.python("-c", probe, timeout=60).check()
     out = json.loads(done.stdout.split("PROBE ", 1)[1])
     assert out["kill"], "B has no container running"
@@ -314,3 +315,90 @@ def _subuid_start(name: str) -> int:
         if user == name:
             return int(start)
     raise AssertionError(f"{name} has no subordinate ids")
+
+
+# --- from_registry and from_dockerfile, pulled and built by an ordinary account ------------
+
+REGISTRY_APP = """
+from pathlib import Path
+
+import ketch
+
+app = ketch.App("rootless-registry")
+pulled = ketch.Image.from_registry("{ref}")
+built = ketch.Image.from_dockerfile(Path(__file__).resolve().parent / "Dockerfile")
+
+
+def describe():
+    import os
+    owners = {{p: os.stat(p).st_gid for p in ("/etc/shadow", "/etc/passwd")}}
+    ran = open("/opt/dock/run.txt").read().strip() if os.path.exists("/opt/dock/run.txt") else None
+    return {{"FROM_REGISTRY": os.environ.get("FROM_REGISTRY"), "cwd": os.getcwd(),
+             "owners": owners, "run": ran}}
+
+
+@app.function(image=pulled)
+def plain():
+    return describe()
+
+
+@app.function(image=built)
+def dockerfile():
+    return describe()
+
+
+@app.local_entrypoint()
+def main():
+    show("plain", plain.remote)
+    show("dockerfile", dockerfile.remote)
+"""
+
+DOCKERFILE = """\
+FROM {ref}
+WORKDIR /opt/dock
+RUN echo "ran as $(id -u)" > run.txt && chown 42 run.txt
+"""
+
+
+@pytest.fixture(scope="module")
+def registry_ref(tmp_path_factory):
+    """The machine's Debian base (root's cache; built first if missing) in a local registry."""
+    from ketch.image import Image
+    from registry_util import local_registry, missing_tools, push_rootfs
+
+    if missing := missing_tools():
+        pytest.skip(f"registry tests need {', '.join(missing)} (scripts/system-deps)")
+    cache = Path(os.environ.get("KETCH_IMAGE_CACHE", "~/.cache/ketch/images")).expanduser()
+    base = cache / "layers" / Image.debian_slim().layers[0].hash / "fs"
+    if not base.is_dir():
+        home = tmp_path_factory.mktemp("root-home")
+        env = KetchEnv(home, runtime="sandbox")
+        try:
+            app = home / "base_app.py"
+            app.write_text(
+                "import ketch\napp = ketch.App('base')\n@app.function()\ndef f():\n    return 1\n"
+            )
+            env.cli("run", f"{app}::f", timeout=400).check()
+        finally:
+            env.close()
+    with local_registry(tmp_path_factory.mktemp("registry")) as host:
+        ref = f"{host}/test/debian:rootless"
+        asyncio.run(
+            push_rootfs(base, ref, env={"FROM_REGISTRY": "yes"}, workdir="/srv", timeout=400)
+        )
+        yield ref
+
+
+def test_an_ordinary_account_pulls_images_and_builds_dockerfiles(two, registry_ref):
+    a, _ = two
+    a.account.write("registry/Dockerfile", DOCKERFILE.format(ref=registry_ref))
+    app = a.account.write(
+        "registry/registry_app.py", SHOW + textwrap.dedent(REGISTRY_APP.format(ref=registry_ref))
+    )
+    run = ExampleRun.parse(a.cli("run", app, timeout=400))
+    plain = run.value("plain")
+    assert plain["FROM_REGISTRY"] == "yes" and plain["cwd"] == "/srv", plain
+    assert plain["owners"] == {"/etc/shadow": 42, "/etc/passwd": 0}, plain  # group shadow kept
+    built = run.value("dockerfile")
+    assert built["cwd"] == "/opt/dock" and built["run"] == "ran as 0", built
+    assert built["owners"] == plain["owners"], built

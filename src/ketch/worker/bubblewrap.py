@@ -142,12 +142,13 @@ class BubblewrapWorker:
         self.userns = userns  # containers run as its root; None: as host root
         self.userns_note = userns_note  # why there is none
         self._sockets_open = False
-        self.cgroups = cgroups.detect()
+        self.cgroup_parent = str(config.get("cgroup_parent"))
+        # Under cgroup_parent when an administrator delegated it to a rootless account.
+        self.cgroups = cgroups.detect(parent=self.cgroup_parent)
         self._containers: dict[str, _Container] = {}
         self._driver_files: list[str] | None = None
         self.containers_dir = home / "containers"
         self.mounts_dir = home / "mounts"
-        self.cgroup_parent = str(config.get("cgroup_parent"))
         self._cleanup_leftovers()
         self.disks: scratch.ScratchDisks | None = None
         self.disks_note = ""  # why there are none

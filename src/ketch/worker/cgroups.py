@@ -221,7 +221,17 @@ def _enable_v2_controller(directory: str, controller: str) -> None:
         ) from e
 
 
-def _detect_v1(mounts: list[_Mount]) -> Support:
+def _probe_or_delegated(path: str, parent: str | None, probe_file: str) -> str:
+    """Probe ``path``; failing that, ``path/parent`` when an administrator delegated it
+    (made it and gave it to this account: the account may then make groups under it)."""
+    why = _probe_child(path, probe_file)
+    if why and parent and os.path.isdir(os.path.join(path, parent)):
+        if not _probe_child(os.path.join(path, parent), probe_file):
+            return ""
+    return why
+
+
+def _detect_v1(mounts: list[_Mount], parent: str | None = None) -> Support:
     roots: list[tuple[str, str]] = []
     usable: set[str] = set()
     reasons: list[str] = []
@@ -231,7 +241,7 @@ def _detect_v1(mounts: list[_Mount]) -> Support:
             reasons.append(f"no v1 {controller} hierarchy mounted")
             continue
         path = min(candidates, key=len)
-        why = _probe_child(path, _V1_PROBE_FILES[controller])
+        why = _probe_or_delegated(path, parent, _V1_PROBE_FILES[controller])
         if why:
             reasons.append(why if why == "not root" else f"{controller}: {why}")
             continue
@@ -240,7 +250,7 @@ def _detect_v1(mounts: list[_Mount]) -> Support:
     return _support("v1", usable, reasons, roots)
 
 
-def _detect_v2(path: str) -> Support:
+def _detect_v2(path: str, parent: str | None = None) -> Support:
     try:
         available = set(_read(os.path.join(path, "cgroup.controllers")).split())
     except OSError as e:
@@ -250,13 +260,18 @@ def _detect_v2(path: str) -> Support:
     reasons += [f"v2 {c} controller not available" for c in CONTROLLERS if c not in available]
     if not wanted:
         return _support("v2", set(), reasons, [])
-    why = _probe_child(path, "cgroup.procs")
+    why = _probe_or_delegated(path, parent, "cgroup.procs")
     if why:
         return _support("v2", set(), [*reasons, why], [])
+    delegated = bool(_probe_child(path, "cgroup.procs"))  # the probe passed only under parent
     usable: set[str] = set()
     for controller in wanted:
         try:
-            _enable_v2_controller(path, controller)
+            # A delegated parent has the controllers its administrator enabled above it;
+            # this account turns them on for its own children.
+            _enable_v2_controller(
+                os.path.join(path, parent) if delegated and parent else path, controller
+            )
         except (CgroupError, OSError) as e:
             reasons.append(str(e))
             continue
@@ -276,7 +291,7 @@ def _support(
     )
 
 
-def detect(root: str = DEFAULT_ROOT) -> Support:
+def detect(root: str = DEFAULT_ROOT, parent: str | None = None) -> Support:
     """Find out which limits can be enforced, by trying (nothing is cached).
 
     A throwaway child group is created and removed in each hierarchy; on v2 the
@@ -302,13 +317,13 @@ def detect(root: str = DEFAULT_ROOT) -> Support:
                 if os.path.exists(os.path.join(root, c, "cgroup.procs"))
             ]
     if any(m.fstype == "cgroup2" and m.path == root for m in mounts):
-        return _detect_v2(root)  # unified mode
+        return _detect_v2(root, parent)  # unified mode
     v1 = [m for m in mounts if m.fstype == "cgroup" and m.options & set(CONTROLLERS)]
     if v1:
-        return _detect_v1(v1)
+        return _detect_v1(v1, parent)
     unified = [m.path for m in mounts if m.fstype == "cgroup2"]
     if unified:
-        return _detect_v2(min(unified, key=len))
+        return _detect_v2(min(unified, key=len), parent)
     return Support("none", frozenset(), f"no cgroup hierarchy mounted under {root}")
 
 
