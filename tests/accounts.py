@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
@@ -117,6 +118,37 @@ class Account:
             os.chown(self.home / part, self.uid, self.gid)
         return path
 
+    def delegate_cgroups(self, parent: str) -> list[Path]:
+        """Give the account a cgroup ``parent`` of its own, as an administrator would
+        (v1: in each of the memory, cpu and pids hierarchies; v2: one group with those
+        controllers turned on above it). Returns the groups, for :func:`undelegate`."""
+        root = Path("/sys/fs/cgroup")
+        made: list[Path] = []
+        if (root / "cgroup.controllers").exists():  # unified (v2)
+            wanted = {"memory", "cpu", "pids"} & set(
+                (root / "cgroup.controllers").read_text().split()
+            )
+            for controller in sorted(wanted):
+                with open(root / "cgroup.subtree_control", "w") as fh:
+                    fh.write(f"+{controller}")
+            groups, files = (
+                [root / parent],
+                ("cgroup.procs", "cgroup.subtree_control", "cgroup.threads"),
+            )
+        else:
+            groups = [
+                root / c / parent
+                for c in ("memory", "cpu", "pids")
+                if (root / c / "tasks").exists()
+            ]
+            files = ("cgroup.procs", "tasks")
+        for group in groups:
+            group.mkdir()
+            made.append(group)
+            for path in (group, *(group / name for name in files)):
+                os.chown(path, self.uid, self.gid)
+        return made
+
     def remove(self) -> None:
         for _ in range(3):
             subprocess.run(["pkill", "-KILL", "-u", str(self.uid)], capture_output=True)
@@ -125,3 +157,14 @@ class Account:
         shutil.rmtree(self.home, ignore_errors=True)
         for leftover in Path("/tmp").glob(f"ketch-{self.uid}-*"):
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def undelegate(groups: list[Path]) -> None:
+    """Remove delegated groups (their children first); the account's processes are gone."""
+    for group in groups:
+        for child in sorted(group.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if child.is_dir():
+                with contextlib.suppress(OSError):
+                    child.rmdir()
+        with contextlib.suppress(OSError):
+            group.rmdir()

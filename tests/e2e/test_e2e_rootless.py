@@ -159,11 +159,16 @@ def two():
     """Accounts A and B, each with a sandbox control plane; B has a container running."""
     made: list[accounts.Account] = []
     envs: list[AccountEnv] = []
+    groups: list[Path] = []
     try:
         for _ in range(2):
             made.append(accounts.Account.create())
             envs.append(AccountEnv(made[-1]))
         a, b = envs
+        # A's administrator gave it a cgroup of its own; B has none.
+        a.cgroup_parent = f"ketch-{a.account.name}"
+        groups = a.account.delegate_cgroups(a.cgroup_parent)
+        a.env["KETCH_CGROUP_PARENT"] = a.cgroup_parent
         app = b.account.write("app/rootless_app.py", SHOW + textwrap.dedent(APP) + KEEPER)
         b.deployed = b.cli("deploy", app, timeout=400).check()
         a.app = a.account.write("app/rootless_app.py", SHOW + textwrap.dedent(APP))
@@ -173,6 +178,7 @@ def two():
             env.close()
         for account in made:
             account.remove()
+        accounts.undelegate(groups)
 
 
 def _container_pids(env: AccountEnv) -> list[int]:
@@ -240,9 +246,41 @@ def test_an_ordinary_account_builds_images_and_runs_isolated_containers(two):
     owners = {os.lstat(p).st_uid for p in layers.rglob("*") if p.is_file()}
     first = _subuid_start(a.account.name)
     assert owners and all(o == a.account.uid or first <= o < first + 65536 for o in owners)
+    status = b.status()
+    assert "rootless: root inside is " + b.account.name in status
+    assert "NOT enforced" in status and f"no cgroup is delegated to {b.account.name}" in status
+
+
+def test_a_delegated_cgroup_holds_an_ordinary_accounts_memory_limit(two):
+    a, _ = two
+    app = a.account.write(
+        "app/limits_app.py",
+        SHOW
+        + textwrap.dedent(
+            """
+            import ketch
+
+            app = ketch.App("rootless-limits")
+
+
+            @app.function(image=ketch.Image.debian_slim().pip_install("six"), memory=(64, 128))
+            def hog():
+                block = bytearray(400 << 20)
+                for i in range(0, len(block), 4096):
+                    block[i] = 1
+                return "survived"
+
+
+            @app.local_entrypoint()
+            def main():
+                show("hog", hog.remote)
+            """
+        ),
+    )
+    run = ExampleRun.parse(a.cli("run", app, timeout=300))
+    assert "ran out of memory (limit 128 MiB)" in run.error("hog"), run.proc.describe()
     status = a.status()
-    assert "rootless: root inside is " + a.account.name in status
-    assert "NOT enforced" in status and f"no cgroup is delegated to {a.account.name}" in status
+    assert "limits enforced" in status and "memory" in status.split("cgroup", 1)[1], status
 
 
 def test_a_web_endpoint_of_an_ordinary_account_answers(two):
