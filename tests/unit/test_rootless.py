@@ -167,3 +167,34 @@ def test_landlock_scope_keeps_a_container_off_host_abstract_sockets_and_signals(
     if why_not:
         pytest.skip(why_not)
     assert (to_host, to_own, signal) == ("PermissionError", "connected", "PermissionError")
+
+
+@pytest.mark.skipif(bool(accounts.missing()), reason=accounts.missing() or "ok")
+def test_without_bubblewrap_an_account_falls_back_to_local_and_status_says_why(tmp_path):
+    account = accounts.Account.create()
+    probe = (
+        "from ketch.worker import isolate, rootless\n"
+        "from ketch.worker.local import LocalWorker\n"
+        "state = rootless.enter()\n"
+        "worker = LocalWorker(None, None, use_template=False)\n"
+        "worker.why_not_sandbox = isolate.support().reason\n"
+        "print('PROBE', state.mapping, worker.isolation)\n"
+    )
+    try:
+        env = account.env()
+        env["PATH"] = str(Path(sys.executable).parent)  # no /usr/bin: no bwrap
+        done = subprocess.run(
+            account.command([sys.executable, "-c", probe]),
+            env=env,
+            cwd=account.home,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        account.remove()
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.split("PROBE ", 1)[1]
+    assert line.startswith("None none (local runtime"), line
+    assert "the sandbox runtime cannot run here: bubblewrap is not installed" in line
+    assert "sudo apt-get install -y bubblewrap uidmap mmdebstrap" in line

@@ -20,6 +20,7 @@ from .. import __version__
 from .._config import config
 from ..worker import isolate, rootless, userns
 from ..worker.bubblewrap import BubblewrapWorker, socket_dir
+from ..worker.local import LocalWorker
 from . import frames
 from .api import Api
 from .auth import Authenticator
@@ -106,6 +107,8 @@ def _choose_runtime(
             "runtime 'local' (the sandbox runtime cannot run here: %s); containers are NOT isolated",
             support.reason,
         )
+        if isinstance(dispatcher.services.worker, LocalWorker):
+            dispatcher.services.worker.why_not_sandbox = support.reason  # for `ketch server status`
         return None
     cache = Path(config.get("image_cache")).expanduser()
     ns, why_not = userns.start(home, probe_dirs=[cache])

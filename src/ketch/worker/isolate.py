@@ -108,12 +108,12 @@ def support() -> Support:
     Example: ``if not support().ok: print(support().reason)``.
     """
     bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        return Support(False, "bubblewrap is not installed (apt-get install bubblewrap)", None)
     if os.geteuid() != 0:  # root of its own user namespace otherwise (worker/rootless.py)
         state = rootless.state()
         why = state.why_not if state is not None else "the control plane is not in a user namespace"
         return Support(False, why, bwrap)
+    if bwrap is None:
+        return Support(False, "bubblewrap is not installed (apt-get install bubblewrap)", None)
     try:
         with open("/proc/filesystems") as fh:
             if "overlay" not in fh.read():

@@ -105,10 +105,15 @@ class LocalWorker:
     """Starts, stops and watches container processes."""
 
     name = "local"
-    isolation = (
-        "none (local runtime: containers are host processes; images are not applied and "
-        "memory/cpu limits are NOT enforced)"
-    )
+    why_not_sandbox = ""  # set when the sandbox runtime was wanted (auto) but cannot run here
+
+    @property
+    def isolation(self) -> str:
+        why = f"; the sandbox runtime cannot run here: {self.why_not_sandbox}"
+        return (
+            "none (local runtime: containers are host processes; images are not applied and "
+            f"memory/cpu limits are NOT enforced{why if self.why_not_sandbox else ''})"
+        )
 
     # A read-only Volume mount is a read-only bind only as root (runtime.mounts).
     enforces_read_only = os.geteuid() == 0
