@@ -123,13 +123,16 @@ def run_script(
     env: dict[str, str],
     cwd: Path,
     timeout: float,
+    wrap: Callable[[list[str]], list[str]] | None = None,
 ) -> dict:
-    """Runs ``python -c script *args``; the JSON after ``prefix`` on the line it prints.
+    """Runs ``python -c script *args`` (through ``wrap``: as another account, say); the
+    JSON after ``prefix`` on the line it prints.
 
     A non-zero exit or a missing line raises, with the ends of both output streams.
     """
+    argv = [sys.executable, "-c", script, *args]
     proc = subprocess.run(
-        [sys.executable, "-c", script, *args],
+        wrap(argv) if wrap else argv,
         env=env,
         cwd=str(cwd),
         capture_output=True,
@@ -197,15 +200,20 @@ def ketch_env(home: Path) -> dict[str, str]:
     return env
 
 
-def stop_control_plane(env: dict[str, str], what: str = "`ketch server stop`") -> list[str]:
+def stop_control_plane(
+    env: dict[str, str],
+    what: str = "`ketch server stop`",
+    wrap: Callable[[list[str]], list[str]] | None = None,
+) -> list[str]:
     """``ketch server stop`` for ``env``'s KETCH_HOME, if it exists; a note on trouble."""
     if not Path(env["KETCH_HOME"]).exists():
         return []
     cli = Path(sys.executable).parent / "ketch"
     cmd = [str(cli)] if cli.exists() else [sys.executable, "-m", "ketch.cli.main"]
+    argv = [*cmd, "server", "stop"]
     try:
         proc = subprocess.run(
-            [*cmd, "server", "stop"], env=env, capture_output=True, text=True, timeout=60
+            wrap(argv) if wrap else argv, env=env, capture_output=True, text=True, timeout=60
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return [f"{what} failed: {exc!r}"]

@@ -22,6 +22,12 @@ Rows per case:
 * ketch, ``KETCH_RUNTIME=sandbox``: bubblewrap sandboxes of an image (the
   default image for (a), ``debian_slim().pip_install("numpy")`` for (b));
   skipped, with the reason, where ``ketch.worker.isolate.support()`` says no;
+* ketch, ``sandbox`` rootless: the same, with the control plane (and so
+  everything it starts) run by an ordinary account made for the run
+  (``tests/accounts.py``, with a subordinate id range; removed at the end):
+  it builds its own images in its own cache and runs in a user namespace of
+  its own (docs/rootless.md). Run as root only (making an account needs it);
+  skipped with the reason otherwise;
 * ketch, ``KETCH_RUNTIME=local``: containers forked from a warm template
   process on the host;
 * Ray actor start: from ``A.remote()`` to the first method result, Ray already
@@ -92,10 +98,11 @@ CASES = (
     Case("numpy", "(b) module imports numpy", "_cold_numpy_app", 1000, 499500, "import numpy"),
 )
 
-SYSTEMS = ("sandbox", "local", "ray", "host")
-RUNTIMES = ("sandbox", "local")  # one control plane, in its own KETCH_HOME, each
+SYSTEMS = ("sandbox", "rootless", "local", "ray", "host")
+RUNTIMES = ("sandbox", "rootless", "local")  # one control plane, in its own KETCH_HOME, each
 SYSTEM_LABELS = {
     "sandbox": "ketch, sandbox runtime",
+    "rootless": "ketch, sandbox runtime, ordinary account",
     "local": "ketch, local runtime",
     "ray": "Ray actor start",
     "host": "host floor: fresh `python -c`",
@@ -133,18 +140,30 @@ class Cleanup(h.Cleanup):
     process that auto-started them exits, are found.
     """
 
+    account = None  # the ordinary account of the rootless rows, while it exists
+
     def home(self, runtime: str) -> Path:
+        if runtime == "rootless" and self.account is not None:
+            return Path(self.account.home) / "ketch-home"
         return self.workdir / f"home-{runtime}"
 
     def ketch_env(self, runtime: str) -> dict[str, str]:
         env = h.ketch_env(self.home(runtime))
-        env["KETCH_RUNTIME"] = runtime
+        env["KETCH_RUNTIME"] = "sandbox" if runtime == "rootless" else runtime
         env.pop("KETCH_FORCE_BUILD", None)
-        return env
+        return self.account.env(env) if runtime == "rootless" and self.account else env
+
+    def wrap(self, runtime: str):
+        """Commands of that runtime's phase run as the account (rootless), else as they are."""
+        return self.account.command if runtime == "rootless" and self.account else None
+
+    def cwd(self, runtime: str) -> Path:
+        return self.account.home if runtime == "rootless" and self.account else self.workdir
 
     def stop_ketch(self, runtime: str) -> list[str]:
         """``ketch server stop`` for that runtime's KETCH_HOME; a note on trouble."""
-        return h.stop_control_plane(self.ketch_env(runtime), f"`ketch server stop` ({runtime})")
+        what = f"`ketch server stop` ({runtime})"
+        return h.stop_control_plane(self.ketch_env(runtime), what, self.wrap(runtime))
 
     def stop_ketch_all(self) -> list[str]:
         return [note for runtime in RUNTIMES for note in self.stop_ketch(runtime)]
@@ -185,6 +204,9 @@ class Cleanup(h.Cleanup):
         return notes
 
     def remove_workdir(self) -> None:
+        if self.account is not None:  # an interrupted rootless phase: the account goes too
+            self.account.remove()
+            self.account = None
         if self.keep:
             return
         # The sandbox runtime keeps its unix sockets in a short directory under /tmp
@@ -260,9 +282,10 @@ print("KETCH_COLD " + json.dumps({
 """
 
 
-def ketch_trial(case: Case, env: dict[str, str], cwd: Path, timeout: float) -> dict:
+def ketch_trial(case: Case, env: dict[str, str], cwd: Path, timeout: float, wrap=None) -> dict:
     args = [str(BENCH_DIR), case.module, str(case.arg), str(case.want)]
-    return h.run_script(TRIAL_SCRIPT, args, "KETCH_COLD ", f"{case.key} trial", env, cwd, timeout)
+    what = f"{case.key} trial"
+    return h.run_script(TRIAL_SCRIPT, args, "KETCH_COLD ", what, env, cwd, timeout, wrap)
 
 
 def busy_containers(home: Path) -> list[str]:
@@ -304,10 +327,11 @@ def wait_quiet(home: Path, notes: list[str]) -> None:
 def run_ketch(runtime: str, n: int, cleanup: Cleanup, results: dict, notes: list[str]) -> None:
     env = cleanup.ketch_env(runtime)
     home = cleanup.home(runtime)
+    wrap, cwd = cleanup.wrap(runtime), cleanup.cwd(runtime)
     log(f"{runtime}: warm-up (starts the control plane, builds images)")
     for case in CASES:
         t0 = time.perf_counter()
-        r = ketch_trial(case, env, cleanup.workdir, WARMUP_TIMEOUT_S)
+        r = ketch_trial(case, env, cwd, WARMUP_TIMEOUT_S, wrap)
         notes.append(
             f"{runtime}: warm-up trial {case.key} (untimed; "
             f"{'control plane start + ' if case is CASES[0] else ''}image check/build + first call): "
@@ -320,7 +344,7 @@ def run_ketch(runtime: str, n: int, cleanup: Cleanup, results: dict, notes: list
         # Alternate the order of the cases, so neither always follows the other.
         for case in CASES if i % 2 == 0 else CASES[::-1]:
             wait_quiet(home, notes)
-            runs[case.key].append(ketch_trial(case, env, cleanup.workdir, TRIAL_TIMEOUT_S))
+            runs[case.key].append(ketch_trial(case, env, cwd, TRIAL_TIMEOUT_S, wrap))
     for case in CASES:
         rs = runs[case.key]
         entry = summary([r["cold_s"] for r in rs])
@@ -446,6 +470,17 @@ def verdicts(results: dict) -> list[str]:
     return out
 
 
+def make_account(cleanup: Cleanup) -> str:
+    """Make the rootless rows' account (``cleanup.account``); "" or why not."""
+    sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
+    import accounts
+
+    why_not = accounts.missing()
+    if not why_not:
+        cleanup.account = accounts.Account.create(prefix="kbench")
+    return why_not
+
+
 def sandbox_support() -> tuple[bool, str]:
     try:
         from ketch.worker.isolate import support
@@ -504,13 +539,16 @@ def main(argv: list[str] | None = None) -> int:
         for runtime in RUNTIMES:
             if runtime not in chosen:
                 continue
+            reason = ""
             if runtime == "sandbox":
                 ok, reason = sandbox_support()
-                if not ok:
-                    for case in CASES:
-                        results[case.key]["sandbox"] = {"skipped": reason}
-                    notes.append(f"sandbox rows skipped: {reason}")
-                    continue
+            elif runtime == "rootless":
+                reason = make_account(cleanup)
+            if reason:
+                for case in CASES:
+                    results[case.key][runtime] = {"skipped": reason}
+                notes.append(f"{runtime} rows skipped: {reason}")
+                continue
             try:
                 run_ketch(runtime, n, cleanup, results, notes)
             except Exception as exc:  # noqa: BLE001
@@ -518,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 # One control plane at a time: stop this one before the next phase.
                 notes.extend(cleanup.stop_phase(runtime))
+                if runtime == "rootless" and cleanup.account is not None:
+                    cleanup.account.remove()
+                    cleanup.account = None
         if "ray" in chosen:
             try:
                 run_ray(n, cleanup, results, notes)

@@ -440,3 +440,13 @@ def test_an_ordinary_account_pulls_images_and_builds_dockerfiles(two, registry_r
     built = run.value("dockerfile")
     assert built["cwd"] == "/opt/dock" and built["run"] == "ran as 0", built
     assert built["owners"] == plain["owners"], built
+
+
+def test_an_ordinary_account_prunes_its_image_cache(two):
+    """Last: layers hold files of the account's subordinate ids, which only its namespace may delete."""
+    a, _ = two
+    layers = a.account.home / ".cache" / "ketch" / "images" / "layers"
+    first = _subuid_start(a.account.name)
+    assert any(os.lstat(p).st_uid >= first for p in layers.rglob("*")), "no subordinate-id files"
+    pruned = a.cli("image", "prune", "--older-than", "0", timeout=120).check()
+    assert "removed" in pruned.stdout and not any(layers.iterdir()), pruned.describe()

@@ -7,6 +7,7 @@ and change it directly, without a control plane.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -15,13 +16,19 @@ import click
 
 from .._config import config
 from ..images.layers import LayerStore
+from ..worker import rootless
 from ._util import ago
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
 _UNIT_S = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def _store() -> LayerStore:
+def _store(writing: bool = False) -> LayerStore:
+    """The cache; to change it, an ordinary account first takes its control plane's
+    user namespace (worker/rootless.py): layers hold files of its subordinate ids,
+    which the account itself may not delete."""
+    if writing and os.geteuid() != 0:
+        rootless.enter()  # a short-lived CLI process, still single-threaded here
     return LayerStore(Path(config.get("image_cache")).expanduser())
 
 
@@ -58,7 +65,7 @@ def list_layers() -> None:
 @click.argument("layers", nargs=-1, required=True)
 def remove(layers: tuple[str, ...]) -> None:
     """Remove LAYERS (hashes or unique prefixes) and every layer built on them."""
-    store = _store()
+    store = _store(writing=True)
     for prefix in layers:
         full = store.resolve(prefix)
         if full is None:
@@ -83,5 +90,5 @@ def prune(older_than: str) -> None:
         )
     seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
     started = time.monotonic()
-    removed = _store().prune(seconds)
+    removed = _store(writing=True).prune(seconds)
     click.echo(f"removed {len(removed)} layer(s) in {time.monotonic() - started:.1f}s")
