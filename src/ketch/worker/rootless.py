@@ -30,11 +30,13 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pwd
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,11 +216,10 @@ def _map_ids(pid: int, mapping: Mapping) -> str:
     return "; ".join(errors)
 
 
-def _try_ranged(mapping: Mapping) -> str:
-    """Whether newuidmap maps the ranges, tried on a throwaway child; "" when it does.
-
-    A process whose namespace stays unmapped cannot go back, so the real
-    process unshares only once this worked.
+@contextlib.contextmanager
+def unshared_child() -> Iterator[int]:
+    """A child process in a new, unmapped user namespace, waiting while its maps are
+    written; yields its pid, and ends it on exit. Raises ``OSError`` if it cannot unshare.
     """
     libc = ctypes.CDLL(None, use_errno=True)
     ready_r, ready_w = os.pipe()
@@ -236,12 +237,25 @@ def _try_ranged(mapping: Mapping) -> str:
     os.close(go_r)
     try:
         if os.read(ready_r, 1) != b"u":
-            return "unshare(CLONE_NEWUSER) failed"
-        return _map_ids(pid, mapping)
+            raise OSError("unshare(CLONE_NEWUSER) failed (are user namespaces turned off?)")
+        yield pid
     finally:
         os.close(go_w)
         os.close(ready_r)
         os.waitpid(pid, 0)
+
+
+def _try_ranged(mapping: Mapping) -> str:
+    """Whether newuidmap maps the ranges, tried on a throwaway child; "" when it does.
+
+    A process whose namespace stays unmapped cannot go back, so the real
+    process unshares only once this worked.
+    """
+    try:
+        with unshared_child() as pid:
+            return _map_ids(pid, mapping)
+    except OSError as exc:
+        return str(exc)
 
 
 def _unshare_with_helper(libc: ctypes.CDLL, mapping: Mapping) -> None:

@@ -72,7 +72,6 @@ AT_FDCWD, AT_EMPTY_PATH = -100, 0x1000
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
 MOUNT_ATTR_IDMAP = 0x100000
-CLONE_NEWUSER = 0x10000000
 MS_BIND, MS_REC, MNT_DETACH = 0x1000, 0x4000, 2
 ENOSYS = 38
 
@@ -162,33 +161,13 @@ def clear(top: Path) -> None:
 
 def _make_userns(base: int, extra: str = "") -> int:
     """A user namespace mapping ``0..COUNT-1`` to ``base..`` (plus ``extra`` map lines); an fd on it."""
-    ready_r, ready_w = os.pipe()
-    go_r, go_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child makes the namespace, waits while its maps are written, and goes
-        try:
-            os.close(ready_r)
-            os.close(go_w)
-            ok = isolate.libc().unshare(CLONE_NEWUSER) == 0
-            os.write(ready_w, b"u" if ok else b"e")
-            os.read(go_r, 1)
-        finally:
-            os._exit(0)
-    os.close(ready_w)
-    os.close(go_r)
-    try:
-        if os.read(ready_r, 1) != b"u":
-            raise OSError("unshare(CLONE_NEWUSER) failed (are user namespaces turned off?)")
+    with rootless.unshared_child() as pid:
         mapping = f"0 {base} {COUNT}\n{extra}"
         # setgroups stays "allow": nsenter clears the supplementary groups when it enters.
         for name in ("uid_map", "gid_map"):
             with open(f"/proc/{pid}/{name}", "w") as fh:
                 fh.write(mapping)
         return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    finally:
-        os.close(go_w)
-        os.close(ready_r)
-        os.waitpid(pid, 0)
 
 
 def run_dir(home: Path) -> Path:
