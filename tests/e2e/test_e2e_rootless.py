@@ -322,6 +322,13 @@ def test_two_accounts_cannot_reach_each_other(two):
             out["api"] = "answered"
         except urllib.error.HTTPError as exc:
             out["api"] = exc.code
+        out["environ"] = {{}}  # a container's environment holds its token and its Secrets
+        for pid in {_container_pids(b)!r}:
+            try:
+                open(f"/proc/{{pid}}/environ", "rb").read()
+                out["environ"][pid] = "read"
+            except OSError as exc:
+                out["environ"][pid] = type(exc).__name__
         out["kill"] = {{}}
         for pid in {[b_info["pid"], *_container_pids(b)]!r}:
             try:
@@ -340,6 +347,7 @@ def test_two_accounts_cannot_reach_each_other(two):
     assert out["socket"] == "PermissionError", out
     assert out["api"] == 401, out  # A's token means nothing to B's control plane
     assert set(out["kill"].values()) == {"PermissionError"}, out
+    assert out["environ"] and set(out["environ"].values()) == {"PermissionError"}, out
     assert b.pid_alive(b_info["pid"])
     # B's own view: its app is still there, and A's CLI pointed at B's home gets nowhere.
     assert b.app_record("rootless-demo") is not None

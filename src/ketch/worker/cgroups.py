@@ -243,7 +243,7 @@ def _detect_v1(mounts: list[_Mount], parent: str | None = None) -> Support:
         path = min(candidates, key=len)
         why = _probe_or_delegated(path, parent, _V1_PROBE_FILES[controller])
         if why:
-            reasons.append(why if why == "not root" else f"{controller}: {why}")
+            reasons.append(why if why == _not_root() else f"{controller}: {why}")
             continue
         roots.append((controller, path))
         usable.add(controller)
