@@ -458,3 +458,78 @@ def test_an_ordinary_account_prunes_its_image_cache(two):
     assert any(os.lstat(p).st_uid >= first for p in layers.rglob("*")), "no subordinate-id files"
     pruned = a.cli("image", "prune", "--older-than", "0", timeout=120).check()
     assert "removed" in pruned.stdout and not any(layers.iterdir()), pruned.describe()
+
+
+SINGLE_ID_APP = """
+import ketch
+
+app = ketch.App("single-id")
+image = ketch.Image.from_registry("{ref}").apt_install("jq")
+
+
+@app.function(image=image)
+def inside():
+    import os
+    import subprocess
+
+    return {{
+        "uid_map": open("/proc/self/uid_map").read().split(),
+        "jq": subprocess.run(["jq", "--version"], capture_output=True, text=True).stdout.strip(),
+        "uid": os.getuid(),
+    }}
+
+
+@app.local_entrypoint()
+def main():
+    show("inside", inside.remote)
+"""
+
+SLIM_APP = """
+import ketch
+
+app = ketch.App("single-id-slim")
+
+
+@app.function(image=ketch.Image.debian_slim())
+def never():
+    return "built"
+"""
+
+
+def test_an_account_without_subordinate_ids_runs_on_a_single_id_mapping(registry_ref):
+    """No /etc/subuid range: the account alone is mapped. Registry images (unpacked without
+    their owners) and apt steps still work; debian_slim says what to ask an administrator."""
+    account = accounts.Account.create()
+    env = AccountEnv(account)
+    try:
+        subprocess.run(
+            [
+                "usermod",
+                "--del-subuids",
+                "1-4294967294",
+                "--del-subgids",
+                "1-4294967294",
+                account.name,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        app = account.write(
+            "app/single_id_app.py", SHOW + textwrap.dedent(SINGLE_ID_APP.format(ref=registry_ref))
+        )
+        run = ExampleRun.parse(env.cli("run", app, timeout=300))
+        seen = run.value("inside")
+        assert seen["uid_map"] == ["0", str(account.uid), "1"], seen  # the account alone
+        assert seen["jq"].startswith("jq-") and seen["uid"] == 0, seen
+        slim_app = account.write("app/slim_app.py", SLIM_APP)
+        slim = env.cli("run", f"{slim_app}::never", timeout=120)
+        assert slim.returncode != 0 and "ImageBuildError" in slim.output, slim.describe()
+        assert "debian_slim cannot be built here" in slim.output, slim.describe()
+        assert (
+            f"usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {account.name}"
+            in (slim.output)
+        )
+        assert "single-id mapping" in (env.home / "server.log").read_text()
+    finally:
+        env.close()
+        account.remove()
