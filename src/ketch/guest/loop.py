@@ -520,9 +520,9 @@ def main() -> None:
 
     _die_with_parent()
     if os.environ.get("KETCH_RUNTIME") == "sandbox":
-        from .landlock import scope_container
+        from .landlock import confine_container
 
-        scope_container()  # what the kernel lacks is told by `ketch server status`
+        confine_container()  # what the kernel lacks is told by `ketch server status`
     signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
     chan = _connect()
     chan.write(

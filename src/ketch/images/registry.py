@@ -425,7 +425,8 @@ async def _run(argv: list[str], *, cwd: Path, log: LogFn, capture_stdout: bool =
             stderr=asyncio.subprocess.PIPE,
         )
     except FileNotFoundError:
-        return _Result(127, b"", [f"{argv[0]}: command not found (is it installed?)"])
+        hint = rootless.install_hint(os.path.basename(argv[0]))
+        return _Result(127, b"", [f"{argv[0]} is not installed ({hint})"])
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     captured = bytearray()
 

@@ -507,7 +507,11 @@ class BubblewrapWorker:
 def landlock_scopes() -> str:
     """Whether containers' Landlock scopes hold on this kernel (ketch.guest applies them), in words."""
     done = subprocess.run(
-        [sys.executable, "-c", "from ketch.guest.landlock import scope_container as s; print(s())"],
+        [
+            sys.executable,
+            "-c",
+            "from ketch.guest.landlock import confine_container as s; print(s())",
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -515,7 +519,7 @@ def landlock_scopes() -> str:
     why_not = done.stdout.strip() if done.returncode == 0 else done.stderr.strip()[-200:]
     if why_not:
         return f"no Landlock scopes: {why_not}"
-    return "Landlock: no abstract unix sockets or signals outside the container"
+    return "Landlock: no files, abstract unix sockets or signals outside the container"
 
 
 def _ephemeral_disk_mib(spec: FunctionSpec) -> int:

@@ -13,8 +13,9 @@ The mapping, as rootless Podman and Docker make it:
 * with ``newuidmap``/``newgidmap`` and a range in ``/etc/subuid`` and
   ``/etc/subgid``: 0 is the account, and 1.. are its subordinate ids, so that
   files in images keep their owners (``_apt``, ``nobody``, a ``USER``);
-* otherwise the account alone, as 0 (a *single-id* mapping): images whose
-  files belong to other users cannot be unpacked, and ``debian_slim`` says so.
+* otherwise the account alone, as 0 (a *single-id* mapping): registry images
+  are unpacked without their files' owners, apt downloads as root, and
+  ``debian_slim`` (whose packages own files as several users) says what to ask for.
 
 Containers then run as root of this namespace, which is the account on the
 host (as in rootless Podman): they hold Docker's default capabilities over the
@@ -110,6 +111,13 @@ def subordinate_range(path: Path, user: str, uid: int) -> tuple[int, int] | None
         if parts[1].isdigit() and parts[2].isdigit() and int(parts[2]) > 0:
             return int(parts[1]), int(parts[2])
     return None
+
+
+def install_hint(package: str) -> str:
+    """How to get a missing Debian package: as root, the command; otherwise whom to ask."""
+    if os.geteuid() == 0 and current() is None:
+        return f"apt-get install {package}"
+    return f"ask an administrator: sudo apt-get install -y {package}"
 
 
 def admin_command(user: str) -> str:
