@@ -117,12 +117,22 @@ def main(paths: str, other_pid: int, port: int, abstract: str):
 """
 
 
-# B's deployed app keeps a container running, for A to try to reach.
+# B's deployed app keeps a container running, for A to try to reach, and a schedule.
 KEEPER = """
 
 @app.function(image=image, min_containers=1)
 def keeper():
     pass
+
+
+ticks = ketch.Dict.from_name("rootless-ticks", create_if_missing=True)
+
+
+@app.function(image=image, schedule=ketch.Period(seconds=1))
+def tick():
+    import time
+
+    ticks[f"tick-{time.time()}"] = os.getuid()
 """
 
 
@@ -283,11 +293,13 @@ def test_a_delegated_cgroup_holds_an_ordinary_accounts_memory_limit(two):
     assert "limits enforced" in status and "memory" in status.split("cgroup", 1)[1], status
 
 
-def test_a_web_endpoint_of_an_ordinary_account_answers(two):
+def test_a_web_endpoint_and_a_schedule_of_an_ordinary_account_work(two):
     _, b = two
     urls = dict(re.findall(r"- (\S+) => (http://127\.0\.0\.1:\d+)", b.deployed.stdout))
     with urllib.request.urlopen(urls["web"], timeout=120) as response:
         assert response.read() == b"uid 0"
+    ticked = lambda: "tick-" in b.cli("dict", "items", "rootless-ticks", timeout=60).stdout  # noqa: E731
+    assert b.wait_until(ticked, 60, interval=1.0), "the schedule never ran"
 
 
 def test_two_accounts_cannot_reach_each_other(two):
