@@ -143,8 +143,17 @@ def test_host_paths_need_the_unix_socket(control_plane, tmp_path):
     }
     body = {"app_id": "ap-hostroot2", "name": "hostroot2", "functions": [module]}
     assert _post(control_plane.url, "AppCreate", body, _owner(control_plane))[0] == 403
-    # The same owner on the unix socket may (an ephemeral app with no functions that run).
     sock_path = json.loads((control_plane.home / "server.json").read_text())["socket"]
+    # Nor on the socket bound into containers, even with the owner's token from the owner's
+    # uid: an ordinary account's containers are that account (docs/rootless.md).
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(Path(sock_path).with_name("containers.sock")))
+        sock.sendall(RPC_MAGIC + _frame({"auth": _owner(control_plane)}))
+        sock.sendall(_frame({"m": "AppCreate", "b": body}))
+        reply = _read_frame(sock)
+        assert reply["s"] == 403 and "container's socket" in str(reply), reply
+    # The same owner on the unix socket may (an ephemeral app with no functions that run).
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(10)
         sock.connect(sock_path)
@@ -347,7 +356,7 @@ def test_a_large_blob_upload_streams_to_disk(control_plane):
     os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to become another user"
 )
 def test_another_user_cannot_reach_a_sandbox_control_plane(sandbox_env, workdir):
-    """With sandbox containers running, their sockets are 0666, but their directory (0700) and
+    """With sandbox containers running, the sockets bound into them are 0666, but their directory (0700) and
     the user namespace's staging under /run/ketch (0710, group of the namespace) keep uid 65534 out.
     """
     app = workdir / "alive.py"
@@ -364,12 +373,16 @@ def test_another_user_cannot_reach_a_sandbox_control_plane(sandbox_env, workdir)
     )
     if (
         "root inside is host uid" in sandbox_env.rpc("Status")["isolation"]
-    ):  # a user namespace: sockets 0666
-        assert staged and stat.S_IMODE(os.stat(info["socket"]).st_mode) == 0o666, staged
+    ):  # a user namespace: the sockets bound into containers are 0666
+        containers_sock = Path(info["socket"]).with_name("containers.sock")
+        assert staged and stat.S_IMODE(os.stat(containers_sock).st_mode) == 0o666, staged
+    sockets = [
+        Path(info["socket"]).with_name(n) for n in ("api.sock", "containers.sock", "channel.sock")
+    ]
     probe = f"""
 import os, socket
 out = []
-for path in {[info["socket"], str(Path(info["socket"]).parent / "channel.sock")]!r}:
+for path in {[str(p) for p in sockets]!r}:
     s = socket.socket(socket.AF_UNIX)
     try:
         s.connect(path); out.append("connected")

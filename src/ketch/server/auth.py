@@ -149,9 +149,17 @@ def owner_token(home: Path) -> str:
     return token
 
 
+# The unix sockets bound into containers. Their peers never count as local: an
+# ordinary account's containers run as that account (docs/rootless.md), so their
+# uid would otherwise pass for the owner's CLI in check_host_paths.
+CONTAINER_SOCKETS: set[str] = set()
+
+
 def peer_uid(sock: socket.socket | None) -> int | None:
-    """The uid of a unix-socket peer (``SO_PEERCRED``); None for TCP."""
+    """The uid of a unix-socket peer (``SO_PEERCRED``); None for TCP and container sockets."""
     if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    if sock.getsockname() in CONTAINER_SOCKETS:
         return None
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return int(struct.unpack("3i", creds)[1])
@@ -300,7 +308,11 @@ def check_host_paths(caller: Caller, paths: list[str]) -> None:
             f"local path {shown}: files on the control plane's machine can be named only by a client "
             "on that machine, over its unix socket (the SDK and CLI use it when the control plane is "
             "the embedded one); this request came "
-            + ("from a container" if caller.role == "container" else "over TCP")
+            + (
+                "from a container"
+                if caller.role == "container"
+                else "over TCP or a container's socket"
+            )
         )
     if caller.peer_uid not in (0, os.geteuid()):
         raise PermissionDeniedError(

@@ -180,8 +180,10 @@ async def serve(
     port: int,
     unix_path: str,
     tls: ssl.SSLContext | None = None,
+    containers_path: str | None = None,
 ) -> Listeners:
-    """Listen on ``host:port`` (with ``tls`` if given) and on the unix socket ``unix_path``."""
+    """Listen on ``host:port`` (with ``tls`` if given) and on the unix socket ``unix_path``
+    (and on ``containers_path``, the one bound into containers: :data:`auth.CONTAINER_SOCKETS`)."""
     loop = asyncio.get_running_loop()
     listeners = Listeners()
 
@@ -191,7 +193,12 @@ async def serve(
     listeners.servers.append(
         await loop.create_server(sniffer, host, port, reuse_address=True, ssl=tls)
     )
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(unix_path)
-    listeners.servers.append(await loop.create_unix_server(sniffer, unix_path))
+    for path in (unix_path, containers_path):
+        if path is None:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        if path == containers_path:
+            auth.CONTAINER_SOCKETS.add(path)
+        listeners.servers.append(await loop.create_unix_server(sniffer, path))
     return listeners

@@ -123,7 +123,7 @@ def _choose_runtime(
         home,
         builds.builder,
         sockets / "channel.sock",
-        sockets / "api.sock",
+        sockets / "containers.sock",
         dispatcher.gpus,
         ns,
         why_not,
@@ -182,7 +182,15 @@ async def serve(
     )
     await runner.setup()
     assert runner.server is not None
-    listeners = await frames.serve(api, runner.server, host, port, str(sockets / "api.sock"), tls)
+    listeners = await frames.serve(
+        api,
+        runner.server,
+        host,
+        port,
+        str(sockets / "api.sock"),
+        tls,
+        str(sockets / "containers.sock"),
+    )
     (home / "last_port").write_text(str(port))
     _write_info(
         home,
@@ -224,6 +232,7 @@ async def serve(
         store.close()
         for name in (
             "api.sock",
+            "containers.sock",
             "channel.sock",
         ):  # a stopped control plane leaves no sockets behind
             with contextlib.suppress(OSError):

@@ -13,8 +13,9 @@ runc's read-only and masked kernel paths (:mod:`ketch.worker.isolate`), a fresh
 * ``/.ketch/bundle`` (read-only): ketch and its runtime dependencies
   (:mod:`ketch.images.bundle`);
 * ``/.ketch/run/channel.sock`` and ``/.ketch/run/api.sock``: unix sockets to the
-  control plane (the container channel, and the HTTP API for calls made from
-  inside), which work without any network;
+  control plane (the container channel, and the API for calls made from inside:
+  its ``containers.sock``, whose peers never count as local for host paths),
+  which work without any network;
 * the app's source at ``/root`` (the entry module, or its top package), as
   Modal does, and the image's ``copy=False`` local files, read-only;
 * for GPU functions, the ``/dev/nvidia*`` nodes of the GPUs it owns and the
