@@ -81,7 +81,8 @@ from ketch.images.layers import LayerStore
 state = rootless.enter()
 out = {"uid": os.getuid(), "describe": state.mapping.describe(), "notes": list(state.notes),
        "uid_map": open("/proc/self/uid_map").read().split(),
-       "sandbox": isolate.support().ok, "options": isolate.overlay_options([Path("/l")], None, None)}
+       "sandbox": isolate.support().ok, "options": isolate.overlay_options([Path("/l")], None, None),
+       "overlay": isolate.probe_overlay(Path(os.environ["HOME"]) / "c", Path(os.environ["HOME"]) / "h")}
 try:
     Builder(LayerStore(Path(os.environ["HOME"]) / "cache"))._bootstrap_argv("bookworm", Path("/x"))
 except _StepFailed as exc:
@@ -120,6 +121,7 @@ def test_an_account_without_subordinate_ids_gets_a_single_id_mapping():
         account.remove()
     assert out["uid"] == 0 and out["uid_map"] == ["0", str(account.uid), "1"]
     assert out["sandbox"] and out["options"].endswith(",userxattr")
+    assert out["overlay"] == ""  # overlayfs mounts and takes a write in the account's namespace
     assert any("no subordinate ids" in note for note in out["notes"])
     assert "debian_slim cannot be built here" in out["debian_slim"]
     assert (

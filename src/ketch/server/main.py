@@ -100,6 +100,10 @@ def _choose_runtime(
         logger.warning("runtime 'local': containers are NOT isolated and images are not applied")
         return None
     support = isolate.support()
+    cache = Path(config.get("image_cache")).expanduser()
+    if support.ok and rootless.current() is not None:  # overlayfs in a user namespace, here?
+        if why := isolate.probe_overlay(cache, home):
+            support = isolate.Support(False, why, support.bwrap)
     if not support.ok:
         if wanted == "sandbox":
             raise SystemExit(f"ketch: the sandbox runtime cannot run here: {support.reason}")
@@ -110,7 +114,6 @@ def _choose_runtime(
         if isinstance(dispatcher.services.worker, LocalWorker):
             dispatcher.services.worker.why_not_sandbox = support.reason  # for `ketch server status`
         return None
-    cache = Path(config.get("image_cache")).expanduser()
     ns, why_not = userns.start(home, probe_dirs=[cache])
     if ns is None and rootless.current() is None:
         logger.warning("sandbox containers run as host root, with no user namespace: %s", why_not)

@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,44 @@ async def mount_overlay(
         raise RuntimeError(
             f"mount overlay at {merged} failed: {os.strerror(err)} (the kernel log says more)"
         )
+
+
+def probe_overlay(lower_parent: Path, upper_parent: Path) -> str:
+    """Whether an overlay with a lower dir in ``lower_parent`` and its upper in
+    ``upper_parent`` mounts and takes a write here; "" when it does, else why not.
+
+    A rootless control plane checks its image cache and home once at start:
+    some filesystems (NFS, another overlay) refuse overlays in a user namespace.
+    """
+    made: list[Path] = []
+    try:
+        lower = Path(tempfile.mkdtemp(prefix=".overlay-probe-", dir=_made(lower_parent)))
+        top = Path(tempfile.mkdtemp(prefix=".overlay-probe-", dir=_made(upper_parent)))
+        made += [lower, top]
+        merged = top / "merged"
+        for path in (top / "upper", top / "work", merged):
+            path.mkdir()
+        options = overlay_options([lower], top / "upper", top / "work")
+        if libc().mount(b"overlay", os.fsencode(merged), b"overlay", 0, options.encode()) != 0:
+            err = ctypes.get_errno()
+            return (
+                f"overlayfs cannot mount here ({lower_parent}, {upper_parent}): {os.strerror(err)}"
+            )
+        try:
+            (merged / "probe").write_text("ok")
+        finally:
+            unmount_sync(merged)
+        return ""
+    except OSError as exc:
+        return f"overlayfs does not work here: {exc}"
+    finally:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _made(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 async def unmount(merged: Path) -> None:
