@@ -67,7 +67,8 @@ class Account:
     home: Path
 
     @classmethod
-    def create(cls, prefix: str = "kt") -> Account:
+    def create(cls, prefix: str = "kt", subids: bool = True) -> Account:
+        """A new account; with ``subids=False`` it has no subordinate ids at all."""
         name = f"{prefix}{secrets.token_hex(4)}"
         home = Path(f"/tmp/{name}")
         run = lambda *argv: subprocess.run(argv, check=True, capture_output=True, timeout=30)  # noqa: E731
@@ -86,9 +87,11 @@ class Account:
             "--user-group",
             name,
         )
-        first = _free_subids()
-        last = first + SUBID_COUNT - 1
-        run("usermod", "--add-subuids", f"{first}-{last}", "--add-subgids", f"{first}-{last}", name)
+        if subids:
+            first = _free_subids()
+            last = first + SUBID_COUNT - 1
+            ids = f"{first}-{last}"
+            run("usermod", "--add-subuids", ids, "--add-subgids", ids, name)
         entry = pwd.getpwnam(name)
         home.mkdir(mode=0o700)
         os.chown(home, entry.pw_uid, entry.pw_gid)
