@@ -38,7 +38,11 @@ def missing() -> str:
     if os.geteuid() != 0:
         return "making accounts needs root"
     absent = [tool for tool in TOOLS if shutil.which(tool) is None]
-    return f"not installed: {', '.join(absent)} (scripts/system-deps)" if absent else ""
+    if absent:
+        return f"not installed: {', '.join(absent)} (scripts/system-deps)"
+    from ketch.worker.rootless import userns_restrictions
+
+    return userns_restrictions()  # an ordinary account could not have the sandbox here
 
 
 def _free_subids() -> int:

@@ -192,3 +192,20 @@ def test_a_missing_package_is_named_with_whom_to_ask(monkeypatch):
     assert rootless.install_hint("skopeo") == (
         "ask an administrator: sudo apt-get install -y skopeo"
     )
+
+
+def test_a_host_that_restricts_user_namespaces_is_named(monkeypatch, tmp_path):
+    real = Path.read_text
+
+    def fake(path, *args, **kwargs):
+        if str(path) == "/proc/sys/kernel/apparmor_restrict_unprivileged_userns":
+            return "1\n"
+        if str(path) == "/proc/sys/kernel/unprivileged_userns_clone":
+            raise FileNotFoundError(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", fake)
+    assert rootless.userns_restrictions() == (
+        "this host sets kernel.apparmor_restrict_unprivileged_userns=1, "
+        "which an administrator can change"
+    )

@@ -103,6 +103,8 @@ def _choose_runtime(
     cache = Path(config.get("image_cache")).expanduser()
     if support.ok and rootless.current() is not None:  # overlayfs in a user namespace, here?
         if why := isolate.probe_overlay(cache, home):
+            if note := rootless.userns_restrictions():
+                why = f"{why} ({note})"
             support = isolate.Support(False, why, support.bwrap)
     if not support.ok:
         if wanted == "sandbox":

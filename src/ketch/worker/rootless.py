@@ -120,6 +120,22 @@ def install_hint(package: str) -> str:
     return f"ask an administrator: sudo apt-get install -y {package}"
 
 
+def userns_restrictions() -> str:
+    """A host setting that takes capabilities away in unprivileged user namespaces, if any
+    (Ubuntu 23.10+ restricts them with AppArmor), as a note for a failure's message."""
+    for path, value in (
+        ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1"),
+        ("/proc/sys/kernel/unprivileged_userns_clone", "0"),
+    ):
+        try:
+            if Path(path).read_text().strip() == value:
+                name = path.removeprefix("/proc/sys/").replace("/", ".")
+                return f"this host sets {name}={value}, which an administrator can change"
+        except OSError:
+            continue
+    return ""
+
+
 def admin_command(user: str) -> str:
     """What an administrator runs to give ``user`` what a full rootless setup needs."""
     return (
@@ -183,7 +199,10 @@ def enter() -> State:
     try:
         _unshare(mapping)
     except OSError as exc:
-        _state = State(None, f"cannot make a user namespace: {exc}")
+        note = userns_restrictions()
+        _state = State(
+            None, f"cannot make a user namespace: {exc}" + (f" ({note})" if note else "")
+        )
         return _state
     _state = State(mapping, "", tuple(notes))
     return _state
