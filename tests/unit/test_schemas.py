@@ -64,6 +64,11 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
     "AppHeartbeat": [{"app_id": APP}],
     "AppList": [{}],
     "AppInfo": [{"app_id": APP}, {"name": "web"}],
+    "ContainerList": [{}, {"name": "web"}, {"app_id": APP}],
+    "ContainerStop": [{"container_id": "ta-0123456789abcdef0123"}],
+    "ContainerLogs": [
+        {"container_id": "ta-0123456789abcdef0123", "after": 0, "timeout": 30, "limit": 5000}
+    ],
     "AppLogs": [
         {"app_id": APP, "after": 0, "timeout": 30},
         {"name": "web", "after": 12, "timeout": 0, "limit": 5000},

@@ -9,6 +9,7 @@ import click
 from .. import __version__
 from .._config import config
 from .app_cmd import app_group
+from .container_cmd import container_group
 from .deploy import deploy
 from .dict_cmd import dict_group
 from .image_cmd import image_group
@@ -36,6 +37,7 @@ cli.add_command(deploy)
 cli.add_command(serve)
 cli.add_command(server)
 cli.add_command(app_group)
+cli.add_command(container_group)
 cli.add_command(image_group)
 cli.add_command(dict_group)
 cli.add_command(queue_group)

@@ -7,6 +7,7 @@ result before anyone is told about it, and wakes clients waiting for outputs.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STOP_GRACE_S = 10.0
+EXITED_KEPT = 1000  # exited containers remembered for `ketch container list|logs`
 KEEP_IN_MEMORY_BYTES = 64 * 1024
 OUTCOME = {
     "success": "success",
@@ -122,6 +124,7 @@ class ContainerHandle:
     # Asked to stop before it could be told to (no channel yet): it is stopped as soon
     # as its worker has it, or not started at all.
     stop_requested: bool = False
+    started_at: float = field(default_factory=time.time)
 
 
 def pool_key_for(function_id: str, params: bytes | None) -> str:
@@ -170,6 +173,10 @@ class Dispatcher:
         self._app_running: dict[str, bool] = {}
         # A container's reported output, held until its pool says Complete or Retry.
         self._stash: dict[int, dict[str, Any]] = {}
+        # Containers that exited lately, newest last: `ketch container logs` still finds them.
+        self.exited_containers: collections.OrderedDict[str, dict[str, Any]] = (
+            collections.OrderedDict()
+        )
 
     # The services, by name (read-only: set them on ``services``).
     @property
@@ -584,6 +591,32 @@ class Dispatcher:
         await self.logs.flush()
         self.logs.wake(app_id)
 
+    def describe_container(self, container_id: str) -> dict[str, Any] | None:
+        """What ``ketch container list`` shows of a live or lately exited container."""
+        handle = self.containers.get(container_id)
+        if handle is None:
+            return self.exited_containers.get(container_id)
+        info = self.pool_info[handle.pool_key]
+        return {
+            "container_id": container_id,
+            "app_id": info.app_id,
+            "function": info.spec.tag,
+            "started_at": handle.started_at,
+            "state": "running" if handle.writer is not None else "starting",
+            "exited_at": None,
+            "reason": None,
+        }
+
+    def live_containers(self, app_id: str | None = None) -> list[dict[str, Any]]:
+        rows = [self.describe_container(c) for c in self.containers]
+        return [r for r in rows if r is not None and app_id in (None, r["app_id"])]
+
+    def stop_container(self, container_id: str) -> None:
+        """Stop one container (as scale-down does: what it was running fails over)."""
+        if container_id not in self.containers:
+            raise NotFoundError(f"no running container {container_id!r}")
+        self._stop_container(container_id)
+
     def app_container_count(self, app_id: str) -> int:
         return sum(
             1
@@ -901,9 +934,15 @@ class Dispatcher:
         self.gpus.release(container_id)
         if self.volumes is not None:
             self.volumes.release(container_id)  # commits what it wrote to its Volumes
+        seen = self.describe_container(container_id)
         handle = self.containers.pop(container_id, None)
         if handle is None:
             return
+        if seen is not None:
+            seen.update(state="exited", exited_at=time.time(), reason=reason)
+            self.exited_containers[container_id] = seen
+            while len(self.exited_containers) > EXITED_KEPT:
+                self.exited_containers.popitem(last=False)
         self._container_tokens.pop(handle.token, None)
         logger.info("container %s %s", container_id, reason)
         handle.exited.set()

@@ -167,6 +167,22 @@ class AppLogs(_Request):
     limit: Limit = 1000
 
 
+class ContainerList(_Request):
+    app_id: Id | None = None
+    name: Name | None = None
+
+
+class ContainerStop(_Request):
+    container_id: Id
+
+
+class ContainerLogs(_Request):
+    container_id: Id
+    after: Count = 0
+    timeout: Seconds = 0.0
+    limit: Limit = 1000
+
+
 class AppHistory(_Request):
     name: Name
 

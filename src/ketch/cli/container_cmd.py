@@ -1,0 +1,61 @@
+"""``ketch container list|logs|stop``: one container at a time."""
+
+from __future__ import annotations
+
+import click
+
+from ..app import print_log_line
+from ._util import ago, rpc
+
+
+@click.group(name="container")
+def container_group() -> None:
+    """Look at and stop the containers of running apps."""
+
+
+@container_group.command(name="list")
+@click.option("--app", "app", default=None, help="Only this app's (a name or an ap- id).")
+def list_containers(app: str | None) -> None:
+    """List running and starting containers: id, app, function, state, age."""
+    body = {} if app is None else ({"app_id": app} if app.startswith("ap-") else {"name": app})
+    rows = rpc("ContainerList", body)["containers"]
+    click.echo(f"{'CONTAINER ID':<26} {'APP':<24} {'FUNCTION':<24} {'STATE':<9} STARTED")
+    for r in rows:
+        app_label = r["app_name"] or r["app_id"]
+        click.echo(
+            f"{r['container_id']:<26} {app_label[:24]:<24} {r['function'][:24]:<24} "
+            f"{r['state']:<9} {ago(r['started_at'])}"
+        )
+
+
+@container_group.command()
+@click.argument("container_id")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until it exits.")
+def logs(container_id: str, follow: bool) -> None:
+    """Print what container CONTAINER_ID printed (while it runs, or lately exited)."""
+    after = 0
+    while True:
+        reply = rpc(
+            "ContainerLogs",
+            {
+                "container_id": container_id,
+                "after": after,
+                "timeout": 30 if follow else 0,
+                "limit": 5000,
+            },
+        )
+        for row in reply["logs"]:
+            print_log_line(row)
+        after = reply["after"]
+        if reply["more"]:
+            continue
+        if not follow or reply["state"] == "exited":
+            return
+
+
+@container_group.command()
+@click.argument("container_id")
+def stop(container_id: str) -> None:
+    """Stop container CONTAINER_ID; what it was running goes to another container."""
+    rpc("ContainerStop", {"container_id": container_id})
+    click.echo(f"stopping container {container_id}")
