@@ -71,6 +71,7 @@ NODE_GLOBAL = {
     "test_e2e_gpus.py",
     "test_e2e_sandbox.py",
     "test_e2e_sandbox_examples.py",
+    "test_e2e_sandboxes.py",
     "test_e2e_secrets.py",
     "test_e2e_volumes.py",
 }

@@ -39,6 +39,7 @@ from .functions import Function, FunctionCall
 from .image import Image
 from .partial import batched, concurrent, enter, exit, method, parameter
 from .retries import Retries
+from .sandbox import ContainerProcess, Sandbox
 from .schedule import Cron, Period
 
 __all__ = [
@@ -52,6 +53,8 @@ __all__ = [
     "Period",
     "Queue",
     "Retries",
+    "Sandbox",
+    "ContainerProcess",
     "Secret",
     "Volume",
     "FileEntry",

@@ -64,6 +64,45 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
     "AppHeartbeat": [{"app_id": APP}],
     "AppList": [{}],
     "AppInfo": [{"app_id": APP}, {"name": "web"}],
+    "SandboxCreate": [
+        {
+            "app_id": APP,
+            "spec": {"tag": "sandbox", "module_name": "", "qualname": "sandbox", "env": {}},
+            "cmd": ["sh", "-c", "echo hi"],
+            "timeout": 300.0,
+            "workdir": None,
+            "name": None,
+            "tags": {"suite": "e2e"},
+        }
+    ],
+    "SandboxGet": [{"sandbox_id": "sb-0123456789abcdef0123"}],
+    "SandboxList": [{"app_id": None, "tags": {}}, {"app_id": APP, "tags": {"k": "v"}}],
+    "SandboxTerminate": [{"sandbox_id": "sb-0123456789abcdef0123"}],
+    "SandboxWait": [{"sandbox_id": "sb-0123456789abcdef0123", "timeout": 50.0}],
+    "SandboxExec": [
+        {
+            "sandbox_id": "sb-0123456789abcdef0123",
+            "argv": ["echo", "hi"],
+            "workdir": "/tmp",
+            "env": {"A": "1"},
+            "timeout": None,
+        }
+    ],
+    "SandboxExecRead": [
+        {
+            "sandbox_id": "sb-0123456789abcdef0123",
+            "exec_id": "ex-1",
+            "fd": 1,
+            "offset": 0,
+            "timeout": 50.0,
+        }
+    ],
+    "SandboxExecWrite": [
+        {"sandbox_id": "sb-0123456789abcdef0123", "exec_id": "ex-1", "data": b"abc", "eof": True}
+    ],
+    "SandboxExecWait": [
+        {"sandbox_id": "sb-0123456789abcdef0123", "exec_id": "main", "timeout": 0.0}
+    ],
     "ContainerList": [{}, {"name": "web"}, {"app_id": APP}],
     "ContainerStop": [{"container_id": "ta-0123456789abcdef0123"}],
     "ContainerLogs": [
@@ -185,7 +224,7 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
     "VolumeCommit": [{"object_id": OBJ, "container_id": "ta-1", "token": "t0k"}],
     "VolumeReload": [{"object_id": OBJ, "container_id": "ta-1", "token": "t0k"}],
 }
-LOOSE = {"functions", "image"}  # wire dicts that FunctionSpec / Image check themselves
+LOOSE = {"functions", "image", "spec"}  # wire dicts that FunctionSpec / Image check themselves
 CASES = [(method, body) for method, bodies in EXAMPLES.items() for body in bodies]
 
 
@@ -196,7 +235,8 @@ def _leaves(value: Any, path: str) -> Iterator[tuple[str, list[Any], Any]]:
             if path == "$" and key in LOOSE:
                 continue
             # msgspec names a Struct field `.key` and a dict value only `[...]`
-            sub = f"{path}[...]" if path.startswith("$.env") else f"{path}.{key}"
+            plain_dict = path.startswith(("$.env", "$.tags"))
+            sub = f"{path}[...]" if plain_dict else f"{path}.{key}"
             for p, keys, leaf in _leaves(item, sub):
                 yield p, [key, *keys], leaf
     elif isinstance(value, list):

@@ -518,6 +518,11 @@ def _connect() -> BlockingChannel:
 def main() -> None:
     from .mounts import apply_volume_mounts
 
+    if os.environ.get("KETCH_SANDBOX"):  # a sandbox: its first process runs commands instead
+        from .sandbox import main as sandbox_main
+
+        sandbox_main()
+        return
     _die_with_parent()
     if os.environ.get("KETCH_RUNTIME") == "sandbox":
         from .landlock import confine_container

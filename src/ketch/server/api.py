@@ -481,6 +481,7 @@ from . import containers as _containers  # noqa: E402, F401
 from . import dicts as _dicts  # noqa: E402, F401
 from . import objects as _objects  # noqa: E402, F401
 from . import queues as _queues  # noqa: E402, F401
+from . import sandboxes as _sandboxes  # noqa: E402, F401
 from . import secret_store as _secret_store  # noqa: E402, F401
 from . import versions as _versions  # noqa: E402
 from . import volumes as _volumes  # noqa: E402, F401

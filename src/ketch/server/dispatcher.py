@@ -48,6 +48,7 @@ from .services import Builds, ContainerVolumes, Gateway, Schedules, Services, Wo
 from .store import FINAL_STATUSES, Store
 
 if TYPE_CHECKING:
+    from .sandboxes import SandboxService
     from .web import Exchange
 
 logger = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ class Dispatcher:
         self._app_running: dict[str, bool] = {}
         # A container's reported output, held until its pool says Complete or Retry.
         self._stash: dict[int, dict[str, Any]] = {}
+        self.sandboxes: SandboxService | None = None  # set by the control plane at start
         # Containers that exited lately, newest last: `ketch container logs` still finds them.
         self.exited_containers: collections.OrderedDict[str, dict[str, Any]] = (
             collections.OrderedDict()
@@ -873,6 +875,8 @@ class Dispatcher:
     def container_hello(
         self, container_id: str, token: str, writer: asyncio.StreamWriter
     ) -> dict[str, Any]:
+        if self.sandboxes is not None and self.sandboxes.owns(container_id):
+            return self.sandboxes.hello(container_id, token, writer)
         if not self.container_token_ok(container_id, token):
             raise InvalidError("unknown container or bad token")
         handle = self.containers[container_id]
@@ -890,6 +894,8 @@ class Dispatcher:
     def container_message(self, container_id: str, msg: dict[str, Any]) -> None:
         handle = self.containers.get(container_id)
         if handle is None:
+            if self.sandboxes is not None:
+                self.sandboxes.message(container_id, msg)
             return
         pool = self.pools[handle.pool_key]
         now = time.monotonic()
@@ -931,6 +937,9 @@ class Dispatcher:
             self._perform(pool, pool.container_outputs(handle.id, results, now))
 
     def container_exited(self, container_id: str, reason: str) -> None:
+        if self.sandboxes is not None and self.sandboxes.owns(container_id):
+            self.sandboxes.exited(container_id, reason)
+            return
         self.gpus.release(container_id)
         if self.volumes is not None:
             self.volumes.release(container_id)  # commits what it wrote to its Volumes
@@ -959,6 +968,8 @@ class Dispatcher:
     def container_log(self, container_id: str, stream: str, text: str) -> None:
         handle = self.containers.get(container_id)
         if handle is None:
+            if self.sandboxes is not None:
+                self.sandboxes.log(container_id, stream, text)
             return
         info = self.pool_info[handle.pool_key]
         self.logs.add(info.app_id, info.spec.tag, container_id, stream, text)

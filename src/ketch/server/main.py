@@ -28,6 +28,7 @@ from .blobs import BlobStore
 from .builds import BuildService
 from .channel import serve_channel
 from .dispatcher import Dispatcher
+from .sandboxes import SandboxService
 from .schedules import ScheduleRunner
 from .store import Store
 from .volumes import VolumeService
@@ -169,6 +170,7 @@ async def serve(
     max_containers = config.get("max_containers_per_node") or max(8, 4 * (os.cpu_count() or 1))
     dispatcher = Dispatcher(store, BlobStore(home / "blobs"), url, max_containers)
     volumes = dispatcher.services.volumes = VolumeService(store, home)
+    dispatcher.sandboxes = SandboxService(dispatcher)
     await volumes.start()  # commits working copies a crash left behind
     api = Api(dispatcher, time.time(), Authenticator(home, store, dispatcher.container_caller))
     api.url = url
@@ -229,6 +231,7 @@ async def serve(
         await runner.cleanup()
         await gateway.close()
         await schedules.close()
+        await dispatcher.sandboxes.close()
         for channel in channels:
             channel.close()
         await dispatcher.close()

@@ -167,6 +167,63 @@ class AppLogs(_Request):
     limit: Limit = 1000
 
 
+class SandboxCreate(_Request):
+    app_id: Id
+    spec: FunctionWire
+    cmd: list[Text] = []
+    timeout: Amount | None = None
+    workdir: Path | None = None
+    name: Name | None = None
+    tags: dict[Name, Text] = {}
+
+
+class SandboxGet(_Request):
+    sandbox_id: Id
+
+
+class SandboxList(_Request):
+    app_id: Id | None = None
+    tags: dict[Name, Text] = {}
+
+
+class SandboxTerminate(_Request):
+    sandbox_id: Id
+
+
+class SandboxWait(_Request):
+    sandbox_id: Id
+    timeout: Seconds = 0.0
+
+
+class SandboxExec(_Request):
+    sandbox_id: Id
+    argv: list[Text]
+    workdir: Path | None = None
+    env: Env = {}
+    timeout: Amount | None = None
+
+
+class SandboxExecRead(_Request):
+    sandbox_id: Id
+    exec_id: Id
+    fd: Literal[1, 2] = 1
+    offset: Count = 0
+    timeout: Seconds = 0.0
+
+
+class SandboxExecWrite(_Request):
+    sandbox_id: Id
+    exec_id: Id
+    data: bytes = b""
+    eof: bool = False
+
+
+class SandboxExecWait(_Request):
+    sandbox_id: Id
+    exec_id: Id
+    timeout: Seconds = 0.0
+
+
 class ContainerList(_Request):
     app_id: Id | None = None
     name: Name | None = None

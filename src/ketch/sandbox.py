@@ -1,0 +1,352 @@
+"""``ketch.Sandbox``: a container of an image that runs the commands you send it.
+
+As Modal's ``modal.Sandbox``: create one from an image (with Secrets, Volumes,
+limits and ``block_network``), run commands in it with ``exec`` (many at once),
+read their output whole or line by line as it comes, write their stdin, wait
+for them, and terminate it. The control plane keeps each command's output, so
+reading never races the command. Every method has ``.aio``.
+
+Example::
+
+    app = ketch.App("sandboxes")
+    with app.run():
+        sb = ketch.Sandbox.create(app=app, image=ketch.Image.debian_slim())
+        p = sb.exec("python3", "-c", "print(input()[::-1])")
+        p.stdin.write("hello\\n")
+        p.stdin.write_eof()
+        print(p.stdout.read())      # "olleh\\n"
+        print(p.wait())             # 0
+        sb.terminate()
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from . import _sync
+from ._client import _Client
+from ._secret import check_secrets
+from ._spec import FunctionSpec, build_options
+from .exception import InvalidError
+
+POLL_S = 50.0  # one server-side long poll
+
+
+class SandboxTimeoutError(InvalidError):
+    """The sandbox ran past its ``timeout`` and was terminated."""
+
+
+class SandboxTerminatedError(InvalidError):
+    """The sandbox was terminated (by ``terminate()``, or its control plane stopped)."""
+
+
+class ExecTimeoutError(InvalidError):
+    """A command ran past the ``timeout`` it was given and was killed."""
+
+
+class _StreamReader:
+    """A command's stdout or stderr: ``read()`` it whole, or iterate it line by line."""
+
+    def __init__(self, sandbox_id: str, exec_id: str, fd: int, text: bool) -> None:
+        self._sandbox_id, self._exec_id, self._fd, self._text = sandbox_id, exec_id, fd, text
+        self._offset = 0
+        self._eof = False
+
+    async def _chunk(self) -> bytes:
+        """The next piece of output (b"" at the end); waits for it."""
+        client = await _Client.get()
+        while not self._eof:
+            reply = await client.rpc(
+                "SandboxExecRead",
+                {
+                    "sandbox_id": self._sandbox_id,
+                    "exec_id": self._exec_id,
+                    "fd": self._fd,
+                    "offset": self._offset,
+                    "timeout": POLL_S,
+                },
+                timeout=POLL_S + 30,
+            )
+            self._offset, self._eof = int(reply["offset"]), bool(reply["eof"])
+            if reply["data"]:
+                return bytes(reply["data"])
+        return b""
+
+    def _out(self, data: bytes) -> Any:
+        return data.decode(errors="replace") if self._text else data
+
+    async def read(self) -> Any:
+        """Everything the command writes to this stream, once it has closed it."""
+        parts = []
+        while chunk := await self._chunk():
+            parts.append(chunk)
+        return self._out(b"".join(parts))
+
+    async def lines(self) -> AsyncIterator[Any]:
+        """Each line as it arrives (with its newline); the last one may have none."""
+        pending = b""
+        while chunk := await self._chunk():
+            pending += chunk
+            *whole, pending = pending.split(b"\n")
+            for line in whole:
+                yield self._out(line + b"\n")
+        if pending:
+            yield self._out(pending)
+
+
+class _StreamWriter:
+    """A command's stdin: ``write`` (str or bytes), ``write_eof``, ``drain``."""
+
+    def __init__(self, sandbox_id: str, exec_id: str) -> None:
+        self._sandbox_id, self._exec_id = sandbox_id, exec_id
+        self._buffer = bytearray()
+
+    def write(self, data: str | bytes) -> None:
+        """Queue ``data``; it is sent by ``drain()`` (or ``write_eof()``)."""
+        self._buffer += data.encode() if isinstance(data, str) else bytes(data)
+
+    async def drain(self, eof: bool = False) -> None:
+        """Send what was written."""
+        data, self._buffer = bytes(self._buffer), bytearray()
+        client = await _Client.get()
+        body = {"sandbox_id": self._sandbox_id, "exec_id": self._exec_id, "data": data, "eof": eof}
+        await client.rpc("SandboxExecWrite", body)
+
+    async def write_eof(self) -> None:
+        """Send what was written, then close the command's stdin."""
+        await self.drain(eof=True)
+
+
+class _ContainerProcess:
+    """A command running in a sandbox (``Sandbox.exec``)."""
+
+    def __init__(self, sandbox_id: str, exec_id: str, text: bool = True) -> None:
+        self._sandbox_id, self._exec_id = sandbox_id, exec_id
+        self._returncode: int | None = None
+        # Handed out through properties, which give the public (blocking) classes.
+        self._stdout = _StreamReader(sandbox_id, exec_id, 1, text)
+        self._stderr = _StreamReader(sandbox_id, exec_id, 2, text)
+        self._stdin = _StreamWriter(sandbox_id, exec_id)
+
+    @property
+    def stdout(self) -> Any:
+        """Its standard output (a ``StreamReader``)."""
+        return self._stdout
+
+    @property
+    def stderr(self) -> Any:
+        """Its standard error (a ``StreamReader``)."""
+        return self._stderr
+
+    @property
+    def stdin(self) -> Any:
+        """Its standard input (a ``StreamWriter``)."""
+        return self._stdin
+
+    @property
+    def returncode(self) -> int | None:
+        """Its exit code once it has exited (from ``wait()`` or ``poll()``), else None."""
+        return self._returncode
+
+    async def _wait(self, timeout: float) -> int | None:
+        client = await _Client.get()
+        reply = await client.rpc(
+            "SandboxExecWait",
+            {"sandbox_id": self._sandbox_id, "exec_id": self._exec_id, "timeout": timeout},
+            timeout=timeout + 30,
+        )
+        if reply["returncode"] is not None:
+            self._returncode = int(reply["returncode"])
+        return self._returncode
+
+    async def wait(self) -> int:
+        """Wait for it to exit; its exit code."""
+        while (code := await self._wait(POLL_S)) is None:
+            pass
+        return code
+
+    async def poll(self) -> int | None:
+        """Its exit code if it has exited, else None (without waiting)."""
+        return await self._wait(0.0)
+
+
+class _Sandbox:
+    """A running sandbox: ``create`` one, ``exec`` in it, ``terminate`` it."""
+
+    def __init__(self, sandbox_id: str, main: bool = False) -> None:
+        self._id = sandbox_id
+        self._returncode: int | None = None
+        self._reason = ""
+        self._process = _ContainerProcess(sandbox_id, "main")
+        self._main = main
+
+    @property
+    def stdout(self) -> Any:
+        """The main command's standard output (``Sandbox.create(*cmd)``)."""
+        return self._process.stdout
+
+    @property
+    def stderr(self) -> Any:
+        """The main command's standard error."""
+        return self._process.stderr
+
+    @property
+    def stdin(self) -> Any:
+        """The main command's standard input."""
+        return self._process.stdin
+
+    def __repr__(self) -> str:
+        return f"_Sandbox({self._id!r})"
+
+    @property
+    def object_id(self) -> str:
+        return self._id
+
+    @property
+    def returncode(self) -> int | None:
+        """The main command's exit code (or 137 if terminated) once finished, else None."""
+        return self._returncode
+
+    @staticmethod
+    async def create(
+        *cmd: str,
+        app: Any = None,
+        image: Any = None,
+        name: str | None = None,
+        tags: dict[str, str] | None = None,
+        env: dict[str, str | None] | None = None,
+        secrets: Sequence[Any] = (),
+        volumes: dict[str, Any] | None = None,
+        workdir: str | None = None,
+        timeout: float = 300,
+        cpu: Any = None,
+        memory: Any = None,
+        gpu: Any = None,
+        block_network: bool = False,
+        **unknown: Any,
+    ) -> _Sandbox:
+        """Start a sandbox of ``image`` in ``app`` (a running app: inside ``app.run()``, or
+        deployed); with ``cmd`` it runs that command and ends when it exits."""
+        from .app import _attach_secrets, _build_images, _check_image, _image_wire, check_volumes
+
+        if unknown:
+            raise InvalidError(f"Sandbox.create() does not take {', '.join(sorted(unknown))}")
+        app_id = getattr(app, "app_id", None)
+        if not app_id:
+            raise InvalidError(
+                "Sandbox.create needs app= a running app: call it inside `with app.run():`"
+            )
+        _check_image(image)
+        options = build_options(env=env or {}, gpu=gpu, cpu=cpu, memory=memory)
+        spec = FunctionSpec(tag="sandbox", module_name="", qualname="sandbox", **options)
+        spec.image = _image_wire(image)
+        spec.block_network = bool(block_network)
+        client = await _Client.get()
+        await _build_images(client, [spec])
+
+        class _Holder:  # what _attach_secrets reads off a function
+            pass
+
+        holder: Any = _Holder()
+        holder._secrets, holder._spec = check_secrets(list(secrets)), spec
+        await _attach_secrets(client, [holder])
+        for path, vol in check_volumes(volumes or {}).items():
+            entry = {"path": path, "object_id": await vol._resolve(), "name": vol._name}
+            if vol._read_only:
+                entry["read_only"] = True
+            spec.volumes.append(entry)
+        body = {
+            "app_id": app_id,
+            "spec": spec.to_wire(),
+            "cmd": [str(c) for c in cmd],
+            "timeout": float(timeout),
+            "workdir": workdir,
+            "name": name,
+            "tags": dict(tags or {}),
+        }
+        reply = await client.rpc("SandboxCreate", body, timeout=3600)
+        return _Sandbox(reply["sandbox_id"], main=bool(cmd))
+
+    @staticmethod
+    async def from_id(sandbox_id: str) -> _Sandbox:
+        """The sandbox with this id (``sb.object_id``)."""
+        client = await _Client.get()
+        info = await client.rpc("SandboxGet", {"sandbox_id": sandbox_id})
+        sb = _Sandbox(info["sandbox_id"])
+        sb._note(info)
+        return sb
+
+    @staticmethod
+    async def list(
+        *, app_id: str | None = None, tags: dict[str, str] | None = None
+    ) -> AsyncIterator[_Sandbox]:
+        """Running sandboxes (of one app, with these tags)."""
+        client = await _Client.get()
+        reply = await client.rpc("SandboxList", {"app_id": app_id, "tags": dict(tags or {})})
+        for info in reply["sandboxes"]:
+            yield _Sandbox(info["sandbox_id"])
+
+    def _note(self, info: dict[str, Any]) -> None:
+        if info.get("done"):
+            self._returncode = info.get("returncode")
+            self._reason = info.get("reason") or ""
+
+    async def exec(
+        self,
+        *args: str,
+        workdir: str | None = None,
+        env: dict[str, str | None] | None = None,
+        timeout: float | None = None,
+        text: bool = True,
+        **unknown: Any,
+    ) -> _ContainerProcess:
+        """Run ``args`` in the sandbox (as its root, in ``workdir``); returns at once."""
+        if unknown:
+            raise InvalidError(f"Sandbox.exec() does not take {', '.join(sorted(unknown))}")
+        if not args:
+            raise InvalidError("exec needs a command, e.g. sb.exec('ls', '-l')")
+        client = await _Client.get()
+        body = {
+            "sandbox_id": self._id,
+            "argv": [str(a) for a in args],
+            "workdir": workdir,
+            "env": dict(env or {}),
+            "timeout": timeout,
+        }
+        reply = await client.rpc("SandboxExec", body)
+        return _ContainerProcess(self._id, reply["exec_id"], text)
+
+    async def _wait_once(self, timeout: float) -> bool:
+        client = await _Client.get()
+        info = await client.rpc(
+            "SandboxWait", {"sandbox_id": self._id, "timeout": timeout}, timeout=timeout + 30
+        )
+        self._note(info)
+        return bool(info.get("done"))
+
+    async def wait(self, raise_on_termination: bool = True) -> None:
+        """Wait for the sandbox to finish (its command exits, it times out or is terminated)."""
+        while not await self._wait_once(POLL_S):
+            pass
+        if raise_on_termination and "timed out" in self._reason:
+            raise SandboxTimeoutError(f"sandbox {self._id} {self._reason}")
+        if raise_on_termination and "terminated" in self._reason:
+            raise SandboxTerminatedError(f"sandbox {self._id} {self._reason}")
+
+    async def poll(self) -> int | None:
+        """The return code if the sandbox has finished, else None (without waiting)."""
+        await self._wait_once(0.0)
+        return self._returncode
+
+    async def terminate(self) -> None:
+        """Stop the sandbox and every command in it."""
+        client = await _Client.get()
+        await client.rpc("SandboxTerminate", {"sandbox_id": self._id})
+
+
+StreamReader = _sync.synchronize_api(_StreamReader, "StreamReader")
+StreamWriter = _sync.synchronize_api(_StreamWriter, "StreamWriter")
+ContainerProcess = _sync.synchronize_api(_ContainerProcess, "ContainerProcess")
+Sandbox = _sync.synchronize_api(_Sandbox, "Sandbox")
+StreamReader.__iter__ = lambda self: iter(self.lines())  # type: ignore[attr-defined]

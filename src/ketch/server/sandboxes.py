@@ -1,0 +1,415 @@
+"""Sandboxes (``ketch.Sandbox``): a container of an image that runs commands on request.
+
+A sandbox is a container like a function's (the same worker, image, Secrets,
+Volumes, limits, ``block_network`` and isolation), with no function in it:
+its first process is the exec agent (``ketch.guest.sandbox``), which runs the
+commands the control plane sends over the container channel and streams their
+output back. The control plane keeps each command's output, so clients read it
+from any offset (a long poll) and write its stdin, in pieces.
+
+Decisions (docs/architecture.md, "Sandboxes"):
+
+* A sandbox's container has no API token: code in it cannot call the control
+  plane (Modal gives a sandbox none by default). Its channel token is good for
+  the channel only.
+* ``Sandbox.create(*cmd)`` runs ``cmd`` as the main command; the sandbox ends
+  when it exits, with its exit code. Without ``cmd`` it runs until terminated
+  or until ``timeout`` (default 300 s, at most 24 h).
+* Sandboxes live in the control plane's memory: a control plane that stops
+  (or is killed) takes its sandboxes with it (bubblewrap's ``--die-with-parent``):
+  they are terminated, never orphaned.
+* Each command's output is kept whole up to ``MAX_OUTPUT_BYTES`` per stream;
+  past that the oldest bytes are dropped and a reader that asks for them gets
+  what is left, told how much it missed.
+
+Example (the RPCs; the SDK wraps them)::
+
+    SandboxCreate {app_id, spec, cmd, timeout}        -> {sandbox_id}
+    SandboxExec {sandbox_id, argv}                    -> {exec_id}
+    SandboxExecRead {sandbox_id, exec_id, fd, offset} -> {data, offset, eof}
+    SandboxExecWait {sandbox_id, exec_id, timeout}    -> {returncode}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .._ids import new_id
+from .._spec import FunctionSpec
+from ..exception import InvalidError, NotFoundError, PermissionDeniedError
+from . import auth, secret_store
+from .rpc import rpc
+
+if TYPE_CHECKING:
+    from .api import Api
+    from .auth import Caller
+    from .dispatcher import Dispatcher
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 300.0
+MAX_TIMEOUT_S = 24 * 3600.0
+MAX_OUTPUT_BYTES = 64 << 20  # per stream of one command
+MAX_READ_BYTES = 4 << 20  # per reply
+MAX_WAIT_S = 50.0  # one long poll
+MAX_EXECS = 1024  # commands kept per sandbox (finished ones are dropped first)
+MAIN = "main"  # the exec id of the main command
+
+
+@dataclass
+class _Exec:
+    id: str
+    out: dict[int, bytearray] = field(default_factory=lambda: {1: bytearray(), 2: bytearray()})
+    dropped: dict[int, int] = field(default_factory=lambda: {1: 0, 2: 0})
+    returncode: int | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+@dataclass
+class _Sandbox:
+    id: str
+    app_id: str
+    token: str
+    spec: FunctionSpec
+    name: str | None
+    tags: dict[str, str]
+    created_at: float = field(default_factory=time.time)
+    writer: asyncio.StreamWriter | None = None
+    pending: list[dict[str, Any]] = field(default_factory=list)  # until the agent says hello
+    execs: dict[str, _Exec] = field(default_factory=dict)
+    returncode: int | None = None
+    reason: str = ""  # why it ended
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    timer: asyncio.TimerHandle | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "sandbox_id": self.id,
+            "app_id": self.app_id,
+            "name": self.name,
+            "tags": self.tags,
+            "created_at": self.created_at,
+            "returncode": self.returncode,
+            "done": self.done.is_set(),
+            "reason": self.reason,
+        }
+
+
+class SandboxService:
+    """The control plane's sandboxes, by id."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.d = dispatcher
+        self.sandboxes: dict[str, _Sandbox] = {}
+
+    # -- lifetime ------------------------------------------------------------
+    async def create(self, body: dict[str, Any], caller: Caller) -> _Sandbox:
+        app = self.d.store.get_app(str(body["app_id"]))
+        if app is None or app["state"] != "running":
+            raise NotFoundError(f"app {body['app_id']!r} is not running")
+        if caller.role == "container":
+            raise PermissionDeniedError("a container may not create sandboxes yet")
+        # The image's copy=False files are host paths; a sandbox runs no app source.
+        auth.check_host_paths(caller, auth.host_paths({"image": body["spec"].get("image")}))
+        spec = dataclasses.replace(
+            FunctionSpec.from_wire(body["spec"]),
+            module_file=None,
+            root_dir=None,
+            serialized_fn=None,
+            source=None,
+            web=None,
+            schedule=None,
+        )
+        timeout = float(body.get("timeout") or DEFAULT_TIMEOUT_S)
+        if not 0 < timeout <= MAX_TIMEOUT_S:
+            raise InvalidError(f"timeout must be between 0 and {MAX_TIMEOUT_S:.0f} s")
+        if body.get("name") and any(
+            s.name == body["name"] and s.app_id == app["id"] and not s.done.is_set()
+            for s in self.sandboxes.values()
+        ):
+            raise InvalidError(
+                f"app {app['name']!r} already has a running sandbox {body['name']!r}"
+            )
+        sb = _Sandbox(
+            new_id("sb"),
+            app["id"],
+            secrets.token_urlsafe(24),
+            spec,
+            body.get("name"),
+            dict(body.get("tags") or {}),
+        )
+        self.sandboxes[sb.id] = sb
+        cmd = [str(a) for a in body.get("cmd") or []]
+        if cmd:
+            sb.execs[MAIN] = _Exec(MAIN)
+            sb.pending.append(
+                {"t": "exec", "id": MAIN, "argv": cmd, "workdir": body.get("workdir"), "env": {}}
+            )
+        try:
+            await self._start(sb)
+        except BaseException:
+            self.sandboxes.pop(sb.id, None)
+            raise
+        sb.timer = asyncio.get_running_loop().call_later(
+            timeout, self.terminate, sb.id, f"timed out after {timeout:g} s"
+        )
+        return sb
+
+    async def _start(self, sb: _Sandbox) -> None:
+        env = secret_store.container_env(self.d.store, sb.spec.secrets)
+        env.update(sb.spec.env)
+        env.update(
+            {
+                "KETCH_CONTAINER_ID": sb.id,
+                "KETCH_SANDBOX_TOKEN": sb.token,
+                "KETCH_CHANNEL": self.d.channel_addr,
+                "KETCH_SANDBOX": "1",
+            }
+        )
+        mounts: list[tuple[str, str, bool]] = []
+        if sb.spec.volumes:
+            if self.d.volumes is None:
+                raise InvalidError("this control plane keeps no Volumes")
+            mounts = await self.d.volumes.prepare(
+                sb.id, sb.spec.volumes, self.d.worker.enforces_read_only
+            )
+        logger.info("starting sandbox %s of app %s", sb.id, sb.app_id)
+        await self.d.worker.start(sb.id, env, sb.spec, mounts)
+
+    def terminate(self, sandbox_id: str, reason: str = "was terminated") -> None:
+        sb = self.sandboxes.get(sandbox_id)
+        if sb is None or sb.done.is_set():
+            return
+        sb.reason = sb.reason or reason
+        self._send(sb, {"t": "stop"})
+        self.d.worker.terminate(sb.id, 2.0)
+
+    # -- the container's side (routed here by the dispatcher) ----------------
+    def owns(self, container_id: str) -> bool:
+        return container_id in self.sandboxes
+
+    def hello(self, sandbox_id: str, token: str, writer: asyncio.StreamWriter) -> dict[str, Any]:
+        sb = self.sandboxes[sandbox_id]
+        if not secrets.compare_digest(sb.token, token) or sb.done.is_set():
+            raise InvalidError("unknown sandbox or bad token")
+        sb.writer = writer
+        pending, sb.pending = sb.pending, []
+        return {"t": "init", "sandbox": True, "execs": pending}
+
+    def message(self, sandbox_id: str, msg: dict[str, Any]) -> None:
+        sb = self.sandboxes.get(sandbox_id)
+        if sb is None:
+            return
+        ex = sb.execs.get(str(msg.get("id")))
+        if ex is None:
+            return
+        if msg.get("t") == "out" and msg.get("fd") in (1, 2) and isinstance(msg.get("data"), bytes):
+            buf = ex.out[msg["fd"]]
+            buf += msg["data"]
+            if len(buf) > MAX_OUTPUT_BYTES:
+                cut = len(buf) - MAX_OUTPUT_BYTES
+                del buf[:cut]
+                ex.dropped[msg["fd"]] += cut
+            ex.wake()
+        elif msg.get("t") == "exit":
+            ex.returncode = int(msg.get("code", -1))
+            ex.wake()
+            if ex.id == MAIN:
+                sb.returncode = ex.returncode
+                sb.reason = sb.reason or f"its command exited with code {ex.returncode}"
+
+    def exited(self, sandbox_id: str, reason: str) -> None:
+        sb = self.sandboxes.get(sandbox_id)
+        if sb is None:
+            return
+        if self.d.volumes is not None:
+            self.d.volumes.release(sandbox_id)  # commits what it wrote to its Volumes
+        if sb.timer is not None:
+            sb.timer.cancel()
+        sb.writer = None
+        sb.reason = sb.reason or reason
+        if sb.returncode is None:
+            sb.returncode = 137 if "timed out" in sb.reason or "terminated" in sb.reason else 1
+        for ex in sb.execs.values():
+            if ex.returncode is None:
+                ex.returncode = 137
+            ex.wake()
+        sb.done.set()
+        logger.info("sandbox %s %s", sandbox_id, sb.reason)
+        # Kept for a while, so that waits, reads and lists still answer.
+        asyncio.get_running_loop().call_later(600, self.sandboxes.pop, sandbox_id, None)
+
+    def log(self, sandbox_id: str, stream: str, text: str) -> None:
+        sb = self.sandboxes.get(sandbox_id)
+        if sb is not None:  # the agent's own words (a command it could not start, say)
+            self.d.logs.add(sb.app_id, "sandbox", sandbox_id, stream, text)
+
+    def _send(self, sb: _Sandbox, msg: dict[str, Any]) -> None:
+        from .._wire import encode
+
+        if sb.writer is None or sb.writer.is_closing():
+            sb.pending.append(msg)
+        else:
+            sb.writer.write(encode(msg))
+
+    # -- what clients ask ----------------------------------------------------
+    def get(self, body: dict[str, Any]) -> _Sandbox:
+        sb = self.sandboxes.get(str(body.get("sandbox_id")))
+        if sb is None:
+            raise NotFoundError(f"no sandbox {body.get('sandbox_id')!r}")
+        return sb
+
+    def exec(self, body: dict[str, Any]) -> str:
+        sb = self.get(body)
+        if sb.done.is_set():
+            raise InvalidError(
+                f"sandbox {sb.id} has finished ({sb.reason}); it cannot run commands"
+            )
+        argv = [str(a) for a in body.get("argv") or []]
+        if not argv:
+            raise InvalidError("exec needs a command")
+        if len(sb.execs) >= MAX_EXECS:
+            for old in [e for e in sb.execs.values() if e.returncode is not None][:64]:
+                sb.execs.pop(old.id, None)
+        ex = _Exec(new_id("ex"))
+        sb.execs[ex.id] = ex
+        env = {str(k): str(v) for k, v in (body.get("env") or {}).items() if v is not None}
+        msg = {"t": "exec", "id": ex.id, "argv": argv, "workdir": body.get("workdir"), "env": env}
+        self._send(sb, msg)
+        if body.get("timeout"):
+            asyncio.get_running_loop().call_later(
+                float(body["timeout"]), self._send, sb, {"t": "kill", "id": ex.id}
+            )
+        return ex.id
+
+    def exec_of(self, body: dict[str, Any]) -> tuple[_Sandbox, _Exec]:
+        sb = self.get(body)
+        ex = sb.execs.get(str(body.get("exec_id")))
+        if ex is None:
+            raise NotFoundError(f"sandbox {sb.id} has no command {body.get('exec_id')!r}")
+        return sb, ex
+
+    async def read(self, body: dict[str, Any]) -> dict[str, Any]:
+        _, ex = self.exec_of(body)
+        fd = int(body.get("fd", 1))
+        if fd not in (1, 2):
+            raise InvalidError("fd must be 1 (stdout) or 2 (stderr)")
+        offset = int(body.get("offset", 0))
+        wait = min(float(body.get("timeout", 0)), MAX_WAIT_S)
+        deadline = time.monotonic() + wait
+        while True:
+            start = max(offset - ex.dropped[fd], 0)
+            data = bytes(ex.out[fd][start : start + MAX_READ_BYTES])
+            eof = ex.returncode is not None and start + len(data) >= len(ex.out[fd])
+            left = deadline - time.monotonic()
+            if data or eof or left <= 0:
+                missed = max(ex.dropped[fd] - offset, 0)
+                return {
+                    "data": data,
+                    "offset": offset + missed + len(data),
+                    "eof": eof,
+                    "missed": missed,
+                }
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(ex.changed.wait(), left)
+
+    def write(self, body: dict[str, Any]) -> None:
+        sb, ex = self.exec_of(body)
+        if ex.returncode is not None:
+            raise InvalidError(f"command {ex.id} has exited; its stdin is closed")
+        data = body.get("data") or b""
+        if not isinstance(data, bytes):
+            raise InvalidError("stdin data must be bytes")
+        self._send(sb, {"t": "stdin", "id": ex.id, "data": data, "eof": bool(body.get("eof"))})
+
+    async def wait_exec(self, body: dict[str, Any]) -> int | None:
+        _, ex = self.exec_of(body)
+        deadline = time.monotonic() + min(float(body.get("timeout", 0)), MAX_WAIT_S)
+        while ex.returncode is None and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(ex.changed.wait(), left)
+        return ex.returncode
+
+    async def wait(self, body: dict[str, Any]) -> _Sandbox:
+        sb = self.get(body)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(sb.done.wait(), min(float(body.get("timeout", 0)), MAX_WAIT_S))
+        return sb
+
+    async def close(self) -> None:
+        for sb in list(self.sandboxes.values()):
+            self.terminate(sb.id, "the control plane stopped")
+
+
+def _service(api: Api) -> SandboxService:
+    if api.d.sandboxes is None:
+        raise InvalidError("this control plane runs no sandboxes")
+    return api.d.sandboxes
+
+
+@rpc
+async def SandboxCreate(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    sb = await _service(api).create(body, caller)
+    return {"sandbox_id": sb.id}
+
+
+@rpc
+def SandboxGet(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    return _service(api).get(body).describe()
+
+
+@rpc
+def SandboxList(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    tags = dict(body.get("tags") or {})
+    rows = [
+        sb.describe()
+        for sb in _service(api).sandboxes.values()
+        if not sb.done.is_set()
+        and body.get("app_id") in (None, sb.app_id)
+        and all(sb.tags.get(k) == v for k, v in tags.items())
+    ]
+    return {"sandboxes": sorted(rows, key=lambda r: r["created_at"])}
+
+
+@rpc
+def SandboxTerminate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    service = _service(api)
+    service.terminate(service.get(body).id)
+    return {}
+
+
+@rpc
+async def SandboxWait(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    return (await _service(api).wait(body)).describe()
+
+
+@rpc
+def SandboxExec(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    return {"exec_id": _service(api).exec(body)}
+
+
+@rpc
+async def SandboxExecRead(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    return await _service(api).read(body)
+
+
+@rpc
+def SandboxExecWrite(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    _service(api).write(body)
+    return {}
+
+
+@rpc
+async def SandboxExecWait(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    return {"returncode": await _service(api).wait_exec(body)}

@@ -1,0 +1,207 @@
+"""``ketch.Sandbox`` end to end on the sandbox runtime (issue 16, first slice).
+
+One script, run as a user would (``python script.py`` with ``with app.run():``),
+drives every method built so far and prints a RESULT line per step; the tests
+read them. Untrusted code in a sandbox gets the hardened container and no API
+token: the last steps check what it can see.
+"""
+
+from __future__ import annotations
+
+import socket
+import textwrap
+
+import pytest
+from ketch_testing import SHOW, ExampleRun
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
+
+SCRIPT = SHOW + textwrap.dedent(
+    """
+    import sys
+    import time
+
+    import ketch
+    from ketch.exception import InvalidError, NotFoundError
+    from ketch.sandbox import SandboxTerminatedError, SandboxTimeoutError
+
+    app = ketch.App("sandbox-e2e")
+    PORT = int(sys.argv[1])
+
+
+    def run(sb, *args, **kw):
+        p = sb.exec(*args, **kw)
+        return [p.stdout.read(), p.stderr.read(), p.wait()]
+
+
+    def stdin_round_trip(sb):
+        p = sb.exec("python3", "-c", "import sys; print(sys.stdin.read().upper())")
+        p.stdin.write("hello ")
+        p.stdin.drain()
+        p.stdin.write(b"sandbox")
+        p.stdin.write_eof()
+        return [p.stdout.read(), p.wait(), p.returncode]
+
+
+    def lines_as_they_come(sb):
+        p = sb.exec("sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.3; done")
+        start, seen = time.monotonic(), []
+        for line in p.stdout:
+            seen.append([line, round(time.monotonic() - start, 1)])
+        return seen
+
+
+    def at_once(sb):
+        ps = [sb.exec("sh", "-c", f"sleep 0.5; echo {i}") for i in range(5)]
+        start = time.monotonic()
+        out = [p.stdout.read().strip() for p in ps]
+        return [out, time.monotonic() - start < 2.0]
+
+
+    def after_terminate(sb):
+        sb.terminate()
+        try:
+            sb.wait()
+            return "no error"
+        except SandboxTerminatedError as exc:
+            return ["SandboxTerminatedError", sb.returncode, str(exc)]
+
+
+    def timed_out():
+        sb = ketch.Sandbox.create(app=app, timeout=1)
+        try:
+            sb.wait()
+            return "no error"
+        except SandboxTimeoutError as exc:
+            return ["SandboxTimeoutError", "timed out" in str(exc)]
+
+
+    def main_command():
+        sb = ketch.Sandbox.create("sh", "-c", "echo from main; echo oops >&2; exit 7", app=app)
+        sb.wait()
+        try:
+            sb.exec("true")
+            after = "ran"
+        except InvalidError as exc:
+            after = "InvalidError: " + str(exc)
+        return [sb.returncode, sb.stdout.read(), sb.stderr.read(), after]
+
+
+    def unknown():
+        try:
+            ketch.Sandbox.from_id("sb-doesnotexist")
+            return "found"
+        except NotFoundError as exc:
+            return "NotFoundError: " + str(exc)
+
+
+    def no_app():
+        try:
+            ketch.Sandbox.create(app=ketch.App("never-run"))
+            return "created"
+        except InvalidError as exc:
+            return "InvalidError: " + str(exc)
+
+
+    PROBE = (
+        "import os, socket\\n"
+        "print(sorted(k for k in os.environ if 'TOKEN' in k))\\n"
+        "print(len([p for p in os.listdir('/proc') if p.isdigit()]))\\n"
+        "s = socket.socket()\\n"
+        "s.settimeout(3)\\n"
+        "try:\\n"
+        "    s.connect(('127.0.0.1', %d)); print('connected')\\n"
+        "except OSError as e:\\n"
+        "    print('OSError')\\n"
+    )
+
+
+    with app.run():
+        sb = ketch.Sandbox.create(app=app, tags={"suite": "e2e"})
+        show("echo", lambda: run(sb, "echo", "hello"))
+        show("stderr_and_code", lambda: run(sb, "sh", "-c", "echo out; echo err >&2; exit 3"))
+        show("workdir_env", lambda: run(sb, "sh", "-c", "pwd; echo $GREETING", workdir="/tmp",
+                                         env={"GREETING": "hi"}))
+        show("stdin", lambda: stdin_round_trip(sb))
+        show("lines", lambda: lines_as_they_come(sb))
+        show("at_once", lambda: at_once(sb))
+        show("not_found", lambda: run(sb, "no-such-command"))
+        show("exec_timeout", lambda: run(sb, "sleep", "30", timeout=1))
+        show("state_kept", lambda: [run(sb, "sh", "-c", "echo kept > /tmp/state")[2],
+                                    run(sb, "cat", "/tmp/state")[0]])
+        show("listed", lambda: [s.object_id for s in ketch.Sandbox.list(tags={"suite": "e2e"})]
+                               == [sb.object_id])
+        show("from_id", lambda: ketch.Sandbox.from_id(sb.object_id).poll())
+        show("probe", lambda: run(sb, "python3", "-c", PROBE % PORT)[0].split())
+        blocked = ketch.Sandbox.create(app=app, block_network=True)
+        show("blocked", lambda: run(blocked, "python3", "-c", PROBE % PORT)[0].split()[-1])
+        show("terminate", lambda: after_terminate(sb))
+        show("timeout", timed_out)
+        show("main", main_command)
+        show("unknown", unknown)
+    show("no_app", no_app)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def run(sandbox_env, workdir_module):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    script = workdir_module / "sandbox_script.py"
+    script.write_text(SCRIPT)
+    try:
+        done = sandbox_env.python(script, str(listener.getsockname()[1]), timeout=360)
+    finally:
+        listener.close()
+    return ExampleRun.parse(done)
+
+
+@pytest.fixture(scope="module")
+def workdir_module(tmp_path_factory):
+    return tmp_path_factory.mktemp("sandboxes")
+
+
+def test_exec_output_exit_codes_workdir_and_env(run):
+    assert run.value("echo") == ["hello\n", "", 0]
+    assert run.value("stderr_and_code") == ["out\n", "err\n", 3]
+    assert run.value("workdir_env") == ["/tmp\nhi\n", "", 0]
+    assert run.value("not_found")[2] == 127 and "no-such-command" in run.value("not_found")[1]
+    assert run.value("exec_timeout")[2] == 137  # killed after its 1 s
+
+
+def test_stdin_lines_and_many_commands_at_once(run):
+    assert run.value("stdin") == ["HELLO SANDBOX\n", 0, 0]
+    lines = run.value("lines")
+    assert [text for text, _ in lines] == ["line 1\n", "line 2\n", "line 3\n"]
+    assert lines[0][1] < lines[2][1]  # each line as it came, not all at the end
+    out, together = run.value("at_once")
+    assert out == ["0", "1", "2", "3", "4"] and together
+
+
+def test_lifetime_state_and_lookup(run):
+    assert run.value("state_kept") == [0, "kept\n"]
+    assert run.value("listed") is True
+    assert run.value("from_id") is None  # still running
+    name, returncode, message = run.value("terminate")
+    assert name == "SandboxTerminatedError" and returncode == 137, message
+    assert run.value("timeout") == ["SandboxTimeoutError", True]
+    returncode, out, err, after = run.value("main")
+    assert (returncode, out, err) == (7, "from main\n", "oops\n")
+    assert after.startswith("InvalidError") and "exited with code 7" in after
+
+
+def test_bad_input_is_typed(run):
+    assert run.value("unknown").startswith("NotFoundError: no sandbox 'sb-doesnotexist'")
+    assert "app.run()" in run.value("no_app")
+
+
+def test_untrusted_code_gets_no_token_and_a_hardened_container(run):
+    tokens, *rest = run.value("probe")
+    # No token of any kind in a sandbox command's environment (it cannot call the API).
+    assert tokens == "[]", run.value("probe")
+    n_pids, network = rest[-2], rest[-1]
+    assert int(n_pids) < 10  # its own pid namespace
+    assert network == "connected"  # the host network, as asked ...
+    assert run.value("blocked") == "OSError"  # ... and none with block_network
