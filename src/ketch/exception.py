@@ -104,6 +104,37 @@ class CallTimeoutError(Error, builtins.TimeoutError):
     """
 
 
+class SandboxFilesystemError(Error):
+    """A file operation in a sandbox failed (``sb.open``, ``sb.ls``, ``sb.mkdir``, ``sb.rm``)."""
+
+
+class SandboxFilesystemNotFoundError(SandboxFilesystemError):
+    """The path does not exist in the sandbox.
+
+    (Not a builtin ``OSError``: the client treats those as a lost connection.)
+    """
+
+
+class SandboxFilesystemIsADirectoryError(SandboxFilesystemError):
+    """The path is a directory where a file was expected."""
+
+
+class SandboxFilesystemNotADirectoryError(SandboxFilesystemError):
+    """A part of the path is a file where a directory was expected."""
+
+
+class SandboxFilesystemPermissionError(SandboxFilesystemError):
+    """The sandbox may not do that to the path (a read-only mount, say)."""
+
+
+class SandboxFilesystemFileExistsError(SandboxFilesystemError):
+    """The path exists already."""
+
+
+class SandboxFilesystemDirectoryNotEmptyError(SandboxFilesystemError):
+    """The directory is not empty (``rm`` without ``recursive=True``)."""
+
+
 _BY_NAME: dict[str, type[BaseException]] = {
     cls.__name__: cls
     for cls in (
@@ -128,6 +159,13 @@ _BY_NAME: dict[str, type[BaseException]] = {
         ResourceUnavailableError,
         AuthError,
         PermissionDeniedError,
+        SandboxFilesystemError,
+        SandboxFilesystemNotFoundError,
+        SandboxFilesystemIsADirectoryError,
+        SandboxFilesystemNotADirectoryError,
+        SandboxFilesystemPermissionError,
+        SandboxFilesystemFileExistsError,
+        SandboxFilesystemDirectoryNotEmptyError,
     )
 }
 

@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -31,6 +32,7 @@ from ._spec import FunctionSpec, build_options
 from .exception import InvalidError
 
 POLL_S = 50.0  # one server-side long poll
+FILE_CHUNK = 8 << 20  # one file read or write request
 
 
 class SandboxTimeoutError(InvalidError):
@@ -169,6 +171,74 @@ class _ContainerProcess:
     async def poll(self) -> int | None:
         """Its exit code if it has exited, else None (without waiting)."""
         return await self._wait(0.0)
+
+
+class _FileIO:
+    """A file in a sandbox (``Sandbox.open``): ``read``, ``write``, ``flush``, ``close``."""
+
+    def __init__(self, sandbox: _Sandbox, path: str, mode: str) -> None:
+        self._sandbox, self._path, self._mode = sandbox, path, mode
+        self._binary = "b" in mode
+        self._content = b""
+        self._position = 0
+        self._pending = bytearray()
+        self._closed = False
+
+    async def _load(self) -> None:
+        parts, offset = [], 0
+        while True:
+            got = await self._sandbox._file("read", self._path, offset=offset, length=FILE_CHUNK)
+            parts.append(bytes(got["data"]))
+            offset += len(got["data"])
+            if not got["data"] or offset >= got["size"]:
+                break
+        self._content = b"".join(parts)
+
+    def _check(self, want: str) -> None:
+        if self._closed:
+            raise InvalidError(f"{self._path} is closed")
+        if want == "read" and not self._mode.startswith("r"):
+            raise InvalidError(f"{self._path} is open for writing ({self._mode!r})")
+        if want == "write" and self._mode.startswith("r"):
+            raise InvalidError(f"{self._path} is open for reading ({self._mode!r})")
+
+    async def read(self, n: int = -1) -> Any:
+        """The next ``n`` characters (bytes in ``b`` modes), or all that is left."""
+        self._check("read")
+        end = len(self._content) if n is None or n < 0 else self._position + n
+        data = self._content[self._position : end]
+        self._position += len(data)
+        return data if self._binary else data.decode(errors="replace")
+
+    async def write(self, data: str | bytes) -> None:
+        """Add ``data`` (str in text modes, bytes in ``b`` modes)."""
+        self._check("write")
+        if isinstance(data, str) == self._binary:
+            raise InvalidError(
+                f"write {'bytes' if self._binary else 'str'} to {self._path} ({self._mode!r})"
+            )
+        self._pending += data.encode() if isinstance(data, str) else bytes(data)
+
+    async def flush(self) -> None:
+        """Send what was written to the sandbox."""
+        if self._closed or self._mode.startswith("r"):
+            return
+        data, self._pending = bytes(self._pending), bytearray()
+        for start in range(0, len(data), FILE_CHUNK):
+            await self._sandbox._file(
+                "write", self._path, data=data[start : start + FILE_CHUNK], append=True
+            )
+
+    async def close(self) -> None:
+        """Flush and close."""
+        await self.flush()
+        self._closed = True
+
+    async def __aenter__(self) -> _FileIO:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 class _Sandbox:
@@ -339,6 +409,38 @@ class _Sandbox:
         await self._wait_once(0.0)
         return self._returncode
 
+    # -- files ---------------------------------------------------------------
+    async def _file(self, op: str, path: str, **fields: Any) -> Any:
+        client = await _Client.get()
+        reply = await client.rpc(
+            "SandboxFile", {"sandbox_id": self._id, "op": op, "path": path, **fields}
+        )
+        return reply["result"]
+
+    async def ls(self, path: str) -> builtins.list[str]:
+        """The names in directory ``path`` of the sandbox, sorted."""
+        return builtins.list(await self._file("ls", path))
+
+    async def mkdir(self, path: str, parents: bool = False) -> None:
+        """Make directory ``path`` (and its parents, with ``parents=True``)."""
+        await self._file("mkdir", path, parents=parents)
+
+    async def rm(self, path: str, recursive: bool = False) -> None:
+        """Remove file ``path`` (a directory: empty, or with ``recursive=True``)."""
+        await self._file("rm", path, recursive=recursive)
+
+    async def open(self, path: str, mode: str = "r") -> _FileIO:
+        """A file of the sandbox: ``r``/``rb`` to read, ``w``/``wb``/``a``/``ab`` to write
+        (sent on ``flush()`` and ``close()``, as in Modal); use it in a ``with`` block."""
+        if mode.replace("b", "") not in ("r", "w", "a") or mode.count("b") > 1:
+            raise InvalidError(f"open mode {mode!r}: use r, w or a, with b for bytes")
+        f = _FileIO(self, path, mode)
+        if mode.startswith("w"):
+            await self._file("write", path, data=b"")  # created (or emptied) now, as open() does
+        elif mode.startswith("r"):
+            await f._load()
+        return f
+
     async def terminate(self) -> None:
         """Stop the sandbox and every command in it."""
         client = await _Client.get()
@@ -348,5 +450,8 @@ class _Sandbox:
 StreamReader = _sync.synchronize_api(_StreamReader, "StreamReader")
 StreamWriter = _sync.synchronize_api(_StreamWriter, "StreamWriter")
 ContainerProcess = _sync.synchronize_api(_ContainerProcess, "ContainerProcess")
+FileIO = _sync.synchronize_api(_FileIO, "FileIO")
+FileIO.__enter__ = lambda self: self  # type: ignore[attr-defined]
+FileIO.__exit__ = lambda self, *exc: self.close()  # type: ignore[attr-defined]
 Sandbox = _sync.synchronize_api(_Sandbox, "Sandbox")
 StreamReader.__iter__ = lambda self: iter(self.lines())  # type: ignore[attr-defined]

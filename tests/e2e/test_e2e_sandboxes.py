@@ -87,6 +87,40 @@ SCRIPT = SHOW + textwrap.dedent(
         return [sb.returncode, sb.stdout.read(), sb.stderr.read(), after]
 
 
+    def files(sb):
+        sb.mkdir("/work/data", parents=True)
+        with sb.open("/work/data/notes.txt", "w") as f:
+            f.write("one\\n")
+            f.write("two\\n")
+        with sb.open("/work/data/notes.txt", "a") as f:
+            f.write("three\\n")
+        blob = bytes(range(256)) * 40000  # 10 MB: more than one request each way
+        with sb.open("/work/data/blob.bin", "wb") as f:
+            f.write(blob)
+        seen = sb.exec("sh", "-c", "cat /work/data/notes.txt; wc -c < /work/data/blob.bin")
+        out = [
+            sb.open("/work/data/notes.txt").read(),
+            sb.open("/work/data/blob.bin", "rb").read() == blob,
+            seen.stdout.read(),
+            sb.ls("/work/data"),
+        ]
+        errors = []
+        for attempt in (
+            lambda: sb.open("/work/missing.txt").read(),
+            lambda: sb.rm("/work"),
+            lambda: sb.ls("/work/data/notes.txt"),
+            lambda: sb.open("relative.txt"),
+            lambda: sb.open("/proc/sys/kernel/core_pattern", "w"),
+        ):
+            try:
+                attempt()
+                errors.append("no error")
+            except Exception as exc:
+                errors.append(type(exc).__name__)
+        sb.rm("/work/data", recursive=True)
+        return out + [errors, sb.ls("/work")]
+
+
     def unknown():
         try:
             ketch.Sandbox.from_id("sb-doesnotexist")
@@ -133,6 +167,7 @@ SCRIPT = SHOW + textwrap.dedent(
                                == [sb.object_id])
         show("from_id", lambda: ketch.Sandbox.from_id(sb.object_id).poll())
         show("probe", lambda: run(sb, "python3", "-c", PROBE % PORT)[0].split())
+        show("files", lambda: files(sb))
         blocked = ketch.Sandbox.create(app=app, block_network=True)
         show("blocked", lambda: run(blocked, "python3", "-c", PROBE % PORT)[0].split()[-1])
         show("terminate", lambda: after_terminate(sb))
@@ -190,6 +225,20 @@ def test_lifetime_state_and_lookup(run):
     returncode, out, err, after = run.value("main")
     assert (returncode, out, err) == (7, "from main\n", "oops\n")
     assert after.startswith("InvalidError") and "exited with code 7" in after
+
+
+def test_files_in_and_out(run):
+    notes, blob_ok, seen, listed, errors, after = run.value("files")
+    assert notes == "one\ntwo\nthree\n" and blob_ok and listed == ["blob.bin", "notes.txt"]
+    assert seen == "one\ntwo\nthree\n10240000\n"  # what the sandbox's own commands see
+    assert errors == [
+        "SandboxFilesystemNotFoundError",
+        "SandboxFilesystemDirectoryNotEmptyError",
+        "SandboxFilesystemNotADirectoryError",
+        "SandboxFilesystemError",  # a relative path
+        "SandboxFilesystemError",  # /proc/sys is read-only in a container
+    ], errors
+    assert after == []
 
 
 def test_bad_input_is_typed(run):

@@ -103,6 +103,23 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
     "SandboxExecWait": [
         {"sandbox_id": "sb-0123456789abcdef0123", "exec_id": "main", "timeout": 0.0}
     ],
+    "SandboxFile": [
+        {
+            "sandbox_id": "sb-0123456789abcdef0123",
+            "op": "read",
+            "path": "/a",
+            "offset": 0,
+            "length": 1024,
+        },
+        {
+            "sandbox_id": "sb-0123456789abcdef0123",
+            "op": "write",
+            "path": "/a",
+            "data": b"x",
+            "append": True,
+        },
+        {"sandbox_id": "sb-0123456789abcdef0123", "op": "rm", "path": "/a", "recursive": True},
+    ],
     "ContainerList": [{}, {"name": "web"}, {"app_id": APP}],
     "ContainerStop": [{"container_id": "ta-0123456789abcdef0123"}],
     "ContainerLogs": [

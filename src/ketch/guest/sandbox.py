@@ -17,7 +17,9 @@ Messages (container channel, msgpack frames)::
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -27,6 +29,7 @@ from .._wire import BlockingChannel, ChannelClosed
 from .loop import _connect, _die_with_parent
 
 CHUNK = 64 * 1024
+FILE_CHUNK = 8 << 20  # the most one file read returns
 MAIN = "main"
 KILL_GRACE_S = 5.0
 
@@ -62,6 +65,8 @@ class Agent:
             self.kill(exec_id)
         elif kind == "stop":
             self.stop()
+        elif kind == "fs":
+            self.send({"t": "fs", "id": exec_id, **_file_op(msg)})
 
     def start(self, exec_id: str, msg: dict[str, Any]) -> None:
         env = {**os.environ, **{str(k): str(v) for k, v in (msg.get("env") or {}).items()}}
@@ -138,6 +143,48 @@ class Agent:
                 proc.wait(KILL_GRACE_S)
             except subprocess.TimeoutExpired:
                 _signal_group(proc.pid, signal.SIGKILL)
+
+
+def _file_op(msg: dict[str, Any]) -> dict[str, Any]:
+    """One file operation, as root of the sandbox; ``{"ok": ...}`` or ``{"error": [type, text]}``."""
+    path, op = str(msg.get("path") or ""), msg.get("op")
+    try:
+        if not path.startswith("/"):
+            raise ValueError(f"{path!r} is not an absolute path")
+        if op == "read":
+            with open(path, "rb") as fh:
+                fh.seek(int(msg.get("offset") or 0))
+                data = fh.read(int(msg.get("length") or FILE_CHUNK))
+                size = os.fstat(fh.fileno()).st_size
+            return {"ok": {"data": data, "size": size}}
+        if op == "write":
+            mode = "ab" if msg.get("append") else "wb"
+            with open(path, mode) as fh:
+                fh.write(msg.get("data") or b"")
+            return {"ok": None}
+        if op == "ls":
+            return {"ok": sorted(os.listdir(path))}
+        if op == "mkdir":
+            if msg.get("parents"):
+                os.makedirs(path, exist_ok=True)
+            else:
+                os.mkdir(path)
+            return {"ok": None}
+        if op == "rm":
+            if os.path.isdir(path) and not os.path.islink(path):
+                if msg.get("recursive"):
+                    shutil.rmtree(path)
+                else:
+                    os.rmdir(path)
+            else:
+                os.unlink(path)
+            return {"ok": None}
+        raise ValueError(f"unknown file operation {op!r}")
+    except OSError as exc:
+        kind = "DirectoryNotEmpty" if exc.errno == errno.ENOTEMPTY else type(exc).__name__
+        return {"error": [kind, f"{exc.strerror or exc}: {path}"]}
+    except ValueError as exc:
+        return {"error": ["ValueError", str(exc)]}
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -43,6 +43,13 @@ _STATUS = {
     "AlreadyExistsError": 409,
     "AuthError": 401,
     "PermissionDeniedError": 403,
+    "SandboxFilesystemNotFoundError": 404,
+    "SandboxFilesystemIsADirectoryError": 400,
+    "SandboxFilesystemNotADirectoryError": 400,
+    "SandboxFilesystemPermissionError": 403,
+    "SandboxFilesystemFileExistsError": 409,
+    "SandboxFilesystemDirectoryNotEmptyError": 400,
+    "SandboxFilesystemError": 400,
 }
 # The largest RPC request (HTTP body or frame): a Dict or Queue item is at most 64 MiB,
 # and clients send call inputs in batches of at most 16 MiB (larger arguments are blobs).

@@ -43,7 +43,18 @@ from typing import TYPE_CHECKING, Any
 
 from .._ids import new_id
 from .._spec import FunctionSpec
-from ..exception import InvalidError, NotFoundError, PermissionDeniedError
+from ..exception import (
+    InvalidError,
+    NotFoundError,
+    PermissionDeniedError,
+    SandboxFilesystemDirectoryNotEmptyError,
+    SandboxFilesystemError,
+    SandboxFilesystemFileExistsError,
+    SandboxFilesystemIsADirectoryError,
+    SandboxFilesystemNotADirectoryError,
+    SandboxFilesystemNotFoundError,
+    SandboxFilesystemPermissionError,
+)
 from . import auth, secret_store
 from .rpc import rpc
 
@@ -61,6 +72,15 @@ MAX_READ_BYTES = 4 << 20  # per reply
 MAX_WAIT_S = 50.0  # one long poll
 MAX_EXECS = 1024  # commands kept per sandbox (finished ones are dropped first)
 MAIN = "main"  # the exec id of the main command
+FILE_OP_TIMEOUT_S = 60.0
+_FILE_ERRORS: dict[str, type[SandboxFilesystemError]] = {
+    "FileNotFoundError": SandboxFilesystemNotFoundError,
+    "IsADirectoryError": SandboxFilesystemIsADirectoryError,
+    "NotADirectoryError": SandboxFilesystemNotADirectoryError,
+    "PermissionError": SandboxFilesystemPermissionError,
+    "FileExistsError": SandboxFilesystemFileExistsError,
+    "DirectoryNotEmpty": SandboxFilesystemDirectoryNotEmptyError,
+}
 
 
 @dataclass
@@ -92,6 +112,8 @@ class _Sandbox:
     reason: str = ""  # why it ended
     done: asyncio.Event = field(default_factory=asyncio.Event)
     timer: asyncio.TimerHandle | None = None
+    files: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)  # by request
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # its agent said hello
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -204,12 +226,18 @@ class SandboxService:
         if not secrets.compare_digest(sb.token, token) or sb.done.is_set():
             raise InvalidError("unknown sandbox or bad token")
         sb.writer = writer
+        sb.ready.set()
         pending, sb.pending = sb.pending, []
         return {"t": "init", "sandbox": True, "execs": pending}
 
     def message(self, sandbox_id: str, msg: dict[str, Any]) -> None:
         sb = self.sandboxes.get(sandbox_id)
         if sb is None:
+            return
+        if msg.get("t") == "fs":
+            waiting = sb.files.pop(str(msg.get("id")), None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(msg)
             return
         ex = sb.execs.get(str(msg.get("id")))
         if ex is None:
@@ -245,6 +273,10 @@ class SandboxService:
             if ex.returncode is None:
                 ex.returncode = 137
             ex.wake()
+        for waiting in sb.files.values():
+            if not waiting.done():
+                waiting.set_exception(InvalidError(f"sandbox {sb.id} {sb.reason}"))
+        sb.files.clear()
         sb.done.set()
         logger.info("sandbox %s %s", sandbox_id, sb.reason)
         # Kept for a while, so that waits, reads and lists still answer.
@@ -347,6 +379,32 @@ class SandboxService:
             await asyncio.wait_for(sb.done.wait(), min(float(body.get("timeout", 0)), MAX_WAIT_S))
         return sb
 
+    async def file(self, body: dict[str, Any]) -> Any:
+        """One file operation in the sandbox (read a piece, write, ls, mkdir, rm)."""
+        sb = self.get(body)
+        if sb.done.is_set():
+            raise InvalidError(f"sandbox {sb.id} has finished ({sb.reason})")
+        if not sb.ready.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sb.ready.wait(), FILE_OP_TIMEOUT_S)
+        if sb.writer is None:
+            raise InvalidError(f"sandbox {sb.id} is not running")
+        request = new_id("fs")
+        waiting: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        sb.files[request] = waiting
+        fields = ("op", "path", "offset", "length", "data", "append", "parents", "recursive")
+        self._send(sb, {"t": "fs", "id": request, **{k: body.get(k) for k in fields}})
+        try:
+            reply = await asyncio.wait_for(waiting, FILE_OP_TIMEOUT_S)
+        except TimeoutError:
+            raise InvalidError(f"sandbox {sb.id} did not answer a file operation") from None
+        finally:
+            sb.files.pop(request, None)
+        if "error" in reply:
+            kind, text = reply["error"]
+            raise _FILE_ERRORS.get(str(kind), SandboxFilesystemError)(str(text))
+        return reply.get("ok")
+
     async def close(self) -> None:
         for sb in list(self.sandboxes.values()):
             self.terminate(sb.id, "the control plane stopped")
@@ -413,3 +471,8 @@ def SandboxExecWrite(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 @rpc
 async def SandboxExecWait(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     return {"returncode": await _service(api).wait_exec(body)}
+
+
+@rpc
+async def SandboxFile(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    return {"result": await _service(api).file(body)}

@@ -224,6 +224,18 @@ class SandboxExecWait(_Request):
     timeout: Seconds = 0.0
 
 
+class SandboxFile(_Request):
+    sandbox_id: Id
+    op: Literal["read", "write", "ls", "mkdir", "rm"]
+    path: Path
+    offset: Count = 0
+    length: Annotated[int, Meta(ge=0, le=16 << 20)] = 0
+    data: Annotated[bytes, Meta(max_length=16 << 20)] = b""
+    append: bool = False
+    parents: bool = False
+    recursive: bool = False
+
+
 class ContainerList(_Request):
     app_id: Id | None = None
     name: Name | None = None
