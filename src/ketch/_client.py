@@ -228,12 +228,6 @@ class _Client:
                     status, reply = _call_blocking(self._socket, url, request, timeout, self._token)
                 else:
                     status, reply = await asyncio.wait_for(self._call(url, request), timeout)
-                if status != 200:
-                    err = reply.get("error", {})
-                    raise from_wire(
-                        err.get("type", "ServerError"), err.get("message", f"status {status}")
-                    )
-                return reply
             except (
                 TimeoutError,
                 OSError,
@@ -250,6 +244,15 @@ class _Client:
                 self._url = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+                continue
+            # Outside the try: an error the control plane answered with is never taken for a
+            # lost connection, even one that is also a builtin OSError (CallTimeoutError).
+            if status != 200:
+                err = reply.get("error", {})
+                raise from_wire(
+                    err.get("type", "ServerError"), err.get("message", f"status {status}")
+                )
+            return reply
 
     async def _connect(self, url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._idle:

@@ -121,6 +121,15 @@ SCRIPT = SHOW + textwrap.dedent(
         return out + [errors, sb.ls("/work")]
 
 
+    def slow_reader(sb):
+        # 100 MiB, read only after 2 s: more than the control plane holds unread (64 MiB),
+        # so the command must have been paused, as a pipe's writer blocks, not dropped.
+        p = sb.exec("head", "-c", str(100 << 20), "/dev/zero", text=False)
+        time.sleep(2)
+        data = p.stdout.read()
+        return [len(data), data.count(0) == len(data), p.wait()]
+
+
     def unknown():
         try:
             ketch.Sandbox.from_id("sb-doesnotexist")
@@ -168,6 +177,7 @@ SCRIPT = SHOW + textwrap.dedent(
         show("from_id", lambda: ketch.Sandbox.from_id(sb.object_id).poll())
         show("probe", lambda: run(sb, "python3", "-c", PROBE % PORT)[0].split())
         show("files", lambda: files(sb))
+        show("slow_reader", lambda: slow_reader(sb))
         blocked = ketch.Sandbox.create(app=app, block_network=True)
         show("blocked", lambda: run(blocked, "python3", "-c", PROBE % PORT)[0].split()[-1])
         show("terminate", lambda: after_terminate(sb))
@@ -239,6 +249,10 @@ def test_files_in_and_out(run):
         "SandboxFilesystemError",  # /proc/sys is read-only in a container
     ], errors
     assert after == []
+
+
+def test_a_slow_reader_loses_no_output(run):
+    assert run.value("slow_reader") == [100 << 20, True, 0]
 
 
 def test_bad_input_is_typed(run):

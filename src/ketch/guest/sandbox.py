@@ -39,6 +39,8 @@ class Agent:
         self.chan = chan
         self.lock = threading.Lock()  # one writer at a time on the channel
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        # Set while a stream may flow: the control plane pauses one whose output is unread.
+        self.flowing: dict[tuple[str, int], threading.Event] = {}
 
     def send(self, msg: dict[str, Any]) -> None:
         with self.lock:
@@ -63,6 +65,10 @@ class Agent:
             self.feed(exec_id, msg.get("data") or b"", bool(msg.get("eof")))
         elif kind == "kill":
             self.kill(exec_id)
+        elif kind in ("pause", "resume"):
+            event = self.flowing.get((exec_id, int(msg.get("fd") or 0)))
+            if event is not None:
+                (event.clear if kind == "pause" else event.set)()
         elif kind == "stop":
             self.stop()
         elif kind == "fs":
@@ -88,6 +94,9 @@ class Agent:
             self.exited(exec_id, code)
             return
         self.procs[exec_id] = proc
+        for fd in (1, 2):  # before its pumps start, so that no pause is missed
+            self.flowing[(exec_id, fd)] = threading.Event()
+            self.flowing[(exec_id, fd)].set()
         readers = [
             threading.Thread(target=self.pump, args=(exec_id, proc.stdout, 1), daemon=True),
             threading.Thread(target=self.pump, args=(exec_id, proc.stderr, 2), daemon=True),
@@ -97,8 +106,16 @@ class Agent:
         threading.Thread(target=self.reap, args=(exec_id, proc, readers), daemon=True).start()
 
     def pump(self, exec_id: str, stream: Any, fd: int) -> None:
-        while chunk := os.read(stream.fileno(), CHUNK):
-            self.send({"t": "out", "id": exec_id, "fd": fd, "data": chunk})
+        flowing = self.flowing[(exec_id, fd)]
+        try:
+            while True:
+                flowing.wait()  # paused: the command's writes block on its full pipe
+                chunk = os.read(stream.fileno(), CHUNK)
+                if not chunk:
+                    return
+                self.send({"t": "out", "id": exec_id, "fd": fd, "data": chunk})
+        finally:
+            self.flowing.pop((exec_id, fd), None)
 
     def reap(
         self, exec_id: str, proc: subprocess.Popen[bytes], readers: list[threading.Thread]
@@ -132,12 +149,17 @@ class Agent:
         proc = self.procs.get(exec_id)
         if proc is not None:
             _signal_group(proc.pid, signal.SIGKILL)
+        for fd in (1, 2):  # a paused stream drains, so that its exit is reported
+            if (event := self.flowing.get((exec_id, fd))) is not None:
+                event.set()
 
     def stop(self) -> None:
         """Every command gets SIGTERM, then SIGKILL after a grace period."""
         procs = list(self.procs.values())
         for proc in procs:
             _signal_group(proc.pid, signal.SIGTERM)
+        for event in list(self.flowing.values()):
+            event.set()
         for proc in procs:
             try:
                 proc.wait(KILL_GRACE_S)

@@ -18,9 +18,9 @@ Decisions (docs/architecture.md, "Sandboxes"):
 * Sandboxes live in the control plane's memory: a control plane that stops
   (or is killed) takes its sandboxes with it (bubblewrap's ``--die-with-parent``):
   they are terminated, never orphaned.
-* Each command's output is kept whole up to ``MAX_OUTPUT_BYTES`` per stream;
-  past that the oldest bytes are dropped and a reader that asks for them gets
-  what is left, told how much it missed.
+* A command's output is a pipe's: what was read is gone, and a stream with
+  ``HIGH_WATER`` bytes unread pauses the command (its writes block) until
+  readers bring it under ``LOW_WATER``, so a slow reader loses nothing.
 
 Example (the RPCs; the SDK wraps them)::
 
@@ -67,7 +67,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 300.0
 MAX_TIMEOUT_S = 24 * 3600.0
-MAX_OUTPUT_BYTES = 64 << 20  # per stream of one command
+# A stream's unread output, as a pipe's: past HIGH_WATER its command is paused (its
+# writes block) until readers bring it under LOW_WATER; MAX_OUTPUT_BYTES is the hard
+# bound should an agent not pause (the oldest unread bytes then go, and readers are told).
+HIGH_WATER = 16 << 20
+LOW_WATER = 4 << 20
+MAX_OUTPUT_BYTES = 64 << 20
 MAX_READ_BYTES = 4 << 20  # per reply
 MAX_WAIT_S = 50.0  # one long poll
 MAX_EXECS = 1024  # commands kept per sandbox (finished ones are dropped first)
@@ -87,7 +92,8 @@ _FILE_ERRORS: dict[str, type[SandboxFilesystemError]] = {
 class _Exec:
     id: str
     out: dict[int, bytearray] = field(default_factory=lambda: {1: bytearray(), 2: bytearray()})
-    dropped: dict[int, int] = field(default_factory=lambda: {1: 0, 2: 0})
+    dropped: dict[int, int] = field(default_factory=lambda: {1: 0, 2: 0})  # bytes gone before buf
+    paused: dict[int, bool] = field(default_factory=lambda: {1: False, 2: False})
     returncode: int | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -243,12 +249,16 @@ class SandboxService:
         if ex is None:
             return
         if msg.get("t") == "out" and msg.get("fd") in (1, 2) and isinstance(msg.get("data"), bytes):
-            buf = ex.out[msg["fd"]]
+            fd = msg["fd"]
+            buf = ex.out[fd]
             buf += msg["data"]
+            if len(buf) > HIGH_WATER and not ex.paused[fd]:
+                ex.paused[fd] = True
+                self._send(sb, {"t": "pause", "id": ex.id, "fd": fd})
             if len(buf) > MAX_OUTPUT_BYTES:
                 cut = len(buf) - MAX_OUTPUT_BYTES
                 del buf[:cut]
-                ex.dropped[msg["fd"]] += cut
+                ex.dropped[fd] += cut
             ex.wake()
         elif msg.get("t") == "exit":
             ex.returncode = int(msg.get("code", -1))
@@ -333,7 +343,7 @@ class SandboxService:
         return sb, ex
 
     async def read(self, body: dict[str, Any]) -> dict[str, Any]:
-        _, ex = self.exec_of(body)
+        sb, ex = self.exec_of(body)
         fd = int(body.get("fd", 1))
         if fd not in (1, 2):
             raise InvalidError("fd must be 1 (stdout) or 2 (stderr)")
@@ -347,6 +357,7 @@ class SandboxService:
             left = deadline - time.monotonic()
             if data or eof or left <= 0:
                 missed = max(ex.dropped[fd] - offset, 0)
+                self._consumed(sb, ex, fd, start + len(data))
                 return {
                     "data": data,
                     "offset": offset + missed + len(data),
@@ -355,6 +366,16 @@ class SandboxService:
                 }
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(ex.changed.wait(), left)
+
+    def _consumed(self, sb: _Sandbox, ex: _Exec, fd: int, upto: int) -> None:
+        """Output read up to ``upto`` (in the buffer) is gone, as from a pipe; a paused
+        command goes on once little is left unread."""
+        if upto > 0:
+            del ex.out[fd][:upto]
+            ex.dropped[fd] += upto
+        if ex.paused[fd] and len(ex.out[fd]) < LOW_WATER:
+            ex.paused[fd] = False
+            self._send(sb, {"t": "resume", "id": ex.id, "fd": fd})
 
     def write(self, body: dict[str, Any]) -> None:
         sb, ex = self.exec_of(body)

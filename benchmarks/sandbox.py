@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Sandboxes: create to first output, exec round trip, a pool at once, stdout throughput.
+
+Usage::
+
+    .venv/bin/python benchmarks/sandbox.py            # n=20
+    .venv/bin/python benchmarks/sandbox.py --quick    # n=5
+
+ketch runs with ``KETCH_RUNTIME=sandbox`` in a throw-away ``KETCH_HOME`` (the
+image cache stays the machine's, so the Debian base is built once). Beside it,
+in the same run: a bare ``bwrap`` of the host's ``/`` running ``echo`` (the
+floor: the kernel work a sandbox start cannot avoid, without an image, a
+control plane or an agent) and ``subprocess.run`` on the host.
+
+Rows:
+
+* create -> first output: ``Sandbox.create(app=app)`` then ``exec("echo", "hi")``
+  until its output is read (a new container each time; the image is cached);
+* exec round trip: ``exec("true").wait()`` in a warm sandbox;
+* pool: 20 sandboxes created at once (threads), until each answered an echo;
+* stdout throughput: ``head -c 256M /dev/zero`` read whole through ``stdout.read()``.
+
+Targets (issue 16, 2-core machine): create -> first output <= 150 ms p50, exec
+round trip <= 5 ms p50, stdout >= 200 MiB/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+import _harness as h  # noqa: E402
+
+log = h.logger("sandbox")
+
+MEASURE = r"""
+import json, sys, time
+from concurrent.futures import ThreadPoolExecutor
+import ketch
+
+n = int(sys.argv[1])
+app = ketch.App("bench-sandbox")
+out = {}
+with app.run():
+    warm = ketch.Sandbox.create(app=app)  # builds or finds the image
+    assert warm.exec("echo", "hi").stdout.read() == "hi\n"
+
+    def first_output():
+        t0 = time.perf_counter()
+        sb = ketch.Sandbox.create(app=app)
+        got = sb.exec("echo", "hi").stdout.read()
+        elapsed = time.perf_counter() - t0
+        assert got == "hi\n", got
+        sb.terminate()
+        return elapsed
+
+    out["create"] = [first_output() for _ in range(n)]
+    rtt = []
+    for _ in range(max(n * 5, 50)):
+        t0 = time.perf_counter()
+        assert warm.exec("true").wait() == 0
+        rtt.append(time.perf_counter() - t0)
+    out["exec"] = rtt
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(20) as pool:
+        list(pool.map(lambda _: first_output(), range(20)))
+    out["pool20"] = [time.perf_counter() - t0]
+    size = 256 << 20
+    t0 = time.perf_counter()
+    data = warm.exec("head", "-c", str(size), "/dev/zero", text=False).stdout.read()
+    out["throughput_mib_s"] = [len(data) / (1 << 20) / (time.perf_counter() - t0)]
+    assert len(data) == size
+    warm.terminate()
+print("SANDBOX " + json.dumps(out))
+"""
+
+
+def _timed(argv: list[str], n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+def _row(name: str, samples: list[float], scale: float = 1e3) -> str:
+    ms = [x * scale for x in samples]
+    if len(ms) == 1:
+        return f"| {name} | {ms[0]:,.1f} | — | 1 |"
+    return f"| {name} | {h.percentile(ms, 50):,.1f} | {h.percentile(ms, 90):,.1f} | {len(ms)} |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="n=5 instead of 20")
+    args = ap.parse_args(argv)
+    n = 5 if args.quick else 20
+    home = Path(tempfile.mkdtemp(prefix="ketch-bench-sbx-", dir="/tmp"))
+    env = {**h.ketch_env(home), "KETCH_RUNTIME": "sandbox"}
+    started = time.perf_counter()
+    try:
+        log(f"ketch: {n} creates, exec round trips, a pool of 20, 256 MiB of stdout")
+        result = h.run_script(MEASURE, [str(n)], "SANDBOX ", "sandbox trial", env, home, 1800)
+    finally:
+        h.stop_control_plane(env)
+        shutil.rmtree(home, ignore_errors=True)
+    log("peers: bare bwrap and subprocess.run")
+    bwrap = shutil.which("bwrap") or "bwrap"
+    floor = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    floor += ["--unshare-all", "--die-with-parent", "echo", "hi"]
+    peer_bwrap = _timed(floor, n)
+    peer_echo = _timed(["echo", "hi"], n)
+    peer_true = _timed(["true"], max(n * 5, 50))
+    h.print_head(
+        "Sandboxes: ketch beside bare bubblewrap and the host",
+        args.quick,
+        h.machine_line(),
+        time.perf_counter() - started,
+    )
+    print("| metric | p50 ms | p90 ms | n |")
+    print("|---|---:|---:|---:|")
+    print(_row("ketch: Sandbox.create -> first output of exec('echo')", result["create"]))
+    print(_row("floor: bare `bwrap ... echo hi` of the host's /", peer_bwrap))
+    print(_row("host: `subprocess.run(['echo', 'hi'])`", peer_echo))
+    print(_row("ketch: exec('true').wait() in a warm sandbox", result["exec"]))
+    print(_row("host: `subprocess.run(['true'])`", peer_true))
+    print(_row("ketch: 20 sandboxes created at once, all answered (wall)", result["pool20"]))
+    print(
+        f"| ketch: stdout throughput, MiB/s (256 MiB) | {result['throughput_mib_s'][0]:,.0f} | — | 1 |"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
