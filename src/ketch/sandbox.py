@@ -339,6 +339,25 @@ class _Sandbox:
         return _Sandbox(reply["sandbox_id"], main=bool(cmd))
 
     @staticmethod
+    async def from_name(app_name: str, name: str) -> _Sandbox:
+        """The running sandbox created with ``name=`` in the running app ``app_name``."""
+        client = await _Client.get()
+        info = await client.rpc("SandboxGet", {"app_name": app_name, "name": name})
+        sb = _Sandbox(info["sandbox_id"])
+        sb._note(info)
+        return sb
+
+    async def set_tags(self, tags: dict[str, str]) -> None:
+        """Replace the sandbox's tags (``Sandbox.list(tags=)`` finds it by them)."""
+        client = await _Client.get()
+        await client.rpc("SandboxSetTags", {"sandbox_id": self._id, "tags": dict(tags)})
+
+    async def get_tags(self) -> dict[str, str]:
+        """The sandbox's tags."""
+        client = await _Client.get()
+        return dict((await client.rpc("SandboxGet", {"sandbox_id": self._id}))["tags"])
+
+    @staticmethod
     async def from_id(sandbox_id: str) -> _Sandbox:
         """The sandbox with this id (``sb.object_id``)."""
         client = await _Client.get()

@@ -175,6 +175,13 @@ SCRIPT = SHOW + textwrap.dedent(
         show("listed", lambda: [s.object_id for s in ketch.Sandbox.list(tags={"suite": "e2e"})]
                                == [sb.object_id])
         show("from_id", lambda: ketch.Sandbox.from_id(sb.object_id).poll())
+        named = ketch.Sandbox.create(app=app, name="worker-1")
+        show("from_name", lambda: ketch.Sandbox.from_name("sandbox-e2e", "worker-1").object_id
+                                  == named.object_id)
+        show("tags", lambda: [named.set_tags({"role": "w"}), named.get_tags(),
+                              [s.object_id for s in ketch.Sandbox.list(tags={"role": "w"})]
+                              == [named.object_id]][1:])
+        show("same_name", lambda: ketch.Sandbox.create(app=app, name="worker-1"))
         show("probe", lambda: run(sb, "python3", "-c", PROBE % PORT)[0].split())
         show("files", lambda: files(sb))
         show("slow_reader", lambda: slow_reader(sb))
@@ -229,6 +236,9 @@ def test_lifetime_state_and_lookup(run):
     assert run.value("state_kept") == [0, "kept\n"]
     assert run.value("listed") is True
     assert run.value("from_id") is None  # still running
+    assert run.value("from_name") is True
+    assert run.value("tags") == [{"role": "w"}, True]
+    assert "already has a running sandbox 'worker-1'" in run.error("same_name")
     name, returncode, message = run.value("terminate")
     assert name == "SandboxTerminatedError" and returncode == 137, message
     assert run.value("timeout") == ["SandboxTimeoutError", True]

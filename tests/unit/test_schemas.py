@@ -75,7 +75,8 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
             "tags": {"suite": "e2e"},
         }
     ],
-    "SandboxGet": [{"sandbox_id": "sb-0123456789abcdef0123"}],
+    "SandboxGet": [{"sandbox_id": "sb-0123456789abcdef0123"}, {"app_name": "a", "name": "n"}],
+    "SandboxSetTags": [{"sandbox_id": "sb-0123456789abcdef0123", "tags": {"k": "v"}}],
     "SandboxList": [{"app_id": None, "tags": {}}, {"app_id": APP, "tags": {"k": "v"}}],
     "SandboxTerminate": [{"sandbox_id": "sb-0123456789abcdef0123"}],
     "SandboxWait": [{"sandbox_id": "sb-0123456789abcdef0123", "timeout": 50.0}],

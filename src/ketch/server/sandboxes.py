@@ -307,10 +307,21 @@ class SandboxService:
 
     # -- what clients ask ----------------------------------------------------
     def get(self, body: dict[str, Any]) -> _Sandbox:
+        if not body.get("sandbox_id") and body.get("name"):
+            return self.by_name(str(body.get("app_name") or ""), str(body["name"]))
         sb = self.sandboxes.get(str(body.get("sandbox_id")))
         if sb is None:
             raise NotFoundError(f"no sandbox {body.get('sandbox_id')!r}")
         return sb
+
+    def by_name(self, app_name: str, name: str) -> _Sandbox:
+        """The running sandbox called ``name`` in a running app called ``app_name``."""
+        for sb in self.sandboxes.values():
+            if sb.name == name and not sb.done.is_set():
+                app = self.d.store.get_app(sb.app_id)
+                if app is not None and app["name"] == app_name:
+                    return sb
+        raise NotFoundError(f"no running sandbox {name!r} in app {app_name!r}")
 
     def exec(self, body: dict[str, Any]) -> str:
         sb = self.get(body)
@@ -497,3 +508,10 @@ async def SandboxExecWait(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 @rpc
 async def SandboxFile(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     return {"result": await _service(api).file(body)}
+
+
+@rpc
+def SandboxSetTags(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    sb = _service(api).get(body)
+    sb.tags = {str(k): str(v) for k, v in (body.get("tags") or {}).items()}
+    return {}

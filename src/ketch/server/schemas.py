@@ -178,7 +178,14 @@ class SandboxCreate(_Request):
 
 
 class SandboxGet(_Request):
+    sandbox_id: Id | None = None
+    app_name: Name | None = None  # with name: a running sandbox by name
+    name: Name | None = None
+
+
+class SandboxSetTags(_Request):
     sandbox_id: Id
+    tags: dict[Name, Text] = {}
 
 
 class SandboxList(_Request):
