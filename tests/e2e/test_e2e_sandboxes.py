@@ -22,7 +22,7 @@ SCRIPT = SHOW + textwrap.dedent(
     import time
 
     import ketch
-    from ketch.exception import InvalidError, NotFoundError
+    from ketch.exception import InvalidError, NotFoundError, ResourceUnavailableError
     from ketch.sandbox import SandboxTerminatedError, SandboxTimeoutError
 
     app = ketch.App("sandbox-e2e")
@@ -130,6 +130,19 @@ SCRIPT = SHOW + textwrap.dedent(
         return [len(data), data.count(0) == len(data), p.wait()]
 
 
+    def node_limit():
+        made = []
+        try:
+            while len(made) < 40:
+                made.append(ketch.Sandbox.create(app=app))
+            return "no limit"
+        except ResourceUnavailableError as exc:
+            return ["ResourceUnavailableError", len(made), str(exc)]
+        finally:
+            for extra in made:
+                extra.terminate()
+
+
     def unknown():
         try:
             ketch.Sandbox.from_id("sb-doesnotexist")
@@ -144,6 +157,23 @@ SCRIPT = SHOW + textwrap.dedent(
             return "created"
         except InvalidError as exc:
             return "InvalidError: " + str(exc)
+
+
+    # Code in a sandbox reads its agent's token (same uid, same pid namespace) and says
+    # hello on the channel with it: the control plane must not hand it the agent's channel.
+    HIJACK = (
+        "import os, socket, sys\\n"
+        "sys.path.insert(0, os.environ['KETCH_BUNDLE_DEPS'])\\n"
+        "from ketch._wire import encode\\n"
+        "raw = open('/proc/2/environ').read().split(chr(0))\\n"
+        "env = dict(item.split('=', 1) for item in raw if '=' in item)\\n"
+        "token = env.get('KETCH_SANDBOX_TOKEN', '')\\n"
+        "s = socket.socket(socket.AF_UNIX)\\n"
+        "s.connect('/.ketch/run/channel.sock')\\n"
+        "s.settimeout(5)\\n"
+        "s.sendall(encode({'t': 'hello', 'container_id': env['KETCH_CONTAINER_ID'], 'token': token}))\\n"
+        "print('token-seen' if token else 'no-token', 'answered' if s.recv(64) else 'refused')\\n"
+    )
 
 
     PROBE = (
@@ -184,9 +214,11 @@ SCRIPT = SHOW + textwrap.dedent(
         show("same_name", lambda: ketch.Sandbox.create(app=app, name="worker-1"))
         show("probe", lambda: run(sb, "python3", "-c", PROBE % PORT)[0].split())
         show("files", lambda: files(sb))
+        show("hijack", lambda: run(sb, "python3", "-c", HIJACK))
         show("slow_reader", lambda: slow_reader(sb))
         blocked = ketch.Sandbox.create(app=app, block_network=True)
         show("blocked", lambda: run(blocked, "python3", "-c", PROBE % PORT)[0].split()[-1])
+        show("node_limit", node_limit)
         show("terminate", lambda: after_terminate(sb))
         show("timeout", timed_out)
         show("main", main_command)
@@ -261,8 +293,20 @@ def test_files_in_and_out(run):
     assert after == []
 
 
+def test_code_in_a_sandbox_cannot_take_over_its_channel(run):
+    out, err, code = run.value("hijack")
+    assert out.split()[-1] == "refused", (out, err)
+    assert run.value("echo") == ["hello\n", "", 0]
+
+
 def test_a_slow_reader_loses_no_output(run):
     assert run.value("slow_reader") == [100 << 20, True, 0]
+
+
+def test_sandboxes_are_bounded_per_node(run):
+    name, made, message = run.value("node_limit")
+    assert name == "ResourceUnavailableError" and 0 < made < 40, message
+    assert "max_containers_per_node" in message
 
 
 def test_bad_input_is_typed(run):

@@ -47,6 +47,7 @@ from ..exception import (
     InvalidError,
     NotFoundError,
     PermissionDeniedError,
+    ResourceUnavailableError,
     SandboxFilesystemDirectoryNotEmptyError,
     SandboxFilesystemError,
     SandboxFilesystemFileExistsError,
@@ -162,6 +163,12 @@ class SandboxService:
         timeout = float(body.get("timeout") or DEFAULT_TIMEOUT_S)
         if not 0 < timeout <= MAX_TIMEOUT_S:
             raise InvalidError(f"timeout must be between 0 and {MAX_TIMEOUT_S:.0f} s")
+        live = sum(1 for s in self.sandboxes.values() if not s.done.is_set())
+        if live >= self.d.max_containers:
+            raise ResourceUnavailableError(
+                f"this node runs {live} sandboxes, its limit (max_containers_per_node); "
+                "terminate some first"
+            )
         if body.get("name") and any(
             s.name == body["name"] and s.app_id == app["id"] and not s.done.is_set()
             for s in self.sandboxes.values()
@@ -229,7 +236,9 @@ class SandboxService:
 
     def hello(self, sandbox_id: str, token: str, writer: asyncio.StreamWriter) -> dict[str, Any]:
         sb = self.sandboxes[sandbox_id]
-        if not secrets.compare_digest(sb.token, token) or sb.done.is_set():
+        # Once: code in the sandbox can read its agent's environment (the same uid in the
+        # same pid namespace), and must not take over the agent's channel with it.
+        if not secrets.compare_digest(sb.token, token) or sb.done.is_set() or sb.ready.is_set():
             raise InvalidError("unknown sandbox or bad token")
         sb.writer = writer
         sb.ready.set()
