@@ -43,6 +43,7 @@ _STATUS = {
     "AlreadyExistsError": 409,
     "AuthError": 401,
     "PermissionDeniedError": 403,
+    "ResourceUnavailableError": 429,  # this node cannot take it (full of sandboxes, no such GPU)
     "SandboxFilesystemNotFoundError": 404,
     "SandboxFilesystemIsADirectoryError": 400,
     "SandboxFilesystemNotADirectoryError": 400,
