@@ -290,6 +290,7 @@ class _Sandbox:
         volumes: dict[str, Any] | None = None,
         workdir: str | None = None,
         timeout: float = 300,
+        idle_timeout: float | None = None,
         cpu: Any = None,
         memory: Any = None,
         gpu: Any = None,
@@ -331,6 +332,7 @@ class _Sandbox:
             "spec": spec.to_wire(),
             "cmd": [str(c) for c in cmd],
             "timeout": float(timeout),
+            "idle_timeout": float(idle_timeout) if idle_timeout else None,
             "workdir": workdir,
             "name": name,
             "tags": dict(tags or {}),
@@ -418,7 +420,7 @@ class _Sandbox:
         """Wait for the sandbox to finish (its command exits, it times out or is terminated)."""
         while not await self._wait_once(POLL_S):
             pass
-        if raise_on_termination and "timed out" in self._reason:
+        if raise_on_termination and ("timed out" in self._reason or "idle" in self._reason):
             raise SandboxTimeoutError(f"sandbox {self._id} {self._reason}")
         if raise_on_termination and "terminated" in self._reason:
             raise SandboxTerminatedError(f"sandbox {self._id} {self._reason}")

@@ -143,6 +143,29 @@ SCRIPT = SHOW + textwrap.dedent(
                 extra.terminate()
 
 
+    def idle():
+        sb = ketch.Sandbox.create(app=app, idle_timeout=1)
+        started = time.monotonic()
+        sb.exec("sleep", "2")  # a running command is activity
+        try:
+            sb.wait()
+            return "no error"
+        except SandboxTimeoutError as exc:
+            return ["SandboxTimeoutError", time.monotonic() - started >= 2.5, "idle" in str(exc)]
+
+
+    def cli_exec(sb):
+        import subprocess
+
+        cli = "import sys; sys.argv[0] = 'ketch'; from ketch.cli.main import main; sys.exit(main())"
+        argv = [sys.executable, "-c", cli, "container", "exec", sb.object_id]
+        done = subprocess.run(argv + ["sh", "-c", "echo out; echo err >&2; exit 4"],
+                              capture_output=True, text=True, timeout=60)
+        other = subprocess.run([sys.executable, "-c", cli, "container", "exec", "ta-x", "ls"],
+                               capture_output=True, text=True, timeout=60)
+        return [done.stdout, done.stderr, done.returncode, other.returncode, other.stderr]
+
+
     def unknown():
         try:
             ketch.Sandbox.from_id("sb-doesnotexist")
@@ -215,12 +238,14 @@ SCRIPT = SHOW + textwrap.dedent(
         show("probe", lambda: run(sb, "python3", "-c", PROBE % PORT)[0].split())
         show("files", lambda: files(sb))
         show("hijack", lambda: run(sb, "python3", "-c", HIJACK))
+        show("cli_exec", lambda: cli_exec(sb))
         show("slow_reader", lambda: slow_reader(sb))
         blocked = ketch.Sandbox.create(app=app, block_network=True)
         show("blocked", lambda: run(blocked, "python3", "-c", PROBE % PORT)[0].split()[-1])
         show("node_limit", node_limit)
         show("terminate", lambda: after_terminate(sb))
         show("timeout", timed_out)
+        show("idle", idle)
         show("main", main_command)
         show("unknown", unknown)
     show("no_app", no_app)
@@ -307,6 +332,16 @@ def test_sandboxes_are_bounded_per_node(run):
     name, made, message = run.value("node_limit")
     assert name == "ResourceUnavailableError" and 0 < made < 40, message
     assert "max_containers_per_node" in message
+
+
+def test_idle_timeout_counts_running_commands_as_activity(run):
+    assert run.value("idle") == ["SandboxTimeoutError", True, True]
+
+
+def test_ketch_container_exec_runs_a_command_in_a_sandbox(run):
+    out, err, code, other_code, other_err = run.value("cli_exec")
+    assert (out, err, code) == ("out\n", "err\n", 4)
+    assert other_code != 0 and "only sandboxes" in other_err
 
 
 def test_bad_input_is_typed(run):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from ..app import print_log_line
@@ -51,6 +53,40 @@ def logs(container_id: str, follow: bool) -> None:
             continue
         if not follow or reply["state"] == "exited":
             return
+
+
+@container_group.command(name="exec", context_settings={"ignore_unknown_options": True})
+@click.argument("container_id")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_command(container_id: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND in sandbox CONTAINER_ID (an sb- id), printing its output; exits with its code."""
+    if not container_id.startswith("sb-"):
+        raise click.ClickException(
+            f"{container_id}: only sandboxes (sb- ids) take commands so far; "
+            "a way into function containers is not built yet"
+        )
+    import sys
+    import threading
+
+    from .. import sandbox
+
+    sandboxes: Any = sandbox.Sandbox  # made at run time (ketch._sync)
+    process = sandboxes.from_id(container_id).exec(*command, text=False)
+
+    def copy(stream: Any, out: Any) -> None:
+        for chunk in stream.lines():
+            out.write(chunk)
+            out.flush()
+
+    copiers = [
+        threading.Thread(target=copy, args=(process.stdout, sys.stdout.buffer)),
+        threading.Thread(target=copy, args=(process.stderr, sys.stderr.buffer)),
+    ]
+    for copier in copiers:
+        copier.start()
+    for copier in copiers:
+        copier.join()
+    raise SystemExit(process.wait())
 
 
 @container_group.command()

@@ -121,6 +121,8 @@ class _Sandbox:
     timer: asyncio.TimerHandle | None = None
     files: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)  # by request
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # its agent said hello
+    idle_timeout: float | None = None
+    active_at: float = field(default_factory=time.monotonic)  # the last exec, stdin or file op
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -199,7 +201,30 @@ class SandboxService:
         sb.timer = asyncio.get_running_loop().call_later(
             timeout, self.terminate, sb.id, f"timed out after {timeout:g} s"
         )
+        if body.get("idle_timeout"):
+            sb.idle_timeout = float(body["idle_timeout"])
+            self._check_idle(sb.id)
         return sb
+
+    def _busy(self, sb: _Sandbox) -> bool:
+        """A command runs (the main one included) or output waits to be read."""
+        return any(ex.returncode is None or ex.out[1] or ex.out[2] for ex in sb.execs.values())
+
+    def _check_idle(self, sandbox_id: str) -> None:
+        """Terminate a sandbox idle for ``idle_timeout`` s: no command running, no unread
+        output, nothing sent to it (exec, stdin, files) in that time."""
+        sb = self.sandboxes.get(sandbox_id)
+        if sb is None or sb.done.is_set() or sb.idle_timeout is None:
+            return
+        now = time.monotonic()
+        if self._busy(sb):
+            sb.active_at = now
+        idle_for = now - sb.active_at
+        if idle_for >= sb.idle_timeout:
+            self.terminate(sb.id, f"was idle for {sb.idle_timeout:g} s (idle_timeout)")
+            return
+        wait = min(sb.idle_timeout - idle_for, 1.0)
+        asyncio.get_running_loop().call_later(wait, self._check_idle, sandbox_id)
 
     async def _start(self, sb: _Sandbox) -> None:
         env = secret_store.container_env(self.d.store, sb.spec.secrets)
@@ -287,7 +312,8 @@ class SandboxService:
         sb.writer = None
         sb.reason = sb.reason or reason
         if sb.returncode is None:
-            sb.returncode = 137 if "timed out" in sb.reason or "terminated" in sb.reason else 1
+            stopped = ("timed out", "terminated", "idle")
+            sb.returncode = 137 if any(word in sb.reason for word in stopped) else 1
         for ex in sb.execs.values():
             if ex.returncode is None:
                 ex.returncode = 137
@@ -346,6 +372,7 @@ class SandboxService:
                 sb.execs.pop(old.id, None)
         ex = _Exec(new_id("ex"))
         sb.execs[ex.id] = ex
+        sb.active_at = time.monotonic()
         env = {str(k): str(v) for k, v in (body.get("env") or {}).items() if v is not None}
         msg = {"t": "exec", "id": ex.id, "argv": argv, "workdir": body.get("workdir"), "env": env}
         self._send(sb, msg)
@@ -404,6 +431,7 @@ class SandboxService:
         data = body.get("data") or b""
         if not isinstance(data, bytes):
             raise InvalidError("stdin data must be bytes")
+        sb.active_at = time.monotonic()
         self._send(sb, {"t": "stdin", "id": ex.id, "data": data, "eof": bool(body.get("eof"))})
 
     async def wait_exec(self, body: dict[str, Any]) -> int | None:
@@ -430,6 +458,7 @@ class SandboxService:
                 await asyncio.wait_for(sb.ready.wait(), FILE_OP_TIMEOUT_S)
         if sb.writer is None:
             raise InvalidError(f"sandbox {sb.id} is not running")
+        sb.active_at = time.monotonic()
         request = new_id("fs")
         waiting: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         sb.files[request] = waiting

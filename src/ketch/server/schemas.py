@@ -172,6 +172,7 @@ class SandboxCreate(_Request):
     spec: FunctionWire
     cmd: list[Text] = []
     timeout: Amount | None = None
+    idle_timeout: Amount | None = None
     workdir: Path | None = None
     name: Name | None = None
     tags: dict[Name, Text] = {}
