@@ -22,7 +22,9 @@ Example::
 from __future__ import annotations
 
 import builtins
+import os
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import _sync
@@ -241,6 +243,58 @@ class _FileIO:
         await self.close()
 
 
+class _SandboxFilesystem:
+    """``sb.filesystem``: whole files in and out of a sandbox, and its directories."""
+
+    def __init__(self, sandbox: _Sandbox) -> None:
+        self._sandbox = sandbox
+
+    async def read_bytes(self, path: str) -> bytes:
+        """The file at ``path``, whole."""
+        f = _FileIO(self._sandbox, path, "rb")
+        await f._load()
+        return f._content
+
+    async def read_text(self, path: str, encoding: str = "utf-8") -> str:
+        """The file at ``path`` as text."""
+        return (await self.read_bytes(path)).decode(encoding)
+
+    async def write_bytes(self, path: str, data: bytes) -> None:
+        """Make ``path`` hold ``data`` (created, or replaced)."""
+        f = _FileIO(self._sandbox, path, "wb")
+        await self._sandbox._file("write", path, data=b"")
+        await f.write(bytes(data))
+        await f.close()
+
+    async def write_text(self, path: str, text: str, encoding: str = "utf-8") -> None:
+        """Make ``path`` hold ``text``."""
+        await self.write_bytes(path, text.encode(encoding))
+
+    async def copy_from_local(self, local_path: str | os.PathLike[str], remote_path: str) -> None:
+        """Copy a local file into the sandbox."""
+        await self.write_bytes(remote_path, Path(local_path).read_bytes())
+
+    async def copy_to_local(self, remote_path: str, local_path: str | os.PathLike[str]) -> None:
+        """Copy a file of the sandbox to a local path."""
+        Path(local_path).write_bytes(await self.read_bytes(remote_path))
+
+    async def list_files(self, path: str) -> builtins.list[str]:
+        """The names in directory ``path``, sorted."""
+        return builtins.list(await self._sandbox._file("ls", path))
+
+    async def make_directory(self, path: str, parents: bool = True) -> None:
+        """Make directory ``path`` (with its parents unless ``parents=False``)."""
+        await self._sandbox._file("mkdir", path, parents=parents)
+
+    async def remove(self, path: str, recursive: bool = False) -> None:
+        """Remove a file, or a directory (empty, or with ``recursive=True``)."""
+        await self._sandbox._file("rm", path, recursive=recursive)
+
+    async def stat(self, path: str) -> dict[str, Any]:
+        """``{"size", "mode", "mtime", "type"}`` of ``path`` (type: file, dir or symlink)."""
+        return dict(await self._sandbox._file("stat", path))
+
+
 class _Sandbox:
     """A running sandbox: ``create`` one, ``exec`` in it, ``terminate`` it."""
 
@@ -250,6 +304,11 @@ class _Sandbox:
         self._reason = ""
         self._process = _ContainerProcess(sandbox_id, "main")
         self._main = main
+
+    @property
+    def filesystem(self) -> _SandboxFilesystem:
+        """Whole files in and out, and directories: ``sb.filesystem.read_text(path)``..."""
+        return _SandboxFilesystem(self)
 
     @property
     def stdout(self) -> Any:
@@ -472,6 +531,7 @@ StreamReader = _sync.synchronize_api(_StreamReader, "StreamReader")
 StreamWriter = _sync.synchronize_api(_StreamWriter, "StreamWriter")
 ContainerProcess = _sync.synchronize_api(_ContainerProcess, "ContainerProcess")
 FileIO = _sync.synchronize_api(_FileIO, "FileIO")
+SandboxFilesystem = _sync.synchronize_api(_SandboxFilesystem, "SandboxFilesystem")
 FileIO.__enter__ = lambda self: self  # type: ignore[attr-defined]
 FileIO.__exit__ = lambda self, *exc: self.close()  # type: ignore[attr-defined]
 Sandbox = _sync.synchronize_api(_Sandbox, "Sandbox")

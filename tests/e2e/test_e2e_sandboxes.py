@@ -121,6 +121,39 @@ SCRIPT = SHOW + textwrap.dedent(
         return out + [errors, sb.ls("/work")]
 
 
+    def filesystem(sb):
+        import os
+        import tempfile
+
+        fs = sb.filesystem
+        fs.make_directory("/srv/fs/deep")
+        fs.write_text("/srv/fs/deep/a.txt", "héllo")
+        fs.write_bytes("/srv/fs/b.bin", b"\\x00\\x01")
+        local = tempfile.mkdtemp()
+        with open(os.path.join(local, "up.txt"), "w") as fh:
+            fh.write("uploaded")
+        fs.copy_from_local(os.path.join(local, "up.txt"), "/srv/fs/up.txt")
+        fs.copy_to_local("/srv/fs/deep/a.txt", os.path.join(local, "down.txt"))
+        with open(os.path.join(local, "down.txt"), encoding="utf-8") as fh:
+            down = fh.read()
+        info = fs.stat("/srv/fs/deep/a.txt")
+        out = [
+            fs.read_text("/srv/fs/deep/a.txt"),
+            fs.read_bytes("/srv/fs/b.bin") == b"\\x00\\x01",
+            fs.read_text("/srv/fs/up.txt"),
+            down,
+            fs.list_files("/srv/fs"),
+            [info["type"], info["size"], fs.stat("/srv/fs")["type"]],
+        ]
+        fs.remove("/srv/fs", recursive=True)
+        try:
+            fs.stat("/srv/fs")
+            gone = "still there"
+        except Exception as exc:
+            gone = type(exc).__name__
+        return out + [gone]
+
+
     def slow_reader(sb):
         # 100 MiB, read only after 2 s: more than the control plane holds unread (64 MiB),
         # so the command must have been paused, as a pipe's writer blocks, not dropped.
@@ -239,6 +272,7 @@ SCRIPT = SHOW + textwrap.dedent(
         show("files", lambda: files(sb))
         show("hijack", lambda: run(sb, "python3", "-c", HIJACK))
         show("cli_exec", lambda: cli_exec(sb))
+        show("filesystem", lambda: filesystem(sb))
         show("slow_reader", lambda: slow_reader(sb))
         blocked = ketch.Sandbox.create(app=app, block_network=True)
         show("blocked", lambda: run(blocked, "python3", "-c", PROBE % PORT)[0].split()[-1])
@@ -322,6 +356,18 @@ def test_code_in_a_sandbox_cannot_take_over_its_channel(run):
     out, err, code = run.value("hijack")
     assert out.split()[-1] == "refused", (out, err)
     assert run.value("echo") == ["hello\n", "", 0]
+
+
+def test_the_filesystem_helpers(run):
+    assert run.value("filesystem") == [
+        "héllo",
+        True,
+        "uploaded",
+        "héllo",
+        ["b.bin", "deep", "up.txt"],
+        ["file", 6, "dir"],
+        "SandboxFilesystemNotFoundError",
+    ]
 
 
 def test_a_slow_reader_loses_no_output(run):

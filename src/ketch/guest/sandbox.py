@@ -21,6 +21,7 @@ import errno
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 from typing import Any
@@ -167,41 +168,64 @@ class Agent:
                 _signal_group(proc.pid, signal.SIGKILL)
 
 
+def _read(path: str, msg: dict[str, Any]) -> Any:
+    with open(path, "rb") as fh:
+        fh.seek(int(msg.get("offset") or 0))
+        data = fh.read(int(msg.get("length") or FILE_CHUNK))
+        return {"data": data, "size": os.fstat(fh.fileno()).st_size}
+
+
+def _write(path: str, msg: dict[str, Any]) -> Any:
+    with open(path, "ab" if msg.get("append") else "wb") as fh:
+        fh.write(msg.get("data") or b"")
+
+
+def _stat(path: str, msg: dict[str, Any]) -> Any:
+    st = os.lstat(path)
+    kind = "dir" if stat.S_ISDIR(st.st_mode) else "symlink" if stat.S_ISLNK(st.st_mode) else "file"
+    return {
+        "size": st.st_size,
+        "mode": stat.S_IMODE(st.st_mode),
+        "mtime": st.st_mtime,
+        "type": kind,
+    }
+
+
+def _mkdir(path: str, msg: dict[str, Any]) -> Any:
+    if msg.get("parents"):
+        os.makedirs(path, exist_ok=True)
+    else:
+        os.mkdir(path)
+
+
+def _rm(path: str, msg: dict[str, Any]) -> Any:
+    if not os.path.isdir(path) or os.path.islink(path):
+        os.unlink(path)
+    elif msg.get("recursive"):
+        shutil.rmtree(path)
+    else:
+        os.rmdir(path)
+
+
+_FILE_OPS = {
+    "read": _read,
+    "write": _write,
+    "ls": lambda path, msg: sorted(os.listdir(path)),
+    "stat": _stat,
+    "mkdir": _mkdir,
+    "rm": _rm,
+}
+
+
 def _file_op(msg: dict[str, Any]) -> dict[str, Any]:
     """One file operation, as root of the sandbox; ``{"ok": ...}`` or ``{"error": [type, text]}``."""
     path, op = str(msg.get("path") or ""), msg.get("op")
     try:
         if not path.startswith("/"):
             raise ValueError(f"{path!r} is not an absolute path")
-        if op == "read":
-            with open(path, "rb") as fh:
-                fh.seek(int(msg.get("offset") or 0))
-                data = fh.read(int(msg.get("length") or FILE_CHUNK))
-                size = os.fstat(fh.fileno()).st_size
-            return {"ok": {"data": data, "size": size}}
-        if op == "write":
-            mode = "ab" if msg.get("append") else "wb"
-            with open(path, mode) as fh:
-                fh.write(msg.get("data") or b"")
-            return {"ok": None}
-        if op == "ls":
-            return {"ok": sorted(os.listdir(path))}
-        if op == "mkdir":
-            if msg.get("parents"):
-                os.makedirs(path, exist_ok=True)
-            else:
-                os.mkdir(path)
-            return {"ok": None}
-        if op == "rm":
-            if os.path.isdir(path) and not os.path.islink(path):
-                if msg.get("recursive"):
-                    shutil.rmtree(path)
-                else:
-                    os.rmdir(path)
-            else:
-                os.unlink(path)
-            return {"ok": None}
-        raise ValueError(f"unknown file operation {op!r}")
+        if op not in _FILE_OPS:
+            raise ValueError(f"unknown file operation {op!r}")
+        return {"ok": _FILE_OPS[str(op)](path, msg)}
     except OSError as exc:
         kind = "DirectoryNotEmpty" if exc.errno == errno.ENOTEMPTY else type(exc).__name__
         return {"error": [kind, f"{exc.strerror or exc}: {path}"]}

@@ -234,7 +234,7 @@ class SandboxExecWait(_Request):
 
 class SandboxFile(_Request):
     sandbox_id: Id
-    op: Literal["read", "write", "ls", "mkdir", "rm"]
+    op: Literal["read", "write", "ls", "mkdir", "rm", "stat"]
     path: Path
     offset: Count = 0
     length: Annotated[int, Meta(ge=0, le=16 << 20)] = 0
