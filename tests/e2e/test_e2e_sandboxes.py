@@ -163,6 +163,15 @@ SCRIPT = SHOW + textwrap.dedent(
         return [len(data), data.count(0) == len(data), p.wait()]
 
 
+    def app_info(named):
+        import subprocess
+
+        cli = "import sys; sys.argv[0] = 'ketch'; from ketch.cli.main import main; sys.exit(main())"
+        argv = [sys.executable, "-c", cli, "app", "info", app.app_id]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+        return [line for line in out.splitlines() if named.object_id in line]
+
+
     def node_limit():
         made = []
         try:
@@ -268,6 +277,7 @@ SCRIPT = SHOW + textwrap.dedent(
                               [s.object_id for s in ketch.Sandbox.list(tags={"role": "w"})]
                               == [named.object_id]][1:])
         show("same_name", lambda: ketch.Sandbox.create(app=app, name="worker-1"))
+        show("app_info", lambda: app_info(named))
         show("probe", lambda: run(sb, "python3", "-c", PROBE % PORT)[0].split())
         show("files", lambda: files(sb))
         show("hijack", lambda: run(sb, "python3", "-c", HIJACK))
@@ -330,6 +340,8 @@ def test_lifetime_state_and_lookup(run):
     assert run.value("from_name") is True
     assert run.value("tags") == [{"role": "w"}, True]
     assert "already has a running sandbox 'worker-1'" in run.error("same_name")
+    (line,) = run.value("app_info")  # `ketch app info` lists the app's sandboxes
+    assert "'worker-1'" in line and "role=w" in line, line
     name, returncode, message = run.value("terminate")
     assert name == "SandboxTerminatedError" and returncode == 137, message
     assert run.value("timeout") == ["SandboxTimeoutError", True]

@@ -84,6 +84,12 @@ def info(name: str) -> None:
         last = sched.get("last")
         if last:
             click.echo(f"  last run: {last['call_id']} {ago(last['at'])}, {last['status']}")
+    for sb in reply.get("sandboxes", []):
+        label = f" {sb['name']!r}" if sb.get("name") else ""
+        tags = " ".join(f"{k}={v}" for k, v in sorted(sb["tags"].items()))
+        click.echo(
+            f"sandbox {sb['sandbox_id']}{label}: created {ago(sb['created_at'])} {tags}".rstrip()
+        )
 
 
 @app_group.command()

@@ -357,6 +357,7 @@ async def AppInfo(api: Api, body: dict[str, Any]) -> dict[str, Any]:
         "web_urls": api.d.gateway.urls(app["id"]) if api.d.gateway is not None else {},
         "schedules": api.d.schedules.describe(app["id"]) if api.d.schedules is not None else [],
         "version": history[-1]["version"] if history else None,
+        "sandboxes": api.d.sandboxes.running(app["id"]) if api.d.sandboxes is not None else [],
     }
 
 

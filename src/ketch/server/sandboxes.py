@@ -256,6 +256,11 @@ class SandboxService:
         self.d.worker.terminate(sb.id, 2.0)
 
     # -- the container's side (routed here by the dispatcher) ----------------
+    def running(self, app_id: str) -> list[dict[str, Any]]:
+        """The app's running sandboxes (``ketch app info``), oldest first."""
+        rows = [sb.describe() for sb in self.sandboxes.values() if sb.app_id == app_id]
+        return sorted((r for r in rows if not r["done"]), key=lambda r: r["created_at"])
+
     def owns(self, container_id: str) -> bool:
         return container_id in self.sandboxes
 
