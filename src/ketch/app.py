@@ -463,30 +463,41 @@ def print_log_line(row: dict[str, Any]) -> None:
     stream.flush()
 
 
+async def secret_entries(
+    client: _Client, secrets: list[Any], wired: dict[int, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """A spec's ``secrets``: named ones by id (a missing one fails here, before anything
+    starts), inline ones sealed by the control plane, never in clear text. ``wired``
+    remembers Secrets already sent, so one shared by many functions is sealed once."""
+    wired = {} if wired is None else wired
+    for secret in secrets:
+        if id(secret) not in wired:
+            wired[id(secret)] = await secret._wire(client)
+    return [wired[id(secret)] for secret in secrets]
+
+
+async def volume_entries(volumes: dict[str, Any]) -> list[dict[str, Any]]:
+    """A spec's ``volumes``: each mount by the Volume's id (a missing one fails here)."""
+    entries = []
+    for path, vol in volumes.items():
+        entry = {"path": path, "object_id": await vol._resolve(), "name": vol._name}
+        if vol._read_only:
+            entry["read_only"] = True
+        entries.append(entry)
+    return entries
+
+
 async def _attach_secrets(client: _Client, fns: list[_Function]) -> None:
-    """Put each function's Secrets into its spec: named ones by id (a missing one fails here,
-    before the app starts), inline ones sealed by the control plane, never in clear text."""
+    """Put each function's Secrets into its spec (:func:`secret_entries`)."""
     wired: dict[int, dict[str, Any]] = {}
     for fn in fns:
-        entries = []
-        for secret in fn._secrets:
-            if id(secret) not in wired:
-                wired[id(secret)] = await secret._wire(client)
-            entries.append(wired[id(secret)])
-        fn._spec.secrets = entries
+        fn._spec.secrets = await secret_entries(client, fn._secrets, wired)
 
 
 async def _attach_volumes(fns: list[_Function]) -> None:
-    """Put each function's Volumes into its spec by id (a missing one fails here, before the app starts)."""
+    """Put each function's Volumes into its spec (:func:`volume_entries`)."""
     for fn in fns:
-        entries = []
-        for path, vol in fn._volumes.items():
-            object_id = await vol._resolve()
-            entry = {"path": path, "object_id": object_id, "name": vol._name}
-            if vol._read_only:
-                entry["read_only"] = True
-            entries.append(entry)
-        fn._spec.volumes = entries
+        fn._spec.volumes = await volume_entries(fn._volumes)
 
 
 def _web_server_limits(spec: FunctionSpec) -> None:

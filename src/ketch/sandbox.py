@@ -236,12 +236,6 @@ class _FileIO:
         await self.flush()
         self._closed = True
 
-    async def __aenter__(self) -> _FileIO:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
 
 class _SandboxFilesystem:
     """``sb.filesystem``: whole files in and out of a sandbox, and its directories."""
@@ -298,12 +292,11 @@ class _SandboxFilesystem:
 class _Sandbox:
     """A running sandbox: ``create`` one, ``exec`` in it, ``terminate`` it."""
 
-    def __init__(self, sandbox_id: str, main: bool = False) -> None:
+    def __init__(self, sandbox_id: str) -> None:
         self._id = sandbox_id
         self._returncode: int | None = None
         self._reason = ""
         self._process = _ContainerProcess(sandbox_id, "main")
-        self._main = main
 
     @property
     def filesystem(self) -> _SandboxFilesystem:
@@ -358,7 +351,14 @@ class _Sandbox:
     ) -> _Sandbox:
         """Start a sandbox of ``image`` in ``app`` (a running app: inside ``app.run()``, or
         deployed); with ``cmd`` it runs that command and ends when it exits."""
-        from .app import _attach_secrets, _build_images, _check_image, _image_wire, check_volumes
+        from .app import (
+            _build_images,
+            _check_image,
+            _image_wire,
+            check_volumes,
+            secret_entries,
+            volume_entries,
+        )
 
         if unknown:
             raise InvalidError(f"Sandbox.create() does not take {', '.join(sorted(unknown))}")
@@ -374,18 +374,8 @@ class _Sandbox:
         spec.block_network = bool(block_network)
         client = await _Client.get()
         await _build_images(client, [spec])
-
-        class _Holder:  # what _attach_secrets reads off a function
-            pass
-
-        holder: Any = _Holder()
-        holder._secrets, holder._spec = check_secrets(list(secrets)), spec
-        await _attach_secrets(client, [holder])
-        for path, vol in check_volumes(volumes or {}).items():
-            entry = {"path": path, "object_id": await vol._resolve(), "name": vol._name}
-            if vol._read_only:
-                entry["read_only"] = True
-            spec.volumes.append(entry)
+        spec.secrets = await secret_entries(client, check_secrets(list(secrets)))
+        spec.volumes = await volume_entries(check_volumes(volumes or {}))
         body = {
             "app_id": app_id,
             "spec": spec.to_wire(),
@@ -397,7 +387,7 @@ class _Sandbox:
             "tags": dict(tags or {}),
         }
         reply = await client.rpc("SandboxCreate", body, timeout=3600)
-        return _Sandbox(reply["sandbox_id"], main=bool(cmd))
+        return _Sandbox(reply["sandbox_id"])
 
     @staticmethod
     async def from_name(app_name: str, name: str) -> _Sandbox:

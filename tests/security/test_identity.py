@@ -408,3 +408,35 @@ def _as_nobody(probe: str) -> subprocess.CompletedProcess[str]:
         timeout=30,
         cwd="/",
     )
+
+
+NEW_METHODS = (  # issue 16: containers and sandboxes, for the owner and deploy tokens only
+    ("ContainerList", {}),
+    ("ContainerLogs", {"container_id": "ta-x"}),
+    ("ContainerStop", {"container_id": "ta-x"}),
+    ("SandboxCreate", {"app_id": "ap-x", "spec": {"tag": "s", "module_name": "", "qualname": "s"}}),
+    ("SandboxList", {}),
+    ("SandboxGet", {"sandbox_id": "sb-x"}),
+    ("SandboxExec", {"sandbox_id": "sb-x", "argv": ["sh"]}),
+    ("SandboxExecRead", {"sandbox_id": "sb-x", "exec_id": "main"}),
+    ("SandboxExecWrite", {"sandbox_id": "sb-x", "exec_id": "main", "data": b"x"}),
+    ("SandboxFile", {"sandbox_id": "sb-x", "op": "read", "path": "/etc/shadow"}),
+    ("SandboxTerminate", {"sandbox_id": "sb-x"}),
+)
+
+
+def test_containers_and_sandboxes_need_an_owner_or_deploy_token(control_plane):
+    """No token: 401; an invoke token: 403; neither a container nor an invoke token may
+    reach them (the role table), and a deploy token gets past authorization (404: no such id)."""
+    from ketch.server import auth
+
+    owner = _owner(control_plane)
+    invoke = _post(control_plane.url, "ApiTokenCreate", {"role": "invoke"}, owner)[1]["token"]
+    deploy = _post(control_plane.url, "ApiTokenCreate", {"role": "deploy"}, owner)[1]["token"]
+    for method, body in NEW_METHODS:
+        assert method not in auth.CONTAINER_METHODS and method not in auth.INVOKE_METHODS
+        assert _post(control_plane.url, method, body)[0] == 401, method
+        status, reply = _post(control_plane.url, method, body, invoke)
+        assert status == 403 and reply["error"]["type"] == "PermissionDeniedError", (method, reply)
+    assert _post(control_plane.url, "ContainerList", {}, deploy)[0] == 200
+    assert _post(control_plane.url, "SandboxGet", {"sandbox_id": "sb-x"}, deploy)[0] == 404

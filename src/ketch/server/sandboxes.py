@@ -46,7 +46,6 @@ from .._spec import FunctionSpec
 from ..exception import (
     InvalidError,
     NotFoundError,
-    PermissionDeniedError,
     ResourceUnavailableError,
     SandboxFilesystemDirectoryNotEmptyError,
     SandboxFilesystemError,
@@ -149,8 +148,6 @@ class SandboxService:
         app = self.d.store.get_app(str(body["app_id"]))
         if app is None or app["state"] != "running":
             raise NotFoundError(f"app {body['app_id']!r} is not running")
-        if caller.role == "container":
-            raise PermissionDeniedError("a container may not create sandboxes yet")
         # The image's copy=False files are host paths; a sandbox runs no app source.
         auth.check_host_paths(caller, auth.host_paths({"image": body["spec"].get("image")}))
         spec = dataclasses.replace(
