@@ -31,6 +31,7 @@ from . import exception
 from ._dict import Dict
 from ._queue import Queue
 from ._secret import Secret
+from ._tunnel import Tunnel, forward
 from ._volume import FileEntry, FileEntryType, Volume
 from ._web import asgi_app, fastapi_endpoint, web_server, wsgi_app
 from .app import App
@@ -39,7 +40,7 @@ from .functions import Function, FunctionCall
 from .image import Image
 from .partial import batched, concurrent, enter, exit, method, parameter
 from .retries import Retries
-from .sandbox import ContainerProcess, Sandbox
+from .sandbox import ContainerProcess, Probe, Sandbox
 from .schedule import Cron, Period
 
 __all__ = [
@@ -51,11 +52,13 @@ __all__ = [
     "FunctionCall",
     "Image",
     "Period",
+    "Probe",
     "Queue",
     "Retries",
     "Sandbox",
     "ContainerProcess",
     "Secret",
+    "Tunnel",
     "Volume",
     "FileEntry",
     "FileEntryType",
@@ -67,6 +70,7 @@ __all__ = [
     "exception",
     "exit",
     "fastapi_endpoint",
+    "forward",
     "method",
     "parameter",
     "web_endpoint",

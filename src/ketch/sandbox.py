@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import builtins
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from . import _sync
 from ._client import _Client
 from ._secret import check_secrets
 from ._spec import FunctionSpec, build_options
+from ._tunnel import Tunnel
 from .exception import InvalidError
 
 POLL_S = 50.0  # one server-side long poll
@@ -47,6 +50,34 @@ class SandboxTerminatedError(InvalidError):
 
 class ExecTimeoutError(InvalidError):
     """A command ran past the ``timeout`` it was given and was killed."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A sandbox's readiness probe (``Sandbox.create(readiness_probe=...)``): a TCP port that
+    accepts connections, or a command that exits 0, tried every ``interval_ms``."""
+
+    tcp_port: int | None = None
+    exec_argv: tuple[str, ...] | None = None
+    interval_ms: int = 100
+
+    @classmethod
+    def with_tcp(cls, port: int, *, interval_ms: int = 100) -> Probe:
+        """Ready once something in the sandbox accepts connections on ``port``."""
+        if not isinstance(port, int) or not 1 <= port <= 65535:
+            raise InvalidError(f"Probe.with_tcp needs a port between 1 and 65535, not {port!r}")
+        return cls(tcp_port=port, interval_ms=interval_ms)
+
+    @classmethod
+    def with_exec(cls, *argv: str, interval_ms: int = 100) -> Probe:
+        """Ready once ``argv``, run in the sandbox, exits 0."""
+        if not argv:
+            raise InvalidError("Probe.with_exec needs a command, e.g. ('test', '-f', '/tmp/ok')")
+        return cls(exec_argv=tuple(str(a) for a in argv), interval_ms=interval_ms)
+
+    def _wire(self) -> dict[str, Any]:
+        argv = list(self.exec_argv) if self.exec_argv else None
+        return {"tcp_port": self.tcp_port, "exec_argv": argv, "interval_ms": self.interval_ms}
 
 
 class _StreamReader:
@@ -347,6 +378,11 @@ class _Sandbox:
         memory: Any = None,
         gpu: Any = None,
         block_network: bool = False,
+        readiness_probe: Probe | None = None,
+        encrypted_ports: Sequence[int] = (),
+        unencrypted_ports: Sequence[int] = (),
+        h2_ports: Sequence[int] = (),
+        pty: bool = False,
         **unknown: Any,
     ) -> _Sandbox:
         """Start a sandbox of ``image`` in ``app`` (a running app: inside ``app.run()``, or
@@ -368,6 +404,12 @@ class _Sandbox:
                 "Sandbox.create needs app= a running app: call it inside `with app.run():`"
             )
         _check_image(image)
+        if readiness_probe is not None and not isinstance(readiness_probe, Probe):
+            raise InvalidError("readiness_probe must be a ketch.Probe (Probe.with_tcp(port), ...)")
+        ports = [*encrypted_ports, *unencrypted_ports, *h2_ports]
+        for port in ports:
+            if not isinstance(port, int) or not 1 <= port <= 65535:
+                raise InvalidError(f"ports must be numbers between 1 and 65535, not {port!r}")
         options = build_options(env=env or {}, gpu=gpu, cpu=cpu, memory=memory)
         spec = FunctionSpec(tag="sandbox", module_name="", qualname="sandbox", **options)
         spec.image = _image_wire(image)
@@ -385,6 +427,23 @@ class _Sandbox:
             "workdir": workdir,
             "name": name,
             "tags": dict(tags or {}),
+            "probe": readiness_probe._wire() if readiness_probe else None,
+            "ports": ports,
+            "pty": bool(pty),
+        }
+        reply = await client.rpc("SandboxCreate", body, timeout=3600)
+        return _Sandbox(reply["sandbox_id"])
+
+    @staticmethod
+    async def _for_function(app: Any, function: Any, timeout: float = 300) -> _Sandbox:
+        """A sandbox that is a new container of ``function`` (``ketch shell FILE::function``):
+        its image, Secrets, Volumes, resources and source, with no input to run."""
+        client = await _Client.get()
+        body = {
+            "app_id": app.app_id,
+            "spec": FunctionSpec(tag="sandbox", module_name="", qualname="sandbox").to_wire(),
+            "function_id": await function._resolve(),
+            "timeout": float(timeout),
         }
         reply = await client.rpc("SandboxCreate", body, timeout=3600)
         return _Sandbox(reply["sandbox_id"])
@@ -439,9 +498,16 @@ class _Sandbox:
         env: dict[str, str | None] | None = None,
         timeout: float | None = None,
         text: bool = True,
+        secrets: Sequence[Any] = (),
+        pty: bool | dict[str, int] = False,
         **unknown: Any,
     ) -> _ContainerProcess:
-        """Run ``args`` in the sandbox (as its root, in ``workdir``); returns at once."""
+        """Run ``args`` in the sandbox (as its root, in ``workdir``); returns at once.
+
+        ``secrets`` add their variables (``env`` wins over them); ``pty=True`` (or
+        ``{"rows", "cols"}``) runs it on a terminal, its output all on ``stdout``."""
+        from .app import secret_entries
+
         if unknown:
             raise InvalidError(f"Sandbox.exec() does not take {', '.join(sorted(unknown))}")
         if not args:
@@ -453,6 +519,8 @@ class _Sandbox:
             "workdir": workdir,
             "env": dict(env or {}),
             "timeout": timeout,
+            "secrets": await secret_entries(client, check_secrets(list(secrets))),
+            "pty": pty or False,
         }
         reply = await client.rpc("SandboxExec", body)
         return _ContainerProcess(self._id, reply["exec_id"], text)
@@ -478,6 +546,38 @@ class _Sandbox:
         """The return code if the sandbox has finished, else None (without waiting)."""
         await self._wait_once(0.0)
         return self._returncode
+
+    async def wait_until_ready(self, *, timeout: float = 300.0) -> None:
+        """Wait for the ``readiness_probe`` to pass (``TimeoutError`` after ``timeout`` s)."""
+        client = await _Client.get()
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            wait = min(left, POLL_S)
+            reply = await client.rpc(
+                "SandboxWaitReady", {"sandbox_id": self._id, "timeout": wait}, timeout=wait + 30
+            )
+            if reply["ready"]:
+                return
+        raise TimeoutError(f"sandbox {self._id} was not ready within {timeout:g} s")
+
+    async def tunnels(self, timeout: float = 50.0) -> dict[int, Tunnel]:
+        """Its ``encrypted_ports``/``unencrypted_ports``, each with the ``Tunnel`` reaching it."""
+        client = await _Client.get()
+        reply = await client.rpc(
+            "SandboxTunnels", {"sandbox_id": self._id, "timeout": timeout}, timeout=timeout + 30
+        )
+        return {int(t["port"]): Tunnel._from_wire(t) for t in reply["tunnels"]}
+
+    async def snapshot_filesystem(self, timeout: float = 55.0) -> Any:
+        """Its filesystem as it is now, as an ``Image`` for functions and new sandboxes
+        (a layer in the image cache over its image's)."""
+        from .image import Image
+
+        client = await _Client.get()
+        reply = await client.rpc(
+            "SandboxSnapshot", {"sandbox_id": self._id}, timeout=max(timeout, 600)
+        )
+        return Image.from_wire(reply["image"])
 
     # -- files ---------------------------------------------------------------
     async def _file(self, op: str, path: str, **fields: Any) -> Any:

@@ -422,6 +422,10 @@ NEW_METHODS = (  # issue 16: containers and sandboxes, for the owner and deploy 
     ("SandboxExecWrite", {"sandbox_id": "sb-x", "exec_id": "main", "data": b"x"}),
     ("SandboxFile", {"sandbox_id": "sb-x", "op": "read", "path": "/etc/shadow"}),
     ("SandboxTerminate", {"sandbox_id": "sb-x"}),
+    ("SandboxWaitReady", {"sandbox_id": "sb-x"}),
+    ("SandboxTunnels", {"sandbox_id": "sb-x"}),
+    ("SandboxSnapshot", {"sandbox_id": "sb-x"}),
+    ("SandboxExecResize", {"sandbox_id": "sb-x", "exec_id": "main", "rows": 2, "cols": 2}),
 )
 
 
@@ -440,3 +444,14 @@ def test_containers_and_sandboxes_need_an_owner_or_deploy_token(control_plane):
         assert status == 403 and reply["error"]["type"] == "PermissionDeniedError", (method, reply)
     assert _post(control_plane.url, "ContainerList", {}, deploy)[0] == 200
     assert _post(control_plane.url, "SandboxGet", {"sandbox_id": "sb-x"}, deploy)[0] == 404
+
+
+def test_only_a_container_opens_a_tunnel_and_only_to_itself(control_plane):
+    """TunnelOpen names no container: the caller's own container token is the only way to
+    say which, so no other token (the owner's included) can open a port of any container."""
+    owner = _owner(control_plane)
+    invoke = _post(control_plane.url, "ApiTokenCreate", {"role": "invoke"}, owner)[1]["token"]
+    assert _post(control_plane.url, "TunnelOpen", {"port": 22})[0] == 401
+    assert _post(control_plane.url, "TunnelOpen", {"port": 22}, invoke)[0] == 403
+    status, reply = _post(control_plane.url, "TunnelOpen", {"port": 22, "container_id": "x"}, owner)
+    assert status == 400 and "inside a ketch container" in reply["error"]["message"], reply

@@ -73,8 +73,25 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
             "workdir": None,
             "name": None,
             "tags": {"suite": "e2e"},
-        }
+            "probe": {"tcp_port": 8000, "interval_ms": 100},
+            "ports": [8000, 9000],
+            "pty": False,
+        },
+        {
+            "app_id": APP,
+            "spec": {"tag": "sandbox", "module_name": "", "qualname": "sandbox", "env": {}},
+            "function_id": "fu-0123456789abcdef0123",
+            "timeout": 86400.0,
+        },
     ],
+    "SandboxWaitReady": [{"sandbox_id": "sb-0123456789abcdef0123", "timeout": 50.0}],
+    "SandboxTunnels": [{"sandbox_id": "sb-0123456789abcdef0123", "timeout": 50.0}],
+    "SandboxSnapshot": [{"sandbox_id": "sb-0123456789abcdef0123"}],
+    "SandboxExecResize": [
+        {"sandbox_id": "sb-0123456789abcdef0123", "exec_id": "ex-1", "rows": 40, "cols": 120}
+    ],
+    "TunnelOpen": [{"port": 8000}],
+    "TunnelClose": [{"port": 8000}],
     "SandboxGet": [{"sandbox_id": "sb-0123456789abcdef0123"}, {"app_name": "a", "name": "n"}],
     "SandboxSetTags": [{"sandbox_id": "sb-0123456789abcdef0123", "tags": {"k": "v"}}],
     "SandboxList": [{"app_id": None, "tags": {}}, {"app_id": APP, "tags": {"k": "v"}}],
@@ -87,7 +104,12 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
             "workdir": "/tmp",
             "env": {"A": "1"},
             "timeout": None,
-        }
+        },
+        {
+            "sandbox_id": "sb-0123456789abcdef0123",
+            "argv": ["bash"],
+            "pty": {"rows": 24, "cols": 80},
+        },
     ],
     "SandboxExecRead": [
         {

@@ -56,9 +56,10 @@ def logs(container_id: str, follow: bool) -> None:
 
 
 @container_group.command(name="exec", context_settings={"ignore_unknown_options": True})
+@click.option("--pty", "pty", is_flag=True, help="On a terminal (interactive programs).")
 @click.argument("container_id")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def exec_command(container_id: str, command: tuple[str, ...]) -> None:
+def exec_command(container_id: str, command: tuple[str, ...], pty: bool) -> None:
     """Run COMMAND in sandbox CONTAINER_ID (an sb- id), printing its output; exits with its code."""
     if not container_id.startswith("sb-"):
         raise click.ClickException(
@@ -67,6 +68,11 @@ def exec_command(container_id: str, command: tuple[str, ...]) -> None:
         )
     import sys
     import threading
+
+    if pty:
+        from .shell import run_on_terminal
+
+        raise SystemExit(run_on_terminal(container_id, list(command)))
 
     from .. import sandbox
 

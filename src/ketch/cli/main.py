@@ -18,6 +18,7 @@ from .run import run
 from .secret_cmd import secret_group
 from .serve import serve
 from .server import server
+from .shell import shell
 from .token_cmd import token_group
 from .volume_cmd import volume_group
 
@@ -35,6 +36,7 @@ def cli() -> None:
 cli.add_command(run)
 cli.add_command(deploy)
 cli.add_command(serve)
+cli.add_command(shell)
 cli.add_command(server)
 cli.add_command(app_group)
 cli.add_command(container_group)

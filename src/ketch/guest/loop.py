@@ -388,6 +388,13 @@ class ContainerLoop:
         threading.Thread(target=self._flusher, name="flusher", daemon=True).start()
         return threads
 
+    def control(self, msg: dict[str, Any]) -> None:
+        """What every container does the same way: cancellations, tunnelled connections."""
+        if msg.get("t") == "cancel":
+            self.cancel(list(msg["ids"]))
+        elif msg.get("t") == "tunnel":
+            _tunnel_connection(msg)
+
     def serve(self) -> None:
         threads = self.start_threads()
         if self.web is not None:
@@ -403,10 +410,10 @@ class ContainerLoop:
                         with self.cond:
                             self.queue.extend(msg["items"])
                             self.cond.notify_all()
-                elif kind == "cancel":
-                    self.cancel(list(msg["ids"]))
                 elif kind == "stop":
                     break
+                else:
+                    self.control(msg)
         except ChannelClosed:
             os._exit(1)  # the control plane is gone; nothing to report to
         self.shutdown(threads)
@@ -425,11 +432,11 @@ class ContainerLoop:
                 web.start(msg["items"])
             elif kind == "web_in":
                 web.deliver(msg)
-            elif kind == "cancel":
-                self.cancel(list(msg["ids"]))
             elif kind == "stop":
                 loop.remove_reader(sock.fileno())
                 stopped.set()
+            else:
+                self.control(msg)
 
         def readable() -> None:
             try:
@@ -501,6 +508,13 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
         await asyncio.Event().wait()
 
     loop.run_until_complete(forever())
+
+
+def _tunnel_connection(msg: dict[str, Any]) -> None:
+    """One connection through a ``ketch.forward`` tunnel, on a thread of its own."""
+    from .tunnel import open_connection
+
+    threading.Thread(target=open_connection, args=(msg, _connect), daemon=True).start()
 
 
 def _connect() -> BlockingChannel:

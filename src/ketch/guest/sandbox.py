@@ -10,24 +10,39 @@ one, ends the sandbox: the agent exits with its code once it has reported it.
 
 Messages (container channel, msgpack frames)::
 
-    in:  {"t": "exec", "id", "argv", "workdir", "env"}  {"t": "stdin", "id", "data", "eof"}
-         {"t": "kill", "id"}  {"t": "stop"}
-    out: {"t": "out", "id", "fd": 1|2, "data"}  {"t": "exit", "id", "code"}
+    in:  {"t": "exec", "id", "argv", "workdir", "env", "pty"}  {"t": "stdin", "id", "data", "eof"}
+         {"t": "kill", "id"}  {"t": "stop"}  {"t": "resize", "id", "rows", "cols"}
+         {"t": "tunnel", "id", "port"}  {"t": "fs", "id", "op", "path", ...}
+    out: {"t": "out", "id", "fd": 1|2, "data"}  {"t": "exit", "id", "code"}  {"t": "probe"}
+
+A command with ``pty`` (``{"rows", "cols"}``) runs on a new pseudo-terminal
+as its controlling terminal: its output (stdout and stderr together) comes as
+fd 1, stdin is typed into the terminal (``eof`` is Ctrl-D), and ``resize``
+sets its window size. The ``init`` message may carry a readiness ``probe``
+(``tcp_port`` or ``exec_argv``, every ``interval_ms``); the agent says
+``probe`` once it has passed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import signal
+import socket
 import stat
+import struct
 import subprocess
+import termios
 import threading
+import time
 from typing import Any
 
 from .._wire import BlockingChannel, ChannelClosed
 from .loop import _connect, _die_with_parent
+from .tunnel import open_connection
 
 CHUNK = 64 * 1024
 FILE_CHUNK = 8 << 20  # the most one file read returns
@@ -40,6 +55,7 @@ class Agent:
         self.chan = chan
         self.lock = threading.Lock()  # one writer at a time on the channel
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.terminals: dict[str, int] = {}  # a pty command's terminal (its master side)
         # Set while a stream may flow: the control plane pauses one whose output is unread.
         self.flowing: dict[tuple[str, int], threading.Event] = {}
 
@@ -74,33 +90,53 @@ class Agent:
             self.stop()
         elif kind == "fs":
             self.send({"t": "fs", "id": exec_id, **_file_op(msg)})
+        elif kind == "resize":
+            if (terminal := self.terminals.get(exec_id)) is not None:
+                _set_size(terminal, msg)
+        elif kind == "tunnel":
+            threading.Thread(target=open_connection, args=(msg, _connect), daemon=True).start()
 
     def start(self, exec_id: str, msg: dict[str, Any]) -> None:
         env = {**os.environ, **{str(k): str(v) for k, v in (msg.get("env") or {}).items()}}
         for private in ("KETCH_SANDBOX_TOKEN", "KETCH_CHANNEL", "KETCH_SANDBOX"):
             env.pop(private, None)
+        pty = msg.get("pty")
+        terminal = follower = -1
+        if pty:
+            env.setdefault("TERM", "xterm-256color")
+            terminal, follower = os.openpty()
+            _set_size(terminal, pty if isinstance(pty, dict) else {})
         try:
             proc = subprocess.Popen(
                 [str(a) for a in msg["argv"]],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stdin=follower if pty else subprocess.PIPE,
+                stdout=follower if pty else subprocess.PIPE,
+                stderr=follower if pty else subprocess.PIPE,
                 cwd=msg.get("workdir") or None,
                 env=env,
                 start_new_session=True,
+                preexec_fn=_take_terminal if pty else None,  # noqa: PLW1509
             )
         except OSError as exc:
             code = 127 if isinstance(exc, FileNotFoundError) else 126
             self.send({"t": "out", "id": exec_id, "fd": 2, "data": f"{exc}\n".encode()})
             self.exited(exec_id, code)
+            if pty:
+                os.close(terminal)
+                os.close(follower)
             return
         self.procs[exec_id] = proc
-        for fd in (1, 2):  # before its pumps start, so that no pause is missed
+        streams: list[tuple[Any, int]] = [(proc.stdout, 1), (proc.stderr, 2)]
+        if pty:
+            os.close(follower)  # the command holds it; the terminal reads EOF (EIO) when it exits
+            self.terminals[exec_id] = terminal
+            streams = [(terminal, 1)]
+        for _, fd in streams:  # before its pumps start, so that no pause is missed
             self.flowing[(exec_id, fd)] = threading.Event()
             self.flowing[(exec_id, fd)].set()
         readers = [
-            threading.Thread(target=self.pump, args=(exec_id, proc.stdout, 1), daemon=True),
-            threading.Thread(target=self.pump, args=(exec_id, proc.stderr, 2), daemon=True),
+            threading.Thread(target=self.pump, args=(exec_id, stream, fd), daemon=True)
+            for stream, fd in streams
         ]
         for reader in readers:
             reader.start()
@@ -111,7 +147,10 @@ class Agent:
         try:
             while True:
                 flowing.wait()  # paused: the command's writes block on its full pipe
-                chunk = os.read(stream.fileno(), CHUNK)
+                try:
+                    chunk = os.read(stream if isinstance(stream, int) else stream.fileno(), CHUNK)
+                except OSError:  # a terminal whose command (and its children) closed it
+                    chunk = b""
                 if not chunk:
                     return
                 self.send({"t": "out", "id": exec_id, "fd": fd, "data": chunk})
@@ -125,6 +164,8 @@ class Agent:
         for reader in readers:  # all of its output first, then its exit
             reader.join()
         self.procs.pop(exec_id, None)
+        if (terminal := self.terminals.pop(exec_id, None)) is not None:
+            os.close(terminal)
         self.exited(exec_id, code if code >= 0 else 128 - code)
 
     def exited(self, exec_id: str, code: int) -> None:
@@ -134,6 +175,10 @@ class Agent:
             os._exit(code & 0xFF)
 
     def feed(self, exec_id: str, data: bytes, eof: bool) -> None:
+        if (terminal := self.terminals.get(exec_id)) is not None:
+            with contextlib.suppress(OSError):  # typed, as at a keyboard; EOF is Ctrl-D
+                os.write(terminal, data + (b"\x04" if eof else b""))
+            return
         proc = self.procs.get(exec_id)
         if proc is None or proc.stdin is None:
             return
@@ -233,6 +278,40 @@ def _file_op(msg: dict[str, Any]) -> dict[str, Any]:
         return {"error": ["ValueError", str(exc)]}
 
 
+def _take_terminal() -> None:
+    """In the child, after setsid: its stdin (a pty) becomes its controlling terminal."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _set_size(terminal: int, size: dict[str, Any]) -> None:
+    rows, cols = int(size.get("rows") or 24), int(size.get("cols") or 80)
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _probe(agent: Agent, probe: dict[str, Any]) -> None:
+    """Run the readiness probe until it passes, then tell the control plane (once)."""
+    interval = max(int(probe.get("interval_ms") or 100), 10) / 1000
+    argv = [str(a) for a in probe.get("exec_argv") or []]
+    port = int(probe.get("tcp_port") or 0)
+    while True:
+        try:
+            if argv:
+                env = {k: v for k, v in os.environ.items() if not k.startswith("KETCH_SANDBOX")}
+                env.pop("KETCH_CHANNEL", None)
+                done = subprocess.run(argv, capture_output=True, timeout=60, env=env)
+                passed = done.returncode == 0
+            else:
+                with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                    passed = True
+        except (OSError, subprocess.SubprocessError):
+            passed = False
+        if passed:
+            agent.send({"t": "probe"})
+            return
+        time.sleep(interval)
+
+
 def _signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
@@ -262,5 +341,7 @@ def main() -> None:
         os._exit(143)
 
     signal.signal(signal.SIGTERM, on_term)
+    if init.get("probe"):
+        threading.Thread(target=_probe, args=(agent, init["probe"]), daemon=True).start()
     agent.run(list(init.get("execs") or []))
     os._exit(0)

@@ -102,6 +102,8 @@ def summarize(kind: str, spec: Mapping[str, Any]) -> str:
         return f"user {spec['user']}"
     if kind.startswith("add_local_"):
         return f"{kind} -> {spec['remote_path']}"
+    if kind == "snapshot":
+        return f"snapshot of sandbox {spec['sandbox_id']}"
     return kind
 
 
@@ -201,6 +203,12 @@ class Builder:
                 cfg["user"] = spec["user"]
             elif kind.startswith("add_local_"):
                 self._copy_local(layer, fs)
+            elif kind == "snapshot":  # made by Sandbox.snapshot_filesystem, never built
+                raise _StepFailed(
+                    "this sandbox snapshot is no longer in the image cache (`ketch image rm` "
+                    "or `prune` removed it); take a new one",
+                    [],
+                )
             else:
                 await self._run_step(kind, spec, layer, chain, cfg, build_dir, log)
             meta = {

@@ -85,6 +85,8 @@ CONTAINER_METHODS = frozenset(
         "VolumeCommit",
         "VolumeReload",
         "SecretLookup",
+        "TunnelOpen",
+        "TunnelClose",
     }
 )
 # An ``invoke`` token calls deployed functions and reads their results, nothing else.

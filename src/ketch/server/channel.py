@@ -1,7 +1,9 @@
 """The container channel: one framed-msgpack connection per container.
 
 A container says hello with its id and token, gets its ``init`` message, and
-from then on receives inputs and sends outputs on the same connection.
+from then on receives inputs and sends outputs on the same connection. A
+connection whose hello is ``{"t": "tunnel", "id"}`` is instead the container's
+side of one tunnelled connection (:mod:`ketch.server.tunnels`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ async def serve_channel(
             hello = await read_frame(reader, limit=UNAUTHENTICATED_MAX_BYTES)
             if not isinstance(hello, dict):
                 raise InvalidError("the first frame must be a hello map")
+            if hello.get("t") == "tunnel":  # one connection of a tunnel (ketch.server.tunnels)
+                relayed = dispatcher.tunnels.attach(hello, reader, writer)
+                if relayed is not None:
+                    await relayed
+                return
             container_id = str(hello.get("container_id"))
             init = dispatcher.container_hello(container_id, str(hello.get("token")), writer)
             writer.write(encode(init))

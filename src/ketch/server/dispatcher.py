@@ -46,6 +46,7 @@ from .blobs import BlobStore
 from .logs import LogBook
 from .services import Builds, ContainerVolumes, Gateway, Schedules, Services, Worker
 from .store import FINAL_STATUSES, Store
+from .tunnels import Tunnels
 
 if TYPE_CHECKING:
     from .sandboxes import SandboxService
@@ -175,6 +176,7 @@ class Dispatcher:
         # A container's reported output, held until its pool says Complete or Retry.
         self._stash: dict[int, dict[str, Any]] = {}
         self.sandboxes: SandboxService | None = None  # set by the control plane at start
+        self.tunnels = Tunnels("127.0.0.1")  # ports of containers (ketch.forward, sandboxes)
         # Containers that exited lately, newest last: `ketch container logs` still finds them.
         self.exited_containers: collections.OrderedDict[str, dict[str, Any]] = (
             collections.OrderedDict()
@@ -788,7 +790,7 @@ class Dispatcher:
                 raise RuntimeError("its GPUs were taken by another container")
             run_spec = info.spec
             if info.spec.source and info.spec.root_dir and info.spec.module_file:
-                run_spec = self._snapshot_spec(info.spec)
+                run_spec = self.source_spec(info.spec)
                 # The sandbox runtime puts it at /root.
                 env["KETCH_SOURCE_ROOT"] = str(run_spec.root_dir)
             await self.worker.start(container_id, env, run_spec, mounts)
@@ -806,7 +808,7 @@ class Dispatcher:
             if handle.stop_requested:  # asked while it started: now its worker has it
                 self.worker.terminate(container_id, 1.0)
 
-    def _snapshot_spec(self, spec: FunctionSpec) -> FunctionSpec:
+    def source_spec(self, spec: FunctionSpec) -> FunctionSpec:
         """``spec`` pointing at its deployed source snapshot, unpacked under ``KETCH_HOME/sources``."""
         assert spec.source is not None and spec.root_dir and spec.module_file
         target = self.blobs.root.parent / "sources" / str(spec.source["hash"])
@@ -943,6 +945,7 @@ class Dispatcher:
         self.gpus.release(container_id)
         if self.volumes is not None:
             self.volumes.release(container_id)  # commits what it wrote to its Volumes
+        spawn(self.tunnels.close(container_id), name=f"close tunnels of {container_id}")
         seen = self.describe_container(container_id)
         handle = self.containers.pop(container_id, None)
         if handle is None:

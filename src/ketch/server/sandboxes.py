@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import secrets
 import time
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._ids import new_id
 from .._spec import FunctionSpec
+from .._tasks import spawn
 from ..exception import (
     InvalidError,
     NotFoundError,
@@ -55,8 +57,11 @@ from ..exception import (
     SandboxFilesystemNotFoundError,
     SandboxFilesystemPermissionError,
 )
+from ..images.layers import remove_tree
+from ..worker import gpus
 from . import auth, secret_store
 from .rpc import rpc
+from .tunnels import MAX_PORTS
 
 if TYPE_CHECKING:
     from .api import Api
@@ -122,6 +127,10 @@ class _Sandbox:
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # its agent said hello
     idle_timeout: float | None = None
     active_at: float = field(default_factory=time.monotonic)  # the last exec, stdin or file op
+    probe: dict[str, Any] | None = None  # readiness_probe, run by its agent
+    probed: asyncio.Event = field(default_factory=asyncio.Event)  # the probe passed
+    ports: list[int] = field(default_factory=list)  # tunnelled (encrypted_ports, ...)
+    tunnels_open: asyncio.Event = field(default_factory=asyncio.Event)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -148,18 +157,57 @@ class SandboxService:
         app = self.d.store.get_app(str(body["app_id"]))
         if app is None or app["state"] != "running":
             raise NotFoundError(f"app {body['app_id']!r} is not running")
-        # The image's copy=False files are host paths; a sandbox runs no app source.
-        auth.check_host_paths(caller, auth.host_paths({"image": body["spec"].get("image")}))
-        spec = dataclasses.replace(
-            FunctionSpec.from_wire(body["spec"]),
-            module_file=None,
-            root_dir=None,
-            serialized_fn=None,
-            source=None,
-            web=None,
-            schedule=None,
-        )
+        spec = self._spec(body, app, caller)
+        if spec.gpu and (problem := self.d.gpus.check(spec.gpu)):
+            raise ResourceUnavailableError(f"sandbox: {problem}")
         timeout = float(body.get("timeout") or DEFAULT_TIMEOUT_S)
+        self._check(body, app, timeout)
+        sb = _Sandbox(
+            new_id("sb"),
+            app["id"],
+            secrets.token_urlsafe(24),
+            spec,
+            body.get("name"),
+            dict(body.get("tags") or {}),
+        )
+        sb.probe = body.get("probe")
+        sb.ports = sorted({int(p) for p in body.get("ports") or []})
+        self.sandboxes[sb.id] = sb
+        cmd = [str(a) for a in body.get("cmd") or []]
+        if cmd:
+            sb.execs[MAIN] = _Exec(MAIN)
+            sb.pending.append(
+                {
+                    "t": "exec",
+                    "id": MAIN,
+                    "argv": cmd,
+                    "workdir": body.get("workdir"),
+                    "env": {},
+                    "pty": body.get("pty") or None,
+                }
+            )
+        try:
+            await self._start(sb)
+            for port in sb.ports:
+                await self.d.tunnels.open(sb.id, port, functools.partial(self._send, sb))
+        except BaseException:
+            self.terminate(sb.id, "failed to start")
+            self.sandboxes.pop(sb.id, None)
+            self.d.gpus.release(sb.id)
+            if self.d.volumes is not None:
+                self.d.volumes.release(sb.id)
+            await self.d.tunnels.close(sb.id)
+            raise
+        sb.tunnels_open.set()
+        sb.timer = asyncio.get_running_loop().call_later(
+            timeout, self.terminate, sb.id, f"timed out after {timeout:g} s"
+        )
+        if body.get("idle_timeout"):
+            sb.idle_timeout = float(body["idle_timeout"])
+            self._check_idle(sb.id)
+        return sb
+
+    def _check(self, body: dict[str, Any], app: dict[str, Any], timeout: float) -> None:
         if not 0 < timeout <= MAX_TIMEOUT_S:
             raise InvalidError(f"timeout must be between 0 and {MAX_TIMEOUT_S:.0f} s")
         live = sum(1 for s in self.sandboxes.values() if not s.done.is_set())
@@ -175,37 +223,35 @@ class SandboxService:
             raise InvalidError(
                 f"app {app['name']!r} already has a running sandbox {body['name']!r}"
             )
-        sb = _Sandbox(
-            new_id("sb"),
-            app["id"],
-            secrets.token_urlsafe(24),
-            spec,
-            body.get("name"),
-            dict(body.get("tags") or {}),
+        probe = body.get("probe")
+        if probe and bool(probe.get("tcp_port")) == bool(probe.get("exec_argv")):
+            raise InvalidError("a readiness probe has either a tcp_port or an exec_argv")
+        if len(set(body.get("ports") or [])) > MAX_PORTS:
+            raise InvalidError(f"a sandbox may tunnel at most {MAX_PORTS} ports")
+
+    def _spec(self, body: dict[str, Any], app: dict[str, Any], caller: Caller) -> FunctionSpec:
+        if body.get("function_id"):  # `ketch shell FILE::function`: that function's container
+            spec, fn_app = self.d.function_spec(str(body["function_id"]))
+            if fn_app != app["id"]:
+                raise InvalidError(f"function {body['function_id']} is not of app {app['name']!r}")
+            return dataclasses.replace(spec, web=None, schedule=None)
+        # The image's copy=False files are host paths; a sandbox runs no app source.
+        auth.check_host_paths(caller, auth.host_paths({"image": body["spec"].get("image")}))
+        return dataclasses.replace(
+            FunctionSpec.from_wire(body["spec"]),
+            module_file=None,
+            root_dir=None,
+            serialized_fn=None,
+            source=None,
+            web=None,
+            schedule=None,
         )
-        self.sandboxes[sb.id] = sb
-        cmd = [str(a) for a in body.get("cmd") or []]
-        if cmd:
-            sb.execs[MAIN] = _Exec(MAIN)
-            sb.pending.append(
-                {"t": "exec", "id": MAIN, "argv": cmd, "workdir": body.get("workdir"), "env": {}}
-            )
-        try:
-            await self._start(sb)
-        except BaseException:
-            self.sandboxes.pop(sb.id, None)
-            raise
-        sb.timer = asyncio.get_running_loop().call_later(
-            timeout, self.terminate, sb.id, f"timed out after {timeout:g} s"
-        )
-        if body.get("idle_timeout"):
-            sb.idle_timeout = float(body["idle_timeout"])
-            self._check_idle(sb.id)
-        return sb
 
     def _busy(self, sb: _Sandbox) -> bool:
         """A command runs (the main one included) or output waits to be read."""
-        return any(ex.returncode is None or ex.out[1] or ex.out[2] for ex in sb.execs.values())
+        return self.d.tunnels.active(sb.id) or any(
+            ex.returncode is None or ex.out[1] or ex.out[2] for ex in sb.execs.values()
+        )
 
     def _check_idle(self, sandbox_id: str) -> None:
         """Terminate a sandbox idle for ``idle_timeout`` s: no command running, no unread
@@ -234,6 +280,14 @@ class SandboxService:
                 "KETCH_SANDBOX": "1",
             }
         )
+        if sb.spec.gpu:  # its own GPUs, as a function's container gets them
+            got = self.d.gpus.allocate(sb.id, sb.spec.gpu)
+            if got is None:
+                wanted = ", ".join(f"{o['type']}:{o['count']}" for o in sb.spec.gpu)
+                raise ResourceUnavailableError(
+                    f"every GPU of this node is in use (wanted {wanted})"
+                )
+            env.update(gpus.visible_devices_env(got[1]))
         mounts: list[tuple[str, str, bool]] = []
         if sb.spec.volumes:
             if self.d.volumes is None:
@@ -241,8 +295,11 @@ class SandboxService:
             mounts = await self.d.volumes.prepare(
                 sb.id, sb.spec.volumes, self.d.worker.enforces_read_only
             )
+        run_spec = sb.spec
+        if sb.spec.source and sb.spec.root_dir and sb.spec.module_file:  # a deployed function's
+            run_spec = self.d.source_spec(sb.spec)
         logger.info("starting sandbox %s of app %s", sb.id, sb.app_id)
-        await self.d.worker.start(sb.id, env, sb.spec, mounts)
+        await self.d.worker.start(sb.id, env, run_spec, mounts)
 
     def terminate(self, sandbox_id: str, reason: str = "was terminated") -> None:
         sb = self.sandboxes.get(sandbox_id)
@@ -270,7 +327,7 @@ class SandboxService:
         sb.writer = writer
         sb.ready.set()
         pending, sb.pending = sb.pending, []
-        return {"t": "init", "sandbox": True, "execs": pending}
+        return {"t": "init", "sandbox": True, "execs": pending, "probe": sb.probe}
 
     def message(self, sandbox_id: str, msg: dict[str, Any]) -> None:
         sb = self.sandboxes.get(sandbox_id)
@@ -280,6 +337,9 @@ class SandboxService:
             waiting = sb.files.pop(str(msg.get("id")), None)
             if waiting is not None and not waiting.done():
                 waiting.set_result(msg)
+            return
+        if msg.get("t") == "probe":
+            sb.probed.set()
             return
         ex = sb.execs.get(str(msg.get("id")))
         if ex is None:
@@ -309,8 +369,10 @@ class SandboxService:
             return
         if self.d.volumes is not None:
             self.d.volumes.release(sandbox_id)  # commits what it wrote to its Volumes
+        self.d.gpus.release(sandbox_id)
         if sb.timer is not None:
             sb.timer.cancel()
+        spawn(self.d.tunnels.close(sandbox_id), name=f"close tunnels of {sandbox_id}")
         sb.writer = None
         sb.reason = sb.reason or reason
         if sb.returncode is None:
@@ -372,11 +434,20 @@ class SandboxService:
         if len(sb.execs) >= MAX_EXECS:
             for old in [e for e in sb.execs.values() if e.returncode is not None][:64]:
                 sb.execs.pop(old.id, None)
+        # As Sandbox.create's: the Secrets' variables, then env= over them.
+        env = secret_store.container_env(self.d.store, list(body.get("secrets") or []))
+        env.update({str(k): str(v) for k, v in (body.get("env") or {}).items() if v is not None})
         ex = _Exec(new_id("ex"))
         sb.execs[ex.id] = ex
         sb.active_at = time.monotonic()
-        env = {str(k): str(v) for k, v in (body.get("env") or {}).items() if v is not None}
-        msg = {"t": "exec", "id": ex.id, "argv": argv, "workdir": body.get("workdir"), "env": env}
+        msg = {
+            "t": "exec",
+            "id": ex.id,
+            "argv": argv,
+            "workdir": body.get("workdir"),
+            "env": env,
+            "pty": body.get("pty") or None,
+        }
         self._send(sb, msg)
         if body.get("timeout"):
             asyncio.get_running_loop().call_later(
@@ -436,6 +507,77 @@ class SandboxService:
         sb.active_at = time.monotonic()
         self._send(sb, {"t": "stdin", "id": ex.id, "data": data, "eof": bool(body.get("eof"))})
 
+    def resize(self, body: dict[str, Any]) -> None:
+        """A pty command's window changed size."""
+        sb, ex = self.exec_of(body)
+        msg = {"t": "resize", "id": ex.id, "rows": int(body["rows"]), "cols": int(body["cols"])}
+        self._send(sb, msg)
+
+    async def wait_ready(self, body: dict[str, Any]) -> bool:
+        """Whether the readiness probe passed (waits up to ``timeout``)."""
+        sb = self.get(body)
+        if not sb.probe:
+            raise InvalidError(
+                f"sandbox {sb.id} has no readiness probe: create it with "
+                "readiness_probe=ketch.Probe.with_tcp(port) or Probe.with_exec(...)"
+            )
+        waiters = [asyncio.ensure_future(e.wait()) for e in (sb.probed, sb.done)]
+        try:
+            await asyncio.wait(
+                waiters,
+                timeout=min(float(body.get("timeout", 0)), MAX_WAIT_S),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if not sb.probed.is_set() and sb.done.is_set():
+            raise InvalidError(f"sandbox {sb.id} {sb.reason} before it was ready")
+        return sb.probed.is_set()
+
+    async def tunnels(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        sb = self.get(body)
+        with contextlib.suppress(TimeoutError):
+            timeout = min(float(body.get("timeout", 0)), MAX_WAIT_S)
+            await asyncio.wait_for(sb.tunnels_open.wait(), timeout)
+        return self.d.tunnels.of(sb.id)
+
+    async def snapshot(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Its filesystem as it is now, as a new image layer over its image's."""
+        from ..image import Image, default_image
+
+        sb = self.get(body)
+        if sb.done.is_set():
+            raise InvalidError(f"sandbox {sb.id} has finished ({sb.reason}); nothing to snapshot")
+        take = getattr(self.d.worker, "snapshot", None)
+        builder = getattr(self.d.worker, "builder", None)
+        if take is None or builder is None:
+            raise InvalidError(
+                "snapshot_filesystem needs the sandbox runtime (this control plane runs "
+                f"{self.d.worker.name!r}, whose containers share the host's filesystem)"
+            )
+        parent = Image.from_wire(sb.spec.image) if sb.spec.image else default_image()
+        built = builder.cached(parent.to_wire())
+        if built is None:
+            raise InvalidError(f"the image of sandbox {sb.id} is no longer in the image cache")
+        image = parent._step("snapshot", {"sandbox_id": sb.id, "id": new_id("snap")}, False)
+        image = image._with(parent.mounts)
+        build_dir = builder.store.new_build_dir(image.hash)
+        try:
+            (build_dir / "fs").mkdir()
+            await take(sb.id, build_dir / "fs")
+            meta = {
+                "parent": parent.hash,
+                "kind": "snapshot",
+                "summary": f"snapshot of sandbox {sb.id}",
+                "config": dict(built.config),
+            }
+            builder.store.commit(build_dir, image.hash, meta)
+        finally:
+            remove_tree(build_dir)
+        logger.info("sandbox %s snapshot: layer %s", sb.id, image.hash[:12])
+        return image.to_wire()
+
     async def wait_exec(self, body: dict[str, Any]) -> int | None:
         _, ex = self.exec_of(body)
         deadline = time.monotonic() + min(float(body.get("timeout", 0)), MAX_WAIT_S)
@@ -480,6 +622,7 @@ class SandboxService:
     async def close(self) -> None:
         for sb in list(self.sandboxes.values()):
             self.terminate(sb.id, "the control plane stopped")
+        await self.d.tunnels.close_all()
 
 
 def _service(api: Api) -> SandboxService:
@@ -543,6 +686,27 @@ def SandboxExecWrite(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 @rpc
 async def SandboxExecWait(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     return {"returncode": await _service(api).wait_exec(body)}
+
+
+@rpc
+def SandboxExecResize(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    _service(api).resize(body)
+    return {}
+
+
+@rpc
+async def SandboxWaitReady(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    return {"ready": await _service(api).wait_ready(body)}
+
+
+@rpc
+async def SandboxTunnels(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    return {"tunnels": await _service(api).tunnels(body)}
+
+
+@rpc
+async def SandboxSnapshot(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    return {"image": await _service(api).snapshot(body)}
 
 
 @rpc

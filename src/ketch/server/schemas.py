@@ -42,6 +42,7 @@ Path = Annotated[str, Meta(max_length=4096)]
 Text = Annotated[str, Meta(max_length=65536)]
 Kind = Literal["dict", "queue", "secret", "volume"]
 Env = dict[str, str | None]
+Port = Annotated[int, Meta(ge=1, le=65535)]
 
 # msgpack keeps bytes and str apart; without this, convert would base64-decode a str into bytes.
 _NATIVE = (bytes,)
@@ -167,6 +168,17 @@ class AppLogs(_Request):
     limit: Limit = 1000
 
 
+class Probe(msgspec.Struct, forbid_unknown_fields=True):
+    tcp_port: Port | None = None
+    exec_argv: list[Text] | None = None
+    interval_ms: Annotated[int, Meta(ge=10, le=3_600_000)] = 100
+
+
+class Pty(msgspec.Struct, forbid_unknown_fields=True):
+    rows: Annotated[int, Meta(ge=1, le=10_000)] = 24
+    cols: Annotated[int, Meta(ge=1, le=10_000)] = 80
+
+
 class SandboxCreate(_Request):
     app_id: Id
     spec: FunctionWire
@@ -176,6 +188,10 @@ class SandboxCreate(_Request):
     workdir: Path | None = None
     name: Name | None = None
     tags: dict[Name, Text] = {}
+    probe: Probe | None = None
+    ports: list[Port] = []
+    pty: bool = False
+    function_id: Id | None = None  # `ketch shell FILE::function`: that function's container
 
 
 class SandboxGet(_Request):
@@ -209,6 +225,29 @@ class SandboxExec(_Request):
     workdir: Path | None = None
     env: Env = {}
     timeout: Amount | None = None
+    secrets: list[dict[str, Any]] = []
+    pty: bool | Pty = False
+
+
+class SandboxWaitReady(_Request):
+    sandbox_id: Id
+    timeout: Seconds = 0.0
+
+
+class SandboxSnapshot(_Request):
+    sandbox_id: Id
+
+
+class SandboxTunnels(_Request):
+    sandbox_id: Id
+    timeout: Seconds = 0.0
+
+
+class SandboxExecResize(_Request):
+    sandbox_id: Id
+    exec_id: Id
+    rows: Annotated[int, Meta(ge=1, le=10_000)]
+    cols: Annotated[int, Meta(ge=1, le=10_000)]
 
 
 class SandboxExecRead(_Request):
@@ -242,6 +281,14 @@ class SandboxFile(_Request):
     append: bool = False
     parents: bool = False
     recursive: bool = False
+
+
+class TunnelOpen(_Request):
+    port: Port
+
+
+class TunnelClose(_Request):
+    port: Port
 
 
 class ContainerList(_Request):

@@ -53,6 +53,7 @@ from .._image_files import content_digest, local_files
 from .._source import project_sources
 from .._spec import DEFAULT_EPHEMERAL_DISK_MIB, FunctionSpec
 from .._tasks import spawn
+from ..exception import NotFoundError
 from ..images.builder import Builder, BuiltImage
 from ..images.bundle import DEPS_MOUNT_POINT, MOUNT_POINT
 from ..images.layers import remove_tree
@@ -478,6 +479,24 @@ class BubblewrapWorker:
         if container.disk is not None and self.disks is not None:
             await self.disks.release(container.disk)
         await asyncio.get_running_loop().run_in_executor(None, remove_tree, container.dir)
+
+    async def snapshot(self, container_id: str, dest: Path) -> None:
+        """Copy what the container has written (its writable layer, in overlayfs form:
+        deletions are whiteouts) into ``dest``, as a layer over its image's."""
+        container = self._containers.get(container_id)
+        if container is None or not container.pid:
+            raise NotFoundError(f"container {container_id} is not running")
+        upper = (container.disk or container.dir) / "upper"
+        # cp -a keeps owners, modes, whiteouts (0/0 devices) and overlayfs's xattrs.
+        proc = await asyncio.create_subprocess_exec(
+            "cp", "-a", f"{upper}/.", str(dest), stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"could not copy the container's files: {err.decode()[-500:]}")
+        await asyncio.to_thread(remove_tree, dest / ".ketch")  # ketch's own mount points
+        if self.userns is not None:
+            await asyncio.to_thread(userns.restore_ids, dest)
 
     def terminate(self, container_id: str, grace: float) -> None:
         """SIGTERM now, SIGKILL after ``grace`` seconds if it is still there."""

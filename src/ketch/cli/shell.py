@@ -1,0 +1,188 @@
+"""``ketch shell``: an interactive shell in a container, on a real terminal.
+
+* ``ketch shell FILE[::function]``: a new container of that function, as its
+  calls get one (image, Secrets, Volumes, resources, GPUs, its source at
+  ``/root``), on an ephemeral app that ends with the shell;
+* ``ketch shell --image-of FILE[::function]``: the same image, nothing else;
+* ``ketch shell sb-ID``: inside a running sandbox.
+
+``--cmd`` runs one command instead of the shell. The terminal is put in raw
+mode, keys go to the container as they are typed (Ctrl-C included), and its
+window size follows this one's (``SIGWINCH``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import termios
+import tty
+from typing import Any
+
+import click
+
+from .._client import _Client
+from .._sync import run_sync
+from ..exception import Error
+from ..sandbox import _Sandbox, _StreamReader
+from ._util import import_file
+
+# bash where the image has it, else sh; a login-like shell in the image's workdir.
+SHELL = "if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi"
+
+
+def terminal_size() -> dict[str, int]:
+    cols, rows = shutil.get_terminal_size((80, 24))
+    return {"rows": rows, "cols": cols}
+
+
+class _Attached:
+    """This terminal, connected to a pty command: keys in as typed, output out, window size."""
+
+    def __init__(self, client: _Client, sandbox_id: str, exec_id: str) -> None:
+        self.client = client
+        self.ids = {"sandbox_id": sandbox_id, "exec_id": exec_id}
+        self.loop = asyncio.get_running_loop()
+        self.keys: asyncio.Queue[bytes] = asyncio.Queue()
+        self.stdin = sys.stdin.fileno()
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def typed(self) -> None:
+        try:
+            data = os.read(self.stdin, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            self.loop.remove_reader(self.stdin)
+        self.keys.put_nowait(data)
+
+    async def send_keys(self) -> None:
+        while True:
+            data = await self.keys.get()
+            while data and not self.keys.empty():  # what was typed meanwhile, in one request
+                more = self.keys.get_nowait()
+                data += more
+                if not more:
+                    break
+            body = {**self.ids, "data": data, "eof": not data}
+            await self.client.rpc("SandboxExecWrite", body)
+            if not data:
+                return
+
+    def resized(self) -> None:
+        task = self.loop.create_task(
+            self.client.rpc("SandboxExecResize", {**self.ids, **terminal_size()})
+        )
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def show_output(self) -> None:
+        out = _StreamReader(self.ids["sandbox_id"], self.ids["exec_id"], 1, text=False)
+        while chunk := await out._chunk():
+            os.write(sys.stdout.fileno(), chunk)
+
+    async def run(self) -> int:
+        """Until the command exits; its exit code."""
+        self.loop.add_reader(self.stdin, self.typed)
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            self.loop.add_signal_handler(signal.SIGWINCH, self.resized)
+        sender = self.loop.create_task(self.send_keys())
+        try:
+            await self.show_output()
+        finally:
+            sender.cancel()
+            self.loop.remove_reader(self.stdin)
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                self.loop.remove_signal_handler(signal.SIGWINCH)
+        while True:
+            body = {**self.ids, "timeout": 30}
+            reply = await self.client.rpc("SandboxExecWait", body, timeout=60)
+            if reply["returncode"] is not None:
+                return int(reply["returncode"])
+
+
+@contextlib.contextmanager
+def _raw_terminal() -> Any:
+    """This terminal in raw mode (keys as typed, no echo) while inside; as it was after."""
+    fd = sys.stdin.fileno()
+    if not os.isatty(fd):
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setraw(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def run_on_terminal(sandbox_id: str, argv: list[str]) -> int:
+    """Run ``argv`` in the sandbox on a terminal connected to this one; its exit code."""
+
+    async def go() -> int:
+        sb = _Sandbox(sandbox_id)
+        process = await sb.exec(*argv, pty=terminal_size(), text=False)
+        return await _Attached(await _Client.get(), sandbox_id, process._exec_id).run()
+
+    with _raw_terminal():
+        return run_sync(go())
+
+
+def _shell_argv(cmd: str | None) -> list[str]:
+    return ["sh", "-c", cmd] if cmd else ["sh", "-c", SHELL]
+
+
+@click.command()
+@click.argument("target", required=False)
+@click.option("--image-of", "image_of", default=None, help="FILE[::function]: its image only.")
+@click.option("--cmd", "cmd", default=None, help="Run this command (with sh -c) instead.")
+def shell(target: str | None, image_of: str | None, cmd: str | None) -> None:
+    """A shell in a new container of FILE[::function], or in sandbox sb-ID.
+
+    Examples: ketch shell app.py::train, ketch shell sb-abc123 --cmd 'ls /'
+    """
+    if bool(target) == bool(image_of):
+        raise click.UsageError("give FILE[::function], --image-of FILE[::function], or sb-ID")
+    try:
+        if target and target.startswith("sb-"):
+            code = run_on_terminal(target, _shell_argv(cmd))
+        elif target and target.startswith("ct-"):
+            raise click.ClickException(
+                f"{target}: a shell in a running function container is not built yet; "
+                f"`ketch shell FILE::function` starts a new container of that function"
+            )
+        else:
+            code = _in_new_container(str(target or image_of), cmd, image_only=bool(image_of))
+    except Error as exc:
+        raise click.ClickException(str(exc)) from None
+    raise SystemExit(code)
+
+
+def _in_new_container(target: str, cmd: str | None, image_only: bool) -> int:
+    from .run import _pick
+
+    path, _, name = target.partition("::")
+    module = import_file(path)
+    app, fn, kind = _pick(module, path, name or None)
+    if kind != "function":
+        raise click.UsageError(f"{target} is a local entrypoint; name a function with ::NAME")
+    from .. import sandbox
+    from .._sync import _unwrap
+    from ..image import Image
+
+    sandboxes: Any = sandbox.Sandbox  # made at run time (ketch._sync)
+    wire = _unwrap(fn)._spec.image
+    with app.run():
+        if image_only:
+            image = Image.from_wire(wire) if wire else None
+            sb = _unwrap(sandboxes.create(app=app, image=image, timeout=24 * 3600))
+        else:
+            sb = run_sync(_Sandbox._for_function(_unwrap(app), _unwrap(fn), timeout=24 * 3600))
+        try:
+            return run_on_terminal(sb.object_id, _shell_argv(cmd))
+        finally:
+            run_sync(sb.terminate())
