@@ -52,8 +52,47 @@ SCRIPT = SHOW + textwrap.dedent(
 
 
     @app.function()
-    def read_file(path):
-        return open(path).read()
+    def sleeper(seconds):
+        open("/tmp/marker", "w").write("inside-the-function")
+        time.sleep(seconds)
+        return "slept"
+
+
+    def into_a_function_container():
+        import subprocess
+
+        import pexpect  # here: the app's containers import this file
+
+        call = sleeper.spawn(8)
+        ids = []
+        for _ in range(300):
+            listed = subprocess.run(["ketch", "container", "list", "--app", app.name],
+                                    capture_output=True, text=True).stdout
+            ids = [line.split()[0] for line in listed.splitlines()[1:]
+                   if "sleeper" in line and "running" in line]
+            if ids:
+                break
+            time.sleep(0.1)
+        container_id = ids[0]
+        time.sleep(1)  # its function has written the marker
+        done = subprocess.run(["ketch", "container", "exec", container_id,
+                               "sh", "-c", "cat /tmp/marker; exit 4"],
+                              capture_output=True, text=True, timeout=60)
+        child = pexpect.spawn("ketch", ["shell", container_id], encoding="utf-8", timeout=60)
+        child.expect(r"[#$] ")
+        child.sendline("cat /tmp/marker")
+        child.expect("inside-the-function")
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+        child.close()
+        try:
+            ketch.Sandbox.from_id(container_id).terminate()
+            refused = "terminated"
+        except InvalidError as exc:
+            refused = "InvalidError: " + str(exc)
+        listed = [s.object_id for s in ketch.Sandbox.list()]
+        return [container_id[:3], done.stdout, done.returncode, child.exitstatus,
+                "ketch container stop" in refused, container_id in listed, call.get()]
 
 
     def get(url):
@@ -246,6 +285,7 @@ SCRIPT = SHOW + textwrap.dedent(
             show("bad_ports", bad_ports)
             show("shell_sb", lambda: shell_in_sandbox(sb))
             show("exec_pty", lambda: container_exec_pty(sb))
+            show("function_container", into_a_function_container)
             sb.terminate()
         show("forward_outside", forward_outside)
         show("shell_fn", shell_of_function)
@@ -295,3 +335,16 @@ def test_ketch_shell_and_container_exec_pty_on_a_real_terminal(run):
     assert run.value("shell_sb") == [True, 5]  # window size, Ctrl-C inside, exit code out
     assert run.value("exec_pty") == 9
     assert run.value("shell_fn") == [True, 0]  # the function's Secret and source
+
+
+def test_commands_and_a_shell_in_a_running_function_container(run):
+    # Its own files, the command's exit code; not a sandbox: not listed, not terminated.
+    assert run.value("function_container") == [
+        "ta-",
+        "inside-the-function",
+        4,
+        0,
+        True,
+        False,
+        "slept",
+    ]

@@ -4,7 +4,8 @@
   calls get one (image, Secrets, Volumes, resources, GPUs, its source at
   ``/root``), on an ephemeral app that ends with the shell;
 * ``ketch shell --image-of FILE[::function]``: the same image, nothing else;
-* ``ketch shell sb-ID``: inside a running sandbox.
+* ``ketch shell sb-ID`` / ``ta-ID``: inside a running sandbox, or a running
+  function's container (``ketch container list`` shows them).
 
 ``--cmd`` runs one command instead of the shell. The terminal is put in raw
 mode, keys go to the container as they are typed (Ctrl-C included), and its
@@ -141,20 +142,15 @@ def _shell_argv(cmd: str | None) -> list[str]:
 @click.option("--image-of", "image_of", default=None, help="FILE[::function]: its image only.")
 @click.option("--cmd", "cmd", default=None, help="Run this command (with sh -c) instead.")
 def shell(target: str | None, image_of: str | None, cmd: str | None) -> None:
-    """A shell in a new container of FILE[::function], or in sandbox sb-ID.
+    """A shell in a new container of FILE[::function], or in running container sb-/ta-ID.
 
     Examples: ketch shell app.py::train, ketch shell sb-abc123 --cmd 'ls /'
     """
     if bool(target) == bool(image_of):
         raise click.UsageError("give FILE[::function], --image-of FILE[::function], or sb-ID")
     try:
-        if target and target.startswith("sb-"):
+        if target and target.startswith(("sb-", "ta-")):
             code = run_on_terminal(target, _shell_argv(cmd))
-        elif target and target.startswith("ct-"):
-            raise click.ClickException(
-                f"{target}: a shell in a running function container is not built yet; "
-                f"`ketch shell FILE::function` starts a new container of that function"
-            )
         else:
             code = _in_new_container(str(target or image_of), cmd, image_only=bool(image_of))
     except Error as exc:

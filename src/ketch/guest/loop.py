@@ -40,6 +40,8 @@ FLUSH_AFTER_S = 0.002
 INLINE_BELOW_S = 0.002
 FLUSH_AT = 128
 PR_SET_PDEATHSIG = 1
+# Commands sent to a function's container (ketch.guest.sandbox's messages).
+AGENT_MESSAGES = frozenset({"exec", "stdin", "kill", "pause", "resume", "resize", "fs"})
 
 
 def _die_with_parent() -> None:
@@ -85,6 +87,7 @@ class ContainerLoop:
         self.outbox_since = 0.0
         self.flush_soon = threading.Event()  # an output waits in the outbox (see _flusher)
         self.send_lock = threading.Lock()
+        self.agent: Any = None  # runs commands sent to this container, once one is
         self.out_lock = threading.Lock()
         self.running: dict[int, _Running] = {}
         self.cancelled: set[int] = set()
@@ -389,11 +392,18 @@ class ContainerLoop:
         return threads
 
     def control(self, msg: dict[str, Any]) -> None:
-        """What every container does the same way: cancellations, tunnelled connections."""
+        """What every container does the same way: cancellations, tunnelled connections,
+        and commands sent to it (``ketch container exec``), which the sandbox agent runs."""
         if msg.get("t") == "cancel":
             self.cancel(list(msg["ids"]))
         elif msg.get("t") == "tunnel":
             _tunnel_connection(msg)
+        elif msg.get("t") in AGENT_MESSAGES:
+            if self.agent is None:
+                from .sandbox import Agent
+
+                self.agent = Agent(self.chan, self.send_lock)
+            self.agent.handle(msg)
 
     def serve(self) -> None:
         threads = self.start_threads()
@@ -494,6 +504,8 @@ class ContainerLoop:
                     asyncio.run(result)  # type: ignore[arg-type]
             except Exception:
                 traceback.print_exc()
+        if self.agent is not None:  # commands run in it go with it (in `local` too)
+            self.agent.stop()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)

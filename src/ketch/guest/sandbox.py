@@ -1,5 +1,8 @@
 """The exec agent: the first process of a sandbox container.
 
+A function's container runs it too, on its own channel (``ketch container exec
+ct-...``): its guest loop hands it these messages.
+
 It says hello on the container channel with the sandbox's channel token, then
 runs each ``exec`` the control plane sends as a child process (its own
 process group), streams the child's stdout and stderr back as they come, feeds
@@ -51,9 +54,9 @@ KILL_GRACE_S = 5.0
 
 
 class Agent:
-    def __init__(self, chan: BlockingChannel) -> None:
+    def __init__(self, chan: BlockingChannel, lock: threading.Lock | None = None) -> None:
         self.chan = chan
-        self.lock = threading.Lock()  # one writer at a time on the channel
+        self.lock = lock or threading.Lock()  # one writer at a time on the channel
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.terminals: dict[str, int] = {}  # a pty command's terminal (its master side)
         # Set while a stream may flow: the control plane pauses one whose output is unread.

@@ -895,7 +895,7 @@ class Dispatcher:
 
     def container_message(self, container_id: str, msg: dict[str, Any]) -> None:
         handle = self.containers.get(container_id)
-        if handle is None:
+        if handle is None or msg.get("t") in ("out", "exit", "fs"):  # a sandbox's, or commands'
             if self.sandboxes is not None:
                 self.sandboxes.message(container_id, msg)
             return
@@ -946,6 +946,8 @@ class Dispatcher:
         if self.volumes is not None:
             self.volumes.release(container_id)  # commits what it wrote to its Volumes
         spawn(self.tunnels.close(container_id), name=f"close tunnels of {container_id}")
+        if self.sandboxes is not None:  # commands run in it (`ketch container exec`) end
+            self.sandboxes.exited(container_id, reason)
         seen = self.describe_container(container_id)
         handle = self.containers.pop(container_id, None)
         if handle is None:

@@ -130,6 +130,7 @@ class _Sandbox:
     probe: dict[str, Any] | None = None  # readiness_probe, run by its agent
     probed: asyncio.Event = field(default_factory=asyncio.Event)  # the probe passed
     ports: list[int] = field(default_factory=list)  # tunnelled (encrypted_ports, ...)
+    function: bool = False  # a function's container, taking commands (`ketch container exec`)
     tunnels_open: asyncio.Event = field(default_factory=asyncio.Event)
 
     def describe(self) -> dict[str, Any]:
@@ -312,11 +313,31 @@ class SandboxService:
     # -- the container's side (routed here by the dispatcher) ----------------
     def running(self, app_id: str) -> list[dict[str, Any]]:
         """The app's running sandboxes (``ketch app info``), oldest first."""
-        rows = [sb.describe() for sb in self.sandboxes.values() if sb.app_id == app_id]
+        rows = [
+            sb.describe()
+            for sb in self.sandboxes.values()
+            if sb.app_id == app_id and not sb.function
+        ]
         return sorted((r for r in rows if not r["done"]), key=lambda r: r["created_at"])
 
     def owns(self, container_id: str) -> bool:
-        return container_id in self.sandboxes
+        """A sandbox's container (not a function's that took commands)."""
+        sb = self.sandboxes.get(container_id)
+        return sb is not None and not sb.function
+
+    def _function_container(self, container_id: str) -> _Sandbox | None:
+        """A running function container as a sandbox that runs commands only: its guest
+        loop runs the same agent (``ketch container exec ct-...``, ``ketch shell ct-...``)."""
+        handle = self.d.containers.get(container_id)
+        info = self.d.pool_info.get(handle.pool_key) if handle is not None else None
+        if handle is None or info is None or handle.writer is None or handle.exited.is_set():
+            return None
+        sb = _Sandbox(container_id, info.app_id, "", info.spec, None, {}, function=True)
+        sb.writer = handle.writer
+        sb.ready.set()
+        sb.tunnels_open.set()
+        self.sandboxes[container_id] = sb
+        return sb
 
     def hello(self, sandbox_id: str, token: str, writer: asyncio.StreamWriter) -> dict[str, Any]:
         sb = self.sandboxes[sandbox_id]
@@ -367,9 +388,10 @@ class SandboxService:
         sb = self.sandboxes.get(sandbox_id)
         if sb is None:
             return
-        if self.d.volumes is not None:
-            self.d.volumes.release(sandbox_id)  # commits what it wrote to its Volumes
-        self.d.gpus.release(sandbox_id)
+        if not sb.function:  # (a function's container: the dispatcher releases them)
+            if self.d.volumes is not None:
+                self.d.volumes.release(sandbox_id)  # commits what it wrote to its Volumes
+            self.d.gpus.release(sandbox_id)
         if sb.timer is not None:
             sb.timer.cancel()
         spawn(self.d.tunnels.close(sandbox_id), name=f"close tunnels of {sandbox_id}")
@@ -408,9 +430,10 @@ class SandboxService:
     def get(self, body: dict[str, Any]) -> _Sandbox:
         if not body.get("sandbox_id") and body.get("name"):
             return self.by_name(str(body.get("app_name") or ""), str(body["name"]))
-        sb = self.sandboxes.get(str(body.get("sandbox_id")))
+        sandbox_id = str(body.get("sandbox_id"))
+        sb = self.sandboxes.get(sandbox_id) or self._function_container(sandbox_id)
         if sb is None:
-            raise NotFoundError(f"no sandbox {body.get('sandbox_id')!r}")
+            raise NotFoundError(f"no sandbox or running container {sandbox_id!r}")
         return sb
 
     def by_name(self, app_name: str, name: str) -> _Sandbox:
@@ -649,6 +672,7 @@ def SandboxList(api: Api, body: dict[str, Any]) -> dict[str, Any]:
         sb.describe()
         for sb in _service(api).sandboxes.values()
         if not sb.done.is_set()
+        and not sb.function
         and body.get("app_id") in (None, sb.app_id)
         and all(sb.tags.get(k) == v for k, v in tags.items())
     ]
@@ -658,7 +682,12 @@ def SandboxList(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 @rpc
 def SandboxTerminate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     service = _service(api)
-    service.terminate(service.get(body).id)
+    sb = service.get(body)
+    if sb.function:
+        raise InvalidError(
+            f"{sb.id} is a function's container: stop it with `ketch container stop`"
+        )
+    service.terminate(sb.id)
     return {}
 
 
