@@ -287,6 +287,8 @@ SCRIPT = SHOW + textwrap.dedent(
             show("exec_pty", lambda: container_exec_pty(sb))
             show("function_container", into_a_function_container)
             sb.terminate()
+            left = ketch.Sandbox.create("sleep", "600", app=app)  # not terminated by the script
+        show("app_stopped", lambda: left.wait())
         show("forward_outside", forward_outside)
         show("shell_fn", shell_of_function)
     else:
@@ -335,6 +337,11 @@ def test_ketch_shell_and_container_exec_pty_on_a_real_terminal(run):
     assert run.value("shell_sb") == [True, 5]  # window size, Ctrl-C inside, exit code out
     assert run.value("exec_pty") == 9
     assert run.value("shell_fn") == [True, 0]  # the function's Secret and source
+
+
+def test_a_sandbox_ends_with_its_app(run):
+    assert "SandboxTerminatedError" in run.error("app_stopped")
+    assert "its app stopped" in run.error("app_stopped")
 
 
 def test_commands_and_a_shell_in_a_running_function_container(run):

@@ -399,11 +399,13 @@ def test_idle_timeout_counts_running_commands_as_activity(run):
 def test_ketch_container_exec_runs_a_command_in_a_sandbox(run):
     out, err, code, other_code, other_err = run.value("cli_exec")
     assert (out, err, code) == ("out\n", "err\n", 4)
-    assert other_code != 0 and "only sandboxes" in other_err
+    assert other_code != 0 and "no sandbox or running container 'ta-x'" in other_err
 
 
 def test_bad_input_is_typed(run):
-    assert run.value("unknown").startswith("NotFoundError: no sandbox 'sb-doesnotexist'")
+    assert run.value("unknown").startswith(
+        "NotFoundError: no sandbox or running container 'sb-doesnotexist'"
+    )
     assert "app.run()" in run.value("no_app")
 
 

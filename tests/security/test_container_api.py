@@ -35,7 +35,9 @@ def main():
     handoff = ketch.Dict.from_name("sec-handoff", create_if_missing=True)
     call = private_work.spawn(1)
     assert call.get(timeout=120) == "victim-1"
-    handoff["victim"] = {"function_id": private_work.object_id, "call_id": call.object_id}
+    sandbox = ketch.Sandbox.create(app=app)
+    handoff["victim"] = {"function_id": private_work.object_id, "call_id": call.object_id,
+                         "sandbox_id": sandbox.object_id, "app_id": app.app_id}
     deadline = time.time() + 150
     while "done" not in handoff and time.time() < deadline:
         time.sleep(0.2)
@@ -102,7 +104,28 @@ def attack(victim: dict, home: str) -> dict:
             {"call_id": victim["call_id"], "inputs": [], "n_inputs": None})
     attempt("volume_blob_dir", "VolumeInfo", {})
     attempt("delete_a_named_dict", "ObjectDelete", {"kind": "dict", "name": "sec-handoff"})
+    attempt("create_a_sandbox_in_another_app", "SandboxCreate",
+            {"app_id": victim["app_id"], "spec": {"tag": "s", "module_name": "", "qualname": "s"}})
+    attempt("a_function_containers_shell", "SandboxCreate",
+            {"app_id": app.app_id, "function_id": victim["function_id"],
+             "spec": {"tag": "s", "module_name": "", "qualname": "s"}})
+    # Another app's sandbox, and any function's container (its own included), are not found.
+    for name, target in (("victims_sandbox", victim["sandbox_id"]),
+                         ("own_function_container", os.environ["KETCH_CONTAINER_ID"])):
+        for method, body in (("SandboxExec", {"argv": ["cat", "/etc/hostname"]}),
+                             ("SandboxFile", {"op": "read", "path": "/etc/hostname"}),
+                             ("SandboxTerminate", {}), ("SandboxSnapshot", {})):
+            try:
+                rpc(method, {"sandbox_id": target, **body})
+                out[f"{name}_{method}"] = "allowed"
+            except Exception as exc:
+                out[f"{name}_{method}"] = type(exc).__name__
+    out["victims_sandbox_listed"] = victim["sandbox_id"] in [
+        s.object_id for s in ketch.Sandbox.list()]
     out["owner_token_reachable"] = os.path.exists(os.path.join(home, "token"))
+    own = ketch.Sandbox.create(app=app)
+    out["own_sandbox"] = own.exec("echo", "mine").stdout.read()
+    own.terminate()
     # What its app may still do.
     out["own_call"] = helper.remote(1)
     out["dict"] = ketch.Dict.from_name("sec-handoff").get("victim") == victim
@@ -136,10 +159,13 @@ def test_a_container_cannot_act_as_the_owner(sandbox_env, workdir: Path):
         finished = victim.wait(timeout=60)
     finally:
         victim.proc.kill()
-    denied = {
-        k: v for k, v in result.items() if k not in ("owner_token_reachable", "own_call", "dict")
-    }
+    unseen = {k: v for k, v in result.items() if k.startswith(("victims_", "own_function_"))}
+    kept = ("owner_token_reachable", "own_call", "dict", "own_sandbox", *unseen)
+    denied = {k: v for k, v in result.items() if k not in kept}
     assert denied and all(v == "denied" for v in denied.values()), json.dumps(result, indent=1)
+    assert len(unseen) == 9 and result.pop("victims_sandbox_listed") is False
+    assert all(v == "NotFoundError" for k, v in unseen.items() if k != "victims_sandbox_listed")
+    assert result["own_sandbox"] == "mine\n"  # its own app's sandboxes work
     assert result["owner_token_reachable"] is False
     assert result["own_call"] == 2 and result["dict"] is True
     # The victim app was neither stopped nor disturbed.

@@ -410,7 +410,7 @@ def _as_nobody(probe: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-NEW_METHODS = (  # issue 16: containers and sandboxes, for the owner and deploy tokens only
+NEW_METHODS = (  # issue 16: containers and sandboxes (a container: its own app's sandboxes)
     ("ContainerList", {}),
     ("ContainerLogs", {"container_id": "ta-x"}),
     ("ContainerStop", {"container_id": "ta-x"}),
@@ -430,15 +430,17 @@ NEW_METHODS = (  # issue 16: containers and sandboxes, for the owner and deploy 
 
 
 def test_containers_and_sandboxes_need_an_owner_or_deploy_token(control_plane):
-    """No token: 401; an invoke token: 403; neither a container nor an invoke token may
-    reach them (the role table), and a deploy token gets past authorization (404: no such id)."""
+    """No token: 401; an invoke token: 403 (the role table); a container reaches only the
+    Sandbox ones, for its own app's sandboxes (tests/security/test_container_api.py); a
+    deploy token gets past authorization (404: no such id)."""
     from ketch.server import auth
 
     owner = _owner(control_plane)
     invoke = _post(control_plane.url, "ApiTokenCreate", {"role": "invoke"}, owner)[1]["token"]
     deploy = _post(control_plane.url, "ApiTokenCreate", {"role": "deploy"}, owner)[1]["token"]
     for method, body in NEW_METHODS:
-        assert method not in auth.CONTAINER_METHODS and method not in auth.INVOKE_METHODS
+        assert method not in auth.INVOKE_METHODS
+        assert (method in auth.CONTAINER_METHODS) == method.startswith("Sandbox"), method
         assert _post(control_plane.url, method, body)[0] == 401, method
         status, reply = _post(control_plane.url, method, body, invoke)
         assert status == 403 and reply["error"]["type"] == "PermissionDeniedError", (method, reply)

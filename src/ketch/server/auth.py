@@ -87,6 +87,22 @@ CONTAINER_METHODS = frozenset(
         "SecretLookup",
         "TunnelOpen",
         "TunnelClose",
+        # Its own app's sandboxes only (ketch.server.sandboxes checks which).
+        "SandboxCreate",
+        "SandboxGet",
+        "SandboxList",
+        "SandboxTerminate",
+        "SandboxWait",
+        "SandboxExec",
+        "SandboxExecRead",
+        "SandboxExecWrite",
+        "SandboxExecWait",
+        "SandboxExecResize",
+        "SandboxWaitReady",
+        "SandboxTunnels",
+        "SandboxSnapshot",
+        "SandboxFile",
+        "SandboxSetTags",
     }
 )
 # An ``invoke`` token calls deployed functions and reads their results, nothing else.

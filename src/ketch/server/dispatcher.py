@@ -576,6 +576,9 @@ class Dispatcher:
                 self._perform(pool, pool.stop_all())
         if self.gateway is not None:
             await self.gateway.unpublish(app_id)
+        if self.sandboxes is not None:  # an app's sandboxes end with it, as in Modal
+            for sandbox in self.sandboxes.running(app_id):
+                self.sandboxes.terminate(sandbox["sandbox_id"], "was terminated: its app stopped")
         stopped = serialize_exception(CallCancelledError("the app was stopped"))
         for input_id in [i for i, info in self.inputs.items() if info.web is not None]:
             if self.pool_info[self.inputs[input_id].pool_key].app_id == app_id:

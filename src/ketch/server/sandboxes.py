@@ -48,6 +48,7 @@ from .._tasks import spawn
 from ..exception import (
     InvalidError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceUnavailableError,
     SandboxFilesystemDirectoryNotEmptyError,
     SandboxFilesystemError,
@@ -648,40 +649,60 @@ class SandboxService:
         await self.d.tunnels.close_all()
 
 
-def _service(api: Api) -> SandboxService:
-    if api.d.sandboxes is None:
+def _service(api: Api, body: dict[str, Any], caller: Caller) -> SandboxService:
+    """The sandboxes, once ``caller`` may act on the one ``body`` names.
+
+    A function's container (its token) may create and use the sandboxes of its own
+    app, as Modal's functions do; another app's sandbox, or a running function's
+    container, is not found for it.
+    """
+    service = api.d.sandboxes
+    if service is None:
         raise InvalidError("this control plane runs no sandboxes")
-    return api.d.sandboxes
+    if caller.role != "container":
+        return service
+    if body.get("function_id") or body.get("app_id") not in (None, caller.app_id):
+        raise PermissionDeniedError(
+            "a container may use its own app's sandboxes, not another app's"
+        )
+    if "sandbox_id" in body or "name" in body:
+        sb = service.sandboxes.get(str(body.get("sandbox_id")))
+        if not body.get("sandbox_id") and body.get("name"):
+            sb = service.by_name(str(body.get("app_name") or ""), str(body["name"]))
+        if sb is None or sb.function or sb.app_id != caller.app_id:
+            raise NotFoundError(f"no sandbox {body.get('sandbox_id') or body.get('name')!r}")
+    return service
 
 
 @rpc
 async def SandboxCreate(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
-    sb = await _service(api).create(body, caller)
+    names = {"app_id": body.get("app_id"), "function_id": body.get("function_id")}
+    sb = await _service(api, names, caller).create(body, caller)
     return {"sandbox_id": sb.id}
 
 
 @rpc
-def SandboxGet(api: Api, body: dict[str, Any]) -> dict[str, Any]:
-    return _service(api).get(body).describe()
+def SandboxGet(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    return _service(api, body, caller).get(body).describe()
 
 
 @rpc
-def SandboxList(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+def SandboxList(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
     tags = dict(body.get("tags") or {})
     rows = [
         sb.describe()
-        for sb in _service(api).sandboxes.values()
+        for sb in _service(api, body, caller).sandboxes.values()
         if not sb.done.is_set()
         and not sb.function
-        and body.get("app_id") in (None, sb.app_id)
+        and (body.get("app_id") or caller.app_id) in (None, sb.app_id)
         and all(sb.tags.get(k) == v for k, v in tags.items())
     ]
     return {"sandboxes": sorted(rows, key=lambda r: r["created_at"])}
 
 
 @rpc
-def SandboxTerminate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
-    service = _service(api)
+def SandboxTerminate(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    service = _service(api, body, caller)
     sb = service.get(body)
     if sb.function:
         raise InvalidError(
@@ -692,59 +713,59 @@ def SandboxTerminate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 
 
 @rpc
-async def SandboxWait(api: Api, body: dict[str, Any]) -> dict[str, Any]:
-    return (await _service(api).wait(body)).describe()
+async def SandboxWait(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    return (await _service(api, body, caller).wait(body)).describe()
 
 
 @rpc
-def SandboxExec(api: Api, body: dict[str, Any]) -> dict[str, Any]:
-    return {"exec_id": _service(api).exec(body)}
+def SandboxExec(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    return {"exec_id": _service(api, body, caller).exec(body)}
 
 
 @rpc
-async def SandboxExecRead(api: Api, body: dict[str, Any]) -> dict[str, Any]:
-    return await _service(api).read(body)
+async def SandboxExecRead(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    return await _service(api, body, caller).read(body)
 
 
 @rpc
-def SandboxExecWrite(api: Api, body: dict[str, Any]) -> dict[str, Any]:
-    _service(api).write(body)
+def SandboxExecWrite(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    _service(api, body, caller).write(body)
     return {}
 
 
 @rpc
-async def SandboxExecWait(api: Api, body: dict[str, Any]) -> dict[str, Any]:
-    return {"returncode": await _service(api).wait_exec(body)}
+async def SandboxExecWait(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    return {"returncode": await _service(api, body, caller).wait_exec(body)}
 
 
 @rpc
-def SandboxExecResize(api: Api, body: dict[str, Any]) -> dict[str, Any]:
-    _service(api).resize(body)
+def SandboxExecResize(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    _service(api, body, caller).resize(body)
     return {}
 
 
 @rpc
-async def SandboxWaitReady(api: Api, body: dict[str, Any]) -> dict[str, Any]:
-    return {"ready": await _service(api).wait_ready(body)}
+async def SandboxWaitReady(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    return {"ready": await _service(api, body, caller).wait_ready(body)}
 
 
 @rpc
-async def SandboxTunnels(api: Api, body: dict[str, Any]) -> dict[str, Any]:
-    return {"tunnels": await _service(api).tunnels(body)}
+async def SandboxTunnels(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    return {"tunnels": await _service(api, body, caller).tunnels(body)}
 
 
 @rpc
-async def SandboxSnapshot(api: Api, body: dict[str, Any]) -> dict[str, Any]:
-    return {"image": await _service(api).snapshot(body)}
+async def SandboxSnapshot(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    return {"image": await _service(api, body, caller).snapshot(body)}
 
 
 @rpc
-async def SandboxFile(api: Api, body: dict[str, Any]) -> dict[str, Any]:
-    return {"result": await _service(api).file(body)}
+async def SandboxFile(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    return {"result": await _service(api, body, caller).file(body)}
 
 
 @rpc
-def SandboxSetTags(api: Api, body: dict[str, Any]) -> dict[str, Any]:
-    sb = _service(api).get(body)
+def SandboxSetTags(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    sb = _service(api, body, caller).get(body)
     sb.tags = {str(k): str(v) for k, v in (body.get("tags") or {}).items()}
     return {}
