@@ -29,6 +29,7 @@ __version__ = "0.1.0"
 
 from . import exception
 from ._dict import Dict
+from ._interact import interact
 from ._queue import Queue
 from ._secret import Secret
 from ._tunnel import Tunnel, forward
@@ -71,6 +72,7 @@ __all__ = [
     "exit",
     "fastapi_endpoint",
     "forward",
+    "interact",
     "method",
     "parameter",
     "web_endpoint",

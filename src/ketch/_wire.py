@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import threading
 from typing import Any
 
 import msgpack
@@ -89,6 +90,7 @@ class BlockingChannel:
         self.sock = sock
         self._in = FrameBuffer()
         self._ready: list[dict[str, Any]] = []
+        self._writing = threading.Lock()  # frames from many threads never interleave
 
     def read(self) -> dict[str, Any]:
         while not self._ready:
@@ -105,8 +107,10 @@ class BlockingChannel:
 
     def write(self, *msgs: dict[str, Any]) -> None:
         """Send ``msgs`` in one write."""
+        data = b"".join(encode(msg) for msg in msgs)
         try:
-            self.sock.sendall(b"".join(encode(msg) for msg in msgs))
+            with self._writing:
+                self.sock.sendall(data)
         except OSError as exc:
             raise ChannelClosed(str(exc)) from exc
 

@@ -362,8 +362,13 @@ class _App:
 
     @_sync.context_manager
     @contextlib.asynccontextmanager
-    async def run(self, *, show_logs: bool = True) -> AsyncIterator[_App]:
+    async def run(
+        self, *, show_logs: bool = True, interactive: bool = False
+    ) -> AsyncIterator[_App]:
         """Run the app while the block lasts (an ephemeral app), streaming container logs.
+
+        ``interactive=True`` (``ketch run -i``): a ``breakpoint()`` or ``ketch.interact()``
+        in remote code gets this terminal, one container at a time.
 
         Example: ``with app.run(): square.remote(2)``
         """
@@ -378,15 +383,27 @@ class _App:
         app_id: str | None = None
         follower: _Follower | None = None
         beat: asyncio.Task[None] | None = None
+        attending: asyncio.Task[None] | None = None
+        envs = {tag: fn._spec.env for tag, fn in self._functions.items()}
+        if interactive:  # its containers open sessions (ketch.guest.interact)
+            for fn in self._functions.values():
+                fn._spec.env = {**fn._spec.env, "KETCH_INTERACTIVE": "1"}
         try:  # whatever fails (a build, a Secret, the connection), the app is not left running
             app_id, heartbeat_s = await self._create(deployed=False, name=None)
             client = await _Client.get()
             follower = _Follower(client, app_id) if show_logs else None
             beat = asyncio.create_task(_heartbeat(client, app_id, heartbeat_s))
+            if interactive:
+                from ._terminal import attend
+
+                attending = asyncio.create_task(attend(client, app_id))
             yield self
         finally:
-            if beat is not None:
-                beat.cancel()
+            for tag, env in envs.items():
+                self._functions[tag]._spec.env = env
+            for task in (beat, attending):
+                if task is not None:
+                    task.cancel()
             if app_id is not None:
                 with contextlib.suppress(Exception):
                     await (await _Client.get()).rpc("AppStop", {"app_id": app_id, "wait": 5.0})
@@ -741,7 +758,9 @@ if TYPE_CHECKING:
         ) -> Callable[[C], C]: ...
         def local_entrypoint(self, *, name: str | None = None) -> Callable[[F], F]: ...
         def include(self, other: App) -> App: ...
-        def run(self, *, show_logs: bool = True) -> _sync.BlockingContextManager[App]: ...
+        def run(
+            self, *, show_logs: bool = True, interactive: bool = False
+        ) -> _sync.BlockingContextManager[App]: ...
         @_sync.aio_method
         def deploy(self, /, *, name: str | None = None) -> App: ...
 

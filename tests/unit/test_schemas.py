@@ -91,6 +91,7 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
         {"sandbox_id": "sb-0123456789abcdef0123", "exec_id": "ex-1", "rows": 40, "cols": 120}
     ],
     "TunnelOpen": [{"port": 8000}],
+    "InteractNext": [{"app_id": APP, "timeout": 30.0}],
     "TunnelClose": [{"port": 8000}],
     "SandboxGet": [{"sandbox_id": "sb-0123456789abcdef0123"}, {"app_name": "a", "name": "n"}],
     "SandboxSetTags": [{"sandbox_id": "sb-0123456789abcdef0123", "tags": {"k": "v"}}],

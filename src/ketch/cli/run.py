@@ -109,8 +109,14 @@ def _call(fn: Any, kind: str, kwargs: dict[str, Any]) -> Any:
     is_flag=True,
     help="Accepted for Modal compatibility; the app stops when the run ends.",
 )
+@click.option(
+    "-i",
+    "--interactive",
+    is_flag=True,
+    help="A breakpoint() or ketch.interact() in remote code gets this terminal.",
+)
 @click.pass_context
-def run(ctx: click.Context, target: str, detach: bool) -> None:
+def run(ctx: click.Context, target: str, detach: bool, interactive: bool) -> None:
     """Run FILE's local entrypoint (or one function) on an ephemeral app.
 
     Example: ketch run app.py::main --n 3
@@ -131,7 +137,7 @@ def run(ctx: click.Context, target: str, detach: bool) -> None:
     if not isinstance(kwargs, dict):  # --help was shown
         return
     try:
-        with app.run():
+        with app.run(interactive=interactive):
             print_web_urls(app)
             result = _call(fn, kind, kwargs)
     except (KeyboardInterrupt, SystemExit, click.exceptions.Exit):

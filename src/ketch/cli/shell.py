@@ -14,111 +14,19 @@ window size follows this one's (``SIGWINCH``).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import shutil
-import signal
-import sys
-import termios
-import tty
 from typing import Any
 
 import click
 
 from .._client import _Client
 from .._sync import run_sync
+from .._terminal import Attached, raw_terminal, terminal_size
 from ..exception import Error
-from ..sandbox import _Sandbox, _StreamReader
+from ..sandbox import _Sandbox
 from ._util import import_file
 
 # bash where the image has it, else sh; a login-like shell in the image's workdir.
 SHELL = "if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi"
-
-
-def terminal_size() -> dict[str, int]:
-    cols, rows = shutil.get_terminal_size((80, 24))
-    return {"rows": rows, "cols": cols}
-
-
-class _Attached:
-    """This terminal, connected to a pty command: keys in as typed, output out, window size."""
-
-    def __init__(self, client: _Client, sandbox_id: str, exec_id: str) -> None:
-        self.client = client
-        self.ids = {"sandbox_id": sandbox_id, "exec_id": exec_id}
-        self.loop = asyncio.get_running_loop()
-        self.keys: asyncio.Queue[bytes] = asyncio.Queue()
-        self.stdin = sys.stdin.fileno()
-        self.tasks: set[asyncio.Task[Any]] = set()
-
-    def typed(self) -> None:
-        try:
-            data = os.read(self.stdin, 4096)
-        except OSError:
-            data = b""
-        if not data:
-            self.loop.remove_reader(self.stdin)
-        self.keys.put_nowait(data)
-
-    async def send_keys(self) -> None:
-        while True:
-            data = await self.keys.get()
-            while data and not self.keys.empty():  # what was typed meanwhile, in one request
-                more = self.keys.get_nowait()
-                data += more
-                if not more:
-                    break
-            body = {**self.ids, "data": data, "eof": not data}
-            await self.client.rpc("SandboxExecWrite", body)
-            if not data:
-                return
-
-    def resized(self) -> None:
-        task = self.loop.create_task(
-            self.client.rpc("SandboxExecResize", {**self.ids, **terminal_size()})
-        )
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def show_output(self) -> None:
-        out = _StreamReader(self.ids["sandbox_id"], self.ids["exec_id"], 1, text=False)
-        while chunk := await out._chunk():
-            os.write(sys.stdout.fileno(), chunk)
-
-    async def run(self) -> int:
-        """Until the command exits; its exit code."""
-        self.loop.add_reader(self.stdin, self.typed)
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            self.loop.add_signal_handler(signal.SIGWINCH, self.resized)
-        sender = self.loop.create_task(self.send_keys())
-        try:
-            await self.show_output()
-        finally:
-            sender.cancel()
-            self.loop.remove_reader(self.stdin)
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                self.loop.remove_signal_handler(signal.SIGWINCH)
-        while True:
-            body = {**self.ids, "timeout": 30}
-            reply = await self.client.rpc("SandboxExecWait", body, timeout=60)
-            if reply["returncode"] is not None:
-                return int(reply["returncode"])
-
-
-@contextlib.contextmanager
-def _raw_terminal() -> Any:
-    """This terminal in raw mode (keys as typed, no echo) while inside; as it was after."""
-    fd = sys.stdin.fileno()
-    if not os.isatty(fd):
-        yield
-        return
-    saved = termios.tcgetattr(fd)
-    try:
-        tty.setraw(fd)
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 def run_on_terminal(sandbox_id: str, argv: list[str]) -> int:
@@ -127,9 +35,9 @@ def run_on_terminal(sandbox_id: str, argv: list[str]) -> int:
     async def go() -> int:
         sb = _Sandbox(sandbox_id)
         process = await sb.exec(*argv, pty=terminal_size(), text=False)
-        return await _Attached(await _Client.get(), sandbox_id, process._exec_id).run()
+        return await Attached(await _Client.get(), sandbox_id, process._exec_id).run()
 
-    with _raw_terminal():
+    with raw_terminal():
         return run_sync(go())
 
 

@@ -31,6 +31,7 @@ from .._spec import FunctionSpec
 from .._traceback import user_frames
 from .._wire import BlockingChannel, ChannelClosed
 from ..exception import FunctionTimeoutError, InputCancellation, InvalidError
+from . import interact
 from .user_code import Service, build_service
 from .web import WebHost
 
@@ -87,7 +88,6 @@ class ContainerLoop:
         self.outbox_since = 0.0
         self.flush_soon = threading.Event()  # an output waits in the outbox (see _flusher)
         self.send_lock = threading.Lock()
-        self.agent: Any = None  # runs commands sent to this container, once one is
         self.out_lock = threading.Lock()
         self.running: dict[int, _Running] = {}
         self.cancelled: set[int] = set()
@@ -399,14 +399,11 @@ class ContainerLoop:
         elif msg.get("t") == "tunnel":
             _tunnel_connection(msg)
         elif msg.get("t") in AGENT_MESSAGES:
-            if self.agent is None:
-                from .sandbox import Agent
-
-                self.agent = Agent(self.chan, self.send_lock)
-            self.agent.handle(msg)
+            interact.agent().handle(msg)
 
     def serve(self) -> None:
         threads = self.start_threads()
+        interact.serving()
         if self.web is not None:
             self._serve_web(threads)
             return
@@ -504,8 +501,8 @@ class ContainerLoop:
                     asyncio.run(result)  # type: ignore[arg-type]
             except Exception:
                 traceback.print_exc()
-        if self.agent is not None:  # commands run in it go with it (in `local` too)
-            self.agent.stop()
+        if interact.started():  # commands run in it go with it (in `local` too)
+            interact.agent().stop()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
@@ -564,6 +561,7 @@ def main() -> None:
         }
     )
     init = chan.read()
+    interact.install(chan)
     spec = FunctionSpec.from_wire(init["spec"])
     os.environ["KETCH_APP_ID"] = init["app_id"]
     try:

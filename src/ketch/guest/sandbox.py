@@ -17,6 +17,7 @@ Messages (container channel, msgpack frames)::
          {"t": "kill", "id"}  {"t": "stop"}  {"t": "resize", "id", "rows", "cols"}
          {"t": "tunnel", "id", "port"}  {"t": "fs", "id", "op", "path", ...}
     out: {"t": "out", "id", "fd": 1|2, "data"}  {"t": "exit", "id", "code"}  {"t": "probe"}
+         {"t": "attach", "id"} (an interactive session, ketch.guest.interact)
 
 A command with ``pty`` (``{"rows", "cols"}``) runs on a new pseudo-terminal
 as its controlling terminal: its output (stdout and stderr together) comes as
@@ -144,6 +145,23 @@ class Agent:
         for reader in readers:
             reader.start()
         threading.Thread(target=self.reap, args=(exec_id, proc, readers), daemon=True).start()
+
+    def adopt(self, exec_id: str, terminal: int) -> None:
+        """Stream a terminal made in this process (an interactive session,
+        :mod:`ketch.guest.interact`) as command ``exec_id``: it ends when its other side
+        is closed."""
+        self.send({"t": "attach", "id": exec_id})
+        self.terminals[exec_id] = terminal
+        self.flowing[(exec_id, 1)] = threading.Event()
+        self.flowing[(exec_id, 1)].set()
+
+        def run() -> None:
+            self.pump(exec_id, terminal, 1)
+            self.terminals.pop(exec_id, None)
+            os.close(terminal)
+            self.send({"t": "exit", "id": exec_id, "code": 0})
+
+        threading.Thread(target=run, daemon=True).start()
 
     def pump(self, exec_id: str, stream: Any, fd: int) -> None:
         flowing = self.flowing[(exec_id, fd)]

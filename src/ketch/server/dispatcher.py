@@ -898,7 +898,7 @@ class Dispatcher:
 
     def container_message(self, container_id: str, msg: dict[str, Any]) -> None:
         handle = self.containers.get(container_id)
-        if handle is None or msg.get("t") in ("out", "exit", "fs"):  # a sandbox's, or commands'
+        if handle is None or msg.get("t") in ("out", "exit", "fs", "attach"):  # commands'
             if self.sandboxes is not None:
                 self.sandboxes.message(container_id, msg)
             return

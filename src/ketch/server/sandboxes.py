@@ -33,6 +33,7 @@ Example (the RPCs; the SDK wraps them)::
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -153,6 +154,9 @@ class SandboxService:
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.d = dispatcher
         self.sandboxes: dict[str, _Sandbox] = {}
+        # Interactive sessions (`ketch run -i`) waiting for their app's client, by app.
+        self.sessions: dict[str, collections.deque[tuple[str, str]]] = {}
+        self.session_opened: dict[str, asyncio.Event] = {}
 
     # -- lifetime ------------------------------------------------------------
     async def create(self, body: dict[str, Any], caller: Caller) -> _Sandbox:
@@ -353,7 +357,12 @@ class SandboxService:
 
     def message(self, sandbox_id: str, msg: dict[str, Any]) -> None:
         sb = self.sandboxes.get(sandbox_id)
+        if sb is None and msg.get("t") == "attach":
+            sb = self._function_container(sandbox_id)
         if sb is None:
+            return
+        if msg.get("t") == "attach":  # an interactive session (ketch.guest.interact)
+            self._session_opened(sb, str(msg.get("id")))
             return
         if msg.get("t") == "fs":
             waiting = sb.files.pop(str(msg.get("id")), None)
@@ -367,23 +376,25 @@ class SandboxService:
         if ex is None:
             return
         if msg.get("t") == "out" and msg.get("fd") in (1, 2) and isinstance(msg.get("data"), bytes):
-            fd = msg["fd"]
-            buf = ex.out[fd]
-            buf += msg["data"]
-            if len(buf) > HIGH_WATER and not ex.paused[fd]:
-                ex.paused[fd] = True
-                self._send(sb, {"t": "pause", "id": ex.id, "fd": fd})
-            if len(buf) > MAX_OUTPUT_BYTES:
-                cut = len(buf) - MAX_OUTPUT_BYTES
-                del buf[:cut]
-                ex.dropped[fd] += cut
-            ex.wake()
+            self._output(sb, ex, msg["fd"], msg["data"])
         elif msg.get("t") == "exit":
             ex.returncode = int(msg.get("code", -1))
             ex.wake()
             if ex.id == MAIN:
                 sb.returncode = ex.returncode
                 sb.reason = sb.reason or f"its command exited with code {ex.returncode}"
+
+    def _output(self, sb: _Sandbox, ex: _Exec, fd: int, data: bytes) -> None:
+        buf = ex.out[fd]
+        buf += data
+        if len(buf) > HIGH_WATER and not ex.paused[fd]:
+            ex.paused[fd] = True
+            self._send(sb, {"t": "pause", "id": ex.id, "fd": fd})
+        if len(buf) > MAX_OUTPUT_BYTES:
+            cut = len(buf) - MAX_OUTPUT_BYTES
+            del buf[:cut]
+            ex.dropped[fd] += cut
+        ex.wake()
 
     def exited(self, sandbox_id: str, reason: str) -> None:
         sb = self.sandboxes.get(sandbox_id)
@@ -602,6 +613,29 @@ class SandboxService:
         logger.info("sandbox %s snapshot: layer %s", sb.id, image.hash[:12])
         return image.to_wire()
 
+    def _session_opened(self, sb: _Sandbox, exec_id: str) -> None:
+        sb.execs[exec_id] = _Exec(exec_id)
+        self.sessions.setdefault(sb.app_id, collections.deque()).append((sb.id, exec_id))
+        self.session_opened.setdefault(sb.app_id, asyncio.Event()).set()
+
+    async def next_session(self, app_id: str, timeout: float) -> dict[str, str] | None:
+        """The app's oldest interactive session no client has taken (waits up to ``timeout``)."""
+        deadline = time.monotonic() + min(timeout, MAX_WAIT_S)
+        while True:
+            waiting = self.sessions.get(app_id)
+            while waiting:
+                container_id, exec_id = waiting.popleft()
+                sb = self.sandboxes.get(container_id)
+                if sb is not None and not sb.done.is_set():
+                    return {"container_id": container_id, "exec_id": exec_id}
+            opened = self.session_opened.setdefault(app_id, asyncio.Event())
+            opened.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(opened.wait(), left)
+
     async def wait_exec(self, body: dict[str, Any]) -> int | None:
         _, ex = self.exec_of(body)
         deadline = time.monotonic() + min(float(body.get("timeout", 0)), MAX_WAIT_S)
@@ -769,3 +803,12 @@ def SandboxSetTags(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, 
     sb = _service(api, body, caller).get(body)
     sb.tags = {str(k): str(v) for k, v in (body.get("tags") or {}).items()}
     return {}
+
+
+@rpc
+async def InteractNext(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    """The next interactive session of app ``app_id`` (``ketch run -i``), or none yet."""
+    service = _service(api, {}, caller)
+    app = api.resolve_app({"app_id": body["app_id"]})
+    timeout = float(body.get("timeout", 0))
+    return {"session": await service.next_session(app["id"], timeout)}

@@ -283,6 +283,11 @@ class SandboxFile(_Request):
     recursive: bool = False
 
 
+class InteractNext(_Request):
+    app_id: Id
+    timeout: Seconds = 0.0
+
+
 class TunnelOpen(_Request):
     port: Port
 
