@@ -82,8 +82,11 @@ NODE_GLOBAL = {
 ACCOUNTS = {"test_rootless.py", "test_e2e_rootless.py"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which turns the mark into the test's group
 def pytest_collection_modifyitems(config, items):
-    if not config.pluginmanager.hasplugin("xdist"):
+    # On an xdist worker (where tests are collected) the plugin is not registered as
+    # "xdist": ask whether tests are grouped at all instead.
+    if not (config.getoption("dist", "no") == "loadgroup" or hasattr(config, "workerinput")):
         return
     for item in items:
         name = item.path.name

@@ -29,6 +29,13 @@ from .sandbox import _StreamReader
 
 
 def terminal_size() -> dict[str, int]:
+    """This terminal's window size (the terminal's own, not ``$COLUMNS``/``$LINES``)."""
+    for stream in (sys.stdin, sys.stdout):
+        try:
+            cols, rows = os.get_terminal_size(stream.fileno())
+            return {"rows": rows, "cols": cols}
+        except (OSError, ValueError, AttributeError):
+            continue
     cols, rows = shutil.get_terminal_size((80, 24))
     return {"rows": rows, "cols": cols}
 

@@ -131,3 +131,37 @@ def test_secrets_example_in_sandboxes(boxed_env):
     boxed_env.cli("secret", "create", "example-api", "API_KEY=s3cr3t", "--force").check()
     run = boxed_env.run_example("secrets_example.py", timeout=180)
     assert run.value("secrets") == {"api_key_length": 6, "region": "eu-west", "debug": "1"}
+
+
+# -- the sandbox examples (issue 16) ---------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+def test_sandbox_code_interpreter_keeps_state_across_cells(boxed_env):
+    run = boxed_env.run_example("sandbox_code_interpreter.py", timeout=280)
+    value = run.value("code_interpreter")
+    assert value["outputs"] == ["", "28.27\n", "", "4 50.27\n"], run.proc.describe()
+    assert value["failed_cell"] == [True, True, False, True] and value["error_named"]
+
+
+@pytest.mark.timeout(300)
+def test_sandbox_pool_runs_jobs_across_sandboxes(boxed_env):
+    run = boxed_env.run_example("sandbox_pool.py", "--jobs", "8", timeout=280)
+    value = run.value("pool")
+    assert value["results"] == [f"{n} {sum(i * i for i in range(n))}" for n in range(1, 9)]
+    assert value["listed_all"] is True
+
+
+@pytest.mark.timeout(300)
+def test_sandbox_http_tunnel_serves_a_blocked_sandbox(boxed_env):
+    value = boxed_env.run_example("sandbox_http_tunnel.py", timeout=280).value("http_tunnel")
+    assert value == {"paths": ["/item/0", "/item/1", "/item/2"], "outbound_blocked": True}
+
+
+@pytest.mark.timeout(300)
+def test_sandbox_snapshot_reused_as_an_image(boxed_env):
+    value = boxed_env.run_example("sandbox_snapshot.py", timeout=280).value("snapshot")
+    assert value == {
+        "sandbox": "tool v1: hello\nconfigured by the first sandbox\n",
+        "function": "configured by the first sandbox\n",
+    }

@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
 SCRIPT = SHOW + textwrap.dedent(
     """
+    import os
     import sys
     import time
     import urllib.request
@@ -26,6 +27,7 @@ SCRIPT = SHOW + textwrap.dedent(
 
     app = ketch.App("sandbox-ports-e2e")
     HERE = sys.argv[1] if __name__ == "__main__" else ""
+    KETCH = os.path.join(os.path.dirname(sys.executable), "ketch")  # the venv's, off PATH in CI
 
 
     @app.function(secrets=[ketch.Secret.from_dict({"FN_SECRET": "fn-secret"})])
@@ -43,9 +45,9 @@ SCRIPT = SHOW + textwrap.dedent(
             def log_message(self, *args):
                 pass
 
-        server = socketserver.TCPServer(("127.0.0.1", 8765), Hello)
+        server = socketserver.TCPServer(("127.0.0.1", 0), Hello)  # a free port
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        with ketch.forward(8765) as tunnel:
+        with ketch.forward(server.server_address[1]) as tunnel:
             urls.put(tunnel.url)
             time.sleep(seconds)
         return "done"
@@ -66,7 +68,7 @@ SCRIPT = SHOW + textwrap.dedent(
         call = sleeper.spawn(8)
         ids = []
         for _ in range(300):
-            listed = subprocess.run(["ketch", "container", "list", "--app", app.name],
+            listed = subprocess.run([KETCH, "container", "list", "--app", app.name],
                                     capture_output=True, text=True).stdout
             ids = [line.split()[0] for line in listed.splitlines()[1:]
                    if "sleeper" in line and "running" in line]
@@ -75,10 +77,10 @@ SCRIPT = SHOW + textwrap.dedent(
             time.sleep(0.1)
         container_id = ids[0]
         time.sleep(1)  # its function has written the marker
-        done = subprocess.run(["ketch", "container", "exec", container_id,
+        done = subprocess.run([KETCH, "container", "exec", container_id,
                                "sh", "-c", "cat /tmp/marker; exit 4"],
                               capture_output=True, text=True, timeout=60)
-        child = pexpect.spawn("ketch", ["shell", container_id], encoding="utf-8", timeout=60)
+        child = pexpect.spawn(KETCH, ["shell", container_id], encoding="utf-8", timeout=60)
         child.expect(r"[#$] ")
         child.sendline("cat /tmp/marker")
         child.expect("inside-the-function")
@@ -224,7 +226,7 @@ SCRIPT = SHOW + textwrap.dedent(
     def shell_in_sandbox(sb):
         import pexpect  # here: the app's containers import this file
 
-        child = pexpect.spawn("ketch", ["shell", sb.object_id], encoding="utf-8", timeout=60,
+        child = pexpect.spawn(KETCH, ["shell", sb.object_id], encoding="utf-8", timeout=60,
                               dimensions=(33, 111))
         child.expect(r"[#$] ")
         child.sendline("stty size; echo marker-$((6*7))")
@@ -243,7 +245,7 @@ SCRIPT = SHOW + textwrap.dedent(
     def container_exec_pty(sb):
         import pexpect  # here: the app's containers import this file
 
-        child = pexpect.spawn("ketch", ["container", "exec", "--pty", sb.object_id, "python3", "-q"],
+        child = pexpect.spawn(KETCH, ["container", "exec", "--pty", sb.object_id, "python3", "-q"],
                               encoding="utf-8", timeout=60)
         child.expect(">>> ")
         child.sendline("print(6 * 7)")
@@ -257,7 +259,7 @@ SCRIPT = SHOW + textwrap.dedent(
     def shell_of_function():
         import pexpect  # here: the app's containers import this file
 
-        child = pexpect.spawn("ketch", ["shell", f"{HERE}::forwarded"], encoding="utf-8",
+        child = pexpect.spawn(KETCH, ["shell", f"{HERE}::forwarded"], encoding="utf-8",
                               timeout=120, cwd=HERE.rsplit("/", 1)[0])
         child.expect(r"[#$] ")
         child.sendline("echo secret=$FN_SECRET; ls /root")
@@ -355,3 +357,64 @@ def test_commands_and_a_shell_in_a_running_function_container(run):
         False,
         "slept",
     ]
+
+
+KILLED = textwrap.dedent(
+    """
+    import sys, time
+    import ketch
+
+    app = ketch.App("sandbox-kill9")
+    with app.run():
+        sb = ketch.Sandbox.create("sleep", "1000", app=app)
+        other = ketch.Sandbox.create(app=app, encrypted_ports=[8000])
+        p = other.exec("sh", "-c", "trap '' TERM; echo ready; sleep 1000")
+        print("READY", sb.object_id, p.stdout.lines().__next__().strip(), flush=True)
+        time.sleep(600)
+    """
+)
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_control_plane_leaves_no_sandbox_behind(tmp_path):
+    """kill -9 of the control plane: every process of its sandboxes goes with it (bubblewrap's
+    --die-with-parent), even a command that ignores SIGTERM; none is left orphaned."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from ketch_testing import KetchEnv, _descendants, _proc_table, wait_until
+
+    from ketch.worker import isolate
+
+    if not isolate.support().ok:
+        pytest.skip(f"the sandbox runtime cannot run here: {isolate.support().reason}")
+    home = Path(tempfile.mkdtemp(prefix="ketch-e2e-kill9-", dir="/tmp"))
+    env = KetchEnv(home, runtime="sandbox")
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED)
+    run = None
+    try:
+        run = subprocess.Popen(
+            [sys.executable, str(script)], env=env.env, stdout=subprocess.PIPE, text=True
+        )
+        line = run.stdout.readline()
+        assert line.startswith("READY"), line
+        server = env.server_pid()
+        sandboxed = _descendants(server, _proc_table())
+        assert len(sandboxed) >= 4  # two bubblewraps, their agents, the commands
+        os.kill(server, signal.SIGKILL)
+        assert wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in sandboxed), 30), [
+            p for p in sandboxed if os.path.exists(f"/proc/{p}")
+        ]
+    finally:
+        if run is not None:
+            run.kill()
+            run.wait()
+            run.stdout.close()
+        env.close()
+        shutil.rmtree(home, ignore_errors=True)

@@ -120,6 +120,13 @@ def attack(victim: dict, home: str) -> dict:
                 out[f"{name}_{method}"] = "allowed"
             except Exception as exc:
                 out[f"{name}_{method}"] = type(exc).__name__
+    try:  # a named Secret its function was not given, through a sandbox it would read it in
+        secret = [{"name": "sec-victim-secret", "id": ""}]
+        rpc("SandboxCreate", {"app_id": app.app_id, "spec": {
+            "tag": "s", "module_name": "", "qualname": "s", "secrets": secret}})
+        out["secret_in_a_sandbox"] = "allowed"
+    except Exception as exc:
+        out["secret_in_a_sandbox"] = type(exc).__name__
     out["victims_sandbox_listed"] = victim["sandbox_id"] in [
         s.object_id for s in ketch.Sandbox.list()]
     out["owner_token_reachable"] = os.path.exists(os.path.join(home, "token"))
@@ -148,6 +155,7 @@ def main(home: str):
 def test_a_container_cannot_act_as_the_owner(sandbox_env, workdir: Path):
     (workdir / "victim.py").write_text(textwrap.dedent(VICTIM))
     (workdir / "attacker.py").write_text(textwrap.dedent(ATTACKER))
+    sandbox_env.cli("secret", "create", "sec-victim-secret", "PASSWORD=hunter2").check()
     victim = sandbox_env.popen("run", workdir / "victim.py")
     try:
         run = sandbox_env.cli(
@@ -160,12 +168,14 @@ def test_a_container_cannot_act_as_the_owner(sandbox_env, workdir: Path):
     finally:
         victim.proc.kill()
     unseen = {k: v for k, v in result.items() if k.startswith(("victims_", "own_function_"))}
-    kept = ("owner_token_reachable", "own_call", "dict", "own_sandbox", *unseen)
+    kept = ("owner_token_reachable", "own_call", "dict", "own_sandbox", "secret_in_a_sandbox")
+    kept = (*kept, *unseen)
     denied = {k: v for k, v in result.items() if k not in kept}
     assert denied and all(v == "denied" for v in denied.values()), json.dumps(result, indent=1)
     assert len(unseen) == 9 and result.pop("victims_sandbox_listed") is False
     assert all(v == "NotFoundError" for k, v in unseen.items() if k != "victims_sandbox_listed")
     assert result["own_sandbox"] == "mine\n"  # its own app's sandboxes work
+    assert result["secret_in_a_sandbox"] == "PermissionDeniedError"
     assert result["owner_token_reachable"] is False
     assert result["own_call"] == 2 and result["dict"] is True
     # The victim app was neither stopped nor disturbed.

@@ -164,6 +164,7 @@ class SandboxService:
         if app is None or app["state"] != "running":
             raise NotFoundError(f"app {body['app_id']!r} is not running")
         spec = self._spec(body, app, caller)
+        self.check_secrets(caller, spec.secrets)
         if spec.gpu and (problem := self.d.gpus.check(spec.gpu)):
             raise ResourceUnavailableError(f"sandbox: {problem}")
         timeout = float(body.get("timeout") or DEFAULT_TIMEOUT_S)
@@ -212,6 +213,21 @@ class SandboxService:
             sb.idle_timeout = float(body["idle_timeout"])
             self._check_idle(sb.id)
         return sb
+
+    def check_secrets(self, caller: Caller, entries: list[dict[str, Any]]) -> None:
+        """A container gives its sandboxes only Secrets its own function has: it could read
+        any other's values from the sandbox (named Secrets are found by name)."""
+        if caller.role != "container" or not entries:
+            return
+        handle = self.d.containers.get(caller.container_id or "")
+        info = self.d.pool_info.get(handle.pool_key) if handle is not None else None
+        own = info.spec.secrets if info is not None else []
+        for entry in entries:
+            if entry not in own:
+                name = entry.get("name") or "an inline Secret"
+                raise PermissionDeniedError(
+                    f"a container may give a sandbox only its own function's Secrets, not {name!r}"
+                )
 
     def _check(self, body: dict[str, Any], app: dict[str, Any], timeout: float) -> None:
         if not 0 < timeout <= MAX_TIMEOUT_S:
@@ -753,7 +769,9 @@ async def SandboxWait(api: Api, body: dict[str, Any], caller: Caller) -> dict[st
 
 @rpc
 def SandboxExec(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
-    return {"exec_id": _service(api, body, caller).exec(body)}
+    service = _service(api, body, caller)
+    service.check_secrets(caller, list(body.get("secrets") or []))
+    return {"exec_id": service.exec(body)}
 
 
 @rpc
