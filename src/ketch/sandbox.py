@@ -31,6 +31,7 @@ from typing import Any
 
 from . import _sync
 from ._client import _Client
+from ._config import in_container
 from ._secret import check_secrets
 from ._spec import FunctionSpec, build_options
 from ._tunnel import Tunnel
@@ -383,10 +384,24 @@ class _Sandbox:
         unencrypted_ports: Sequence[int] = (),
         h2_ports: Sequence[int] = (),
         pty: bool = False,
+        outbound_cidr_allowlist: Sequence[str] | None = None,
+        cidr_allowlist: Sequence[str] | None = None,
+        outbound_domain_allowlist: Sequence[str] | None = None,
+        inbound_cidr_allowlist: Sequence[str] | None = None,
+        verbose: bool = False,
+        cloud: str | None = None,
+        region: str | Sequence[str] | None = None,
+        environment_name: str | None = None,
+        client: Any = None,
         **unknown: Any,
     ) -> _Sandbox:
         """Start a sandbox of ``image`` in ``app`` (a running app: inside ``app.run()``, or
-        deployed); with ``cmd`` it runs that command and ends when it exits."""
+        deployed; inside a function, its own app by default); with ``cmd`` it runs that
+        command and ends when it exits.
+
+        ``verbose``, ``cloud``, ``region``, ``environment_name`` and ``client`` are
+        accepted for Modal's sake and change nothing on one node. The network allowlists
+        are refused: ketch cannot filter a sandbox's traffic by destination yet."""
         from .app import (
             _build_images,
             _check_image,
@@ -398,7 +413,20 @@ class _Sandbox:
 
         if unknown:
             raise InvalidError(f"Sandbox.create() does not take {', '.join(sorted(unknown))}")
+        allowlists = {
+            "outbound_cidr_allowlist": outbound_cidr_allowlist,
+            "cidr_allowlist": cidr_allowlist,
+            "outbound_domain_allowlist": outbound_domain_allowlist,
+            "inbound_cidr_allowlist": inbound_cidr_allowlist,
+        }
+        if given := [name for name, value in allowlists.items() if value is not None]:
+            raise InvalidError(
+                f"Sandbox.create({given[0]}=...): ketch cannot filter a sandbox's network by "
+                "address yet; use block_network=True (no network at all) or leave it open"
+            )
         app_id = getattr(app, "app_id", None)
+        if app is None and in_container():  # inside a function: its own app, as in Modal
+            app_id = os.environ.get("KETCH_APP_ID")
         if not app_id:
             raise InvalidError(
                 "Sandbox.create needs app= a running app: call it inside `with app.run():`"
@@ -610,6 +638,10 @@ class _Sandbox:
         elif mode.startswith("r"):
             await f._load()
         return f
+
+    def detach(self) -> None:
+        """Let go of the sandbox without stopping it (Modal's; ketch's client holds no
+        connection per sandbox, so there is nothing to close)."""
 
     async def terminate(self) -> None:
         """Stop the sandbox and every command in it."""

@@ -54,6 +54,16 @@ SCRIPT = SHOW + textwrap.dedent(
 
 
     @app.function()
+    def sandbox_from_a_function():
+        sb = ketch.Sandbox.create()  # no app=: the function's own, as in Modal
+        out = sb.exec("echo", "made-in-a-function").stdout.read()
+        listed = [s.object_id for s in ketch.Sandbox.list()]
+        sb.terminate()
+        sb.detach()
+        return [out, sb.object_id in listed]
+
+
+    @app.function()
     def sleeper(seconds):
         open("/tmp/marker", "w").write("inside-the-function")
         time.sleep(seconds)
@@ -285,6 +295,9 @@ SCRIPT = SHOW + textwrap.dedent(
             show("snapshot_fn", snapshot_for_functions)
             show("forward", forward_in_a_function)
             show("bad_ports", bad_ports)
+            show("allowlist", lambda: ketch.Sandbox.create(
+                app=app, outbound_cidr_allowlist=["10.0.0.0/8"]))
+            show("from_a_function", sandbox_from_a_function.remote)
             show("shell_sb", lambda: shell_in_sandbox(sb))
             show("exec_pty", lambda: container_exec_pty(sb))
             show("function_container", into_a_function_container)
@@ -315,6 +328,11 @@ def test_a_readiness_probe_and_a_tunnel_reach_a_server_in_a_sandbox(run):
     assert probe[:2] == ["TimeoutError", "ready"]
     assert probe[2].startswith("InvalidError: sandbox") and "no readiness probe" in probe[2]
     assert "between 1 and 65535" in run.error("bad_ports")
+
+
+def test_functions_make_sandboxes_of_their_own_app_and_allowlists_are_refused(run):
+    assert run.value("from_a_function") == ["made-in-a-function\n", True]
+    assert "cannot filter a sandbox's network by address" in run.error("allowlist")
 
 
 def test_forward_exposes_a_port_of_a_function_while_its_block_runs(run):
