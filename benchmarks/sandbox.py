@@ -18,7 +18,11 @@ Rows:
   until its output is read (a new container each time; the image is cached);
 * exec round trip: ``exec("true").wait()`` in a warm sandbox;
 * pool: 20 sandboxes created at once (threads), until each answered an echo;
-* stdout throughput: ``head -c 256M /dev/zero`` read whole through ``stdout.read()``.
+* stdout throughput: ``head -c 256M /dev/zero`` read whole through ``stdout.read()``;
+* tunnel: a TCP echo server in a ``block_network`` sandbox reached through its
+  tunnel (``encrypted_ports``), beside the same server run on the host and
+  reached directly over loopback: a 1-byte round trip on an open connection,
+  a new connection's first round trip, and 256 MiB sent by the server.
 
 Targets (issue 16, 2-core machine): create -> first output <= 150 ms p50, exec
 round trip <= 5 ms p50, stdout >= 200 MiB/s.
@@ -43,9 +47,63 @@ import _harness as h  # noqa: E402
 log = h.logger("sandbox")
 
 MEASURE = r"""
-import json, sys, time
+import json, socket, subprocess, sys, time
 from concurrent.futures import ThreadPoolExecutor
 import ketch
+
+ECHO = '''
+import socket, sys, threading
+s = socket.socket()
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(64)
+print(s.getsockname()[1], flush=True)
+def serve(c):
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    first = c.recv(1)
+    if first == b"B":
+        c.sendall(b"x" * (256 << 20))
+        c.close()
+        return
+    c.sendall(first)
+    while (d := c.recv(65536)):
+        c.sendall(d)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+'''
+
+
+def through(host, port, n):
+    c = socket.create_connection((host, port))
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    c.sendall(b"e")
+    assert c.recv(1) == b"e"
+    rtt = []
+    for _ in range(n * 10):
+        t0 = time.perf_counter()
+        c.sendall(b"a")
+        assert c.recv(1) == b"a"
+        rtt.append(time.perf_counter() - t0)
+    c.close()
+    fresh = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        c = socket.create_connection((host, port))
+        c.sendall(b"e")
+        assert c.recv(1) == b"e"
+        fresh.append(time.perf_counter() - t0)
+        c.close()
+    c = socket.create_connection((host, port))
+    t0 = time.perf_counter()
+    c.sendall(b"B")
+    got = 0
+    while (chunk := c.recv(1 << 20)):
+        got += len(chunk)
+    assert got == 256 << 20
+    mib_s = 256 / (time.perf_counter() - t0)
+    c.close()
+    return {"rtt": rtt, "connect": fresh, "mib_s": [mib_s]}
+
 
 n = int(sys.argv[1])
 app = ketch.App("bench-sandbox")
@@ -80,6 +138,19 @@ with app.run():
     out["throughput_mib_s"] = [len(data) / (1 << 20) / (time.perf_counter() - t0)]
     assert len(data) == size
     warm.terminate()
+    served = ketch.Sandbox.create(
+        "python3", "-c", ECHO, "9000", app=app, block_network=True,
+        encrypted_ports=[9000], readiness_probe=ketch.Probe.with_tcp(9000),
+    )
+    served.wait_until_ready(timeout=60)
+    tunnel = served.tunnels()[9000]
+    out["tunnel"] = through(tunnel.host, tunnel.port, n)
+    served.terminate()
+host = subprocess.Popen([sys.executable, "-c", ECHO, "0"], stdout=subprocess.PIPE, text=True)
+out["direct"] = through("127.0.0.1", int(host.stdout.readline()), n)
+host.kill()
+host.wait()
+host.stdout.close()
 print("SANDBOX " + json.dumps(out))
 """
 
@@ -106,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     n = 5 if args.quick else 20
     home = Path(tempfile.mkdtemp(prefix="ketch-bench-sbx-", dir="/tmp"))
-    env = {**h.ketch_env(home), "KETCH_RUNTIME": "sandbox"}
+    # 22 sandboxes at once at most (the pool, the warm one, the tunnel one): over the
+    # default node cap of 4 x CPUs on a 2-core machine.
+    env = {**h.ketch_env(home), "KETCH_RUNTIME": "sandbox", "KETCH_MAX_CONTAINERS_PER_NODE": "32"}
     started = time.perf_counter()
     try:
         log(f"ketch: {n} creates, exec round trips, a pool of 20, 256 MiB of stdout")
@@ -138,6 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"| ketch: stdout throughput, MiB/s (256 MiB) | {result['throughput_mib_s'][0]:,.0f} | — | 1 |"
     )
+    tunnel, direct = result["tunnel"], result["direct"]
+    print(_row("ketch tunnel: 1-byte round trip, open connection", tunnel["rtt"]))
+    print(_row("host loopback: 1-byte round trip, open connection", direct["rtt"]))
+    print(_row("ketch tunnel: new connection's first round trip", tunnel["connect"]))
+    print(_row("host loopback: new connection's first round trip", direct["connect"]))
+    for name, got in (("ketch tunnel", tunnel), ("host loopback", direct)):
+        print(f"| {name}: 256 MiB from the server, MiB/s | {got['mib_s'][0]:,.0f} | — | 1 |")
     return 0
 
 
