@@ -400,8 +400,9 @@ class _Sandbox:
         command and ends when it exits.
 
         ``verbose``, ``cloud``, ``region``, ``environment_name`` and ``client`` are
-        accepted for Modal's sake and change nothing on one node. The network allowlists
-        are refused: ketch cannot filter a sandbox's traffic by destination yet."""
+        accepted for Modal's sake and change nothing on one node. ``outbound_cidr_allowlist``
+        gives the sandbox a network of its own with a way out to those networks only;
+        domain and inbound allowlists are refused."""
         from .app import (
             _build_images,
             _check_image,
@@ -413,16 +414,23 @@ class _Sandbox:
 
         if unknown:
             raise InvalidError(f"Sandbox.create() does not take {', '.join(sorted(unknown))}")
-        allowlists = {
-            "outbound_cidr_allowlist": outbound_cidr_allowlist,
-            "cidr_allowlist": cidr_allowlist,
+        refused = {
             "outbound_domain_allowlist": outbound_domain_allowlist,
             "inbound_cidr_allowlist": inbound_cidr_allowlist,
         }
-        if given := [name for name, value in allowlists.items() if value is not None]:
+        if given := [name for name, value in refused.items() if value is not None]:
             raise InvalidError(
-                f"Sandbox.create({given[0]}=...): ketch cannot filter a sandbox's network by "
-                "address yet; use block_network=True (no network at all) or leave it open"
+                f"Sandbox.create({given[0]}=...): ketch does not filter a sandbox's network by "
+                "domain or source yet; outbound_cidr_allowlist= allows destinations by address"
+            )
+        allowlist = (
+            outbound_cidr_allowlist if outbound_cidr_allowlist is not None else cidr_allowlist
+        )
+        if allowlist is not None and (
+            isinstance(allowlist, str) or not all(isinstance(n, str) for n in allowlist)
+        ):
+            raise InvalidError(
+                "outbound_cidr_allowlist must be a list of networks like '10.0.0.0/8'"
             )
         app_id = getattr(app, "app_id", None)
         if app is None and in_container():  # inside a function: its own app, as in Modal
@@ -458,6 +466,7 @@ class _Sandbox:
             "probe": readiness_probe._wire() if readiness_probe else None,
             "ports": ports,
             "pty": bool(pty),
+            "allowlist": list(allowlist) if allowlist is not None else None,
         }
         reply = await client.rpc("SandboxCreate", body, timeout=3600)
         return _Sandbox(reply["sandbox_id"])

@@ -224,6 +224,66 @@ SCRIPT = SHOW + textwrap.dedent(
         return [body, done, after]
 
 
+    def error_of(fn):
+        try:
+            fn()
+            return "no error"
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+
+    def allowlist():
+        import socket
+        import threading
+
+        host = socket.socket()
+        host.bind(("127.0.0.1", 0))  # on this machine's loopback: 10.0.2.2 from a sandbox
+        host.listen(8)
+
+        def answer():
+            while True:
+                try:
+                    conn, _ = host.accept()
+                except OSError:
+                    return
+                conn.sendall(b"hello-host")
+                conn.close()
+
+        threading.Thread(target=answer, daemon=True).start()
+        probe = (
+            "import socket\\n"
+            "try:\\n"
+            f"    s = socket.create_connection(('10.0.2.2', {host.getsockname()[1]}), timeout=5)\\n"
+            "    print(s.recv(20).decode())\\n"
+            "except OSError as e:\\n"
+            "    print('refused', type(e).__name__)\\n"
+        )
+        # No CAP_NET_ADMIN inside: its interface (and so its firewall) cannot be touched.
+        admin = (
+            "import fcntl, socket, struct\\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\\n"
+            "try:\\n"
+            "    fcntl.ioctl(s, 0x8914, struct.pack('16sH22x', b'tap0', 0))\\n"
+            "    print('interface down')\\n"
+            "except PermissionError:\\n"
+            "    print('EPERM')\\n"
+        )
+        allowed = ketch.Sandbox.create(app=app, outbound_cidr_allowlist=["10.0.2.2/32"])
+        other = ketch.Sandbox.create(app=app, outbound_cidr_allowlist=["192.0.2.0/24"])
+        try:
+            return [
+                allowed.exec("python3", "-c", probe).stdout.read().strip(),
+                other.exec("python3", "-c", probe).stdout.read().strip(),
+                allowed.exec("python3", "-c", admin).stdout.read().strip(),
+                allowed.exec("python3", "-c", probe).stdout.read().strip(),
+                allowed.exec("cat", "/etc/resolv.conf").stdout.read(),
+            ]
+        finally:
+            allowed.terminate()
+            other.terminate()
+            host.close()
+
+
     def forward_outside():
         with ketch.forward(8000):
             return "no error"
@@ -295,8 +355,15 @@ SCRIPT = SHOW + textwrap.dedent(
             show("snapshot_fn", snapshot_for_functions)
             show("forward", forward_in_a_function)
             show("bad_ports", bad_ports)
-            show("allowlist", lambda: ketch.Sandbox.create(
-                app=app, outbound_cidr_allowlist=["10.0.0.0/8"]))
+            show("allowlist", allowlist)
+            show("allowlist_bad", lambda: [
+                error_of(lambda: ketch.Sandbox.create(app=app, outbound_cidr_allowlist=["nope"])),
+                error_of(lambda: ketch.Sandbox.create(
+                    app=app, outbound_cidr_allowlist=["10.0.0.0/8"], block_network=True)),
+                error_of(lambda: ketch.Sandbox.create(app=app, outbound_cidr_allowlist=["::1/128"])),
+                error_of(lambda: ketch.Sandbox.create(
+                    app=app, outbound_domain_allowlist=["example.com"])),
+            ])
             show("from_a_function", sandbox_from_a_function.remote)
             show("shell_sb", lambda: shell_in_sandbox(sb))
             show("exec_pty", lambda: container_exec_pty(sb))
@@ -330,9 +397,21 @@ def test_a_readiness_probe_and_a_tunnel_reach_a_server_in_a_sandbox(run):
     assert "between 1 and 65535" in run.error("bad_ports")
 
 
-def test_functions_make_sandboxes_of_their_own_app_and_allowlists_are_refused(run):
+def test_functions_make_sandboxes_of_their_own_app_and_outbound_allowlists_hold(run):
     assert run.value("from_a_function") == ["made-in-a-function\n", True]
-    assert "cannot filter a sandbox's network by address" in run.error("allowlist")
+    # Allowed: the host (10.0.2.2); not allowed: refused; the firewall holds against root inside.
+    assert run.value("allowlist") == [
+        "hello-host",
+        "refused ConnectionRefusedError",
+        "EPERM",
+        "hello-host",
+        "nameserver 10.0.2.3\n",
+    ]
+    bad = run.value("allowlist_bad")
+    assert bad[0].startswith("InvalidError") and "is not a network like" in bad[0]
+    assert bad[1].startswith("InvalidError") and "cannot be used with block_network" in bad[1]
+    assert bad[2].startswith("InvalidError") and "IPv6" in bad[2]
+    assert bad[3].startswith("InvalidError") and "by domain or source" in bad[3]
 
 
 def test_forward_exposes_a_port_of_a_function_while_its_block_runs(run):

@@ -60,7 +60,7 @@ from ..exception import (
     SandboxFilesystemPermissionError,
 )
 from ..images.layers import remove_tree
-from ..worker import gpus
+from ..worker import egress, gpus
 from . import auth, secret_store
 from .rpc import rpc
 from .tunnels import MAX_PORTS
@@ -165,6 +165,12 @@ class SandboxService:
             raise NotFoundError(f"app {body['app_id']!r} is not running")
         spec = self._spec(body, app, caller)
         self.check_secrets(caller, spec.secrets)
+        networks = None
+        if body.get("allowlist") is not None:  # its own network namespace, a way out to these
+            if spec.block_network:
+                raise InvalidError("outbound_cidr_allowlist cannot be used with block_network=True")
+            networks = egress.check_networks(list(body["allowlist"]))
+            spec = dataclasses.replace(spec, block_network=True)
         if spec.gpu and (problem := self.d.gpus.check(spec.gpu)):
             raise ResourceUnavailableError(f"sandbox: {problem}")
         timeout = float(body.get("timeout") or DEFAULT_TIMEOUT_S)
@@ -183,18 +189,13 @@ class SandboxService:
         cmd = [str(a) for a in body.get("cmd") or []]
         if cmd:
             sb.execs[MAIN] = _Exec(MAIN)
-            sb.pending.append(
-                {
-                    "t": "exec",
-                    "id": MAIN,
-                    "argv": cmd,
-                    "workdir": body.get("workdir"),
-                    "env": {},
-                    "pty": body.get("pty") or None,
-                }
-            )
         try:
             await self._start(sb)
+            if networks is not None:  # before its main command: its way out is ready
+                await self._allow_egress(sb, networks)
+            if cmd:
+                main: dict[str, Any] = {"argv": cmd, "workdir": body.get("workdir"), "env": {}}
+                self._send(sb, {"t": "exec", "id": MAIN, **main, "pty": body.get("pty") or None})
             for port in sb.ports:
                 await self.d.tunnels.open(sb.id, port, functools.partial(self._send, sb))
         except BaseException:
@@ -228,6 +229,23 @@ class SandboxService:
                 raise PermissionDeniedError(
                     f"a container may give a sandbox only its own function's Secrets, not {name!r}"
                 )
+
+    async def _allow_egress(self, sb: _Sandbox, networks: list[str]) -> None:
+        """A way out to ``networks`` only (:mod:`ketch.worker.egress`), and a resolver."""
+        allow = getattr(self.d.worker, "allow_egress", None)
+        if allow is None:
+            raise InvalidError(
+                "outbound_cidr_allowlist needs the sandbox runtime (this control plane runs "
+                f"{self.d.worker.name!r}, whose containers share the host's network)"
+            )
+        try:
+            await allow(sb.id, networks)
+        except RuntimeError as exc:  # this machine lacks something: say what
+            raise InvalidError(f"outbound_cidr_allowlist: {exc}") from None
+        resolver = f"nameserver {egress.DNS}\n".encode()
+        await self.file(
+            {"sandbox_id": sb.id, "op": "write", "path": "/etc/resolv.conf", "data": resolver}
+        )
 
     def _check(self, body: dict[str, Any], app: dict[str, Any], timeout: float) -> None:
         if not 0 < timeout <= MAX_TIMEOUT_S:

@@ -192,6 +192,9 @@ class SandboxCreate(_Request):
     ports: list[Port] = []
     pty: bool = False
     function_id: Id | None = None  # `ketch shell FILE::function`: that function's container
+    allowlist: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=64)] | None = (
+        None
+    )
 
 
 class SandboxGet(_Request):

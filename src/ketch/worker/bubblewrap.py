@@ -57,7 +57,7 @@ from ..exception import NotFoundError
 from ..images.builder import Builder, BuiltImage
 from ..images.bundle import DEPS_MOUNT_POINT, MOUNT_POINT
 from ..images.layers import remove_tree
-from . import cgroups, gpus, isolate, rootless, scratch, userns
+from . import cgroups, egress, gpus, isolate, rootless, scratch, userns
 from .local import (
     ExitSink,
     LogSink,
@@ -110,6 +110,7 @@ class _Container:
     disk_mib: int = 0
     stage: Staging | None = None  # its idmapped root and binds, with a user namespace
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    egress: asyncio.subprocess.Process | None = None  # its way out (outbound_cidr_allowlist)
 
     def host(self, path: str | Path, writable: bool = False) -> Path:
         """A host path to bind in: as it is, or idmapped where the namespace's root reaches it."""
@@ -469,6 +470,9 @@ class BubblewrapWorker:
         self._on_exit(container.container_id, reason)
 
     async def _teardown(self, container: _Container) -> None:
+        if container.egress is not None and container.egress.returncode is None:
+            container.egress.kill()
+            await container.egress.wait()
         if container.cgroup is not None:
             container.cgroup.remove()
         self.gpus.release(container.container_id)
@@ -479,6 +483,14 @@ class BubblewrapWorker:
         if container.disk is not None and self.disks is not None:
             await self.disks.release(container.disk)
         await asyncio.get_running_loop().run_in_executor(None, remove_tree, container.dir)
+
+    async def allow_egress(self, container_id: str, networks: Sequence[str]) -> None:
+        """Give a container with its own network namespace a way out to ``networks`` only
+        (:mod:`ketch.worker.egress`); it goes with the container."""
+        container = self._containers.get(container_id)
+        if container is None or not container.pid:
+            raise NotFoundError(f"container {container_id} is not running")
+        container.egress = await egress.allow(container.pid, networks)
 
     async def snapshot(self, container_id: str, dest: Path) -> None:
         """Copy what the container has written (its writable layer, in overlayfs form:
