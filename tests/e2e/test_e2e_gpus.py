@@ -53,8 +53,21 @@ APP = SHOW + textwrap.dedent(
     def impossible() -> str:
         return "ran"
 
+    def sandbox_gpus():
+        sb = ketch.Sandbox.create(app=app, gpu="H100")
+        seen = sb.exec("sh", "-c", "echo $CUDA_VISIBLE_DEVICES").stdout.read().strip()
+        try:
+            ketch.Sandbox.create(app=app, gpu="H100")
+            second = "created"
+        except Exception as exc:
+            second = type(exc).__name__
+        sb.terminate()
+        sb.wait(raise_on_termination=False)
+        return [seen, second]
+
     @app.local_entrypoint()
     def main():
+        show("sandbox", sandbox_gpus)  # first: no function container holds the GPU yet
         show("impossible", lambda: impossible.remote())
         calls = [hold_a.spawn(1.5), hold_b.spawn(1.5)]
         show("exclusive", lambda: [c.get() for c in calls])
@@ -89,6 +102,11 @@ def test_status_lists_the_gpus(fake_gpu_run):
 
 
 @pytest.mark.timeout(180)
+def test_a_sandbox_owns_its_gpu_as_a_container_does(fake_gpu_run):
+    run, _, _ = fake_gpu_run
+    assert run.value("sandbox") == ["0", "ResourceUnavailableError"]
+
+
 def test_a_type_no_node_offers_fails_at_once(fake_gpu_run):
     run, _, _ = fake_gpu_run
     error = run.error("impossible")
