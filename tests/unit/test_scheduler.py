@@ -964,3 +964,53 @@ def test_retry_counts_are_forgotten_once_an_input_is_done():
     pool.container_outputs("c1", [(3, "failure", 0.1)], 8.0)
     pool.stop_all()
     assert pool.failures == {}
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("policy", [{}, {"max_inputs": 4}, {"batch_size": 3, "max_containers": 5}])
+def test_kept_counts_match_a_recount_through_random_events(seed: int, policy: dict):
+    """The pool keeps its live/ready/running counts and its load heap as containers change
+    (so an event costs the same in a pool of 10,000 containers); after every event of a
+    random history they equal a recount. (Which container gets which input is checked by
+    the exact-action tests above, unchanged.)"""
+    import random
+
+    rng = random.Random(seed)
+    pool = make_pool(scaledown_window=5.0, **policy)
+    slots = pool.policy.slots
+    next_input = itertools.count(1)
+    now = 0.0
+    for _ in range(400):
+        now += rng.random()
+        live = pool._live()
+        event = rng.choice(["enqueue", "ready", "outputs", "exit", "cancel", "tick", "retire"])
+        starting = [c for c in live if c.status == "starting"]
+        busy = [c for c in pool.containers.values() if c.assigned]
+        if event == "enqueue":
+            actions = pool.enqueue([next(next_input) for _ in range(rng.randint(1, 6))], now)
+        elif event == "ready" and starting:
+            actions = pool.container_ready(rng.choice(starting).container_id, now)
+        elif event == "outputs" and busy:
+            c = rng.choice(busy)
+            done = c.assigned[: rng.randint(1, len(c.assigned))]
+            outcome = rng.choice(["success", "success", "failure"])
+            actions = pool.container_outputs(c.container_id, [(i, outcome, 0.5) for i in done], now)
+        elif event == "exit" and pool.containers:
+            actions = pool.container_exited(rng.choice(list(pool.containers)), now, "gone")
+        elif event == "cancel" and busy:
+            actions = pool.cancel(rng.choice(busy).assigned[:1], now)
+        elif event == "retire" and rng.random() < 0.05:
+            actions = pool.retire(now)
+        else:
+            actions = pool.tick(now)
+        for action in actions:  # a stopped container goes, as the dispatcher reports
+            if isinstance(action, StopContainer) and rng.random() < 0.5:
+                pool.container_exited(action.container_id, now, "stopped")
+        live = pool._live()
+        recount = (
+            len(live),
+            sum(1 for c in live if c.status == "ready"),
+            sum(min(len(c.assigned), slots) for c in live),
+        )
+        assert pool._census() == recount
+        assert pool.inflight() == len(pool.pending) + len(pool.delayed) + recount[2]

@@ -20,6 +20,7 @@ inputs as they have slots, so that new containers can take the rest.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 
 from ..retries import Retries
 
+LIVE = ("starting", "ready")
 FAST_FUNCTION_S = 0.002  # functions faster than this get a prefetch window
 PREFETCH_INPUTS = 256
 EWMA_WEIGHT = 0.2
@@ -132,6 +134,7 @@ class Pool:
     ) -> None:
         self.key = key
         self.policy = policy
+        self._slots = policy.slots  # (the policy is frozen: asked on every event)
         self.keep_warm = keep_warm
         self._new_id = new_container_id
         self._room = room
@@ -147,6 +150,15 @@ class Pool:
         self.ewma_service: float | None = (
             None  # seconds per input at one busy container, all costs in
         )
+        # Kept as containers change, so that an event costs the same in a pool of 10 or
+        # 10,000 containers: live ones, ready ones, inputs running on live ones, and a
+        # heap of (load, age, id) of ready containers (stale entries are skipped).
+        self._age = itertools.count()
+        self._ages: dict[str, int] = {}
+        self._n_live = 0
+        self._n_ready = 0
+        self._running = 0
+        self._loads: list[tuple[int, int, str]] = []
 
     # -- events --------------------------------------------------------------
     def enqueue(
@@ -161,7 +173,7 @@ class Pool:
         c = self.containers.get(container_id)
         if c is None or c.status != "starting":
             return []
-        c.status = "ready"
+        self._set_status(c, "ready")
         c.idle_since = now
         self.start_failures = 0
         self.ewma_startup = _ewma(self.ewma_startup, now - c.started_at)
@@ -173,6 +185,7 @@ class Pool:
         """``results``: (input id, "success" | "failure" | "cancelled", seconds it ran)."""
         actions: list[Action] = []
         c = self.containers.get(container_id)
+        before = len(c.assigned) if c is not None else 0
         for input_id, outcome, duration in results:
             if c is None or input_id not in c.assigned:
                 continue  # not ours any more (failed over when its container died)
@@ -190,6 +203,8 @@ class Pool:
             else:
                 self.failures.pop(input_id, None)
                 actions.append(Complete(input_id))
+        if c is not None:
+            self._load_changed(c, before)
         if c is not None and not c.assigned:
             c.idle_since = now
         if c is not None and results:
@@ -197,7 +212,7 @@ class Pool:
         return actions + self._react(now)
 
     def container_exited(self, container_id: str, now: float, reason: str) -> list[Action]:
-        c = self.containers.pop(container_id, None)
+        c = self._drop(container_id)
         if c is None or self.stopped:
             return []
         actions: list[Action] = []
@@ -220,7 +235,7 @@ class Pool:
         """Import or ``@enter`` failed: the queued inputs would fail the same way."""
         c = self.containers.get(container_id)
         if c is not None:
-            c.status = "stopping"
+            self._set_status(c, "stopping")
             self.pending.extendleft(reversed([i for i in c.assigned if i not in self.cancelled]))
             self.cancelled.difference_update(c.assigned)
             c.assigned.clear()
@@ -245,7 +260,7 @@ class Pool:
         """A new version was deployed: current containers finish their inputs, then stop."""
         for c in self.containers.values():
             if c.status in ("starting", "ready"):
-                c.status = "draining"
+                self._set_status(c, "draining")
         return self._react(now)
 
     def stop_all(self) -> list[Action]:
@@ -257,7 +272,7 @@ class Pool:
         actions: list[Action] = []
         for c in self.containers.values():
             if c.status != "stopping":
-                c.status = "stopping"
+                self._set_status(c, "stopping")
                 actions.append(StopContainer(c.container_id))
         return actions
 
@@ -270,7 +285,7 @@ class Pool:
         if not idle:
             return []
         c = min(idle, key=lambda c: c.idle_since or now)
-        c.status = "stopping"
+        self._set_status(c, "stopping")
         return [StopContainer(c.container_id)]
 
     def idle_since(self) -> float | None:
@@ -286,8 +301,7 @@ class Pool:
 
         Inputs on draining containers stay there, so they do not count.
         """
-        running = sum(min(len(c.assigned), self.policy.slots) for c in self._live())
-        return len(self.pending) + len(self.delayed) + running
+        return len(self.pending) + len(self.delayed) + self._running
 
     def is_idle(self) -> bool:
         return not self.pending and not self.delayed and not self.containers
@@ -312,33 +326,101 @@ class Pool:
 
     def _dispatch(self, now: float) -> list[Action]:
         actions: list[Action] = []
+        if not self.pending:
+            return actions
         window = self._window()
-        ready = [c for c in self.containers.values() if c.status == "ready"]
         # Spread work: with a prefetch window, a container takes at most its share of the queue.
         share = (
-            math.ceil(len(self.pending) / len(ready))
-            if ready and window > self.policy.slots
+            math.ceil(len(self.pending) / self._n_ready)
+            if self._n_ready and window > self._slots
             else window
         )
-        given: set[str] = set()
-        while self.pending and ready:
-            ready.sort(key=lambda c: (c.container_id in given, len(c.assigned)))
-            c = ready[0]
-            free = window - len(c.assigned)
-            if free <= 0 or c.container_id in given:
+        # Least loaded first (the oldest of equals), each container at most once per event.
+        given: list[ContainerState] = []
+        taken: set[str] = set()
+        loads = self._loads
+        while self.pending and loads:
+            load, _, cid = loads[0]
+            c = self.containers.get(cid)
+            if c is None or c.status != "ready" or len(c.assigned) != load or cid in taken:
+                heapq.heappop(loads)  # stale
+                continue
+            free = window - load
+            if free <= 0:
                 break
-            given.add(c.container_id)
+            heapq.heappop(loads)
+            taken.add(cid)
+            given.append(c)
             take = min(free, max(share, 1), len(self.pending))
             ids = tuple(self.pending.popleft() for _ in range(take))
             if not c.assigned:
                 c.busy_since = now
             c.assigned.extend(ids)
+            self._running += min(load + take, self._slots) - min(load, self._slots)
             c.idle_since = None
             actions.append(Assign(c.container_id, ids))
+        for c in given:  # back in the heap at their new loads
+            heapq.heappush(loads, (len(c.assigned), self._ages[c.container_id], c.container_id))
         return actions
 
     def _live(self) -> list[ContainerState]:
-        return [c for c in self.containers.values() if c.status in ("starting", "ready")]
+        return [c for c in self.containers.values() if c.status in LIVE]
+
+    def _census(self) -> tuple[int, int, int]:
+        """Live containers, ready ones, and inputs running on live ones (prefetched ones
+        beyond a container's slots do not count)."""
+        return self._n_live, self._n_ready, self._running
+
+    # Every change of a container's status or load goes through these, which keep the counts.
+    def _add(self, c: ContainerState) -> None:
+        self.containers[c.container_id] = c
+        self._ages[c.container_id] = next(self._age)
+        self._n_live += 1  # it starts
+
+    def _drop(self, container_id: str) -> ContainerState | None:
+        c = self.containers.pop(container_id, None)
+        if c is not None:
+            self._leave(c)
+            self._ages.pop(container_id, None)
+        return c
+
+    def _leave(self, c: ContainerState) -> None:
+        """``c`` stops counting as live (and as ready)."""
+        if c.status in LIVE:
+            self._n_live -= 1
+            self._running -= min(len(c.assigned), self._slots)
+        if c.status == "ready":
+            self._n_ready -= 1
+
+    def _set_status(self, c: ContainerState, status: str) -> None:
+        """Statuses only move forward: starting -> ready -> draining | stopping."""
+        if c.status == status:
+            return
+        if status == "ready":  # starting -> ready: live before and after
+            self._n_ready += 1
+            c.status = status
+            self._push(c)
+            return
+        self._leave(c)  # -> draining | stopping: no longer live
+        c.status = status
+
+    def _load_changed(self, c: ContainerState, before: int) -> None:
+        if c.status in LIVE:
+            slots = self._slots
+            self._running += min(len(c.assigned), slots) - min(before, slots)
+        if c.status == "ready":
+            self._push(c)
+
+    def _push(self, c: ContainerState) -> None:
+        loads = self._loads
+        heapq.heappush(loads, (len(c.assigned), self._ages[c.container_id], c.container_id))
+        if len(loads) > 4 * len(self.containers) + 64:  # mostly stale: rebuild
+            self._loads = [
+                (len(x.assigned), self._ages[x.container_id], x.container_id)
+                for x in self.containers.values()
+                if x.status == "ready"
+            ]
+            heapq.heapify(self._loads)
 
     def _sample_service(self, c: ContainerState, n: int, now: float) -> None:
         """How long one input takes at a busy container, platform overhead included."""
@@ -352,7 +434,7 @@ class Pool:
         if not c.assigned:
             c.busy_since = None
 
-    def _drain_estimate(self, now: float, ready_slots: int) -> float | None:
+    def _drain_estimate(self, now: float, ready_slots: int, n_ready: int) -> float | None:
         """Seconds the ready containers need for the queue, or None if unknown.
 
         For fast functions the platform, not the function, sets the pace, so
@@ -362,20 +444,18 @@ class Pool:
         if self.ewma_duration is None or not ready_slots:
             return None
         if self.ewma_duration < FAST_FUNCTION_S:
-            n_ready = sum(1 for c in self.containers.values() if c.status == "ready")
             per_input = self.ewma_service or 0.0
             return len(self.pending) * per_input / max(n_ready, 1)
         return len(self.pending) * self.ewma_duration / ready_slots
 
     def desired(self, now: float = 0.0) -> int:
         p = self.policy
-        inflight = self.inflight()
+        n_live, n_ready, running = self._census()
+        inflight = len(self.pending) + len(self.delayed) + running
         want = math.ceil(inflight / p.target) + (p.buffer_containers if inflight else 0)
-        live = self._live()
-        ready_slots = sum(p.slots for c in live if c.status == "ready")
-        drain_s = self._drain_estimate(now, ready_slots)
+        drain_s = self._drain_estimate(now, self._slots * n_ready, n_ready)
         if drain_s is not None and drain_s < self.ewma_startup:
-            want = min(want, len(live))
+            want = min(want, n_live)
         if self.keep_warm:
             want = max(want, p.min_containers)
         if p.max_containers is not None:
@@ -384,33 +464,36 @@ class Pool:
 
     def _scale(self, now: float) -> list[Action]:
         actions: list[Action] = []
-        live = self._live()
+        n_live = self._n_live
+        winding_down = len(self.containers) > n_live  # draining or stopping ones
         want = self.desired(now)
-        room = self._room() if want > len(live) else 0
-        for _ in range(min(want - len(live), room)):
+        room = self._room() if want > n_live else 0
+        for _ in range(min(want - n_live, room)):
             cid = self._new_id()
-            self.containers[cid] = ContainerState(cid, started_at=now)
+            self._add(ContainerState(cid, started_at=now))
             actions.append(StartContainer(cid))
-        excess = len(live) - want
-        idle = sorted(
-            (
-                c
-                for c in live
-                if c.status == "ready" and not c.assigned and c.idle_since is not None
-            ),
-            key=lambda c: c.idle_since or 0.0,
-        )
-        for c in idle:
-            if excess <= 0:
-                break
-            if (c.idle_since or 0.0) + self.policy.scaledown_window <= now:
-                c.status = "stopping"
-                actions.append(StopContainer(c.container_id))
-                excess -= 1
-        for c in self.containers.values():
-            if c.status == "draining" and not c.assigned:
-                c.status = "stopping"
-                actions.append(StopContainer(c.container_id))
+        excess = n_live - want
+        if excess > 0:  # (the idle ones are looked for only when some may go)
+            idle = sorted(
+                (
+                    c
+                    for c in self.containers.values()
+                    if c.status == "ready" and not c.assigned and c.idle_since is not None
+                ),
+                key=lambda c: c.idle_since or 0.0,
+            )
+            for c in idle:
+                if excess <= 0:
+                    break
+                if (c.idle_since or 0.0) + self.policy.scaledown_window <= now:
+                    self._set_status(c, "stopping")
+                    actions.append(StopContainer(c.container_id))
+                    excess -= 1
+        if winding_down:
+            for c in self.containers.values():
+                if c.status == "draining" and not c.assigned:
+                    c.status = "stopping"  # (neither is live: no count changes)
+                    actions.append(StopContainer(c.container_id))
         return actions
 
     def _retry_or(self, input_id: int, now: float, final: Action) -> Action:
