@@ -509,6 +509,7 @@ class BubblewrapWorker:
         await asyncio.to_thread(remove_tree, dest / ".ketch")  # ketch's own mount points
         if self.userns is not None:
             await asyncio.to_thread(userns.restore_ids, dest)
+        await asyncio.to_thread(drop_privileges, dest)
 
     def terminate(self, container_id: str, grace: float) -> None:
         """SIGTERM now, SIGKILL after ``grace`` seconds if it is still there."""
@@ -533,6 +534,23 @@ class BubblewrapWorker:
         await terminate_all(self._containers, self.terminate, grace)
         if self.disks is not None:
             self.disks.close()
+
+
+def drop_privileges(root: Path) -> None:
+    """Take set-user-ID, set-group-ID and file capabilities off the regular files under
+    ``root``: a snapshot holds what untrusted code wrote, as the container's root, and it
+    lands in the host's image cache, where such a file would be the host's root's."""
+    for top, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(top, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                    os.chmod(path, stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
+                if "security.capability" in os.listxattr(path):
+                    os.removexattr(path, "security.capability")
 
 
 @functools.cache
