@@ -53,9 +53,18 @@ APP = SHOW + textwrap.dedent(
     def impossible() -> str:
         return "ran"
 
+    def node_list():
+        import subprocess, sys
+        ketch_cli = os.path.join(os.path.dirname(sys.executable), "ketch")
+        out = subprocess.run([ketch_cli, "node", "list", "--json"], capture_output=True,
+                             text=True, timeout=60)
+        return json.loads(out.stdout)
+
     def sandbox_gpus():
         sb = ketch.Sandbox.create(app=app, gpu="H100")
         seen = sb.exec("sh", "-c", "echo $CUDA_VISIBLE_DEVICES").stdout.read().strip()
+        nodes = node_list()
+        holder = nodes[0]["gpus"][0]["container"] == sb.object_id and nodes[0]["sandboxes"] == 1
         try:
             ketch.Sandbox.create(app=app, gpu="H100")
             second = "created"
@@ -63,7 +72,7 @@ APP = SHOW + textwrap.dedent(
             second = type(exc).__name__
         sb.terminate()
         sb.wait(raise_on_termination=False)
-        return [seen, second]
+        return [seen, second, holder]
 
     @app.local_entrypoint()
     def main():
@@ -89,26 +98,37 @@ def fake_gpu_run():
         run = ExampleRun.parse(env.cli("run", str(app), timeout=120))
         status = env.cli("server", "status", timeout=30)
         logs = env.cli("app", "logs", "gpus", timeout=30)
-        yield run, status, logs
+        nodes = env.cli("node", "list", timeout=30)
+        yield run, status, logs, nodes
     finally:
         env.close()
         shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.timeout(180)
+def test_node_list_shows_this_machine(fake_gpu_run):
+    _, _, _, nodes = fake_gpu_run
+    assert nodes.returncode == 0, nodes.describe()
+    lines = nodes.stdout.splitlines()
+    assert lines[0].split()[:3] == ["NODE", "HOST", "CPUS"]
+    assert lines[1].startswith("local ") and "H100 x1 (0)" in lines[1] and lines[1].endswith("ok")
+    assert "gpu 0:" in lines[2] and lines[2].endswith("free")
+
+
 def test_status_lists_the_gpus(fake_gpu_run):
-    _, status, _ = fake_gpu_run
+    _, status, _, _ = fake_gpu_run
     assert "1x H100" in status.stdout, status.describe()
 
 
 @pytest.mark.timeout(180)
 def test_a_sandbox_owns_its_gpu_as_a_container_does(fake_gpu_run):
-    run, _, _ = fake_gpu_run
-    assert run.value("sandbox") == ["0", "ResourceUnavailableError"]
+    run, _, _, _ = fake_gpu_run
+    # `ketch node list` shows which container holds the GPU.
+    assert run.value("sandbox") == ["0", "ResourceUnavailableError", True]
 
 
 def test_a_type_no_node_offers_fails_at_once(fake_gpu_run):
-    run, _, _ = fake_gpu_run
+    run, _, _, _ = fake_gpu_run
     error = run.error("impossible")
     assert error.startswith("ResourceUnavailableError") and "A100-80GB:2" in error, error
     assert "H100" in error, error  # says what the node has (queued, it would not fail at all)
@@ -116,7 +136,7 @@ def test_a_type_no_node_offers_fails_at_once(fake_gpu_run):
 
 @pytest.mark.timeout(180)
 def test_one_gpu_is_owned_by_one_container_at_a_time(fake_gpu_run):
-    run, _, logs = fake_gpu_run
+    run, _, logs, _ = fake_gpu_run
     first, second = sorted(run.value("exclusive"), key=lambda r: r["start"])
     assert first["cuda"] == second["cuda"] == "0", (first, second)
     assert first["container"] != second["container"], (first, second)
@@ -128,7 +148,7 @@ def test_one_gpu_is_owned_by_one_container_at_a_time(fake_gpu_run):
 
 @pytest.mark.timeout(180)
 def test_preference_list_falls_back_to_what_exists(fake_gpu_run):
-    run, _, _ = fake_gpu_run
+    run, _, _, _ = fake_gpu_run
     # The idle containers holding the GPU are stopped for it, not waited out (see main()).
     assert run.value("fallback") == "0", run.proc.describe()
 

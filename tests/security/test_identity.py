@@ -414,6 +414,7 @@ NEW_METHODS = (  # issue 16: containers and sandboxes (a container: its own app'
     ("ContainerList", {}),
     ("ContainerLogs", {"container_id": "ta-x"}),
     ("ContainerStop", {"container_id": "ta-x"}),
+    ("NodeList", {}),
     ("SandboxCreate", {"app_id": "ap-x", "spec": {"tag": "s", "module_name": "", "qualname": "s"}}),
     ("SandboxList", {}),
     ("SandboxGet", {"sandbox_id": "sb-x"}),

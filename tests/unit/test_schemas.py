@@ -145,6 +145,7 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
         {"sandbox_id": "sb-0123456789abcdef0123", "op": "rm", "path": "/a", "recursive": True},
     ],
     "ContainerList": [{}, {"name": "web"}, {"app_id": APP}],
+    "NodeList": [{}],
     "ContainerStop": [{"container_id": "ta-0123456789abcdef0123"}],
     "ContainerLogs": [
         {"container_id": "ta-0123456789abcdef0123", "after": 0, "timeout": 30, "limit": 5000}

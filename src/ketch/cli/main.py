@@ -13,6 +13,7 @@ from .container_cmd import container_group
 from .deploy import deploy
 from .dict_cmd import dict_group
 from .image_cmd import image_group
+from .node_cmd import node_group
 from .queue_cmd import queue_group
 from .run import run
 from .secret_cmd import secret_group
@@ -40,6 +41,7 @@ cli.add_command(shell)
 cli.add_command(server)
 cli.add_command(app_group)
 cli.add_command(container_group)
+cli.add_command(node_group)
 cli.add_command(image_group)
 cli.add_command(dict_group)
 cli.add_command(queue_group)

@@ -359,6 +359,10 @@ class SandboxService:
         ]
         return sorted((r for r in rows if not r["done"]), key=lambda r: r["created_at"])
 
+    def running_count(self) -> int:
+        """Sandboxes running now (not function containers taking commands)."""
+        return sum(1 for sb in self.sandboxes.values() if not sb.function and not sb.done.is_set())
+
     def owns(self, container_id: str) -> bool:
         """A sandbox's container (not a function's that took commands)."""
         sb = self.sandboxes.get(container_id)

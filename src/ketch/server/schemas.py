@@ -299,6 +299,10 @@ class TunnelClose(_Request):
     port: Port
 
 
+class NodeList(_Request):
+    pass
+
+
 class ContainerList(_Request):
     app_id: Id | None = None
     name: Name | None = None

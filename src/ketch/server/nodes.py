@@ -1,0 +1,68 @@
+"""``ketch node list``: the nodes that run containers, with what they have and hold.
+
+The embedded control plane has one node, this machine. Each row says its
+CPUs, memory (total and available), GPUs (type, memory, and which container
+holds each), how many containers and sandboxes run on it, its runtime and its
+health. On a Ray cluster (issue 17) every node of the cluster gets a row.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from .rpc import rpc
+
+if TYPE_CHECKING:
+    from .api import Api
+
+
+def _memory_mib() -> tuple[int, int]:
+    """(total, available) MiB of this machine, from /proc/meminfo."""
+    found: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key in ("MemTotal", "MemAvailable"):
+                    found[key] = int(value.split()[0]) // 1024
+    except OSError:
+        pass
+    return found.get("MemTotal", 0), found.get("MemAvailable", 0)
+
+
+def this_node(api: Api) -> dict[str, Any]:
+    d = api.d
+    holders = {index: owner for owner, indices in d.gpus.busy().items() for index in indices}
+    gpus = [
+        {
+            "index": g.index,
+            "type": g.kind,
+            "name": g.name,
+            "memory_mib": g.memory_mib,
+            "container": holders.get(g.index),
+        }
+        for g in d.gpus.inventory.gpus
+    ]
+    total, available = _memory_mib()
+    sandboxes = d.sandboxes.running_count() if d.sandboxes is not None else 0
+    return {
+        "node_id": "local",
+        "hostname": socket.gethostname(),
+        "address": "127.0.0.1",
+        "cpus": os.cpu_count() or 1,
+        "memory_mib": total,
+        "memory_available_mib": available,
+        "gpus": gpus,
+        "containers": len(d.containers),
+        "sandboxes": sandboxes,
+        "max_containers": d.max_containers,
+        "runtime": d.worker.name,
+        "health": "ok",
+    }
+
+
+@rpc
+def NodeList(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    return {"nodes": [this_node(api)]}
