@@ -302,6 +302,63 @@ def test_a_web_endpoint_and_a_schedule_of_an_ordinary_account_work(two):
     assert b.wait_until(ticked, 60, interval=1.0), "the schedule never ran"
 
 
+SANDBOX_APP = """
+import urllib.request
+
+import ketch
+
+app = ketch.App("rootless-sandboxes")
+
+
+def served():
+    sb = ketch.Sandbox.create(
+        "python3", "-m", "http.server", "8000", "--directory", "/etc", app=app,
+        block_network=True, encrypted_ports=[8000], readiness_probe=ketch.Probe.with_tcp(8000))
+    sb.wait_until_ready(timeout=60)
+    body = urllib.request.urlopen(sb.tunnels()[8000].url + "/", timeout=10).read().decode()
+    sb.terminate()
+    return "os-release" in body
+
+
+def terminal_and_snapshot():
+    sb = ketch.Sandbox.create(app=app)
+    tty = sb.exec("tty", pty=True).stdout.read().strip()
+    sb.exec("sh", "-c", "echo kept > /kept && chmod 4755 /kept").wait()
+    again = ketch.Sandbox.create(app=app, image=sb.snapshot_filesystem())
+    seen = again.exec("sh", "-c", "cat /kept; stat -c %a /kept").stdout.read()
+    sb.terminate()
+    again.terminate()
+    return [tty.startswith("/dev/pts/"), seen]
+
+
+def allowlist():
+    sb = ketch.Sandbox.create(app=app, outbound_cidr_allowlist=["192.0.2.0/24"])
+    sb.terminate()
+    return "created"
+
+
+@app.local_entrypoint()
+def main():
+    show("served", served)
+    show("terminal", terminal_and_snapshot)
+    show("allowlist", allowlist)
+"""
+
+
+def test_an_ordinary_accounts_sandboxes_tunnel_take_terminals_and_snapshot(two):
+    a, _ = two
+    script = a.account.write("app/rootless_sandboxes.py", SHOW + textwrap.dedent(SANDBOX_APP))
+    run = ExampleRun.parse(a.cli("run", script, timeout=300))
+    assert run.value("served") is True  # a block_network sandbox's port, through its tunnel
+    assert run.value("terminal") == [True, "kept\n755\n"]  # a pty; no set-user-ID kept
+    # An allowlist needs /dev/net/tun open to the account (0666 on most distributions):
+    # it works, or says what an administrator must do.
+    if os.stat("/dev/net/tun").st_mode & 0o006 == 0o006:  # (the account is not its owner)
+        assert run.value("allowlist") == "created"
+    else:
+        assert "chmod 0666 /dev/net/tun" in run.error("allowlist")
+
+
 def test_two_accounts_cannot_reach_each_other(two):
     a, b = two
     b_info = json.loads((b.home / "server.json").read_text())
