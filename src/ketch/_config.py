@@ -60,6 +60,9 @@ _SETTINGS: dict[str, _Setting] = {
         str,
         "image layer cache shared by every home on this machine",
     ),
+    "queue_window": _Setting(
+        50_000, int, "queued inputs per function held in memory; the rest wait in the store"
+    ),
     "max_containers_per_node": _Setting(0, int, "node cap on running containers (0: 4 x CPUs)"),
     "containers_memory_mb": _Setting(
         0,

@@ -139,6 +139,7 @@ class Pool:
         self._new_id = new_container_id
         self._room = room
         self.pending: deque[int] = deque()
+        self.spilled = 0  # queued inputs the dispatcher keeps in the store, not in ``pending``
         self.delayed: list[tuple[float, int]] = []
         self.failures: dict[int, int] = {}
         self.containers: dict[str, ContainerState] = {}
@@ -267,6 +268,7 @@ class Pool:
         """The app stopped: drop queued inputs and stop every container, for good."""
         self.stopped = True
         self.pending.clear()
+        self.spilled = 0
         self.delayed.clear()
         self.failures.clear()
         actions: list[Action] = []
@@ -301,10 +303,10 @@ class Pool:
 
         Inputs on draining containers stay there, so they do not count.
         """
-        return len(self.pending) + len(self.delayed) + self._running
+        return len(self.pending) + self.spilled + len(self.delayed) + self._running
 
     def is_idle(self) -> bool:
-        return not self.pending and not self.delayed and not self.containers
+        return not self.pending and not self.spilled and not self.delayed and not self.containers
 
     # -- internals -------------------------------------------------------------
     def _react(self, now: float) -> list[Action]:
@@ -451,7 +453,7 @@ class Pool:
     def desired(self, now: float = 0.0) -> int:
         p = self.policy
         n_live, n_ready, running = self._census()
-        inflight = len(self.pending) + len(self.delayed) + running
+        inflight = len(self.pending) + self.spilled + len(self.delayed) + running
         want = math.ceil(inflight / p.target) + (p.buffer_containers if inflight else 0)
         drain_s = self._drain_estimate(now, self._slots * n_ready, n_ready)
         if drain_s is not None and drain_s < self.ewma_startup:

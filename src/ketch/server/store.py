@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -397,7 +397,9 @@ class Store:
         ).fetchone()
         return (row[0], row[1]) if row else (None, None)
 
-    def pending_inputs(self) -> list[dict[str, Any]]:
+    def pending_inputs(self) -> Iterator[dict[str, Any]]:
+        """Every input without a final output, oldest first, one at a time (a restart with
+        millions queued must not hold them all at once)."""
         q = (
             select(
                 inputs.c.id,
@@ -415,9 +417,10 @@ class Store:
             .where(inputs.c.state == "pending")
             .order_by(inputs.c.id)
         )
-        rows = [dict(r) for r in self.conn.execute(q).mappings().all()]
-        self.conn.commit()
-        return rows
+        # A connection of its own: the recovery writes (heartbeats, pools) while this reads.
+        with self.engine.connect() as reader:
+            for row in reader.execute(q).mappings():
+                yield dict(row)
 
     def record_outputs(self, rows: Sequence[dict[str, Any]], done_input_ids: Sequence[int]) -> None:
         """Store outputs and mark their inputs done, in one transaction."""
@@ -467,6 +470,29 @@ class Store:
             (call_id, *FINAL_STATUSES),
         ).fetchone()
         return int(row[0])
+
+    def inputs_between(self, first: int, last: int) -> list[tuple[Any, ...]]:
+        """``(id, call_id, idx, args, blob_id, attempts)`` of the pending inputs with ids
+        ``first..last`` (a spilled range of one call, ``Dispatcher._refill``)."""
+        rows = self.db.execute(
+            "SELECT id, call_id, idx, args, blob_id, attempts FROM inputs "
+            "WHERE id BETWEEN ? AND ? AND state = 'pending' ORDER BY id",
+            (first, last),
+        ).fetchall()
+        return [tuple(r) for r in rows]
+
+    def input_places(self, input_ids: Sequence[int]) -> list[tuple[int, str, int]]:
+        """``(id, call_id, idx)`` of these inputs."""
+        out: list[tuple[int, str, int]] = []
+        ids = list(input_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            rows = self.db.execute(
+                f"SELECT id, call_id, idx FROM inputs WHERE id IN ({marks})", chunk
+            ).fetchall()
+            out += [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+        return out
 
     def pending_input_ids_of_call(self, call_id: str) -> list[int]:
         q = select(inputs.c.id).where(inputs.c.call_id == call_id, inputs.c.state == "pending")
