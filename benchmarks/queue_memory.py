@@ -11,7 +11,9 @@ A function with ``max_containers=1`` that sleeps is given N inputs at once
 with ``spawn_map``: one runs, the rest wait in the queue. Measured on a fresh
 control plane each time: how fast the inputs are enqueued, the control plane's
 resident memory once they are all queued (``VmRSS``) and its peak (``VmHWM``),
-its memory before (an idle control plane), and the state database's size.
+its memory before (an idle control plane), and the state database's size;
+then the control plane is killed (``kill -9``) with the queue full and started
+again: how long until it serves, and its memory once it has read the queue back.
 Beside it, in the same run: the same N small argument tuples held in a plain
 Python list (the floor any in-memory queue pays), and the same N rows in a
 fresh SQLite table (what the queue costs on disk).
@@ -65,6 +67,8 @@ def server_memory():
     return fields
 
 
+import signal, subprocess
+
 with app.run(show_logs=False):
     before = server_memory()
     t0 = time.perf_counter()
@@ -72,7 +76,20 @@ with app.run(show_logs=False):
     took = time.perf_counter() - t0
     after = server_memory()
     db = os.path.getsize(os.path.join(os.environ["KETCH_HOME"], "state.db"))
-print("QUEUE " + json.dumps({"before": before, "after": after, "seconds": took, "db": db}))
+    # kill -9 with the queue full, then a restart: how long until it serves, and its memory.
+    pid = json.load(open(os.path.join(os.environ["KETCH_HOME"], "server.json")))["pid"]
+    os.kill(pid, signal.SIGKILL)
+    while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+        time.sleep(0.05)
+    t0 = time.perf_counter()
+    ketch_cli = os.path.join(os.path.dirname(sys.executable), "ketch")
+    started = subprocess.run([ketch_cli, "server", "start"], capture_output=True, text=True)
+    if started.returncode != 0:
+        raise SystemExit(f"ketch server start: {started.stdout}{started.stderr}")
+    restart = time.perf_counter() - t0
+    recovered = server_memory()
+out = {"before": before, "after": after, "seconds": took, "db": db, "restart": restart}
+print("QUEUE " + json.dumps({**out, "recovered": recovered}))
 """
 
 
@@ -134,15 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "| queued inputs | enqueue, inputs/s | RSS idle, MiB | RSS queued, MiB | peak, MiB | "
         "bytes a queued input | state.db, MiB | floor: a Python list of the args, MiB | "
-        "floor: the rows in SQLite, MiB |"
+        "floor: the rows in SQLite, MiB | kill -9, restart until serving, s | "
+        "RSS after the restart, MiB |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, got, listed, on_disk in rows:
         per_input = (got["after"]["VmRSS"] - got["before"]["VmRSS"]) * (1 << 20) / n
         print(
             f"| {n:,} | {n / got['seconds']:,.0f} | {got['before']['VmRSS']:.0f} | "
             f"{got['after']['VmRSS']:.0f} | {got['after']['VmHWM']:.0f} | {per_input:,.0f} | "
-            f"{got['db'] / (1 << 20):.0f} | {listed:.0f} | {on_disk:.0f} |"
+            f"{got['db'] / (1 << 20):.0f} | {listed:.0f} | {on_disk:.0f} | "
+            f"{got['restart']:.1f} | {got['recovered']['VmRSS']:.0f} |"
         )
     print(json.dumps({"rows": [[n, got] for n, got, _, _ in rows]}), file=sys.stderr)
     return 0

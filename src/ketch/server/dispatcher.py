@@ -223,42 +223,46 @@ class Dispatcher:
         await self.logs.close()
 
     def recover(self) -> None:
-        """Requeue every input that has no final output (it was queued or running)."""
-        by_pool: dict[str, list[int]] = {}
-        failures: dict[int, int] = {}
+        """Requeue every input that has no final output (it was queued or running).
+
+        One lean pass over the queue (id and call, oldest first) leaves every input in
+        the store as a spilled range of its pool; each pool then reads its window back
+        (``_refill``), with arguments and attempts. A restart with millions queued holds
+        only the windows, and takes seconds.
+        """
         recovered = 0
-        running: dict[str, bool] = {}  # by app (millions of rows, a handful of apps)
-        for row in self.store.pending_inputs():
+        pools: dict[str, tuple[sm.Pool, str | None] | None] = {}  # by call
+        running: dict[str, bool] = {}  # by app
+        for input_id, call_id in self.store.pending_input_ids():
             recovered += 1
-            if row["app_id"] not in running:
-                app = self.store.get_app(row["app_id"])
-                running[row["app_id"]] = app is not None and app["state"] == "running"
-            if not running[row["app_id"]]:
-                continue
-            key = self._ensure_pool(row["function_id"], row["params"])
-            if len(by_pool.get(key, ())) >= self.queue_window or key in self._spill:
-                self._spill_out(self.pools[key], row["call_id"], row["method"], [row["id"]])
-                continue
-            self.inputs[row["id"]] = InputState(
-                row["id"],
-                row["call_id"],
-                row["idx"],
-                key,
-                row["method"],
-                _keep(row["args"]),
-                row["blob_id"],
-            )
-            by_pool.setdefault(key, []).append(row["id"])
-            failures[row["id"]] = row["attempts"]
-        for key, ids in by_pool.items():
-            pool = self.pools[key]
-            self._perform(pool, pool.enqueue(ids, time.monotonic(), failures))
+            if call_id not in pools:
+                pools[call_id] = self._recovered_pool(call_id, running)
+            found = pools[call_id]
+            if found is not None:
+                self._spill_out(found[0], call_id, found[1], [input_id])
+        for pool in {id(p): p for p, _ in filter(None, pools.values())}.values():
+            self._refill(pool)
         for app in self.store.running_apps():
             self.store.heartbeat(app["id"])
             if app["deployed"]:
                 self.warm_deployed(app["id"])
         if recovered:
             logger.info("recovered %d queued inputs", recovered)
+
+    def _recovered_pool(
+        self, call_id: str, running: dict[str, bool]
+    ) -> tuple[sm.Pool, str | None] | None:
+        """The pool (and method) of a call whose inputs are requeued; None if its app stopped."""
+        call = self.store.get_call(call_id)
+        if call is None:
+            return None
+        if call["app_id"] not in running:
+            app = self.store.get_app(call["app_id"])
+            running[call["app_id"]] = app is not None and app["state"] == "running"
+        if not running[call["app_id"]]:
+            return None
+        key = self._ensure_pool(call["function_id"], call["params"])
+        return self.pools[key], call["method"]
 
     def warm_deployed(self, app_id: str) -> None:
         for fn in self.store.app_functions(app_id):

@@ -397,30 +397,16 @@ class Store:
         ).fetchone()
         return (row[0], row[1]) if row else (None, None)
 
-    def pending_inputs(self) -> Iterator[dict[str, Any]]:
-        """Every input without a final output, oldest first, one at a time (a restart with
-        millions queued must not hold them all at once)."""
-        q = (
-            select(
-                inputs.c.id,
-                inputs.c.call_id,
-                inputs.c.idx,
-                inputs.c.attempts,
-                inputs.c.args,
-                inputs.c.blob_id,
-                calls.c.function_id,
-                calls.c.params,
-                calls.c.method,
-                calls.c.app_id,
-            )
-            .join(calls, calls.c.id == inputs.c.call_id)
-            .where(inputs.c.state == "pending")
-            .order_by(inputs.c.id)
-        )
-        # A connection of its own: the recovery writes (heartbeats, pools) while this reads.
+    def pending_input_ids(self) -> Iterator[tuple[int, str]]:
+        """``(id, call_id)`` of every input without a final output, oldest first, one at a
+        time, on a connection of its own (the recovery writes while this reads)."""
         with self.engine.connect() as reader:
-            for row in reader.execute(q).mappings():
-                yield dict(row)
+            cursor = reader.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            cursor.execute("SELECT id, call_id FROM inputs WHERE state = 'pending' ORDER BY id")
+            while rows := cursor.fetchmany(10_000):
+                for row in rows:
+                    yield int(row[0]), str(row[1])
+            cursor.close()
 
     def record_outputs(self, rows: Sequence[dict[str, Any]], done_input_ids: Sequence[int]) -> None:
         """Store outputs and mark their inputs done, in one transaction."""
