@@ -18,6 +18,7 @@ a child of the control plane), so nothing leaks from a failed test.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -274,6 +275,11 @@ class KetchEnv:
         env["KETCH_RUNTIME"] = runtime
         env["KETCH_E2E_TAG"] = self.tag
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH", "")) if p)
+        self.database = ""
+        if TEST_POSTGRES:  # the state in PostgreSQL: a database of its own
+            self.database = f"ketch_{self.tag[:16]}"
+            _psql(f"CREATE DATABASE {self.database} LOCALE 'C' TEMPLATE template0")
+            env["KETCH_DATABASE"] = f"{TEST_POSTGRES}/{self.database}"
         self.env = env
         self._server_pids: set[int] = set()
         self._popens: list[subprocess.Popen] = []
@@ -390,6 +396,24 @@ class KetchEnv:
 
     # -- cleanup -----------------------------------------------------------
 
+    def sql(self, query: str) -> list[tuple]:
+        """Rows of a read-only query on this environment's store (SQLite or PostgreSQL)."""
+        if self.database:
+            done = subprocess.run(
+                ["psql", "-qAt", "-F", "\t", self.env["KETCH_DATABASE"], "-c", query],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            return [tuple(line.split("\t")) for line in done.stdout.splitlines() if line]
+        import sqlite3
+
+        with contextlib.closing(
+            sqlite3.connect(f"file:{self.home / 'state.db'}?mode=ro", uri=True)
+        ) as db:
+            return list(db.execute(query))
+
     def _owned_pids(self) -> set[int]:
         table = _proc_table()
         marker, home = f"KETCH_E2E_TAG={self.tag}".encode(), str(self.home).encode()
@@ -438,6 +462,22 @@ class KetchEnv:
         if killed:  # a client killed mid-reconnect may have been starting a new server
             time.sleep(0.5)
             self.kill_leftovers()
+        if self.database:
+            _psql(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
+
+
+# KETCH_TEST_POSTGRES=postgresql://USER@HOST:PORT: every KetchEnv keeps its state in a
+# database of its own on that server (the suites run on PostgreSQL instead of SQLite).
+TEST_POSTGRES = os.environ.get("KETCH_TEST_POSTGRES", "").rstrip("/")
+
+
+def _psql(sql: str) -> None:
+    subprocess.run(
+        ["psql", "-q", f"{TEST_POSTGRES}/postgres", "-c", sql],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def _killpg(pid: int, sig: int) -> None:

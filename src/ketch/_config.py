@@ -60,6 +60,9 @@ _SETTINGS: dict[str, _Setting] = {
         str,
         "image layer cache shared by every home on this machine",
     ),
+    "database": _Setting(
+        "", str, "postgresql://... to keep the control plane's state in PostgreSQL (else SQLite)"
+    ),
     "queue_window": _Setting(
         50_000, int, "queued inputs per function held in memory; the rest wait in the store"
     ),

@@ -6,11 +6,9 @@ clock in tests/unit/test_schedule_runner.py; bad schedules in tests/unit/test_sp
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
-import sqlite3
 import time
 
 import pytest
@@ -24,13 +22,8 @@ TICKS = "import ketch\nprint('TICKS', sorted(ketch.Dict.from_name('schedules-dem
 
 def _fired(env) -> list[float]:
     """When the control plane fired each scheduled run (its call's creation), read off its store."""
-    with contextlib.closing(
-        sqlite3.connect(f"file:{env.home / 'state.db'}?mode=ro", uri=True)
-    ) as db:
-        rows = db.execute(
-            "SELECT created_at FROM calls WHERE kind = 'schedule' ORDER BY created_at"
-        )
-        return [row[0] for row in rows]
+    rows = env.sql("SELECT created_at FROM calls WHERE kind = 'schedule' ORDER BY created_at")
+    return [float(row[0]) for row in rows]
 
 
 def _ticks(env) -> list[float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 
 import click
 
@@ -35,8 +36,19 @@ def server() -> None:
 @click.option(
     "--insecure", is_flag=True, help="off loopback without TLS: tokens travel in clear text"
 )
+@click.option(
+    "--database",
+    default=None,
+    metavar="URL",
+    help="postgresql://user@host:port/db: keep the state in PostgreSQL (default: SQLite in KETCH_HOME)",
+)
 def start(
-    host: str | None, port: int | None, tls_cert: str | None, tls_key: str | None, insecure: bool
+    host: str | None,
+    port: int | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    insecure: bool,
+    database: str | None,
 ) -> None:
     """Start the control plane in the background (no-op if it runs).
 
@@ -55,6 +67,8 @@ def start(
             extra += [flag, str(value)]
     if insecure:
         extra.append("--insecure")
+    if database is not None:  # the control plane reads it as KETCH_DATABASE
+        os.environ["KETCH_DATABASE"] = database
     already = _server_manager.read_info()
     info = already or _server_manager.start(extra_args=tuple(extra))
     verb = "already running" if already else "started"
@@ -83,6 +97,7 @@ def status() -> None:
         ("version", s["version"]),
         ("uptime", str(uptime)),
         ("home", str(_server_manager.home())),
+        ("state", s.get("state", "")),
         ("runtime", s["runtime"]),
         ("isolation", s["isolation"]),
         ("gpus", s.get("gpus", "")),

@@ -59,13 +59,21 @@ CALLER = web.RequestKey("caller", Caller)
 
 
 # What SQLite raises for a value it cannot bind or store (their text quotes SQL); not disk or lock errors.
-_BAD_VALUE = (
+_BAD_VALUE: tuple[type[BaseException], ...] = (
     OverflowError,
     sqlite3.DataError,
     sqlite3.IntegrityError,
     sqlite3.InterfaceError,
     sqlite3.ProgrammingError,
 )
+
+
+try:  # PostgreSQL's (psycopg's) kinds of the same
+    import psycopg
+
+    _BAD_VALUE += (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError)
+except ImportError:  # PostgreSQL is optional: `pip install 'ketch[postgres]'`
+    pass
 
 
 def _bad_value(exc: BaseException) -> bool:
@@ -100,11 +108,21 @@ def error_reply(exc: BaseException, method: str) -> tuple[int, dict[str, Any]]:
     }
 
 
-async def _finish(reply: Awaitable[dict[str, Any]], method: str) -> tuple[int, dict[str, Any]]:
+async def _finish(
+    reply: Awaitable[dict[str, Any]], method: str, store: Any
+) -> tuple[int, dict[str, Any]]:
     try:
         return 200, await reply
     except Exception as exc:
+        _after_db_error(store, exc)
         return error_reply(exc, method)
+
+
+def _after_db_error(store: Any, exc: BaseException) -> None:
+    """PostgreSQL refuses every statement after a failed one until a rollback."""
+    if getattr(store, "postgres", False) and isinstance(exc, (DBAPIError, *_BAD_VALUE)):
+        with contextlib.suppress(Exception):
+            store.rollback()
 
 
 def _bearer(request: web.Request) -> str:
@@ -180,9 +198,10 @@ class Api:
             schemas.validate(method, body)
             reply = handler(self, body, caller) if method in _WANTS_CALLER else handler(self, body)
         except Exception as exc:
+            _after_db_error(self.store, exc)
             return error_reply(exc, method)
         if inspect.isawaitable(reply):
-            return _finish(reply, method)
+            return _finish(reply, method, self.store)
         return 200, reply
 
     async def invoke(
@@ -241,6 +260,7 @@ async def Status(api: Api, body: dict[str, Any]) -> dict[str, Any]:
         "started_at": api.started_at,
         "url": api.url,
         "runtime": api.d.worker.name,
+        "state": api.store.describe(),
         "isolation": api.d.worker.isolation,
         "gpus": api.d.gpus.inventory.describe(),
         "n_apps": len(api.store.running_apps()),

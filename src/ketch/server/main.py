@@ -164,7 +164,8 @@ async def serve(
 ) -> None:
     """Run the control plane until SIGTERM/SIGINT (or until ``stop`` is set, for tests)."""
     _private_home(home)
-    store = Store(home / "state.db")
+    # The state: a SQLite file in KETCH_HOME, or PostgreSQL (`database` / KETCH_DATABASE).
+    store = Store(config.get("database") or home / "state.db")
     port = _pick_port(home, port)
     url = f"{'https' if tls else 'http'}://{host}:{port}"
     max_containers = config.get("max_containers_per_node") or max(8, 4 * (os.cpu_count() or 1))

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Boolean, Column, Float, Index, String, Table, delete, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .._ids import new_id
 from ..exception import AlreadyExistsError, InvalidError, NotFoundError
@@ -91,7 +90,7 @@ def get(store: Store, object_id: str, kind: str | None = None) -> dict[str, Any]
 def create(store: Store, kind: str, name: str | None, ephemeral: bool = False) -> str:
     object_id = new_id(KINDS[kind])
     store.conn.execute(
-        sqlite_insert(objects)
+        store.insert(objects)
         .values(id=object_id, kind=kind, name=name, ephemeral=ephemeral, created_at=time.time())
         .on_conflict_do_nothing()
     )

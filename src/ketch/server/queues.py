@@ -83,9 +83,12 @@ def _ready(store: Store) -> None:
     over, and start the seq counter after the largest seq there is."""
     if getattr(store, "queue_seq", None) is None:
         db = store.db
-        if db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'queue_items'"
-        ).fetchone():
+        if (
+            not store.postgres
+            and db.execute(  # (a SQLite file made by an older ketch)
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'queue_items'"
+            ).fetchone()
+        ):
             db.execute(
                 "INSERT INTO queue_entries (object_id, partition, seq, data) "
                 "SELECT object_id, partition, seq, data FROM queue_items"

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 from sqlalchemy import Column, Float, LargeBinary, String, Table, delete, insert, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .._ids import new_id
 from .._secret import check_env
@@ -185,7 +184,7 @@ def named_values(store: Store, object_id: str) -> dict[str, str]:
 
 def put_values(store: Store, object_id: str, sealed: bytes) -> None:
     """Replace a named Secret's sealed values (the caller commits)."""
-    stmt = sqlite_insert(secret_values).values(
+    stmt = store.insert(secret_values).values(
         object_id=object_id, sealed=sealed, updated_at=time.time()
     )
     store.conn.execute(

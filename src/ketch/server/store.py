@@ -31,6 +31,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 metadata = MetaData()
@@ -130,10 +131,46 @@ def _size(path: Path) -> int:
 FINAL_STATUSES = ("success", "failure", "timeout", "crash", "cancelled", "init_failure")
 
 
-class Store:
-    """All reads and writes of durable state."""
+POSTGRES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
-    def __init__(self, path: Path) -> None:
+
+def _placeholders(sql: str) -> str:
+    """SQLite's ``?`` parameters as psycopg's ``%s`` (ketch's SQL has no other ``?`` or ``%``)."""
+    return sql.replace("?", "%s")
+
+
+class _PostgresDb:
+    """The raw-connection calls the store's hot paths make (sqlite3's), on psycopg."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        cur = self._conn.cursor()
+        cur.execute(_placeholders(sql), tuple(params))
+        return cur
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        cur = self._conn.cursor()
+        cur.executemany(_placeholders(sql), list(rows))
+        return cur
+
+    def commit(self) -> None:
+        self._conn.commit()
+
+    def rollback(self) -> None:
+        self._conn.rollback()
+
+
+class Store:
+    """All reads and writes of durable state: a SQLite file, or a PostgreSQL database."""
+
+    def __init__(self, path: Path | str) -> None:
+        url = str(path)
+        self.postgres = url.startswith(POSTGRES)
+        if self.postgres:
+            self._open_postgres(url)
+            return
         self.engine = create_engine(f"sqlite:///{path}")
 
         @event.listens_for(self.engine, "connect")
@@ -157,10 +194,49 @@ class Store:
         self._wal = Path(f"{path}-wal")
         self._commits = 0
         self._closing = threading.Event()
-        self._checkpointer = threading.Thread(
+        self._checkpointer: threading.Thread | None = threading.Thread(
             target=self._checkpoint_loop, name="wal-checkpoint", daemon=True
         )
         self._checkpointer.start()
+
+    def _open_postgres(self, url: str) -> None:
+        """The same tables in PostgreSQL (psycopg); its text must sort bytewise (C)."""
+        driver = "postgresql+psycopg://" + url.split("://", 1)[1]
+        self.engine = create_engine(driver)
+        with self.engine.connect() as conn:
+            row = conn.exec_driver_sql(
+                "SELECT datcollate, datlocprovider FROM pg_database "
+                "WHERE datname = current_database()"
+            ).first()
+        collation, provider = (row[0], row[1]) if row is not None else ("", "")
+        if provider == "i":  # ICU collations never sort bytewise
+            collation = "an ICU collation"
+        if collation not in ("C", "POSIX", "C.UTF-8", "C.utf8"):
+            raise RuntimeError(
+                f"the PostgreSQL database sorts text by {collation!r}; ketch needs bytewise "
+                "order (Volume paths): create it with `createdb --locale=C --template=template0`"
+            )
+        metadata.create_all(self.engine)
+        self._add_missing_columns()
+        self.conn = self.engine.connect()
+        self.db = _PostgresDb(self.conn.connection.dbapi_connection)
+        self._commits = 0
+        self._checkpointer = None
+
+    def describe(self) -> str:
+        """Where the state is, for ``ketch server status`` (no password)."""
+        url = self.engine.url
+        if self.postgres:
+            return f"PostgreSQL {url.host}:{url.port or 5432}/{url.database} (user {url.username})"
+        return f"SQLite {url.database}"
+
+    def insert(self, table: Table) -> Any:
+        """An INSERT with ``on_conflict_do_update``/``do_nothing``, in this database's dialect."""
+        return postgres_insert(table) if self.postgres else sqlite_insert(table)
+
+    def rollback(self) -> None:
+        """After a failed statement (PostgreSQL refuses the rest of the transaction)."""
+        self.db.rollback()
 
     def _commit(self) -> None:
         """Commit, and now and then rewind the WAL.
@@ -173,6 +249,8 @@ class Store:
         """
         self.db.commit()
         self._commits += 1
+        if self.postgres:
+            return
         if self._commits % 256 == 0 and _size(self._wal) > WAL_RESTART_BYTES:
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
@@ -203,9 +281,10 @@ class Store:
             conn.close()
 
     def close(self) -> None:
-        self._closing.set()
         self.conn.close()
-        self._checkpointer.join(timeout=10)
+        if self._checkpointer is not None:
+            self._closing.set()
+            self._checkpointer.join(timeout=10)
         self.engine.dispose()
 
     # -- apps and functions -------------------------------------------------
@@ -215,7 +294,7 @@ class Store:
         now = time.time()
         c = self.conn
         c.execute(
-            sqlite_insert(apps)
+            self.insert(apps)
             .values(
                 id=app_id,
                 name=name,
@@ -227,7 +306,7 @@ class Store:
             .on_conflict_do_nothing()
         )
         for fn in fns:
-            stmt = sqlite_insert(functions).values(
+            stmt = self.insert(functions).values(
                 id=fn["id"],
                 app_id=app_id,
                 tag=fn["tag"],
@@ -313,8 +392,8 @@ class Store:
         yet, and a client whose request was lost sends it again.
         """
         self.db.execute(
-            "INSERT OR IGNORE INTO calls (id, function_id, app_id, kind, params, method, n_inputs, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO calls (id, function_id, app_id, kind, params, method, n_inputs, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (
                 call["id"],
                 call["function_id"],
@@ -348,12 +427,12 @@ class Store:
         db = self.db
         if len(new_inputs) == 1:
             i = new_inputs[0]
-            cur = db.execute(
-                "INSERT OR IGNORE INTO inputs (call_id, idx, args, blob_id, state, attempts) "
-                "VALUES (?, ?, ?, ?, 'pending', 0)",
+            row = db.execute(
+                "INSERT INTO inputs (call_id, idx, args, blob_id, state, attempts) "
+                "VALUES (?, ?, ?, ?, 'pending', 0) ON CONFLICT DO NOTHING RETURNING id",
                 (call_id, i["idx"], i.get("args"), i.get("blob_id")),
-            )
-            return [(cur.lastrowid, i["idx"])] if cur.rowcount == 1 else []
+            ).fetchone()
+            return [(int(row[0]), i["idx"])] if row is not None else []
         lo = min(i["idx"] for i in new_inputs)
         hi = max(i["idx"] for i in new_inputs)
         existing = {

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 from sqlalchemy import Column, Float, Integer, LargeBinary, String, Table, delete, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .._config import config
 from .._ids import new_id
@@ -185,7 +184,7 @@ class Gateway:
                         )
                 route = Route(label, row["port"] if row else 0, app_id, fn["id"], method, dict(cfg))
                 port = await self._open(route)
-                stmt = sqlite_insert(web_routes).values(
+                stmt = self.store.insert(web_routes).values(
                     label=label,
                     port=port,
                     app_id=app_id,
