@@ -1,8 +1,10 @@
-"""Durable state: SQLAlchemy Core over SQLite (WAL).
+"""Durable state: SQLAlchemy Core over SQLite (WAL), or over PostgreSQL (psycopg).
 
 Every write that a client is told about is committed before the reply. The
-store is used from the control plane's event loop thread only; SQLite calls
-are short, so they run inline rather than hopping to a thread.
+store is used from the control plane's event loop thread only; its calls are
+short, so they run inline rather than hopping to a thread. The hot paths use
+the connection's DBAPI with SQL both databases take (``?`` becomes ``%s`` for
+psycopg); PostgreSQL needs a database that sorts text bytewise (C collation).
 """
 
 from __future__ import annotations
