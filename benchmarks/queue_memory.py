@@ -75,7 +75,8 @@ with app.run(show_logs=False):
     wait.spawn_map(range(n))
     took = time.perf_counter() - t0
     after = server_memory()
-    db = os.path.getsize(os.path.join(os.environ["KETCH_HOME"], "state.db"))
+    state = os.path.join(os.environ["KETCH_HOME"], "state.db")
+    db = os.path.getsize(state) if os.path.exists(state) else 0  # (0: in PostgreSQL)
     # kill -9 with the queue full, then a restart: how long until it serves, and its memory.
     pid = json.load(open(os.path.join(os.environ["KETCH_HOME"], "server.json")))["pid"]
     os.kill(pid, signal.SIGKILL)
@@ -125,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--ten-million", action="store_true", help="also 10,000,000 (about 2 min, 1.2 GB of disk)"
     )
+    ap.add_argument(
+        "--database",
+        default="",
+        help="postgresql://...: the state in PostgreSQL (a fresh database)",
+    )
     args = ap.parse_args(argv)
     sizes = [100_000] if args.quick else [100_000, 1_000_000]
     if args.ten_million:
@@ -134,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in sizes:
         home = Path(tempfile.mkdtemp(prefix="ketch-bench-qmem-", dir="/tmp"))
         env = {**h.ketch_env(home), "KETCH_RUNTIME": "local"}
+        if args.database:
+            env["KETCH_DATABASE"] = args.database
         try:
             log(f"ketch: {n:,} inputs queued behind one container")
             got = h.run_script(MEASURE, [str(n)], "QUEUE ", "queue trial", env, home, 1800)

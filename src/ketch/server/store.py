@@ -451,6 +451,15 @@ class Store:
         ]
         if not fresh:
             return []
+        if self.postgres:  # one statement for the batch (executemany is a round trip a row)
+            rows = db.execute(
+                "INSERT INTO inputs (call_id, idx, args, blob_id, state, attempts) "
+                "SELECT ?, i, a, b, 'pending', 0 "
+                "FROM unnest(?::bigint[], ?::bytea[], ?::text[]) AS t(i, a, b) "
+                "RETURNING id, idx",
+                (call_id, [f[1] for f in fresh], [f[2] for f in fresh], [f[3] for f in fresh]),
+            ).fetchall()
+            return sorted((int(r[0]), int(r[1])) for r in rows)
         db.executemany(
             "INSERT INTO inputs (call_id, idx, args, blob_id, state, attempts) VALUES (?, ?, ?, ?, 'pending', 0)",
             fresh,
@@ -482,12 +491,14 @@ class Store:
         """``(id, call_id)`` of every input without a final output, oldest first, one at a
         time, on a connection of its own (the recovery writes while this reads)."""
         with self.engine.connect() as reader:
-            cursor = reader.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            cursor.execute("SELECT id, call_id FROM inputs WHERE state = 'pending' ORDER BY id")
-            while rows := cursor.fetchmany(10_000):
-                for row in rows:
-                    yield int(row[0]), str(row[1])
-            cursor.close()
+            # stream_results: a server-side cursor on PostgreSQL (psycopg's client-side one
+            # would fetch every row first); SQLite's cursor streams anyway.
+            result = reader.execution_options(stream_results=True, max_row_buffer=10_000)
+            rows = result.exec_driver_sql(
+                "SELECT id, call_id FROM inputs WHERE state = 'pending' ORDER BY id"
+            )
+            for row in rows:
+                yield int(row[0]), str(row[1])
 
     def record_outputs(self, rows: Sequence[dict[str, Any]], done_input_ids: Sequence[int]) -> None:
         """Store outputs and mark their inputs done, in one transaction."""
