@@ -518,3 +518,6 @@ def test_a_killed_control_plane_leaves_no_sandbox_behind(tmp_path):
             run.stdout.close()
         env.close()
         shutil.rmtree(home, ignore_errors=True)
+        from ketch.worker.bubblewrap import socket_dir
+
+        shutil.rmtree(socket_dir(home), ignore_errors=True)  # what a killed one leaves
