@@ -89,6 +89,14 @@ def machine_line(load: bool = False) -> str:
     )
 
 
+def ms_row(name: str, samples: list[float], scale: float = 1e3) -> str:
+    """A ``| name | p50 | p90 | n |`` table row of ``samples`` (seconds, shown in ms)."""
+    ms = [x * scale for x in samples]
+    if len(ms) == 1:
+        return f"| {name} | {ms[0]:,.1f} | — | 1 |"
+    return f"| {name} | {percentile(ms, 50):,.1f} | {percentile(ms, 90):,.1f} | {len(ms)} |"
+
+
 def add_run_options(ap: argparse.ArgumentParser, timeout: float, keep_help: str) -> None:
     """``--json``, ``--timeout`` and ``--keep``, the options every benchmark ends with."""
     ap.add_argument("--json", metavar="PATH", help="also write raw results as JSON")

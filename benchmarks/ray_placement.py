@@ -100,13 +100,6 @@ print("RAY " + json.dumps(out))
 """
 
 
-def _row(name: str, samples: list[float]) -> str:
-    ms = [x * 1e3 for x in samples]
-    if len(ms) == 1:
-        return f"| {name} | {ms[0]:,.1f} | — | 1 |"
-    return f"| {name} | {h.percentile(ms, 50):,.1f} | {h.percentile(ms, 90):,.1f} | {len(ms)} |"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="n=5 instead of 20")
@@ -145,12 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("| what a container start costs on Ray | p50 ms | p90 ms | n |")
     print("|---|---:|---:|---:|")
-    print(_row("an actor per container: create until its first call returns", got["actor"]))
-    print(_row("a placement group per container: create until ready", got["pg_ready"]))
-    print(_row("  ... and its removal", got["pg_remove"]))
-    print(_row("  ... created right after another's removal", got["pg_back_to_back"]))
-    print(_row("20 placement groups at once, all ready (wall)", got["pg20"]))
-    print(_row("floor: a call to a running actor", got["call"]))
+    print(h.ms_row("an actor per container: create until its first call returns", got["actor"]))
+    print(h.ms_row("a placement group per container: create until ready", got["pg_ready"]))
+    print(h.ms_row("  ... and its removal", got["pg_remove"]))
+    print(h.ms_row("  ... created right after another's removal", got["pg_back_to_back"]))
+    print(h.ms_row("20 placement groups at once, all ready (wall)", got["pg20"]))
+    print(h.ms_row("floor: a call to a running actor", got["call"]))
     return 0
 
 

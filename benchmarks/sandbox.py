@@ -164,13 +164,6 @@ def _timed(argv: list[str], n: int) -> list[float]:
     return samples
 
 
-def _row(name: str, samples: list[float], scale: float = 1e3) -> str:
-    ms = [x * scale for x in samples]
-    if len(ms) == 1:
-        return f"| {name} | {ms[0]:,.1f} | — | 1 |"
-    return f"| {name} | {h.percentile(ms, 50):,.1f} | {h.percentile(ms, 90):,.1f} | {len(ms)} |"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="n=5 instead of 20")
@@ -202,20 +195,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("| metric | p50 ms | p90 ms | n |")
     print("|---|---:|---:|---:|")
-    print(_row("ketch: Sandbox.create -> first output of exec('echo')", result["create"]))
-    print(_row("floor: bare `bwrap ... echo hi` of the host's /", peer_bwrap))
-    print(_row("host: `subprocess.run(['echo', 'hi'])`", peer_echo))
-    print(_row("ketch: exec('true').wait() in a warm sandbox", result["exec"]))
-    print(_row("host: `subprocess.run(['true'])`", peer_true))
-    print(_row("ketch: 20 sandboxes created at once, all answered (wall)", result["pool20"]))
+    print(h.ms_row("ketch: Sandbox.create -> first output of exec('echo')", result["create"]))
+    print(h.ms_row("floor: bare `bwrap ... echo hi` of the host's /", peer_bwrap))
+    print(h.ms_row("host: `subprocess.run(['echo', 'hi'])`", peer_echo))
+    print(h.ms_row("ketch: exec('true').wait() in a warm sandbox", result["exec"]))
+    print(h.ms_row("host: `subprocess.run(['true'])`", peer_true))
+    print(h.ms_row("ketch: 20 sandboxes created at once, all answered (wall)", result["pool20"]))
     print(
         f"| ketch: stdout throughput, MiB/s (256 MiB) | {result['throughput_mib_s'][0]:,.0f} | — | 1 |"
     )
     tunnel, direct = result["tunnel"], result["direct"]
-    print(_row("ketch tunnel: 1-byte round trip, open connection", tunnel["rtt"]))
-    print(_row("host loopback: 1-byte round trip, open connection", direct["rtt"]))
-    print(_row("ketch tunnel: new connection's first round trip", tunnel["connect"]))
-    print(_row("host loopback: new connection's first round trip", direct["connect"]))
+    print(h.ms_row("ketch tunnel: 1-byte round trip, open connection", tunnel["rtt"]))
+    print(h.ms_row("host loopback: 1-byte round trip, open connection", direct["rtt"]))
+    print(h.ms_row("ketch tunnel: new connection's first round trip", tunnel["connect"]))
+    print(h.ms_row("host loopback: new connection's first round trip", direct["connect"]))
     for name, got in (("ketch tunnel", tunnel), ("host loopback", direct)):
         print(f"| {name}: 256 MiB from the server, MiB/s | {got['mib_s'][0]:,.0f} | — | 1 |")
     return 0

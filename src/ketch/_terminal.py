@@ -88,7 +88,8 @@ class Attached:
     async def run(self) -> int:
         """Until the command exits; its exit code."""
         self.loop.add_reader(self.stdin, self.typed)
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        # Signal handlers need the main thread's loop; elsewhere the size is set once.
+        with contextlib.suppress(RuntimeError, ValueError):
             self.loop.add_signal_handler(signal.SIGWINCH, self.resized)
         sender = self.loop.create_task(self.send_keys())
         try:
@@ -96,7 +97,7 @@ class Attached:
         finally:
             sender.cancel()
             self.loop.remove_reader(self.stdin)
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            with contextlib.suppress(RuntimeError, ValueError):
                 self.loop.remove_signal_handler(signal.SIGWINCH)
         while True:
             body = {**self.ids, "timeout": 30}

@@ -415,6 +415,7 @@ NEW_METHODS = (  # issue 16: containers and sandboxes (a container: its own app'
     ("ContainerLogs", {"container_id": "ta-x"}),
     ("ContainerStop", {"container_id": "ta-x"}),
     ("NodeList", {}),
+    ("InteractNext", {"app_id": "ap-x"}),
     ("SandboxCreate", {"app_id": "ap-x", "spec": {"tag": "s", "module_name": "", "qualname": "s"}}),
     ("SandboxList", {}),
     ("SandboxGet", {"sandbox_id": "sb-x"}),
@@ -458,3 +459,19 @@ def test_only_a_container_opens_a_tunnel_and_only_to_itself(control_plane):
     assert _post(control_plane.url, "TunnelOpen", {"port": 22}, invoke)[0] == 403
     status, reply = _post(control_plane.url, "TunnelOpen", {"port": 22, "container_id": "x"}, owner)
     assert status == 400 and "inside a ketch container" in reply["error"]["message"], reply
+
+
+def test_a_guessed_tunnel_connection_on_the_channel_port_is_closed(control_plane):
+    """Any local user can reach the channel's loopback port: a tunnel hello with an id the
+    control plane did not hand out (one-use, random) is closed at once, relaying nothing."""
+    import json
+    import socket
+
+    from ketch._wire import encode
+
+    info = json.loads((control_plane.home / "server.json").read_text())
+    host, port = info["channel"].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(encode({"t": "tunnel", "id": "guessed"}) + b"GET / HTTP/1.0\r\n\r\n")
+        sock.settimeout(10)
+        assert sock.recv(100) == b""  # closed, nothing relayed
