@@ -281,6 +281,7 @@ class KetchEnv:
             _psql(f"CREATE DATABASE {self.database} LOCALE 'C' TEMPLATE template0")
             env["KETCH_DATABASE"] = f"{TEST_POSTGRES}/{self.database}"
         self.env = env
+        self.wrap: list[str] = []  # run every command under this (nsenter into a netns, say)
         self._server_pids: set[int] = set()
         self._popens: list[subprocess.Popen] = []
 
@@ -292,7 +293,7 @@ class KetchEnv:
         env = dict(self.env, **(extra_env or {}))
         start = time.monotonic()
         proc = subprocess.Popen(
-            args,
+            [*self.wrap, *args],
             cwd=cwd or REPO,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -340,7 +341,7 @@ class KetchEnv:
 
     def popen(self, *args) -> StreamingProcess:
         """Start ``ketch ARGS...`` in the background, recording each output line as it arrives."""
-        proc = StreamingProcess(_ketch_command() + [str(a) for a in args], self.env)
+        proc = StreamingProcess([*self.wrap, *_ketch_command()] + [str(a) for a in args], self.env)
         self._popens.append(proc.proc)
         return proc
 

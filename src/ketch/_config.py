@@ -63,6 +63,13 @@ _SETTINGS: dict[str, _Setting] = {
     "database": _Setting(
         "", str, "postgresql://... to keep the control plane's state in PostgreSQL (else SQLite)"
     ),
+    "ray": _Setting("", str, "address of a Ray cluster (HOST:PORT) whose nodes run the containers"),
+    "advertise_address": _Setting(
+        "", str, "the address a cluster's nodes reach the control plane at (default: its host)"
+    ),
+    "node_home": _Setting(
+        "", str, "where a cluster node's ketch worker keeps its files (default: the temp dir)"
+    ),
     "queue_window": _Setting(
         50_000, int, "queued inputs per function held in memory; the rest wait in the store"
     ),

@@ -42,6 +42,13 @@ def server() -> None:
     metavar="URL",
     help="postgresql://user@host:port/db: keep the state in PostgreSQL (default: SQLite in KETCH_HOME)",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    default=None,
+    metavar="ADDRESS",
+    help="HOST:PORT of a Ray cluster: run containers on its nodes (pip install 'ketch[ray]')",
+)
 def start(
     host: str | None,
     port: int | None,
@@ -49,6 +56,7 @@ def start(
     tls_key: str | None,
     insecure: bool,
     database: str | None,
+    ray_address: str | None,
 ) -> None:
     """Start the control plane in the background (no-op if it runs).
 
@@ -69,6 +77,8 @@ def start(
         extra.append("--insecure")
     if database is not None:  # the control plane reads it as KETCH_DATABASE
         os.environ["KETCH_DATABASE"] = database
+    if ray_address is not None:  # read as KETCH_RAY
+        os.environ["KETCH_RAY"] = ray_address
     already = _server_manager.read_info()
     info = already or _server_manager.start(extra_args=tuple(extra))
     verb = "already running" if already else "started"

@@ -117,21 +117,27 @@ class Bundles:
                 python_platform(),
                 *_pins(),
             ]
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env={
-                    "UV_NATIVE_TLS": "1",
-                    **os.environ,
-                    "UV_CACHE_DIR": str(self.store.root / "uv-cache"),
-                },
-            )
-            out, _ = await proc.communicate()
+            env = {
+                "UV_NATIVE_TLS": "1",
+                **os.environ,
+                "UV_CACHE_DIR": str(self.store.root / "uv-cache"),
+            }
+            first = b""
+            for attempt in (argv, [*argv, "--offline"]):  # no index: what an earlier bundle cached
+                proc = await asyncio.create_subprocess_exec(
+                    *attempt,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=env,
+                )
+                out, _ = await proc.communicate()
+                if proc.returncode == 0:
+                    break
+                first = first or out
             if proc.returncode != 0:
                 raise RuntimeError(
                     f"installing the ketch bundle's packages for Python {python_version} failed:\n"
-                    + out.decode(errors="replace")[-4000:]
+                    + first.decode(errors="replace")[-4000:]
                 )
             if target.exists():
                 remove_tree(target)

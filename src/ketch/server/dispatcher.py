@@ -1037,7 +1037,8 @@ class Dispatcher:
         if results:
             self._perform(pool, pool.container_outputs(handle.id, results, now))
 
-    def container_exited(self, container_id: str, reason: str) -> None:
+    def container_exited(self, container_id: str, reason: str, preempted: bool = False) -> None:
+        """``preempted``: lost with its node; its inputs run again without counting as retries."""
         if self.sandboxes is not None and self.sandboxes.owns(container_id):
             self.sandboxes.exited(container_id, reason)
             return
@@ -1062,7 +1063,7 @@ class Dispatcher:
         pool = self.pools.get(handle.pool_key)
         if pool is not None:
             actions = pool.container_exited(
-                container_id, time.monotonic(), f"container {container_id} {reason}"
+                container_id, time.monotonic(), f"container {container_id} {reason}", preempted
             )
             oom = None
             if reason.startswith("ran out of memory"):

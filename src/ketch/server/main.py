@@ -88,15 +88,18 @@ async def _reap_ephemeral_apps(store: Store, dispatcher: Dispatcher) -> None:
 
 
 def _choose_runtime(
-    dispatcher: Dispatcher, volumes: VolumeService, home: Path, sockets: Path
+    dispatcher: Dispatcher, volumes: VolumeService, home: Path, sockets: Path, on_ray: bool = False
 ) -> userns.UserNamespace | None:
     """``sandbox`` where bubblewrap and root are available (``auto``), else ``local``, loudly.
+    ``on_ray``: containers run on the nodes of a Ray cluster; this machine only builds images.
 
     Returns the sandboxes' user namespace, for the caller to close at shutdown.
     """
     wanted = str(config.get("runtime")).lower()
     if wanted not in ("auto", "sandbox", "local"):
         raise SystemExit(f"ketch: unknown runtime {wanted!r}; choose sandbox, local or auto")
+    if on_ray:
+        wanted = "sandbox"
     if wanted == "local":
         logger.warning("runtime 'local': containers are NOT isolated and images are not applied")
         return None
@@ -123,6 +126,8 @@ def _choose_runtime(
     builds = BuildService(cache, ns)
     volumes.userns = ns
     dispatcher.services.builds = builds
+    if on_ray:
+        return ns
     dispatcher.services.worker = BubblewrapWorker(
         dispatcher.container_log,
         dispatcher.container_exited,
@@ -135,6 +140,43 @@ def _choose_runtime(
         why_not,
     )
     return ns
+
+
+async def _join_ray(dispatcher: Dispatcher, address: str, host: str, port: int) -> None:
+    """Containers on the nodes of the Ray cluster at ``address`` (ketch.cluster)."""
+    from ..cluster.ray_worker import RayWorker
+
+    builds = dispatcher.services.builds
+    if builds is None:
+        raise SystemExit("ketch: --ray needs the sandbox runtime here, to build images")
+    advertise = str(config.get("advertise_address") or "")
+    if not advertise:
+        advertise = "127.0.0.1" if host in LOOPBACK else host
+    if advertise in ("0.0.0.0", "::"):
+        raise SystemExit(
+            "ketch: serving on all addresses: set advertise_address (KETCH_ADVERTISE_ADDRESS) to the one nodes reach"
+        )
+    channel_port = dispatcher.channel_addr.rpartition(":")[2]
+    per_node = dispatcher.max_containers
+
+    def capacity(total: int) -> None:
+        dispatcher.max_containers = total
+
+    worker = RayWorker(
+        address,
+        dispatcher.container_log,
+        dispatcher.container_exited,
+        builds.builder,
+        f"{advertise}:{channel_port}",
+        f"{advertise}:{port}",
+        per_node,
+        capacity,
+    )
+    worker.connect()
+    await worker.start_nodes()
+    dispatcher.services.worker = worker
+    dispatcher.gpus = worker.gpus
+    logger.info("containers run on %s", worker.isolation)
 
 
 def _tls_context(
@@ -176,9 +218,18 @@ async def serve(
     api = Api(dispatcher, time.time(), Authenticator(home, store, dispatcher.container_caller))
     api.url = url
     sockets = socket_dir(home)
-    # Containers and web endpoints stay on loopback whatever the API's address.
-    channels = await serve_channel(dispatcher, "127.0.0.1", str(sockets / "channel.sock"))
-    containers_userns = _choose_runtime(dispatcher, volumes, home, sockets)
+    ray_address = str(config.get("ray") or "")
+    # Containers and web endpoints stay on loopback whatever the API's address, unless
+    # they run on a cluster's nodes, which reach the channel where they reach the API.
+    channel_host = host if ray_address else "127.0.0.1"
+    channels = await serve_channel(dispatcher, channel_host, str(sockets / "channel.sock"))
+    containers_userns = _choose_runtime(dispatcher, volumes, home, sockets, bool(ray_address))
+    if ray_address:
+        if tls is not None:
+            raise SystemExit(
+                "ketch: --ray with TLS on the API is not supported yet (docs/cluster.md)"
+            )
+        await _join_ray(dispatcher, ray_address, host, port)
     await dispatcher.start()
     gateway = dispatcher.services.gateway = Gateway(dispatcher, "127.0.0.1")
     await gateway.start()

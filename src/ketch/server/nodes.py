@@ -64,5 +64,11 @@ def this_node(api: Api) -> dict[str, Any]:
 
 
 @rpc
-def NodeList(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+async def NodeList(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    from ..cluster.ray_worker import RayWorker
+
+    worker = api.d.worker
+    if isinstance(worker, RayWorker):  # a Ray cluster's nodes
+        await worker.refresh()
+        return {"nodes": worker.node_rows()}
     return {"nodes": [this_node(api)]}

@@ -212,11 +212,20 @@ class Pool:
             self._sample_service(c, len(results), now)
         return actions + self._react(now)
 
-    def container_exited(self, container_id: str, now: float, reason: str) -> list[Action]:
+    def container_exited(
+        self, container_id: str, now: float, reason: str, preempted: bool = False
+    ) -> list[Action]:
+        """``preempted``: its node went away. Its inputs, running ones included, go back to
+        the front of the queue without counting against ``retries`` (Modal's preemption)."""
         c = self._drop(container_id)
         if c is None or self.stopped:
             return []
         actions: list[Action] = []
+        if preempted:
+            back = [i for i in c.assigned if i not in self.cancelled]
+            self.pending.extendleft(reversed(back))
+            self.cancelled.difference_update(c.assigned)
+            return self._react(now)
         if c.status == "starting":
             self.start_failures += 1
             if self.start_failures >= MAX_START_FAILURES:

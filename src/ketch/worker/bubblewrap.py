@@ -43,7 +43,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,15 +287,8 @@ class BubblewrapWorker:
         spawn(self._wait(container), name=f"wait {container_id}")
 
     async def _image(self, container_id: str, spec: FunctionSpec) -> BuiltImage:
-        from ..image import default_image
-
-        wire = spec.image or default_image().to_wire()
-        built = self.builder.cached(wire)
-        if built is None:
-            log_line = lambda line: self._on_log(container_id, "stderr", f"[build] {line}\n")  # noqa: E731
-            built = await self.builder.build(wire, log=log_line)
-        self.builder.store.touch(built.chain)
-        return built
+        log_line = lambda line: self._on_log(container_id, "stderr", f"[build] {line}\n")  # noqa: E731
+        return await image_for(self.builder, spec, log_line)
 
     def _command(
         self,
@@ -534,6 +527,18 @@ class BubblewrapWorker:
         await terminate_all(self._containers, self.terminate, grace)
         if self.disks is not None:
             self.disks.close()
+
+
+async def image_for(builder: Builder, spec: FunctionSpec, log: Callable[[str], None]) -> BuiltImage:
+    """The image ``spec`` runs in, built first if a layer is missing (``log`` hears the build)."""
+    from ..image import default_image
+
+    wire = spec.image or default_image().to_wire()
+    built = builder.cached(wire)
+    if built is None:
+        built = await builder.build(wire, log=log)
+    builder.store.touch(built.chain)
+    return built
 
 
 def drop_privileges(root: Path) -> None:

@@ -1,0 +1,324 @@
+"""The ketch worker of one Ray node: a long-lived async Ray actor pinned to it.
+
+It runs the same hardened sandbox containers as the embedded runtime
+(:class:`ketch.worker.bubblewrap.BubblewrapWorker`), in a home of its own on
+the node (``node_home``, default ``/tmp/ketch-node-<id>``), with its own image
+cache, user namespace and cgroup parent. What a container needs arrives from
+the control plane (:mod:`ketch.cluster.ray_worker`):
+
+* image layers and the ketch bundle, by name (content hash), as tar streams in
+  Ray's object store, cached on the node;
+* the app's source, as a snapshot with each start;
+* the way back: the agent binds the container's ``channel.sock`` and
+  ``api.sock`` to relays that carry each connection over TCP to the control
+  plane's channel and API ports, where the container's scoped token is checked
+  as on one machine. A ``block_network`` container needs no network for this.
+
+Logs and exits go back as events the control plane long-polls (``events``).
+This module is imported by Ray on the node; the control plane wraps the class
+with ``ray.remote`` (ketch itself never imports Ray).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import _source
+from .._config import config
+from .._spec import FunctionSpec
+from ..exception import ResourceUnavailableError
+from ..images.builder import Builder
+from ..images.layers import LayerStore, remove_tree
+from ..worker import gpus, isolate, userns
+from ..worker.bubblewrap import BubblewrapWorker, socket_dir
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("layers", "bundles")  # what the control plane ships, by folder of the image cache
+EVENTS_WAIT_S = 5.0
+
+
+def boot_id() -> str:
+    """This machine's boot id: two nodes with the same one share a filesystem."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return socket.gethostname()
+
+
+def node_home(node_id: str) -> Path:
+    base = config.get("node_home") or tempfile.gettempdir()
+    return Path(base) / f"ketch-node-{node_id[:12]}"
+
+
+def clear_leftovers(home: Path) -> None:
+    """Unmount and delete what a node's worker that died (a node lost with its machine, say)
+    left under ``home``: its containers' roots and binds, scratch disks and sockets. A new
+    worker on the same home does this as it starts; tests call it for nodes they killed."""
+    userns.clear(userns.run_dir(home))
+    for disk in sorted((home / "scratch" / "disks").glob("*")):
+        if os.path.ismount(disk):
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=60)
+    if home.is_dir():
+        for entry in sorted((home / "containers").glob("*")):
+            remove_tree(entry)
+    with contextlib.suppress(OSError, PermissionError):
+        shutil.rmtree(socket_dir(home))
+
+
+async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(1 << 16):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+async def serve_relay(path: Path, host: str, port: int) -> asyncio.Server:
+    """A unix socket at ``path`` whose every connection is carried to ``host:port`` over TCP."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(host, port)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(_relay(reader, up_writer), _relay(up_reader, writer))
+
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    server = await asyncio.start_unix_server(handle, str(path))
+    os.chmod(path, 0o600)
+    return server
+
+
+def _split(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class NodeAgent:
+    """One Ray node's containers. Every method runs on the actor's event loop."""
+
+    def __init__(self, node_id: str, channel_addr: str, api_addr: str) -> None:
+        self.node_id = node_id
+        self.channel_addr = channel_addr
+        self.api_addr = api_addr
+        self.home = node_home(node_id)
+        self._events: list[tuple[Any, ...]] = []
+        self._wake: asyncio.Event | None = None
+        self._relays: list[asyncio.Server] = []
+        self._userns: userns.UserNamespace | None = None
+        self.worker: BubblewrapWorker | None = None
+        self.gpus: gpus.GpuAllocator | None = None
+
+    async def setup(self) -> dict[str, Any]:
+        """Start the node's runtime; returns what the node has (``ketch node list``)."""
+        self._wake = asyncio.Event()
+        support = isolate.support()
+        if not support.ok:
+            raise RuntimeError(f"the sandbox runtime cannot run on this node: {support.reason}")
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Several nodes may share a machine (and its cgroup tree): each keeps its own parent.
+        os.environ.setdefault("KETCH_CGROUP_PARENT", f"ketch-node-{self.node_id[:12]}")
+        sockets = socket_dir(self.home)
+        channel = sockets / "channel.sock"
+        api = sockets / "containers.sock"
+        self._relays = [
+            await serve_relay(channel, *_split(self.channel_addr)),
+            await serve_relay(api, *_split(self.api_addr)),
+        ]
+        cache = self.home / "images"
+        cache.mkdir(exist_ok=True)
+        self._userns, why_not = userns.start(self.home, probe_dirs=[cache])
+        self.gpus = gpus.GpuAllocator(gpus.discover())
+        self.worker = BubblewrapWorker(
+            self._log,
+            self._exit,
+            self.home,
+            Builder(LayerStore(cache), self._userns),
+            channel,
+            api,
+            self.gpus,
+            self._userns,
+            why_not,
+        )
+        return self.describe()
+
+    def describe(self) -> dict[str, Any]:
+        assert self.worker is not None and self.gpus is not None
+        holders = {i: owner for owner, indices in self.gpus.busy().items() for i in indices}
+        total = available = 0
+        with contextlib.suppress(OSError), open("/proc/meminfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key == "MemTotal":
+                    total = int(value.split()[0]) // 1024
+                elif key == "MemAvailable":
+                    available = int(value.split()[0]) // 1024
+        return {
+            "node_id": self.node_id,
+            "hostname": socket.gethostname(),
+            "boot_id": boot_id(),
+            "home": str(self.home),
+            "memory_mib": total,
+            "memory_available_mib": available,
+            "isolation": self.worker.isolation,
+            "containers": self.worker.running(),
+            "gpus": [
+                {
+                    "index": g.index,
+                    "type": g.kind,
+                    "name": g.name,
+                    "memory_mib": g.memory_mib,
+                    "container": holders.get(g.index),
+                }
+                for g in self.gpus.inventory.gpus
+            ],
+        }
+
+    # -- bytes from the control plane -------------------------------------------------
+    def _cache(self, kind: str, name: str) -> Path:
+        if kind not in KINDS or not name or "/" in name or name.startswith("."):
+            raise ValueError(f"bad cache entry {kind}/{name}")
+        return self.home / "images" / kind / name
+
+    async def has(self, kind: str, name: str) -> bool:
+        path = self._cache(kind, name)
+        return (path / ("meta.json" if kind == "layers" else "deps")).exists()
+
+    async def receive(self, kind: str, name: str, chunks: Sequence[Any]) -> None:
+        """Unpack a tar stream (``chunks``: Ray object refs, in order) as ``kind/name``."""
+        target = self._cache(kind, name)
+        if await self.has(kind, name):
+            return
+        staging = Path(tempfile.mkdtemp(dir=self.home / "images", prefix=".in-"))
+        proc = await asyncio.create_subprocess_exec(
+            "tar",
+            "-C",
+            str(staging),
+            "-xf",
+            "-",
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            stdin=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdin is not None and proc.stderr is not None
+        try:
+            for ref in chunks:
+                proc.stdin.write(await ref)
+                await proc.stdin.drain()
+            proc.stdin.close()
+            err = await proc.stderr.read()
+            if await proc.wait() != 0:
+                raise RuntimeError(f"could not unpack {kind}/{name}: {err.decode()[-500:]}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                staging.rename(target)
+            except OSError:  # another start unpacked it first
+                if not await self.has(kind, name):
+                    raise
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            if staging.exists():
+                await asyncio.to_thread(remove_tree, staging)
+
+    def _unpack_source(self, spec: FunctionSpec, source: tuple[str, bytes]) -> FunctionSpec:
+        digest, data = source
+        if not digest.isalnum():
+            raise ValueError(f"bad source digest {digest!r}")
+        target = _source.unpack_snapshot(data, self.home / "sources" / digest)
+        assert spec.root_dir and spec.module_file
+        rel = os.path.relpath(spec.module_file, spec.root_dir)
+        return dataclasses.replace(spec, root_dir=str(target), module_file=str(target / rel))
+
+    # -- containers ---------------------------------------------------------------------
+    async def start(
+        self,
+        container_id: str,
+        env: dict[str, str],
+        spec: FunctionSpec,
+        mounts: Sequence[tuple[str, str, bool]],
+        source: tuple[str, bytes] | None,
+    ) -> None:
+        assert self.worker is not None and self.gpus is not None
+        env = dict(env, KETCH_NODE_ID=self.node_id)
+        if spec.gpu:
+            got = self.gpus.allocate(container_id, spec.gpu)
+            if got is None:
+                raise ResourceUnavailableError(
+                    f"node {self.node_id[:12]} has no free GPU for {spec.gpu} "
+                    f"({self.gpus.inventory.describe()})"
+                )
+            env.update(gpus.visible_devices_env(got[1]))
+        if source is not None:
+            spec = self._unpack_source(spec, source)
+        try:
+            await self.worker.start(container_id, env, spec, mounts)
+        except BaseException:
+            self.gpus.release(container_id)
+            raise
+
+    async def terminate(self, container_id: str, grace: float) -> None:
+        if self.worker is not None:
+            self.worker.terminate(container_id, grace)
+
+    async def kill(self, container_id: str) -> None:
+        if self.worker is not None:
+            self.worker.kill(container_id)
+
+    async def allow_egress(self, container_id: str, networks: Sequence[str]) -> None:
+        assert self.worker is not None
+        await self.worker.allow_egress(container_id, networks)
+
+    def _log(self, container_id: str, stream: str, text: str) -> None:
+        self._push(("log", container_id, stream, text))
+
+    def _exit(self, container_id: str, reason: str) -> None:
+        if self.gpus is not None:
+            self.gpus.release(container_id)
+        self._push(("exit", container_id, reason))
+
+    def _push(self, event: tuple[Any, ...]) -> None:
+        self._events.append(event)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def events(self) -> list[tuple[Any, ...]]:
+        """What happened since the last call: logs and exits (waits a few seconds for one)."""
+        assert self._wake is not None
+        if not self._events:
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), EVENTS_WAIT_S)
+        out, self._events = self._events, []
+        return out
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        if self.worker is not None:
+            await self.worker.shutdown(grace)
+        for server in self._relays:
+            server.close()
+        if self._userns is not None:
+            self._userns.close()
+        with contextlib.suppress(OSError):
+            shutil.rmtree(socket_dir(self.home))

@@ -1,0 +1,537 @@
+"""Containers on a Ray cluster: the control plane's side (``ketch server start --ray ADDRESS``).
+
+Decided by measurement (``benchmarks/ray_placement.py``, docs/cluster.md): one
+ketch worker per node (:class:`ketch.cluster.agent.NodeAgent`, an actor pinned
+there with no resources of its own) and one placement group per container.
+
+* **Placement.** A container's ``cpu``, ``memory`` and ``gpu`` become the one
+  bundle of a placement group; Ray picks the node and accounts the resources,
+  and its autoscaler, where the cluster has one, sees a pending group as demand.
+  A GPU type is asked as ``accelerator_type:<TYPE>`` (Ray's own label) when the
+  cluster has that label.
+* **Bytes.** Images are built here; a node gets each layer, and the ketch
+  bundle, once, by content hash, through Ray's object store; the app's source
+  travels with each start. Volumes and ``copy=False`` files are host paths:
+  they reach nodes that share this machine's filesystem, and are refused,
+  clearly, elsewhere (docs/cluster.md).
+* **Node loss is preemption.** When a node's agent dies (its node was killed
+  or drained), its containers end as preempted: the dispatcher puts their
+  inputs back at the front of the queue without counting against ``retries``,
+  and starts new containers on the nodes that are left.
+
+It is the dispatcher's :class:`~ketch.server.services.Worker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import _source
+from .._spec import FunctionSpec
+from .._tasks import spawn
+from ..exception import InvalidError
+from ..images.builder import Builder
+from ..worker import gpus
+from ..worker.bubblewrap import image_for
+from .agent import NodeAgent, boot_id
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "ketch"
+CHUNK = 32 << 20  # bytes per object of a shipped tar stream
+DEFAULT_CPU = 0.125  # Modal's default CPU request
+WATCH_S = 1.0
+
+
+@dataclass
+class _Node:
+    node_id: str
+    agent: Any  # Ray actor handle
+    info: dict[str, Any]
+    resources: dict[str, float]
+    address: str = ""
+    containers: set[str] = field(default_factory=set)
+    have: set[str] = field(default_factory=set)  # "kind/name" known to be on the node
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    events: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Placed:
+    pg: Any  # Ray placement group
+    node: _Node | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ClusterGpus(gpus.GpuAllocator):
+    """GPUs as the control plane sees them on a cluster: every node's, for checks; each
+    node's agent hands its own devices out."""
+
+    def __init__(self, nodes: Callable[[], Sequence[_Node]]) -> None:
+        super().__init__(gpus.Inventory((), "none: no node has GPUs"))
+        self._nodes = nodes
+
+    @property
+    def inventory(self) -> gpus.Inventory:
+        found = [
+            gpus.Gpu(
+                i, f"{n.node_id[:12]}-{g['index']}", g["name"], g["type"], g["memory_mib"], None
+            )
+            for i, (n, g) in enumerate((n, g) for n in self._nodes() for g in n.info["gpus"])
+        ]
+        return gpus.Inventory(
+            tuple(found), "ray" if found else "none: no node of the cluster has GPUs"
+        )
+
+    @inventory.setter
+    def inventory(self, value: gpus.Inventory) -> None:
+        pass
+
+    def allocate(
+        self, owner: str, options: Sequence[Mapping[str, Any]]
+    ) -> tuple[dict[str, Any], list[gpus.Gpu]] | None:
+        return dict(options[0]), []  # the node's agent picks the devices
+
+    def release(self, owner: str) -> None:
+        pass
+
+    def busy(self) -> dict[str, list[int]]:
+        return {}
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise SystemExit(
+            "ketch: --ray needs Ray on the control plane and every node: pip install 'ketch[ray]'"
+        ) from None
+    return ray
+
+
+class RayWorker:
+    """Starts, stops and watches containers on the nodes of a Ray cluster."""
+
+    name = "sandbox"
+    enforces_read_only = True
+
+    def __init__(
+        self,
+        address: str,
+        on_log: Callable[[str, str, str], None],
+        on_exit: Callable[..., None],
+        builder: Builder,
+        channel_addr: str,
+        api_addr: str,
+        per_node: int,
+        on_capacity: Callable[[int], None],
+    ) -> None:
+        self.address = address
+        self._on_log = on_log
+        self._on_exit = on_exit
+        self.builder = builder
+        self.channel_addr = channel_addr
+        self.api_addr = api_addr
+        self.per_node = per_node
+        self._on_capacity = on_capacity
+        self.nodes: dict[str, _Node] = {}
+        self._placed: dict[str, _Placed] = {}
+        self._watch: asyncio.Task[None] | None = None
+        self._boot_id = boot_id()
+        self.gpus = ClusterGpus(lambda: list(self.nodes.values()))
+        self.placement_timeout = float(os.environ.get("KETCH_RAY_PLACEMENT_TIMEOUT", "600"))
+
+    # -- the cluster -----------------------------------------------------------------
+    def connect(self) -> None:
+        """Join the cluster as a driver (on the main thread: Ray sets signal handlers)."""
+        ray = _ray()
+        ray.init(
+            address=self.address,
+            namespace=NAMESPACE,
+            logging_level=logging.WARNING,
+            configure_logging=False,  # the control plane's own logging stays as it is
+            log_to_driver=False,
+        )
+
+    async def start_nodes(self) -> None:
+        await self._sync_nodes()
+        if not self.nodes:
+            raise SystemExit(f"ketch: the Ray cluster at {self.address} has no node ketch can use")
+        self._watch = spawn(self._watch_nodes(), name="watch ray nodes")
+
+    async def _watch_nodes(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_S)
+            try:
+                await self._sync_nodes()
+            except Exception:
+                logger.exception("could not read the Ray cluster's nodes")
+
+    async def _sync_nodes(self) -> None:
+        ray = _ray()
+        listed = await asyncio.to_thread(ray.nodes)
+        alive = {n["NodeID"]: n for n in listed if n.get("Alive")}
+        for node_id in list(self.nodes):
+            if node_id not in alive:
+                self._lost(self.nodes[node_id], "its Ray node is gone")
+        new = [n for node_id, n in alive.items() if node_id not in self.nodes]
+        if new:
+            await asyncio.gather(*(self._add_node(n) for n in new))
+        self._on_capacity(self.per_node * max(1, len(self.nodes)))
+
+    async def _add_node(self, row: dict[str, Any]) -> None:
+        ray = _ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        node_id = row["NodeID"]
+        agent = (
+            ray.remote(NodeAgent)
+            .options(
+                num_cpus=0,
+                max_concurrency=1000,
+                max_restarts=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+            )
+            .remote(node_id, self.channel_addr, self.api_addr)
+        )
+        try:
+            info = await agent.setup.remote()
+        except Exception as exc:
+            logger.warning("node %s runs no ketch containers: %s", node_id[:12], exc)
+            with contextlib.suppress(Exception):
+                ray.kill(agent)
+            return
+        node = _Node(
+            node_id, agent, info, dict(row.get("Resources", {})), row.get("NodeManagerAddress", "")
+        )
+        self.nodes[node_id] = node
+        node.events = spawn(self._events(node), name=f"events of node {node_id[:12]}")
+        logger.info(
+            "node %s joined: %s CPUs, %s",
+            node_id[:12],
+            node.resources.get("CPU", 0),
+            info["isolation"],
+        )
+
+    async def _events(self, node: _Node) -> None:
+        ray = _ray()
+        while self.nodes.get(node.node_id) is node:
+            try:
+                events = await node.agent.events.remote()
+            except ray.exceptions.RayActorError as exc:
+                self._lost(node, f"its ketch worker died ({type(exc).__name__})")
+                return
+            except Exception as exc:  # a transient error of Ray's
+                logger.warning("events of node %s: %s", node.node_id[:12], exc)
+                await asyncio.sleep(1.0)
+                continue
+            for event in events:
+                if event[0] == "log":
+                    self._on_log(event[1], event[2], event[3])
+                elif event[0] == "exit":
+                    self._exited(event[1], event[2])
+
+    def _lost(self, node: _Node, why: str) -> None:
+        """A node went away: its containers were preempted."""
+        if self.nodes.pop(node.node_id, None) is None:
+            return
+        logger.warning(
+            "node %s lost (%s): %d containers preempted",
+            node.node_id[:12],
+            why,
+            len(node.containers),
+        )
+        for container_id in list(node.containers):
+            self._exited(
+                container_id, f"was lost with node {node.node_id[:12]} ({why}): preempted", True
+            )
+        if node.events is not None and node.events is not asyncio.current_task():
+            node.events.cancel()
+        self._on_capacity(self.per_node * max(1, len(self.nodes)))
+
+    def _exited(self, container_id: str, reason: str, preempted: bool = False) -> None:
+        placed = self._placed.pop(container_id, None)
+        if placed is None:
+            return
+        if placed.node is not None:
+            placed.node.containers.discard(container_id)
+        self._remove_pg(placed.pg)
+        if preempted:
+            self._on_exit(container_id, reason, preempted=True)
+        else:
+            self._on_exit(container_id, reason)
+
+    @staticmethod
+    def _remove_pg(pg: Any) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        with contextlib.suppress(Exception):
+            remove_placement_group(pg)
+
+    # -- placement ---------------------------------------------------------------------
+    def bundle(self, spec: FunctionSpec) -> dict[str, float]:
+        """What Ray reserves for one container of ``spec``."""
+        cpu = getattr(spec, "cpu", None)
+        memory = getattr(spec, "memory", None)
+        out: dict[str, float] = {"CPU": float(cpu[0]) if cpu and cpu[0] else DEFAULT_CPU}
+        if memory and memory[0]:
+            out["memory"] = float(int(memory[0]) << 20)
+        for option in getattr(spec, "gpu", None) or ():
+            kinds = [
+                g["type"]
+                for n in self.nodes.values()
+                for g in n.info["gpus"]
+                if gpus.satisfies(option["type"], gpus.Gpu(0, "", g["name"], g["type"], 0, None))
+            ]
+            if not kinds:
+                continue
+            out["GPU"] = float(option.get("count") or 1)
+            label = f"accelerator_type:{kinds[0]}"
+            if any(label in n.resources for n in self.nodes.values()):
+                out[label] = 0.001
+            break
+        return out
+
+    async def start(
+        self,
+        container_id: str,
+        env: dict[str, str],
+        spec: FunctionSpec,
+        mounts: Sequence[tuple[str, str, bool]] = (),
+    ) -> None:
+        from ray.util.placement_group import placement_group
+
+        log = lambda line: self._on_log(container_id, "stderr", f"[build] {line}\n")  # noqa: E731
+        built = await image_for(self.builder, spec, log)
+        bundle_dir = await self.builder.prepare_bundle(built, lambda line: None)
+        wanted = self.bundle(spec)
+        pg = placement_group([wanted], strategy="PACK", name=container_id)
+        placed = self._placed[container_id] = _Placed(pg)
+        try:
+            node = await self._place(container_id, placed, wanted)
+            if node is None:  # stopped while it waited for a node: an ordinary end
+                self._exited(container_id, "was stopped before a node was found for it")
+                return
+            placed.node = node
+            node.containers.add(container_id)
+            for layer in built.chain:
+                await self._ship(node, "layers", layer)
+            await self._ship(node, "bundles", bundle_dir.name)
+            local_paths = bool(mounts) or bool((getattr(spec, "image", None) or {}).get("mounts"))
+            if local_paths and node.info["boot_id"] != self._boot_id:
+                raise InvalidError(
+                    f"node {node.node_id[:12]} is another machine: Volumes and copy=False files "
+                    "reach only nodes that share the control plane's filesystem (for now)"
+                )
+            await node.agent.start.remote(container_id, env, spec, list(mounts), self._source(spec))
+        except BaseException:
+            if self._placed.pop(container_id, None) is not None:
+                if placed.node is not None:
+                    placed.node.containers.discard(container_id)
+                self._remove_pg(pg)
+            raise
+
+    async def _place(
+        self, container_id: str, placed: _Placed, wanted: dict[str, float]
+    ) -> _Node | None:
+        """The node Ray reserved ``wanted`` on; None if the container was stopped first."""
+        from ray.util.placement_group import placement_group_table
+
+        ready = asyncio.ensure_future(placed.pg.ready())
+        stop = asyncio.ensure_future(placed.stop.wait())
+        started = time.monotonic()
+        try:
+            done, _ = await asyncio.wait(
+                {ready, stop}, timeout=self.placement_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            ready.cancel()
+            stop.cancel()
+        if stop in done:
+            return None
+        if ready not in done:
+            raise RuntimeError(
+                f"no node of the Ray cluster could hold {_describe(wanted)} within "
+                f"{self.placement_timeout:.0f} s"
+            )
+        table = await asyncio.to_thread(placement_group_table, placed.pg)
+        node_id = table["bundles_to_node_id"][0]
+        node = self.nodes.get(node_id)
+        if node is None:
+            await self._sync_nodes()
+            node = self.nodes.get(node_id)
+        if node is None:
+            raise RuntimeError(f"Ray placed it on node {node_id[:12]}, which runs no ketch worker")
+        logger.info(
+            "container %s placed on node %s in %.0f ms",
+            container_id,
+            node_id[:12],
+            (time.monotonic() - started) * 1000,
+        )
+        return node
+
+    async def _ship(self, node: _Node, kind: str, name: str) -> None:
+        """Make ``kind/name`` of the image cache exist on ``node`` (once per node)."""
+        key = f"{kind}/{name}"
+        if key in node.have:
+            return
+        async with node.locks.setdefault(key, asyncio.Lock()):
+            if key in node.have:
+                return
+            if not await node.agent.has.remote(kind, name):
+                started = time.monotonic()
+                refs, size = await asyncio.to_thread(
+                    _tar_refs, self.builder.store.root / kind / name
+                )
+                await node.agent.receive.remote(kind, name, refs)
+                logger.info(
+                    "sent %s (%d MiB) to node %s in %.1f s",
+                    key,
+                    size >> 20,
+                    node.node_id[:12],
+                    time.monotonic() - started,
+                )
+            node.have.add(key)
+
+    @staticmethod
+    def _source(spec: FunctionSpec) -> tuple[str, bytes] | None:
+        """The app's source, which goes with every start (a node has no other way to it)."""
+        root, module_file = getattr(spec, "root_dir", None), getattr(spec, "module_file", None)
+        if not root or not module_file or getattr(spec, "serialized_fn", None):
+            return None
+        data = _source.snapshot(Path(root), spec.module_name, module_file)
+        return _source.digest(data), data
+
+    # -- the Worker interface ------------------------------------------------------------
+    def terminate(self, container_id: str, grace: float) -> None:
+        placed = self._placed.get(container_id)
+        if placed is None:
+            return
+        if placed.node is None:
+            placed.stop.set()
+        else:
+            placed.node.agent.terminate.remote(container_id, grace)
+
+    def kill(self, container_id: str) -> None:
+        placed = self._placed.get(container_id)
+        if placed is not None and placed.node is not None:
+            placed.node.agent.kill.remote(container_id)
+        elif placed is not None:
+            placed.stop.set()
+
+    async def allow_egress(self, container_id: str, networks: Sequence[str]) -> None:
+        placed = self._placed.get(container_id)
+        if placed is None or placed.node is None:
+            raise InvalidError(f"container {container_id} is not running")
+        await placed.node.agent.allow_egress.remote(container_id, list(networks))
+
+    async def snapshot(self, container_id: str, dest: Path) -> None:
+        raise InvalidError("snapshot_filesystem() is not available on a Ray cluster yet")
+
+    def running(self) -> int:
+        return len(self._placed)
+
+    def unenforced(self, spec: FunctionSpec) -> list[str]:
+        return []
+
+    @property
+    def isolation(self) -> str:
+        first = next(iter(self.nodes.values()), None)
+        where = f"Ray cluster at {self.address}, {len(self.nodes)} nodes"
+        return f"{where}; each: {first.info['isolation']}" if first else where
+
+    def node_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for node in self.nodes.values():
+            info = node.info
+            rows.append(
+                {
+                    "node_id": node.node_id,
+                    "hostname": info["hostname"],
+                    "address": node.address,
+                    "cpus": node.resources.get("CPU", 0),
+                    "memory_mib": int(node.resources.get("memory", 0)) >> 20,
+                    "memory_available_mib": info["memory_available_mib"],
+                    "gpus": info["gpus"],
+                    "containers": sum(1 for c in node.containers if not c.startswith("sb-")),
+                    "sandboxes": sum(1 for c in node.containers if c.startswith("sb-")),
+                    "max_containers": self.per_node,
+                    "runtime": "sandbox (ray)",
+                    "health": "ok",
+                }
+            )
+        return rows
+
+    async def refresh(self) -> None:
+        """Each node's GPUs as its agent holds them now."""
+        nodes = list(self.nodes.values())
+        infos = await asyncio.gather(
+            *(n.agent.describe.remote() for n in nodes), return_exceptions=True
+        )
+        for node, info in zip(nodes, infos, strict=True):
+            if isinstance(info, dict):
+                node.info = info
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        ray = _ray()
+        if self._watch is not None:
+            self._watch.cancel()
+        nodes = list(self.nodes.values())
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                asyncio.gather(
+                    *(n.agent.shutdown.remote(grace) for n in nodes), return_exceptions=True
+                ),
+                grace + 10,
+            )
+        for node in nodes:
+            if node.events is not None:
+                node.events.cancel()
+            with contextlib.suppress(Exception):
+                ray.kill(node.agent)
+        self.nodes.clear()
+        for placed in self._placed.values():
+            self._remove_pg(placed.pg)
+        self._placed.clear()
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+
+
+def _tar_refs(path: Path) -> tuple[list[Any], int]:
+    """``path`` as a tar stream, put into Ray's object store in pieces; and its size."""
+    ray = _ray()
+    proc = subprocess.Popen(
+        ["tar", "-C", str(path), "-cf", "-", "--numeric-owner", "--xattrs", "."],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    refs, size = [], 0
+    while chunk := proc.stdout.read(CHUNK):
+        refs.append(ray.put(chunk))
+        size += len(chunk)
+    err = proc.stderr.read()
+    if proc.wait() != 0:
+        raise RuntimeError(f"could not read {path}: {err.decode()[-500:]}")
+    return refs, size
+
+
+def _describe(bundle: Mapping[str, float]) -> str:
+    parts = []
+    for key, value in bundle.items():
+        if key == "memory":
+            parts.append(f"memory={int(value) >> 20} MiB")
+        elif not key.startswith("accelerator_type:"):
+            parts.append(f"{key}={value:g}")
+        else:
+            parts.append(key)
+    return ", ".join(parts)

@@ -1,0 +1,277 @@
+"""Containers on a real three-node Ray cluster (issue 17), end to end from the CLI.
+
+Ray's servers listen on every address whatever they are told, so the cluster,
+the control plane and the clients run in a network namespace this module makes
+(only its loopback exists there). Three ``ray start`` nodes with 1, 2 and 4
+CPUs; the third also declares one A10G GPU (a fake one, ``KETCH_FAKE_GPUS``).
+Proved here: placement by resources (a ``cpu=3`` function and an A10G function
+land on the only node that has them), containers spread over the nodes,
+sandboxes and web endpoints on nodes, ``ketch node list``, and a node killed
+during a 2,000-input map with ``retries=0``: every result comes back right.
+In the PostgreSQL pass the state is in PostgreSQL too (over its unix socket).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+from ketch_testing import KetchEnv, wait_until
+
+pytestmark = pytest.mark.timeout(600)
+
+RAY = Path(sys.executable).parent / "ray"
+PORT = 6380  # inside the namespace every port is free
+
+APP = textwrap.dedent(
+    """
+    import os, time, urllib.request
+    import ketch
+
+    app = ketch.App("ray-e2e")
+
+    def node():
+        return os.environ.get("KETCH_NODE_ID", "?")
+
+    @app.function(cpu=1.0)
+    def spread(i):
+        time.sleep(1.0)
+        return node()
+
+    @app.function(cpu=3.0)
+    def big():
+        return node()
+
+    @app.function(gpu="A10G")
+    def gpu():
+        return node(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    @app.function()
+    @ketch.web_server(8000, startup_timeout=60)
+    def files():  # no fastapi in the default image, and no PyPI in the test's namespace
+        import pathlib, subprocess, sys
+        pathlib.Path("/tmp/www").mkdir(exist_ok=True)
+        pathlib.Path("/tmp/www/node").write_text(node())
+        subprocess.Popen([sys.executable, "-m", "http.server", "8000", "-d", "/tmp/www"])
+
+    @app.local_entrypoint()
+    def main():
+        print("BIG", big.remote())
+        print("GPU", *gpu.remote())
+        print("SPREAD", " ".join(sorted(set(spread.map(range(8))))))
+        with urllib.request.urlopen(files.get_web_url() + "/node", timeout=60) as r:
+            print("WEB", r.read().decode())
+        sb = ketch.Sandbox.create("sh", "-c", "echo sandbox on $KETCH_NODE_ID", app=app)
+        sb.wait()
+        print("SANDBOX", sb.stdout.read().strip())
+    """
+)
+
+MAP = textwrap.dedent(
+    """
+    import os, time
+    import ketch
+
+    app = ketch.App("ray-loss")
+
+    @app.function(cpu=1.0, retries=0)
+    def square(i):
+        time.sleep(0.05)
+        return i * i, os.environ.get("KETCH_NODE_ID", "?")
+
+    @app.local_entrypoint()
+    def main():
+        out, seen = [], {}
+        for n, (value, node) in enumerate(square.map(range(2000))):
+            out.append(value)
+            seen[node] = seen.get(node, 0) + 1
+            if n % 100 == 0:
+                print("PROGRESS", n, flush=True)
+        assert out == [i * i for i in range(2000)], "wrong results"
+        print("ALL OK", len(out), " ".join(f"{k}={v}" for k, v in sorted(seen.items())))
+    """
+)
+
+WARM = textwrap.dedent(
+    """
+    import ketch
+
+    app = ketch.App("ray-warm")
+
+    @app.function()
+    def f():
+        return 1
+
+    @app.local_entrypoint()
+    def main():
+        print("WARM", f.remote())
+    """
+)
+
+
+def _tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def _unmount_under(path: Path) -> None:
+    """What a killed node's worker left mounted under ``path`` (deepest first)."""
+    with open("/proc/self/mountinfo") as fh:
+        rows = [line.split() for line in fh]
+    points = [r[4] for r in rows if r[4].startswith(str(path)) or r[3].startswith(str(path))]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
+
+
+def _remove_cgroups(prefix: str) -> None:
+    root = Path("/sys/fs/cgroup")
+    for top in root.glob(prefix + "*"):
+        for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda d: -len(d[0])):
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                pass
+
+
+@pytest.fixture(scope="module")
+def cluster(workdir_module):
+    from ketch.cluster.agent import clear_leftovers
+    from ketch.worker import isolate
+
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"):
+        pytest.skip("needs root, unshare and nsenter (a network namespace for Ray)")
+    if not RAY.exists():
+        pytest.skip("Ray is not installed (pip install 'ketch[ray]')")
+    if not (support := isolate.support()).ok:
+        pytest.skip(f"the sandbox runtime cannot run here: {support.reason}")
+    base = Path(tempfile.mkdtemp(prefix="ketch-ray-", dir="/tmp"))
+    # The image and the ketch bundle are built where PyPI and Debian are reachable: the
+    # namespace has no way out (on a real cluster the control plane's machine has one).
+    warm = KetchEnv(base / "warm-home", runtime="sandbox")
+    try:
+        (workdir_module / "warm.py").write_text(WARM)
+        assert "WARM 1" in warm.cli("run", "warm.py", cwd=workdir_module, timeout=300).stdout
+    finally:
+        warm.close()
+    holder = subprocess.Popen(["unshare", "-n", "sleep", "infinity"])
+    env = KetchEnv(base / "home", runtime="sandbox")
+    try:
+        wait_until(
+            lambda: os.readlink(f"/proc/{holder.pid}/ns/net") != os.readlink("/proc/self/ns/net"),
+            10,
+        )
+        env.wrap = ["nsenter", "-t", str(holder.pid), "-n"]
+        subprocess.run([*env.wrap, "ip", "link", "set", "lo", "up"], check=True, timeout=30)
+        env.env["KETCH_NODE_HOME"] = str(base / "nodes")
+        env.env["KETCH_LOG_LEVEL"] = "INFO"
+        if env.database and (sockets := os.environ.get("KETCH_TEST_POSTGRES_SOCKET")):
+            port = os.environ["KETCH_TEST_POSTGRES"].rsplit(":", 1)[1]
+            env.env["KETCH_DATABASE"] = (
+                f"postgresql://postgres@/{env.database}?host={sockets}&port={port}"
+            )
+        common = ["--temp-dir", str(base / "ray"), "--disable-usage-stats"]
+        head = ["--head", f"--port={PORT}", "--include-dashboard=false"]
+        join = [f"--address=127.0.0.1:{PORT}"]
+        for args, extra in (
+            ([*head, "--num-cpus=1"], {}),
+            ([*join, "--num-cpus=2"], {}),
+            (
+                [*join, "--num-cpus=4", "--num-gpus=1", '--resources={"accelerator_type:A10G": 1}'],
+                {"KETCH_FAKE_GPUS": "A10G"},
+            ),
+        ):
+            done = env._run([str(RAY), "start", *args, *common], 120, extra_env=extra)
+            assert done.returncode == 0, done.describe()
+        started = env.cli("server", "start", "--ray", f"127.0.0.1:{PORT}", timeout=120)
+        assert started.returncode == 0, started.describe()
+        yield env
+    finally:
+        env.close()
+        holder.kill()
+        holder.wait()
+        for home in (base / "nodes").glob("ketch-node-*"):
+            clear_leftovers(home)
+        _unmount_under(base)
+        _remove_cgroups("ketch-node-")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def workdir_module(tmp_path_factory):
+    return tmp_path_factory.mktemp("ray-app")
+
+
+def _nodes(env: KetchEnv) -> list[dict]:
+    done = env.cli("node", "list", "--json")
+    assert done.returncode == 0, done.describe()
+    return json.loads(done.stdout)
+
+
+def test_nodes_are_listed_with_their_resources(cluster):
+    nodes = _nodes(cluster)
+    assert sorted(n["cpus"] for n in nodes) == [1, 2, 4]
+    gpu_nodes = [n for n in nodes if n["gpus"]]
+    assert len(gpu_nodes) == 1 and gpu_nodes[0]["cpus"] == 4
+    assert gpu_nodes[0]["gpus"][0]["type"] == "A10G"
+    assert all(n["health"] == "ok" for n in nodes)
+    status = cluster.cli("server", "status")
+    assert "Ray cluster at 127.0.0.1" in status.stdout, status.describe()
+
+
+def test_containers_are_placed_by_resources_and_spread(cluster, workdir_module):
+    by_cpus = {n["cpus"]: n["node_id"] for n in _nodes(cluster)}
+    (workdir_module / "app.py").write_text(APP)
+    done = cluster.cli("run", "app.py", cwd=workdir_module, timeout=300)
+    assert done.returncode == 0, done.describe()
+    lines = {
+        line.split(" ", 1)[0]: line.split(" ", 1)[1]
+        for line in done.stdout.splitlines()
+        if " " in line
+    }
+    assert lines["BIG"] == by_cpus[4]  # only that node has 3 CPUs free
+    assert lines["GPU"] == f"{by_cpus[4]} 0"  # the A10G, as device 0 of the container
+    assert len(lines["SPREAD"].split()) >= 2, done.stdout  # 8 containers of 1 CPU: 7 CPUs in all
+    assert lines["WEB"] in by_cpus.values()  # the gateway reached a container on a node
+    assert lines["SANDBOX"].removeprefix("sandbox on ") in by_cpus.values()
+
+
+def test_a_node_killed_during_a_map_loses_nothing(cluster, workdir_module):
+    victim = next(n["node_id"] for n in _nodes(cluster) if n["cpus"] == 2)
+    (workdir_module / "loss.py").write_text(MAP)
+    run = cluster.popen("run", workdir_module / "loss.py")
+    assert run.wait_for_line("PROGRESS 500", 240), run.text()
+    raylet = subprocess.run(
+        ["pgrep", "-f", f"raylet.*--node_id={victim}"], capture_output=True, text=True
+    ).stdout.split()
+    assert raylet, "no raylet for the victim node"
+    for pid in _tree(int(raylet[0])):  # the node and everything on it, as when a machine dies
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    done = run.wait(300)
+    assert done.returncode == 0 and "ALL OK 2000" in done.stdout, done.describe()
+    assert wait_until(lambda: len(_nodes(cluster)) == 2, 60)
+    log = (cluster.home / "server.log").read_text()
+    assert f"node {victim[:12]} lost" in log and "preempted" in log
