@@ -237,6 +237,8 @@ def test_nodes_are_listed_with_their_resources(cluster):
     assert all(n["health"] == "ok" for n in nodes)
     status = cluster.cli("server", "status")
     assert "Ray cluster at 127.0.0.1" in status.stdout, status.describe()
+    if cluster.database:  # the PostgreSQL pass: the state is there, reached over its socket
+        assert "postgresql" in status.stdout.lower(), status.describe()
 
 
 def test_containers_are_placed_by_resources_and_spread(cluster, workdir_module):

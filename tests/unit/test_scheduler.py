@@ -463,6 +463,20 @@ def test_crash_fails_running_input_without_retries():
     assert pool.is_idle()
 
 
+def test_preemption_requeues_running_inputs_without_counting_a_retry():
+    """A node lost (issue 17): its inputs run again, even with retries=0, and a second
+    loss of the same input still costs nothing."""
+    pool = make_pool()
+    running_one(pool)
+    for n in (2, 3):
+        assert pool.container_exited(f"c{n - 1}", float(n), "node lost", preempted=True) == starts(
+            f"c{n}"
+        )
+        assert list(pool.pending) == [1]
+        assert pool.container_ready(f"c{n}", n + 0.5) == [Assign(f"c{n}", (1,))]
+    assert pool.start_failures == 0
+
+
 def test_crash_retries_running_input():
     pool = make_pool(retries=Retries(max_retries=1, initial_delay=1.0))
     running_one(pool)

@@ -50,6 +50,7 @@ NAMESPACE = "ketch"
 CHUNK = 32 << 20  # bytes per object of a shipped tar stream
 DEFAULT_CPU = 0.125  # Modal's default CPU request
 WATCH_S = 1.0
+UNREACHABLE_TRIES = 3  # events calls in a row that find a node's worker unreachable: lost
 
 
 @dataclass
@@ -224,9 +225,19 @@ class RayWorker:
 
     async def _events(self, node: _Node) -> None:
         ray = _ray()
+        unreachable = 0
         while self.nodes.get(node.node_id) is node:
             try:
                 events = await node.agent.events.remote()
+                unreachable = 0
+            except ray.exceptions.ActorUnavailableError as exc:
+                # Perhaps a blip of the network; perhaps the node is gone. Ask a few times.
+                unreachable += 1
+                if unreachable >= UNREACHABLE_TRIES:
+                    self._lost(node, f"its ketch worker is unreachable ({exc.__class__.__name__})")
+                    return
+                await asyncio.sleep(1.0)
+                continue
             except ray.exceptions.RayActorError as exc:
                 self._lost(node, f"its ketch worker died ({type(exc).__name__})")
                 return
@@ -256,6 +267,10 @@ class RayWorker:
             )
         if node.events is not None and node.events is not asyncio.current_task():
             node.events.cancel()
+        # Make sure: a worker that was only unreachable must not keep running what was
+        # started again elsewhere (its relays die with it, and so do its containers).
+        with contextlib.suppress(Exception):
+            _ray().kill(node.agent)
         self._on_capacity(self.per_node * max(1, len(self.nodes)))
 
     def _exited(self, container_id: str, reason: str, preempted: bool = False) -> None:

@@ -229,7 +229,9 @@ class Store:
         """Where the state is, for ``ketch server status`` (no password)."""
         url = self.engine.url
         if self.postgres:
-            return f"PostgreSQL {url.host}:{url.port or 5432}/{url.database} (user {url.username})"
+            host = url.host or f"socket in {url.query.get('host', '(default)')}"
+            port = url.port or url.query.get("port") or 5432
+            return f"PostgreSQL {host}:{port}/{url.database} (user {url.username})"
         return f"SQLite {url.database}"
 
     def insert(self, table: Table) -> Any:
