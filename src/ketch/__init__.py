@@ -27,7 +27,7 @@ if (_deps := _os.environ.get("KETCH_BUNDLE_DEPS")) and _deps not in _sys.path:
 
 __version__ = "0.1.0"
 
-from . import exception
+from . import exception, experimental
 from ._dict import Dict
 from ._interact import interact
 from ._queue import Queue
@@ -69,6 +69,7 @@ __all__ = [
     "concurrent",
     "enter",
     "exception",
+    "experimental",
     "exit",
     "fastapi_endpoint",
     "forward",

@@ -136,6 +136,8 @@ class FunctionSpec:
     source: dict[str, Any] | None = None
     # ``schedule.Cron`` / ``Period`` on the wire; fired by the control plane for deployed apps.
     schedule: dict[str, Any] | None = None
+    # @ketch.experimental.clustered(size=N): each call runs in a gang of N containers (0: not).
+    cluster_size: int = 0
 
     def web_methods(self) -> dict[str | None, dict[str, Any]]:
         """Method name (None for a function) -> web configuration, for every web endpoint here."""

@@ -321,6 +321,11 @@ class _App:
             spec.max_inputs, spec.target_inputs = concurrent
         if batched:
             spec.batch_max_size, spec.batch_wait_ms = batched
+        clustered = getattr(obj, "__ketch_clustered__", None)
+        if clustered:
+            if concurrent or batched:
+                raise InvalidError(f"{tag}: a clustered function takes one input at a time")
+            spec.cluster_size = int(clustered)
         if not inspect.isclass(obj):
             with contextlib.suppress(Exception):
                 spec.signature = serialize(inspect.signature(obj))

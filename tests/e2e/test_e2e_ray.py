@@ -6,7 +6,8 @@ the control plane and the clients run in a network namespace this module makes
 CPUs; the third also declares one A10G GPU (a fake one, ``KETCH_FAKE_GPUS``).
 Proved here: placement by resources (a ``cpu=3`` function and an A10G function
 land on the only node that has them), containers spread over the nodes,
-sandboxes and web endpoints on nodes, ``ketch node list``, and a node killed
+sandboxes and web endpoints on nodes, a gang spread over the three nodes,
+``ketch node list``, and a node killed
 during a 2,000-input map with ``retries=0``: every result comes back right.
 In the PostgreSQL pass the state is in PostgreSQL too (over its unix socket).
 """
@@ -256,6 +257,14 @@ def test_containers_are_placed_by_resources_and_spread(cluster, workdir_module):
     assert len(lines["SPREAD"].split()) >= 2, done.stdout  # 8 containers of 1 CPU: 7 CPUs in all
     assert lines["WEB"] in by_cpus.values()  # the gateway reached a container on a node
     assert lines["SANDBOX"].removeprefix("sandbox on ") in by_cpus.values()
+
+
+def test_a_gang_spreads_over_the_nodes(cluster):
+    """``examples/gang_all_reduce.py``: one placement group, a bundle on each node."""
+    run = cluster.run_example("gang_all_reduce.py", timeout=240)
+    result = run.value("reduce")
+    assert result["sum"] == 60 and result["size"] == 3
+    assert sorted(result["nodes"]) == sorted(n["node_id"] for n in _nodes(cluster))
 
 
 def test_a_node_killed_during_a_map_loses_nothing(cluster, workdir_module):

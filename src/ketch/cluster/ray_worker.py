@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import subprocess
@@ -71,6 +72,7 @@ class _Placed:
     pg: Any  # Ray placement group
     node: _Node | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    gang: str = ""  # a gang's id: its members share one placement group, a bundle each
 
 
 class ClusterGpus(gpus.GpuAllocator):
@@ -146,6 +148,7 @@ class RayWorker:
         self._on_capacity = on_capacity
         self.nodes: dict[str, _Node] = {}
         self._placed: dict[str, _Placed] = {}
+        self._gangs: dict[str, list[Any]] = {}  # gang id -> [placement group, members in it]
         self._watch: asyncio.Task[None] | None = None
         self._boot_id = boot_id()
         self.gpus = ClusterGpus(lambda: list(self.nodes.values()))
@@ -279,11 +282,23 @@ class RayWorker:
             return
         if placed.node is not None:
             placed.node.containers.discard(container_id)
-        self._remove_pg(placed.pg)
+        self._release(placed)
         if preempted:
             self._on_exit(container_id, reason, preempted=True)
         else:
             self._on_exit(container_id, reason)
+
+    def _release(self, placed: _Placed) -> None:
+        """A container is done with its reservation (a gang's, once its last member is)."""
+        if placed.gang:
+            entry = self._gangs.get(placed.gang)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del self._gangs[placed.gang]
+        self._remove_pg(placed.pg)
 
     @staticmethod
     def _remove_pg(pg: Any) -> None:
@@ -329,13 +344,29 @@ class RayWorker:
         built = await image_for(self.builder, spec, log)
         bundle_dir = await self.builder.prepare_bundle(built, lambda line: None)
         wanted = self.bundle(spec)
-        pg = placement_group([wanted], strategy="PACK", name=container_id)
-        placed = self._placed[container_id] = _Placed(pg)
+        gang = json.loads(env["KETCH_CLUSTER_INFO"]) if "KETCH_CLUSTER_INFO" in env else None
+        rank = int(env.get("KETCH_CLUSTER_RANK", "0"))
+        if gang is not None:
+            entry = self._gangs.get(gang["id"])
+            if entry is None:  # a bundle per member, on a node each where there are enough
+                size = len(gang["ids"])
+                strategy = "STRICT_SPREAD" if size <= len(self.nodes) else "SPREAD"
+                pg = placement_group([wanted] * size, strategy=strategy, name=gang["id"])
+                entry = self._gangs[gang["id"]] = [pg, 0]
+            entry[1] += 1
+            placed = self._placed[container_id] = _Placed(entry[0], gang=gang["id"])
+        else:
+            pg = placement_group([wanted], strategy="PACK", name=container_id)
+            placed = self._placed[container_id] = _Placed(pg)
         try:
-            node = await self._place(container_id, placed, wanted)
-            if node is None:  # stopped while it waited for a node: an ordinary end
+            found = await self._place(container_id, placed, wanted, rank)
+            if found is None:  # stopped while it waited for a node: an ordinary end
                 self._exited(container_id, "was stopped before a node was found for it")
                 return
+            node, where = found
+            if gang is not None:  # every member's address: the node it runs on
+                gang["ips"] = [self.nodes[n].address if n in self.nodes else "" for n in where]
+                env = {**env, "KETCH_CLUSTER_INFO": json.dumps(gang)}
             placed.node = node
             node.containers.add(container_id)
             for layer in built.chain:
@@ -352,13 +383,14 @@ class RayWorker:
             if self._placed.pop(container_id, None) is not None:
                 if placed.node is not None:
                     placed.node.containers.discard(container_id)
-                self._remove_pg(pg)
+                self._release(placed)
             raise
 
     async def _place(
-        self, container_id: str, placed: _Placed, wanted: dict[str, float]
-    ) -> _Node | None:
-        """The node Ray reserved ``wanted`` on; None if the container was stopped first."""
+        self, container_id: str, placed: _Placed, wanted: dict[str, float], index: int = 0
+    ) -> tuple[_Node, list[str]] | None:
+        """The node Ray reserved bundle ``index`` on, and every bundle's node; None if the
+        container was stopped first."""
         from ray.util.placement_group import placement_group_table
 
         ready = asyncio.ensure_future(placed.pg.ready())
@@ -379,7 +411,8 @@ class RayWorker:
                 f"{self.placement_timeout:.0f} s"
             )
         table = await asyncio.to_thread(placement_group_table, placed.pg)
-        node_id = table["bundles_to_node_id"][0]
+        where = [table["bundles_to_node_id"][i] for i in sorted(table["bundles_to_node_id"])]
+        node_id = where[index]
         node = self.nodes.get(node_id)
         if node is None:
             await self._sync_nodes()
@@ -392,7 +425,7 @@ class RayWorker:
             node_id[:12],
             (time.monotonic() - started) * 1000,
         )
-        return node
+        return node, where
 
     async def _ship(self, node: _Node, kind: str, name: str) -> None:
         """Make ``kind/name`` of the image cache exist on ``node`` (once per node)."""
@@ -517,6 +550,7 @@ class RayWorker:
         for placed in self._placed.values():
             self._remove_pg(placed.pg)
         self._placed.clear()
+        self._gangs.clear()
         with contextlib.suppress(Exception):
             ray.shutdown()
 

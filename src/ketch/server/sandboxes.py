@@ -47,6 +47,7 @@ from .._ids import new_id
 from .._spec import FunctionSpec
 from .._tasks import spawn
 from ..exception import (
+    Error,
     InvalidError,
     NotFoundError,
     PermissionDeniedError,
@@ -240,8 +241,11 @@ class SandboxService:
             )
         try:
             await allow(sb.id, networks)
-        except RuntimeError as exc:  # this machine lacks something: say what
-            raise InvalidError(f"outbound_cidr_allowlist: {exc}") from None
+        except Error:
+            raise
+        except Exception as exc:  # this machine lacks something: say what
+            logger.warning("outbound_cidr_allowlist of %s failed", sb.id, exc_info=exc)
+            raise InvalidError(f"outbound_cidr_allowlist: {type(exc).__name__}: {exc}") from None
         resolver = f"nameserver {egress.DNS}\n".encode()
         await self.file(
             {"sandbox_id": sb.id, "op": "write", "path": "/etc/resolv.conf", "data": resolver}

@@ -123,6 +123,7 @@ class FunctionWire(_Part):
     web: dict[str, Any] | None = None
     source: dict[str, Any] | None = None
     schedule: dict[str, Any] | None = None
+    cluster_size: Annotated[int, Meta(ge=0, le=64)] = 0  # a gang's containers
 
 
 # -- apps and functions -------------------------------------------------------

@@ -169,7 +169,8 @@ async def allow(root_pid: int, networks: Sequence[str]) -> asyncio.subprocess.Pr
     except TimeoutError:
         ready = b""
     if ready != b"1":
-        process.kill()  # (its end of the pipe closes, so the read above returns)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited (and been reaped)
+            process.kill()  # (its end of the pipe closes, so the read above returns)
     os.close(read_fd)
     with said:
         if ready != b"1":
