@@ -7,7 +7,7 @@ CPUs; the third also declares one A10G GPU (a fake one, ``KETCH_FAKE_GPUS``).
 Proved here: placement by resources (a ``cpu=3`` function and an A10G function
 land on the only node that has them), containers spread over the nodes,
 sandboxes and web endpoints on nodes, a gang spread over the three nodes,
-``ketch node list``, and a node killed
+``ketch node list``, a control plane ``kill -9``-ed and restarted, and a node killed
 during a 2,000-input map with ``retries=0``: every result comes back right.
 In the PostgreSQL pass the state is in PostgreSQL too (over its unix socket).
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -265,6 +266,25 @@ def test_a_gang_spreads_over_the_nodes(cluster):
     result = run.value("reduce")
     assert result["sum"] == 60 and result["size"] == 3
     assert sorted(result["nodes"]) == sorted(n["node_id"] for n in _nodes(cluster))
+
+
+def test_a_control_plane_killed_mid_work_restarts_on_the_cluster(cluster):
+    """``kill -9`` of the control plane while calls run on the nodes: its node workers die
+    with its Ray driver, a restarted one starts new ones (which clean up after the old)
+    and every spawned call still gets its result, from the store (SQLite or PostgreSQL)."""
+    cluster.cli("deploy", "examples/deployed_app.py", timeout=240).check()
+    inputs = [str(i) for i in range(1, 7)]
+    spawned = cluster.python("examples/deployed_client.py", "spawn", *inputs).check()
+    ids = dict(re.findall(r"CALL (\d+) (\S+)", spawned.stdout))
+    assert set(ids) == set(inputs), spawned.describe()
+    pid = cluster.server_pid()
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not cluster.pid_alive(pid), 10)
+    cluster.cli("server", "start", "--ray", f"127.0.0.1:{PORT}", timeout=120).check()
+    got = cluster.python("examples/deployed_client.py", "get", *ids.values(), timeout=200).check()
+    for x, call_id in ids.items():
+        assert f"RESULT {call_id} {int(x) ** 2}" in got.stdout, got.describe()
+    assert wait_until(lambda: len(_nodes(cluster)) == 3, 60)
 
 
 def test_a_node_killed_during_a_map_loses_nothing(cluster, workdir_module):
