@@ -67,6 +67,11 @@ _SETTINGS: dict[str, _Setting] = {
     "advertise_address": _Setting(
         "", str, "the address a cluster's nodes reach the control plane at (default: its host)"
     ),
+    "node_shares_files": _Setting(
+        True,
+        _to_bool,
+        "a cluster node on the control plane's machine uses its files in place (0: copies, as elsewhere)",
+    ),
     "node_home": _Setting(
         "", str, "where a cluster node's ketch worker keeps its files (default: the temp dir)"
     ),

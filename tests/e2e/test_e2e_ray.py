@@ -7,7 +7,8 @@ CPUs; the third also declares one A10G GPU (a fake one, ``KETCH_FAKE_GPUS``).
 Proved here: placement by resources (a ``cpu=3`` function and an A10G function
 land on the only node that has them), containers spread over the nodes,
 sandboxes and web endpoints on nodes, a gang spread over the three nodes,
-``ketch node list``, a control plane ``kill -9``-ed and restarted, and a node killed
+``ketch node list``, Volumes on a node that gets copies of them (as one on
+another machine does), a control plane ``kill -9``-ed and restarted, and a node killed
 during a 2,000-input map with ``retries=0``: every result comes back right.
 In the PostgreSQL pass the state is in PostgreSQL too (over its unix socket).
 """
@@ -99,6 +100,35 @@ MAP = textwrap.dedent(
                 print("PROGRESS", n, flush=True)
         assert out == [i * i for i in range(2000)], "wrong results"
         print("ALL OK", len(out), " ".join(f"{k}={v}" for k, v in sorted(seen.items())))
+    """
+)
+
+VOLUMES = textwrap.dedent(
+    """
+    import io, os
+    import ketch
+
+    app = ketch.App("ray-volumes")
+    vol = ketch.Volume.from_name("ray-e2e-vol", create_if_missing=True)
+
+    @app.function(cpu=3.0, volumes={"/data": vol})  # only the node that gets copies fits
+    def write():
+        vol.reload()
+        with open("/data/seed.txt") as f:  # filled from the working copy on the control plane
+            seed = f.read()
+        with open("/data/committed.txt", "w") as f:
+            f.write("in-run " + seed)
+        vol.commit()  # the node's copy comes back, then commits
+        with open("/data/at-exit.txt", "w") as f:
+            f.write("at exit")  # comes back when the container ends
+        return os.environ.get("KETCH_NODE_ID", "?")
+
+    @app.local_entrypoint()
+    def main():
+        with vol.batch_upload(force=True) as batch:
+            batch.put_file(io.BytesIO(b"seed"), "/seed.txt")
+        print("NODE", write.remote())
+        print("COMMITTED", b"".join(vol.read_file("committed.txt")).decode())
     """
 )
 
@@ -200,7 +230,8 @@ def cluster(workdir_module):
             ([*join, "--num-cpus=2"], {}),
             (
                 [*join, "--num-cpus=4", "--num-gpus=1", '--resources={"accelerator_type:A10G": 1}'],
-                {"KETCH_FAKE_GPUS": "A10G"},
+                # ... and works on copies of Volumes, as a node on another machine does.
+                {"KETCH_FAKE_GPUS": "A10G", "KETCH_NODE_SHARES_FILES": "0"},
             ),
         ):
             done = env._run([str(RAY), "start", *args, *common], 120, extra_env=extra)
@@ -266,6 +297,22 @@ def test_a_gang_spreads_over_the_nodes(cluster):
     result = run.value("reduce")
     assert result["sum"] == 60 and result["size"] == 3
     assert sorted(result["nodes"]) == sorted(n["node_id"] for n in _nodes(cluster))
+
+
+def test_volumes_reach_a_node_that_does_not_share_files(cluster, workdir_module):
+    """The 4-CPU node gets copies of working copies: filled at start, brought back by
+    ``commit()`` and at exit, then committed on the control plane."""
+    big = next(n["node_id"] for n in _nodes(cluster) if n["cpus"] == 4)
+    (workdir_module / "volumes.py").write_text(VOLUMES)
+    done = cluster.cli("run", "volumes.py", cwd=workdir_module, timeout=240)
+    assert done.returncode == 0, done.describe() + (cluster.home / "server.log").read_text()[-4000:]
+    assert f"NODE {big}" in done.stdout and "COMMITTED in-run seed" in done.stdout, done.describe()
+
+    def at_exit() -> bool:
+        listed = cluster.cli("volume", "ls", "ray-e2e-vol")
+        return "at-exit.txt" in listed.stdout
+
+    assert wait_until(at_exit, 60), cluster.cli("volume", "ls", "ray-e2e-vol").describe()
 
 
 def test_a_control_plane_killed_mid_work_restarts_on_the_cluster(cluster):

@@ -42,19 +42,13 @@ from ..images.builder import Builder
 from ..images.layers import LayerStore, remove_tree
 from ..worker import gpus, isolate, userns
 from ..worker.bubblewrap import BubblewrapWorker, socket_dir
+from ..worker.volumes import boot_id
+from . import files
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("layers", "bundles")  # what the control plane ships, by folder of the image cache
 EVENTS_WAIT_S = 5.0
-
-
-def boot_id() -> str:
-    """This machine's boot id: two nodes with the same one share a filesystem."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return socket.gethostname()
 
 
 def node_home(node_id: str) -> Path:
@@ -174,7 +168,8 @@ class NodeAgent:
         return {
             "node_id": self.node_id,
             "hostname": socket.gethostname(),
-            "boot_id": boot_id(),
+            # "" (never equal): what the control plane's files are, this node gets copies of.
+            "boot_id": boot_id() if config.get("node_shares_files") else "",
             "home": str(self.home),
             "memory_mib": total,
             "memory_available_mib": available,
@@ -208,27 +203,8 @@ class NodeAgent:
         if await self.has(kind, name):
             return
         staging = Path(tempfile.mkdtemp(dir=self.home / "images", prefix=".in-"))
-        proc = await asyncio.create_subprocess_exec(
-            "tar",
-            "-C",
-            str(staging),
-            "-xf",
-            "-",
-            "--numeric-owner",
-            "--xattrs",
-            "--xattrs-include=*",
-            stdin=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert proc.stdin is not None and proc.stderr is not None
         try:
-            for ref in chunks:
-                proc.stdin.write(await ref)
-                await proc.stdin.drain()
-            proc.stdin.close()
-            err = await proc.stderr.read()
-            if await proc.wait() != 0:
-                raise RuntimeError(f"could not unpack {kind}/{name}: {err.decode()[-500:]}")
+            await asyncio.to_thread(files.unpack, chunks, staging)
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 staging.rename(target)
@@ -236,11 +212,34 @@ class NodeAgent:
                 if not await self.has(kind, name):
                     raise
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
             if staging.exists():
                 await asyncio.to_thread(remove_tree, staging)
+
+    # -- Volumes' working copies, for nodes that do not share the control plane's files --
+    def _volume(self, container_id: str, index: int) -> Path:
+        if not container_id.replace("-", "").isalnum() or index < 0:
+            raise ValueError(f"bad volume {container_id}/{index}")
+        return self.home / "volumes" / container_id / str(index)
+
+    async def receive_volume(self, container_id: str, index: int, chunks: Sequence[Any]) -> str:
+        """Make the node's copy of a working copy equal the tar stream ``chunks`` (in place:
+        the container may have it bound already); returns its path."""
+        target = self._volume(container_id, index)
+        staging = Path(tempfile.mkdtemp(dir=self.home, prefix=".vol-"))
+        try:
+            await asyncio.to_thread(files.unpack, chunks, staging)
+            await asyncio.to_thread(files.sync_tree, staging, target)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+        return str(target)
+
+    async def send_volume(self, container_id: str, index: int) -> list[Any]:
+        """The node's copy of a working copy, as a tar stream of object refs."""
+        refs, _ = await asyncio.to_thread(files.pack, self._volume(container_id, index))
+        return refs
+
+    async def drop_volumes(self, container_id: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, self._volume(container_id, 0).parent, True)
 
     def _unpack_source(self, spec: FunctionSpec, source: tuple[str, bytes]) -> FunctionSpec:
         digest, data = source

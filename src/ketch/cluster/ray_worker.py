@@ -29,7 +29,7 @@ import contextlib
 import json
 import logging
 import os
-import subprocess
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,12 +43,13 @@ from ..exception import InvalidError
 from ..images.builder import Builder
 from ..worker import gpus
 from ..worker.bubblewrap import image_for
-from .agent import NodeAgent, boot_id
+from ..worker.volumes import boot_id
+from . import files
+from .agent import NodeAgent
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "ketch"
-CHUNK = 32 << 20  # bytes per object of a shipped tar stream
 DEFAULT_CPU = 0.125  # Modal's default CPU request
 WATCH_S = 1.0
 UNREACHABLE_TRIES = 3  # events calls in a row that find a node's worker unreachable: lost
@@ -73,6 +74,9 @@ class _Placed:
     node: _Node | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     gang: str = ""  # a gang's id: its members share one placement group, a bundle each
+    # Volumes' working copies copied to a node that does not share this machine's files:
+    # (working copy here, index on the node, read-only), in mount order.
+    volumes: list[tuple[str, int, bool]] = field(default_factory=list)
 
 
 class ClusterGpus(gpus.GpuAllocator):
@@ -283,10 +287,72 @@ class RayWorker:
         if placed.node is not None:
             placed.node.containers.discard(container_id)
         self._release(placed)
-        if preempted:
+        if placed.volumes and placed.node is not None and not preempted:
+            # What it wrote comes back before the exit commits it (a lost node's is lost).
+            spawn(self._exit_after_pull(container_id, placed, reason), name=f"pull {container_id}")
+        elif preempted:
             self._on_exit(container_id, reason, preempted=True)
         else:
             self._on_exit(container_id, reason)
+
+    async def _exit_after_pull(self, container_id: str, placed: _Placed, reason: str) -> None:
+        try:
+            await self._pull(container_id, placed)
+            assert placed.node is not None
+            await placed.node.agent.drop_volumes.remote(container_id)
+        except Exception:
+            logger.exception("could not bring back the Volumes of container %s", container_id)
+        finally:
+            self._on_exit(container_id, reason)
+
+    # -- Volumes on nodes that do not share this machine's files -------------------------
+    def _shares_files(self, node: _Node) -> bool:
+        return bool(self._boot_id) and node.info["boot_id"] == self._boot_id
+
+    async def _copy_volumes(
+        self,
+        container_id: str,
+        placed: _Placed,
+        node: _Node,
+        mounts: list[tuple[str, str, bool]],
+    ) -> list[tuple[str, str, bool]]:
+        """Fill the node's copies of the container's working copies; the mounts there."""
+        out = []
+        for index, (host_dir, path, read_only) in enumerate(mounts):
+            refs, _ = await asyncio.to_thread(files.pack, Path(host_dir))
+            there = await node.agent.receive_volume.remote(container_id, index, refs)
+            placed.volumes.append((host_dir, index, read_only))
+            out.append((there, path, read_only))
+        return out
+
+    async def _pull(self, container_id: str, placed: _Placed) -> None:
+        """Make this machine's working copies equal what the container wrote on its node."""
+        assert placed.node is not None
+        for host_dir, index, read_only in placed.volumes:
+            if read_only:
+                continue
+            refs = await placed.node.agent.send_volume.remote(container_id, index)
+            staging = Path(host_dir).parent / f".pull-{index}"
+            try:
+                await asyncio.to_thread(files.unpack, refs, staging)
+                await asyncio.to_thread(files.sync_tree, staging, Path(host_dir))
+            finally:
+                await asyncio.to_thread(shutil.rmtree, staging, True)
+
+    async def before_commit(self, container_id: str) -> None:
+        """``vol.commit()`` in a container on a node with copies: bring its writes here first."""
+        placed = self._placed.get(container_id)
+        if placed is not None and placed.volumes and placed.node is not None:
+            await self._pull(container_id, placed)
+
+    async def after_reload(self, container_id: str) -> None:
+        """``vol.reload()``: the node's copies take what the working copies here now have."""
+        placed = self._placed.get(container_id)
+        if placed is None or not placed.volumes or placed.node is None:
+            return
+        for host_dir, index, _ in placed.volumes:
+            refs, _ = await asyncio.to_thread(files.pack, Path(host_dir))
+            await placed.node.agent.receive_volume.remote(container_id, index, refs)
 
     def _release(self, placed: _Placed) -> None:
         """A container is done with its reservation (a gang's, once its last member is)."""
@@ -372,13 +438,15 @@ class RayWorker:
             for layer in built.chain:
                 await self._ship(node, "layers", layer)
             await self._ship(node, "bundles", bundle_dir.name)
-            local_paths = bool(mounts) or bool((getattr(spec, "image", None) or {}).get("mounts"))
-            if local_paths and node.info["boot_id"] != self._boot_id:
-                raise InvalidError(
-                    f"node {node.node_id[:12]} is another machine: Volumes and copy=False files "
-                    "reach only nodes that share the control plane's filesystem (for now)"
-                )
-            await node.agent.start.remote(container_id, env, spec, list(mounts), self._source(spec))
+            mounts = list(mounts)
+            if not self._shares_files(node):
+                if (getattr(spec, "image", None) or {}).get("mounts"):
+                    raise InvalidError(
+                        f"node {node.node_id[:12]} does not share the control plane's files: "
+                        "copy=False files reach only nodes that do (use copy=True)"
+                    )
+                mounts = await self._copy_volumes(container_id, placed, node, mounts)
+            await node.agent.start.remote(container_id, env, spec, mounts, self._source(spec))
         except BaseException:
             if self._placed.pop(container_id, None) is not None:
                 if placed.node is not None:
@@ -438,7 +506,7 @@ class RayWorker:
             if not await node.agent.has.remote(kind, name):
                 started = time.monotonic()
                 refs, size = await asyncio.to_thread(
-                    _tar_refs, self.builder.store.root / kind / name
+                    files.pack, self.builder.store.root / kind / name
                 )
                 await node.agent.receive.remote(kind, name, refs)
                 logger.info(
@@ -553,25 +621,6 @@ class RayWorker:
         self._gangs.clear()
         with contextlib.suppress(Exception):
             ray.shutdown()
-
-
-def _tar_refs(path: Path) -> tuple[list[Any], int]:
-    """``path`` as a tar stream, put into Ray's object store in pieces; and its size."""
-    ray = _ray()
-    proc = subprocess.Popen(
-        ["tar", "-C", str(path), "-cf", "-", "--numeric-owner", "--xattrs", "."],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    refs, size = [], 0
-    while chunk := proc.stdout.read(CHUNK):
-        refs.append(ray.put(chunk))
-        size += len(chunk)
-    err = proc.stderr.read()
-    if proc.wait() != 0:
-        raise RuntimeError(f"could not read {path}: {err.decode()[-500:]}")
-    return refs, size
 
 
 def _describe(bundle: Mapping[str, float]) -> str:

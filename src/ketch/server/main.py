@@ -176,6 +176,8 @@ async def _join_ray(dispatcher: Dispatcher, address: str, host: str, port: int) 
     await worker.start_nodes()
     dispatcher.services.worker = worker
     dispatcher.gpus = worker.gpus
+    if isinstance(dispatcher.services.volumes, VolumeService):
+        dispatcher.services.volumes.nodes = worker  # copies on nodes that need them
     logger.info("containers run on %s", worker.isolation)
 
 

@@ -30,7 +30,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from sqlalchemy import Column, Float, Index, Integer, String, Table
@@ -131,6 +131,14 @@ def version(store: Store, object_id: str) -> int:
 OVERLAY_OPTIONS = "redirect_dir=on"
 
 
+class RemoteCopies(Protocol):
+    """Copies of working copies on other machines (``ketch.cluster.ray_worker.RayWorker``)."""
+
+    async def before_commit(self, container_id: str) -> None: ...
+
+    async def after_reload(self, container_id: str) -> None: ...
+
+
 class VolumeService:
     """The control plane's Volumes: blob store, changes, and the working copies of its node."""
 
@@ -153,6 +161,9 @@ class VolumeService:
         # The sandbox runtime's user namespace: overlay copies are then made of idmapped
         # layers, so that its root owns what it finds there (set when the runtime starts).
         self.userns: UserNamespace | None = None
+        # On a Ray cluster: containers on nodes that do not share this machine's files
+        # work on copies, which ``commit`` and ``reload`` bring back and refresh.
+        self.nodes: RemoteCopies | None = None
         objects.PURGE["volume"] = self._purge
 
     def _purge(self, store: Store, object_id: str) -> None:
@@ -465,7 +476,10 @@ class VolumeService:
 
     async def commit(self, container_id: str, object_id: str) -> int:
         at = 0
-        for work in self._works(container_id, object_id, writable=True):
+        works = self._works(container_id, object_id, writable=True)
+        if self.nodes is not None:  # its node has copies: bring them here first
+            await self.nodes.before_commit(container_id)
+        for work in works:
             at = await self._commit_work(work)
         return at
 
@@ -523,6 +537,8 @@ class VolumeService:
                 at, info["files"] = await self._from_head(object_id, fill)
                 info["version"] = at
                 await asyncio.to_thread(wc.save_state, work, info)
+        if self.nodes is not None:  # and to its node's copies
+            await self.nodes.after_reload(container_id)
         return at
 
     def release(self, container_id: str) -> None:
@@ -602,14 +618,6 @@ class VolumeService:
         return web.FileResponse(path, chunk_size=CHUNK)
 
 
-def boot_id() -> str:
-    """This machine's boot id: equal only for processes on the same machine, same boot."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
 def _entry_wire(e: wc.Entry) -> dict[str, Any]:
     return {k: e[k] for k in ("path", "type", "size", "mode", "mtime", "target")}
 
@@ -638,7 +646,7 @@ def _container_id(api: Api, body: dict[str, Any]) -> str:
 @rpc
 async def VolumeInfo(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     """Where this node keeps Volume blobs, for clients on the same machine that can use them."""
-    return {"blob_dir": str(_service(api).blobs.root), "boot_id": boot_id()}
+    return {"blob_dir": str(_service(api).blobs.root), "boot_id": wc.boot_id()}
 
 
 @rpc

@@ -272,3 +272,12 @@ def update(
             else:
                 target.unlink()
     return new
+
+
+def boot_id() -> str:
+    """This machine's boot id: equal only for processes on the same machine, same boot
+    (they share its files); "" when unknown."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
