@@ -10,7 +10,9 @@ sandboxes and web endpoints on nodes, a gang spread over the three nodes,
 ``ketch node list``, Volumes on a node that gets copies of them (as one on
 another machine does), a control plane ``kill -9``-ed and restarted, and a node killed
 during a 2,000-input map with ``retries=0``: every result comes back right.
-In the PostgreSQL pass the state is in PostgreSQL too (over its unix socket).
+The API and the channel speak TLS (a self-signed certificate), so the nodes' relays
+and every client do too. In the PostgreSQL pass the state is in PostgreSQL too (over its
+unix socket).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from ketch_testing import KetchEnv, wait_until
+from ketch_testing import KetchEnv, self_signed_cert, wait_until
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -236,7 +238,11 @@ def cluster(workdir_module):
         ):
             done = env._run([str(RAY), "start", *args, *common], 120, extra_env=extra)
             assert done.returncode == 0, done.describe()
-        started = env.cli("server", "start", "--ray", f"127.0.0.1:{PORT}", timeout=120)
+        # TLS on the API and the channel: the nodes' relays and every client speak it.
+        cert, key = self_signed_cert(base)
+        env.env["KETCH_TLS_CA"] = str(cert)
+        env.tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
+        started = env.cli("server", "start", "--ray", f"127.0.0.1:{PORT}", *env.tls, timeout=120)
         assert started.returncode == 0, started.describe()
         yield env
     finally:
@@ -270,6 +276,7 @@ def test_nodes_are_listed_with_their_resources(cluster):
     assert all(n["health"] == "ok" for n in nodes)
     status = cluster.cli("server", "status")
     assert "Ray cluster at 127.0.0.1" in status.stdout, status.describe()
+    assert "https://127.0.0.1" in status.stdout  # the nodes reach it over TLS
     if cluster.database:  # the PostgreSQL pass: the state is there, reached over its socket
         assert "postgresql" in status.stdout.lower(), status.describe()
 
@@ -327,7 +334,7 @@ def test_a_control_plane_killed_mid_work_restarts_on_the_cluster(cluster):
     pid = cluster.server_pid()
     os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: not cluster.pid_alive(pid), 10)
-    cluster.cli("server", "start", "--ray", f"127.0.0.1:{PORT}", timeout=120).check()
+    cluster.cli("server", "start", "--ray", f"127.0.0.1:{PORT}", *cluster.tls, timeout=120).check()
     got = cluster.python("examples/deployed_client.py", "get", *ids.values(), timeout=200).check()
     for x, call_id in ids.items():
         assert f"RESULT {call_id} {int(x) ** 2}" in got.stdout, got.describe()

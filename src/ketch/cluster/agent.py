@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -83,12 +84,17 @@ async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             writer.close()
 
 
-async def serve_relay(path: Path, host: str, port: int) -> asyncio.Server:
-    """A unix socket at ``path`` whose every connection is carried to ``host:port`` over TCP."""
+async def serve_relay(
+    path: Path, host: str, port: int, tls: ssl.SSLContext | None = None
+) -> asyncio.Server:
+    """A unix socket at ``path`` whose every connection is carried to ``host:port`` over TCP
+    (TLS with ``tls``)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(host, port)
+            up_reader, up_writer = await asyncio.open_connection(
+                host, port, ssl=tls, server_hostname=host if tls else None
+            )
         except OSError:
             writer.close()
             return
@@ -109,10 +115,16 @@ def _split(addr: str) -> tuple[str, int]:
 class NodeAgent:
     """One Ray node's containers. Every method runs on the actor's event loop."""
 
-    def __init__(self, node_id: str, channel_addr: str, api_addr: str) -> None:
+    def __init__(
+        self, node_id: str, channel_addr: str, api_addr: str, ca: str | None = None
+    ) -> None:
         self.node_id = node_id
         self.channel_addr = channel_addr
         self.api_addr = api_addr
+        self.tls: ssl.SSLContext | None = None
+        if ca:  # the control plane serves TLS: trust its certificate (and the system's CAs)
+            self.tls = ssl.create_default_context()
+            self.tls.load_verify_locations(cadata=ca)
         self.home = node_home(node_id)
         self._events: list[tuple[Any, ...]] = []
         self._wake: asyncio.Event | None = None
@@ -134,8 +146,8 @@ class NodeAgent:
         channel = sockets / "channel.sock"
         api = sockets / "containers.sock"
         self._relays = [
-            await serve_relay(channel, *_split(self.channel_addr)),
-            await serve_relay(api, *_split(self.api_addr)),
+            await serve_relay(channel, *_split(self.channel_addr), self.tls),
+            await serve_relay(api, *_split(self.api_addr), self.tls),
         ]
         cache = self.home / "images"
         cache.mkdir(exist_ok=True)

@@ -141,6 +141,7 @@ class RayWorker:
         api_addr: str,
         per_node: int,
         on_capacity: Callable[[int], None],
+        ca: str | None = None,
     ) -> None:
         self.address = address
         self._on_log = on_log
@@ -150,6 +151,7 @@ class RayWorker:
         self.api_addr = api_addr
         self.per_node = per_node
         self._on_capacity = on_capacity
+        self.ca = ca  # PEM the nodes' relays trust for TLS to the channel and API (None: plain)
         self.nodes: dict[str, _Node] = {}
         self._placed: dict[str, _Placed] = {}
         self._gangs: dict[str, list[Any]] = {}  # gang id -> [placement group, members in it]
@@ -209,7 +211,7 @@ class RayWorker:
                 max_restarts=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
             )
-            .remote(node_id, self.channel_addr, self.api_addr)
+            .remote(node_id, self.channel_addr, self.api_addr, self.ca)
         )
         try:
             info = await agent.setup.remote()

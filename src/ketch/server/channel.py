@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 
 from .._wire import ChannelClosed, encode, read_frame
 from ..exception import InvalidError
@@ -22,9 +23,13 @@ logger = logging.getLogger(__name__)
 
 
 async def serve_channel(
-    dispatcher: Dispatcher, host: str = "127.0.0.1", unix_path: str | None = None
+    dispatcher: Dispatcher,
+    host: str = "127.0.0.1",
+    unix_path: str | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> list[asyncio.Server]:
-    """Listen on loopback TCP (``local`` containers) and, if given, a unix socket (sandboxes)."""
+    """Listen on TCP (``local`` containers; a cluster's nodes, with ``tls`` where the API has
+    it) and, if given, a unix socket (sandboxes)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         container_id = None
@@ -56,7 +61,7 @@ async def serve_channel(
                 dispatcher.containers[container_id].writer = None
                 dispatcher.worker.terminate(container_id, 1.0)
 
-    server = await asyncio.start_server(handle, host, 0, limit=1 << 20)
+    server = await asyncio.start_server(handle, host, 0, limit=1 << 20, ssl=tls)
     port = server.sockets[0].getsockname()[1]
     dispatcher.channel_addr = f"{host}:{port}"
     servers = [server]

@@ -142,7 +142,9 @@ def _choose_runtime(
     return ns
 
 
-async def _join_ray(dispatcher: Dispatcher, address: str, host: str, port: int) -> None:
+async def _join_ray(
+    dispatcher: Dispatcher, address: str, host: str, port: int, ca: str | None
+) -> None:
     """Containers on the nodes of the Ray cluster at ``address`` (ketch.cluster)."""
     from ..cluster.ray_worker import RayWorker
 
@@ -171,6 +173,7 @@ async def _join_ray(dispatcher: Dispatcher, address: str, host: str, port: int) 
         f"{advertise}:{port}",
         per_node,
         capacity,
+        ca,
     )
     worker.connect()
     await worker.start_nodes()
@@ -205,6 +208,7 @@ async def serve(
     port: int,
     stop: asyncio.Event | None = None,
     tls: ssl.SSLContext | None = None,
+    tls_cert: str | None = None,
 ) -> None:
     """Run the control plane until SIGTERM/SIGINT (or until ``stop`` is set, for tests)."""
     _private_home(home)
@@ -224,14 +228,14 @@ async def serve(
     # Containers and web endpoints stay on loopback whatever the API's address, unless
     # they run on a cluster's nodes, which reach the channel where they reach the API.
     channel_host = host if ray_address else "127.0.0.1"
-    channels = await serve_channel(dispatcher, channel_host, str(sockets / "channel.sock"))
+    channels = await serve_channel(
+        dispatcher, channel_host, str(sockets / "channel.sock"), tls if ray_address else None
+    )
     containers_userns = _choose_runtime(dispatcher, volumes, home, sockets, bool(ray_address))
     if ray_address:
-        if tls is not None:
-            raise SystemExit(
-                "ketch: --ray with TLS on the API is not supported yet (docs/cluster.md)"
-            )
-        await _join_ray(dispatcher, ray_address, host, port)
+        # With TLS, the nodes' relays speak it too, trusting the server's certificate.
+        ca = Path(tls_cert).read_text() if tls is not None and tls_cert else None
+        await _join_ray(dispatcher, ray_address, host, port, ca)
     await dispatcher.start()
     gateway = dispatcher.services.gateway = Gateway(dispatcher, "127.0.0.1")
     await gateway.start()
@@ -335,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     home = Path(args.home).expanduser() if args.home else config.home()
     if os.geteuid() != 0 and str(config.get("runtime")).lower() != "local":
         _enter_rootless()  # first, while this process has one thread
-    asyncio.run(serve(home, args.host, args.port, tls=tls))
+    asyncio.run(serve(home, args.host, args.port, tls=tls, tls_cert=args.tls_cert))
 
 
 if __name__ == "__main__":
