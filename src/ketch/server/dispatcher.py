@@ -44,6 +44,7 @@ from . import scheduler as sm
 from . import secret_store
 from .blobs import BlobStore
 from .logs import LogBook
+from .queue_window import QueueWindow
 from .services import Builds, ContainerVolumes, Gateway, Schedules, Services, Worker
 from .store import FINAL_STATUSES, Store
 from .tunnels import Tunnels
@@ -173,9 +174,7 @@ class Dispatcher:
         self.inputs: dict[int, InputState] = {}
         # Queued inputs past a pool's window wait in the store only, as ranges of one call's
         # input ids (first, last), oldest first: memory does not grow with a queue's length.
-        self.queue_window = max(int(config.get("queue_window") or 50_000), 1)
-        self._spill: dict[str, collections.deque[list[Any]]] = {}
-        self._refilling = False
+        self.window = QueueWindow(self, max(int(config.get("queue_window") or 50_000), 1))
         self.containers: dict[str, ContainerHandle] = {}
         self._container_tokens: dict[str, str] = {}  # token -> container id
         self._specs: dict[str, tuple[FunctionSpec, str]] = {}
@@ -233,7 +232,7 @@ class Dispatcher:
 
         One lean pass over the queue (id and call, oldest first) leaves every input in
         the store as a spilled range of its pool; each pool then reads its window back
-        (``_refill``), with arguments and attempts. A restart with millions queued holds
+        (``QueueWindow.refill``), with arguments and attempts. A restart with millions queued holds
         only the windows, and takes seconds.
         """
         recovered = 0
@@ -245,9 +244,9 @@ class Dispatcher:
                 pools[call_id] = self._recovered_pool(call_id, running)
             found = pools[call_id]
             if found is not None:
-                self._spill_out(found[0], call_id, found[1], [input_id])
+                self.window.spill(found[0], call_id, found[1], [input_id])
         for pool in {id(p): p for p, _ in filter(None, pools.values())}.values():
-            self._refill(pool)
+            self.window.refill(pool)
         for app in self.store.running_apps():
             self.store.heartbeat(app["id"])
             if app["deployed"]:
@@ -475,7 +474,7 @@ class Dispatcher:
             return
         pool = self.pools[state.pool_key]
         # FIFO: once a pool spills, later inputs queue behind the spilled ones.
-        room = 0 if state.pool_key in self._spill else self.queue_window - len(pool.pending)
+        room = self.window.room(pool)
         keep, over = fresh[: max(room, 0)], fresh[max(room, 0) :]
         by_idx = {r["idx"]: r for r in rows} if keep else {}
         for input_id, idx in keep:
@@ -490,7 +489,7 @@ class Dispatcher:
                 row.get("blob_id"),
             )
         if over:
-            self._spill_out(pool, state.id, method, [i for i, _ in over])
+            self.window.spill(pool, state.id, method, [i for i, _ in over])
         self._perform(pool, pool.enqueue([i for i, _ in keep], time.monotonic()))
 
     def call_state(self, call_id: str) -> CallState:
@@ -534,12 +533,12 @@ class Dispatcher:
         ids = self.store.pending_input_ids_of_call(call_id)
         if not ids:
             return
-        self._unspill(state.pool_key, call_id)
+        self.window.forget(state.pool_key, call_id)
         pool = self.pools.get(state.pool_key)
         if pool is not None:
             self._perform(pool, pool.cancel(ids, time.monotonic()))
         err = serialize_exception(CallCancelledError(f"function call {call_id} was cancelled"))
-        self._finalize(self._end_rows(ids, "cancelled", err), ids)
+        self._finalize(self.window.end_rows(ids, "cancelled", err), ids)
 
     # -- web requests ----------------------------------------------------------
     def web_request(
@@ -601,7 +600,7 @@ class Dispatcher:
             if info.app_id == app_id:
                 pool = self.pools[key]
                 handles += [self.containers[c] for c in pool.containers if c in self.containers]
-                self._unspill(key)
+                self.window.forget(key)
                 self._perform(pool, pool.stop_all())
         if self.gateway is not None:
             await self.gateway.unpublish(app_id)
@@ -617,7 +616,7 @@ class Dispatcher:
             err = serialize_exception(
                 CallCancelledError("the app was stopped before this input ran")
             )
-            self._finalize(self._end_rows(ids, "cancelled", err), ids)
+            self._finalize(self.window.end_rows(ids, "cancelled", err), ids)
         if handles and wait > 0:
             await asyncio.wait(
                 [asyncio.create_task(h.exited.wait()) for h in handles], timeout=wait
@@ -688,79 +687,7 @@ class Dispatcher:
                     self._send(member, {"t": "cancel", "ids": list(action.input_ids)})
         if rows or done:
             self._finalize(rows, done)
-        if pool.key in self._spill and len(pool.pending) < self.queue_window // 2:
-            self._refill(pool)
-
-    # -- queues past the window ------------------------------------------------
-    def _spill_out(
-        self, pool: sm.Pool, call_id: str, method: str | None, input_ids: Sequence[int]
-    ) -> None:
-        """Leave these queued inputs in the store; ``_refill`` brings them back in order."""
-        ranges = self._spill.setdefault(pool.key, collections.deque())
-        for input_id in input_ids:
-            last = ranges[-1] if ranges else None
-            if last is not None and last[0] == call_id and last[3] == input_id - 1:
-                last[3] = input_id
-            else:
-                ranges.append([call_id, method, input_id, input_id])
-        pool.spilled += len(input_ids)
-
-    def _refill(self, pool: sm.Pool) -> None:
-        """Bring spilled inputs back into the pool's window, oldest first."""
-        if self._refilling:
-            return
-        self._refilling = True
-        try:
-            ranges = self._spill.get(pool.key)
-            want = self.queue_window - len(pool.pending)  # queued inputs to bring back
-            ids: list[int] = []
-            failures: dict[int, int] = {}
-            while ranges and len(ids) < want:
-                call_id, method, first, last = ranges[0]
-                upto = min(last, first + (want - len(ids)) - 1)
-                if upto == last:
-                    ranges.popleft()
-                else:
-                    ranges[0][2] = upto + 1
-                pool.spilled -= upto - first + 1
-                # (inputs of the range that ended meanwhile are not pending: skipped)
-                for input_id, call, idx, args, blob_id, attempts in self.store.inputs_between(
-                    first, upto
-                ):
-                    self.inputs[input_id] = InputState(
-                        input_id, call, idx, pool.key, method, _keep(args), blob_id
-                    )
-                    ids.append(input_id)
-                    if attempts:
-                        failures[input_id] = attempts
-            if not ranges:
-                self._spill.pop(pool.key, None)
-            self._perform(pool, pool.enqueue(ids, time.monotonic(), failures))
-        finally:
-            self._refilling = False
-
-    def _unspill(self, key: str, call_id: str | None = None) -> None:
-        """Forget the spilled inputs of one call (or all) of pool ``key``; the caller ends them."""
-        ranges = self._spill.get(key)
-        pool = self.pools.get(key)
-        if not ranges or pool is None:
-            return
-        kept = collections.deque(r for r in ranges if call_id is not None and r[0] != call_id)
-        for r in ranges:
-            if r not in kept:
-                pool.spilled -= r[3] - r[2] + 1
-        if kept:
-            self._spill[key] = kept
-        else:
-            self._spill.pop(key, None)
-
-    def _end_rows(self, input_ids: Sequence[int], status: str, err: bytes) -> list[dict[str, Any]]:
-        """Output rows for ending these inputs, those in memory and those spilled alike."""
-        rows = [self._row(i, status, err) for i in input_ids if i in self.inputs]
-        away = [i for i in input_ids if i not in self.inputs]
-        for _, call_id, idx in self.store.input_places(away) if away else []:
-            rows.append({"call_id": call_id, "idx": idx, "status": status, "data": err})
-        return rows
+        self.window.perhaps_refill(pool)
 
     def _perform_complete(
         self, action: sm.Complete, rows: list[dict[str, Any]], done: list[int]

@@ -553,7 +553,7 @@ class Store:
 
     def inputs_between(self, first: int, last: int) -> list[tuple[Any, ...]]:
         """``(id, call_id, idx, args, blob_id, attempts)`` of the pending inputs with ids
-        ``first..last`` (a spilled range of one call, ``Dispatcher._refill``)."""
+        ``first..last`` (a spilled range of one call, ``QueueWindow.refill``)."""
         rows = self.db.execute(
             "SELECT id, call_id, idx, args, blob_id, attempts FROM inputs "
             "WHERE id BETWEEN ? AND ? AND state = 'pending' ORDER BY id",
