@@ -67,6 +67,9 @@ _SETTINGS: dict[str, _Setting] = {
     "advertise_address": _Setting(
         "", str, "the address a cluster's nodes reach the control plane at (default: its host)"
     ),
+    "ray_placement_timeout": _Setting(
+        600.0, float, "seconds a container waits for a Ray node to hold it before its start fails"
+    ),
     "node_shares_files": _Setting(
         True,
         _to_bool,

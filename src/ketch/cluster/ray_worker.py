@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _source
+from .._config import config
 from .._spec import FunctionSpec
 from .._tasks import spawn
 from ..exception import InvalidError
@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 NAMESPACE = "ketch"
 DEFAULT_CPU = 0.125  # Modal's default CPU request
 WATCH_S = 1.0
+RETRY_NODE_S = 60  # a node whose worker failed to start is tried again after this
 UNREACHABLE_TRIES = 3  # events calls in a row that find a node's worker unreachable: lost
 
 
@@ -158,7 +159,9 @@ class RayWorker:
         self._watch: asyncio.Task[None] | None = None
         self._boot_id = boot_id()
         self.gpus = ClusterGpus(lambda: list(self.nodes.values()))
-        self.placement_timeout = float(os.environ.get("KETCH_RAY_PLACEMENT_TIMEOUT", "600"))
+        self.placement_timeout = float(config.get("ray_placement_timeout"))
+        self._syncing = asyncio.Lock()  # one look at the node table at a time: one worker a node
+        self._failed: dict[str, float] = {}  # node -> when its worker last failed to start
 
     # -- the cluster -----------------------------------------------------------------
     def connect(self) -> None:
@@ -187,16 +190,22 @@ class RayWorker:
                 logger.exception("could not read the Ray cluster's nodes")
 
     async def _sync_nodes(self) -> None:
-        ray = _ray()
-        listed = await asyncio.to_thread(ray.nodes)
-        alive = {n["NodeID"]: n for n in listed if n.get("Alive")}
-        for node_id in list(self.nodes):
-            if node_id not in alive:
-                self._lost(self.nodes[node_id], "its Ray node is gone")
-        new = [n for node_id, n in alive.items() if node_id not in self.nodes]
-        if new:
-            await asyncio.gather(*(self._add_node(n) for n in new))
-        self._on_capacity(self.per_node * max(1, len(self.nodes)))
+        async with self._syncing:
+            listed = await asyncio.to_thread(_ray().nodes)
+            alive = {n["NodeID"]: n for n in listed if n.get("Alive")}
+            for node_id in list(self.nodes):
+                if node_id not in alive:
+                    self._lost(self.nodes[node_id], "its Ray node is gone")
+            now = time.monotonic()
+            new = [
+                n
+                for node_id, n in alive.items()
+                if node_id not in self.nodes
+                and now - self._failed.get(node_id, -1e9) > RETRY_NODE_S
+            ]
+            if new:
+                await asyncio.gather(*(self._add_node(n) for n in new))
+            self._on_capacity(self.per_node * max(1, len(self.nodes)))
 
     async def _add_node(self, row: dict[str, Any]) -> None:
         ray = _ray()
@@ -216,10 +225,17 @@ class RayWorker:
         try:
             info = await agent.setup.remote()
         except Exception as exc:
-            logger.warning("node %s runs no ketch containers: %s", node_id[:12], exc)
+            logger.warning(
+                "node %s runs no ketch containers (tried again in %d s): %s",
+                node_id[:12],
+                RETRY_NODE_S,
+                exc,
+            )
+            self._failed[node_id] = time.monotonic()
             with contextlib.suppress(Exception):
                 ray.kill(agent)
             return
+        self._failed.pop(node_id, None)
         node = _Node(
             node_id, agent, info, dict(row.get("Resources", {})), row.get("NodeManagerAddress", "")
         )
