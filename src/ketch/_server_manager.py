@@ -107,14 +107,29 @@ def start(timeout: float = 30.0, extra_args: tuple[str, ...] = ()) -> ServerInfo
                 threading.Thread(target=proc.wait, name="ketch-reaper", daemon=True).start()
                 return info
             if proc.poll() is not None:
+                said = _last_words(h / "server.log")
                 raise ConnectionFailedError(
-                    f"the ketch control plane exited at start (code {proc.returncode}); see {h / 'server.log'}"
+                    f"the ketch control plane exited at start (code {proc.returncode})"
+                    + (f": {said}" if said else "")
+                    + f"; see {h / 'server.log'}"
                 )
             time.sleep(0.02)
         proc.kill()
         raise ConnectionFailedError(
             f"the ketch control plane did not start within {timeout:g} s; see {h / 'server.log'}"
         )
+
+
+def _last_words(log: Path) -> str:
+    """What a control plane that refused to start said last (its ``ketch: ...`` line)."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, 2) - 4096))
+            lines = fh.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    said = [line for line in lines if line.startswith("ketch: ")]
+    return said[-1].removeprefix("ketch: ") if said else ""
 
 
 def stop(timeout: float = 10.0) -> ServerInfo | None:

@@ -135,3 +135,23 @@ def test_stop_during_start_leaves_no_server(fresh_ketch_env):
         f"server {env.server_info()} still running after `ketch server stop`\n"
         f"{stopped.describe()}\n{started.describe()}"
     )
+
+
+@pytest.mark.timeout(60)
+def test_a_ray_address_where_nothing_answers_is_said_at_once(fresh_ketch_env):
+    """``--ray`` at an address with no cluster: the start fails in seconds and says why
+    (Ray itself would retry for minutes)."""
+    done = fresh_ketch_env.cli(
+        "server", "start", "--ray", "127.0.0.1:1", extra_env={"KETCH_RUNTIME": "sandbox"}
+    )
+    assert done.returncode != 0 and done.elapsed < 30, done.describe()
+    said = done.stdout + done.stderr
+    assert any(
+        reason in said
+        for reason in (
+            "no Ray cluster answers at 127.0.0.1:1",
+            "pip install 'ketch[ray]'",  # no Ray installed
+            "the sandbox runtime cannot run here",  # a machine without bubblewrap
+        )
+    ), done.describe()
+    assert fresh_ketch_env.server_info() is None

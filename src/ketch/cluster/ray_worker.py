@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import shutil
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -167,6 +168,14 @@ class RayWorker:
     def connect(self) -> None:
         """Join the cluster as a driver (on the main thread: Ray sets signal handlers)."""
         ray = _ray()
+        host, _, port = self.address.rpartition(":")
+        try:  # Ray would retry for minutes: say at once that nothing answers there
+            socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+        except (OSError, ValueError) as exc:
+            raise SystemExit(
+                f"ketch: no Ray cluster answers at {self.address} ({exc}); start one with "
+                "`ray start --head`, or give --ray the address `ray status` shows"
+            ) from None
         ray.init(
             address=self.address,
             namespace=NAMESPACE,
