@@ -23,8 +23,8 @@ def list_nodes(as_json: bool) -> None:
         click.echo(json.dumps(nodes, indent=1))
         return
     click.echo(
-        f"{'NODE':<8} {'HOST':<20} {'CPUS':>4} {'MEMORY (FREE)':>17} {'GPUS (IN USE)':<20} "
-        f"{'CONTAINERS':>10} {'SANDBOXES':>9} {'RUNTIME':<8} HEALTH"
+        f"{'NODE':<12} {'HOST':<20} {'CPUS':>4} {'MEMORY (FREE)':>17} {'GPUS (IN USE)':<20} "
+        f"{'CONTAINERS':>10} {'SANDBOXES':>9} {'RUNTIME':<13} HEALTH"
     )
     for n in nodes:
         memory = f"{n['memory_mib'] / 1024:.1f} ({n['memory_available_mib'] / 1024:.1f}) GiB"
@@ -35,8 +35,8 @@ def list_nodes(as_json: bool) -> None:
             have[1] += 1 if g["container"] else 0
         gpus = ", ".join(f"{k} x{c} ({u})" for k, (c, u) in kinds.items()) or "-"
         click.echo(
-            f"{n['node_id']:<8} {n['hostname'][:20]:<20} {n['cpus']:>4} {memory:>17} {gpus:<20} "
-            f"{n['containers']:>10} {n['sandboxes']:>9} {n['runtime']:<8} {n['health']}"
+            f"{n['node_id'][:12]:<12} {n['hostname'][:20]:<20} {n['cpus']:>4g} {memory:>17} {gpus:<20} "
+            f"{n['containers']:>10} {n['sandboxes']:>9} {n['runtime']:<13} {n['health']}"
         )
         for g in n["gpus"]:
             holder = g["container"] or "free"
