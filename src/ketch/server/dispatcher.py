@@ -40,8 +40,8 @@ from ..exception import (
 from ..retries import Retries
 from ..worker import gpus
 from ..worker.local import LocalWorker
+from . import gangs, secret_store
 from . import scheduler as sm
-from . import secret_store
 from .blobs import BlobStore
 from .logs import LogBook
 from .queue_window import QueueWindow
@@ -683,7 +683,7 @@ class Dispatcher:
             elif isinstance(action, sm.StopContainer):
                 self._stop_container(action.container_id)
             elif isinstance(action, sm.CancelOnContainer):
-                for member in [action.container_id, *self._gang(action.container_id)]:
+                for member in [action.container_id, *gangs.others(self, action.container_id)]:
                     self._send(member, {"t": "cancel", "ids": list(action.input_ids)})
         if rows or done:
             self._finalize(rows, done)
@@ -734,7 +734,7 @@ class Dispatcher:
     def _perform_start(self, pool: sm.Pool, action: sm.StartContainer) -> None:
         # Registered now, so that a stop in this same tick finds it.
         size = self.pool_info[pool.key].spec.cluster_size
-        ids = [action.container_id] + [f"{action.container_id}-{k}" for k in range(1, size)]
+        ids = gangs.member_ids(action.container_id, size)
         handles = []
         for rank, container_id in enumerate(ids):
             handle = ContainerHandle(container_id, pool.key, "kc-" + secrets.token_urlsafe(24))
@@ -745,27 +745,9 @@ class Dispatcher:
             handles.append(handle)
         for rank, handle in enumerate(handles):
             gpu_env = self._allocate_gpus(pool, handle.id)
-            if size > 1:  # the gang's members and their addresses (a cluster's worker sets its own)
-                gpu_env["KETCH_CLUSTER_RANK"] = str(rank)
-                gpu_env["KETCH_CLUSTER_INFO"] = json.dumps(
-                    {"id": ids[0], "ids": ids, "ips": ["127.0.0.1"] * size}
-                )
+            if size > 1:
+                gpu_env.update(gangs.member_env(ids, rank))
             spawn(self._start_container(pool, handle, gpu_env), name=f"start {handle.id}")
-
-    def _gang(self, container_id: str, handle: ContainerHandle | None = None) -> list[str]:
-        """The other live members of ``container_id``'s gang (none if it is in none)."""
-        handle = handle or self.containers.get(container_id)
-        if handle is None:
-            return []
-        leader = self.containers.get(handle.leader) if handle.leader else handle
-        members = leader.gang if leader is not None and leader.gang else []
-        if handle.leader and leader is None:  # its leader is gone: find the rest by name
-            prefix = handle.leader + "-"
-            members = [c for c in self.containers if c.startswith(prefix)]
-        return [m for m in members if m != container_id and m in self.containers]
-
-    def _gang_ready(self, handle: ContainerHandle) -> bool:
-        return all(self.containers[m].ready for m in self._gang(handle.id)) and handle.ready
 
     def _row(self, input_id: int, status: str, data: bytes | None) -> dict[str, Any]:
         info = self.inputs[input_id]
@@ -881,7 +863,7 @@ class Dispatcher:
     def _stop_container(self, container_id: str) -> None:
         handle = self.containers.get(container_id)
         if handle is not None and handle.gang:
-            for member in self._gang(container_id):
+            for member in gangs.others(self, container_id):
                 self._stop_one(member)
         self._stop_one(container_id)
 
@@ -923,7 +905,7 @@ class Dispatcher:
         if not self._send(container_id, {"t": "inputs", "items": items}):
             logger.warning("container %s is gone; its inputs fail over when it exits", container_id)
             return
-        for member in self._gang(container_id):  # every member of a gang runs the input
+        for member in gangs.others(self, container_id):  # every member of a gang runs it
             self._send(member, {"t": "inputs", "items": items})
         for input_id in input_ids:
             info = self.inputs[input_id]
@@ -973,11 +955,11 @@ class Dispatcher:
         now = time.monotonic()
         kind = msg.get("t")
         if handle.leader is not None:  # a gang member: the leader speaks for the gang
-            self._member_message(handle, pool, msg, now)
+            gangs.member_message(self, handle, pool, msg, now)
             return
         if kind == "ready":
             handle.ready = True
-            if handle.gang and not self._gang_ready(handle):
+            if handle.gang and not gangs.ready(self, handle):
                 return  # when the last member is ready
             self._perform(pool, pool.container_ready(container_id, now))
         elif kind == "init_failed":
@@ -990,24 +972,6 @@ class Dispatcher:
             info = self.inputs.get(msg.get("id", 0))
             if info is not None and info.web is not None:
                 info.web.event(msg)
-
-    def _member_message(
-        self, handle: ContainerHandle, pool: sm.Pool, msg: dict[str, Any], now: float
-    ) -> None:
-        """A gang member's message: its readiness and failure count; its outputs do not
-        (the call's result is rank 0's)."""
-        leader = self.containers.get(handle.leader or "")
-        if leader is None:
-            return
-        kind = msg.get("t")
-        if kind == "ready":
-            handle.ready = True
-            if self._gang_ready(leader):
-                self._perform(pool, pool.container_ready(leader.id, now))
-        elif kind == "init_failed":
-            self._perform(
-                pool, pool.container_init_failed(leader.id, now, "init failed"), msg["error"]
-            )
 
     def _container_outputs(
         self, handle: ContainerHandle, pool: sm.Pool, items: list[dict[str, Any]], now: float
@@ -1056,7 +1020,7 @@ class Dispatcher:
         logger.info("container %s %s", container_id, reason)
         handle.exited.set()
         if handle.leader is not None or handle.gang:
-            self._gang_member_exited(handle, reason)
+            gangs.member_exited(self, handle, reason)
         if handle.gang_failure:
             reason, preempted = handle.gang_failure, False
         pool = self.pools.get(handle.pool_key)
@@ -1068,22 +1032,6 @@ class Dispatcher:
             if reason.startswith("ran out of memory"):
                 oom = serialize_exception(OutOfMemoryError(f"container {container_id} {reason}"))
             self._perform(pool, actions, oom, crash=oom is not None)
-
-    def _gang_member_exited(self, handle: ContainerHandle, reason: str) -> None:
-        """One member ended: the others stop, and the gang's input fails (or runs again) whole."""
-        rest = self._gang(handle.id, handle)
-        if handle.leader is not None:
-            leader = self.containers.get(handle.leader)
-            if leader is not None and leader.gang_failure is None:
-                rank = leader.gang.index(handle.id) if leader.gang else "?"
-                leader.gang_failure = (
-                    f"lost a member of its gang ({handle.id}, rank {rank}) that {reason}"
-                )
-        for member in rest:  # what they run is lost without the member: no grace
-            handle_of = self.containers.get(member)
-            if handle_of is not None:
-                handle_of.stop_requested = True
-            self.worker.terminate(member, 1.0)
 
     def container_log(self, container_id: str, stream: str, text: str) -> None:
         handle = self.containers.get(container_id)
