@@ -155,3 +155,10 @@ def test_a_ray_address_where_nothing_answers_is_said_at_once(fresh_ketch_env):
         )
     ), done.describe()
     assert fresh_ketch_env.server_info() is None
+    # ... and leaves no socket directory behind (ketch.worker.bubblewrap.socket_dir's name).
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    tag = hashlib.sha256(str(fresh_ketch_env.home.resolve()).encode()).hexdigest()[:12]
+    assert not list(Path(tempfile.gettempdir()).glob(f"ketch-*-{tag}"))

@@ -231,11 +231,17 @@ async def serve(
     channels = await serve_channel(
         dispatcher, channel_host, str(sockets / "channel.sock"), tls if ray_address else None
     )
-    containers_userns = _choose_runtime(dispatcher, volumes, home, sockets, bool(ray_address))
-    if ray_address:
-        # With TLS, the nodes' relays speak it too, trusting the server's certificate.
-        ca = Path(tls_cert).read_text() if tls is not None and tls_cert else None
-        await _join_ray(dispatcher, ray_address, host, port, ca)
+    try:
+        containers_userns = _choose_runtime(dispatcher, volumes, home, sockets, bool(ray_address))
+        if ray_address:
+            # With TLS, the nodes' relays speak it too, trusting the server's certificate.
+            ca = Path(tls_cert).read_text() if tls is not None and tls_cert else None
+            await _join_ray(dispatcher, ray_address, host, port, ca)
+    except BaseException:  # refused to start (no sandbox runtime, no Ray cluster): nothing left
+        for channel in channels:
+            channel.close()
+        _remove_sockets(sockets)
+        raise
     await dispatcher.start()
     gateway = dispatcher.services.gateway = Gateway(dispatcher, "127.0.0.1")
     await gateway.start()
@@ -296,15 +302,16 @@ async def serve(
         if containers_userns is not None:
             containers_userns.close()
         store.close()
-        for name in (
-            "api.sock",
-            "containers.sock",
-            "channel.sock",
-        ):  # a stopped control plane leaves no sockets behind
-            with contextlib.suppress(OSError):
-                (sockets / name).unlink()
+        _remove_sockets(sockets)
+
+
+def _remove_sockets(sockets: Path) -> None:
+    """A stopped control plane leaves no sockets behind."""
+    for name in ("api.sock", "containers.sock", "channel.sock"):
         with contextlib.suppress(OSError):
-            sockets.rmdir()  # only if empty: sandbox containers' run directories may still be there
+            (sockets / name).unlink()
+    with contextlib.suppress(OSError):
+        sockets.rmdir()  # only if empty: sandbox containers' run directories may still be there
 
 
 def _enter_rootless() -> None:
