@@ -235,14 +235,20 @@ class Run:
         )
 
     def cleanup(self) -> None:
+        servers = []
         for home in ("on-ray", "embedded", "prewarm"):
             info = self.dir / home / "server.json"
             if info.exists():
                 try:
-                    os.kill(json.loads(info.read_text())["pid"], signal.SIGTERM)
+                    pid = json.loads(info.read_text())["pid"]
+                    os.kill(pid, signal.SIGTERM)
+                    servers.append(pid)
                 except (OSError, ValueError):
                     pass
-        time.sleep(2)
+        deadline = time.monotonic() + 30  # a control plane on Ray stops its nodes' workers first
+        while servers and time.monotonic() < deadline:
+            servers = [pid for pid in servers if Path(f"/proc/{pid}").exists()]
+            time.sleep(0.2)
         marker = f"KETCH_BENCH_RUN={self.tag}".encode()
         for entry in os.listdir("/proc"):
             if entry.isdigit() and int(entry) != os.getpid():
