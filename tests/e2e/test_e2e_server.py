@@ -162,3 +162,6 @@ def test_a_ray_address_where_nothing_answers_is_said_at_once(fresh_ketch_env):
 
     tag = hashlib.sha256(str(fresh_ketch_env.home.resolve()).encode()).hexdigest()[:12]
     assert not list(Path(tempfile.gettempdir()).glob(f"ketch-*-{tag}"))
+    from ketch.worker import userns  # nor its user namespace's mounts under /run/ketch
+
+    assert not userns.run_dir(fresh_ketch_env.home).exists()

@@ -231,6 +231,7 @@ async def serve(
     channels = await serve_channel(
         dispatcher, channel_host, str(sockets / "channel.sock"), tls if ray_address else None
     )
+    containers_userns = None
     try:
         containers_userns = _choose_runtime(dispatcher, volumes, home, sockets, bool(ray_address))
         if ray_address:
@@ -240,6 +241,8 @@ async def serve(
     except BaseException:  # refused to start (no sandbox runtime, no Ray cluster): nothing left
         for channel in channels:
             channel.close()
+        if containers_userns is not None:
+            containers_userns.close()
         _remove_sockets(sockets)
         raise
     await dispatcher.start()
