@@ -281,6 +281,44 @@ def test_nodes_are_listed_with_their_resources(cluster):
         assert "postgresql" in status.stdout.lower(), status.describe()
 
 
+PROBE = textwrap.dedent(
+    """
+    import json, os, socket, ssl, sys
+    from ketch._wire import encode
+
+    info = json.load(open(os.path.join(os.environ["KETCH_HOME"], "server.json")))
+    host, port = info["channel"].rsplit(":", 1)
+    tls = ssl.create_default_context(cafile=os.environ["KETCH_TLS_CA"])
+
+    def said(hello, wrap):
+        with socket.create_connection((host, int(port)), timeout=10) as raw:
+            sock = tls.wrap_socket(raw, server_hostname=host) if wrap else raw
+            try:
+                sock.sendall(encode(hello))
+                return sock.recv(4096)
+            except (OSError, ssl.SSLError) as exc:
+                return type(exc).__name__
+
+    guess = {"container_id": "ta-0123456789abcdef0123", "token": "kc-guessed"}
+    print(json.dumps({
+        "plain": repr(said(guess, False)),
+        "guessed_token": repr(said(guess, True)),
+        "guessed_tunnel": repr(said({"t": "tunnel", "id": "guessed"}, True)),
+    }))
+    """
+)
+
+
+def test_the_channel_port_gives_nothing_without_a_token(cluster):
+    """With ``--ray`` the channel listens where the nodes reach it (TLS here): a client with
+    no container token, in clear or over TLS, gets no init and no tunnel, only a closed
+    connection."""
+    done = cluster.python("-c", PROBE).check()
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert said["guessed_token"] == "b''" and said["guessed_tunnel"] == "b''", said
+    assert "init" not in said["plain"] and "spec" not in said["plain"], said
+
+
 def test_containers_are_placed_by_resources_and_spread(cluster, workdir_module):
     by_cpus = {n["cpus"]: n["node_id"] for n in _nodes(cluster)}
     (workdir_module / "app.py").write_text(APP)

@@ -41,6 +41,7 @@ from .._spec import FunctionSpec
 from ..exception import ResourceUnavailableError
 from ..images.builder import Builder
 from ..images.layers import LayerStore, remove_tree
+from ..server.nodes import gpu_rows, memory_mib
 from ..worker import gpus, isolate, userns
 from ..worker.bubblewrap import BubblewrapWorker, socket_dir
 from ..worker.volumes import boot_id
@@ -168,35 +169,15 @@ class NodeAgent:
 
     def describe(self) -> dict[str, Any]:
         assert self.worker is not None and self.gpus is not None
-        holders = {i: owner for owner, indices in self.gpus.busy().items() for i in indices}
-        total = available = 0
-        with contextlib.suppress(OSError), open("/proc/meminfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key == "MemTotal":
-                    total = int(value.split()[0]) // 1024
-                elif key == "MemAvailable":
-                    available = int(value.split()[0]) // 1024
+        _, available = memory_mib()  # (the total is Ray's: what it may place there)
         return {
             "node_id": self.node_id,
             "hostname": socket.gethostname(),
             # "" (never equal): what the control plane's files are, this node gets copies of.
             "boot_id": boot_id() if config.get("node_shares_files") else "",
-            "home": str(self.home),
-            "memory_mib": total,
             "memory_available_mib": available,
             "isolation": self.worker.isolation,
-            "containers": self.worker.running(),
-            "gpus": [
-                {
-                    "index": g.index,
-                    "type": g.kind,
-                    "name": g.name,
-                    "memory_mib": g.memory_mib,
-                    "container": holders.get(g.index),
-                }
-                for g in self.gpus.inventory.gpus
-            ],
+            "gpus": gpu_rows(self.gpus),
         }
 
     # -- bytes from the control plane -------------------------------------------------
@@ -257,7 +238,10 @@ class NodeAgent:
         digest, data = source
         if not digest.isalnum():
             raise ValueError(f"bad source digest {digest!r}")
-        target = _source.unpack_snapshot(data, self.home / "sources" / digest)
+        target = self.home / "sources" / digest
+        if not data and not target.is_dir():  # (sent once per node; this home lost it)
+            raise RuntimeError(f"the node has no copy of source {digest}; start it again")
+        target = _source.unpack_snapshot(data, target)
         assert spec.root_dir and spec.module_file
         rel = os.path.relpath(spec.module_file, spec.root_dir)
         return dataclasses.replace(spec, root_dir=str(target), module_file=str(target / rel))

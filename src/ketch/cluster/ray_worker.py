@@ -403,18 +403,12 @@ class RayWorker:
     # -- placement ---------------------------------------------------------------------
     def bundle(self, spec: FunctionSpec) -> dict[str, float]:
         """What Ray reserves for one container of ``spec``."""
-        cpu = getattr(spec, "cpu", None)
-        memory = getattr(spec, "memory", None)
+        cpu, memory = spec.cpu, spec.memory
         out: dict[str, float] = {"CPU": float(cpu[0]) if cpu and cpu[0] else DEFAULT_CPU}
         if memory and memory[0]:
             out["memory"] = float(int(memory[0]) << 20)
-        for option in getattr(spec, "gpu", None) or ():
-            kinds = [
-                g["type"]
-                for n in self.nodes.values()
-                for g in n.info["gpus"]
-                if gpus.satisfies(option["type"], gpus.Gpu(0, "", g["name"], g["type"], 0, None))
-            ]
+        for option in spec.gpu:
+            kinds = [g.kind for g in self.gpus.inventory.gpus if gpus.satisfies(option["type"], g)]
             if not kinds:
                 continue
             out["GPU"] = float(option.get("count") or 1)
@@ -467,13 +461,14 @@ class RayWorker:
             await self._ship(node, "bundles", bundle_dir.name)
             mounts = list(mounts)
             if not self._shares_files(node):
-                if (getattr(spec, "image", None) or {}).get("mounts"):
+                if (spec.image or {}).get("mounts"):
                     raise InvalidError(
                         f"node {node.node_id[:12]} does not share the control plane's files: "
                         "copy=False files reach only nodes that do (use copy=True)"
                     )
                 mounts = await self._copy_volumes(container_id, placed, node, mounts)
-            await node.agent.start.remote(container_id, env, spec, mounts, self._source(spec))
+            source = self._source(spec, node)
+            await node.agent.start.remote(container_id, env, spec, mounts, source)
         except BaseException:
             if self._placed.pop(container_id, None) is not None:
                 if placed.node is not None:
@@ -546,12 +541,19 @@ class RayWorker:
             node.have.add(key)
 
     @staticmethod
-    def _source(spec: FunctionSpec) -> tuple[str, bytes] | None:
-        """The app's source, which goes with every start (a node has no other way to it)."""
-        root, module_file = getattr(spec, "root_dir", None), getattr(spec, "module_file", None)
-        if not root or not module_file or getattr(spec, "serialized_fn", None):
+    def _source(spec: FunctionSpec, node: _Node) -> tuple[str, bytes] | None:
+        """The app's source for a start on ``node``, which has no other way to it: ``(digest,
+        tar)``. A deployed version's files never change, so each node gets them once (then
+        ``(digest, b"")``); a running app's are read again for each start, as a folder bound
+        in would show its edits."""
+        if not spec.root_dir or not spec.module_file or spec.serialized_fn:
             return None
-        data = _source.snapshot(Path(root), spec.module_name, module_file)
+        if spec.source and f"sources/{spec.source['hash']}" in node.have:
+            return str(spec.source["hash"]), b""
+        data = _source.snapshot(Path(spec.root_dir), spec.module_name, spec.module_file)
+        if spec.source:
+            node.have.add(f"sources/{spec.source['hash']}")
+            return str(spec.source["hash"]), data
         return _source.digest(data), data
 
     # -- the Worker interface ------------------------------------------------------------

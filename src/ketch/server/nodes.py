@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 from .rpc import rpc
 
 if TYPE_CHECKING:
+    from ..worker.gpus import GpuAllocator
     from .api import Api
 
 
-def _memory_mib() -> tuple[int, int]:
+def memory_mib() -> tuple[int, int]:
     """(total, available) MiB of this machine, from /proc/meminfo."""
     found: dict[str, int] = {}
     try:
@@ -32,10 +33,10 @@ def _memory_mib() -> tuple[int, int]:
     return found.get("MemTotal", 0), found.get("MemAvailable", 0)
 
 
-def this_node(api: Api) -> dict[str, Any]:
-    d = api.d
-    holders = {index: owner for owner, indices in d.gpus.busy().items() for index in indices}
-    gpus = [
+def gpu_rows(allocator: GpuAllocator) -> list[dict[str, Any]]:
+    """A node's GPUs as ``ketch node list`` shows them, with the container holding each."""
+    holders = {index: owner for owner, indices in allocator.busy().items() for index in indices}
+    return [
         {
             "index": g.index,
             "type": g.kind,
@@ -43,9 +44,14 @@ def this_node(api: Api) -> dict[str, Any]:
             "memory_mib": g.memory_mib,
             "container": holders.get(g.index),
         }
-        for g in d.gpus.inventory.gpus
+        for g in allocator.inventory.gpus
     ]
-    total, available = _memory_mib()
+
+
+def this_node(api: Api) -> dict[str, Any]:
+    d = api.d
+    gpus = gpu_rows(d.gpus)
+    total, available = memory_mib()
     sandboxes = d.sandboxes.running_count() if d.sandboxes is not None else 0
     return {
         "node_id": "local",
