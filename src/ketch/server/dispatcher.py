@@ -1,7 +1,9 @@
 """The async shell around the scheduler: it performs the pools' actions.
 
-It owns the in-memory view of calls, inputs and containers, persists every
-result before anyone is told about it, and wakes clients waiting for outputs.
+It owns the in-memory view of calls, inputs and containers (records in
+``dispatch_state.py``), persists every result before anyone is told about it,
+and wakes clients waiting for outputs. Queues past the window live in
+``queue_window.py``, gangs of containers in ``gangs.py``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import asyncio
 import collections
 import dataclasses
 import functools
-import hashlib
 import itertools
 import json
 import logging
@@ -18,7 +19,6 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import _source
@@ -43,6 +43,14 @@ from ..worker.local import LocalWorker
 from . import gangs, secret_store
 from . import scheduler as sm
 from .blobs import BlobStore
+from .dispatch_state import (
+    CallState,
+    ContainerHandle,
+    InputState,
+    PoolInfo,
+    keep_in_memory,
+    pool_key_for,
+)
 from .logs import LogBook
 from .queue_window import QueueWindow
 from .services import Builds, ContainerVolumes, Gateway, Schedules, Services, Worker
@@ -57,87 +65,12 @@ logger = logging.getLogger(__name__)
 
 STOP_GRACE_S = 10.0
 EXITED_KEPT = 1000  # exited containers remembered for `ketch container list|logs`
-KEEP_IN_MEMORY_BYTES = 64 * 1024
 OUTCOME = {
     "success": "success",
     "failure": "failure",
     "timeout": "failure",
     "cancelled": "cancelled",
 }
-
-
-@dataclass
-class CallState:
-    id: str
-    function_id: str
-    app_id: str
-    pool_key: str
-    kind: str
-    n_inputs: int | None
-    n_final: int
-    method: str | None = None
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
-    creator_app: str | None = None  # the app whose container made the call (None: a client)
-
-    def wake(self) -> None:
-        for fut in self.waiters:
-            if not fut.done():
-                fut.set_result(None)
-        self.waiters.clear()
-
-    @property
-    def done(self) -> bool:
-        return self.n_inputs is not None and self.n_final >= self.n_inputs
-
-
-@dataclass(slots=True)  # one per queued input: no __dict__ each (1,000,000 of them queue)
-class InputState:
-    id: int
-    call_id: str
-    idx: int
-    pool_key: str
-    method: str | None
-    args: bytes | None  # kept in memory while small; None means read it back when sent
-    blob_id: str | None = None
-    # A web request (``web.Exchange``): in memory only, never in the store; the container
-    # it went to, for its disconnect.
-    web: Exchange | None = None
-    web_request: dict[str, Any] | None = None
-    container_id: str | None = None
-    web_pending: list[dict[str, Any]] | None = None  # for the container, once it has one
-
-
-@dataclass
-class PoolInfo:
-    function_id: str
-    app_id: str
-    spec: FunctionSpec
-    params: bytes | None
-
-
-@dataclass
-class ContainerHandle:
-    id: str
-    pool_key: str
-    token: str
-    writer: asyncio.StreamWriter | None = None
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
-    # Asked to stop before it could be told to (no channel yet): it is stopped as soon
-    # as its worker has it, or not started at all.
-    stop_requested: bool = False
-    started_at: float = field(default_factory=time.time)
-    # A gang (``clustered``): its leader (rank 0) is the one container the scheduler
-    # knows; it lists every member in rank order, and each other member names it.
-    gang: list[str] | None = None
-    leader: str | None = None
-    ready: bool = False  # said "ready" (a gang is ready when every member is)
-    gang_failure: str | None = None  # why a member ended the gang
-
-
-def pool_key_for(function_id: str, params: bytes | None) -> str:
-    if not params:
-        return function_id
-    return f"{function_id}:{hashlib.sha256(params).hexdigest()[:16]}"
 
 
 class Dispatcher:
@@ -485,7 +418,7 @@ class Dispatcher:
                 idx,
                 state.pool_key,
                 method,
-                _keep(row.get("args")),
+                keep_in_memory(row.get("args")),
                 row.get("blob_id"),
             )
         if over:
@@ -1041,10 +974,6 @@ class Dispatcher:
             return
         info = self.pool_info[handle.pool_key]
         self.logs.add(info.app_id, info.spec.tag, container_id, stream, text)
-
-
-def _keep(args: bytes | None) -> bytes | None:
-    return args if args is not None and len(args) <= KEEP_IN_MEMORY_BYTES else None
 
 
 def _policy(spec: FunctionSpec) -> sm.PoolPolicy:

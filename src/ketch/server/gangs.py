@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from . import scheduler as sm
 
 if TYPE_CHECKING:
-    from .dispatcher import ContainerHandle, Dispatcher
+    from .dispatch_state import ContainerHandle
+    from .dispatcher import Dispatcher
 
 
 def member_ids(leader: str, size: int) -> list[str]:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import scheduler as sm
+from .dispatch_state import InputState, keep_in_memory
 
 if TYPE_CHECKING:
     from .dispatcher import Dispatcher
@@ -54,8 +55,6 @@ class QueueWindow:
 
     def refill(self, pool: sm.Pool) -> None:
         """Bring spilled inputs back into the pool's window, oldest first."""
-        from .dispatcher import InputState, _keep
-
         if self._refilling:
             return
         self._refilling = True
@@ -77,7 +76,7 @@ class QueueWindow:
                     first, upto
                 ):
                     self.d.inputs[input_id] = InputState(
-                        input_id, call, idx, pool.key, method, _keep(args), blob_id
+                        input_id, call, idx, pool.key, method, keep_in_memory(args), blob_id
                     )
                     ids.append(input_id)
                     if attempts:
