@@ -75,6 +75,11 @@ _SETTINGS: dict[str, _Setting] = {
         _to_bool,
         "a cluster node on the control plane's machine uses its files in place (0: copies, as elsewhere)",
     ),
+    "cluster_builds": _Setting(
+        True,
+        _to_bool,
+        "on a Ray cluster, image build steps run on a node (0: on the control plane's machine)",
+    ),
     "node_home": _Setting(
         "", str, "where a cluster node's ketch worker keeps its files (default: the temp dir)"
     ),

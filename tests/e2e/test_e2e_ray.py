@@ -6,7 +6,8 @@ the control plane and the clients run in a network namespace this module makes
 CPUs; the third also declares one A10G GPU (a fake one, ``KETCH_FAKE_GPUS``).
 Proved here: placement by resources (a ``cpu=3`` function and an A10G function
 land on the only node that has them), containers spread over the nodes,
-sandboxes and web endpoints on nodes, a gang spread over the three nodes,
+sandboxes and web endpoints on nodes, image build steps on a node and a
+sandbox's snapshot brought back from one, a gang spread over the three nodes,
 ``ketch node list``, Volumes on a node that gets copies of them (as one on
 another machine does), a control plane ``kill -9``-ed and restarted, and a node killed
 during a 2,000-input map with ``retries=0``: every result comes back right.
@@ -131,6 +132,39 @@ VOLUMES = textwrap.dedent(
             batch.put_file(io.BytesIO(b"seed"), "/seed.txt")
         print("NODE", write.remote())
         print("COMMITTED", b"".join(vol.read_file("committed.txt")).decode())
+    """
+)
+
+BUILD = textwrap.dedent(
+    """
+    import ketch
+
+    app = ketch.App("ray-build")
+
+    def stamp():  # a run_function step: needs the ketch bundle on the node
+        with open("/stamp", "w") as f:
+            f.write("stamped")
+
+    image = (
+        ketch.image.default_image()
+        .run_commands("echo built TAG > /marker")
+        .run_function(stamp)
+    )
+
+    @app.function(image=image)
+    def read():
+        return open("/marker").read().split()[1] + "," + open("/stamp").read()
+
+    @app.local_entrypoint()
+    def main():
+        print("READ", read.remote())
+        sb = ketch.Sandbox.create("sleep", "120", app=app, image=image)
+        sb.exec("sh", "-c", "echo snapped > /snapped && rm /stamp").wait()
+        snap = sb.snapshot_filesystem()
+        sb.terminate()
+        sb2 = ketch.Sandbox.create("sh", "-c", "cat /snapped /marker; ls /stamp", app=app, image=snap)
+        sb2.wait()
+        print("SNAP", " ".join(sb2.stdout.read().split()), "|", sb2.stderr.read().strip())
     """
 )
 
@@ -334,6 +368,23 @@ def test_containers_are_placed_by_resources_and_spread(cluster, workdir_module):
     assert len(lines["SPREAD"].split()) >= 2, done.stdout  # 8 containers of 1 CPU: 7 CPUs in all
     assert lines["WEB"] in by_cpus.values()  # the gateway reached a container on a node
     assert lines["SANDBOX"].removeprefix("sandbox on ") in by_cpus.values()
+
+
+def test_images_build_on_a_node_and_snapshots_come_back(cluster, workdir_module):
+    """Build steps that run programs (``run_commands``, ``run_function``) run on a node;
+    the layers come back to the control plane's cache, from where any node gets them.
+    ``snapshot_filesystem()`` of a sandbox on a node becomes an image too."""
+    tag = os.urandom(4).hex()  # a new layer each run: never cached
+    (workdir_module / "build.py").write_text(BUILD.replace("TAG", tag))
+    done = cluster.cli("run", "build.py", cwd=workdir_module, timeout=300)
+    assert done.returncode == 0, done.describe()
+    assert f"READ {tag},stamped" in done.stdout, done.describe()
+    assert f"SNAP snapped built {tag} | ls: cannot access '/stamp'" in done.stdout, done.describe()
+    built_on = re.findall(r"building on node (\w+)", done.stdout + done.stderr)
+    assert len(built_on) == 2, done.describe()  # the two steps; the copy of files is here
+    homes = list(Path(cluster.env["KETCH_NODE_HOME"]).glob(f"ketch-node-{built_on[0]}*"))
+    metas = [json.loads(m.read_text()) for m in homes[0].glob("images/layers/*/meta.json")]
+    assert any(tag in m["summary"] for m in metas), metas
 
 
 def test_a_gang_spreads_over_the_nodes(cluster):

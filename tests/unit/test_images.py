@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -9,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from ketch._spec import build_options
-from ketch.exception import InvalidError
+from ketch.exception import ImageBuildError, InvalidError
 from ketch.image import Image, default_image
-from ketch.images.builder import summarize
+from ketch.images.builder import Builder, StepFailed, summarize
 from ketch.images.layers import LayerStore
 from ketch.worker.bubblewrap import project_sources
 from ketch.worker.isolate import Bwrap, overlay_options
@@ -47,6 +48,36 @@ def test_layers_commit_lowers_remove_and_prune(tmp_path):
     os.utime(store.path(other) / "used", (old, old))
     assert store.prune(86400) == [other]
     assert [i.hash for i in store.infos()] == [base]
+
+
+def test_a_remote_builder_gets_the_steps_that_run_programs(tmp_path):
+    """On a cluster ``Builder.remote`` builds (and installs) the steps that run programs;
+    configuration steps stay here, over the remote layer's configuration; a remote step's
+    failure reads as a local one's."""
+    store = LayerStore(tmp_path)
+    builder = Builder(store)
+    asked: list[tuple[str, list[str]]] = []
+
+    async def remote(layer, chain, cfg, log):
+        asked.append((layer["kind"], list(chain)))
+        if "fail" in layer["spec"].get("commands", [""])[0]:
+            raise StepFailed("exited with code 3", ["the last line"])
+        log("built elsewhere")
+        build = store.new_build_dir(layer["hash"])
+        (build / "fs").mkdir()
+        py = {"python": "/usr/bin/python3", "python_version": "3.11"}
+        store.commit(build, layer["hash"], {"kind": layer["kind"], "config": {**cfg, **py}})
+
+    builder.remote = remote
+    image = Image.debian_slim("3.11").run_commands("echo hi").env({"A": "1"})
+    lines: list[str] = []
+    built = asyncio.run(builder.build(image.to_wire(), lines.append, bundle=False))
+    assert [kind for kind, _ in asked] == ["debian_slim", "run_commands"]
+    assert asked[1][1] == [image.to_wire()["layers"][0]["hash"]]  # over the base
+    assert built.config["env"] == {"A": "1"} and built.config["python_version"] == "3.11"
+    assert "built elsewhere" in lines
+    with pytest.raises(ImageBuildError, match=r"run_commands fail.*code 3(.|\n)*the last line"):
+        asyncio.run(builder.build(image.run_commands("fail").to_wire(), lines.append, bundle=False))
 
 
 def test_overlay_options_refuse_too_many_layers(tmp_path):

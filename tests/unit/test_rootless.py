@@ -75,7 +75,7 @@ PROBE = """
 import json, os
 from pathlib import Path
 from ketch.worker import rootless, isolate
-from ketch.images.builder import Builder, _StepFailed
+from ketch.images.builder import Builder, StepFailed
 from ketch.images.layers import LayerStore
 
 state = rootless.enter()
@@ -85,7 +85,7 @@ out = {"uid": os.getuid(), "describe": state.mapping.describe(), "notes": list(s
        "overlay": isolate.probe_overlay(Path(os.environ["HOME"]) / "c", Path(os.environ["HOME"]) / "h")}
 try:
     Builder(LayerStore(Path(os.environ["HOME"]) / "cache"))._bootstrap_argv("bookworm", Path("/x"))
-except _StepFailed as exc:
+except StepFailed as exc:
     out["debian_slim"] = str(exc)
 print("PROBE " + json.dumps(out))
 """

@@ -39,7 +39,7 @@ from .. import _source
 from .._config import config
 from .._spec import FunctionSpec
 from ..exception import ResourceUnavailableError
-from ..images.builder import Builder
+from ..images.builder import Builder, StepFailed
 from ..images.layers import LayerStore, remove_tree
 from ..server.nodes import gpu_rows, memory_mib
 from ..worker import gpus, isolate, userns
@@ -108,6 +108,23 @@ async def serve_relay(
     return server
 
 
+class _Output:
+    """A build step's output as it comes, for the control plane to read."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.done = False
+        self.changed = asyncio.Event()
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        self.changed.set()
+
+    def finish(self) -> None:
+        self.done = True
+        self.changed.set()
+
+
 def _split(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host.strip("[]"), int(port)
@@ -133,6 +150,7 @@ class NodeAgent:
         self._userns: userns.UserNamespace | None = None
         self.worker: BubblewrapWorker | None = None
         self.gpus: gpus.GpuAllocator | None = None
+        self._builds: dict[str, _Output] = {}
 
     async def setup(self) -> dict[str, Any]:
         """Start the node's runtime; returns what the node has (``ketch node list``)."""
@@ -208,6 +226,53 @@ class NodeAgent:
             if staging.exists():
                 await asyncio.to_thread(remove_tree, staging)
 
+    async def send(self, kind: str, name: str) -> list[Any]:
+        """``kind/name`` of the node's image cache (a layer it built), as a tar stream."""
+        refs, _ = await asyncio.to_thread(files.pack, self._cache(kind, name))
+        return refs
+
+    # -- image builds: the steps that run programs, for the control plane's builder ----
+    async def build_layer(
+        self,
+        build_id: str,
+        layer: dict[str, Any],
+        chain: Sequence[str],
+        cfg: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Build one layer over ``chain`` (already here) into the node's cache; its output
+        is read with :meth:`build_log`. Returns ``{}``, or ``{"error", "tail"}``."""
+        assert self.worker is not None
+        out = self._build_output(build_id)
+        try:
+            async with self.worker.builder.store.alock(layer["hash"]):
+                await self.worker.builder.build_layer(layer, chain, cfg, out.add)
+            return {}
+        except StepFailed as exc:
+            return {"error": str(exc), "tail": exc.tail}
+        except Exception as exc:
+            logger.exception("build step of layer %s failed", layer.get("hash", "?")[:12])
+            return {"error": f"{type(exc).__name__}: {exc}", "tail": []}
+        finally:
+            out.finish()
+
+    def _build_output(self, build_id: str) -> _Output:
+        if not build_id.replace("-", "").isalnum():
+            raise ValueError(f"bad build id {build_id!r}")
+        return self._builds.setdefault(build_id, _Output())
+
+    async def build_log(self, build_id: str, offset: int) -> tuple[list[str], bool]:
+        """A build step's output lines from ``offset`` on (waits a few seconds for one), and
+        whether the step has ended (its output is then forgotten once read to the end)."""
+        out = self._build_output(build_id)
+        if offset >= len(out.lines) and not out.done:
+            out.changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(out.changed.wait(), EVENTS_WAIT_S)
+        lines = out.lines[offset:]
+        if out.done:
+            self._builds.pop(build_id, None)
+        return lines, out.done
+
     # -- Volumes' working copies, for nodes that do not share the control plane's files --
     def _volume(self, container_id: str, index: int) -> Path:
         if not container_id.replace("-", "").isalnum() or index < 0:
@@ -225,6 +290,17 @@ class NodeAgent:
         finally:
             await asyncio.to_thread(shutil.rmtree, staging, True)
         return str(target)
+
+    async def snapshot(self, container_id: str) -> list[Any]:
+        """What the container has written, as a layer's ``fs`` (a tar stream)."""
+        assert self.worker is not None
+        dest = Path(tempfile.mkdtemp(dir=self.home, prefix=".snap-"))
+        try:
+            await self.worker.snapshot(container_id, dest)
+            refs, _ = await asyncio.to_thread(files.pack, dest)
+        finally:
+            await asyncio.to_thread(remove_tree, dest)
+        return refs
 
     async def send_volume(self, container_id: str, index: int) -> list[Any]:
         """The node's copy of a working copy, as a tar stream of object refs."""

@@ -9,11 +9,12 @@ there with no resources of its own) and one placement group per container.
   and its autoscaler, where the cluster has one, sees a pending group as demand.
   A GPU type is asked as ``accelerator_type:<TYPE>`` (Ray's own label) when the
   cluster has that label.
-* **Bytes.** Images are built here; a node gets each layer, and the ketch
-  bundle, once, by content hash, through Ray's object store; the app's source
-  travels with each start. Volumes and ``copy=False`` files are host paths:
-  they reach nodes that share this machine's filesystem, and are refused,
-  clearly, elsewhere (docs/cluster.md).
+* **Bytes.** This machine's image cache is the cluster's: a node gets each
+  layer, and the ketch bundle, once, by content hash, through Ray's object
+  store; build steps that run programs run on a node and their layers come
+  back here (``build_step``). The app's source travels with each start.
+  Volumes' working copies are bound on nodes that share this machine's files
+  and copied to and from the others (docs/cluster.md).
 * **Node loss is preemption.** When a node's agent dies (its node was killed
   or drained), its containers end as preempted: the dispatcher puts their
   inputs back at the front of the queue without counting against ``retries``,
@@ -38,10 +39,12 @@ from typing import Any
 
 from .. import _source
 from .._config import config
+from .._ids import new_id
 from .._spec import FunctionSpec
 from .._tasks import spawn
 from ..exception import InvalidError
-from ..images.builder import Builder
+from ..images.builder import Builder, Log, StepFailed
+from ..images.layers import remove_tree
 from ..worker import gpus
 from ..worker.bubblewrap import image_for
 from ..worker.volumes import boot_id
@@ -163,6 +166,8 @@ class RayWorker:
         self.placement_timeout = float(config.get("ray_placement_timeout"))
         self._syncing = asyncio.Lock()  # one look at the node table at a time: one worker a node
         self._failed: dict[str, float] = {}  # node -> when its worker last failed to start
+        if config.get("cluster_builds"):
+            builder.remote = self.build_step
 
     # -- the cluster -----------------------------------------------------------------
     def connect(self) -> None:
@@ -540,6 +545,67 @@ class RayWorker:
                 )
             node.have.add(key)
 
+    # -- image builds ------------------------------------------------------------------
+    async def build_step(
+        self, layer: Mapping[str, Any], chain: Sequence[str], cfg: dict[str, Any], log: Log
+    ) -> None:
+        """Build one layer that runs programs (``Builder.remote``) on a node, and bring it
+        into this machine's image cache, from where every node gets it by hash."""
+        node = self._build_node(chain)
+        log(f"   building on node {node.node_id[:12]} ({node.info.get('hostname', '?')})")
+        for layer_hash in chain:
+            await self._ship(node, "layers", layer_hash)
+        if layer["kind"] == "run_function" and cfg.get("python_version"):
+            bundle = await self.builder.bundles.ensure(str(cfg["python_version"]), log)
+            await self._ship(node, "bundles", bundle.name)
+        ray = _ray()
+        build_id = new_id("bs")
+        try:
+            reply_ref = node.agent.build_layer.remote(build_id, dict(layer), list(chain), cfg)
+            offset, done = 0, False
+            while not done:
+                lines, done = await node.agent.build_log.remote(build_id, offset)
+                for line in lines:
+                    log(line)
+                offset += len(lines)
+            reply = await reply_ref
+            if reply.get("error"):
+                raise StepFailed(reply["error"], reply.get("tail", []))
+            layer_hash = layer["hash"]
+            refs = await node.agent.send.remote("layers", layer_hash)
+        except ray.exceptions.RayError as exc:
+            raise StepFailed(
+                f"node {node.node_id[:12]} was lost during the step ({type(exc).__name__}); "
+                "build again",
+                [],
+            ) from None
+        staging = self.builder.store.new_build_dir(layer_hash)
+        try:
+            await asyncio.to_thread(files.unpack, refs, staging / "layer")
+            self.builder.store.install(staging / "layer", layer_hash)
+        finally:
+            remove_tree(staging)
+        node.have.add(f"layers/{layer_hash}")
+
+    def _build_node(self, chain: Sequence[str]) -> _Node:
+        """The node a build step runs on: one that has the layer below it, if any does, and
+        of those the one running the fewest containers."""
+        if not self.nodes:
+            raise StepFailed(f"the Ray cluster at {self.address} has no node ketch can use", [])
+        parent = f"layers/{chain[-1]}" if chain else ""
+        return min(
+            self.nodes.values(),
+            key=lambda n: (parent not in n.have, len(n.containers), -n.resources.get("CPU", 0)),
+        )
+
+    async def snapshot(self, container_id: str, dest: Path) -> None:
+        """``snapshot_filesystem()``: the container's writable layer, from its node."""
+        placed = self._placed.get(container_id)
+        if placed is None or placed.node is None:
+            raise InvalidError(f"container {container_id} is not running")
+        refs = await placed.node.agent.snapshot.remote(container_id)
+        await asyncio.to_thread(files.unpack, refs, dest)
+
     @staticmethod
     def _source(spec: FunctionSpec, node: _Node) -> tuple[str, bytes] | None:
         """The app's source for a start on ``node``, which has no other way to it: ``(digest,
@@ -578,9 +644,6 @@ class RayWorker:
         if placed is None or placed.node is None:
             raise InvalidError(f"container {container_id} is not running")
         await placed.node.agent.allow_egress.remote(container_id, list(networks))
-
-    async def snapshot(self, container_id: str, dest: Path) -> None:
-        raise InvalidError("snapshot_filesystem() is not available on a Ray cluster yet")
 
     def running(self) -> int:
         return len(self._placed)

@@ -36,7 +36,7 @@ import logging
 import os
 import shlex
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,20 @@ from .layers import LayerStore, remove_tree
 logger = logging.getLogger(__name__)
 
 Log = Callable[[str], None]
+# Steps that run programs in a sandbox of the image (the others only copy files or set
+# configuration): on a Ray cluster these are built on a node (``Builder.remote``).
+SANDBOX_STEPS = frozenset(
+    {
+        "debian_slim",
+        "from_registry",
+        "pip_install",
+        "uv_pip_install",
+        "pip_install_from_requirements",
+        "apt_install",
+        "run_commands",
+        "run_function",
+    }
+)
 DEBIAN_SUITES = {"3.11": "bookworm", "3.13": "trixie"}
 KETCH_DIR = "/.ketch"
 STEP_TIMEOUT_S = 3600.0
@@ -107,10 +121,16 @@ def summarize(kind: str, spec: Mapping[str, Any]) -> str:
     return kind
 
 
-class _StepFailed(Exception):
+class StepFailed(Exception):
+    """A build step failed: ``str()`` says how, ``tail`` is the end of its output."""
+
     def __init__(self, message: str, tail: Sequence[str]) -> None:
         super().__init__(message)
         self.tail = list(tail)
+
+
+# Builds one layer elsewhere and installs it in this store: (layer, chain, cfg, log).
+RemoteStep = Callable[[Mapping[str, Any], Sequence[str], dict[str, Any], Log], Awaitable[None]]
 
 
 class Builder:
@@ -120,6 +140,7 @@ class Builder:
         self.store = store
         self.userns = userns  # build steps run as its root (None: as host root)
         self.bundles = Bundles(store)
+        self.remote: RemoteStep | None = None  # where sandbox steps run instead (a Ray node)
         self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
 
     def cached(self, wire: Mapping[str, Any]) -> BuiltImage | None:
@@ -137,9 +158,13 @@ class Builder:
             cfg.update(json.loads(probed.read_text()))
         return BuiltImage(chain[-1], tuple(chain), tuple(self.store.lowers(chain)), cfg)
 
-    async def build(self, wire: Mapping[str, Any], log: Log, force: str = "") -> BuiltImage:
+    async def build(
+        self, wire: Mapping[str, Any], log: Log, force: str = "", bundle: bool = True
+    ) -> BuiltImage:
         """Build what is missing; ``force="marked"`` also rebuilds from the first
-        ``force_build`` step on, ``force="all"`` rebuilds every layer."""
+        ``force_build`` step on, ``force="all"`` rebuilds every layer. ``bundle``: also
+        prepare the ketch bundle for the image's Python (a node's build leaves that to the
+        control plane, which ships its own)."""
         layers = list(wire["layers"])
         total = len(layers)
         rebuild_from = total
@@ -162,8 +187,11 @@ class Builder:
                     loop = asyncio.get_running_loop()
                     started = loop.time()
                     try:
-                        await self._build_layer(layer, chain, cfg, log)
-                    except _StepFailed as exc:
+                        if self.remote is not None and kind in SANDBOX_STEPS:
+                            await self.remote(layer, chain, cfg, log)
+                        else:
+                            await self.build_layer(layer, chain, cfg, log)
+                    except StepFailed as exc:
                         tail = "\n".join(exc.tail[-OUTPUT_TAIL:])
                         raise ImageBuildError(
                             f"image build failed at step {label}: {exc}"
@@ -177,13 +205,16 @@ class Builder:
         if not built.config.get("python"):
             await self._probe_python(built, log)
             built = self._built(chain)
-        await self.prepare_bundle(built, log)
+        if bundle:
+            await self.prepare_bundle(built, log)
         return built
 
     # -- steps ---------------------------------------------------------------
-    async def _build_layer(
+    async def build_layer(
         self, layer: Mapping[str, Any], chain: Sequence[str], cfg: dict[str, Any], log: Log
     ) -> None:
+        """Build the one layer ``layer`` over ``chain`` (every layer of it cached here),
+        whose configuration is ``cfg``; raises :class:`StepFailed`."""
         kind, spec, layer_hash = layer["kind"], layer["spec"], layer["hash"]
         build_dir = self.store.new_build_dir(layer_hash)
         fs = build_dir / "fs"
@@ -204,7 +235,7 @@ class Builder:
             elif kind.startswith("add_local_"):
                 self._copy_local(layer, fs)
             elif kind == "snapshot":  # made by Sandbox.snapshot_filesystem, never built
-                raise _StepFailed(
+                raise StepFailed(
                     "this sandbox snapshot is no longer in the image cache (`ketch image rm` "
                     "or `prune` removed it); take a new one",
                     [],
@@ -225,7 +256,7 @@ class Builder:
         suite = DEBIAN_SUITES.get(version)
         if suite is None:
             offered = ", ".join(f"{v} ({s})" for v, s in DEBIAN_SUITES.items())
-            raise _StepFailed(
+            raise StepFailed(
                 f"python_version={version!r} cannot be provided: debian_slim is built from "
                 f"Debian's archive, which packages Python {offered}",
                 [],
@@ -256,7 +287,7 @@ class Builder:
         packages = "python3,ca-certificates"
         if mapping is None:
             if shutil.which("debootstrap") is None:
-                raise _StepFailed("debootstrap is not installed (apt-get install debootstrap)", [])
+                raise StepFailed("debootstrap is not installed (apt-get install debootstrap)", [])
             debs = self.store.root / "debs" / suite
             debs.mkdir(parents=True, exist_ok=True)
             return [
@@ -269,14 +300,14 @@ class Builder:
                 config.get("debian_mirror"),
             ]
         if mapping.single_id:
-            raise _StepFailed(
+            raise StepFailed(
                 f"debian_slim cannot be built here: {mapping.user} has no subordinate ids "
                 "mapped (Debian's packages own files as several users); ask an administrator: "
                 + rootless.admin_command(mapping.user),
                 [],
             )
         if shutil.which("mmdebstrap") is None:
-            raise _StepFailed(
+            raise StepFailed(
                 "mmdebstrap is not installed (it builds debian_slim without root); ask an "
                 "administrator: " + rootless.admin_command(mapping.user),
                 [],
@@ -299,7 +330,7 @@ class Builder:
         try:
             image_config = await pull(spec["tag"], fs, log=log)
         except (RegistryError, ValueError) as exc:
-            raise _StepFailed(str(exc), []) from None
+            raise StepFailed(str(exc), []) from None
         cfg: dict[str, Any] = {
             "env": {k: v for k, v in image_config.env.items() if k != "PATH"},
             "path": image_config.env.get("PATH"),
@@ -320,7 +351,7 @@ class Builder:
             await self._sandbox(fs, ["/bin/sh", "-c", script], cfg, log, "add_python")
         found = await self._find_python(fs, cfg, log)
         if want and found and found[1] != want:
-            raise _StepFailed(
+            raise StepFailed(
                 f"add_python={want!r}: the image's package manager installs Python {found[1]}; "
                 "ketch adds Python with the image's apt (only Debian's archive is reachable), "
                 f"so ask for add_python={found[1]!r} or use a base image with Python {want}",
@@ -340,7 +371,7 @@ class Builder:
         lines: list[str] = []
         try:
             await self._sandbox(fs, ["/bin/sh", "-c", script], cfg, lines.append, "find python")
-        except _StepFailed:
+        except StepFailed:
             return None
         return (lines[0].strip(), lines[1].strip()) if len(lines) >= 2 else None
 
@@ -361,7 +392,7 @@ class Builder:
         spec, local = layer["spec"], layer["local"]
         entries = local_files(local["local_path"], local.get("ignore", ()), local.get("prefix", ""))
         if content_digest(entries) != spec["digest"]:
-            raise _StepFailed(
+            raise StepFailed(
                 f"the files under {local['local_path']} changed after the image was described; run again",
                 [],
             )
@@ -426,7 +457,7 @@ class Builder:
             (job / "fn.pkl").write_bytes(bytes(layer["blob"]))
             version = cfg.get("python_version") or ""
             if not version:
-                raise _StepFailed("run_function needs Python in the image", [])
+                raise StepFailed("run_function needs Python in the image", [])
             bundle = await self.bundles.ensure(version, log)
             binds.append((bundle, MOUNT_POINT, False))
             env = {
@@ -436,7 +467,7 @@ class Builder:
             }
             commands = [[python, "-m", "ketch.guest.build_fn", f"{KETCH_DIR}/job/fn.pkl"]]
         else:
-            raise _StepFailed(f"unknown build step {kind!r}", [])
+            raise StepFailed(f"unknown build step {kind!r}", [])
         lowers = [self.store.fs(h) for h in reversed(chain)]
         root = _Overlay(self.store, lowers, layer["hash"], self.userns, upper=build_dir / "fs")
         with root:
@@ -460,7 +491,7 @@ class Builder:
     ) -> None:
         support = isolate.support()
         if not support.ok:
-            raise _StepFailed(f"cannot build images here: {support.reason}", [])
+            raise StepFailed(f"cannot build images here: {support.reason}", [])
         workdir = str(cfg.get("workdir") or "/")
         with contextlib.ExitStack() as stack:
             stage = None
@@ -543,7 +574,7 @@ class Builder:
             await proc.wait()
             raise
         if proc.returncode != 0:
-            raise _StepFailed(f"{what} exited with code {proc.returncode}", tail)
+            raise StepFailed(f"{what} exited with code {proc.returncode}", tail)
 
     async def prepare_bundle(self, built: BuiltImage, log: Log) -> Path:
         """The ketch bundle for the image's Python, compiled by that Python (once)."""
@@ -570,7 +601,7 @@ class Builder:
                         "compileall",
                         binds=[(bundle, MOUNT_POINT, True)],
                     )
-                except _StepFailed as exc:
+                except StepFailed as exc:
                     logger.warning("could not precompile the ketch bundle: %s", exc)
             Bundles.mark_compiled(bundle, version)
         return bundle

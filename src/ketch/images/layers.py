@@ -128,14 +128,22 @@ class LayerStore:
         with open(build_dir / "meta.json", "w") as fh:
             json.dump(meta, fh, indent=1, sort_keys=True)
         (build_dir / "used").touch()
-        for leftover in ("work", "merged", "upper"):
+        for leftover in ("work", "merged", "upper", "job"):
             remove_tree(build_dir / leftover)
+        self.install(build_dir, layer_hash)
+
+    def install(self, staging: Path, layer_hash: str) -> None:
+        """Publish ``staging`` (a finished layer's folder: ``meta.json``, ``fs/``, made by
+        another store's :meth:`commit`) as layer ``layer_hash``, replacing an older copy."""
+        meta = json.loads((staging / "meta.json").read_text())
+        if meta.get("hash") != layer_hash or not (staging / "fs").is_dir():
+            raise ValueError(f"not a copy of layer {layer_hash[:12]}")
         target = self.path(layer_hash)
         if target.exists():
             retired = self.tmp_dir / f"old-{layer_hash[:16]}-{uuid.uuid4().hex[:8]}"
             os.rename(target, retired)
             remove_tree(retired)
-        os.rename(build_dir, target)
+        os.rename(staging, target)
 
     @contextlib.asynccontextmanager
     async def alock(self, key: str) -> AsyncIterator[None]:

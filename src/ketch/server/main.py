@@ -91,7 +91,8 @@ def _choose_runtime(
     dispatcher: Dispatcher, volumes: VolumeService, home: Path, sockets: Path, on_ray: bool = False
 ) -> userns.UserNamespace | None:
     """``sandbox`` where bubblewrap and root are available (``auto``), else ``local``, loudly.
-    ``on_ray``: containers run on the nodes of a Ray cluster; this machine only builds images.
+    ``on_ray``: containers, and build steps, run on the nodes of a Ray cluster; this machine
+    keeps the image cache and Volumes' working copies.
 
     Returns the sandboxes' user namespace, for the caller to close at shutdown.
     """
