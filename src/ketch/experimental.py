@@ -11,6 +11,10 @@ enough nodes. A member that ends (crashes, or is lost with its node) ends the
 whole gang; its input fails with that reason, or runs again, as a whole,
 under the function's ``retries``.
 
+Under ``@app.cls`` it makes every container of the class a gang of N: each
+member runs the class's ``@enter`` hooks, every method call goes to all of
+them, and the call's result is rank 0's.
+
 Example::
 
     @app.function(cpu=1)
@@ -66,9 +70,10 @@ def clustered(size: int, broadcast: bool = True, rdma: bool = False) -> Callable
         )
 
     def wrap(fn: F) -> F:
-        if not callable(fn) or isinstance(fn, type):
+        if not callable(fn):
             raise InvalidError(
-                "@ketch.experimental.clustered goes on a function, under @app.function"
+                "@ketch.experimental.clustered goes on a function or a class, under "
+                "@app.function or @app.cls"
             )
         fn.__ketch_clustered__ = size  # type: ignore[attr-defined]
         return fn

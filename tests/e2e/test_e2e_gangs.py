@@ -31,6 +31,44 @@ def test_a_lost_member_retries_the_whole_gang(ketch_env):
     _check(run.value("reduce"))  # ... and a new gang ran the input
 
 
+CLUSTERED_CLASS = """
+import ketch
+
+app = ketch.App("gang-class")
+
+
+@app.cls()
+@ketch.experimental.clustered(size=2)
+class Pair:
+    @ketch.enter()
+    def join(self):
+        self.info = ketch.experimental.get_cluster_info()
+        self.calls = 0
+
+    @ketch.method()
+    def who(self, x):
+        self.calls += 1
+        return {"rank": self.info.rank, "size": self.info.size, "x": x, "calls": self.calls}
+
+
+@app.local_entrypoint()
+def main():
+    pair = Pair()
+    print("FIRST", pair.who.remote(1))
+    print("SECOND", pair.who.remote(2))
+"""
+
+
+def test_a_clustered_class_is_a_gang_per_container(ketch_env, tmp_path):
+    """``@app.cls`` over ``clustered(size=2)``: both members enter, every call reaches the
+    gang, and the answer is rank 0's; the gang stays up between calls."""
+    (tmp_path / "pair.py").write_text(CLUSTERED_CLASS)
+    done = ketch_env.cli("run", "pair.py", cwd=tmp_path, timeout=180)
+    assert done.returncode == 0, done.describe()
+    assert "FIRST {'rank': 0, 'size': 2, 'x': 1, 'calls': 1}" in done.stdout, done.describe()
+    assert "SECOND {'rank': 0, 'size': 2, 'x': 2, 'calls': 2}" in done.stdout, done.describe()
+
+
 def test_clustered_is_checked_at_decoration():
     import ketch
 
