@@ -188,8 +188,9 @@ class BlobStore:
     def writer(self) -> BlobWriter:
         return BlobWriter(self)
 
-    def ingest(self, source: str | os.PathLike[str]) -> tuple[str, int]:
-        """Store a local file's contents; returns ``(blob_id, size)``.
+    def ingest(self, source: str | os.PathLike[str] | int) -> tuple[str, int]:
+        """Store a local file's contents (a path, or a descriptor open for reading, which
+        stays open); returns ``(blob_id, size)``.
 
         The file is read once, in small pieces that are written to the blob
         straight away. A file of a block or more fills a ring of block buffers
@@ -198,7 +199,7 @@ class BlobStore:
         """
         writer = self.writer()
         try:
-            fd = os.open(source, os.O_RDONLY)
+            fd = source if isinstance(source, int) else os.open(source, os.O_RDONLY)
             try:
                 if os.fstat(fd).st_size < BLOCK:
                     while piece := os.read(fd, IO):
@@ -206,7 +207,8 @@ class BlobStore:
                     return writer.finish(), writer.size
                 digests = self._copy_hashing(fd, writer)
             finally:
-                os.close(fd)
+                if fd is not source:
+                    os.close(fd)
         except BaseException:
             writer.abort()
             raise

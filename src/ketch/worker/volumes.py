@@ -29,6 +29,14 @@ Entries (the wire shape, also kept in ``state.json`` beside the directory)::
 The state also keeps, per file, the ``(size, mtime_ns, inode)`` it had when it
 last matched its entry; a file whose stat differs has changed. Everything here
 is blocking file work, run in threads by the control plane.
+
+A working copy is written by untrusted code while the control plane, as its
+own user (often root), reads and writes it. So nothing here resolves a path
+through the copy: every folder is opened from the copy's root one name at a
+time with ``O_NOFOLLOW`` and every file operation is relative to its folder's
+descriptor. A symlink the container made where a folder was (``d -> /etc``),
+or a file swapped for a symlink or a FIFO between a scan and a read, is never
+followed: :class:`UnsafePath`, and the entry is left as the container made it.
 """
 
 from __future__ import annotations
@@ -43,11 +51,81 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..worker.userns import mkdirs
-
 TMP_PREFIX = ".ketch-tmp-"
 Entry = dict[str, Any]
 State = dict[str, Entry]  # path -> entry (+ "stat" for files)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class UnsafePath(OSError):
+    """A path in a working copy goes through something that is not a folder (a symlink the
+    container made, say), or names something that is not a regular file where one was."""
+
+
+def _parts(rel: str) -> list[str]:
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise UnsafePath(f"bad path in a Volume: {rel!r}")
+    return parts
+
+
+def open_dir(root: Path, parts: list[str], create: bool = False, owner: int | None = None) -> int:
+    """A descriptor of the folder ``root/parts...``, every name opened with ``O_NOFOLLOW``;
+    ``create``: make the missing ones (owned by ``owner`` if given)."""
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in parts:
+            try:
+                sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                    if owner is not None:
+                        os.chown(part, owner, owner, dir_fd=fd, follow_symlinks=False)
+                sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except (NotADirectoryError, OSError) as exc:
+                if isinstance(exc, FileNotFoundError | PermissionError):
+                    raise
+                raise UnsafePath(f"{part!r} in a Volume's working copy is not a folder") from None
+            os.close(fd)
+            fd = sub
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_file(root: Path, rel: str) -> int:
+    """A read-only descriptor of the regular file ``root/rel``, opened without following any
+    symlink (nor blocking on a FIFO put in its place)."""
+    parts = _parts(rel)
+    parent = open_dir(root, parts[:-1])
+    try:
+        try:
+            fd = os.open(
+                parts[-1],
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                dir_fd=parent,
+            )
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise UnsafePath(f"{rel!r} in a Volume's working copy is not a file") from None
+    finally:
+        os.close(parent)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafePath(f"{rel!r} in a Volume's working copy is not a regular file")
+    return fd
+
+
+def _lstat_at(name: str, dir_fd: int) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
 
 
 def same_content(a: Entry | None, b: Entry | None) -> bool:
@@ -85,55 +163,76 @@ def _write_entry(
 
     With ``link`` a file becomes a hard link to its blob where that keeps its mode.
     ``owner``: the uid (and gid) what is written here belongs to; None: the writer's.
+    Raises :class:`UnsafePath` where a folder on its path is not one.
     """
-    dest = data / entry["path"]
-    mkdirs(dest.parent, owner)
-    if entry["type"] == "d":
-        if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
-            dest.unlink()
-        mkdirs(dest, owner)
-        return dict(entry)
-    if dest.is_dir() and not dest.is_symlink():
-        shutil.rmtree(dest)
-    tmp = dest.parent / f"{TMP_PREFIX}{secrets.token_hex(6)}"
+    parts = _parts(entry["path"])
+    name = parts[-1]
+    parent = open_dir(data, parts[:-1], create=True, owner=owner)
     try:
-        if entry["type"] == "l":
-            os.symlink(entry["target"], tmp)
-            if owner is not None:
-                os.lchown(tmp, owner, owner)
-            os.replace(tmp, dest)
+        there = _lstat_at(name, parent)
+        is_dir = there is not None and stat.S_ISDIR(there.st_mode)
+        if entry["type"] == "d":
+            if there is not None and not is_dir:
+                os.unlink(name, dir_fd=parent)
+            if not is_dir:
+                os.mkdir(name, 0o777, dir_fd=parent)
+                if owner is not None:
+                    os.chown(name, owner, owner, dir_fd=parent, follow_symlinks=False)
             return dict(entry)
-        if not (link and _link(blob_path(entry["blob"]), tmp, entry["mode"])):
-            _copy(blob_path(entry["blob"]), tmp)
-            if owner is not None:  # before chmod: chown clears setuid bits
-                os.lchown(tmp, owner, owner)
-            os.chmod(tmp, entry["mode"] & 0o7777)
-            ns = int(entry["mtime"] * 1e9)
-            os.utime(tmp, ns=(ns, ns))
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    return {**entry, "stat": _stat_key(os.lstat(dest))}
+        if is_dir:
+            shutil.rmtree(name, dir_fd=parent)
+        tmp = f"{TMP_PREFIX}{secrets.token_hex(6)}"
+        try:
+            if entry["type"] == "l":
+                os.symlink(entry["target"], tmp, dir_fd=parent)
+                if owner is not None:
+                    os.chown(tmp, owner, owner, dir_fd=parent, follow_symlinks=False)
+                os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+                return dict(entry)
+            blob = blob_path(entry["blob"])
+            if not (link and _link(blob, tmp, entry["mode"], parent)):
+                _copy(blob, tmp, parent, entry, owner)
+            os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=parent)
+            raise
+        return {**entry, "stat": _stat_key(os.stat(name, dir_fd=parent, follow_symlinks=False))}
+    finally:
+        os.close(parent)
 
 
-def _link(blob: Path, dest: Path, mode: int) -> bool:
-    """Hard-link ``blob`` at ``dest`` if it has ``mode`` (a link shares the blob's mode and times)."""
+def _link(blob: Path, name: str, mode: int, dir_fd: int) -> bool:
+    """Hard-link ``blob`` as ``name`` in ``dir_fd`` if it has ``mode`` (a link shares the
+    blob's mode and times)."""
     if stat.S_IMODE(os.stat(blob).st_mode) != mode & 0o7777:
         return False
     try:
-        os.link(blob, dest)
+        os.link(blob, name, dst_dir_fd=dir_fd)
     except OSError:  # another filesystem, or links not allowed: copy instead
         return False
     return True
 
 
-def _copy(src: Path, dest: Path) -> None:
+def _copy(blob: Path, name: str, dir_fd: int, entry: Entry, owner: int | None) -> None:
     from ..server.blobs import copy_range
 
-    with open(src, "rb") as fin, open(dest, "wb") as fout:
-        copy_range(fin.fileno(), fout.fileno(), os.fstat(fin.fileno()).st_size)
+    out = os.open(
+        name,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+        dir_fd=dir_fd,
+    )
+    try:
+        with open(blob, "rb") as fin:
+            copy_range(fin.fileno(), out, os.fstat(fin.fileno()).st_size)
+        if owner is not None:  # before chmod: chown clears setuid bits
+            os.fchown(out, owner, owner)
+        os.fchmod(out, entry["mode"] & 0o7777)
+        ns = int(entry["mtime"] * 1e9)
+        os.utime(out, ns=(ns, ns))
+    finally:
+        os.close(out)
 
 
 def materialize(
@@ -143,7 +242,8 @@ def materialize(
     data.mkdir(parents=True, exist_ok=True)
     state: State = {}
     for entry in sorted(entries, key=lambda e: e["path"]):
-        state[entry["path"]] = _write_entry(data, entry, blob_path, link)
+        with contextlib.suppress(UnsafePath):  # under a symlink entry: not a folder
+            state[entry["path"]] = _write_entry(data, entry, blob_path, link)
     return state
 
 
@@ -158,15 +258,18 @@ def scan(
     """
     changed: dict[str, tuple[str, os.stat_result, str | None]] = {}
     seen: set[str] = set()
-    stack = [(data, "")]
+    stack: list[list[str]] = [[]]
     while stack:
-        folder, prefix = stack.pop()
-        try:
-            it = os.scandir(folder)
-        except FileNotFoundError:
+        parts = stack.pop()
+        prefix = "".join(p + "/" for p in parts)
+        try:  # (a folder swapped for a symlink since it was listed is not entered)
+            folder = open_dir(data, parts)
+        except (FileNotFoundError, UnsafePath):
             continue
-        with it:
-            for item in it:
+        try:
+            with os.scandir(folder) as it:
+                items = list(it)
+            for item in items:
                 if item.name.startswith(TMP_PREFIX):
                     continue
                 rel = prefix + item.name
@@ -177,10 +280,13 @@ def scan(
                 base = state.get(rel)
                 if stat.S_ISDIR(st.st_mode):
                     kind, target = "d", None
-                    stack.append((Path(item.path), rel + "/"))
+                    stack.append([*parts, item.name])
                     dirty = base is None or base["type"] != "d"
                 elif stat.S_ISLNK(st.st_mode):
-                    kind, target = "l", os.readlink(item.path)
+                    try:
+                        kind, target = "l", os.readlink(item.name, dir_fd=folder)
+                    except OSError:  # no longer a symlink: seen again next time
+                        continue
                     dirty = base is None or base["type"] != "l" or base.get("target") != target
                 elif stat.S_ISREG(st.st_mode):
                     kind, target = "f", None
@@ -197,14 +303,17 @@ def scan(
                 seen.add(rel)
                 if dirty:
                     changed[rel] = (kind, st, target)
+        finally:
+            os.close(folder)
     deleted = [p for p in state if p not in seen]
     return changed, deleted
 
 
 def collect(
-    data: Path, state: State, ingest: Callable[[Path], tuple[str, int]], upper: Path | None = None
+    data: Path, state: State, ingest: Callable[[int], tuple[str, int]], upper: Path | None = None
 ) -> tuple[dict[str, Entry | None], State]:
-    """Store every changed file; returns the changes to commit and the state after them."""
+    """Store every changed file (``ingest`` reads an open descriptor); returns the changes
+    to commit and the state after them."""
     changed, deleted = scan(data, state, upper)
     changes: dict[str, Entry | None] = {p: None for p in deleted}
     after = {p: e for p, e in state.items() if p not in deleted}
@@ -220,12 +329,18 @@ def collect(
         }
         if kind == "f":
             try:
-                entry["blob"], entry["size"] = ingest(data / rel)
+                fd = open_file(data, rel)
             except FileNotFoundError:  # removed while we looked
                 if rel in state:
                     changes[rel] = None
                     after.pop(rel, None)
                 continue
+            except UnsafePath:  # swapped for a symlink (or other) meanwhile: next time
+                continue
+            try:
+                entry["blob"], entry["size"] = ingest(fd)
+            finally:
+                os.close(fd)
             entry["stat"] = _stat_key(st)  # as it was before reading: a later write shows next time
         changes[rel] = {k: v for k, v in entry.items() if k != "stat"}
         after[rel] = entry
@@ -261,16 +376,25 @@ def update(
         if same_content(base, entry) and base is not None:
             new[path] = base
             continue
-        new[path] = _write_entry(data, entry, blob_path, link, owner)
+        try:
+            new[path] = _write_entry(data, entry, blob_path, link, owner)
+        except UnsafePath:  # a folder on its path is a symlink here now: that change stays
+            if base is not None:
+                new[path] = base
     for path in sorted((p for p in state if p not in wanted), reverse=True):
         if path in local:
             continue  # changed here since: kept, and committed next time as new
-        target = data / path
-        with contextlib.suppress(FileNotFoundError, OSError):
-            if target.is_dir() and not target.is_symlink():
-                target.rmdir()  # only if empty: files added here stay
-            else:
-                target.unlink()
+        parts = _parts(path)
+        with contextlib.suppress(OSError):  # (UnsafePath too: nothing through a symlink)
+            parent = open_dir(data, parts[:-1])
+            try:
+                there = _lstat_at(parts[-1], parent)
+                if there is not None and stat.S_ISDIR(there.st_mode):
+                    os.rmdir(parts[-1], dir_fd=parent)  # only if empty: files added here stay
+                elif there is not None:
+                    os.unlink(parts[-1], dir_fd=parent)
+            finally:
+                os.close(parent)
     return new
 
 
