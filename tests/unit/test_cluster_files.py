@@ -39,3 +39,22 @@ def test_sync_tree_moves_what_differs_deletes_what_is_gone_and_keeps_the_rest(tm
 
     assert _tree(dst) == expected
     assert os.stat(dst / "keep" / "same.txt").st_ino == kept_inode  # untouched: no rewrite
+
+
+def test_sync_tree_never_writes_or_deletes_through_a_symlink(tmp_path):
+    """The container may have made a folder of its copy a symlink to anywhere: it is
+    replaced (or removed), never followed."""
+    src, dst, outside = tmp_path / "src", tmp_path / "dst", tmp_path / "outside"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "x").write_text("x")
+    dst.mkdir()
+    outside.mkdir()
+    (outside / "keep").write_text("keep")
+    (dst / "d").symlink_to(outside)
+    (dst / "e").symlink_to(outside)
+
+    sync_tree(src, dst)
+
+    assert sorted(os.listdir(outside)) == ["keep"]
+    assert (dst / "d").is_dir() and not (dst / "d").is_symlink()
+    assert _tree(dst) == {"d": None, "d/x": "x"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
 import stat
 import subprocess
@@ -74,67 +75,103 @@ def _same(a: os.stat_result, b: os.stat_result) -> bool:
     )
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def sync_tree(src: Path, dst: Path) -> None:
     """Make ``dst``'s contents equal ``src``'s (which is used up), in place: entries that
-    differ are moved over, entries ``src`` lacks are deleted, equal ones are left alone."""
+    differ are moved over, entries ``src`` lacks are deleted, equal ones are left alone.
+
+    ``dst`` may be bound into a running container, whose code can swap any folder in it
+    for a symlink at any time: every step works relative to folder descriptors opened
+    with ``O_NOFOLLOW``, so nothing outside ``dst`` is ever written or deleted.
+    """
     dst.mkdir(parents=True, exist_ok=True)
-    wanted = set(os.listdir(src))
-    for name in os.listdir(dst):
+    s_fd, d_fd = os.open(src, _DIR_FLAGS), os.open(dst, _DIR_FLAGS)
+    try:
+        _sync(s_fd, d_fd)
+    finally:
+        os.close(s_fd)
+        os.close(d_fd)
+
+
+def _lstat(name: str, fd: int) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _sync(s_fd: int, d_fd: int) -> None:
+    wanted = set(os.listdir(s_fd))
+    for name in os.listdir(d_fd):
         if name not in wanted:
-            _remove(dst / name)
+            _remove(name, d_fd)
     for name in sorted(wanted):
-        s, d = src / name, dst / name
-        s_st = os.lstat(s)
-        try:
-            d_st: os.stat_result | None = os.lstat(d)
-        except FileNotFoundError:
-            d_st = None
+        s_st = os.stat(name, dir_fd=s_fd, follow_symlinks=False)
+        d_st = _lstat(name, d_fd)
         if stat.S_ISDIR(s_st.st_mode):
             if d_st is not None and not stat.S_ISDIR(d_st.st_mode):
-                _remove(d)
+                _remove(name, d_fd)
                 d_st = None
             if d_st is None:
-                _move(s, d)
+                _move(name, s_fd, d_fd)
                 continue
-            sync_tree(s, d)
-            os.chmod(d, stat.S_IMODE(s_st.st_mode))
-            os.chown(d, s_st.st_uid, s_st.st_gid)
+            try:
+                sub_d = os.open(name, _DIR_FLAGS, dir_fd=d_fd)
+            except OSError:  # swapped for something else since: replace it whole
+                _remove(name, d_fd)
+                _move(name, s_fd, d_fd)
+                continue
+            sub_s = os.open(name, _DIR_FLAGS, dir_fd=s_fd)
+            try:
+                _sync(sub_s, sub_d)
+                os.fchmod(sub_d, stat.S_IMODE(s_st.st_mode))
+                os.fchown(sub_d, s_st.st_uid, s_st.st_gid)
+            finally:
+                os.close(sub_s)
+                os.close(sub_d)
             continue
         if d_st is not None and _same(s_st, d_st):
             continue
         if d_st is not None and stat.S_ISDIR(d_st.st_mode):
-            _remove(d)
-        _move(s, d)
+            _remove(name, d_fd)
+        _move(name, s_fd, d_fd)
 
 
-def _move(src: Path, dst: Path) -> None:
-    """Rename ``src`` over ``dst``; across filesystems (an overlay-mounted working copy),
-    copy it with its owners, modes and times instead."""
+def _move(name: str, s_fd: int, d_fd: int) -> None:
+    """Rename ``name`` from folder ``s_fd`` over the same name in ``d_fd`` (a rename never
+    follows the symlink it replaces); across filesystems (an overlay-mounted working copy),
+    copy it with its owners, modes and times under a fresh name first, then rename."""
     try:
-        os.replace(src, dst)
+        os.replace(name, name, src_dir_fd=s_fd, dst_dir_fd=d_fd)
         return
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-    if src.is_dir() and not src.is_symlink():
-        shutil.copytree(src, dst, symlinks=True)
+    fresh = f".ketch-sync-{secrets.token_hex(8)}"
+    src = f"/proc/self/fd/{s_fd}/{name}"  # (the folder the descriptor holds, not a path walk)
+    dest = f"/proc/self/fd/{d_fd}/{fresh}"
+    st = os.stat(name, dir_fd=s_fd, follow_symlinks=False)
+    if stat.S_ISDIR(st.st_mode):
+        shutil.copytree(src, dest, symlinks=True)
         for top, dirs, names in os.walk(src):
-            for name in [*dirs, *names]:
-                st = os.lstat(os.path.join(top, name))
-                target = os.path.join(dst, os.path.relpath(os.path.join(top, name), src))
-                os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
-        st = os.lstat(src)
-        os.chown(dst, st.st_uid, st.st_gid)
-        return
-    st = os.lstat(src)
-    temporary = dst.parent / f".{dst.name}.ketch-sync"
-    shutil.copy2(src, temporary, follow_symlinks=False)
-    os.chown(temporary, st.st_uid, st.st_gid, follow_symlinks=False)
-    os.replace(temporary, dst)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+            for entry in [*dirs, *names]:
+                entry_st = os.lstat(os.path.join(top, entry))
+                target = os.path.join(dest, os.path.relpath(os.path.join(top, entry), src))
+                os.chown(target, entry_st.st_uid, entry_st.st_gid, follow_symlinks=False)
+        os.chown(dest, st.st_uid, st.st_gid)
     else:
-        path.unlink()
+        shutil.copy2(src, dest, follow_symlinks=False)
+        os.chown(dest, st.st_uid, st.st_gid, follow_symlinks=False)
+    os.replace(fresh, name, src_dir_fd=d_fd, dst_dir_fd=d_fd)
+
+
+def _remove(name: str, fd: int) -> None:
+    st = _lstat(name, fd)
+    if st is None:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=fd)
+    else:
+        os.unlink(name, dir_fd=fd)
