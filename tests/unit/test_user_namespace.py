@@ -38,3 +38,24 @@ def test_restore_ids_gives_overlayfs_whiteouts_back_to_root(tmp_path):
     userns.restore_ids(tmp_path)
     assert (os.lstat(whiteout).st_uid, os.lstat(whiteout).st_gid) == (0, 0)
     assert os.lstat(tmp_path / "etc" / "kept").st_uid == 1000  # ids a container gave stay
+
+
+def test_a_workdir_is_made_inside_the_root_whatever_the_image_links(tmp_path):
+    """An image's symlinks (``/work -> /outside``, ``/lib -> usr/lib``) resolve inside its
+    root when the control plane makes a workdir there, never to the host's folders."""
+    from ketch.worker.userns import mkdirs
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "usr" / "lib").mkdir(parents=True)
+    outside.mkdir()
+    (root / "lib").symlink_to("usr/lib")
+    (root / "work").symlink_to(outside)  # absolute: the host's folder, seen from the host
+    (root / "up").symlink_to("../../outside")
+    mkdirs(root, "/lib/app/x", None)
+    assert (root / "usr" / "lib" / "app" / "x").is_dir()
+    for rel in ("/work/x", "/up/y"):
+        with pytest.raises(OSError):
+            mkdirs(root, rel, None)
+    assert list(outside.iterdir()) == []
+    mkdirs(root, "/plain/deep/er", None)
+    assert (root / "plain" / "deep" / "er").is_dir()

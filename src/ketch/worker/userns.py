@@ -76,19 +76,61 @@ MS_BIND, MS_REC, MNT_DETACH = 0x1000, 0x4000, 2
 ENOSYS = 38
 
 
-def mkdirs(path: Path, owner: int | None) -> None:
-    """``mkdir -p``; the directories it makes belong to ``owner`` (uid and gid) if given."""
-    if owner is None:
-        path.mkdir(parents=True, exist_ok=True)
-        return
-    missing = []
-    while not os.path.lexists(path):
-        missing.append(path)
-        path = path.parent
-    for folder in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            folder.mkdir()
-            os.lchown(folder, owner, owner)
+class _OpenHow(ctypes.Structure):  # struct open_how (openat2, Linux 5.6+)
+    _fields_ = [
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("resolve", ctypes.c_uint64),
+    ]
+
+
+SYS_OPENAT2 = 437  # the same number on x86-64 and aarch64
+RESOLVE_IN_ROOT = 0x10
+
+
+def _open_in_root(root_fd: int, rel: str) -> int:
+    """The folder ``rel`` resolved as if ``root_fd`` were ``/`` (its symlinks, absolute or
+    ``..``, cannot leave it): ``openat2(RESOLVE_IN_ROOT)``."""
+    how = _OpenHow(os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT)
+    libc = isolate.libc()
+    fd = libc.syscall(
+        ctypes.c_long(SYS_OPENAT2),
+        ctypes.c_int(root_fd),
+        ctypes.c_char_p(os.fsencode(rel or ".")),
+        ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
+    )
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{rel}: {os.strerror(err)}")
+    return int(fd)
+
+
+def mkdirs(root: Path, rel: str, owner: int | None) -> None:
+    """``mkdir -p root/rel`` with ``root`` as ``/``: symlinks on the way (an image's own,
+    made by its build steps) resolve inside ``root``, never to the host's folders. The
+    folders it makes belong to ``owner`` (uid and gid) if given."""
+    parts = [p for p in rel.split("/") if p and p != "."]
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for depth in range(1, len(parts) + 1):
+            try:
+                os.close(_open_in_root(root_fd, "/".join(parts[:depth])))
+                continue
+            except FileNotFoundError:
+                pass
+            parent = _open_in_root(root_fd, "/".join(parts[: depth - 1]))
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(parts[depth - 1], 0o777, dir_fd=parent)
+                    if owner is not None:
+                        os.chown(
+                            parts[depth - 1], owner, owner, dir_fd=parent, follow_symlinks=False
+                        )
+            finally:
+                os.close(parent)
+    finally:
+        os.close(root_fd)
 
 
 class _MountAttr(ctypes.Structure):  # struct mount_attr, MOUNT_ATTR_SIZE_VER0 (32 bytes)
@@ -264,7 +306,7 @@ class UserNamespace:
         become root's of ``U`` (else they would be nobody's inside, and 65536 on disk).
         """
         # A plain directory (not ours): on-disk ids as host root makes them.
-        mkdirs(root / rel.lstrip("/"), self.base if self.owns(root) else None)
+        mkdirs(root, rel, self.base if self.owns(root) else None)
 
     def close(self) -> None:
         """Detach the pins and whatever is still staged (mounted overlays keep working)."""
@@ -364,7 +406,7 @@ async def mount_overlay(
 def makedirs(ns: UserNamespace | None, root: Path, rel: str) -> None:
     """``mkdir -p root/rel``, owned as the sandbox's root will need (:meth:`UserNamespace.makedirs`)."""
     if ns is None:
-        mkdirs(root / rel.lstrip("/"), None)
+        mkdirs(root, rel, None)
     else:
         ns.makedirs(root, rel)
 
