@@ -126,12 +126,33 @@ VOLUMES = textwrap.dedent(
             f.write("at exit")  # comes back when the container ends
         return os.environ.get("KETCH_NODE_ID", "?")
 
+    @app.function(volumes={"/data": vol})
+    def other():
+        with open("/data/other.txt", "w") as f:
+            f.write("from another container")
+        vol.commit()
+
+    @app.function(cpu=3.0, volumes={"/data": vol})  # a new container on the same node
+    def again():
+        os.makedirs("/data/sub/deeper", exist_ok=True)
+        with open("/data/sub/deeper/new.txt", "w") as f:
+            f.write("new")
+        os.remove("/data/seed.txt")
+        os.symlink("committed.txt", "/data/link")
+        vol.commit()  # only these changes travel back
+        other.remote()
+        vol.reload()  # the node's copy takes the other container's file, keeps its own
+        with open("/data/other.txt") as f:
+            return f.read(), os.path.exists("/data/sub/deeper/new.txt")
+
     @app.local_entrypoint()
     def main():
         with vol.batch_upload(force=True) as batch:
             batch.put_file(io.BytesIO(b"seed"), "/seed.txt")
         print("NODE", write.remote())
         print("COMMITTED", b"".join(vol.read_file("committed.txt")).decode())
+        print("AGAIN", *again.remote())
+        print("LISTED", sorted(e.path for e in vol.listdir("/", recursive=True)))
     """
 )
 
@@ -377,7 +398,7 @@ def test_images_build_on_a_node_and_snapshots_come_back(cluster, workdir_module)
     tag = os.urandom(4).hex()  # a new layer each run: never cached
     (workdir_module / "build.py").write_text(BUILD.replace("TAG", tag))
     done = cluster.cli("run", "build.py", cwd=workdir_module, timeout=300)
-    assert done.returncode == 0, done.describe()
+    assert done.returncode == 0, done.describe() + (cluster.home / "server.log").read_text()[-3000:]
     assert f"READ {tag},stamped" in done.stdout, done.describe()
     assert f"SNAP snapped built {tag} | ls: cannot access '/stamp'" in done.stdout, done.describe()
     built_on = re.findall(r"building on node (\w+)", done.stdout + done.stderr)
@@ -403,6 +424,15 @@ def test_volumes_reach_a_node_that_does_not_share_files(cluster, workdir_module)
     done = cluster.cli("run", "volumes.py", cwd=workdir_module, timeout=240)
     assert done.returncode == 0, done.describe() + (cluster.home / "server.log").read_text()[-4000:]
     assert f"NODE {big}" in done.stdout and "COMMITTED in-run seed" in done.stdout, done.describe()
+    assert "AGAIN from another container True" in done.stdout, done.describe()
+    listed = next(line for line in done.stdout.splitlines() if line.startswith("LISTED"))
+    assert "'sub/deeper/new.txt'" in listed and "'link'" in listed, listed
+    assert "'seed.txt'" not in listed, listed
+    log = (cluster.home / "server.log").read_text()
+    sent = [int(n) for n in re.findall(r"sent (\d+) of \d+ blobs", log)]
+    # The run makes 5 files (seed, committed, at-exit, other, new): each blob goes to the node
+    # once, however many times the copies there are filled, reloaded or committed.
+    assert sent and sum(sent) <= 5, sent
 
     def at_exit() -> bool:
         listed = cluster.cli("volume", "ls", "ray-e2e-vol")

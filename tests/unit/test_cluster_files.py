@@ -1,11 +1,9 @@
-"""``ketch.cluster.files.sync_tree``: a working copy in use made equal to what came back."""
+"""``ketch.cluster.files``: a node's changes to a Volume's copy, back on the control plane."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from ketch.cluster.files import sync_tree
 
 
 def _tree(root):
@@ -18,43 +16,46 @@ def _tree(root):
     return out
 
 
-def test_sync_tree_moves_what_differs_deletes_what_is_gone_and_keeps_the_rest(tmp_path):
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    for root in (src, dst):
-        (root / "keep").mkdir(parents=True)
-        (root / "keep" / "same.txt").write_text("same")
-        os.utime(root / "keep" / "same.txt", (1_000_000, 1_000_000))
-    (dst / "gone.txt").write_text("old")
-    (dst / "changed.txt").write_text("old")
-    (dst / "was-a-file").write_text("file")
-    (src / "changed.txt").write_text("new!")
-    (src / "new-dir" / "deep").mkdir(parents=True)
-    (src / "new-dir" / "deep" / "x").write_text("x")
-    (src / "was-a-file").mkdir()
-    (src / "was-a-file" / "y").write_text("y")
-    kept_inode = os.stat(dst / "keep" / "same.txt").st_ino
-    expected = _tree(src)
+def test_changes_travel_alone_and_never_through_a_symlink(tmp_path):
+    """A node's changed entries (``write_changes``) applied to the control plane's working
+    copy (``apply_changes``): new folders whole, replaced files, deletions; an entry under
+    a folder the container swapped for a symlink is left out."""
+    import subprocess
 
-    sync_tree(src, dst)
+    from ketch.cluster.files import apply_changes, write_changes
 
-    assert _tree(dst) == expected
-    assert os.stat(dst / "keep" / "same.txt").st_ino == kept_inode  # untouched: no rewrite
-
-
-def test_sync_tree_never_writes_or_deletes_through_a_symlink(tmp_path):
-    """The container may have made a folder of its copy a symlink to anywhere: it is
-    replaced (or removed), never followed."""
-    src, dst, outside = tmp_path / "src", tmp_path / "dst", tmp_path / "outside"
-    (src / "d").mkdir(parents=True)
-    (src / "d" / "x").write_text("x")
-    dst.mkdir()
+    node, here, outside = tmp_path / "node", tmp_path / "here", tmp_path / "outside"
+    for root in (node, here):
+        (root / "old").mkdir(parents=True)
+        (root / "old" / "gone.txt").write_text("gone")
+        (root / "same.txt").write_text("same")
     outside.mkdir()
-    (outside / "keep").write_text("keep")
-    (dst / "d").symlink_to(outside)
-    (dst / "e").symlink_to(outside)
-
-    sync_tree(src, dst)
-
-    assert sorted(os.listdir(outside)) == ["keep"]
-    assert (dst / "d").is_dir() and not (dst / "d").is_symlink()
-    assert _tree(dst) == {"d": None, "d/x": "x"}
+    (outside / "secret").write_text("secret")
+    (node / "old" / "gone.txt").unlink()
+    (node / "dir").mkdir()
+    (node / "dir" / "x").write_text("x")
+    (here / "dir").symlink_to(outside)  # (only a broken stream could leave one: never followed)
+    (node / "new" / "deeper").mkdir(parents=True)
+    (node / "new" / "deeper" / "f.txt").write_text("f")
+    (node / "same.txt").write_text("changed")
+    (node / "link").symlink_to("same.txt")
+    (node / "sneaky").symlink_to(outside)
+    rels = ["dir/x", "link", "new", "new/deeper", "new/deeper/f.txt", "same.txt", "sneaky/secret"]
+    with open(tmp_path / "stream.tar", "w+b") as out:
+        included = write_changes(node, rels, out)
+    assert "sneaky/secret" not in included and included["same.txt"][0] == "f"
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    subprocess.run(["tar", "-C", str(staging), "-xf", str(tmp_path / "stream.tar")], check=True)
+    apply_changes(staging, here, sorted(included), ["old/gone.txt"])
+    assert sorted(os.listdir(outside)) == ["secret"]
+    (here / "dir").unlink()
+    assert _tree(here) == {
+        "old": None,
+        "new": None,
+        "new/deeper": None,
+        "new/deeper/f.txt": "f",
+        "same.txt": "changed",
+        "link": "changed",
+    }
+    assert os.readlink(here / "link") == "same.txt"

@@ -41,8 +41,10 @@ from .._spec import FunctionSpec
 from ..exception import ResourceUnavailableError
 from ..images.builder import Builder, StepFailed
 from ..images.layers import LayerStore, remove_tree
+from ..server.blobs import BlobStore
 from ..server.nodes import gpu_rows, memory_mib
 from ..worker import gpus, isolate, userns
+from ..worker import volumes as wc
 from ..worker.bubblewrap import BubblewrapWorker, socket_dir
 from ..worker.volumes import boot_id
 from . import files
@@ -151,6 +153,8 @@ class NodeAgent:
         self.worker: BubblewrapWorker | None = None
         self.gpus: gpus.GpuAllocator | None = None
         self._builds: dict[str, _Output] = {}
+        self._copies: dict[tuple[str, int], wc.State] = {}  # Volumes' copies: their state
+        self.blobs: BlobStore | None = None  # Volumes' blobs (kept across workers: by id)
 
     async def setup(self) -> dict[str, Any]:
         """Start the node's runtime; returns what the node has (``ketch node list``)."""
@@ -170,6 +174,7 @@ class NodeAgent:
         ]
         cache = self.home / "images"
         cache.mkdir(exist_ok=True)
+        self.blobs = BlobStore(self.home / "blobs")
         self._userns, why_not = userns.start(self.home, probe_dirs=[cache])
         self.gpus = gpus.GpuAllocator(gpus.discover())
         self.worker = BubblewrapWorker(
@@ -274,22 +279,71 @@ class NodeAgent:
         return lines, out.done
 
     # -- Volumes' working copies, for nodes that do not share the control plane's files --
+    # A copy is filled from the Volume's entries and the node's cache of blobs (by id, each
+    # sent once per node); what the container changes goes back as those entries alone.
     def _volume(self, container_id: str, index: int) -> Path:
         if not container_id.replace("-", "").isalnum() or index < 0:
             raise ValueError(f"bad volume {container_id}/{index}")
         return self.home / "volumes" / container_id / str(index)
 
-    async def receive_volume(self, container_id: str, index: int, chunks: Sequence[Any]) -> str:
-        """Make the node's copy of a working copy equal the tar stream ``chunks`` (in place:
-        the container may have it bound already); returns its path."""
-        target = self._volume(container_id, index)
-        staging = Path(tempfile.mkdtemp(dir=self.home, prefix=".vol-"))
+    async def missing_blobs(self, blob_ids: Sequence[str]) -> list[str]:
+        """Which of these blobs the node's cache lacks."""
+        assert self.blobs is not None
+        return [b for b in blob_ids if not self.blobs.exists(b)]
+
+    async def receive_blobs(self, chunks: Sequence[Any]) -> None:
+        """Blobs as a tar stream whose members are named by id, into the node's cache."""
+        assert self.blobs is not None
+        staging = Path(tempfile.mkdtemp(dir=self.home, prefix=".blobs-"))
         try:
             await asyncio.to_thread(files.unpack, chunks, staging)
-            await asyncio.to_thread(files.sync_tree, staging, target)
+            for name in os.listdir(staging):
+                dest = self.blobs.path(name)  # (a blob id, or NotFoundError)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / name, dest)
         finally:
             await asyncio.to_thread(shutil.rmtree, staging, True)
+
+    async def fill_volume(
+        self, container_id: str, index: int, entries: list[dict[str, Any]], link: bool
+    ) -> str:
+        """A new copy of a working copy from its entries (blobs already here); its path.
+        ``link``: read-only, so files may be hard links into the cache."""
+        assert self.blobs is not None
+        target = self._volume(container_id, index)
+        await asyncio.to_thread(shutil.rmtree, target, True)
+        self._copies[(container_id, index)] = await asyncio.to_thread(
+            wc.materialize, target, entries, self.blobs.path, link
+        )
         return str(target)
+
+    async def update_volume(
+        self, container_id: str, index: int, entries: list[dict[str, Any]], link: bool
+    ) -> None:
+        """``vol.reload()``: the copy takes the newest entries; what the container changed
+        and nothing committed since stays (as on the control plane's own copies)."""
+        assert self.blobs is not None
+        key = (container_id, index)
+        self._copies[key] = await asyncio.to_thread(
+            wc.update, self._volume(*key), self._copies[key], entries, self.blobs.path, link
+        )
+
+    async def volume_changes(
+        self, container_id: str, index: int
+    ) -> tuple[list[str], list[str], list[Any]]:
+        """What the container changed in its copy since the last call: ``(changed entries,
+        deleted entries, tar stream of the changed ones)``."""
+        key = (container_id, index)
+        state = self._copies[key]
+        changed, deleted = await asyncio.to_thread(wc.scan, self._volume(*key), state)
+        refs, _, included = await asyncio.to_thread(
+            files.pack_changes, self._volume(*key), sorted(changed)
+        )
+        for rel, (kind, target, stat) in included.items():
+            state[rel] = {"path": rel, "type": kind, "target": target, "stat": stat}
+        for rel in deleted:
+            state.pop(rel, None)
+        return sorted(included), deleted, refs
 
     async def snapshot(self, container_id: str) -> list[Any]:
         """What the container has written, as a layer's ``fs`` (a tar stream)."""
@@ -302,12 +356,9 @@ class NodeAgent:
             await asyncio.to_thread(remove_tree, dest)
         return refs
 
-    async def send_volume(self, container_id: str, index: int) -> list[Any]:
-        """The node's copy of a working copy, as a tar stream of object refs."""
-        refs, _ = await asyncio.to_thread(files.pack, self._volume(container_id, index))
-        return refs
-
     async def drop_volumes(self, container_id: str) -> None:
+        for key in [k for k in self._copies if k[0] == container_id]:
+            del self._copies[key]
         await asyncio.to_thread(shutil.rmtree, self._volume(container_id, 0).parent, True)
 
     def _unpack_source(self, spec: FunctionSpec, source: tuple[str, bytes]) -> FunctionSpec:

@@ -1,10 +1,14 @@
 """Trees of files between the control plane and a node, through Ray's object store.
 
-A tree travels as a tar stream (owners by number, extended attributes kept),
-put into the object store in pieces of ``CHUNK`` bytes and unpacked on the
-other side. ``sync_tree`` then makes a directory that is in use (a Volume's
-working copy, bound into a running container) equal to what arrived, in
-place, touching only what differs.
+A tree (an image layer, a sandbox's snapshot) travels as a tar stream (owners
+by number, extended attributes kept), put into the object store in pieces of
+``CHUNK`` bytes and unpacked on the other side.
+
+Volumes' copies on a node travel by parts: blobs by id (``pack_named``), once
+per node, and what a container changed (``pack_changes``, read without
+following any symlink it made), applied to the control plane's working copy
+with ``apply_changes``, which works through folder descriptors opened with
+``O_NOFOLLOW``.
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ import secrets
 import shutil
 import stat
 import subprocess
+import tarfile
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 CHUNK = 32 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 TAR_FLAGS = ("--numeric-owner", "--xattrs", "--xattrs-include=*")
 
 
@@ -41,6 +48,159 @@ def pack(path: Path) -> tuple[list[Any], int]:
     if proc.wait() != 0:
         raise RuntimeError(f"could not read {path}: {err.decode(errors='replace')[-500:]}")
     return refs, size
+
+
+def _put_file(fh: Any) -> tuple[list[Any], int]:
+    """A finished temporary file's bytes as object refs (from its start), and its size."""
+    import ray
+
+    fh.seek(0)
+    refs, size = [], 0
+    while chunk := fh.read(CHUNK):
+        refs.append(ray.put(chunk))
+        size += len(chunk)
+    return refs, size
+
+
+def pack_named(items: Sequence[tuple[str, Path]], scratch: Path) -> tuple[list[Any], int]:
+    """Files of this machine's own (blobs: nothing untrusted writes them) as a tar stream
+    whose members are named ``name``; ``scratch``: where the stream is staged."""
+    with tempfile.TemporaryFile(dir=scratch) as out:
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name, path in items:
+                tar.add(str(path), arcname=name, recursive=False)
+        return _put_file(out)
+
+
+Change = tuple[str, "str | None", "list[int] | None"]  # (type, link target, stat key)
+
+
+def pack_changes(root: Path, rels: Sequence[str]) -> tuple[list[Any], int, dict[str, Change]]:
+    """The entries ``rels`` of ``root`` (a working copy its container may be changing now)
+    as a tar stream; also what went in, as ``{rel: (type, target, stat key)}``.
+
+    Folders are opened one name at a time with ``O_NOFOLLOW`` and files read through a
+    descriptor (``O_NOFOLLOW | O_NONBLOCK``, regular files only), copied first so that a
+    file still being written goes in whole; what was swapped or removed meanwhile is left
+    out (it is still a change, sent next time)."""
+    with tempfile.TemporaryFile(dir=root.parent) as out:
+        included = write_changes(root, rels, out)
+        refs, size = _put_file(out)
+    return refs, size, included
+
+
+def write_changes(root: Path, rels: Sequence[str], out: Any) -> dict[str, Change]:
+    """:func:`pack_changes`'s tar stream, written to the file ``out``."""
+    from ..worker import volumes as wc
+
+    included: dict[str, Change] = {}
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for rel in rels:
+            parts = rel.split("/")
+            try:
+                parent = wc.open_dir(root, parts[:-1])
+            except OSError:
+                continue
+            try:
+                change = _add_entry(tar, rel, parts[-1], parent, root.parent)
+            except OSError:
+                continue
+            finally:
+                os.close(parent)
+            if change is not None:
+                included[rel] = change
+    return included
+
+
+def _add_entry(
+    tar: tarfile.TarFile, rel: str, name: str, parent: int, scratch: Path
+) -> Change | None:
+    from ..worker.volumes import stat_key
+
+    st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    info = tarfile.TarInfo(rel)
+    info.mode, info.uid, info.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+    info.mtime = st.st_mtime
+    if stat.S_ISDIR(st.st_mode):
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+        return ("d", None, None)
+    if stat.S_ISLNK(st.st_mode):
+        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(name, dir_fd=parent)
+        tar.addfile(info)
+        return ("l", info.linkname, None)
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    with os.fdopen(os.open(name, flags, dir_fd=parent), "rb") as fin:
+        before = os.fstat(fin.fileno())
+        if not stat.S_ISREG(before.st_mode):
+            return None
+        with tempfile.TemporaryFile(dir=scratch) as copy:
+            shutil.copyfileobj(fin, copy, CHUNK)
+            info.size = copy.tell()
+            copy.seek(0)
+            tar.addfile(info, copy)
+    return ("f", None, stat_key(before))
+
+
+def apply_changes(src: Path, dst: Path, changed: Sequence[str], deleted: Sequence[str]) -> None:
+    """Make ``dst`` (the control plane's working copy) take a node's changes: ``deleted``
+    entries go, the ``changed`` ones (unpacked under ``src``) replace what is there."""
+    from ..worker import volumes as wc
+
+    for rel in sorted(deleted, reverse=True):
+        parts = rel.split("/")
+        try:
+            parent = wc.open_dir(dst, parts[:-1])
+        except OSError:
+            continue
+        try:
+            _remove(parts[-1], parent)
+        finally:
+            os.close(parent)
+    moved: set[str] = set()
+    for rel in sorted(changed):
+        parts = rel.split("/")
+        if any("/".join(parts[:i]) in moved for i in range(1, len(parts))):
+            continue  # it came with its new folder
+        try:
+            s_parent = wc.open_dir(src, parts[:-1])
+        except OSError:  # (left out of the stream: removed or swapped on the node)
+            continue
+        try:
+            try:
+                d_parent = wc.open_dir(dst, parts[:-1], create=True)
+            except wc.UnsafePath:  # a symlink here where the node has a folder: never followed
+                continue
+            try:
+                if _apply(parts[-1], s_parent, d_parent):
+                    moved.add(rel)
+            finally:
+                os.close(d_parent)
+        finally:
+            os.close(s_parent)
+
+
+def _apply(name: str, s_fd: int, d_fd: int) -> bool:
+    """One changed entry; True if it was a folder moved whole (with what is in it)."""
+    s_st = _lstat(name, s_fd)
+    if s_st is None:
+        return False
+    d_st = _lstat(name, d_fd)
+    d_is_dir = d_st is not None and stat.S_ISDIR(d_st.st_mode)
+    if stat.S_ISDIR(s_st.st_mode) and d_is_dir:
+        sub = os.open(name, _DIR_FLAGS, dir_fd=d_fd)
+        try:
+            os.fchmod(sub, stat.S_IMODE(s_st.st_mode))
+            os.fchown(sub, s_st.st_uid, s_st.st_gid)
+        finally:
+            os.close(sub)
+        return False
+    if d_st is not None and (d_is_dir or stat.S_ISDIR(s_st.st_mode)):
+        _remove(name, d_fd)
+    _move(name, s_fd, d_fd)
+    return stat.S_ISDIR(s_st.st_mode)
 
 
 def unpack(refs: Sequence[Any], into: Path) -> None:
@@ -65,78 +225,11 @@ def unpack(refs: Sequence[Any], into: Path) -> None:
         raise RuntimeError(f"could not unpack into {into}: {err.decode(errors='replace')[-500:]}")
 
 
-def _same(a: os.stat_result, b: os.stat_result) -> bool:
-    return (
-        stat.S_IFMT(a.st_mode) == stat.S_IFMT(b.st_mode)
-        and a.st_size == b.st_size
-        and int(a.st_mtime) == int(b.st_mtime)
-        and a.st_mode == b.st_mode
-        and (a.st_uid, a.st_gid) == (b.st_uid, b.st_gid)
-    )
-
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def sync_tree(src: Path, dst: Path) -> None:
-    """Make ``dst``'s contents equal ``src``'s (which is used up), in place: entries that
-    differ are moved over, entries ``src`` lacks are deleted, equal ones are left alone.
-
-    ``dst`` may be bound into a running container, whose code can swap any folder in it
-    for a symlink at any time: every step works relative to folder descriptors opened
-    with ``O_NOFOLLOW``, so nothing outside ``dst`` is ever written or deleted.
-    """
-    dst.mkdir(parents=True, exist_ok=True)
-    s_fd, d_fd = os.open(src, _DIR_FLAGS), os.open(dst, _DIR_FLAGS)
-    try:
-        _sync(s_fd, d_fd)
-    finally:
-        os.close(s_fd)
-        os.close(d_fd)
-
-
 def _lstat(name: str, fd: int) -> os.stat_result | None:
     try:
         return os.stat(name, dir_fd=fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
-
-
-def _sync(s_fd: int, d_fd: int) -> None:
-    wanted = set(os.listdir(s_fd))
-    for name in os.listdir(d_fd):
-        if name not in wanted:
-            _remove(name, d_fd)
-    for name in sorted(wanted):
-        s_st = os.stat(name, dir_fd=s_fd, follow_symlinks=False)
-        d_st = _lstat(name, d_fd)
-        if stat.S_ISDIR(s_st.st_mode):
-            if d_st is not None and not stat.S_ISDIR(d_st.st_mode):
-                _remove(name, d_fd)
-                d_st = None
-            if d_st is None:
-                _move(name, s_fd, d_fd)
-                continue
-            try:
-                sub_d = os.open(name, _DIR_FLAGS, dir_fd=d_fd)
-            except OSError:  # swapped for something else since: replace it whole
-                _remove(name, d_fd)
-                _move(name, s_fd, d_fd)
-                continue
-            sub_s = os.open(name, _DIR_FLAGS, dir_fd=s_fd)
-            try:
-                _sync(sub_s, sub_d)
-                os.fchmod(sub_d, stat.S_IMODE(s_st.st_mode))
-                os.fchown(sub_d, s_st.st_uid, s_st.st_gid)
-            finally:
-                os.close(sub_s)
-                os.close(sub_d)
-            continue
-        if d_st is not None and _same(s_st, d_st):
-            continue
-        if d_st is not None and stat.S_ISDIR(d_st.st_mode):
-            _remove(name, d_fd)
-        _move(name, s_fd, d_fd)
 
 
 def _move(name: str, s_fd: int, d_fd: int) -> None:

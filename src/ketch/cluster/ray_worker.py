@@ -45,7 +45,9 @@ from .._tasks import spawn
 from ..exception import InvalidError
 from ..images.builder import Builder, Log, StepFailed
 from ..images.layers import remove_tree
+from ..server.blobs import BlobStore
 from ..worker import gpus
+from ..worker import volumes as wc
 from ..worker.bubblewrap import image_for
 from ..worker.volumes import boot_id
 from . import files
@@ -166,6 +168,7 @@ class RayWorker:
         self.placement_timeout = float(config.get("ray_placement_timeout"))
         self._syncing = asyncio.Lock()  # one look at the node table at a time: one worker a node
         self._failed: dict[str, float] = {}  # node -> when its worker last failed to start
+        self.blobs: BlobStore | None = None  # Volumes' blobs, for nodes that get copies
         if config.get("cluster_builds"):
             builder.remote = self.build_step
 
@@ -351,23 +354,54 @@ class RayWorker:
         """Fill the node's copies of the container's working copies; the mounts there."""
         out = []
         for index, (host_dir, path, read_only) in enumerate(mounts):
-            refs, _ = await asyncio.to_thread(files.pack, Path(host_dir))
-            there = await node.agent.receive_volume.remote(container_id, index, refs)
+            entries = await self._send_blobs(node, host_dir)
+            there = await node.agent.fill_volume.remote(container_id, index, entries, read_only)
             placed.volumes.append((host_dir, index, read_only))
             out.append((there, path, read_only))
         return out
 
+    async def _send_blobs(self, node: _Node, host_dir: str) -> list[dict[str, Any]]:
+        """The entries of the working copy at ``host_dir``, after sending ``node`` the blobs
+        of theirs it lacks (once per node: its cache keeps them)."""
+        info = await asyncio.to_thread(wc.load_state, Path(host_dir).parent)
+        entries = [{k: v for k, v in e.items() if k != "stat"} for e in info["files"].values()]
+        wanted = sorted({str(e["blob"]) for e in entries if e["type"] == "f" and e.get("blob")})
+        missing = await node.agent.missing_blobs.remote(wanted) if wanted else []
+        if missing and self.blobs is not None:
+            blobs = self.blobs
+            started = time.monotonic()
+            refs, size = await asyncio.to_thread(
+                files.pack_named, [(b, blobs.path(b)) for b in missing], blobs.root
+            )
+            await node.agent.receive_blobs.remote(refs)
+            logger.info(
+                "sent %d of %d blobs (%d MiB) of a Volume to node %s in %.1f s",
+                len(missing),
+                len(wanted),
+                size >> 20,
+                node.node_id[:12],
+                time.monotonic() - started,
+            )
+        return entries
+
     async def _pull(self, container_id: str, placed: _Placed) -> None:
-        """Make this machine's working copies equal what the container wrote on its node."""
+        """Bring what the container changed in its copies on its node into this machine's
+        working copies (only those entries travel)."""
         assert placed.node is not None
         for host_dir, index, read_only in placed.volumes:
             if read_only:
                 continue
-            refs = await placed.node.agent.send_volume.remote(container_id, index)
+            changed, deleted, refs = await placed.node.agent.volume_changes.remote(
+                container_id, index
+            )
+            if not changed and not deleted:
+                continue
             staging = Path(host_dir).parent / f".pull-{index}"
             try:
                 await asyncio.to_thread(files.unpack, refs, staging)
-                await asyncio.to_thread(files.sync_tree, staging, Path(host_dir))
+                await asyncio.to_thread(
+                    files.apply_changes, staging, Path(host_dir), changed, deleted
+                )
             finally:
                 await asyncio.to_thread(shutil.rmtree, staging, True)
 
@@ -378,13 +412,14 @@ class RayWorker:
             await self._pull(container_id, placed)
 
     async def after_reload(self, container_id: str) -> None:
-        """``vol.reload()``: the node's copies take what the working copies here now have."""
+        """``vol.reload()``: the node's copies take the newest entries, as the working
+        copies here just did."""
         placed = self._placed.get(container_id)
         if placed is None or not placed.volumes or placed.node is None:
             return
-        for host_dir, index, _ in placed.volumes:
-            refs, _ = await asyncio.to_thread(files.pack, Path(host_dir))
-            await placed.node.agent.receive_volume.remote(container_id, index, refs)
+        for host_dir, index, read_only in placed.volumes:
+            entries = await self._send_blobs(placed.node, host_dir)
+            await placed.node.agent.update_volume.remote(container_id, index, entries, read_only)
 
     def _release(self, placed: _Placed) -> None:
         """A container is done with its reservation (a gang's, once its last member is)."""

@@ -182,6 +182,7 @@ async def _join_ray(
     dispatcher.gpus = worker.gpus
     if isinstance(dispatcher.services.volumes, VolumeService):
         dispatcher.services.volumes.nodes = worker  # copies on nodes that need them
+        worker.blobs = dispatcher.services.volumes.blobs
     logger.info("containers run on %s", worker.isolation)
 
 

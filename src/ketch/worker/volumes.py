@@ -138,7 +138,7 @@ def same_content(a: Entry | None, b: Entry | None) -> bool:
     )
 
 
-def _stat_key(st: os.stat_result) -> list[int]:
+def stat_key(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
@@ -197,7 +197,7 @@ def _write_entry(
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=parent)
             raise
-        return {**entry, "stat": _stat_key(os.stat(name, dir_fd=parent, follow_symlinks=False))}
+        return {**entry, "stat": stat_key(os.stat(name, dir_fd=parent, follow_symlinks=False))}
     finally:
         os.close(parent)
 
@@ -295,7 +295,7 @@ def scan(
                         or base["type"] != "f"
                         or (
                             (upper is None or os.path.lexists(upper / rel))
-                            and base.get("stat") != _stat_key(st)
+                            and base.get("stat") != stat_key(st)
                         )
                     )
                 else:
@@ -341,7 +341,7 @@ def collect(
                 entry["blob"], entry["size"] = ingest(fd)
             finally:
                 os.close(fd)
-            entry["stat"] = _stat_key(st)  # as it was before reading: a later write shows next time
+            entry["stat"] = stat_key(st)  # as it was before reading: a later write shows next time
         changes[rel] = {k: v for k, v in entry.items() if k != "stat"}
         after[rel] = entry
     return changes, after
