@@ -20,6 +20,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _sync
@@ -74,6 +75,14 @@ async def _decode_output(client: _Client, out: dict[str, Any]) -> Any:
 
 def _is_error(out: dict[str, Any]) -> bool:
     return out["status"] in ERROR_STATUSES
+
+
+@dataclass(frozen=True)
+class FunctionStats:
+    """What ``Function.get_current_stats()`` returns (Modal's fields)."""
+
+    backlog: int  # inputs waiting for a container
+    num_total_runners: int  # containers up or starting
 
 
 class _Function:
@@ -170,6 +179,16 @@ class _Function:
         if base._object_id is None and base._lookup is not None:
             await base._resolve()
         return base._web_urls.get(endpoint_name(self.tag, self._method))
+
+    async def get_current_stats(self) -> FunctionStats:
+        """How many inputs wait for a container, and how many containers are up or starting.
+
+        Example: ``if f.get_current_stats().backlog > 100: ...``
+        """
+        function_id = await self._resolve()
+        client = await _Client.get()
+        reply = await client.rpc("FunctionGetCurrentStats", {"function_id": function_id})
+        return FunctionStats(int(reply["backlog"]), int(reply["num_total_runners"]))
 
     # -- arguments -----------------------------------------------------------
     def _encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
@@ -576,6 +595,8 @@ if TYPE_CHECKING:
         def hydrate(self, /) -> Function[P, R, L]: ...
         @_sync.aio_method
         def get_web_url(self, /) -> str | None: ...
+        @_sync.aio_method
+        def get_current_stats(self, /) -> FunctionStats: ...
         @_sync.aio_method
         def remote(self, /, *args: P.args, **kwargs: P.kwargs) -> R: ...
         @_sync.aio_iterator

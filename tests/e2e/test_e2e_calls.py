@@ -74,3 +74,38 @@ def test_cancel_raises_input_cancellation_in_the_container(spawn_run):
 def test_unknown_call_id(spawn_run):
     value = spawn_run.value("unknown_id")
     assert value.get("raised") == "NotFoundError", value
+
+
+STATS_APP = """
+import time
+import ketch
+
+app = ketch.App("current-stats")
+
+
+@app.function(max_containers=1)
+def slow(i):
+    time.sleep(30)
+
+
+@app.local_entrypoint()
+def main():
+    calls = [slow.spawn(i) for i in range(5)]
+    deadline = time.monotonic() + 60
+    while True:
+        stats = slow.get_current_stats()
+        if stats.num_total_runners == 1 and stats.backlog == 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    print("STATS", stats.backlog, stats.num_total_runners)
+    for call in calls:
+        call.cancel()
+"""
+
+
+def test_get_current_stats_counts_the_backlog_and_the_runners(ketch_env, tmp_path):
+    """``Function.get_current_stats()`` (Modal's): five spawned calls behind one container."""
+    (tmp_path / "stats.py").write_text(STATS_APP)
+    done = ketch_env.cli("run", "stats.py", cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.describe()
+    assert "STATS 4 1" in done.stdout, done.describe()

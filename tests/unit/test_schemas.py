@@ -157,6 +157,7 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
     "AppHistory": [{"name": "web"}],
     "AppRollback": [{"name": "web"}, {"name": "web", "version": 2}],
     "FunctionLookup": [{"app_name": "web", "tag": "square"}],
+    "FunctionGetCurrentStats": [{"function_id": "fu-0123456789abcdef0123"}],
     "CallCreate": [
         {
             "call_id": CALL,

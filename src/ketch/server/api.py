@@ -412,6 +412,22 @@ async def FunctionLookup(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 
 
 @rpc
+async def FunctionGetCurrentStats(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    """``Function.get_current_stats()``: inputs waiting, and containers up or starting, over
+    every pool of the function (a class has one per set of parameters)."""
+    function_id = str(body["function_id"])
+    _, app_id = api.d.function_spec(function_id)
+    if caller.role == "container":
+        api.check_call(caller, "reading this function's stats", app_id)
+    backlog = runners = 0
+    for key, pool in api.d.pools.items():
+        if key == function_id or key.startswith(function_id + ":"):
+            backlog += pool.backlog
+            runners += pool.n_live
+    return {"backlog": backlog, "num_total_runners": runners}
+
+
+@rpc
 async def CallCreate(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
     if caller.role in ("container", "invoke"):
         _, app_id = api.d.function_spec(str(body["function_id"]))

@@ -60,6 +60,7 @@ CONTAINER_METHODS = frozenset(
     {
         "Status",
         "FunctionLookup",
+        "FunctionGetCurrentStats",  # its own app's functions only
         "CallCreate",
         "CallPutInputs",
         "CallGetOutputs",

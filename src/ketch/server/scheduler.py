@@ -374,6 +374,15 @@ class Pool:
             heapq.heappush(loads, (len(c.assigned), self._ages[c.container_id], c.container_id))
         return actions
 
+    @property
+    def backlog(self) -> int:
+        """Inputs waiting for a container: queued here, spilled to the store, or delayed."""
+        return len(self.pending) + self.spilled + len(self.delayed)
+
+    @property
+    def n_live(self) -> int:
+        return self._n_live
+
     def _live(self) -> list[ContainerState]:
         return [c for c in self.containers.values() if c.status in LIVE]
 

@@ -334,6 +334,10 @@ class FunctionLookup(_Request):
     tag: Name
 
 
+class FunctionGetCurrentStats(_Request):
+    function_id: Id
+
+
 # -- calls ------------------------------------------------------------------------
 
 
