@@ -76,9 +76,15 @@ class _Queue(_Object):
     async def get(
         self, block: bool = True, timeout: float | None = None, *, partition: str | None = None
     ) -> Any:
-        """The oldest item; blocks until one arrives (``queue.Empty`` on timeout or when not blocking)."""
+        """The oldest item; blocks until one arrives (``queue.Empty`` when ``timeout`` passes).
+
+        With ``block=False`` an empty queue gives ``None`` at once, as Modal's does (its
+        ``timeout`` is then ignored).
+        """
         items = await self._get(1, block, timeout, partition)
         if not items:
+            if not block:
+                return None
             raise queue.Empty()
         return items[0]
 

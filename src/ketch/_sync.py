@@ -295,6 +295,10 @@ def _wrap(obj: Any) -> Any:
         return wrapper_cls._from_impl(obj)  # type: ignore[attr-defined]
     if type(obj) in (list, tuple):
         return type(obj)(_wrap(x) for x in obj)
+    if type(obj) is dict and obj and type(next(iter(obj.values()))) in _IMPL_TO_WRAPPER:
+        # A table of ketch's own objects (``app.registered_functions``), never a user's
+        # dict (a result is returned as it is, not copied).
+        return {k: _wrap(v) for k, v in obj.items()}
     return obj
 
 

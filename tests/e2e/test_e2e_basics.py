@@ -279,3 +279,32 @@ def test_remote_gen_aio(aio_run):
 def test_asyncio_gather_runs_calls_concurrently(aio_run):
     # Each call waits until all five are running: False if they never were at once.
     assert aio_run.value("gather_remote") == [True] * 5
+
+
+RUN_ONE = """
+import ketch
+
+app = ketch.App("run-one")
+
+
+@app.function()
+def plain(name: str = "x"):
+    return f"plain {name}"
+
+
+@app.function()
+async def coro(name: str = "x"):
+    return f"async {name}"
+"""
+
+
+def test_ketch_run_calls_one_function_sync_or_async(ketch_env, tmp_path):
+    """``ketch run FILE::fn`` prints the function's result, for an ``async def`` one too (it
+    printed an un-awaited coroutine and exited 0); ``app.registered_functions`` holds
+    the public Functions."""
+    (tmp_path / "one.py").write_text(RUN_ONE)
+    for name, want in (("plain", "plain z"), ("coro", "async z")):
+        done = ketch_env.cli("run", f"one.py::{name}", "--name", "z", cwd=tmp_path, timeout=120)
+        assert done.returncode == 0, done.describe()
+        assert done.stdout.strip().splitlines()[-1] == want, done.describe()
+        assert "coroutine" not in done.stdout + done.stderr, done.describe()

@@ -44,7 +44,7 @@ CALL = "fc-0123456789abcdef0123"
 APP = "ap-0123456789abcdef0123"
 OBJ = "di-0123456789abcdef0123"
 PICKLED = b"\x80\x05\x95\x06\x00\x00\x00\x00\x00\x00\x00\x8c\x02k1\x94."
-SPEC = app.registered_functions["options_everywhere"]._spec.to_wire()
+SPEC = app.registered_functions["options_everywhere"]._ketch_impl._spec.to_wire()
 IMAGE = SPEC["image"]
 
 # The bodies real clients send, as the SDK and CLI build them (see the schemas' docstring).
@@ -415,7 +415,7 @@ def test_the_specs_and_images_of_every_example_app_pass():
     secrets = [{"name": "creds", "id": "st-0123456789abcdef0123"}, {"sealed": b"\x01sealed"}]
     volumes = [{"path": "/data", "object_id": "vo-0123456789abcdef0123", "name": "data"}]
     apps = [app, *_example_apps()]
-    wires = [fn._spec.to_wire() for a in apps for fn in a.registered_functions.values()]
+    wires = [fn._ketch_impl._spec.to_wire() for a in apps for fn in a.registered_functions.values()]
     assert len(wires) > 20
     for wire in wires:  # as _attach_secrets / _attach_volumes complete them before AppCreate
         wire.update(secrets=secrets, volumes=volumes, source={"blob_id": "bl-1", "hash": "ab" * 32})
