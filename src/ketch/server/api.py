@@ -7,6 +7,7 @@ the :class:`~ketch.server.auth.Caller` to scope what it does.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
@@ -17,6 +18,8 @@ from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
 from sqlalchemy.exc import DBAPIError, StatementError
 
 from .. import __version__
@@ -24,8 +27,15 @@ from .._config import config
 from .._ids import stable_id
 from .._serialization import MAX_PAYLOAD_BYTES, pack, unpack
 from .._spec import FunctionSpec
-from ..exception import Error, InvalidError, NotFoundError, PayloadTooLargeError, wire_name
-from . import auth, schemas
+from ..exception import (
+    Error,
+    InvalidError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    wire_name,
+)
+from . import auth, metrics, schemas
 from .auth import Caller
 from .blobs import receive_blob
 from .dispatcher import Dispatcher
@@ -109,13 +119,19 @@ def error_reply(exc: BaseException, method: str) -> tuple[int, dict[str, Any]]:
 
 
 async def _finish(
-    reply: Awaitable[dict[str, Any]], method: str, store: Any
+    reply: Awaitable[dict[str, Any]],
+    method: str,
+    store: Any,
+    recorded: metrics.Metrics,
+    started: float,
 ) -> tuple[int, dict[str, Any]]:
     try:
         return 200, await reply
     except Exception as exc:
         _after_db_error(store, exc)
         return error_reply(exc, method)
+    finally:
+        metrics.timed(recorded, method, started)
 
 
 def _after_db_error(store: Any, exc: BaseException) -> None:
@@ -139,6 +155,7 @@ class Api:
         self.started_at = started_at
         self.auth = authenticator
         self.url = ""
+        self._registry: CollectorRegistry | None = None
 
     def app(self) -> web.Application:
         application = web.Application(
@@ -147,6 +164,7 @@ class Api:
         application.router.add_post("/rpc/{method}", self.handle_rpc)
         application.router.add_put("/blobs", self.put_blob)
         application.router.add_get("/blobs/{blob_id}", self.get_blob)
+        application.router.add_get("/metrics", self.get_metrics)
         volumes = self.d.volumes
         if isinstance(volumes, VolumeService):  # the dispatcher types it as what containers use
             application.router.add_put("/volume-blobs", volumes.put_blob)
@@ -189,6 +207,7 @@ class Api:
         functions that return one when they must wait (a blocking Queue get).
         """
         handler = _HANDLERS.get(method)
+        started = time.perf_counter()
         try:
             caller = auth.check_method(caller, method)
             if handler is None:
@@ -199,9 +218,12 @@ class Api:
             reply = handler(self, body, caller) if method in _WANTS_CALLER else handler(self, body)
         except Exception as exc:
             _after_db_error(self.store, exc)
+            if handler is not None:
+                metrics.timed(self.d.metrics, method, started)
             return error_reply(exc, method)
         if inspect.isawaitable(reply):
-            return _finish(reply, method, self.store)
+            return _finish(reply, method, self.store, self.d.metrics, started)
+        metrics.timed(self.d.metrics, method, started)
         return 200, reply
 
     async def invoke(
@@ -209,6 +231,20 @@ class Api:
     ) -> tuple[int, dict[str, Any]]:
         started = self.start(method, body, caller)
         return await started if inspect.isawaitable(started) else started
+
+    async def get_metrics(self, request: web.Request) -> web.Response:
+        """``GET /metrics`` (Prometheus's text format): the owner's, an admin's or a deploy
+        token only; a container's or an invoke token gets 403."""
+        caller = request[CALLER]
+        if caller.role not in ("owner", "admin", "deploy"):
+            status, reply = error_reply(
+                PermissionDeniedError(f"{caller.describe()} may not read the metrics"), "metrics"
+            )
+            return web.Response(status=status, body=pack(reply), content_type="application/msgpack")
+        if self._registry is None:
+            self._registry = metrics.registry(self.d)
+        body = await asyncio.to_thread(generate_latest, self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def put_blob(self, request: web.Request) -> web.Response:
         """Stream a call payload into the blob store (never the whole body in memory)."""

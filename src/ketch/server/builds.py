@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from ..exception import Error, ImageBuildError, NotFoundError, wire_name
 from ..images.builder import Builder
 from ..images.layers import LayerStore
 from ..worker.userns import UserNamespace
+from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class BuildService:
         self._builder: Builder | None = None
         self.jobs: dict[str, BuildJob] = {}
         self._by_image: dict[str, BuildJob] = {}
+        self.metrics: Metrics | None = None  # the control plane's (server/metrics.py)
 
     @property
     def builder(self) -> Builder:
@@ -79,6 +82,7 @@ class BuildService:
         return job
 
     async def _run(self, job: BuildJob, wire: dict[str, Any], force: str) -> None:
+        started = time.monotonic()
         try:
             await self.builder.build(wire, job.log, force=force)
         except Error as exc:
@@ -87,6 +91,9 @@ class BuildService:
             logger.exception("image build %s failed", job.id)
             job.error = (wire_name(ImageBuildError()), f"image build failed: {exc}")
         finally:
+            if self.metrics is not None:
+                outcome = "failure" if job.error else "success"
+                self.metrics.build_seconds.observe((outcome,), time.monotonic() - started)
             job.done.set()
             job.changed.set()
             asyncio.get_running_loop().call_later(FORGET_AFTER_S, self.jobs.pop, job.id, None)

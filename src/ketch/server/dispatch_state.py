@@ -59,6 +59,9 @@ class InputState:
     web_request: dict[str, Any] | None = None
     container_id: str | None = None
     web_pending: list[dict[str, Any]] | None = None  # for the container, once it has one
+    # When it joined the pool's window (monotonic): its queue time once sent (for one read
+    # back from the store, when it came back into memory).
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass

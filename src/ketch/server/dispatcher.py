@@ -52,6 +52,7 @@ from .dispatch_state import (
     pool_key_for,
 )
 from .logs import LogBook
+from .metrics import Metrics
 from .queue_window import QueueWindow
 from .services import Builds, ContainerVolumes, Gateway, Schedules, Services, Worker
 from .store import FINAL_STATUSES, Store
@@ -101,6 +102,7 @@ class Dispatcher:
         )
         self._web_ids = itertools.count(-1, -1)  # web inputs: negative ids, never stored
         self._gpu_waiting: set[str] = set()
+        self.metrics = Metrics()  # GET /metrics (server/metrics.py)
         self.pools: dict[str, sm.Pool] = {}
         self.pool_info: dict[str, PoolInfo] = {}
         self.calls: dict[str, CallState] = {}
@@ -233,6 +235,18 @@ class Dispatcher:
             cached = (FunctionSpec.from_wire(unpack(row["spec"])), row["app_id"])
             self._specs[function_id] = cached
         return cached
+
+    def metric_labels(self, function_id: str, app_id: str) -> tuple[str, str]:
+        """``(app name, function tag)`` for metrics (read once per function)."""
+        labels = self.metrics.names.get(function_id)
+        if labels is None:
+            app = self.store.get_app(app_id)
+            try:
+                tag = self.function_spec(function_id)[0].tag
+            except NotFoundError:
+                tag = function_id
+            labels = self.metrics.names[function_id] = (str(app["name"]) if app else app_id, tag)
+        return labels
 
     def forget_function(self, function_id: str) -> None:
         """A redeploy replaced the spec: drain the old containers."""
@@ -694,9 +708,17 @@ class Dispatcher:
                 row["data"] = None
         self.store.record_outputs(rows, done)
         touched: dict[str, int] = {}
+        ended: dict[tuple[str, str], int] = {}  # (call, outcome) -> inputs, for metrics
         for row in rows:
             final = row["status"] in FINAL_STATUSES
             touched[row["call_id"]] = touched.get(row["call_id"], 0) + int(final)
+            if final:
+                key = (row["call_id"], row["status"])
+                ended[key] = ended.get(key, 0) + 1
+        for (call_id, outcome), n in ended.items():
+            if (call := self.calls.get(call_id)) is not None:
+                labels = self.metric_labels(call.function_id, call.app_id)
+                self.metrics.count_calls((*labels, outcome), n)
         for input_id in done:
             self.inputs.pop(input_id, None)
         for call_id, n in touched.items():
@@ -823,8 +845,11 @@ class Dispatcher:
 
     def _send_inputs(self, container_id: str, input_ids: Sequence[int]) -> None:
         items: list[dict[str, Any]] = []
+        now = time.monotonic()
+        waited: list[float] = []
         for input_id in input_ids:
             info = self.inputs[input_id]
+            waited.append(now - info.queued_at)
             if info.web_request is not None:
                 info.container_id = container_id
                 items.append({"id": input_id, "method": info.method, "web": info.web_request})
@@ -835,6 +860,9 @@ class Dispatcher:
             if args is None and blob_id is not None:
                 args = self.blobs.get(blob_id)
             items.append({"id": input_id, "args": args, "method": info.method})
+        if input_ids and (pool_info := self.pool_info.get(self.inputs[input_ids[0]].pool_key)):
+            labels = self.metric_labels(pool_info.function_id, pool_info.app_id)
+            self.metrics.queue_seconds.observe_many(labels, waited)
         if not self._send(container_id, {"t": "inputs", "items": items}):
             logger.warning("container %s is gone; its inputs fail over when it exits", container_id)
             return
@@ -891,6 +919,11 @@ class Dispatcher:
             gangs.member_message(self, handle, pool, msg, now)
             return
         if kind == "ready":
+            if not handle.ready and (pool_info := self.pool_info.get(handle.pool_key)):
+                self.metrics.cold_start_seconds.observe(
+                    self.metric_labels(pool_info.function_id, pool_info.app_id),
+                    time.time() - handle.started_at,
+                )
             handle.ready = True
             if handle.gang and not gangs.ready(self, handle):
                 return  # when the last member is ready
@@ -927,6 +960,9 @@ class Dispatcher:
         if item_rows:
             self._finalize(item_rows, [])
         if results:
+            if info := self.pool_info.get(pool.key):
+                labels = self.metric_labels(info.function_id, info.app_id)
+                self.metrics.call_seconds.observe_many(labels, [r[2] for r in results])
             self._perform(pool, pool.container_outputs(handle.id, results, now))
 
     def container_exited(self, container_id: str, reason: str, preempted: bool = False) -> None:

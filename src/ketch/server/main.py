@@ -125,6 +125,7 @@ def _choose_runtime(
     if ns is None and rootless.current() is None:
         logger.warning("sandbox containers run as host root, with no user namespace: %s", why_not)
     builds = BuildService(cache, ns)
+    builds.metrics = dispatcher.metrics
     volumes.userns = ns
     dispatcher.services.builds = builds
     if on_ray:

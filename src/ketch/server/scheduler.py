@@ -383,6 +383,10 @@ class Pool:
     def n_live(self) -> int:
         return self._n_live
 
+    @property
+    def n_running(self) -> int:
+        return self._running
+
     def _live(self) -> list[ContainerState]:
         return [c for c in self.containers.values() if c.status in LIVE]
 

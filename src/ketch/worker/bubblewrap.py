@@ -485,6 +485,13 @@ class BubblewrapWorker:
             raise NotFoundError(f"container {container_id} is not running")
         container.egress = await egress.allow(container.pid, networks)
 
+    def usage(self, container_id: str) -> tuple[float | None, int | None] | None:
+        """``(CPU seconds, memory bytes)`` of a running container (its cgroup), or None."""
+        container = self._containers.get(container_id)
+        if container is None or container.cgroup is None:
+            return None
+        return container.cgroup.cpu_seconds(), container.cgroup.memory_bytes()
+
     async def snapshot(self, container_id: str, dest: Path) -> None:
         """Copy what the container has written (its writable layer, in overlayfs form:
         deletions are whiteouts) into ``dest``, as a layer over its image's."""

@@ -28,6 +28,7 @@ what works on this machine and why the rest does not.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -555,6 +556,36 @@ class ContainerCgroup:
             return None
         filename = "memory.peak" if self.version == "v2" else "memory.max_usage_in_bytes"
         return _read_int(os.path.join(directory, filename))
+
+    def memory_bytes(self) -> int | None:
+        """The memory the group uses now, or None when the kernel does not say."""
+        directory = self.paths.get("memory")
+        if directory is None:
+            return None
+        filename = "memory.current" if self.version == "v2" else "memory.usage_in_bytes"
+        return _read_int(os.path.join(directory, filename))
+
+    def cpu_seconds(self) -> float | None:
+        """The CPU time the group's processes have used, or None when unreadable."""
+        if self.version == "v2":
+            directory = self.paths.get("cpu") or next(iter(self.paths.values()), None)
+            if directory is None:
+                return None
+            usec = _read_keyed(os.path.join(directory, "cpu.stat")).get("usage_usec")
+            return None if usec is None else usec / 1e6
+        directory = self.paths.get("cpuacct") or self.paths.get("cpu")
+        nsec = _read_int(os.path.join(directory, "cpuacct.usage")) if directory else None
+        if nsec is not None:
+            return nsec / 1e9
+        # No cpuacct group (v1 with cpuacct mounted apart): the group's processes' own times
+        # and their waited-for children's, from /proc.
+        ticks = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def kill_all(self, timeout: float = 5.0) -> None:
         """SIGKILL every process in the group until it is empty (or ``timeout`` passes).
