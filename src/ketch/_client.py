@@ -316,12 +316,13 @@ async def _close_with_loop(
     loop: asyncio.AbstractEventLoop,
     client: _Client,
     clients: dict[asyncio.AbstractEventLoop, _Client] = _CLIENTS,
+    log: logging.Logger = logger,
 ) -> AsyncIterator[None]:
     """Parked for the life of ``loop``: its ``shutdown_asyncgens`` (``asyncio.run`` calls it
     before closing the loop) ends the wait, and the client closes with the loop.
 
-    ``clients`` is bound when the generator is made: a thread's loop may close while
-    the interpreter exits, when this module's globals are already gone.
+    ``clients`` and ``log`` are bound when the generator is made: a thread's loop may
+    close while the interpreter exits, when this module's globals are already gone.
     """
     try:
         yield
@@ -331,4 +332,4 @@ async def _close_with_loop(
         try:
             await client.close()
         except Exception:  # the interpreter is exiting: its sockets close with it
-            logger.debug("closing a client failed", exc_info=True)
+            log.debug("closing a client failed", exc_info=True)
