@@ -28,6 +28,7 @@ if (_deps := _os.environ.get("KETCH_BUNDLE_DEPS")) and _deps not in _sys.path:
 __version__ = "0.1.0"
 
 from . import exception, experimental
+from ._current import current_function_call_id, current_input_id, is_local
 from ._dict import Dict
 from ._interact import interact
 from ._queue import Queue
@@ -39,6 +40,7 @@ from .app import App
 from .cls import Cls
 from .functions import Function, FunctionCall
 from .image import Image
+from .output import enable_output
 from .partial import batched, concurrent, enter, exit, method, parameter
 from .retries import Retries
 from .sandbox import ContainerProcess, Probe, Sandbox
@@ -67,6 +69,9 @@ __all__ = [
     "asgi_app",
     "batched",
     "concurrent",
+    "current_function_call_id",
+    "current_input_id",
+    "enable_output",
     "enter",
     "exception",
     "experimental",
@@ -74,6 +79,7 @@ __all__ = [
     "fastapi_endpoint",
     "forward",
     "interact",
+    "is_local",
     "method",
     "parameter",
     "web_endpoint",

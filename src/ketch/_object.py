@@ -57,11 +57,28 @@ class _Object:
         return self._object_id
 
     @classmethod
-    def from_name(cls: type[ObjT], name: str, *, create_if_missing: bool = False) -> ObjT:
+    def from_name(
+        cls: type[ObjT],
+        name: str,
+        *,
+        create_if_missing: bool = False,
+        environment_name: str | None = None,
+        client: Any = None,
+        version: int | None = None,
+    ) -> ObjT:
         """A handle to the object called ``name``, looked up on first use.
+
+        ``environment_name`` and ``client`` are Modal's and change nothing here (one
+        workspace, one client). ``version`` (Volumes: Modal's 1 or 2) is accepted; a ketch
+        Volume is the same whichever is asked.
 
         Example: ``ketch.Dict.from_name("cache", create_if_missing=True)``
         """
+        if version is not None and (cls._kind != "volume" or version not in (1, 2)):
+            raise InvalidError(
+                f"{cls.__name__.lstrip('_')}.from_name(version={version!r}): only a Volume "
+                "takes a version, 1 or 2"
+            )
         if not isinstance(name, str) or not name:
             raise InvalidError(f"{cls.__name__.lstrip('_')}.from_name needs a name, got {name!r}")
         return cls(name=name, create_if_missing=create_if_missing)

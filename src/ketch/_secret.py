@@ -143,13 +143,20 @@ class _Secret(_Object):
 
     # -- constructors ---------------------------------------------------------
     @classmethod
-    def from_name(
-        cls, name: str, *, create_if_missing: bool = False, required_keys: Sequence[str] = ()
+    def from_name(  # type: ignore[override]  # (no version; required_keys instead)
+        cls,
+        name: str,
+        *,
+        create_if_missing: bool = False,
+        required_keys: Sequence[str] = (),
+        environment_name: str | None = None,
+        client: Any = None,
     ) -> _Secret:
         """The Secret made with ``ketch secret create NAME KEY=VALUE ...``, looked up on first use.
 
         ``required_keys`` are checked when the app starts: a missing key is a
         ``NotFoundError`` then, rather than a ``KeyError`` in the container.
+        ``environment_name`` and ``client`` are Modal's and change nothing here.
 
         Example: ``ketch.Secret.from_name("openai", required_keys=["OPENAI_API_KEY"])``
         """

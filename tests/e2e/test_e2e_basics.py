@@ -308,3 +308,48 @@ def test_ketch_run_calls_one_function_sync_or_async(ketch_env, tmp_path):
         assert done.returncode == 0, done.describe()
         assert done.stdout.strip().splitlines()[-1] == want, done.describe()
         assert "coroutine" not in done.stdout + done.stderr, done.describe()
+
+
+IDS_APP = """
+import asyncio
+import ketch
+
+app = ketch.App("ids")
+vol = ketch.Volume.from_name("ids-vol", create_if_missing=True, version=2, environment_name="main")
+
+
+@app.function()
+def sync_ids(x):
+    return ketch.is_local(), ketch.current_input_id(), ketch.current_function_call_id()
+
+
+@app.function()
+@ketch.concurrent(max_inputs=4)
+async def async_ids(x):
+    await asyncio.sleep(0.2)  # overlapping inputs: each keeps its own ids
+    return ketch.current_input_id(), ketch.current_function_call_id()
+
+
+@app.local_entrypoint()
+def main():
+    with ketch.enable_output():
+        print("LOCAL", ketch.is_local(), ketch.current_input_id())
+        local, input_id, call_id = sync_ids.remote(1)
+        print("SYNC", local, input_id.startswith("in-"), call_id.startswith("fc-"))
+        spawned = sync_ids.spawn(2)
+        print("SPAWNED", spawned.get()[2] == spawned.object_id)
+        got = list(async_ids.map(range(4)))
+        print("ASYNC", len({i for i, _ in got}), len({c for _, c in got}))
+"""
+
+
+def test_current_ids_is_local_and_modal_only_arguments(ketch_env, tmp_path):
+    """``is_local()``, ``current_input_id()`` and ``current_function_call_id()`` as Modal has
+    them (concurrent async inputs each see their own); ``enable_output()`` and
+    ``from_name(version=, environment_name=)`` are accepted."""
+    (tmp_path / "ids.py").write_text(IDS_APP)
+    done = ketch_env.cli("run", "ids.py", cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.describe()
+    out = done.stdout
+    assert "LOCAL True None" in out and "SYNC False True True" in out, done.describe()
+    assert "SPAWNED True" in out and "ASYNC 4 1" in out, done.describe()

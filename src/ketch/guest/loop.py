@@ -26,6 +26,7 @@ from typing import Any
 
 import cloudpickle
 
+from .. import _current
 from .._serialization import serialize_exception, unpack
 from .._spec import FunctionSpec
 from .._traceback import user_frames
@@ -184,6 +185,7 @@ class ContainerLoop:
         self.running[input_id] = _Running(
             input_id, started + self.spec.timeout, threading.get_ident()
         )
+        _current.serve(input_id, item.get("call"))
         try:
             fn, args, kwargs = self._decode(item)
             value = fn(*args, **kwargs)
@@ -196,6 +198,7 @@ class ContainerLoop:
             out = self._failure(input_id, exc, started)
         finally:
             self.running.pop(input_id, None)
+            _current.stop_serving()
         # Fast as long as every input so far was: one slow input ends inline running for good.
         self.fast = out["duration"] < INLINE_BELOW_S and (self.fast or self.n_done == 0)
         self.n_done += 1
@@ -208,6 +211,7 @@ class ContainerLoop:
             running = _Running(input_id, started + self.spec.timeout, None)
             running.task = asyncio.current_task()
             self.running[input_id] = running
+            _current.serve(input_id, item.get("call"))  # (this task's own context)
             try:
                 fn, args, kwargs = self._decode(item)
                 value = fn(*args, **kwargs)

@@ -859,7 +859,9 @@ class Dispatcher:
                 args, blob_id = self.store.input_args(input_id)
             if args is None and blob_id is not None:
                 args = self.blobs.get(blob_id)
-            items.append({"id": input_id, "args": args, "method": info.method})
+            items.append(
+                {"id": input_id, "args": args, "method": info.method, "call": info.call_id}
+            )
         if input_ids and (pool_info := self.pool_info.get(self.inputs[input_ids[0]].pool_key)):
             labels = self.metric_labels(pool_info.function_id, pool_info.app_id)
             self.metrics.queue_seconds.observe_many(labels, waited)
