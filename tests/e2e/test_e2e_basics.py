@@ -353,3 +353,48 @@ def test_current_ids_is_local_and_modal_only_arguments(ketch_env, tmp_path):
     out = done.stdout
     assert "LOCAL True None" in out and "SYNC False True True" in out, done.describe()
     assert "SPAWNED True" in out and "ASYNC 4 1" in out, done.describe()
+
+
+MODAL_APP = """
+import modal
+import modal.experimental
+from modal.exception import NotFoundError
+from modal import App, Image
+
+app = modal.App("modal-alias")
+image = Image.debian_slim()
+q = modal.Queue.from_name("alias-q", create_if_missing=True)
+
+
+@app.function(image=image, retries=modal.Retries(max_retries=0))
+def square(x: int) -> int:
+    import modal as m
+    assert m.App is App
+    return x * x
+
+
+@app.local_entrypoint()
+def main():
+    print("SQUARES", list(square.map(range(4))))
+    q.put("x")
+    print("QUEUE", q.get(), q.get(block=False))
+    try:
+        modal.Dict.from_name("never-made-alias").get("k")
+    except NotFoundError:
+        print("NOTFOUND ok")
+    try:
+        __import__("importlib").import_module("modal.mount")
+    except ModuleNotFoundError as exc:
+        print("MISSING", "no counterpart" in str(exc))
+"""
+
+
+def test_a_modal_app_runs_unchanged_with_import_modal(ketch_env, tmp_path):
+    """``import modal``, ``from modal import ...`` and public submodules (``modal.exception``,
+    ``modal.experimental``) are ketch under ``ketch run`` and in the container; a Modal
+    submodule ketch has no counterpart of fails saying so."""
+    (tmp_path / "m.py").write_text(MODAL_APP)
+    done = ketch_env.cli("run", "m.py", cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.describe()
+    for line in ("SQUARES [0, 1, 4, 9]", "QUEUE x None", "NOTFOUND ok", "MISSING True"):
+        assert line in done.stdout, done.describe()

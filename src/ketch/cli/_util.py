@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from .. import _sync
+from .. import _modal_alias, _sync
 from .._client import _Client
 from ..app import App
 
@@ -25,7 +25,9 @@ def rpc(method: str, body: dict[str, Any], timeout: float = 120.0) -> dict[str, 
 
 
 def import_file(path_str: str) -> Any:
-    """Import the user's app file as a module named after it, as containers will."""
+    """Import the user's app file as a module named after it, as containers will; its
+    ``import modal`` is ketch (``ketch._modal_alias``)."""
+    _modal_alias.install()
     path = Path(path_str).resolve()
     if not path.is_file():
         raise click.UsageError(f"no such file: {path_str}")

@@ -19,6 +19,7 @@ from typing import Any
 
 import cloudpickle
 
+from .. import _modal_alias
 from .._spec import FunctionSpec
 from ..exception import InvalidError
 from ..partial import class_parameters, marked
@@ -55,6 +56,7 @@ def _same_file(a: str | None, b: str) -> bool:
 
 
 def _import_module(spec: FunctionSpec) -> Any:
+    _modal_alias.install()  # a Modal app's `import modal` is ketch here too
     spec, host_file = _in_container(spec)
     if spec.root_dir and spec.root_dir not in sys.path:
         sys.path.insert(0, spec.root_dir)
