@@ -17,6 +17,7 @@ from ketch.server.scheduler import (
     FAST_FUNCTION_S,
     MAX_START_FAILURES,
     PREFETCH_INPUTS,
+    TRUSTED_AFTER,
     Assign,
     CancelOnContainer,
     Complete,
@@ -55,11 +56,18 @@ def running_one(pool: Pool, input_id: int = 1, *, now: float = 0.0) -> None:
 
 
 def make_fast(pool: Pool, *, now: float = 0.0) -> None:
-    """One ready container c1, idle, whose function measured as fast (< FAST_FUNCTION_S)."""
+    """One ready container c1, idle, whose function measured as fast (< FAST_FUNCTION_S)
+    over enough inputs (``TRUSTED_AFTER``) for the pool to act on it."""
     running_one(pool, 1, now=now)
     # The output comes FAST after the assignment, as it would for a fast function.
     assert pool.container_outputs("c1", [(1, "success", FAST)], now + 1 + FAST) == [Complete(1)]
+    for n in range(1, TRUSTED_AFTER):  # (ids no test uses)
+        at = now + 1 + n * 2 * FAST
+        assert pool.enqueue([10_000 + n], at) == [Assign("c1", (10_000 + n,))]
+        done = pool.container_outputs("c1", [(10_000 + n, "success", FAST)], at + FAST)
+        assert done == [Complete(10_000 + n)]
     assert pool.ewma_duration is not None and pool.ewma_duration < FAST_FUNCTION_S
+    assert pool.n_durations == TRUSTED_AFTER
 
 
 # -- policy ------------------------------------------------------------------------
@@ -191,7 +199,16 @@ def _two_fast_ready_containers() -> Pool:
     assert pool.container_ready("c2", 1.0) == [Assign("c2", (2,))]
     assert pool.container_outputs("c1", [(1, "success", FAST)], 2.0) == [Complete(1)]
     assert pool.container_outputs("c2", [(2, "success", FAST)], 2.0) == [Complete(2)]
+    _trust(pool, FAST)
     return pool
+
+
+def _trust(pool: Pool, duration: float) -> None:
+    """As if ``TRUSTED_AFTER`` inputs of ``duration`` had been measured (the pool acts on
+    its average only then)."""
+    while pool.n_durations < TRUSTED_AFTER:
+        pool.ewma_duration = duration
+        pool.n_durations += 1
 
 
 def test_prefetch_spreads_queue_over_ready_containers():
@@ -357,6 +374,7 @@ def _measured(duration: float, *, ready_at: float = 1.0) -> Pool:
     assert pool.enqueue([1], 0.0) == starts("c1")
     assert pool.container_ready("c1", ready_at) == [Assign("c1", (1,))]
     assert pool.container_outputs("c1", [(1, "success", duration)], ready_at + 1) == [Complete(1)]
+    _trust(pool, duration)
     return pool
 
 
@@ -880,6 +898,7 @@ def test_concurrent_inputs_fill_slots():
         "c2": 4,
         "c3": 4,
     }
+    _trust(pool, 1.0)
     # All slots busy, one input queued: it drains in 1 s / 12 slots, no new container.
     assert pool.enqueue([14], 3.0) == []
     # A bigger backlog does scale: ceil((17 queued + 12 running) / 4) = 8 containers.
@@ -1028,3 +1047,21 @@ def test_kept_counts_match_a_recount_through_random_events(seed: int, policy: di
         )
         assert pool._census() == recount
         assert pool.inflight() == len(pool.pending) + len(pool.delayed) + recount[2]
+
+
+def test_one_quick_input_does_not_make_a_slow_map_run_one_at_a_time():
+    """A map whose first input returns at once and whose others take seconds (issue 19:
+    ``sleep(i)`` for i in 0..9 ran one at a time): one measurement is not trusted, so the
+    queue is neither prefetched into the first container nor left to "drain soon"."""
+    pool = make_pool()
+    assert pool.enqueue(range(10), 0.0) == starts(*(f"c{i}" for i in range(1, 11)))
+    assert pool.container_ready("c1", 1.0) == [Assign("c1", (0,))]
+    # Input 0 returns at once; c1 takes the next one, the rest wait for their containers.
+    assert pool.container_outputs("c1", [(0, "success", 0.0)], 1.0) == [
+        Complete(0),
+        Assign("c1", (1,)),
+    ]
+    assert [len(c.assigned) for c in pool.containers.values()] == [1] + [0] * 9
+    for n in range(2, 10):  # each other input gets a container of its own
+        assert pool.container_ready(f"c{n}", 1.1) == [Assign(f"c{n}", (n,))]
+    assert not pool.pending

@@ -32,6 +32,10 @@ LIVE = ("starting", "ready")
 FAST_FUNCTION_S = 0.002  # functions faster than this get a prefetch window
 PREFETCH_INPUTS = 256
 EWMA_WEIGHT = 0.2
+# Durations the pool must have seen before it trusts their average: until then it neither
+# prefetches nor holds back new containers because the queue "will drain soon". (One input
+# that returned at once made a map of slow inputs run one at a time in one container.)
+TRUSTED_AFTER = 8
 DEFAULT_STARTUP_S = 1.0
 MAX_START_FAILURES = 3
 
@@ -144,6 +148,7 @@ class Pool:
         self.failures: dict[int, int] = {}
         self.containers: dict[str, ContainerState] = {}
         self.ewma_duration: float | None = None
+        self.n_durations = 0  # inputs measured into ewma_duration
         self.ewma_startup = DEFAULT_STARTUP_S
         self.start_failures = 0
         self.cancelled: set[int] = set()
@@ -195,6 +200,7 @@ class Pool:
                 self.ewma_duration = (
                     duration if self.ewma_duration is None else _ewma(self.ewma_duration, duration)
                 )
+                self.n_durations += 1
             if input_id in self.cancelled:
                 self.cancelled.discard(input_id)
                 self.failures.pop(input_id, None)
@@ -327,11 +333,19 @@ class Pool:
         actions += self._scale(now)
         return actions
 
+    def _trusted(self) -> bool:
+        """Whether ``ewma_duration`` rests on enough inputs to act on."""
+        return self.ewma_duration is not None and self.n_durations >= TRUSTED_AFTER
+
     def _window(self) -> int:
         slots = self.policy.slots
         if self.policy.batch_size:
             return slots * 2
-        if self.ewma_duration is not None and self.ewma_duration < FAST_FUNCTION_S:
+        if (
+            self._trusted()
+            and self.ewma_duration is not None
+            and self.ewma_duration < FAST_FUNCTION_S
+        ):
             return max(slots, PREFETCH_INPUTS)
         return slots
 
@@ -340,9 +354,10 @@ class Pool:
         if not self.pending:
             return actions
         window = self._window()
-        # Spread work: with a prefetch window, a container takes at most its share of the queue.
+        # Spread work: with a prefetch window, a container takes at most its share of the
+        # queue, counting the containers still starting (theirs waits for them).
         share = (
-            math.ceil(len(self.pending) / self._n_ready)
+            math.ceil(len(self.pending) / max(self._n_live, self._n_ready))
             if self._n_ready and window > self._slots
             else window
         )
@@ -465,7 +480,7 @@ class Pool:
         the measured time per input at a busy container is used; until there
         is one, the pool waits rather than paying for cold starts it may not need.
         """
-        if self.ewma_duration is None or not ready_slots:
+        if self.ewma_duration is None or not self._trusted() or not ready_slots:
             return None
         if self.ewma_duration < FAST_FUNCTION_S:
             per_input = self.ewma_service or 0.0
