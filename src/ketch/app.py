@@ -104,6 +104,30 @@ class _App:
         """The id of the running or deployed app (``ap-…``)."""
         return self._app_id
 
+    @classmethod
+    async def lookup(
+        cls,
+        name: str,
+        *,
+        create_if_missing: bool = False,
+        environment_name: str | None = None,
+        client: Any = None,
+    ) -> _App:
+        """The deployed app called ``name``, as Modal's ``App.lookup``: what
+        ``Sandbox.create(app=...)`` needs. ``create_if_missing``: deploy an empty app of
+        that name when there is none (a later ``ketch deploy`` of that name fills it).
+
+        Example: ``sb = ketch.Sandbox.create("echo", "hi", app=ketch.App.lookup("box", create_if_missing=True))``
+        """
+        if not isinstance(name, str) or not name:
+            raise InvalidError(f"App.lookup needs a name, got {name!r}")
+        reply = await (await _Client.get()).rpc(
+            "AppLookup", {"name": name, "create_if_missing": bool(create_if_missing)}
+        )
+        app = cls(name)
+        app._app_id = str(reply["app_id"])
+        return app
+
     @property
     def registered_functions(self) -> dict[str, _Function]:
         return dict(self._functions)
@@ -705,6 +729,15 @@ if TYPE_CHECKING:
         def name(self) -> str | None: ...
         @property
         def app_id(self) -> str | None: ...
+        @classmethod
+        def lookup(
+            cls,
+            name: str,
+            *,
+            create_if_missing: bool = False,
+            environment_name: str | None = None,
+            client: Any = None,
+        ) -> App: ...
         @property
         def registered_functions(self) -> dict[str, Function[..., Any]]: ...
         @property

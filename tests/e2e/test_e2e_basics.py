@@ -398,3 +398,31 @@ def test_a_modal_app_runs_unchanged_with_import_modal(ketch_env, tmp_path):
     assert done.returncode == 0, done.describe()
     for line in ("SQUARES [0, 1, 4, 9]", "QUEUE x None", "NOTFOUND ok", "MISSING True"):
         assert line in done.stdout, done.describe()
+
+
+LOOKUP = """
+import ketch
+
+try:
+    ketch.App.lookup("never-deployed-app")
+except ketch.exception.NotFoundError as exc:
+    print("MISSING", "create_if_missing" in str(exc))
+app = ketch.App.lookup("lookup-box", create_if_missing=True)
+again = ketch.App.lookup("lookup-box")
+print("SAME", app.app_id == again.app_id, app.app_id.startswith("ap-"))
+sb = ketch.Sandbox.create("echo", "from a looked-up app", app=app)
+sb.wait()
+print("SANDBOX", sb.stdout.read().strip())
+"""
+
+
+def test_app_lookup_creates_once_and_holds_sandboxes(ketch_env, tmp_path):
+    """``App.lookup(name, create_if_missing=True)`` (Modal's, for ``Sandbox.create(app=)``)
+    deploys an empty app once and finds it after; without the flag a missing one is a
+    clear ``NotFoundError``."""
+    (tmp_path / "lookup.py").write_text(LOOKUP)
+    done = ketch_env.python(str(tmp_path / "lookup.py"), timeout=120)
+    assert done.returncode == 0, done.describe()
+    for line in ("MISSING True", "SAME True True", "SANDBOX from a looked-up app"):
+        assert line in done.stdout, done.describe()
+    assert "lookup-box" in ketch_env.cli("app", "list").check().stdout

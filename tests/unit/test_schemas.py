@@ -158,6 +158,7 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
     "AppRollback": [{"name": "web"}, {"name": "web", "version": 2}],
     "FunctionLookup": [{"app_name": "web", "tag": "square"}],
     "FunctionGetCurrentStats": [{"function_id": "fu-0123456789abcdef0123"}],
+    "AppLookup": [{"name": "sandboxes"}, {"name": "sandboxes", "create_if_missing": True}],
     "CallCreate": [
         {
             "call_id": CALL,

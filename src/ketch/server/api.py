@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, StatementError
 
 from .. import __version__
 from .._config import config
-from .._ids import stable_id
+from .._ids import new_id, stable_id
 from .._serialization import MAX_PAYLOAD_BYTES, pack, unpack
 from .._spec import FunctionSpec
 from ..exception import (
@@ -303,6 +303,24 @@ async def Status(api: Api, body: dict[str, Any]) -> dict[str, Any]:
         "n_apps": len(api.store.running_apps()),
         "n_containers": api.d.worker.running(),
     }
+
+
+@rpc
+async def AppLookup(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """``App.lookup(name, create_if_missing=)``: the running deployed app of that name, or
+    a new empty deployed one."""
+    name = str(body["name"])
+    app = api.store.find_app(name, deployed_only=True)
+    if app is not None and app["state"] == "running":
+        return {"app_id": app["id"]}
+    if not body.get("create_if_missing"):
+        raise NotFoundError(
+            f"no deployed app {name!r}: deploy it, or App.lookup({name!r}, create_if_missing=True)"
+        )
+    app_id = new_id("ap")
+    api.store.create_app(app_id, name, True, [])
+    api.d.app_changed(app_id)
+    return {"app_id": app_id}
 
 
 @rpc

@@ -133,6 +133,11 @@ class Status(_Request):
     pass
 
 
+class AppLookup(_Request):
+    name: Name
+    create_if_missing: bool = False
+
+
 class AppCreate(_Request):
     app_id: Id
     functions: list[FunctionWire]
