@@ -104,6 +104,15 @@ class _App:
         """The id of the running or deployed app (``ap-…``)."""
         return self._app_id
 
+    @property
+    def image(self) -> Image:
+        """The image the app's functions and classes run in unless they name one: the
+        ``App(image=)`` given, else the default image.
+
+        Example: ``with app.image.imports(): import numpy``
+        """
+        return self._image if self._image is not None else default_image()
+
     @classmethod
     async def lookup(
         cls,
@@ -729,6 +738,8 @@ if TYPE_CHECKING:
         def name(self) -> str | None: ...
         @property
         def app_id(self) -> str | None: ...
+        @property
+        def image(self) -> Image: ...
         @classmethod
         def lookup(
             cls,

@@ -563,3 +563,23 @@ def test_hash_is_stable_in_a_fresh_process(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == BASE.pip_install("numpy").env({"A": "2", "B": "1"}).hash
+
+
+def test_app_image_is_the_default_of_its_functions():
+    """``App(image=)`` is ``app.image`` and the image of functions that name none (Modal's);
+    an app without one has the default image; ``app.image.imports()`` works as a block."""
+    import ketch
+    from ketch.image import default_image
+
+    image = ketch.Image.debian_slim().pip_install("six")
+    app = ketch.App("with-image", image=image)
+
+    @app.function(serialized=True)
+    def f():
+        return 1
+
+    assert app.image.hash == image.hash
+    assert app.registered_functions["f"]._ketch_impl._spec.image == image.to_wire()
+    assert ketch.App("plain").image.hash == default_image().hash
+    with app.image.imports():
+        import json  # noqa: F401
