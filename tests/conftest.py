@@ -463,6 +463,14 @@ class KetchEnv:
         if killed:  # a client killed mid-reconnect may have been starting a new server
             time.sleep(0.5)
             self.kill_leftovers()
+        # A control plane that had to be killed (or that a test killed last) leaves its user
+        # namespace's pins and mount points; its next start would detach them, but there is
+        # none: the test's home goes now.
+        from ketch.worker import userns
+
+        top = userns.run_dir(self.home)
+        if os.geteuid() == 0 and top.exists():
+            userns.clear(top)
         if self.database:
             _psql(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
 
