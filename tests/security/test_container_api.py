@@ -99,6 +99,9 @@ def attack(victim: dict, home: str) -> dict:
     attempt("call_another_apps_function", "CallCreate",
             {"call_id": "fc-evil", "function_id": victim["function_id"], "inputs": [], "closed": True})
     attempt("read_another_apps_call", "CallGetOutputs", {"call_id": victim["call_id"]})
+    attempt("another_apps_function_stats", "FunctionGetCurrentStats",
+            {"function_id": victim["function_id"]})
+    attempt("deploy_an_app_by_lookup", "AppLookup", {"name": "evil", "create_if_missing": True})
     attempt("cancel_another_apps_call", "CallCancel", {"call_id": victim["call_id"]})
     attempt("append_to_another_apps_call", "CallPutInputs",
             {"call_id": victim["call_id"], "inputs": [], "n_inputs": None})

@@ -13,6 +13,7 @@ with ``apply_changes``, which works through folder descriptors opened with
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -96,17 +97,11 @@ def write_changes(root: Path, rels: Sequence[str], out: Any) -> dict[str, Change
     included: dict[str, Change] = {}
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for rel in rels:
-            parts = rel.split("/")
             try:
-                parent = wc.open_dir(root, parts[:-1])
+                with wc.parent_dir(root, rel) as (parent, name):
+                    change = _add_entry(tar, rel, name, parent, root.parent)
             except OSError:
                 continue
-            try:
-                change = _add_entry(tar, rel, parts[-1], parent, root.parent)
-            except OSError:
-                continue
-            finally:
-                os.close(parent)
             if change is not None:
                 included[rel] = change
     return included
@@ -150,36 +145,24 @@ def apply_changes(src: Path, dst: Path, changed: Sequence[str], deleted: Sequenc
     from ..worker import volumes as wc
 
     for rel in sorted(deleted, reverse=True):
-        parts = rel.split("/")
-        try:
-            parent = wc.open_dir(dst, parts[:-1])
-        except OSError:
-            continue
-        try:
-            _remove(parts[-1], parent)
-        finally:
-            os.close(parent)
+        with contextlib.suppress(OSError), wc.parent_dir(dst, rel) as (parent, name):
+            _remove(name, parent)
     moved: set[str] = set()
     for rel in sorted(changed):
         parts = rel.split("/")
         if any("/".join(parts[:i]) in moved for i in range(1, len(parts))):
             continue  # it came with its new folder
         try:
-            s_parent = wc.open_dir(src, parts[:-1])
-        except OSError:  # (left out of the stream: removed or swapped on the node)
-            continue
-        try:
-            try:
-                d_parent = wc.open_dir(dst, parts[:-1], create=True)
-            except wc.UnsafePath:  # a symlink here where the node has a folder: never followed
-                continue
-            try:
-                if _apply(parts[-1], s_parent, d_parent):
+            with (
+                wc.parent_dir(src, rel) as (s_parent, name),
+                wc.parent_dir(dst, rel, create=True) as (d_parent, _),
+            ):
+                if _apply(name, s_parent, d_parent):
                     moved.add(rel)
-            finally:
-                os.close(d_parent)
-        finally:
-            os.close(s_parent)
+        except FileNotFoundError:  # left out of the stream: removed or swapped on the node
+            continue
+        except wc.UnsafePath:  # a symlink here where the node has a folder: never followed
+            continue
 
 
 def _apply(name: str, s_fd: int, d_fd: int) -> bool:

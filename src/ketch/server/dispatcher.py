@@ -40,7 +40,7 @@ from ..exception import (
 from ..retries import Retries
 from ..worker import gpus
 from ..worker.local import LocalWorker
-from . import gangs, secret_store
+from . import gangs, secret_store, web_inputs
 from . import scheduler as sm
 from .blobs import BlobStore
 from .dispatch_state import (
@@ -60,7 +60,6 @@ from .tunnels import Tunnels
 
 if TYPE_CHECKING:
     from .sandboxes import SandboxService
-    from .web import Exchange
 
 logger = logging.getLogger(__name__)
 
@@ -487,57 +486,6 @@ class Dispatcher:
         err = serialize_exception(CallCancelledError(f"function call {call_id} was cancelled"))
         self._finalize(self.window.end_rows(ids, "cancelled", err), ids)
 
-    # -- web requests ----------------------------------------------------------
-    def web_request(
-        self,
-        function_id: str,
-        method: str | None,
-        exchange: Exchange,
-        scope: dict[str, Any],
-        body: bytes,
-    ) -> int:
-        """Queue an HTTP request for the function's containers; its events go to ``exchange``."""
-        self._callable(function_id)
-        key = self._ensure_pool(function_id, None)
-        input_id = next(self._web_ids)
-        self.inputs[input_id] = InputState(
-            input_id,
-            "",
-            0,
-            key,
-            method,
-            None,
-            web=exchange,
-            web_request={"scope": scope, "body": body},
-        )
-        pool = self.pools[key]
-        self._perform(pool, pool.enqueue([input_id], time.monotonic()))
-        return input_id
-
-    def web_send(self, input_id: int, msg: dict[str, Any]) -> None:
-        """A message for the container serving web input ``input_id`` (a WebSocket frame, a disconnect)."""
-        info = self.inputs.get(input_id)
-        if info is None:
-            return
-        if info.container_id is None:
-            if info.web_pending is None:
-                info.web_pending = []
-            info.web_pending.append(msg)
-        else:
-            self._send(info.container_id, {"t": "web_in", "id": input_id, **msg})
-
-    def web_cancel(self, input_id: int) -> None:
-        """The client of a web request went away: stop running it."""
-        info = self.inputs.get(input_id)
-        pool = self.pools.get(info.pool_key) if info else None
-        if info is not None and pool is not None:
-            self._perform(pool, pool.cancel([input_id], time.monotonic()))
-
-    def _web_done(self, input_id: int, status: str, data: bytes | None) -> None:
-        info = self.inputs.pop(input_id, None)
-        if info is not None and info.web is not None:
-            info.web.done(status, data)
-
     # -- apps ----------------------------------------------------------------
     async def stop_app(self, app_id: str, wait: float = 5.0) -> None:
         self.store.set_app_state(app_id, "stopped")
@@ -557,7 +505,7 @@ class Dispatcher:
         stopped = serialize_exception(CallCancelledError("the app was stopped"))
         for input_id in [i for i, info in self.inputs.items() if info.web is not None]:
             if self.pool_info[self.inputs[input_id].pool_key].app_id == app_id:
-                self._web_done(input_id, "cancelled", stopped)
+                web_inputs.done(self, input_id, "cancelled", stopped)
         ids = self.store.pending_input_ids_of_app(app_id)
         if ids:
             err = serialize_exception(
@@ -641,7 +589,8 @@ class Dispatcher:
     ) -> None:
         row = self._stash.pop(action.input_id, None)
         if action.input_id < 0:
-            self._web_done(
+            web_inputs.done(
+                self,
                 action.input_id,
                 row["status"] if row else "cancelled",
                 row["data"] if row else None,
@@ -662,7 +611,7 @@ class Dispatcher:
         payload = fail_payload or serialize_exception(ContainerCrashError(action.reason))
         status = "init_failure" if fail_payload and not crash else "crash"
         if action.input_id < 0:
-            self._web_done(action.input_id, status, payload)
+            web_inputs.done(self, action.input_id, status, payload)
             return
         rows.append(self._row(action.input_id, status, payload))
         done.append(action.input_id)

@@ -99,9 +99,6 @@ class _Collector(Collector):
     def __init__(self, d: Dispatcher) -> None:
         self.d = d
 
-    def _labels(self, function_id: str, app_id: str) -> tuple[str, str]:
-        return self.d.metric_labels(function_id, app_id)
-
     def collect(self) -> Iterator[Metric]:
         d, m = self.d, self.d.metrics
         queued = GaugeMetricFamily(
@@ -119,7 +116,7 @@ class _Collector(Collector):
             info = d.pool_info.get(key)
             if info is None:
                 continue
-            labels = self._labels(info.function_id, info.app_id)
+            labels = self.d.metric_labels(info.function_id, info.app_id)
             row = per_fn.setdefault(labels, [0, 0])
             row[0] += pool.backlog
             row[1] += pool.n_running
@@ -178,7 +175,7 @@ class _Collector(Collector):
                     continue
                 if info is None or got is None:
                     continue
-                labels = [*self._labels(info.function_id, info.app_id), container_id]
+                labels = [*self.d.metric_labels(info.function_id, info.app_id), container_id]
                 cpu_s, mem = got
                 if cpu_s is not None:
                     cpu.add_metric(labels, cpu_s)

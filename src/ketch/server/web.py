@@ -39,6 +39,7 @@ from .._serialization import deserialize_exception, pack, unpack
 from .._spec import FunctionSpec
 from .._web import check_label, default_label, endpoint_name
 from ..exception import AlreadyExistsError, Error, NotFoundError
+from . import web_inputs
 from .rpc import rpc
 from .store import Store, metadata
 
@@ -332,8 +333,8 @@ class Gateway:
         """Run the request as an input of the route's function and send back its response."""
         exchange = Exchange()
         try:
-            input_id = self.d.web_request(
-                route.function_id, route.method, exchange, _scope(request, route.port), body
+            input_id = web_inputs.request(
+                self.d, route.function_id, route.method, exchange, _scope(request, route.port), body
             )
         except Error as exc:
             return _text(503, f"ketch: {type(exc).__name__}: {exc}")
@@ -343,7 +344,7 @@ class Gateway:
                 return self._park(route.port, exchange)
             return await self._respond(request, exchange, first)
         except (asyncio.CancelledError, ConnectionResetError):
-            self.d.web_cancel(input_id)  # the client went away
+            web_inputs.cancel(self.d, input_id)  # the client went away
             raise
 
     async def _first_event(self, exchange: Exchange) -> dict[str, Any] | None:
@@ -381,7 +382,8 @@ class Gateway:
         """A WebSocket, both ways: the app accepts (or not), then frames flow until either side closes."""
         exchange = Exchange()
         try:
-            input_id = self.d.web_request(
+            input_id = web_inputs.request(
+                self.d,
                 route.function_id,
                 route.method,
                 exchange,
@@ -411,7 +413,7 @@ class Gateway:
                 elif kind == "done":
                     return await _websocket_ended(ws, ev)
         except (asyncio.CancelledError, ConnectionResetError):
-            self.d.web_cancel(input_id)
+            web_inputs.cancel(self.d, input_id)
             raise
         finally:
             if pump is not None:
@@ -423,14 +425,16 @@ class Gateway:
         try:
             async for msg in sock:
                 if msg.type == WSMsgType.TEXT:
-                    self.d.web_send(input_id, {"ev": "ws_msg", "text": msg.data})
+                    web_inputs.send(self.d, input_id, {"ev": "ws_msg", "text": msg.data})
                 elif msg.type == WSMsgType.BINARY:
-                    self.d.web_send(input_id, {"ev": "ws_msg", "bytes": msg.data})
+                    web_inputs.send(self.d, input_id, {"ev": "ws_msg", "bytes": msg.data})
                 elif msg.type == WSMsgType.ERROR:
                     code = 1006
                     break
         finally:
-            self.d.web_send(input_id, {"ev": "ws_disconnect", "code": sock.close_code or code})
+            web_inputs.send(
+                self.d, input_id, {"ev": "ws_disconnect", "code": sock.close_code or code}
+            )
 
     async def _respond(
         self, request: web.Request, exchange: Exchange, first: dict[str, Any]

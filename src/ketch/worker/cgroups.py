@@ -551,19 +551,17 @@ class ContainerCgroup:
 
     def memory_peak_bytes(self) -> int | None:
         """The most memory the group has used, or None when the kernel does not say."""
-        directory = self.paths.get("memory")
-        if directory is None:
-            return None
-        filename = "memory.peak" if self.version == "v2" else "memory.max_usage_in_bytes"
-        return _read_int(os.path.join(directory, filename))
+        return self._memory_file("memory.peak", "memory.max_usage_in_bytes")
 
     def memory_bytes(self) -> int | None:
         """The memory the group uses now, or None when the kernel does not say."""
+        return self._memory_file("memory.current", "memory.usage_in_bytes")
+
+    def _memory_file(self, v2: str, v1: str) -> int | None:
         directory = self.paths.get("memory")
         if directory is None:
             return None
-        filename = "memory.current" if self.version == "v2" else "memory.usage_in_bytes"
-        return _read_int(os.path.join(directory, filename))
+        return _read_int(os.path.join(directory, v2 if self.version == "v2" else v1))
 
     def cpu_seconds(self) -> float | None:
         """The CPU time the group's processes have used, or None when unreadable."""

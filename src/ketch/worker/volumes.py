@@ -42,12 +42,13 @@ followed: :class:`UnsafePath`, and the entry is left as the container made it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,8 @@ def open_dir(root: Path, parts: list[str], create: bool = False, owner: int | No
     fd = os.open(root, _DIR_FLAGS)
     try:
         for part in parts:
+            if part in ("", ".", ".."):
+                raise UnsafePath(f"bad folder name in a Volume: {part!r}")
             try:
                 sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
@@ -85,8 +88,8 @@ def open_dir(root: Path, parts: list[str], create: bool = False, owner: int | No
                     if owner is not None:
                         os.chown(part, owner, owner, dir_fd=fd, follow_symlinks=False)
                 sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except (NotADirectoryError, OSError) as exc:
-                if isinstance(exc, FileNotFoundError | PermissionError):
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
                 raise UnsafePath(f"{part!r} in a Volume's working copy is not a folder") from None
             os.close(fd)
@@ -97,24 +100,32 @@ def open_dir(root: Path, parts: list[str], create: bool = False, owner: int | No
         raise
 
 
+@contextlib.contextmanager
+def parent_dir(
+    root: Path, rel: str, create: bool = False, owner: int | None = None
+) -> Iterator[tuple[int, str]]:
+    """``(descriptor of the folder holding root/rel, its last name)``, opened as
+    :func:`open_dir` does; the descriptor is closed after the block."""
+    parts = _parts(rel)
+    fd = open_dir(root, parts[:-1], create, owner)
+    try:
+        yield fd, parts[-1]
+    finally:
+        os.close(fd)
+
+
 def open_file(root: Path, rel: str) -> int:
     """A read-only descriptor of the regular file ``root/rel``, opened without following any
     symlink (nor blocking on a FIFO put in its place)."""
-    parts = _parts(rel)
-    parent = open_dir(root, parts[:-1])
-    try:
+    with parent_dir(root, rel) as (parent, name):
         try:
             fd = os.open(
-                parts[-1],
-                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                dir_fd=parent,
+                name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent
             )
         except OSError as exc:
             if isinstance(exc, FileNotFoundError):
                 raise
             raise UnsafePath(f"{rel!r} in a Volume's working copy is not a file") from None
-    finally:
-        os.close(parent)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise UnsafePath(f"{rel!r} in a Volume's working copy is not a regular file")
@@ -165,10 +176,7 @@ def _write_entry(
     ``owner``: the uid (and gid) what is written here belongs to; None: the writer's.
     Raises :class:`UnsafePath` where a folder on its path is not one.
     """
-    parts = _parts(entry["path"])
-    name = parts[-1]
-    parent = open_dir(data, parts[:-1], create=True, owner=owner)
-    try:
+    with parent_dir(data, entry["path"], create=True, owner=owner) as (parent, name):
         there = _lstat_at(name, parent)
         is_dir = there is not None and stat.S_ISDIR(there.st_mode)
         if entry["type"] == "d":
@@ -198,8 +206,6 @@ def _write_entry(
                 os.unlink(tmp, dir_fd=parent)
             raise
         return {**entry, "stat": stat_key(os.stat(name, dir_fd=parent, follow_symlinks=False))}
-    finally:
-        os.close(parent)
 
 
 def _link(blob: Path, name: str, mode: int, dir_fd: int) -> bool:
@@ -384,17 +390,13 @@ def update(
     for path in sorted((p for p in state if p not in wanted), reverse=True):
         if path in local:
             continue  # changed here since: kept, and committed next time as new
-        parts = _parts(path)
-        with contextlib.suppress(OSError):  # (UnsafePath too: nothing through a symlink)
-            parent = open_dir(data, parts[:-1])
-            try:
-                there = _lstat_at(parts[-1], parent)
-                if there is not None and stat.S_ISDIR(there.st_mode):
-                    os.rmdir(parts[-1], dir_fd=parent)  # only if empty: files added here stay
-                elif there is not None:
-                    os.unlink(parts[-1], dir_fd=parent)
-            finally:
-                os.close(parent)
+        # (UnsafePath too: nothing through a symlink)
+        with contextlib.suppress(OSError), parent_dir(data, path) as (parent, name):
+            there = _lstat_at(name, parent)
+            if there is not None and stat.S_ISDIR(there.st_mode):
+                os.rmdir(name, dir_fd=parent)  # only if empty: files added here stay
+            elif there is not None:
+                os.unlink(name, dir_fd=parent)
     return new
 
 
