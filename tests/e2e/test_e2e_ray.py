@@ -299,6 +299,10 @@ def cluster(workdir_module):
         env.tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
         started = env.cli("server", "start", "--ray", f"127.0.0.1:{PORT}", *env.tls, timeout=120)
         assert started.returncode == 0, started.describe()
+        # Up once every node runs a worker (one whose worker failed to start is tried again).
+        assert wait_until(lambda: len(_nodes(env)) == 3, 60), (env.home / "server.log").read_text()[
+            -3000:
+        ]
         yield env
     finally:
         env.close()
@@ -324,7 +328,8 @@ def _nodes(env: KetchEnv) -> list[dict]:
 
 def test_nodes_are_listed_with_their_resources(cluster):
     nodes = _nodes(cluster)
-    assert sorted(n["cpus"] for n in nodes) == [1, 2, 4]
+    log = (cluster.home / "server.log").read_text()[-3000:]
+    assert sorted(n["cpus"] for n in nodes) == [1, 2, 4], log
     gpu_nodes = [n for n in nodes if n["gpus"]]
     assert len(gpu_nodes) == 1 and gpu_nodes[0]["cpus"] == 4
     assert gpu_nodes[0]["gpus"][0]["type"] == "A10G"

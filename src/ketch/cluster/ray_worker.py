@@ -58,7 +58,9 @@ logger = logging.getLogger(__name__)
 NAMESPACE = "ketch"
 DEFAULT_CPU = 0.125  # Modal's default CPU request
 WATCH_S = 1.0
-RETRY_NODE_S = 60  # a node whose worker failed to start is tried again after this
+# A node whose worker failed to start is tried again after 2 s, then twice as long each
+# time, up to a minute (a node still coming up is ready soon; a broken one is not).
+RETRY_NODE_S = (2.0, 60.0)
 UNREACHABLE_TRIES = 3  # events calls in a row that find a node's worker unreachable: lost
 
 
@@ -167,7 +169,7 @@ class RayWorker:
         self.gpus = ClusterGpus(lambda: list(self.nodes.values()))
         self.placement_timeout = float(config.get("ray_placement_timeout"))
         self._syncing = asyncio.Lock()  # one look at the node table at a time: one worker a node
-        self._failed: dict[str, float] = {}  # node -> when its worker last failed to start
+        self._failed: dict[str, tuple[float, float]] = {}  # node -> (when to try again, wait)
         self.blobs: BlobStore | None = None  # Volumes' blobs, for nodes that get copies
         if config.get("cluster_builds"):
             builder.remote = self.build_step
@@ -217,8 +219,7 @@ class RayWorker:
             new = [
                 n
                 for node_id, n in alive.items()
-                if node_id not in self.nodes
-                and now - self._failed.get(node_id, -1e9) > RETRY_NODE_S
+                if node_id not in self.nodes and now >= self._failed.get(node_id, (0.0, 0.0))[0]
             ]
             if new:
                 await asyncio.gather(*(self._add_node(n) for n in new))
@@ -242,13 +243,16 @@ class RayWorker:
         try:
             info = await agent.setup.remote()
         except Exception as exc:
+            wait = min(
+                self._failed.get(node_id, (0.0, RETRY_NODE_S[0] / 2))[1] * 2, RETRY_NODE_S[1]
+            )
             logger.warning(
-                "node %s runs no ketch containers (tried again in %d s): %s",
+                "node %s runs no ketch containers (tried again in %.0f s): %s",
                 node_id[:12],
-                RETRY_NODE_S,
+                wait,
                 exc,
             )
-            self._failed[node_id] = time.monotonic()
+            self._failed[node_id] = (time.monotonic() + wait, wait)
             with contextlib.suppress(Exception):
                 ray.kill(agent)
             return
