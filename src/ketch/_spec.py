@@ -235,3 +235,146 @@ def build_options(
         if ephemeral_disk is None
         else _int_option(ephemeral_disk, "ephemeral_disk (MiB)", 64, MAX_EPHEMERAL_DISK_MIB),
     }
+
+
+# What ``with_options``, ``with_concurrency``, ``with_batching`` and ``update_autoscaler``
+# may change in a function's spec (its FunctionSpec fields).
+OVERRIDABLE = frozenset(
+    {
+        "timeout",
+        "max_retries",
+        "backoff_coefficient",
+        "initial_delay",
+        "max_delay",
+        "min_containers",
+        "max_containers",
+        "buffer_containers",
+        "scaledown_window",
+        "env",
+        "gpu",
+        "cpu",
+        "memory",
+        "secrets",
+        "volumes",
+        "max_inputs",
+        "target_inputs",
+        "batch_max_size",
+        "batch_wait_ms",
+    }
+)
+
+
+def option_fields(
+    *,
+    cpu: Any = None,
+    memory: Any = None,
+    gpu: Any = None,
+    env: Any = None,
+    retries: Any = None,
+    timeout: Any = None,
+    min_containers: Any = None,
+    max_containers: Any = None,
+    buffer_containers: Any = None,
+    scaledown_window: Any = None,
+) -> dict[str, Any]:
+    """The spec fields that the options given (not None) set, checked as the decorators check them."""
+    given = {
+        k: v
+        for k, v in {
+            "cpu": cpu,
+            "memory": memory,
+            "gpu": gpu,
+            "env": env,
+            "retries": retries,
+            "timeout": timeout,
+            "min_containers": min_containers,
+            "max_containers": max_containers,
+            "buffer_containers": buffer_containers,
+            "scaledown_window": scaledown_window,
+        }.items()
+        if v is not None
+    }
+    checked = build_options(**given)
+    fields = {k: checked[k] for k in given if k in checked}
+    if "retries" in given:
+        fields.update({k: checked[k] for k in RETRY_FIELDS})
+    return fields
+
+
+RETRY_FIELDS = ("max_retries", "backoff_coefficient", "initial_delay", "max_delay")
+
+
+def apply_overrides(spec: FunctionSpec, overrides: Any) -> FunctionSpec:
+    """``spec`` with ``overrides`` (FunctionSpec fields on the wire) in place.
+
+    They may come from any client, so the result is checked as a decorator checks its
+    options; ``env`` is merged into the function's, ``secrets`` and ``volumes`` replace its.
+    """
+    if not isinstance(overrides, dict):
+        raise InvalidError("options must be a map of option names to values")
+    unknown = sorted(set(overrides) - OVERRIDABLE)
+    if unknown:
+        raise InvalidError(f"these options cannot be changed here: {', '.join(map(str, unknown))}")
+    new = dataclasses.replace(spec, **overrides)
+    if "env" in overrides and isinstance(overrides["env"], dict):
+        new.env = {**spec.env, **overrides["env"]}
+    try:
+        checked = build_options(
+            timeout=new.timeout,
+            retries=Retries(
+                new.max_retries, new.backoff_coefficient, new.initial_delay, new.max_delay
+            ),
+            min_containers=new.min_containers,
+            max_containers=new.max_containers,
+            buffer_containers=new.buffer_containers,
+            scaledown_window=new.scaledown_window,
+            env=new.env,
+            gpu=[f"{g['type']}:{g['count']}" for g in new.gpu] or None,
+            cpu=tuple(new.cpu) if new.cpu is not None else None,
+            memory=tuple(new.memory) if new.memory is not None else None,
+            ephemeral_disk=new.ephemeral_disk,
+        )
+        _check_concurrency(new)
+        _check_secret_entries(new.secrets)
+        _check_volume_entries(new.volumes)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise InvalidError(f"bad options: {exc}") from None
+    for name, value in checked.items():
+        setattr(new, name, value)
+    return new
+
+
+def _check_concurrency(spec: FunctionSpec) -> None:
+    max_inputs = _int_option(spec.max_inputs, "max_inputs", 1, 1000)
+    if spec.target_inputs is not None:
+        _int_option(spec.target_inputs, "target_inputs", 1, max_inputs)
+    if spec.batch_max_size:
+        _int_option(spec.batch_max_size, "max_batch_size", 1, 1000)
+        _int_option(spec.batch_wait_ms, "wait_ms", 0, 600_000)
+        if max_inputs > 1:
+            raise InvalidError("a function cannot take concurrent inputs and batches at once")
+
+
+def _check_volume_entries(entries: Any) -> None:
+    if not isinstance(entries, list):
+        raise InvalidError("volumes must be a list")
+    paths = []
+    for entry in entries:
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if (
+            not isinstance(path, str)
+            or not isinstance(entry.get("object_id"), str)
+            or not set(entry) <= {"path", "object_id", "name", "read_only"}
+            or path != re.sub(r"/+", "/", path).rstrip("/")
+            or not path.startswith("/")
+            or path == "/root"
+            or path.startswith(("/.ketch", "/proc", "/dev", "/sys"))
+            or "/../" in path + "/"
+            or "/./" in path + "/"
+        ):
+            raise InvalidError(f"bad volume mount {entry!r}")
+        paths.append(path)
+    if any(a != b and b.startswith(a + "/") for a in paths for b in paths) or len(set(paths)) < len(
+        paths
+    ):
+        raise InvalidError("volume mount paths may not repeat or be nested inside each other")

@@ -35,7 +35,7 @@ from ._ids import new_id
 from ._secret import check_secrets
 from ._serialization import serialize
 from ._spec import FunctionSpec, build_options
-from .cls import _Cls, class_spec_methods, new_class_function
+from .cls import _Cls, class_batching, class_spec_methods, new_class_function
 from .exception import InvalidError, from_wire
 from .functions import _Function
 from .image import Image, default_image
@@ -288,6 +288,13 @@ class _App:
             spec.block_network = bool(block_network)
             spec.is_class = True
             spec.methods = methods
+            batching = class_batching(user_cls, methods)
+            if batching is not None:
+                if spec.max_inputs > 1:
+                    raise InvalidError(
+                        f"{spec.tag}: a class cannot be both @ketch.concurrent and @ketch.batched"
+                    )
+                spec.batch_max_size, spec.batch_wait_ms = batching
             _web_server_limits(spec)
             cls_obj = new_class_function(self, spec, user_cls)
             cls_obj._fn._secrets = secret_list

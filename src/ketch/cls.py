@@ -57,6 +57,24 @@ class _Cls:
         await self._fn._resolve()
         return self
 
+    def with_options(self, **options: Any) -> _Cls:
+        """This class with some options changed (``Function.with_options``'s), in containers
+        of its own.
+
+        Example: ``Model.with_options(gpu="A100")(size=3).predict.remote(x)``
+        """
+        return _Cls(self._app, self._fn.with_options(**options), self._user_cls)
+
+    def with_concurrency(self, *, max_inputs: int, target_inputs: int | None = None) -> _Cls:
+        """This class taking up to ``max_inputs`` inputs at once per container."""
+        fn = self._fn.with_concurrency(max_inputs=max_inputs, target_inputs=target_inputs)
+        return _Cls(self._app, fn, self._user_cls)
+
+    def with_batching(self, *, max_batch_size: int, wait_ms: int) -> _Cls:
+        """This class's ``@ketch.batched`` method taking batches of this size and wait."""
+        fn = self._fn.with_batching(max_batch_size=max_batch_size, wait_ms=wait_ms)
+        return _Cls(self._app, fn, self._user_cls)
+
     def __call__(self, *args: Any, **params: Any) -> _Obj:
         if args:
             raise InvalidError("class parameters are passed by keyword: Model(size=3)")
@@ -80,8 +98,6 @@ class _Cls:
         return _Obj(self, blob)
 
     def _method_names(self) -> list[str]:
-        if self._user_cls is not None:
-            return marked(self._user_cls, "__ketch_method__")
         return list(self._fn._spec.methods)
 
 
@@ -95,6 +111,22 @@ class _Obj:
 
     def __repr__(self) -> str:
         return f"_Obj({self._cls._fn.tag!r})"
+
+    async def update_autoscaler(
+        self,
+        *,
+        min_containers: int | None = None,
+        max_containers: int | None = None,
+        buffer_containers: int | None = None,
+        scaledown_window: int | None = None,
+    ) -> None:
+        """``Function.update_autoscaler`` for this class (every set of its parameters)."""
+        await self._cls._fn.update_autoscaler(
+            min_containers=min_containers,
+            max_containers=max_containers,
+            buffer_containers=buffer_containers,
+            scaledown_window=scaledown_window,
+        )
 
     def __getattr__(self, name: str) -> _Function:
         if name.startswith("_"):
@@ -137,9 +169,12 @@ def make_local_instance(class_fn: _Function, params: bytes | None) -> Any:
 
 def class_spec_methods(user_cls: type) -> dict[str, dict[str, Any]]:
     methods: dict[str, dict[str, Any]] = {}
-    for name in marked(user_cls, "__ketch_method__"):
+    # A @ketch.batched method is a method without @ketch.method(), as in Modal.
+    remote = marked(user_cls, "__ketch_method__")
+    remote += [n for n in marked(user_cls, "__ketch_batched__") if n not in remote]
+    for name in remote:
         fn = getattr(user_cls, name)
-        flag = fn.__ketch_method__.get("is_generator")
+        flag = getattr(fn, "__ketch_method__", {}).get("is_generator")
         is_gen = (
             flag
             if flag is not None
@@ -149,6 +184,23 @@ def class_spec_methods(user_cls: type) -> dict[str, dict[str, Any]]:
     for name in marked(user_cls, "__ketch_web__"):  # web endpoints need no @ketch.method()
         methods[name] = {"is_generator": False, "web": dict(getattr(user_cls, name).__ketch_web__)}
     return methods
+
+
+def class_batching(user_cls: type, methods: dict[str, dict[str, Any]]) -> tuple[int, int] | None:
+    """``(max_batch_size, wait_ms)`` of the class's one ``@ketch.batched`` method, if it has one.
+
+    As in Modal, such a class has no other methods: its containers take inputs in batches.
+    """
+    batched = marked(user_cls, "__ketch_batched__")
+    if not batched:
+        return None
+    others = sorted(set(methods) - set(batched))
+    if len(batched) > 1 or others:
+        raise InvalidError(
+            f"{user_cls.__name__}: a class with a @ketch.batched method has no other methods "
+            f"(found {', '.join(sorted(set(batched) | set(others)))})"
+        )
+    return getattr(user_cls, batched[0]).__ketch_batched__  # type: ignore[no-any-return]
 
 
 def new_class_function(app: _App, spec: FunctionSpec, user_cls: type) -> _Cls:
@@ -173,11 +225,25 @@ if TYPE_CHECKING:
         @_sync.aio_method
         def hydrate(self, /) -> Cls: ...
         def __call__(self, **params: str | int | bool | bytes | float) -> Obj: ...
+        def with_options(self, **options: Any) -> Cls: ...
+        def with_concurrency(self, *, max_inputs: int, target_inputs: int | None = None) -> Cls: ...
+        def with_batching(self, *, max_batch_size: int, wait_ms: int) -> Cls: ...
 
     class Obj:
         """One parameterization of a class; its methods are functions."""
 
         _ketch_impl: _Obj
+
+        @_sync.aio_method
+        def update_autoscaler(
+            self,
+            /,
+            *,
+            min_containers: int | None = None,
+            max_containers: int | None = None,
+            buffer_containers: int | None = None,
+            scaledown_window: int | None = None,
+        ) -> None: ...
 
         def __getattr__(self, name: str) -> Function[..., Any]: ...
 

@@ -114,6 +114,11 @@ class _Function:
         ] = []  # ketch.Secret handles; put into the spec when the app is created
         self._volumes: dict[str, Any] = {}  # mount path -> ketch.Volume handle; the same
         self._web_urls: dict[str, str] = {}  # endpoint (tag, or tag.method) -> URL, once known
+        # A ``with_options`` variant: the handle it derives from and what it changes.
+        self._base: _Function | None = None
+        self._overrides: dict[str, Any] = {}
+        self._override_secrets: list[Any] | None = None
+        self._override_volumes: dict[str, Any] | None = None
         self._signature = _signature_of(raw_f, bound_method=method is not None)
 
     def __repr__(self) -> str:
@@ -152,6 +157,9 @@ class _Function:
             return await self._parent._resolve()
         if self._object_id is not None:
             return self._object_id
+        if self._base is not None:
+            self._object_id = await self._bind_options()
+            return self._object_id
         if self._lookup is not None:
             client = await _Client.get()
             reply = await client.rpc(
@@ -179,6 +187,136 @@ class _Function:
         if base._object_id is None and base._lookup is not None:
             await base._resolve()
         return base._web_urls.get(endpoint_name(self.tag, self._method))
+
+    # -- options -------------------------------------------------------------
+    def with_options(
+        self,
+        *,
+        cpu: Any = None,
+        memory: Any = None,
+        gpu: Any = None,
+        env: dict[str, str] | None = None,
+        secrets: Any = None,
+        volumes: Any = None,
+        retries: Any = None,
+        timeout: Any = None,
+        max_containers: Any = None,
+        buffer_containers: Any = None,
+        scaledown_window: Any = None,
+        region: Any = None,
+        cloud: Any = None,
+    ) -> _Function:
+        """This function with some options changed: its own containers, the same code.
+
+        Secrets and Volumes given replace the function's; ``env`` adds to its own.
+        Example: ``big = embed.with_options(gpu="A100", timeout=600); big.remote(x)``
+        """
+        from ._variants import option_set
+
+        fields, secret_list, volume_map = option_set(
+            cpu=cpu,
+            memory=memory,
+            gpu=gpu,
+            env=env,
+            secrets=secrets,
+            volumes=volumes,
+            retries=retries,
+            timeout=timeout,
+            max_containers=max_containers,
+            buffer_containers=buffer_containers,
+            scaledown_window=scaledown_window,
+            region=region,
+            cloud=cloud,
+        )
+        return self._variant(fields, secret_list, volume_map)
+
+    def with_concurrency(self, *, max_inputs: int, target_inputs: int | None = None) -> _Function:
+        """This function taking up to ``max_inputs`` inputs at once per container
+        (``@ketch.concurrent``'s options), in containers of its own."""
+        from .partial import concurrent
+
+        concurrent(max_inputs=max_inputs, target_inputs=target_inputs)  # checks them
+        fields = {
+            "max_inputs": max_inputs,
+            "target_inputs": target_inputs,
+            "batch_max_size": 0,
+            "batch_wait_ms": 0,
+        }
+        return self._variant(fields, None, None)
+
+    def with_batching(self, *, max_batch_size: int, wait_ms: int) -> _Function:
+        """This function taking its inputs in batches (``@ketch.batched``'s options), in
+        containers of its own; the function must take and return lists."""
+        from .partial import batched
+
+        batched(max_batch_size=max_batch_size, wait_ms=wait_ms)  # checks them
+        fields = {
+            "batch_max_size": max_batch_size,
+            "batch_wait_ms": wait_ms,
+            "max_inputs": 1,
+            "target_inputs": None,
+        }
+        return self._variant(fields, None, None)
+
+    def _variant(
+        self, fields: dict[str, Any], secrets: list[Any] | None, volumes: dict[str, Any] | None
+    ) -> _Function:
+        variant = _Function(self._app, self._spec, self._raw_f, params=self._params)
+        variant._local_owner = self._local_owner
+        variant._base = self
+        variant._overrides = {**self._overrides, **fields}
+        if "env" in self._overrides and "env" in fields:
+            variant._overrides["env"] = {**self._overrides["env"], **fields["env"]}
+        variant._override_secrets = secrets if secrets is not None else self._override_secrets
+        variant._override_volumes = volumes if volumes is not None else self._override_volumes
+        return variant
+
+    async def _bind_options(self) -> str:
+        """The variant's id: the base's, with this handle's options bound on the control plane."""
+        from .app import secret_entries, volume_entries
+
+        assert self._base is not None
+        base_id = await self._base._resolve()
+        self._spec = self._base._spec
+        if self._signature is None:
+            self._signature = self._base._signature
+        options = dict(self._overrides)
+        client = await _Client.get()
+        if self._override_secrets is not None:
+            options["secrets"] = await secret_entries(client, self._override_secrets)
+        if self._override_volumes is not None:
+            options["volumes"] = await volume_entries(self._override_volumes)
+        reply = await client.rpc(
+            "FunctionBindOptions", {"function_id": base_id, "options": options}
+        )
+        return str(reply["function_id"])
+
+    async def update_autoscaler(
+        self,
+        *,
+        min_containers: int | None = None,
+        max_containers: int | None = None,
+        buffer_containers: int | None = None,
+        scaledown_window: int | None = None,
+    ) -> None:
+        """Change how this function scales, now, for its running app; a deploy puts the
+        decorator's settings back (as in Modal).
+
+        Example: ``ketch.Function.from_name("app", "f").update_autoscaler(min_containers=2)``
+        """
+        from ._spec import option_fields
+
+        settings = option_fields(
+            min_containers=min_containers,
+            max_containers=max_containers,
+            buffer_containers=buffer_containers,
+            scaledown_window=scaledown_window,
+        )
+        function_id = await self._resolve()
+        client = await _Client.get()
+        await client.rpc(
+            "FunctionUpdateAutoscaler", {"function_id": function_id, "settings": settings}
+        )
 
     async def get_current_stats(self) -> FunctionStats:
         """How many inputs wait for a container, and how many containers are up or starting.
@@ -597,6 +735,37 @@ if TYPE_CHECKING:
         def get_web_url(self, /) -> str | None: ...
         @_sync.aio_method
         def get_current_stats(self, /) -> FunctionStats: ...
+        def with_options(
+            self,
+            *,
+            cpu: Any = None,
+            memory: Any = None,
+            gpu: Any = None,
+            env: dict[str, str] | None = None,
+            secrets: Any = None,
+            volumes: Any = None,
+            retries: Any = None,
+            timeout: Any = None,
+            max_containers: Any = None,
+            buffer_containers: Any = None,
+            scaledown_window: Any = None,
+            region: Any = None,
+            cloud: Any = None,
+        ) -> Function[P, R, L]: ...
+        def with_concurrency(
+            self, *, max_inputs: int, target_inputs: int | None = None
+        ) -> Function[P, R, L]: ...
+        def with_batching(self, *, max_batch_size: int, wait_ms: int) -> Function[P, R, L]: ...
+        @_sync.aio_method
+        def update_autoscaler(
+            self,
+            /,
+            *,
+            min_containers: int | None = None,
+            max_containers: int | None = None,
+            buffer_containers: int | None = None,
+            scaledown_window: int | None = None,
+        ) -> None: ...
         @_sync.aio_method
         def remote(self, /, *args: P.args, **kwargs: P.kwargs) -> R: ...
         @_sync.aio_iterator

@@ -103,6 +103,12 @@ def attack(victim: dict, home: str) -> dict:
             {"function_id": victim["function_id"]})
     attempt("deploy_an_app_by_lookup", "AppLookup", {"name": "evil", "create_if_missing": True})
     attempt("cancel_another_apps_call", "CallCancel", {"call_id": victim["call_id"]})
+    attempt("bind_options_to_another_apps_function", "FunctionBindOptions",
+            {"function_id": victim["function_id"], "options": {"timeout": 10}})
+    attempt("rescale_another_apps_function", "FunctionUpdateAutoscaler",
+            {"function_id": victim["function_id"], "settings": {"min_containers": 5}})
+    attempt("rescale_its_own_function", "FunctionUpdateAutoscaler",
+            {"function_id": helper.object_id, "settings": {"min_containers": 5}})
     attempt("append_to_another_apps_call", "CallPutInputs",
             {"call_id": victim["call_id"], "inputs": [], "n_inputs": None})
     attempt("volume_blob_dir", "VolumeInfo", {})
@@ -130,6 +136,17 @@ def attack(victim: dict, home: str) -> dict:
         out["secret_in_a_sandbox"] = "allowed"
     except Exception as exc:
         out["secret_in_a_sandbox"] = type(exc).__name__
+    # A variant of its own function may not take a Secret or Volume its function lacks.
+    for name, options in (
+        ("secret_in_a_variant", {"secrets": [{"name": "sec-victim-secret", "id": "se-x"}]}),
+        ("volume_in_a_variant", {"volumes": [{"path": "/v", "object_id": "vo-x"}]}),
+    ):
+        try:
+            rpc("FunctionBindOptions", {"function_id": helper.object_id, "options": options})
+            out[name] = "allowed"
+        except Exception as exc:
+            out[name] = type(exc).__name__
+    out["own_variant"] = helper.with_options(timeout=30).remote(2)
     out["victims_sandbox_listed"] = victim["sandbox_id"] in [
         s.object_id for s in ketch.Sandbox.list()]
     out["owner_token_reachable"] = os.path.exists(os.path.join(home, "token"))
@@ -172,6 +189,7 @@ def test_a_container_cannot_act_as_the_owner(sandbox_env, workdir: Path):
         victim.proc.kill()
     unseen = {k: v for k, v in result.items() if k.startswith(("victims_", "own_function_"))}
     kept = ("owner_token_reachable", "own_call", "dict", "own_sandbox", "secret_in_a_sandbox")
+    kept = (*kept, "secret_in_a_variant", "volume_in_a_variant", "own_variant")
     kept = (*kept, *unseen)
     denied = {k: v for k, v in result.items() if k not in kept}
     assert denied and all(v == "denied" for v in denied.values()), json.dumps(result, indent=1)
@@ -179,6 +197,8 @@ def test_a_container_cannot_act_as_the_owner(sandbox_env, workdir: Path):
     assert all(v == "NotFoundError" for k, v in unseen.items() if k != "victims_sandbox_listed")
     assert result["own_sandbox"] == "mine\n"  # its own app's sandboxes work
     assert result["secret_in_a_sandbox"] == "PermissionDeniedError"
+    assert result["secret_in_a_variant"] == result["volume_in_a_variant"] == "PermissionDeniedError"
+    assert result["own_variant"] == 3  # with_options on its own function works
     assert result["owner_token_reachable"] is False
     assert result["own_call"] == 2 and result["dict"] is True
     # The victim app was neither stopped nor disturbed.

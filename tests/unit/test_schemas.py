@@ -158,6 +158,13 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
     "AppRollback": [{"name": "web"}, {"name": "web", "version": 2}],
     "FunctionLookup": [{"app_name": "web", "tag": "square"}],
     "FunctionGetCurrentStats": [{"function_id": "fu-0123456789abcdef0123"}],
+    "FunctionBindOptions": [
+        {"function_id": "fu-0123456789abcdef0123", "options": {"timeout": 60.0}},
+        {"function_id": "fu-0123456789abcdef0123", "options": {"max_inputs": 4}},
+    ],
+    "FunctionUpdateAutoscaler": [
+        {"function_id": "fu-0123456789abcdef0123", "settings": {"min_containers": 1}},
+    ],
     "AppLookup": [{"name": "sandboxes"}, {"name": "sandboxes", "create_if_missing": True}],
     "CallCreate": [
         {
@@ -268,7 +275,8 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
     "VolumeCommit": [{"object_id": OBJ, "container_id": "ta-1", "token": "t0k"}],
     "VolumeReload": [{"object_id": OBJ, "container_id": "ta-1", "token": "t0k"}],
 }
-LOOSE = {"functions", "image", "spec"}  # wire dicts that FunctionSpec / Image check themselves
+LOOSE = {"functions", "image", "spec", "options", "settings"}  # wire dicts checked by their readers
+# (FunctionSpec, Image, ketch._spec.apply_overrides)
 CASES = [(method, body) for method, bodies in EXAMPLES.items() for body in bodies]
 
 

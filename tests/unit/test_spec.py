@@ -193,3 +193,30 @@ def test_every_ketch_error_shares_one_base():
     # Raised inside a cancelled input: user code's `except Exception` must not swallow it.
     assert issubclass(ketch.exception.InputCancellation, BaseException)
     assert not issubclass(ketch.exception.InputCancellation, Exception)
+
+
+def test_overrides_are_checked_as_decorator_options():
+    """``with_options`` fields come from any client: each is checked like the decorator's."""
+    from ketch._spec import FunctionSpec, apply_overrides, option_fields
+
+    base = FunctionSpec(tag="f", module_name="m", qualname="f", env={"A": "1"})
+    fields = option_fields(gpu="a10g:2", retries=2, cpu=(1, 2), env={"B": "2"}, timeout=30)
+    spec = apply_overrides(base, fields)
+    assert spec.gpu == [{"type": "A10G", "count": 2}] and spec.cpu == [1.0, 2.0]
+    assert spec.env == {"A": "1", "B": "2"} and spec.max_retries == 2 and spec.timeout == 30
+    assert base.env == {"A": "1"} and base.gpu == []  # the base is untouched
+    for bad in (
+        {"image": {}},  # not an option
+        {"serialized_fn": b"x"},
+        {"gpu": [{"type": "NOPE", "count": 1}]},
+        {"gpu": ["A10G"]},
+        {"timeout": 10**9},
+        {"max_inputs": 4, "batch_max_size": 2},
+        {"min_containers": 3, "max_containers": 1},
+        {"secrets": [{"value": "clear text"}]},
+        {"volumes": [{"path": "/proc/x", "object_id": "vo-1"}]},
+        {"volumes": [{"path": "/a/../etc", "object_id": "vo-1"}]},
+        "not a map",
+    ):
+        with pytest.raises(InvalidError):
+            apply_overrides(base, bad)

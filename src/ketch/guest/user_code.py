@@ -133,7 +133,9 @@ def build_service(
             asyncio.run(result)  # type: ignore[arg-type]
     callables: dict[str | None, Callable[..., Any]] = {
         name: getattr(instance, name)
-        for name in marked(obj, "__ketch_method__") + marked(obj, "__ketch_web__")
+        for name in marked(obj, "__ketch_method__")
+        + marked(obj, "__ketch_batched__")
+        + marked(obj, "__ketch_web__")
     }
     exit_hooks = [getattr(instance, name) for name in marked(obj, "__ketch_exit__")]
     return Service(callables, exit_hooks)

@@ -585,6 +585,7 @@ from . import queues as _queues  # noqa: E402, F401
 from . import sandboxes as _sandboxes  # noqa: E402, F401
 from . import secret_store as _secret_store  # noqa: E402, F401
 from . import tunnels as _tunnels  # noqa: E402, F401
+from . import variants as _variants  # noqa: E402, F401
 from . import versions as _versions  # noqa: E402
 from . import volumes as _volumes  # noqa: E402, F401
 from . import web as _web  # noqa: E402, F401

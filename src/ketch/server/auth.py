@@ -61,6 +61,7 @@ CONTAINER_METHODS = frozenset(
         "Status",
         "FunctionLookup",
         "FunctionGetCurrentStats",  # its own app's functions only
+        "FunctionBindOptions",  # the same, with its own function's Secrets and Volumes
         "CallCreate",
         "CallPutInputs",
         "CallGetOutputs",

@@ -40,7 +40,7 @@ from ..exception import (
 from ..retries import Retries
 from ..worker import gpus
 from ..worker.local import LocalWorker
-from . import gangs, secret_store, web_inputs
+from . import gangs, secret_store, variants, web_inputs
 from . import scheduler as sm
 from .blobs import BlobStore
 from .dispatch_state import (
@@ -248,7 +248,8 @@ class Dispatcher:
         return labels
 
     def forget_function(self, function_id: str) -> None:
-        """A redeploy replaced the spec: drain the old containers."""
+        """A redeploy replaced the spec: drain the old containers (and re-derive the
+        function's ``with_options`` variants)."""
         self._specs.pop(function_id, None)
         now = time.monotonic()
         for key, info in list(self.pool_info.items()):
@@ -257,6 +258,20 @@ class Dispatcher:
                 pool = self.pools[key]
                 pool.policy = _policy(info.spec)
                 self._perform(pool, pool.retire(now))
+        variants.refresh(self, function_id)
+
+    def respec(self, function_id: str, spec: FunctionSpec, now: float) -> None:
+        """New autoscaler settings for a function's pools, keeping their containers."""
+        app_id = self.function_spec(function_id)[1]
+        self._specs[function_id] = (spec, app_id)
+        if spec.min_containers and not spec.is_class:
+            self._ensure_pool(function_id, None)
+        for key, info in list(self.pool_info.items()):
+            if info.function_id == function_id:
+                info.spec = spec
+                pool = self.pools[key]
+                pool.policy = _policy(spec)
+                self._perform(pool, pool.tick(now))
 
     def _ensure_pool(self, function_id: str, params: bytes | None) -> str:
         key = pool_key_for(function_id, params)

@@ -343,6 +343,16 @@ class FunctionGetCurrentStats(_Request):
     function_id: Id
 
 
+class FunctionBindOptions(_Request):
+    function_id: Id
+    options: dict[str, Any] = {}  # FunctionSpec fields; ketch._spec.apply_overrides checks them
+
+
+class FunctionUpdateAutoscaler(_Request):
+    function_id: Id
+    settings: dict[str, Any] = {}
+
+
 # -- calls ------------------------------------------------------------------------
 
 

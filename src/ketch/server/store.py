@@ -60,6 +60,10 @@ functions = Table(
     Column("spec", LargeBinary, nullable=False),
     Column("version", Integer, nullable=False, default=1),
     Column("created_at", Float, nullable=False),
+    # A variant (``with_options``, ``with_concurrency``, ``with_batching``): the function it
+    # derives from and its overrides (packed FunctionSpec fields); NULL for the app's own.
+    Column("base_id", String),
+    Column("options", LargeBinary),
 )
 
 calls = Table(
@@ -370,12 +374,43 @@ class Store:
         return [dict(r) for r in rows]
 
     def app_functions(self, app_id: str) -> list[dict[str, Any]]:
-        rows = (
-            self.conn.execute(select(functions).where(functions.c.app_id == app_id))
-            .mappings()
-            .all()
+        """The app's own functions and classes (not their ``with_options`` variants)."""
+        q = select(functions).where(functions.c.app_id == app_id, functions.c.base_id.is_(None))
+        return [dict(r) for r in self.conn.execute(q).mappings().all()]
+
+    def function_variants(self, base_id: str) -> list[dict[str, Any]]:
+        q = select(functions).where(functions.c.base_id == base_id)
+        return [dict(r) for r in self.conn.execute(q).mappings().all()]
+
+    def put_variant(
+        self, variant_id: str, base: dict[str, Any], spec: bytes, options: bytes
+    ) -> bool:
+        """Record (or refresh) a variant of function row ``base``; True if its spec changed."""
+        old = self.get_function(variant_id)
+        if old is not None and old["spec"] == spec:
+            return False
+        stmt = self.insert(functions).values(
+            id=variant_id,
+            app_id=base["app_id"],
+            tag=base["tag"],
+            spec=spec,
+            version=1,
+            created_at=time.time(),
+            base_id=base["id"],
+            options=options,
         )
-        return [dict(r) for r in rows]
+        self.conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["id"],
+                set_={"spec": stmt.excluded.spec, "version": functions.c.version + 1},
+            )
+        )
+        self.conn.commit()
+        return old is not None
+
+    def set_function_spec(self, function_id: str, spec: bytes) -> None:
+        self.conn.execute(update(functions).where(functions.c.id == function_id).values(spec=spec))
+        self.conn.commit()
 
     def get_function(self, function_id: str) -> dict[str, Any] | None:
         row = (
