@@ -11,7 +11,9 @@ its function's module.
 Decided: under ketch's commands and in its containers the alias wins even where
 the real ``modal`` package is installed (the app is being run by ketch; Modal's
 client would try to reach Modal's servers). A Modal submodule ketch has no
-counterpart for fails with a ``ModuleNotFoundError`` that says so.
+counterpart for fails with a ``ModuleNotFoundError`` that says so. Plain
+``python`` gets the alias only after ``ketch modal-alias install`` (see
+``ketch._modal_boot``), and there the real package, where installed, wins.
 
 Example::
 
@@ -80,6 +82,11 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 
 _FINDER = _Finder()
+
+
+def find_spec(fullname: str) -> importlib.machinery.ModuleSpec | None:
+    """The alias's answer for ``fullname`` (for ``_modal_boot``, which plain Python loads)."""
+    return _FINDER.find_spec(fullname)
 
 
 def install() -> None:

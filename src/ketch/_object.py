@@ -14,13 +14,16 @@ Example::
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import datetime
+import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar, TypeVar
 
 from . import _sync
 from ._client import _Client
-from .exception import InvalidError
+from .exception import AlreadyExistsError, InvalidError
 
 ObjT = TypeVar("ObjT", bound="_Object")
 
@@ -140,12 +143,98 @@ class _Object:
         return await client.rpc(method, {**body, "object_id": object_id}, timeout=timeout)
 
 
+class _ObjectManager:
+    """``Dict.objects``, ``Queue.objects``, ``Volume.objects``: managing named objects of one
+    kind, as Modal's ``objects`` namespaces do (``environment_name`` and ``client`` are
+    accepted and change nothing: one workspace, one client)."""
+
+    def __init__(self, impl: type[_Object]) -> None:
+        self._impl = impl
+
+    def __repr__(self) -> str:
+        return f"{self._impl.__name__.lstrip('_')}.objects"
+
+    async def create(
+        self,
+        name: str,
+        *,
+        allow_existing: bool = False,
+        environment_name: str | None = None,
+        client: Any = None,
+    ) -> None:
+        """Create the named object; one that exists is an ``AlreadyExistsError``, or with
+        ``allow_existing=True`` left as it is.
+
+        Example: ``ketch.Volume.objects.create("weights", allow_existing=True)``
+        """
+        client_ = await _Client.get()
+        body = {"kind": self._impl._kind, "name": name}
+        try:
+            await client_.rpc("ObjectCreate", body)
+        except AlreadyExistsError:
+            if not allow_existing:
+                raise
+
+    async def list(
+        self,
+        *,
+        max_objects: int | None = None,
+        created_before: Any = None,
+        environment_name: str | None = None,
+        client: Any = None,
+    ) -> builtins.list[Any]:
+        """Handles to the named objects of this kind, newest first.
+
+        Example: ``[d.name for d in ketch.Dict.objects.list()]``
+        """
+        if max_objects is not None and (not isinstance(max_objects, int) or max_objects < 0):
+            raise InvalidError(f"max_objects must be a non-negative int, not {max_objects!r}")
+        before = _timestamp(created_before)
+        client_ = await _Client.get()
+        rows = (await client_.rpc("ObjectList", {"kind": self._impl._kind}))["objects"]
+        rows = [r for r in reversed(rows) if before is None or r["created_at"] < before]
+        handles = [self._impl(name=r["name"], object_id=r["object_id"]) for r in rows]
+        return handles[:max_objects] if max_objects is not None else handles
+
+    async def delete(
+        self,
+        name: str,
+        *,
+        allow_missing: bool = False,
+        environment_name: str | None = None,
+        client: Any = None,
+    ) -> None:
+        """Delete the named object and everything in it (``allow_missing``: no error if
+        there is none).
+
+        Example: ``ketch.Queue.objects.delete("jobs", allow_missing=True)``
+        """
+        await self._impl.delete(name, allow_missing=allow_missing)
+
+
+def _timestamp(value: Any) -> float | None:
+    """``created_before``: a datetime (naive means UTC) or ``"now"``, as a Unix time."""
+    if value is None:
+        return None
+    if value == "now":
+        return time.time()
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.UTC)
+        return float(value.timestamp())
+    raise InvalidError(f"created_before must be a datetime or 'now', not {value!r}")
+
+
+ObjectManager: Any = _sync.synchronize_api(_ObjectManager, "ObjectManager")
+
 _PUBLIC: dict[str, type] = {}
 
 
-def public(impl: type, name: str) -> type:
-    """Make the blocking public class of an object kind (and remember it for unpickling)."""
-    wrapper = _sync.synchronize_api(impl, name)
+def public(impl: type, name: str, manager: type | None = None) -> Any:
+    """Make the blocking public class of an object kind (and remember it for unpickling),
+    with its ``objects`` namespace."""
+    wrapper: Any = _sync.synchronize_api(impl, name)
+    wrapper.objects = (manager or ObjectManager)(impl)
     _PUBLIC[name] = wrapper
     return wrapper
 

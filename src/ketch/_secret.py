@@ -26,10 +26,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import _sync
 from ._client import _Client
 from ._config import in_container
-from ._object import _Object, public
-from .exception import InvalidError
+from ._object import _Object, _ObjectManager, public
+from .exception import AlreadyExistsError, InvalidError
 
 MAX_VALUE_CHARS = 32 * 1024  # as in Modal
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -247,6 +248,19 @@ class _Secret(_Object):
             self._object_id = str(reply["object_id"])
         return self._object_id
 
+    async def update(self, env_dict: Mapping[str, str | None]) -> None:
+        """Add or change keys of this named Secret (keys not given keep their values, as
+        with ``dict.update``); containers that start after it see the new values.
+
+        Example: ``ketch.Secret.from_name("openai").update({"OPENAI_API_KEY": new_key})``
+        """
+        if self._env is not None:
+            raise InvalidError("an inline Secret cannot be updated: it lives with its app")
+        env = check_env(env_dict, "Secret.update")
+        client = await _Client.get()
+        reply = await client.rpc("SecretUpdate", {"name": self._name, "env": env})
+        self._object_id = str(reply["object_id"])
+
     async def _wire(self, client: _Client) -> dict[str, Any]:
         """What a function spec stores for this Secret: a named one's id, or inline values sealed by the server."""
         if self._env is None:
@@ -269,4 +283,30 @@ def check_secrets(secrets: Any) -> list[_Secret]:
     return list(secrets)
 
 
-Secret: Any = public(_Secret, "Secret")
+class _SecretManager(_ObjectManager):
+    """``Secret.objects``: create, list and delete named Secrets."""
+
+    async def create(  # type: ignore[override]  # a Secret is created with its values
+        self,
+        name: str,
+        env_dict: Mapping[str, str | None],
+        *,
+        allow_existing: bool = False,
+        environment_name: str | None = None,
+        client: Any = None,
+    ) -> None:
+        """Create Secret ``name`` with these values; one that exists is an
+        ``AlreadyExistsError``, or with ``allow_existing=True`` kept as it is.
+
+        Example: ``ketch.Secret.objects.create("db", {"PASSWORD": pw}, allow_existing=True)``
+        """
+        env = check_env(env_dict, "Secret.objects.create")
+        client_ = await _Client.get()
+        try:
+            await client_.rpc("SecretCreate", {"name": name, "env": env, "force": False})
+        except AlreadyExistsError:
+            if not allow_existing:
+                raise
+
+
+Secret: Any = public(_Secret, "Secret", _sync.synchronize_api(_SecretManager, "SecretManager"))

@@ -619,20 +619,26 @@ async def _build_images(client: _Client, specs: list[FunctionSpec]) -> None:
     for spec in specs:
         wire = spec.image or default_image().to_wire()
         images.setdefault(wire["layers"][-1]["hash"], wire)
-    everything = bool(config.get("force_build"))  # KETCH_FORCE_BUILD=1 on the client
     for wire in images.values():
-        marked = any(layer.get("force_build") for layer in wire["layers"])
-        force = "all" if everything else ("marked" if marked else "")
-        reply = await client.rpc("ImageBuild", {"image": wire, "force": force})
-        if reply.get("skipped"):
+        skipped = await build_image(client, wire)
+        if skipped:
             if spec_images := [s for s in specs if s.image]:
-                logger.warning(
-                    "%s: image= of %s is not applied", reply["skipped"], spec_images[0].tag
-                )
+                logger.warning("%s: image= of %s is not applied", skipped, spec_images[0].tag)
             return
-        if reply.get("cached"):
-            continue
+
+
+async def build_image(client: _Client, wire: dict[str, Any]) -> str | None:
+    """Build one image (streaming the output) unless it is cached; returns why it was not
+    built when the control plane applies no images."""
+    everything = bool(config.get("force_build"))  # KETCH_FORCE_BUILD=1 on the client
+    marked = any(layer.get("force_build") for layer in wire["layers"])
+    force = "all" if everything else ("marked" if marked else "")
+    reply = await client.rpc("ImageBuild", {"image": wire, "force": force})
+    if reply.get("skipped"):
+        return str(reply["skipped"])
+    if not reply.get("cached"):
         await _stream_build(client, reply["build_id"], reply["image_hash"])
+    return None
 
 
 async def _stream_build(client: _Client, build_id: str, image_hash: str) -> None:

@@ -230,6 +230,47 @@ class Image:
         return self._layers[-1].hash
 
     @property
+    def object_id(self) -> str:
+        """The image's id (``im-`` and its hash), for ``Image.from_id`` once it has been built
+        (or snapshotted) on this control plane. Example: ``Image.from_id(image.object_id)``."""
+        return f"im-{self.hash}"
+
+    @classmethod
+    def from_id(cls, image_id: str) -> Image:
+        """The image built on this control plane under ``image_id`` (``image.object_id``), with
+        every step it was built from; a ``NotFoundError`` if it was not built here or its
+        layers have since been removed.
+
+        Example: ``ketch.Image.from_id("im-3f2a…")``
+        """
+        from . import _sync
+        from ._client import _Client
+
+        async def fetch() -> dict[str, Any]:
+            client = await _Client.get()
+            reply: dict[str, Any] = await client.rpc("ImageFromId", {"image_id": image_id})
+            return reply
+
+        if not isinstance(image_id, str) or not image_id.startswith("im-"):
+            raise InvalidError(f"an image id looks like 'im-<hash>', not {image_id!r}")
+        return cls.from_wire(_sync.run_sync(fetch())["image"])
+
+    def build(self, app: Any = None) -> Image:
+        """Build the image now (output on stderr), rather than when an app that uses it
+        starts; ``app`` is accepted as in Modal. Returns the image, whose ``object_id``
+        ``Image.from_id`` then finds. Example: ``image = ketch.Image.debian_slim().build()``
+        """
+        from . import _sync
+        from ._client import _Client
+        from .app import build_image
+
+        async def run() -> None:
+            await build_image(await _Client.get(), self.to_wire())
+
+        _sync.run_sync(run())
+        return self
+
+    @property
     def mounts(self) -> list[Mount]:
         """Local files placed at container start (``copy=False``). Example: ``image.mounts[0].remote_path``."""
         return list(self._mounts)

@@ -3,6 +3,9 @@ CLI: one file per part of Modal's API under ``apps/``."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,25 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 APPS = Path(__file__).parent / "apps"
+
+
+@pytest.fixture(scope="module")
+def modal_venv(tmp_path_factory):
+    """A new virtual environment that sees this one's packages (ketch among them), where
+    ``ketch modal-alias install`` then runs: its plain ``python`` and ``modal`` are the
+    user's."""
+    venv = tmp_path_factory.mktemp("modal-venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=60)
+    ours = sysconfig.get_path("purelib")
+    theirs = subprocess.run(
+        [venv / "bin/python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.strip()
+    Path(theirs, "parent-env.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
+    return venv
 
 
 def _run(ketch_env, name: str, timeout: float = 150):
@@ -49,3 +71,99 @@ def test_update_autoscaler_and_variants_of_a_deployed_function(ketch_env):
     ketch_env.cli("deploy", APPS / "autoscaled.py", cwd=APPS, extra_env={"GREETING": "hi"}).check()
     again = ketch_env.python(client, "call", cwd=APPS, timeout=120)
     assert "CALL hi ann | hi bob !" in again.stdout, again.describe()
+
+
+def test_object_managers_secret_update_and_image_ids(sandbox_env):
+    """``Dict/Queue/Volume/Secret.objects.create/list/delete``; ``Secret.update`` merges new
+    values that containers started after it see; ``Image.build()`` then ``Image.from_id``
+    gives the same built image, and an unknown id is a clear ``NotFoundError``."""
+    make = "import ketch\nketch.Secret.objects.create('compat-creds', {'USER_NAME': 'ann', 'PASSWORD': 'old'})"
+    sandbox_env.python("-c", make, cwd=APPS).check()
+    first = _run(sandbox_env, "objects_and_images.py", timeout=240).stdout
+    assert "SECRET_EXISTS ok" in first, first
+    for kind in ("Dict", "Queue", "Volume"):
+        assert f"OBJECTS {kind} True False" in first, first
+    assert "SECRET_BEFORE ['ann', 'old']" in first and "SECRET_LISTED True" in first, first
+    assert "MARKER built-once" in first, first
+    # The secret's merged values reach a new container; the image comes back by its id.
+    built = sandbox_env.python(
+        "-c",
+        "import ketch._modal_alias as a; a.install()\n"
+        "from objects_and_images import image\n"
+        "print('ID', image.build().object_id)",
+        cwd=APPS,
+    )
+    image_id = built.stdout.split("ID ", 1)[1].split()[0] if "ID " in built.stdout else ""
+    assert image_id.startswith("im-"), built.describe()
+    probe = sandbox_env.python(
+        "-c",
+        "import ketch, ketch._modal_alias as a; a.install()\n"
+        "from objects_and_images import app, read_secret\n"
+        "with app.run():\n"
+        "    print('SECRET_AFTER', read_secret.remote())\n"
+        "try:\n"
+        "    ketch.Image.from_id('im-' + '0' * 64)\n"
+        "except ketch.exception.NotFoundError as exc:\n"
+        "    print('UNKNOWN', 'built on this control plane' in str(exc))\n",
+        cwd=APPS,
+        extra_env={"COMPAT_IMAGE_ID": image_id},
+        timeout=180,
+    )
+    assert "SECRET_AFTER ['ann', 'new']" in probe.stdout, probe.describe()
+    assert "UNKNOWN True" in probe.stdout, probe.describe()
+    again = sandbox_env.cli(
+        "run",
+        APPS / "objects_and_images.py::marker",
+        cwd=APPS,
+        extra_env={"COMPAT_IMAGE_ID": image_id},
+    )
+    assert "built-once" in again.stdout, again.describe()
+
+
+HELLO = """
+import modal
+
+app = modal.App("compat-plain")
+
+
+@app.function()
+def square(x: int) -> int:
+    return x * x
+
+
+@app.local_entrypoint()
+def main():
+    print("SQUARE", square.remote(7))
+
+
+if __name__ == "__main__":
+    with app.run():
+        print("PLAIN", square.remote(3), modal.__name__)
+"""
+
+
+def test_modal_alias_for_plain_python_and_a_modal_command(ketch_env, modal_venv, tmp_path):
+    """``ketch modal-alias install``: plain ``python app.py`` with ``import modal`` runs on
+    ketch, a ``modal`` command is ketch (``modal run``, ``modal app list``); ``uninstall``
+    takes both away again."""
+    python, modal = modal_venv / "bin/python", modal_venv / "bin/modal"
+    (tmp_path / "hello.py").write_text(HELLO)
+
+    def run(*argv, **kw):
+        return ketch_env._run([str(a) for a in argv], kw.pop("timeout", 120), cwd=tmp_path)
+
+    before = run(python, tmp_path / "hello.py")
+    assert before.returncode != 0 and "No module named 'modal'" in before.stderr, before.describe()
+    done = run(python, "-m", "ketch.cli.main", "modal-alias", "install")
+    assert done.returncode == 0 and "modal command:" in done.stdout, done.describe()
+    plain = run(python, tmp_path / "hello.py")
+    assert "PLAIN 9 ketch" in plain.stdout, plain.describe()
+    via_modal = run(modal, "run", tmp_path / "hello.py")
+    assert "SQUARE 49" in via_modal.stdout, via_modal.describe()
+    listed = run(modal, "app", "list")
+    assert listed.returncode == 0 and "APP ID" in listed.stdout, listed.describe()
+    status = run(python, "-m", "ketch.cli.main", "modal-alias", "status")
+    assert "environment: alias installed; modal command: ketch" in status.stdout, status.describe()
+    run(python, "-m", "ketch.cli.main", "modal-alias", "uninstall")
+    after = run(python, tmp_path / "hello.py")
+    assert "No module named 'modal'" in after.stderr and not modal.exists(), after.describe()

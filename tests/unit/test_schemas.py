@@ -212,6 +212,7 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
         {"image": IMAGE, "force": "all"},
         {"image": IMAGE},
     ],
+    "ImageFromId": [{"image_id": "im-" + "ab" * 32}],
     "ImageBuildStatus": [
         {"build_id": "bu-1", "offset": 0, "wait": 20},
         {"build_id": "bu-1", "offset": 0},
@@ -255,6 +256,7 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
         {"name": "creds", "required_keys": []},
     ],
     "SecretSeal": [{"env": {"TOKEN": "abc", "UNSET": None}}],
+    "SecretUpdate": [{"name": "creds", "env": {"TOKEN": "new"}}],
     "VolumeInfo": [{}],
     "VolumeList": [{"object_id": OBJ, "path": "/", "recursive": True}],
     "VolumeGetFile": [{"object_id": OBJ, "path": "a/b.txt"}],

@@ -13,6 +13,7 @@ from .container_cmd import container_group
 from .deploy import deploy
 from .dict_cmd import dict_group
 from .image_cmd import image_group
+from .modal_alias import modal_alias_group
 from .node_cmd import node_group
 from .queue_cmd import queue_group
 from .run import run
@@ -48,13 +49,14 @@ cli.add_command(queue_group)
 cli.add_command(secret_group)
 cli.add_command(volume_group)
 cli.add_command(token_group)
+cli.add_command(modal_alias_group)
 
 
-def main() -> None:
+def main(prog_name: str | None = None) -> None:
     from ..exception import Error
 
     try:
-        code = cli(standalone_mode=False)
+        code = cli(standalone_mode=False, prog_name=prog_name)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         raise SystemExit(1) from None

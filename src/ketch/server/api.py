@@ -534,6 +534,7 @@ async def ImageBuild(api: Api, body: dict[str, Any], caller: Caller) -> dict[str
     from ..image import Image
 
     wire = Image.from_wire(body["image"]).to_wire()  # checks every layer hash
+    api.d.builds.remember(wire)
     if not body.get("force") and api.d.builds.builder.cached(wire) is not None:
         return {"cached": True, "image_hash": wire["layers"][-1]["hash"]}
     force = body.get("force") or ""
@@ -565,6 +566,14 @@ async def ApiTokenList(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 async def ApiTokenRevoke(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     api.auth.revoke(str(body["token_id"]))
     return {}
+
+
+@rpc
+async def ImageFromId(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """``Image.from_id``: the image built here under that id (``im-`` + its last layer's hash)."""
+    if api.d.builds is None:
+        raise NotFoundError(f"images are not applied by the {api.d.worker.name} runtime")
+    return {"image": api.d.builds.recall(str(body["image_id"]))}
 
 
 @rpc

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._ids import new_id
+from .._serialization import pack, unpack
 from .._tasks import spawn
 from ..exception import Error, ImageBuildError, NotFoundError, wire_name
 from ..images.builder import Builder
@@ -69,6 +71,36 @@ class BuildService:
         if self._builder is None:
             self._builder = Builder(LayerStore(self.cache_root), self.userns)
         return self._builder
+
+    def remember(self, wire: dict[str, Any]) -> None:
+        """Keep an image's wire under its id (``im-`` and its last layer's hash), for
+        ``Image.from_id``; the layers themselves stay in the cache as usual. The id names
+        what was built: files added with ``copy=False`` are not part of it."""
+        path = self.cache_root / "images" / wire["layers"][-1]["hash"]
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{path.name}.{new_id('tmp')}")
+        staging.write_bytes(pack({**wire, "mounts": []}))  # the id names the built layers only
+        staging.replace(path)
+
+    def recall(self, image_id: str) -> dict[str, Any]:
+        """The wire of image ``image_id``, if it was built (or snapshotted) here and its
+        layers are still cached; else a ``NotFoundError`` saying so."""
+        m = re.fullmatch(r"im-([0-9a-f]{64})", image_id)
+        path = self.cache_root / "images" / m.group(1) if m else None
+        if path is None or not path.is_file():
+            raise NotFoundError(
+                f"no image {image_id!r} here: an image id comes from `image.object_id` after "
+                "the image was built on this control plane"
+            )
+        wire: dict[str, Any] = unpack(path.read_bytes())
+        if self.builder.cached(wire) is None:
+            raise NotFoundError(
+                f"image {image_id!r} is not in the image cache: its build did not finish, or "
+                "`ketch image rm`/`prune` removed it; build it again"
+            )
+        return wire
 
     def start(self, wire: dict[str, Any], force: str) -> BuildJob:
         image_hash = wire["layers"][-1]["hash"]

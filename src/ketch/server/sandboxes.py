@@ -834,7 +834,10 @@ async def SandboxTunnels(api: Api, body: dict[str, Any], caller: Caller) -> dict
 
 @rpc
 async def SandboxSnapshot(api: Api, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
-    return {"image": await _service(api, body, caller).snapshot(body)}
+    wire = await _service(api, body, caller).snapshot(body)
+    if api.d.builds is not None:
+        api.d.builds.remember(wire)  # for Image.from_id(image.object_id)
+    return {"image": wire}
 
 
 @rpc

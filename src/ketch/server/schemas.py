@@ -409,6 +409,10 @@ class ImageBuild(_Request):
     force: bool | Literal["", "all", "marked"] | None = None
 
 
+class ImageFromId(_Request):
+    image_id: Id
+
+
 class ImageBuildStatus(_Request):
     build_id: Id
     offset: Count = 0
@@ -510,6 +514,11 @@ class SecretCreate(_Request):
     name: Name
     env: Env
     force: bool = False
+
+
+class SecretUpdate(_Request):
+    name: Name
+    env: Env
 
 
 class SecretLookup(_Request):

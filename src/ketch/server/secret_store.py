@@ -256,6 +256,22 @@ async def SecretCreate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 
 
 @rpc
+async def SecretUpdate(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``env`` into named Secret ``name``'s values, as ``dict.update`` does; containers
+    started after it see the new values."""
+    name = _objects.check_name("secret", body.get("name"))
+    env = check_env(body.get("env"), f"Secret {name!r}")
+    store: Store = api.store
+    row = _objects.find(store, "secret", name)
+    if row is None:
+        raise NotFoundError(f"Secret {name!r} not found")
+    merged = {**named_values(store, row["id"]), **env}
+    put_values(store, row["id"], sealer_for(store).seal(merged, row["id"]))
+    store.conn.commit()
+    return {"object_id": row["id"], "keys": sorted(merged)}
+
+
+@rpc
 async def SecretLookup(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     """The id of Secret ``name``; ``required_keys`` it lacks are a NotFoundError."""
     name = _objects.check_name("secret", body.get("name"))
