@@ -138,6 +138,8 @@ class FunctionSpec:
     schedule: dict[str, Any] | None = None
     # @ketch.experimental.clustered(size=N): each call runs in a gang of N containers (0: not).
     cluster_size: int = 0
+    # Check arguments against the function's type hints before they travel (``_typecheck``).
+    validate_args: bool = True
 
     def web_methods(self) -> dict[str | None, dict[str, Any]]:
         """Method name (None for a function) -> web configuration, for every web endpoint here."""

@@ -171,6 +171,7 @@ class _App:
         block_network: bool = False,
         serialized: bool = False,
         name: str | None = None,
+        validate_args: bool = True,
         schedule: Any = None,
         **unknown: Any,
     ) -> Callable[[Callable[..., Any]], _Function]:
@@ -207,6 +208,7 @@ class _App:
             if not callable(raw_f):
                 raise InvalidError(f"@app.function() decorates a function, not {raw_f!r}")
             spec = self._spec_for(raw_f, name or raw_f.__name__, options, serialized)
+            spec.validate_args = bool(validate_args)
             spec.image = _image_wire(image or self._image)
             spec.block_network = bool(block_network)
             spec.is_generator = inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(
@@ -253,6 +255,7 @@ class _App:
         block_network: bool = False,
         serialized: bool = False,
         name: str | None = None,
+        validate_args: bool = True,
         **unknown: Any,
     ) -> Callable[[type], _Cls]:
         """Register a class whose ``@ketch.method()`` methods run in containers."""
@@ -284,6 +287,7 @@ class _App:
             if not methods:
                 raise InvalidError(f"{user_cls.__name__} has no @ketch.method() methods")
             spec = self._spec_for(user_cls, name or user_cls.__name__, options, serialized)
+            spec.validate_args = bool(validate_args)
             spec.image = _image_wire(image or self._image)
             spec.block_network = bool(block_network)
             spec.is_class = True
@@ -791,6 +795,7 @@ if TYPE_CHECKING:
             block_network: bool = False,
             serialized: bool = False,
             name: str | None = None,
+            validate_args: bool = True,
             schedule: Any = None,
         ) -> _FunctionDecorator: ...
 
@@ -817,6 +822,7 @@ if TYPE_CHECKING:
             block_network: bool = False,
             serialized: bool = False,
             name: str | None = None,
+            validate_args: bool = True,
         ) -> Callable[[C], C]: ...
         def local_entrypoint(self, *, name: str | None = None) -> Callable[[F], F]: ...
         def include(self, other: App) -> App: ...

@@ -120,6 +120,7 @@ class _Function:
         self._override_secrets: list[Any] | None = None
         self._override_volumes: dict[str, Any] | None = None
         self._signature = _signature_of(raw_f, bound_method=method is not None)
+        self._checker: Any = None  # _typecheck.ArgChecker, False (none), or None (not made yet)
 
     def __repr__(self) -> str:
         return f"_Function({self._spec.tag!r}{'.' + self._method if self._method else ''})"
@@ -332,10 +333,24 @@ class _Function:
     def _encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         if self._signature is not None:
             try:
-                self._signature.bind(*((None,) if self._method else ()), *args, **kwargs)
+                bound = self._signature.bind(*((None,) if self._method else ()), *args, **kwargs)
             except TypeError as exc:
                 raise TypeError(f"{self._display()}(): {exc}") from None
+            checker = self._checker
+            if checker is None:
+                checker = self._checker = self._make_checker()
+            if checker is not False:
+                checker.check(self._display(), bound.arguments)
         return serialize((args, kwargs), f"an argument of {self._display()}")
+
+    def _make_checker(self) -> Any:
+        """The argument checker of this function's type hints (``_typecheck``), or False."""
+        from ._typecheck import checker_for
+
+        if not self._spec.validate_args:
+            return False
+        batched = self._spec.batch_max_size > 0
+        return checker_for(self._raw_f, self._method is not None, batched) or False
 
     def _display(self) -> str:
         return f"{self._spec.tag}.{self._method}" if self._method else self._spec.tag

@@ -167,3 +167,20 @@ def test_modal_alias_for_plain_python_and_a_modal_command(ketch_env, modal_venv,
     run(python, "-m", "ketch.cli.main", "modal-alias", "uninstall")
     after = run(python, tmp_path / "hello.py")
     assert "No module named 'modal'" in after.stderr and not modal.exists(), after.describe()
+
+
+def test_arguments_are_checked_against_type_hints_before_they_travel(ketch_env):
+    """A wrong argument to ``.remote``, ``.spawn``, ``.map`` or a method is an
+    ``InvalidError`` naming the parameter, raised before any input is sent (the function
+    ran once: for the good call); ``validate_args=False`` sends it anyway."""
+    out = _run(ketch_env, "typed_args.py").stdout
+    assert "OK lr=1 steps=10 tags=['a']" in out, out
+    for refused in (
+        "REFUSED train() 'steps'",
+        "REFUSED train() 'tags'",
+        "REFUSED train() 'lr'",
+        "REFUSED Model.predict() 'x'",
+    ):
+        assert refused in out, out
+    assert "NOT CHECKED" not in out and "RAN 1" in out, out
+    assert "UNCHECKED got 'ten'" in out, out

@@ -124,6 +124,7 @@ class FunctionWire(_Part):
     source: dict[str, Any] | None = None
     schedule: dict[str, Any] | None = None
     cluster_size: Annotated[int, Meta(ge=0, le=64)] = 0  # a gang's containers
+    validate_args: bool = True
 
 
 # -- apps and functions -------------------------------------------------------
