@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _sync
+from . import _legacy_options, _sync
 from ._client import _Client
 from ._config import config, in_container
 from ._ids import new_id
@@ -178,10 +178,14 @@ class _App:
         """Register a function to run in containers. Options are validated here."""
         if _warn_parentheses_missing is not None:
             raise InvalidError("use @app.function() with parentheses")
-        if unknown:
-            raise InvalidError(
-                f"unknown option(s) for @app.function(): {', '.join(sorted(unknown))}"
-            )
+        named = {
+            "min_containers": min_containers,
+            "max_containers": max_containers,
+            "scaledown_window": scaledown_window,
+        }
+        extra = _legacy_options.translate("app.function", unknown, named)
+        min_containers, max_containers = named["min_containers"], named["max_containers"]
+        scaledown_window = named["scaledown_window"]
         options = build_options(
             timeout=timeout,
             retries=retries,
@@ -214,6 +218,9 @@ class _App:
             spec.is_generator = inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(
                 raw_f
             )
+            if extra.get("is_generator") is not None:
+                spec.is_generator = bool(extra["is_generator"])
+            _allow_concurrent_inputs(spec, extra.get("allow_concurrent_inputs"))
             web = getattr(raw_f, "__ketch_web__", None)
             if web is not None:
                 spec.web = dict(web)
@@ -261,8 +268,14 @@ class _App:
         """Register a class whose ``@ketch.method()`` methods run in containers."""
         if _warn_parentheses_missing is not None:
             raise InvalidError("use @app.cls() with parentheses")
-        if unknown:
-            raise InvalidError(f"unknown option(s) for @app.cls(): {', '.join(sorted(unknown))}")
+        named = {
+            "min_containers": min_containers,
+            "max_containers": max_containers,
+            "scaledown_window": scaledown_window,
+        }
+        extra = _legacy_options.translate("app.cls", unknown, named)
+        min_containers, max_containers = named["min_containers"], named["max_containers"]
+        scaledown_window = named["scaledown_window"]
         options = build_options(
             timeout=timeout,
             retries=retries,
@@ -292,6 +305,7 @@ class _App:
             spec.block_network = bool(block_network)
             spec.is_class = True
             spec.methods = methods
+            _allow_concurrent_inputs(spec, extra.get("allow_concurrent_inputs"))
             batching = class_batching(user_cls, methods)
             if batching is not None:
                 if spec.max_inputs > 1:
@@ -564,6 +578,18 @@ async def _attach_volumes(fns: list[_Function]) -> None:
     """Put each function's Volumes into its spec (:func:`volume_entries`)."""
     for fn in fns:
         fn._spec.volumes = await volume_entries(fn._volumes)
+
+
+def _allow_concurrent_inputs(spec: FunctionSpec, value: Any) -> None:
+    """Modal's older ``allow_concurrent_inputs=N``: ``@ketch.concurrent(max_inputs=N)``."""
+    if value is None:
+        return
+    from .partial import concurrent
+
+    concurrent(max_inputs=value)  # checks it
+    if spec.max_inputs > 1 and spec.max_inputs != value:
+        raise InvalidError(f"{spec.tag}: allow_concurrent_inputs and @ketch.concurrent disagree")
+    spec.max_inputs = value
 
 
 def _web_server_limits(spec: FunctionSpec) -> None:

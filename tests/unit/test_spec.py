@@ -220,3 +220,33 @@ def test_overrides_are_checked_as_decorator_options():
     ):
         with pytest.raises(InvalidError):
             apply_overrides(base, bad)
+
+
+def test_modal_only_options_are_renamed_accepted_or_refused_with_a_reason():
+    """Older Modal names map to ketch's; platform hints are accepted; what ketch cannot do
+    is refused saying why; a misspelt option is still an error."""
+    legacy = ketch.App("legacy-options")
+
+    @legacy.function(
+        keep_warm=1,
+        concurrency_limit=3,
+        container_idle_timeout=10,
+        allow_concurrent_inputs=5,
+        enable_memory_snapshot=True,
+        nonpreemptible=True,
+        _experimental_scheduler_placement=None,
+        serialized=True,
+    )
+    def f(x):
+        return x
+
+    spec = f._ketch_impl._spec
+    assert (spec.min_containers, spec.max_containers) == (1, 3)
+    assert (spec.scaledown_window, spec.max_inputs) == (10.0, 5)
+    with pytest.warns(UserWarning, match="region= is ignored"):
+        legacy.function(region="us-east")
+    for refused in ({"max_inputs": 1}, {"proxy": "p"}, {"restrict_modal_access": True}):
+        with pytest.raises(InvalidError, match="not supported|do not exist|not in ketch"):
+            legacy.function(**refused)
+    with pytest.raises(InvalidError, match="unknown option"):
+        legacy.cls(scaledown_windw=3)
