@@ -27,7 +27,7 @@ if (_deps := _os.environ.get("KETCH_BUNDLE_DEPS")) and _deps not in _sys.path:
 
 __version__ = "0.1.0"
 
-from . import exception, experimental
+from . import exception, experimental, gpu
 from ._current import current_function_call_id, current_input_id, is_local
 from ._dict import Dict
 from ._interact import interact
@@ -45,6 +45,8 @@ from .partial import batched, concurrent, enter, exit, method, parameter
 from .retries import Retries
 from .sandbox import ContainerProcess, Probe, Sandbox
 from .schedule import Cron, Period
+
+Error = exception.Error  # Modal's top-level name for the base of its errors
 
 __all__ = [
     "App",
@@ -74,6 +76,8 @@ __all__ = [
     "enable_output",
     "enter",
     "exception",
+    "Error",
+    "gpu",
     "experimental",
     "exit",
     "fastapi_endpoint",

@@ -184,3 +184,37 @@ def test_arguments_are_checked_against_type_hints_before_they_travel(ketch_env):
         assert refused in out, out
     assert "NOT CHECKED" not in out and "RAN 1" in out, out
     assert "UNCHECKED got 'ten'" in out, out
+
+
+NOTEBOOK_RUNNER = """
+import sys
+
+import nbformat
+from nbclient import NotebookClient
+
+cells = [
+    "import ketch as modal\\napp = modal.App('compat-notebook')",
+    "@app.function()\\ndef square(x: int) -> int:\\n    return x * x",
+    "def offset():\\n    return 100",
+    "@app.function()\\ndef shifted(x: int) -> int:\\n    return x + offset()",
+    "with app.run():\\n"
+    "    print('REMOTE', square.remote(7))\\n"
+    "    print('MAP', list(square.map(range(5))))\\n"
+    "    print('HELPER', shifted.remote(1))",
+]
+nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+for cell in nb.cells:
+    for out in cell.get("outputs", []):
+        sys.stdout.write(out.get("text", ""))
+"""
+
+
+def test_an_app_defined_in_a_notebook_runs(ketch_env, tmp_path):
+    """Functions defined in a notebook's cells (no file a container could import) run with
+    ``with app.run():``, ``.remote`` and ``.map``, executed by a real Jupyter kernel."""
+    pytest.importorskip("nbclient")
+    done = ketch_env.python("-c", NOTEBOOK_RUNNER, cwd=tmp_path, timeout=180)
+    assert done.returncode == 0, done.describe()
+    for line in ("REMOTE 49", "MAP [0, 1, 4, 9, 16]", "HELPER 101"):
+        assert line in done.stdout, done.describe()
