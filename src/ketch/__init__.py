@@ -33,6 +33,7 @@ from ._dict import Dict
 from ._interact import interact
 from ._queue import Queue
 from ._secret import Secret
+from ._server import Server
 from ._tunnel import Tunnel, forward
 from ._volume import FileEntry, FileEntryType, Volume
 from ._web import asgi_app, fastapi_endpoint, web_server, wsgi_app
@@ -63,6 +64,7 @@ __all__ = [
     "Sandbox",
     "ContainerProcess",
     "Secret",
+    "Server",
     "Tunnel",
     "Volume",
     "FileEntry",

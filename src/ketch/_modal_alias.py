@@ -50,6 +50,7 @@ SUBMODULES = {
     "sandbox": "ketch.sandbox",
     "schedule": "ketch.schedule",
     "secret": "ketch._secret",
+    "server": "ketch._server",
     "volume": "ketch._volume",
 }
 

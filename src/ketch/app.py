@@ -323,6 +323,55 @@ class _App:
 
         return _sync.translating(wrap)
 
+    def server(
+        self,
+        _warn_parentheses_missing: Any = None,
+        *,
+        port: int,
+        unauthenticated: bool = False,
+        startup_timeout: float = 30.0,
+        target_concurrency: int | None = None,
+        min_containers: int = 0,
+        max_containers: int | None = None,
+        buffer_containers: int = 0,
+        scaleup_window: Any = None,
+        scaledown_window: Any = 60,
+        exit_grace_period: Any = None,
+        routing_region: str | None = None,
+        h2: bool = False,
+        label: str | None = None,
+        **cls_options: Any,
+    ) -> Callable[[type], Any]:
+        """Register a class whose ``@ketch.enter()`` method starts an HTTP server on ``port``,
+        served at a URL of its own (Modal's ``@app.server``; see ``ketch._server``).
+
+        Example: ``@app.server(port=8000, unauthenticated=True)`` over the class.
+        """
+        from ._server import server_decorator
+
+        if _warn_parentheses_missing is not None:
+            raise InvalidError("use @app.server(port=...) with parentheses")
+        cls_options.update(
+            min_containers=min_containers,
+            buffer_containers=buffer_containers,
+            scaledown_window=scaledown_window,
+        )
+        wrap = server_decorator(
+            self,
+            port=port,
+            unauthenticated=unauthenticated,
+            startup_timeout=startup_timeout,
+            target_concurrency=target_concurrency,
+            max_containers=max_containers,
+            routing_region=routing_region,
+            scaleup_window=scaleup_window,
+            exit_grace_period=exit_grace_period,
+            h2=h2,
+            label=label,
+            cls_options=cls_options,
+        )
+        return _sync.translating(wrap)
+
     def local_entrypoint(
         self, _warn_parentheses_missing: Any = None, *, name: str | None = None
     ) -> Callable[[F], F]:
@@ -850,6 +899,24 @@ if TYPE_CHECKING:
             name: str | None = None,
             validate_args: bool = True,
         ) -> Callable[[C], C]: ...
+        def server(
+            self,
+            *,
+            port: int,
+            unauthenticated: bool = False,
+            startup_timeout: float = 30.0,
+            target_concurrency: int | None = None,
+            min_containers: int = 0,
+            max_containers: int | None = None,
+            buffer_containers: int = 0,
+            scaleup_window: Any = None,
+            scaledown_window: Any = 60,
+            exit_grace_period: Any = None,
+            routing_region: str | None = None,
+            h2: bool = False,
+            label: str | None = None,
+            **cls_options: Any,
+        ) -> Callable[[type], Any]: ...
         def local_entrypoint(self, *, name: str | None = None) -> Callable[[F], F]: ...
         def include(self, other: App) -> App: ...
         def run(

@@ -218,3 +218,43 @@ def test_an_app_defined_in_a_notebook_runs(ketch_env, tmp_path):
     assert done.returncode == 0, done.describe()
     for line in ("REMOTE 49", "MAP [0, 1, 4, 9, 16]", "HELPER 101"):
         assert line in done.stdout, done.describe()
+
+
+SERVER_CLIENT = """
+import urllib.error
+import urllib.request
+
+import ketch as modal
+
+server = modal.Server.from_name("compat-server", "Files")
+url = server.get_url()
+try:
+    urllib.request.urlopen(url + "/hello.txt", timeout=60)
+except urllib.error.HTTPError as exc:
+    print("NO_TOKEN", exc.code)
+request = urllib.request.Request(
+    url + "/hello.txt", headers={"Modal-Key": KEY, "Modal-Secret": SECRET}
+)
+print("BODY", urllib.request.urlopen(request, timeout=60).read().decode().strip())
+"""
+
+
+def test_a_server_class_is_served_behind_proxy_auth(ketch_env):
+    """``@app.server(port=)``: the class's ``@enter`` starts an HTTP server and the gateway
+    serves it at its own URL (``Server.from_name(...).get_url()``), behind proxy auth."""
+    import re
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"COMPAT_SERVER_PORT": str(port)}
+    ketch_env.cli("deploy", APPS / "server.py", cwd=APPS, extra_env=env).check()
+    created = ketch_env.cli("token", "create").check()
+    key = re.search(r"Token ID:\s+(\S+)", created.stdout).group(1)
+    secret = re.search(r"Token secret:\s+(\S+)", created.stdout).group(1)
+    code = f"KEY, SECRET = {key!r}, {secret!r}\n" + SERVER_CLIENT
+    done = ketch_env.python("-c", code, cwd=APPS, timeout=120)
+    assert "NO_TOKEN 401" in done.stdout, done.describe()
+    assert "BODY served by a modal.Server" in done.stdout, done.describe()
+    ketch_env.cli("app", "stop", "compat-server").check()
