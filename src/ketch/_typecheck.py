@@ -23,6 +23,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+from . import _sync
 from .exception import InvalidError
 
 _SKIP = (Any, object, inspect.Parameter.empty)
@@ -44,6 +45,11 @@ class _Param:
     def check(self, display: str, value: Any) -> None:
         values = (value.values() if isinstance(value, dict) else value) if self.each else (value,)
         for item in values:
+            # The SDK hands ketch's own objects (a Dict, a Volume) over as their async
+            # implementations: check the public class the user annotated with.
+            wrapper = _sync._IMPL_TO_WRAPPER.get(type(item))
+            if wrapper is not None:
+                item = _sync._wrap(item)
             if self.plain is not None and isinstance(item, self.plain):
                 continue
             if self.plain is float and isinstance(item, int) and not isinstance(item, bool):

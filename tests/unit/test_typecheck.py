@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import ketch
 from ketch._typecheck import checker_for
 from ketch.exception import InvalidError
 
@@ -87,3 +88,16 @@ def test_no_check_when_hints_are_missing_or_unresolvable():
     assert checker_for(unresolvable, False) is None
     assert checker_for(nothing, False) is None
     assert checker_for(None, False) is None
+
+
+def uses_a_dict(store: ketch.Dict, stores: list[ketch.Dict]) -> None: ...
+
+
+def test_ketch_objects_pass_as_their_public_class():
+    """The SDK unwraps ``ketch.Dict`` to its implementation before encoding arguments: the
+    check still sees a ``ketch.Dict``."""
+    from ketch._dict import _Dict
+
+    _check(uses_a_dict, _Dict(name="d"), [ketch.Dict.from_name("e")])
+    with pytest.raises(InvalidError, match="'store' must be Dict"):
+        _check(uses_a_dict, {"not": "a dict handle"}, [])
