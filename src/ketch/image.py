@@ -164,7 +164,8 @@ def _python_version(version: str | None, what: str) -> str:
     return version
 
 
-# Pythons that debian_slim can provide (Debian bookworm and trixie).
+# Pythons Debian packages (bookworm and trixie): debian_slim's own; the others in
+# SUPPORTED_PYTHON_VERSIONS come from uv (a download), see ketch.images.builder._debian.
 DEBIAN_PYTHON_VERSIONS = ("3.11", "3.13")
 
 

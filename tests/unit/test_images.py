@@ -145,3 +145,22 @@ def test_project_sources_take_modules_and_packages_only(tmp_path: Path):
         name for name, _ in project_sources(tmp_path, "pkg.main", str(tmp_path / "pkg/main.py"))
     ]
     assert inside == ["app.py", "helpers.py", "pkg"]
+
+
+def test_a_python_debian_lacks_comes_from_uv_or_fails_naming_both_routes(tmp_path, monkeypatch):
+    """``debian_slim(python_version="3.12")``: Debian packages 3.11 and 3.13 only, so the
+    build asks uv for a managed CPython; where uv cannot download one (here a mirror that
+    refuses connections), the error says what Debian has and what uv needed, before any
+    Debian package is fetched."""
+    monkeypatch.setenv("UV_PYTHON_INSTALL_MIRROR", "http://127.0.0.1:9/")
+    monkeypatch.setenv("UV_HTTP_RETRIES", "0")
+    builder = Builder(LayerStore(tmp_path / "cache"))
+    fs = tmp_path / "build" / "fs"
+    fs.mkdir(parents=True)
+    lines: list[str] = []
+    with pytest.raises(StepFailed) as info:
+        asyncio.run(builder._debian("3.12", fs, lines.append))
+    message = str(info.value)
+    assert "Debian packages Python 3.11 (bookworm), 3.13 (trixie)" in message, message
+    assert "uv could not download Python 3.12" in message, message
+    assert not any(fs.iterdir()), "nothing of Debian was fetched"

@@ -253,14 +253,13 @@ class Builder:
             remove_tree(build_dir)
 
     async def _debian(self, version: str, fs: Path, log: Log) -> dict[str, Any]:
+        """Debian with Python ``version``: Debian's own where Debian packages that version,
+        else a uv-managed build (python-build-standalone) over bookworm."""
         suite = DEBIAN_SUITES.get(version)
+        managed: Path | None = None
         if suite is None:
-            offered = ", ".join(f"{v} ({s})" for v, s in DEBIAN_SUITES.items())
-            raise StepFailed(
-                f"python_version={version!r} cannot be provided: debian_slim is built from "
-                f"Debian's archive, which packages Python {offered}",
-                [],
-            )
+            managed = await self._uv_python(version, fs.parent, log)
+            suite = DEBIAN_SUITES["3.11"]
         argv = self._bootstrap_argv(suite, fs)
         await self._stream(argv, log, argv[0], env={**os.environ, "LC_ALL": "C"})
         for junk in ("var/lib/apt/lists", "var/cache/apt/archives"):
@@ -268,17 +267,61 @@ class Builder:
                 if entry.is_file():
                     entry.unlink()
         (fs / "usr/local/bin").mkdir(parents=True, exist_ok=True)
+        python = "/usr/bin/python3"
+        if managed is not None:
+            (fs / "opt").mkdir(exist_ok=True)
+            shutil.move(str(managed), fs / "opt/python")
+            remove_tree(managed.parent)  # uv's lock and cache files
+            python = f"/opt/python/bin/python{version}"
+            for name in ("python3", f"python{version}"):
+                os.symlink(python, fs / "usr/local/bin" / name)
         with contextlib.suppress(FileExistsError):
-            os.symlink("/usr/bin/python3", fs / "usr/local/bin/python")
+            os.symlink(python, fs / "usr/local/bin/python")
         (fs / "root").mkdir(exist_ok=True)
         return {
             "env": {},
             "workdir": "/root",
             "user": None,
-            "python": "/usr/bin/python3",
+            "python": python,
             "python_version": version,
-            "base": f"debian {suite}",
+            "base": f"debian {suite}" + (f", uv-managed Python {version}" if managed else ""),
         }
+
+    async def _uv_python(self, version: str, scratch: Path, log: Log) -> Path:
+        """A uv-managed CPython ``version`` (relocatable), downloaded into ``scratch``;
+        a ``StepFailed`` naming both ways to a Python when uv cannot get one."""
+        target = scratch / "uv-python"
+        argv = [uv_binary(), "python", "install", version, "--install-dir", str(target)]
+        argv += ["--no-bin"] if await self._uv_has_no_bin() else []
+        env = {**os.environ, "UV_PYTHON_INSTALL_DIR": str(target)}
+        try:
+            await self._stream(argv, log, "uv python install", env=env)
+        except StepFailed as exc:
+            offered = ", ".join(f"{v} ({s})" for v, s in DEBIAN_SUITES.items())
+            raise StepFailed(
+                f"python_version={version!r} cannot be provided: Debian packages Python "
+                f"{offered}, and uv could not download Python {version} "
+                "(python-build-standalone, from GitHub unless UV_PYTHON_INSTALL_MIRROR names "
+                "a mirror): give this machine that access, or choose one of Debian's",
+                exc.tail,
+            ) from None
+        found = sorted(p for p in target.glob(f"cpython-{version}.*") if (p / "bin").is_dir())
+        if not found:
+            raise StepFailed(f"uv installed no CPython {version} under {target}", [])
+        return found[-1]
+
+    async def _uv_has_no_bin(self) -> bool:
+        """Whether this uv takes ``python install --no-bin`` (0.8 and later)."""
+        proc = await asyncio.create_subprocess_exec(
+            uv_binary(),
+            "python",
+            "install",
+            "--help",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await proc.communicate()
+        return b"--no-bin" in out
 
     def _bootstrap_argv(self, suite: str, fs: Path) -> list[str]:
         """debootstrap as host root; mmdebstrap as root of a rootless control plane's
