@@ -570,6 +570,66 @@ class Image:
                 raise InvalidError(f"Dockerfile line {step.line}: {exc}") from None
         return image._with(notes=parsed.notes)
 
+    def dockerfile_commands(
+        self,
+        *dockerfile_commands: str | list[str],
+        context_dir: str | os.PathLike[str] | None = None,
+        build_args: Mapping[str, str] | None = None,
+        force_build: bool = False,
+    ) -> Image:
+        """Dockerfile instructions (``RUN``, ``ENV``, ``WORKDIR``, ``COPY``, ``USER``...) on top
+        of this image; ``COPY`` reads from ``context_dir`` (default: the current folder).
+
+        Example: ``image.dockerfile_commands("RUN apt-get update", "ENV MODE=prod")``.
+        """
+        lines: list[str] = []
+        for item in dockerfile_commands:
+            lines.extend([item] if isinstance(item, str) else list(item))
+        context = existing_local_path(context_dir or ".", "context_dir", "dir")
+
+        # A FROM the parser needs, dropped below: the commands go on this image.
+        def renumber(text: str) -> str:  # the lines as the caller counts them
+            return re.sub(
+                r"Dockerfile line (\d+)",
+                lambda m: f"dockerfile_commands line {int(m.group(1)) - 1}",
+                text,
+            )
+
+        try:
+            parsed = _dockerfile.parse("FROM ketch-this-image\n" + "\n".join(lines), build_args)
+        except InvalidError as exc:
+            raise InvalidError(renumber(str(exc))) from None
+        ignore = read_dockerignore(context) if context_dir is not None else ()
+        image = self
+        for step in parsed.steps[1:]:
+            try:
+                image = image._docker_step(step, context, ignore, False)
+            except InvalidError as exc:
+                raise InvalidError(f"dockerfile_commands line {step.line - 1}: {exc}") from None
+        notes = [renumber(note) for note in parsed.notes]
+        if force_build:
+            notes.append(
+                "dockerfile_commands(force_build=True) is ignored: use KETCH_FORCE_BUILD=1"
+            )
+        return image._with(notes=notes)
+
+    def entrypoint(self, entrypoint_commands: list[str]) -> Image:
+        """Accepted for Modal apps: ketch starts its own process in a container, so an
+        entrypoint (often ``[]``, to clear a registry image's) is noted and not run."""
+        return (
+            self
+            if not entrypoint_commands
+            else self._with(notes=[f"ENTRYPOINT {entrypoint_commands!r} is not run"])
+        )
+
+    def shell(self, shell_commands: list[str]) -> Image:
+        """Accepted for Modal apps: ``run_commands`` steps run under ``/bin/sh -c``."""
+        return self._with(notes=[f"SHELL {shell_commands!r} is not used"])
+
+    def cmd(self, cmd: list[str]) -> Image:
+        """Accepted for Modal apps: a container runs ketch, never the image's command."""
+        return self._with(notes=[f"CMD {cmd!r} is not run"])
+
     def _docker_step(
         self, step: _dockerfile.DockerStep, context: Path, ignore: tuple[str, ...], force: bool
     ) -> Image:

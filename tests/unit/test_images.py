@@ -164,3 +164,19 @@ def test_a_python_debian_lacks_comes_from_uv_or_fails_naming_both_routes(tmp_pat
     assert "Debian packages Python 3.11 (bookworm), 3.13 (trixie)" in message, message
     assert "uv could not download Python 3.12" in message, message
     assert not any(fs.iterdir()), "nothing of Debian was fetched"
+
+
+def test_dockerfile_commands_entrypoint_and_cmd_on_an_image(tmp_path):
+    """Modal's ``dockerfile_commands`` add layers on the image (COPY from ``context_dir``);
+    ``entrypoint``/``cmd``/``shell`` are accepted and noted, since ketch runs its own process."""
+    (tmp_path / "conf.txt").write_text("x=1\n")
+    base = Image.debian_slim()
+    image = base.dockerfile_commands(
+        "RUN echo hi > /x", ["ENV A=1", "COPY conf.txt /etc/app/"], context_dir=tmp_path
+    )
+    kinds = [step.kind for _, step in image.layers]
+    assert kinds[:3] == ["debian_slim", "run_commands", "env"] and len(kinds) == 4, kinds
+    assert image.entrypoint([]) == image and not image.entrypoint([]).notes
+    assert "CMD ['serve'] is not run" in image.cmd(["serve"]).notes
+    with pytest.raises(InvalidError, match="dockerfile_commands line 2: multi-stage"):
+        base.dockerfile_commands("RUN true", "FROM alpine")
