@@ -11,13 +11,15 @@ warning, or refuses with a reason, so a Modal app fails (or runs) for a stated c
   ``@enter`` hook runs in each), which changes start time, not behaviour.
 - ``include_source``: ketch always sends the app's source; ``False`` prints a warning.
 - ``is_generator``: whether the function is a generator, when detection cannot tell.
-- Refused with the reason: ``max_inputs`` / ``single_use_containers`` (a container
-  per input), ``restrict_modal_access``, ``network_file_systems``, ``proxy``.
+- ``max_inputs=N`` / ``single_use_containers=True``: a container takes N inputs (one) in
+  its life, then drains and stops; others start for the rest.
+- Refused with the reason: ``restrict_modal_access``, ``network_file_systems``, ``proxy``.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from .exception import InvalidError
@@ -33,12 +35,16 @@ WARNED = {
 }
 IGNORED = {"nonpreemptible", "i6pn", "experimental_options", "enable_memory_snapshot"}
 REFUSED = {
-    "max_inputs": "a container that exits after N inputs is not supported yet",
-    "single_use_containers": "a container per input is not supported yet",
     "restrict_modal_access": "containers without access to the control plane are not supported yet",
     "network_file_systems": "NetworkFileSystem is not in ketch: use a Volume (volumes=)",
     "proxy": "static-IP proxies do not exist here (containers use the host's network)",
 }
+
+
+def _lifetime(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1_000_000:
+        raise InvalidError(f"max_inputs must be an int between 1 and 1000000, got {value!r}")
+    return value
 
 
 def translate(decorator: str, given: dict[str, Any], named: dict[str, Any]) -> dict[str, Any]:
@@ -54,6 +60,15 @@ def translate(decorator: str, given: dict[str, Any], named: dict[str, Any]) -> d
     return extra
 
 
+# Options kept for the decorator to apply: key -> (setting, value) or None (nothing to do).
+EXTRA: dict[str, Callable[[Any], tuple[str, Any] | None]] = {
+    "is_generator": lambda v: None if v is None else ("is_generator", v),
+    "allow_concurrent_inputs": lambda v: None if v is None else ("allow_concurrent_inputs", v),
+    "max_inputs": lambda v: None if v is None else ("container_max_inputs", _lifetime(v)),
+    "single_use_containers": lambda v: ("container_max_inputs", 1) if v else None,
+}
+
+
 def _take(
     decorator: str, key: str, value: Any, named: dict[str, Any], extra: dict[str, Any]
 ) -> bool:
@@ -61,18 +76,16 @@ def _take(
     if key in RENAMED:
         if value is not None:
             named[RENAMED[key]] = value
-    elif key in WARNED:
-        if value is not None:
-            warnings.warn(WARNED[key], stacklevel=6)
-    elif key == "include_source":
-        if value is False:
-            warnings.warn(
-                "ketch always sends the app's source; include_source=False is ignored",
-                stacklevel=6,
-            )
-    elif key in ("is_generator", "allow_concurrent_inputs"):
-        if value is not None:
-            extra[key] = value
+    elif key in EXTRA:
+        setting = EXTRA[key](value)
+        if setting is not None:
+            extra[setting[0]] = setting[1]
+    elif key in WARNED or key == "include_source":
+        message = WARNED.get(
+            key, "ketch always sends the app's source; include_source=False is ignored"
+        )
+        if (value is not None and key != "include_source") or value is False:
+            warnings.warn(message, stacklevel=6)
     elif key in REFUSED:
         if value not in (None, False, {}, ()):
             raise InvalidError(f"@{decorator}({key}=...): {REFUSED[key]}")

@@ -140,6 +140,8 @@ class FunctionSpec:
     cluster_size: int = 0
     # Check arguments against the function's type hints before they travel (``_typecheck``).
     validate_args: bool = True
+    # Inputs one container takes before it stops (Modal's ``max_inputs``); 0: no limit.
+    container_max_inputs: int = 0
 
     def web_methods(self) -> dict[str | None, dict[str, Any]]:
         """Method name (None for a function) -> web configuration, for every web endpoint here."""

@@ -220,6 +220,7 @@ class _App:
             )
             if extra.get("is_generator") is not None:
                 spec.is_generator = bool(extra["is_generator"])
+            spec.container_max_inputs = int(extra.get("container_max_inputs", 0))
             _allow_concurrent_inputs(spec, extra.get("allow_concurrent_inputs"))
             web = getattr(raw_f, "__ketch_web__", None)
             if web is not None:
@@ -306,6 +307,7 @@ class _App:
             spec.is_class = True
             spec.methods = methods
             _allow_concurrent_inputs(spec, extra.get("allow_concurrent_inputs"))
+            spec.container_max_inputs = int(extra.get("container_max_inputs", 0))
             batching = class_batching(user_cls, methods)
             if batching is not None:
                 if spec.max_inputs > 1:

@@ -43,7 +43,8 @@ def _run(ketch_env, name: str, timeout: float = 150):
 def test_with_options_concurrency_and_batching(ketch_env):
     """``Function.with_options`` and ``Cls.with_options`` run in containers of their own with
     the options applied; ``with_concurrency`` and ``with_batching`` stack on them;
-    ``@modal.batched`` on a class method without ``@modal.method`` takes real batches."""
+    ``@modal.batched`` on a class method without ``@modal.method`` takes real batches;
+    ``max_inputs=1`` gives each input a container of its own."""
     out = _run(ketch_env, "with_options.py").stdout
     for line in (
         "FN_VARIANT big 1 True small",
@@ -54,6 +55,7 @@ def test_with_options_concurrency_and_batching(ketch_env):
         "SINGLE {'x': 7, 'batch': 1}",
         "WITH_BATCHING True 6",
         "BAD_GPU True",
+        "SINGLE_USE 3",  # max_inputs=1: a container per input
     ):
         assert line in out, out
 

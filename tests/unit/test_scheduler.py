@@ -1065,3 +1065,19 @@ def test_one_quick_input_does_not_make_a_slow_map_run_one_at_a_time():
     for n in range(2, 10):  # each other input gets a container of its own
         assert pool.container_ready(f"c{n}", 1.1) == [Assign(f"c{n}", (n,))]
     assert not pool.pending
+
+
+def test_a_container_with_a_lifetime_of_inputs_drains_after_them():
+    """``max_inputs=1`` (Modal's single-use containers): a container takes one input in its
+    life, then stops once it is done; the next input goes to a new container."""
+    pool = make_pool(lifetime_inputs=1)
+    assert pool.enqueue([1, 2], 0.0) == starts("c1", "c2")
+    assert pool.container_ready("c1", 1.0) == [Assign("c1", (1,))]
+    assert pool.containers["c1"].status == "draining" and pool.n_live == 1
+    actions = pool.container_outputs("c1", [(1, "success", SLOW)], 2.0)
+    assert Complete(1) in actions and StopContainer("c1") in actions
+    assert pool.container_ready("c2", 2.5) == [Assign("c2", (2,))]
+    assert pool.enqueue([3], 3.0) == starts("c3")  # c2 took its one input
+    pool2 = make_pool(lifetime_inputs=2, max_inputs=4)
+    pool2.enqueue([1, 2, 3], 0.0)
+    assert pool2.container_ready("c1", 1.0)[0] == Assign("c1", (1, 2))

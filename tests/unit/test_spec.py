@@ -245,8 +245,10 @@ def test_modal_only_options_are_renamed_accepted_or_refused_with_a_reason():
     assert (spec.scaledown_window, spec.max_inputs) == (10.0, 5)
     with pytest.warns(UserWarning, match="region= is ignored"):
         legacy.function(region="us-east")
-    for refused in ({"max_inputs": 1}, {"proxy": "p"}, {"restrict_modal_access": True}):
-        with pytest.raises(InvalidError, match="not supported|do not exist|not in ketch"):
+    single = legacy.function(single_use_containers=True, serialized=True)(lambda: None)
+    assert single._ketch_impl._spec.container_max_inputs == 1
+    for refused in ({"max_inputs": 0}, {"proxy": "p"}, {"restrict_modal_access": True}):
+        with pytest.raises(InvalidError, match="not supported|do not exist|not in ketch|between"):
             legacy.function(**refused)
     with pytest.raises(InvalidError, match="unknown option"):
         legacy.cls(scaledown_windw=3)

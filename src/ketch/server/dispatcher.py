@@ -987,6 +987,7 @@ def _policy(spec: FunctionSpec) -> sm.PoolPolicy:
         max_containers=spec.max_containers,
         buffer_containers=spec.buffer_containers,
         scaledown_window=spec.scaledown_window,
+        lifetime_inputs=spec.container_max_inputs,
         # A web request is never sent twice: it may have been half answered.
         retries=Retries(0) if spec.web_methods() else spec.retries(),
     )

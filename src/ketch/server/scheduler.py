@@ -52,6 +52,9 @@ class PoolPolicy:
     buffer_containers: int = 0
     scaledown_window: float = 60.0
     retries: Retries = field(default_factory=lambda: Retries(0))
+    # Inputs a container takes in its life (Modal's ``max_inputs``; 0: no limit). One that
+    # has taken them drains: it finishes them and stops, and others start for the rest.
+    lifetime_inputs: int = 0
 
     @property
     def slots(self) -> int:
@@ -123,6 +126,7 @@ class ContainerState:
     idle_since: float | None = None
     busy_since: float | None = None
     last_output_at: float | None = None
+    taken: int = 0  # inputs assigned over its life (for ``lifetime_inputs``)
 
 
 class Pool:
@@ -376,15 +380,22 @@ class Pool:
                 break
             heapq.heappop(loads)
             taken.add(cid)
-            given.append(c)
+            limit = self.policy.lifetime_inputs
+            if limit:
+                free = min(free, limit - c.taken)
             take = min(free, max(share, 1), len(self.pending))
             ids = tuple(self.pending.popleft() for _ in range(take))
             if not c.assigned:
                 c.busy_since = now
             c.assigned.extend(ids)
+            c.taken += take
             self._running += min(load + take, self._slots) - min(load, self._slots)
             c.idle_since = None
             actions.append(Assign(c.container_id, ids))
+            if limit and c.taken >= limit:
+                self._set_status(c, "draining")  # its last inputs: it stops once they are done
+            else:
+                given.append(c)
         for c in given:  # back in the heap at their new loads
             heapq.heappush(loads, (len(c.assigned), self._ages[c.container_id], c.container_id))
         return actions

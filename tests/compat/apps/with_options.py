@@ -51,8 +51,14 @@ class Embedder:
         return [{"x": x, "batch": len(xs)} for x in xs]
 
 
+@app.function(max_inputs=1)
+def single_use(x: int) -> int:
+    return os.getpid()
+
+
 @app.local_entrypoint()
 def main():
+    print("SINGLE_USE", len(set(single_use.map(range(3)))))
     base = where.remote(1)
     big = where.with_options(env={"SIZE": "big", "EXTRA": "1"}, timeout=100, cpu=0.5)
     got = big.remote(2)
