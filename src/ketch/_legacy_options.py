@@ -13,7 +13,9 @@ warning, or refuses with a reason, so a Modal app fails (or runs) for a stated c
 - ``is_generator``: whether the function is a generator, when detection cannot tell.
 - ``max_inputs=N`` / ``single_use_containers=True``: a container takes N inputs (one) in
   its life, then drains and stops; others start for the rest.
-- Refused with the reason: ``restrict_modal_access``, ``network_file_systems``, ``proxy``.
+- ``restrict_modal_access=True``: the container's token reaches no RPC; its inputs and
+  outputs still flow over its channel.
+- Refused with the reason: ``network_file_systems``, ``proxy``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ WARNED = {
 }
 IGNORED = {"nonpreemptible", "i6pn", "experimental_options", "enable_memory_snapshot"}
 REFUSED = {
-    "restrict_modal_access": "containers without access to the control plane are not supported yet",
     "network_file_systems": "NetworkFileSystem is not in ketch: use a Volume (volumes=)",
     "proxy": "static-IP proxies do not exist here (containers use the host's network)",
 }
@@ -66,6 +67,7 @@ EXTRA: dict[str, Callable[[Any], tuple[str, Any] | None]] = {
     "allow_concurrent_inputs": lambda v: None if v is None else ("allow_concurrent_inputs", v),
     "max_inputs": lambda v: None if v is None else ("container_max_inputs", _lifetime(v)),
     "single_use_containers": lambda v: ("container_max_inputs", 1) if v else None,
+    "restrict_modal_access": lambda v: ("restrict_modal_access", True) if v else None,
 }
 
 

@@ -142,6 +142,9 @@ class FunctionSpec:
     validate_args: bool = True
     # Inputs one container takes before it stops (Modal's ``max_inputs``); 0: no limit.
     container_max_inputs: int = 0
+    # Modal's ``restrict_modal_access``: the container's token reaches no RPC (no Dicts,
+    # Queues, Volumes' API, calls or sandboxes); its inputs and outputs still flow.
+    restrict_modal_access: bool = False
 
     def web_methods(self) -> dict[str | None, dict[str, Any]]:
         """Method name (None for a function) -> web configuration, for every web endpoint here."""

@@ -221,6 +221,7 @@ class _App:
             if extra.get("is_generator") is not None:
                 spec.is_generator = bool(extra["is_generator"])
             spec.container_max_inputs = int(extra.get("container_max_inputs", 0))
+            spec.restrict_modal_access = bool(extra.get("restrict_modal_access", False))
             _allow_concurrent_inputs(spec, extra.get("allow_concurrent_inputs"))
             web = getattr(raw_f, "__ketch_web__", None)
             if web is not None:
@@ -308,6 +309,7 @@ class _App:
             spec.methods = methods
             _allow_concurrent_inputs(spec, extra.get("allow_concurrent_inputs"))
             spec.container_max_inputs = int(extra.get("container_max_inputs", 0))
+            spec.restrict_modal_access = bool(extra.get("restrict_modal_access", False))
             batching = class_batching(user_cls, methods)
             if batching is not None:
                 if spec.max_inputs > 1:

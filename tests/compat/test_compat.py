@@ -265,11 +265,14 @@ def test_a_server_class_is_served_behind_proxy_auth(ketch_env):
 def test_the_surface_a_typical_modal_app_reaches_for(ketch_env):
     """``App(image=)`` and ``app.image.imports()``, ``Volume.from_name(version=2)``,
     ``Retries`` with Modal's delays, ``is_local``/``current_input_id``, ``enable_output``,
-    ``Queue.get(block=False)``, ``App.lookup`` for a sandbox with a ``Probe``, and
-    ``modal.Error``."""
+    ``Queue.get(block=False)``, ``App.lookup`` for a sandbox with a ``Probe``,
+    ``modal.Error``, and ``restrict_modal_access``."""
     out = _run(ketch_env, "surface.py").stdout
     assert "LOCAL True" in out, out
     assert "FLAKY {'attempt': 2, 'local': False, 'input': True}" in out, out
     assert "VOLUME b'{\"attempt\": 2}'" in out, out
     assert "QUEUE_EMPTY None" in out and "SANDBOX_READY True" in out, out
     assert "NOT_FOUND True" in out, out
+    # restrict_modal_access=True: the container computes, but reaches no Dict, call or Queue.
+    locked = "LOCKED {'x': 42, 'dict': 'AuthError', 'call': 'AuthError', 'queue': 'AuthError'}"
+    assert locked in out, out

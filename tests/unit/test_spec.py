@@ -247,7 +247,7 @@ def test_modal_only_options_are_renamed_accepted_or_refused_with_a_reason():
         legacy.function(region="us-east")
     single = legacy.function(single_use_containers=True, serialized=True)(lambda: None)
     assert single._ketch_impl._spec.container_max_inputs == 1
-    for refused in ({"max_inputs": 0}, {"proxy": "p"}, {"restrict_modal_access": True}):
+    for refused in ({"max_inputs": 0}, {"proxy": "p"}, {"network_file_systems": {"/x": 1}}):
         with pytest.raises(InvalidError, match="not supported|do not exist|not in ketch|between"):
             legacy.function(**refused)
     with pytest.raises(InvalidError, match="unknown option"):

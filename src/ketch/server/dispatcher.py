@@ -851,7 +851,9 @@ class Dispatcher:
         if handle is None or handle.exited.is_set():
             return None
         info = self.pool_info.get(handle.pool_key)
-        return (container_id, info.app_id) if info is not None and container_id else None
+        if info is None or not container_id or info.spec.restrict_modal_access:
+            return None  # (restrict_modal_access: its token opens its channel, nothing else)
+        return (container_id, info.app_id)
 
     def container_hello(
         self, container_id: str, token: str, writer: asyncio.StreamWriter

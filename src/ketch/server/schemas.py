@@ -126,6 +126,7 @@ class FunctionWire(_Part):
     cluster_size: Annotated[int, Meta(ge=0, le=64)] = 0  # a gang's containers
     validate_args: bool = True
     container_max_inputs: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
+    restrict_modal_access: bool = False
 
 
 # -- apps and functions -------------------------------------------------------

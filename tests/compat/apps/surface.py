@@ -28,8 +28,26 @@ def flaky(key: str) -> dict:
     return {"attempt": n, "local": modal.is_local(), "input": modal.current_input_id() is not None}
 
 
+@app.function(restrict_modal_access=True)
+def locked(x: int) -> dict:
+    """Its inputs and outputs flow; its token opens nothing else."""
+    tried = {}
+    for name, attempt in (
+        ("dict", lambda: attempts.get("k")),
+        ("call", lambda: flaky.spawn("k")),
+        ("queue", lambda: modal.Queue.from_name("compat-surface-q").len()),
+    ):
+        try:
+            attempt()
+            tried[name] = "allowed"
+        except Exception as exc:
+            tried[name] = type(exc).__name__
+    return {"x": x * 2, **tried}
+
+
 @app.local_entrypoint()
 def main():
+    print("LOCKED", locked.remote(21))
     with modal.enable_output():
         print("LOCAL", modal.is_local())
         print("FLAKY", flaky.remote(str(time.time())))
