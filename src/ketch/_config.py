@@ -126,6 +126,9 @@ _SETTINGS: dict[str, _Setting] = {
         True, _to_bool, "start containers as forks of a warm template process"
     ),
     "force_build": _Setting(False, _to_bool, "rebuild images even when cached"),
+    "log_retention_days": _Setting(
+        30.0, float, "days container output is kept (`ketch app logs`); older lines are dropped"
+    ),
     "web_max_body_mb": _Setting(
         64.0, float, "largest web request body the gateway takes, in MiB (413 beyond)"
     ),

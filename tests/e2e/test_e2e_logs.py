@@ -73,3 +73,53 @@ def test_no_log_lines_lost(ketch_env):
     seen = {int(m) for m in re.findall(r"flood line (\d+)", proc.output)}
     missing = sorted(set(range(20000)) - seen)
     assert not missing, f"{len(missing)} of 20000 lines lost, first ones: {missing[:10]}"
+
+
+FILTERED_APP = """
+import ketch
+
+app = ketch.App("logs-filtered")
+
+
+@app.function()
+def alpha(i: int) -> int:
+    print(f"ALPHA-LINE {i}")
+    return i
+
+
+@app.function()
+def beta() -> None:
+    print("beta-line here")
+
+
+@app.local_entrypoint()
+def main():
+    calls = [alpha.spawn(i) for i in range(3)]
+    for c in calls:
+        c.get()
+    beta.remote()
+    print("CALL1", calls[1].object_id)
+"""
+
+
+def test_app_logs_filters_by_function_call_text_and_time(ketch_env, tmp_path):
+    """``ketch app logs --function/--call/--search/--since/--until``: each narrows the
+    lines; a line belongs to the call whose input its container was running."""
+    (tmp_path / "filtered.py").write_text(FILTERED_APP)
+    run = ketch_env.cli("run", "filtered.py", cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.describe()
+    call1 = re.search(r"CALL1 (fc-\S+)", run.stdout).group(1)
+
+    def lines(*options):
+        done = ketch_env.cli("app", "logs", "logs-filtered", *options, timeout=30)
+        assert done.returncode == 0, done.describe()
+        return [line for line in done.output.splitlines() if "-LINE" in line or "-line" in line]
+
+    everything = lines()
+    assert sum("ALPHA-LINE" in x for x in everything) == 3 and any("beta" in x for x in everything)
+    assert [x for x in lines("--function", "beta")] == ["[beta] beta-line here"]
+    assert lines("--call", call1) == ["[alpha] ALPHA-LINE 1"]
+    assert lines("--search", "alpha-line 2") == ["[alpha] ALPHA-LINE 2"]
+    assert len(lines("--since", "10m")) == 4 and lines("--until", "1h") == []
+    bad = ketch_env.cli("app", "logs", "logs-filtered", "--since", "yesterday-ish", timeout=30)
+    assert bad.returncode != 0 and "give a duration ago" in bad.output, bad.describe()

@@ -119,3 +119,26 @@ class WholeLines:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_when(text: str) -> float:
+    """A Unix time from ``10m``/``2h``/``1d``/``30s`` ago, or an ISO date and time (UTC when
+    it names no zone)."""
+    import datetime
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if m:
+        return time.time() - float(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        when = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: give a duration ago (30s, 10m, 2h, 1d) or a time (2026-12-06T09:30)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp()

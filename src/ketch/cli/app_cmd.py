@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..app import print_log_line
-from ._util import ago, rpc
+from ._util import ago, parse_when, rpc
 
 
 @click.group(name="app")
@@ -104,19 +104,48 @@ def stop(name: str) -> None:
 @app_group.command()
 @click.argument("name")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the app stops.")
-def logs(name: str, follow: bool) -> None:
-    """Print the container output of app NAME (a name or an ap- id)."""
-    body = {"app_id": name} if name.startswith("ap-") else {"name": name}
+@click.option("--since", help="From this long ago (30s, 10m, 2h, 1d) or this time (ISO, UTC).")
+@click.option("--until", help="Up to this long ago, or this time.")
+@click.option("--search", help="Only lines containing this text (case-insensitive).")
+@click.option("--function", "function", help="Only this function's or class's output.")
+@click.option("--call", "call_id", help="Only this call's output (fc-...).")
+@click.option("--container", "container_id", help="Only this container's output (ta-...).")
+def logs(
+    name: str,
+    follow: bool,
+    since: str | None,
+    until: str | None,
+    search: str | None,
+    function: str | None,
+    call_id: str | None,
+    container_id: str | None,
+) -> None:
+    """Print the container output of app NAME (a name or an ap- id).
+
+    A line belongs to a call when its container ran only that call's input as it printed
+    (a container running several inputs at once prints lines that --call leaves out).
+    """
+    body: dict[str, Any] = {"app_id": name} if name.startswith("ap-") else {"name": name}
+    filters = {
+        "since": parse_when(since) if since else None,
+        "until": parse_when(until) if until else None,
+        "search": search,
+        "function": function,
+        "call_id": call_id,
+        "container_id": container_id,
+    }
+    body.update({k: v for k, v in filters.items() if v is not None})
     after = 0
     while True:
         reply = rpc(
             "AppLogs", {**body, "after": after, "timeout": 30 if follow else 0, "limit": 5000}
         )
         for row in reply["logs"]:
-            after = row["seq"]
             print_log_line(row)
-        if not reply["logs"] and (not follow or reply["state"] == "stopped"):
+        moved = reply.get("cursor", reply["logs"][-1]["seq"] if reply["logs"] else after)
+        if moved == after and (not follow or reply["state"] == "stopped"):
             return
+        after = moved
 
 
 @app_group.command()

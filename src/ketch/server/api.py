@@ -41,6 +41,7 @@ from .dispatcher import Dispatcher
 from .rpc import HANDLERS as _HANDLERS
 from .rpc import WANTS_CALLER as _WANTS_CALLER
 from .rpc import rpc
+from .store import LogFilter
 from .volumes import VolumeService
 
 logger = logging.getLogger(__name__)
@@ -442,11 +443,19 @@ async def AppLogs(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     timeout = float(body.get("timeout", 0)) if app["state"] == "running" else 0.0
     if app["state"] != "running":
         await api.d.logs.flush()  # a stopped app's last lines may still sit in the buffer
-    rows = await api.d.logs.read(
-        app["id"], int(body.get("after", 0)), timeout, int(body.get("limit", 1000))
+    filters = LogFilter(
+        since=body.get("since"),
+        until=body.get("until"),
+        search=body.get("search") or None,
+        tag=body.get("function") or None,
+        call_id=body.get("call_id") or None,
+        container_id=body.get("container_id") or None,
+    )
+    rows, cursor = await api.d.logs.read(
+        app["id"], int(body.get("after", 0)), timeout, int(body.get("limit", 1000)), filters
     )
     state = (api.store.get_app(app["id"]) or app)["state"]
-    return {"logs": rows, "state": state, "app_id": app["id"]}
+    return {"logs": rows, "state": state, "app_id": app["id"], "cursor": cursor}
 
 
 @rpc

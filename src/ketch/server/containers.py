@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..exception import NotFoundError
 from .rpc import rpc
+from .store import LogFilter
 
 if TYPE_CHECKING:
     from .api import Api
@@ -57,8 +58,7 @@ async def ContainerLogs(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     timeout = float(body.get("timeout", 0)) if seen["state"] != "exited" else 0.0
     if seen["state"] == "exited":
         await api.d.logs.flush()  # its last lines may still sit in the buffer
-    rows = await api.d.logs.read(seen["app_id"], after, timeout, limit)
-    last = rows[-1]["seq"] if rows else after
-    mine = [r for r in rows if r["container_id"] == seen["container_id"]]
+    only = LogFilter(container_id=seen["container_id"])
+    rows, cursor = await api.d.logs.read(seen["app_id"], after, timeout, limit, only)
     state = _container(api, seen["container_id"])["state"]
-    return {"logs": mine, "after": last, "state": state, "more": len(rows) == limit}
+    return {"logs": rows, "after": cursor, "state": state, "more": len(rows) == limit}

@@ -89,6 +89,7 @@ class ContainerHandle:
     leader: str | None = None
     ready: bool = False  # said "ready" (a gang is ready when every member is)
     gang_failure: str | None = None  # why a member ended the gang
+    last_call: str | None = None  # the call its latest output answered (for its log lines)
 
 
 def pool_key_for(function_id: str, params: bytes | None) -> str:

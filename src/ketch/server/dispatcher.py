@@ -73,6 +73,10 @@ OUTCOME = {
 }
 
 
+PRUNE_FIRST_S = 30.0  # after a start, then every PRUNE_EVERY_S
+PRUNE_EVERY_S = 3600.0
+
+
 class Dispatcher:
     """Calls in, containers out."""
 
@@ -212,9 +216,13 @@ class Dispatcher:
                 self._perform(pool, pool.tick(time.monotonic()))
 
     async def _ticker(self) -> None:
+        next_prune = time.monotonic() + PRUNE_FIRST_S
         while True:
             await asyncio.sleep(0.2)
             now = time.monotonic()
+            if now >= next_prune:
+                next_prune = now + PRUNE_EVERY_S
+                self._prune()
             for key, pool in list(self.pools.items()):
                 if pool.stopped and not pool.containers:
                     del self.pools[key], self.pool_info[key]
@@ -223,6 +231,16 @@ class Dispatcher:
                     self._perform(pool, pool.tick(now))
                 except Exception:
                     logger.exception("tick failed for pool %s", pool.key)
+
+    def _prune(self) -> None:
+        """Retention: container output older than ``log_retention_days`` goes."""
+        try:
+            dropped = self.logs.prune(float(config.get("log_retention_days")))
+        except Exception:
+            logger.exception("pruning old logs failed")
+            return
+        if dropped:
+            logger.info("dropped %d log lines past their retention", dropped)
 
     # -- functions and pools -------------------------------------------------
     def function_spec(self, function_id: str) -> tuple[FunctionSpec, str]:
@@ -922,6 +940,7 @@ class Dispatcher:
                 item_rows.append(row)
                 continue
             self._stash[input_id] = self._row(input_id, item["status"], item.get("data"))
+            handle.last_call = self.inputs[input_id].call_id
             results.append(
                 (input_id, OUTCOME.get(item["status"], "failure"), float(item.get("duration", 0.0)))
             )
@@ -977,7 +996,20 @@ class Dispatcher:
                 self.sandboxes.log(container_id, stream, text)
             return
         info = self.pool_info[handle.pool_key]
-        self.logs.add(info.app_id, info.spec.tag, container_id, stream, text)
+        self.logs.add(info.app_id, info.spec.tag, container_id, stream, text, self._call_of(handle))
+
+    def _call_of(self, handle: ContainerHandle) -> str | None:
+        """The call a container's output line belongs to: the one input it runs, else the
+        one it answered last (a line printed just before returning arrives after it); None
+        while it runs several at once."""
+        pool = self.pools.get(handle.pool_key)
+        c = pool.containers.get(handle.id) if pool is not None else None
+        running = c.assigned[: pool.policy.slots] if c is not None and pool is not None else []
+        if len(running) > 1:
+            return None
+        if running and (info := self.inputs.get(running[0])) is not None:
+            return info.call_id
+        return handle.last_call
 
 
 def _policy(spec: FunctionSpec) -> sm.PoolPolicy:

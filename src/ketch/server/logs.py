@@ -7,7 +7,7 @@ import contextlib
 import time
 from typing import Any
 
-from .store import Store
+from .store import LogFilter, Store
 
 FLUSH_INTERVAL_S = 0.05
 
@@ -29,7 +29,15 @@ class LogBook:
                 await self._task
         await self.flush()
 
-    def add(self, app_id: str, tag: str, container_id: str, stream: str, text: str) -> None:
+    def add(
+        self,
+        app_id: str,
+        tag: str,
+        container_id: str,
+        stream: str,
+        text: str,
+        call_id: str | None = None,
+    ) -> None:
         self._buffer.append(
             {
                 "app_id": app_id,
@@ -38,6 +46,7 @@ class LogBook:
                 "stream": stream,
                 "text": text,
                 "ts": time.time(),
+                "call_id": call_id,
             }
         )
 
@@ -60,13 +69,35 @@ class LogBook:
             await self.flush()
 
     async def read(
-        self, app_id: str, after: int, timeout: float, limit: int
-    ) -> list[dict[str, Any]]:
-        rows = self.store.logs_after(app_id, after, limit)
+        self,
+        app_id: str,
+        after: int,
+        timeout: float,
+        limit: int,
+        filters: LogFilter | None = None,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """``(rows, cursor)``: rows after ``after`` that pass ``filters``, and the sequence
+        number to go on from (past lines the filters skipped). With ``timeout``, waits that
+        long for new lines when there are none."""
+        rows, cursor = self._page(app_id, after, limit, filters)
         if rows or timeout <= 0:
-            return rows
+            return rows, cursor
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(app_id, []).append(fut)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(fut, min(timeout, 55.0))
-        return self.store.logs_after(app_id, after, limit)
+        return self._page(app_id, cursor, limit, filters)
+
+    def _page(
+        self, app_id: str, after: int, limit: int, filters: LogFilter | None
+    ) -> tuple[list[dict[str, Any]], int]:
+        if filters is None or filters == LogFilter():
+            rows = self.store.logs_after(app_id, after, limit)
+            return rows, rows[-1]["seq"] if rows else after
+        upto = self.store.last_log_seq(app_id)  # first: a line written meanwhile is not skipped
+        rows = self.store.logs_after(app_id, after, limit, filters, upto)
+        return rows, rows[-1]["seq"] if len(rows) == limit else max(upto, after)
+
+    def prune(self, retention_days: float) -> int:
+        """Drop lines older than ``retention_days``; returns how many went."""
+        return self.store.prune_logs(time.time() - retention_days * 86400.0)

@@ -175,6 +175,12 @@ class AppLogs(_Request):
     after: Count = 0
     timeout: Seconds = 0.0
     limit: Limit = 1000
+    since: Time | None = None
+    until: Time | None = None
+    search: Text | None = None
+    function: Name | None = None
+    call_id: Id | None = None
+    container_id: Id | None = None
 
 
 class Probe(msgspec.Struct, forbid_unknown_fields=True):

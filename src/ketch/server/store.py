@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,43 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """Which log lines ``ketch app logs`` asks for: a time range, text, a function (its
+    tag), a call, a container."""
+
+    since: float | None = None
+    until: float | None = None
+    search: str | None = None
+    tag: str | None = None
+    call_id: str | None = None
+    container_id: str | None = None
+
+    def sql(self, where: list[str], params: list[Any]) -> None:
+        """Add its conditions (``?`` placeholders) to ``where`` and ``params``."""
+        if self.since is not None:
+            where.append("ts >= ?")
+            params.append(self.since)
+        if self.until is not None:
+            where.append("ts < ?")
+            params.append(self.until)
+        for column, value in (
+            ("tag", self.tag),
+            ("call_id", self.call_id),
+            ("container_id", self.container_id),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if self.search:
+            escaped = (
+                self.search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            )
+            where.append("LOWER(text) LIKE ? ESCAPE '\\'")
+            params.append(f"%{escaped}%")
+
 
 metadata = MetaData()
 
@@ -118,7 +156,9 @@ logs = Table(
     Column("stream", String, nullable=False),
     Column("text", Text, nullable=False),
     Column("ts", Float, nullable=False),
+    Column("call_id", String),  # the call it belongs to, where that is known (``_call_of``)
     Index("logs_app_seq", "app_id", "seq"),
+    Index("logs_ts", "ts"),
     sqlite_autoincrement=True,
 )
 
@@ -629,19 +669,51 @@ class Store:
     def add_logs(self, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
             self.db.executemany(
-                "INSERT INTO logs (app_id, tag, container_id, stream, text, ts) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO logs (app_id, tag, container_id, stream, text, ts, call_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (r["app_id"], r["tag"], r["container_id"], r["stream"], r["text"], r["ts"])
+                    (
+                        r["app_id"],
+                        r["tag"],
+                        r["container_id"],
+                        r["stream"],
+                        r["text"],
+                        r["ts"],
+                        r.get("call_id"),
+                    )
                     for r in rows
                 ],
             )
             self._commit()
 
-    def logs_after(self, app_id: str, after: int, limit: int) -> list[dict[str, Any]]:
+    def logs_after(
+        self,
+        app_id: str,
+        after: int,
+        limit: int,
+        filters: LogFilter | None = None,
+        upto: int | None = None,
+    ) -> list[dict[str, Any]]:
+        where, params = ["app_id = ?", "seq > ?"], [app_id, after]
+        if upto is not None:
+            where.append("seq <= ?")
+            params.append(upto)
+        if filters is not None:
+            filters.sql(where, params)
         rows = self.db.execute(
-            "SELECT seq, ts, tag, container_id, stream, text FROM logs WHERE app_id = ? AND seq > ? "
-            "ORDER BY seq LIMIT ?",
-            (app_id, after, limit),
+            "SELECT seq, ts, tag, container_id, stream, text, call_id FROM logs WHERE "
+            + " AND ".join(where)
+            + " ORDER BY seq LIMIT ?",
+            (*params, limit),
         ).fetchall()
-        keys = ("seq", "ts", "tag", "container_id", "stream", "text")
+        keys = ("seq", "ts", "tag", "container_id", "stream", "text", "call_id")
         return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def last_log_seq(self, app_id: str) -> int:
+        row = self.db.execute("SELECT MAX(seq) FROM logs WHERE app_id = ?", (app_id,)).fetchone()
+        return int(row[0] or 0) if row else 0
+
+    def prune_logs(self, before_ts: float) -> int:
+        cur = self.db.execute("DELETE FROM logs WHERE ts < ?", (before_ts,))
+        self._commit()
+        return int(cur.rowcount or 0)
