@@ -85,6 +85,10 @@ class ResourceUnavailableError(Error):
     """No node can ever provide what the function asks for (a GPU type, say)."""
 
 
+class BudgetExceededError(Error):
+    """The app spent its budget for today (``ketch app budget``): no new containers start."""
+
+
 class ServerError(Error):
     """The control plane failed while handling a request."""
 
@@ -157,6 +161,7 @@ _BY_NAME: dict[str, type[BaseException]] = {
         CallTimeoutError,
         ImageBuildError,
         ResourceUnavailableError,
+        BudgetExceededError,
         AuthError,
         PermissionDeniedError,
         SandboxFilesystemError,

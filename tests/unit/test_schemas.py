@@ -150,6 +150,11 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
     "ContainerLogs": [
         {"container_id": "ta-0123456789abcdef0123", "after": 0, "timeout": 30, "limit": 5000}
     ],
+    "UsageReport": [
+        {"by": "function", "app": "demo", "function": "f", "since": 1.7e9},
+        {"call_id": "fc-1"},
+    ],
+    "AppBudgetSet": [{"name": "demo", "usd_per_day": 5.0}, {"name": "demo", "usd_per_day": None}],
     "AppLogs": [
         {"app_id": APP, "after": 0, "timeout": 30},
         {"name": "web", "after": 12, "timeout": 0, "limit": 5000},

@@ -72,6 +72,11 @@ def info(name: str) -> None:
         f"{reply['name']} ({reply['app_id']}): {reply['state']}, {kind}{version}, "
         f"{reply['n_containers']} container(s), created {ago(reply['created_at'])}"
     )
+    budget = reply.get("budget_per_day")
+    click.echo(
+        f"cost today (UTC): ${reply.get('cost_today', 0.0):.6f}"
+        + (f" of a ${budget:.2f}/day budget" if budget is not None else "")
+    )
     click.echo("functions:")
     for fn in reply["functions"]:
         click.echo(f"  - {fn['tag']}")
@@ -181,3 +186,23 @@ def rollback(name: str, version: str | None) -> None:
     click.echo(f"rolled app {name!r} back to v{reply['rolled_back_to']} (now v{reply['version']})")
     for endpoint, url in sorted(reply.get("web_urls", {}).items()):
         click.echo(f"  - {endpoint} => {url}")
+
+
+@app_group.command()
+@click.argument("name")
+@click.argument("amount", required=False)
+@click.option("--clear", is_flag=True, help="Remove the app's budget.")
+def budget(name: str, amount: str | None, clear: bool) -> None:
+    """Give app NAME a budget of AMOUNT dollars a day ("5", "$5/day"); past it, no new
+    containers start that day (UTC) and the inputs waiting for one fail saying so."""
+    if clear == (amount is not None):
+        raise click.UsageError("give an AMOUNT (like 5/day) or --clear")
+    usd = None
+    if amount is not None:
+        text = amount.strip().removeprefix("$").removesuffix("/day").removesuffix("/d")
+        try:
+            usd = float(text)
+        except ValueError:
+            raise click.BadParameter(f"{amount!r}: dollars a day, like 5 or $5/day") from None
+    rpc("AppBudgetSet", {"name": name, "usd_per_day": usd})
+    click.echo(f"app {name}: " + ("no budget" if usd is None else f"budget ${usd:.2f}/day"))

@@ -22,6 +22,7 @@ from .serve import serve
 from .server import server
 from .shell import shell
 from .token_cmd import token_group
+from .usage_cmd import usage
 from .volume_cmd import volume_group
 
 
@@ -50,6 +51,7 @@ cli.add_command(secret_group)
 cli.add_command(volume_group)
 cli.add_command(token_group)
 cli.add_command(modal_alias_group)
+cli.add_command(usage)
 
 
 def main(prog_name: str | None = None) -> None:

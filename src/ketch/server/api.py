@@ -434,6 +434,8 @@ async def AppInfo(api: Api, body: dict[str, Any]) -> dict[str, Any]:
         "schedules": api.d.schedules.describe(app["id"]) if api.d.schedules is not None else [],
         "version": history[-1]["version"] if history else None,
         "sandboxes": api.d.sandboxes.running(app["id"]) if api.d.sandboxes is not None else [],
+        "cost_today": api.d.meter.cost_today(app["id"]),
+        "budget_per_day": api.d.meter.budget(app["name"]),
     }
 
 
@@ -603,6 +605,7 @@ from . import queues as _queues  # noqa: E402, F401
 from . import sandboxes as _sandboxes  # noqa: E402, F401
 from . import secret_store as _secret_store  # noqa: E402, F401
 from . import tunnels as _tunnels  # noqa: E402, F401
+from . import usage as _usage  # noqa: E402, F401
 from . import variants as _variants  # noqa: E402, F401
 from . import versions as _versions  # noqa: E402
 from . import volumes as _volumes  # noqa: E402, F401

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -28,6 +29,7 @@ from .._serialization import MAX_INLINE_BYTES, serialize_exception, unpack
 from .._spec import FunctionSpec
 from .._tasks import spawn
 from ..exception import (
+    BudgetExceededError,
     CallCancelledError,
     ContainerCrashError,
     Error,
@@ -57,6 +59,7 @@ from .queue_window import QueueWindow
 from .services import Builds, ContainerVolumes, Gateway, Schedules, Services, Worker
 from .store import FINAL_STATUSES, Store
 from .tunnels import Tunnels
+from .usage import FLUSH_EVERY_S, Meter
 
 if TYPE_CHECKING:
     from .sandboxes import SandboxService
@@ -106,6 +109,7 @@ class Dispatcher:
         self._web_ids = itertools.count(-1, -1)  # web inputs: negative ids, never stored
         self._gpu_waiting: set[str] = set()
         self.metrics = Metrics()  # GET /metrics (server/metrics.py)
+        self.meter = Meter(store, self._container_usage)  # usage and cost (server/usage.py)
         self.pools: dict[str, sm.Pool] = {}
         self.pool_info: dict[str, PoolInfo] = {}
         self.calls: dict[str, CallState] = {}
@@ -161,9 +165,17 @@ class Dispatcher:
         for pool in self.pools.values():
             self._perform(pool, pool.stop_all())
         await self.worker.shutdown()
+        for container_id in list(self.meter.live):
+            self.meter.stop(container_id)
+        with contextlib.suppress(Exception):
+            self.meter.flush()
         if self.volumes is not None:
             await self.volumes.close()
         await self.logs.close()
+
+    def _container_usage(self, container_id: str) -> tuple[float | None, int | None] | None:
+        usage_of = getattr(self.worker, "usage", None)
+        return usage_of(container_id) if usage_of is not None else None
 
     def recover(self) -> None:
         """Requeue every input that has no final output (it was queued or running).
@@ -217,12 +229,19 @@ class Dispatcher:
 
     async def _ticker(self) -> None:
         next_prune = time.monotonic() + PRUNE_FIRST_S
+        next_flush = time.monotonic() + FLUSH_EVERY_S
         while True:
             await asyncio.sleep(0.2)
             now = time.monotonic()
             if now >= next_prune:
                 next_prune = now + PRUNE_EVERY_S
                 self._prune()
+            if now >= next_flush:
+                next_flush = now + FLUSH_EVERY_S
+                try:
+                    self.meter.flush()
+                except Exception:
+                    logger.exception("writing usage failed")
             for key, pool in list(self.pools.items()):
                 if pool.stopped and not pool.containers:
                     del self.pools[key], self.pool_info[key]
@@ -672,7 +691,9 @@ class Dispatcher:
             self.containers[handle.id] = handle
             self._container_tokens[handle.token] = handle.id
             handles.append(handle)
+        info = self.pool_info[pool.key]
         for rank, handle in enumerate(handles):
+            self.meter.start(handle.id, info.app_id, info.function_id, info.spec)
             gpu_env = self._allocate_gpus(pool, handle.id)
             if size > 1:
                 gpu_env.update(gangs.member_env(ids, rank))
@@ -722,12 +743,22 @@ class Dispatcher:
             return {"KETCH_GPU_UNAVAILABLE": "1"}
         return gpus.visible_devices_env(got[1])
 
-    async def _start_container(
-        self, pool: sm.Pool, handle: ContainerHandle, gpu_env: dict[str, str]
-    ) -> None:
-        container_id = handle.id
-        info = self.pool_info[pool.key]
-        logger.info("starting container %s for %s", container_id, info.spec.tag)
+    def _over_budget(self, pool: sm.Pool, container_id: str, app_id: str) -> bool:
+        """An app over its budget starts no container: the inputs waiting for one fail."""
+        app = self.store.get_app(app_id)
+        over = self.meter.over_budget(app_id, str(app["name"])) if app else None
+        if over is None:
+            return False
+        error = serialize_exception(BudgetExceededError(over))
+        self._perform(pool, pool.container_init_failed(container_id, time.monotonic(), over), error)
+        self.container_exited(container_id, "not started: over budget")
+        return True
+
+    async def _secrets_and_volumes(
+        self, pool: sm.Pool, container_id: str, info: PoolInfo
+    ) -> tuple[dict[str, str], list[tuple[str, str, bool]]] | None:
+        """The container's Secrets' variables and Volume mounts; None (the start failed,
+        and its waiting inputs with it) when one is unavailable."""
         try:
             # Opened here, on the way into the container, and nowhere else.
             secret_env = secret_store.container_env(self.store, info.spec.secrets)
@@ -747,7 +778,21 @@ class Dispatcher:
                 serialize_exception(exc),
             )
             self.container_exited(container_id, f"could not start: {exc}")
+            return None
+        return secret_env, mounts
+
+    async def _start_container(
+        self, pool: sm.Pool, handle: ContainerHandle, gpu_env: dict[str, str]
+    ) -> None:
+        container_id = handle.id
+        info = self.pool_info[pool.key]
+        logger.info("starting container %s for %s", container_id, info.spec.tag)
+        if self._over_budget(pool, container_id, info.app_id):
             return
+        prepared = await self._secrets_and_volumes(pool, container_id, info)
+        if prepared is None:
+            return
+        secret_env, mounts = prepared
         if handle.stop_requested:
             self.container_exited(container_id, "was stopped before it started")
             return
@@ -930,6 +975,8 @@ class Dispatcher:
     ) -> None:
         results = []
         item_rows = []
+        c = pool.containers.get(handle.id)
+        sharing = min(len(c.assigned), pool.policy.slots) if c is not None else 1
         for item in items:
             input_id = item["id"]
             if input_id not in self.inputs:
@@ -941,6 +988,8 @@ class Dispatcher:
                 continue
             self._stash[input_id] = self._row(input_id, item["status"], item.get("data"))
             handle.last_call = self.inputs[input_id].call_id
+            seconds = float(item.get("duration", 0.0))
+            self.meter.input_done(handle.id, handle.last_call, seconds, sharing)
             results.append(
                 (input_id, OUTCOME.get(item["status"], "failure"), float(item.get("duration", 0.0)))
             )
@@ -958,6 +1007,7 @@ class Dispatcher:
             self.sandboxes.exited(container_id, reason)
             return
         self.gpus.release(container_id)
+        self.meter.stop(container_id)
         if self.volumes is not None:
             self.volumes.release(container_id)  # commits what it wrote to its Volumes
         spawn(self.tunnels.close(container_id), name=f"close tunnels of {container_id}")

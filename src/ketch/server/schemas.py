@@ -169,6 +169,19 @@ class AppInfo(_Request):
     name: Name | None = None
 
 
+class UsageReport(_Request):
+    by: Literal["day", "app", "function", "container"] = "app"
+    app: Name | None = None
+    function: Name | None = None
+    since: Time | None = None
+    call_id: Id | None = None
+
+
+class AppBudgetSet(_Request):
+    name: Name
+    usd_per_day: Amount | None = None
+
+
 class AppLogs(_Request):
     app_id: Id | None = None
     name: Name | None = None
