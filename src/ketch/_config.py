@@ -126,6 +126,11 @@ _SETTINGS: dict[str, _Setting] = {
         True, _to_bool, "start containers as forks of a warm template process"
     ),
     "force_build": _Setting(False, _to_bool, "rebuild images even when cached"),
+    "observe": _Setting(
+        True,
+        _to_bool,
+        "meter usage and record metrics (0: neither; for measuring what they cost)",
+    ),
     "log_retention_days": _Setting(
         30.0, float, "days container output is kept (`ketch app logs`); older lines are dropped"
     ),

@@ -108,8 +108,10 @@ class Dispatcher:
         )
         self._web_ids = itertools.count(-1, -1)  # web inputs: negative ids, never stored
         self._gpu_waiting: set[str] = set()
-        self.metrics = Metrics()  # GET /metrics (server/metrics.py)
-        self.meter = Meter(store, self._container_usage)  # usage and cost (server/usage.py)
+        observe = bool(config.get("observe"))
+        self.metrics = Metrics(observe)  # GET /metrics (server/metrics.py)
+        # Usage and cost (server/usage.py).
+        self.meter = Meter(store, self._container_usage, enabled=observe)
         self.pools: dict[str, sm.Pool] = {}
         self.pool_info: dict[str, PoolInfo] = {}
         self.calls: dict[str, CallState] = {}

@@ -79,20 +79,34 @@ class Histogram:
         return family
 
 
-class Metrics:
-    """What the dispatcher, the API and the builds record as they go."""
+class _Off(Histogram):
+    """A histogram that records nothing (``observe = false``)."""
 
-    def __init__(self) -> None:
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        pass
+
+    def observe_many(self, labels: tuple[str, ...], values: Sequence[float]) -> None:
+        pass
+
+
+class Metrics:
+    """What the dispatcher, the API and the builds record as they go (nothing with
+    ``observe = false``, which ``benchmarks/observability.py`` compares against)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        kind = Histogram if enabled else _Off
+        self.enabled = enabled
         self.calls: dict[tuple[str, str, str], int] = {}  # (app, function, outcome)
-        self.call_seconds = Histogram()  # (app, function): in the container
-        self.queue_seconds = Histogram()  # (app, function): queued until sent to one
-        self.cold_start_seconds = Histogram()  # (app, function): started until ready
-        self.build_seconds = Histogram()  # (outcome,)
-        self.request_seconds = Histogram()  # (method,)
+        self.call_seconds = kind()  # (app, function): in the container
+        self.queue_seconds = kind()  # (app, function): queued until sent to one
+        self.cold_start_seconds = kind()  # (app, function): started until ready
+        self.build_seconds = kind()  # (outcome,)
+        self.request_seconds = kind()  # (method,)
         self.names: dict[str, tuple[str, str]] = {}  # function id -> (app name, tag)
 
     def count_calls(self, labels: tuple[str, str, str], n: int = 1) -> None:
-        self.calls[labels] = self.calls.get(labels, 0) + n
+        if self.enabled:
+            self.calls[labels] = self.calls.get(labels, 0) + n
 
 
 class _Collector(Collector):

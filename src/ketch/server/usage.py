@@ -187,7 +187,9 @@ class Meter:
         self,
         store: Store,
         usage_of: Callable[[str], tuple[float | None, int | None] | None] | None = None,
+        enabled: bool = True,
     ) -> None:
+        self.enabled = enabled  # off: nothing is metered (``observe = false``)
         self.store = store
         self.usage_of = usage_of  # the worker's cgroup readings, where it has them
         self.rates = RateCard.load()
@@ -197,6 +199,8 @@ class Meter:
 
     # -- events ----------------------------------------------------------------
     def start(self, container_id: str, app_id: str, function_id: str, spec: FunctionSpec) -> None:
+        if not self.enabled:
+            return
         cores, gib, gpus = _request(spec)
         self.live[container_id] = _Live(
             container_id, app_id, function_id, spec.tag, cores, gib, gpus, time.time()
