@@ -131,6 +131,11 @@ _SETTINGS: dict[str, _Setting] = {
         _to_bool,
         "meter usage and record metrics (0: neither; for measuring what they cost)",
     ),
+    "call_retention_days": _Setting(
+        7.0,
+        float,
+        "days a finished call's arguments and results are kept (`ketch call show/replay`)",
+    ),
     "log_retention_days": _Setting(
         30.0, float, "days container output is kept (`ketch app logs`); older lines are dropped"
     ),

@@ -56,3 +56,34 @@ def test_filters_the_cursor_and_retention(tmp_path, backend):
         assert texts() == ["beta started", "alpha_2 done"]
     finally:
         store.close()
+
+
+def test_finished_calls_past_retention_go_with_their_inputs_and_outputs(tmp_path):
+    """``call_retention_days``: a finished call older than the cut goes, arguments and
+    results with it; a call with an input still pending stays whatever its age."""
+    store = Store(tmp_path / "state.db")
+    try:
+        for call_id in ("fc-done", "fc-open"):
+            call = {
+                "id": call_id,
+                "function_id": "fu-1",
+                "app_id": "ap-1",
+                "kind": "single",
+                "params": None,
+                "method": None,
+                "n_inputs": 1,
+                "spec_hash": "abc",
+            }
+            store.add_call(call, [{"idx": 0, "args": b"x", "blob_id": None}])
+        done = store.call_inputs("fc-done", 10)
+        assert done and done[0]["args"] == b"x"
+        ids = [r[0] for r in store.db.execute("SELECT id FROM inputs WHERE call_id = 'fc-done'")]
+        row = {"call_id": "fc-done", "idx": 0, "status": "success", "data": b"r", "detail": None}
+        store.record_outputs([row], ids)
+        assert store.call_inputs("fc-done", 10)[0]["args"] == b"x"  # kept for replay
+        assert store.prune_calls(time.time() + 1) == 1
+        assert store.get_call("fc-done") is None and store.call_inputs("fc-done", 10) == []
+        assert store.call_results("fc-done", 10) == []
+        assert store.get_call("fc-open") is not None
+    finally:
+        store.close()

@@ -9,6 +9,7 @@ import click
 from .. import __version__
 from .._config import config
 from .app_cmd import app_group
+from .call_cmd import call_group
 from .container_cmd import container_group
 from .deploy import deploy
 from .dict_cmd import dict_group
@@ -52,6 +53,7 @@ cli.add_command(volume_group)
 cli.add_command(token_group)
 cli.add_command(modal_alias_group)
 cli.add_command(usage)
+cli.add_command(call_group)
 
 
 def main(prog_name: str | None = None) -> None:

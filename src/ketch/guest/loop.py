@@ -16,6 +16,7 @@ import errno
 import inspect
 import logging
 import os
+import reprlib
 import signal
 import socket
 import sys
@@ -153,15 +154,21 @@ class ContainerLoop:
         args, kwargs = cloudpickle.loads(item["args"])
         return fn, args, kwargs
 
-    def _pack_result(self, input_id: int, value: Any, started: float) -> dict[str, Any]:
+    def _pack_result(
+        self, input_id: int, value: Any, started: float, detail: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         try:
             data = cloudpickle.dumps(value)
         except Exception as exc:
             err = InvalidError(
                 f"the return value could not be serialized: {type(exc).__name__}: {exc}"
             )
-            return self._result(input_id, "failure", serialize_exception(err), started)
-        return self._result(input_id, "success", data, started)
+            return self._failure(input_id, err, started, detail, printed=True)
+        out = self._result(input_id, "success", data, started)
+        if detail is not None:
+            detail["result"] = _short_repr(value)
+            out["detail"] = detail
+        return out
 
     @staticmethod
     def _item(input_id: int, n: int, element: Any) -> dict[str, Any]:
@@ -172,12 +179,23 @@ class ContainerLoop:
             "data": cloudpickle.dumps(element),
         }
 
-    def _failure(self, input_id: int, exc: BaseException, started: float) -> dict[str, Any]:
+    def _failure(
+        self,
+        input_id: int,
+        exc: BaseException,
+        started: float,
+        detail: dict[str, str] | None = None,
+        printed: bool = False,
+    ) -> dict[str, Any]:
         if isinstance(exc, InputCancellation) or input_id in self.cancelled:
             return self._result(input_id, "cancelled", None, started)
         exc = _noted(exc.with_traceback(user_frames(exc.__traceback__)))
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-        return self._result(input_id, "failure", serialize_exception(exc), started)
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        if not printed:
+            sys.stderr.write(text)
+        out = self._result(input_id, "failure", serialize_exception(exc), started)
+        out["detail"] = {**(detail or {}), "traceback": text, "error": _short_repr(exc)}
+        return out
 
     def run_sync_input(self, item: dict[str, Any]) -> None:
         input_id = item["id"]
@@ -186,16 +204,19 @@ class ContainerLoop:
             input_id, started + self.spec.timeout, threading.get_ident()
         )
         _current.serve(input_id, item.get("call"))
+        detail: dict[str, str] | None = None
         try:
             fn, args, kwargs = self._decode(item)
+            if item.get("detail"):
+                detail = {"args": _args_repr(args, kwargs)}
             value = fn(*args, **kwargs)
             if inspect.isgenerator(value):
                 for n, element in enumerate(value):
                     self.emit(self._item(input_id, n, element), force=True)
                 value = None
-            out = self._pack_result(input_id, value, started)
+            out = self._pack_result(input_id, value, started, detail)
         except BaseException as exc:  # user code may raise anything, SystemExit included
-            out = self._failure(input_id, exc, started)
+            out = self._failure(input_id, exc, started, detail)
         finally:
             self.running.pop(input_id, None)
             _current.stop_serving()
@@ -212,8 +233,11 @@ class ContainerLoop:
             running.task = asyncio.current_task()
             self.running[input_id] = running
             _current.serve(input_id, item.get("call"))  # (this task's own context)
+            detail: dict[str, str] | None = None
             try:
                 fn, args, kwargs = self._decode(item)
+                if item.get("detail"):
+                    detail = {"args": _args_repr(args, kwargs)}
                 value = fn(*args, **kwargs)
                 if inspect.isasyncgen(value):
                     n = 0
@@ -223,9 +247,9 @@ class ContainerLoop:
                     value = None
                 elif inspect.isawaitable(value):
                     value = await value
-                out = self._pack_result(input_id, value, started)
+                out = self._pack_result(input_id, value, started, detail)
             except (Exception, asyncio.CancelledError, InputCancellation) as exc:
-                out = self._failure(input_id, exc, started)
+                out = self._failure(input_id, exc, started, detail)
             finally:
                 self.running.pop(input_id, None)
             self.emit(out)
@@ -579,3 +603,22 @@ def main() -> None:
         sys.stderr.flush()
         os._exit(1)
     ContainerLoop(chan, service, spec).serve()
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 200, 200, 100
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 20
+_REPR.maxlevel = 4
+
+
+def _short_repr(value: Any) -> str:
+    """A bounded repr, made here in the container (``ketch call show`` prints it)."""
+    try:
+        return _REPR.repr(value)
+    except Exception as exc:  # a user's __repr__ may raise
+        return f"<{type(value).__name__}: repr failed: {type(exc).__name__}>"
+
+
+def _args_repr(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    parts = [_short_repr(a) for a in args] + [f"{k}={_short_repr(v)}" for k, v in kwargs.items()]
+    return ", ".join(parts)

@@ -597,6 +597,7 @@ async def ImageBuildStatus(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 
 
 # Importing these modules registers their handlers (``@rpc``); api's own are above.
+from . import call_records as _call_records  # noqa: E402, F401
 from . import containers as _containers  # noqa: E402, F401
 from . import dicts as _dicts  # noqa: E402, F401
 from . import nodes as _nodes  # noqa: E402, F401

@@ -13,6 +13,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import itertools
 import json
 import logging
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _source
 from .._config import config
 from .._ids import new_id
-from .._serialization import MAX_INLINE_BYTES, serialize_exception, unpack
+from .._serialization import MAX_INLINE_BYTES, pack, serialize_exception, unpack
 from .._spec import FunctionSpec
 from .._tasks import spawn
 from ..exception import (
@@ -76,6 +77,9 @@ OUTCOME = {
 }
 
 
+DETAIL_FIRST = 10  # inputs of a call whose containers send back reprs of what they saw
+DETAIL_MAX = 4000  # characters kept of each
+DETAIL_KEYS = ("args", "result", "error", "traceback")  # all a container's detail may hold
 PRUNE_FIRST_S = 30.0  # after a start, then every PRUNE_EVERY_S
 PRUNE_EVERY_S = 3600.0
 
@@ -121,6 +125,7 @@ class Dispatcher:
         self.window = QueueWindow(self, max(int(config.get("queue_window") or 50_000), 1))
         self.containers: dict[str, ContainerHandle] = {}
         self._container_tokens: dict[str, str] = {}  # token -> container id
+        self._spec_hashes: dict[str, str] = {}  # function id -> its archived spec's hash
         self._specs: dict[str, tuple[FunctionSpec, str]] = {}
         self._tick_task: asyncio.Task[None] | None = None
         self._evicting = False
@@ -254,14 +259,17 @@ class Dispatcher:
                     logger.exception("tick failed for pool %s", pool.key)
 
     def _prune(self) -> None:
-        """Retention: container output older than ``log_retention_days`` goes."""
+        """Retention: container output older than ``log_retention_days``, and finished
+        calls (arguments, results) older than ``call_retention_days``, go."""
         try:
             dropped = self.logs.prune(float(config.get("log_retention_days")))
+            days = float(config.get("call_retention_days"))
+            calls = self.store.prune_calls(time.time() - days * 86400.0)
         except Exception:
-            logger.exception("pruning old logs failed")
+            logger.exception("pruning past retention failed")
             return
-        if dropped:
-            logger.info("dropped %d log lines past their retention", dropped)
+        if dropped or calls:
+            logger.info("dropped %d log lines and %d calls past their retention", dropped, calls)
 
     # -- functions and pools -------------------------------------------------
     def function_spec(self, function_id: str) -> tuple[FunctionSpec, str]:
@@ -272,7 +280,16 @@ class Dispatcher:
                 raise NotFoundError(f"no function {function_id!r}")
             cached = (FunctionSpec.from_wire(unpack(row["spec"])), row["app_id"])
             self._specs[function_id] = cached
+            spec_hash = hashlib.sha256(row["spec"]).hexdigest()[:32]
+            self._spec_hashes[function_id] = spec_hash
+            self.store.archive_spec(spec_hash, row["spec"])  # the code its calls ran
         return cached
+
+    def spec_hash(self, function_id: str) -> str | None:
+        """The archived spec its calls run with now (``ketch call replay``)."""
+        if function_id not in self._spec_hashes:
+            self.function_spec(function_id)
+        return self._spec_hashes.get(function_id)
 
     def metric_labels(self, function_id: str, app_id: str) -> tuple[str, str]:
         """``(app name, function tag)`` for metrics (read once per function)."""
@@ -290,6 +307,7 @@ class Dispatcher:
         """A redeploy replaced the spec: drain the old containers (and re-derive the
         function's ``with_options`` variants)."""
         self._specs.pop(function_id, None)
+        self._spec_hashes.pop(function_id, None)
         now = time.monotonic()
         for key, info in list(self.pool_info.items()):
             if info.function_id == function_id:
@@ -300,9 +318,11 @@ class Dispatcher:
         variants.refresh(self, function_id)
 
     def respec(self, function_id: str, spec: FunctionSpec, now: float) -> None:
-        """New autoscaler settings for a function's pools, keeping their containers."""
-        app_id = self.function_spec(function_id)[1]
-        self._specs[function_id] = (spec, app_id)
+        """New autoscaler settings for a function's pools, keeping their containers (the
+        store has the new spec already: read back, and archived, from there)."""
+        self._specs.pop(function_id, None)
+        self._spec_hashes.pop(function_id, None)
+        spec = self.function_spec(function_id)[0]
         if spec.min_containers and not spec.is_class:
             self._ensure_pool(function_id, None)
         for key, info in list(self.pool_info.items()):
@@ -421,6 +441,7 @@ class Dispatcher:
             "params": params,
             "method": body.get("method"),
             "n_inputs": len(body["inputs"]) if body.get("closed") else None,
+            "spec_hash": self.spec_hash(function_id),
         }
         rows = self._input_rows(body["inputs"])
         waited = bool(body.get("wait")) and bool(body.get("closed"))
@@ -701,9 +722,15 @@ class Dispatcher:
                 gpu_env.update(gangs.member_env(ids, rank))
             spawn(self._start_container(pool, handle, gpu_env), name=f"start {handle.id}")
 
-    def _row(self, input_id: int, status: str, data: bytes | None) -> dict[str, Any]:
+    def _row(
+        self, input_id: int, status: str, data: bytes | None, detail: Any = None
+    ) -> dict[str, Any]:
         info = self.inputs[input_id]
-        return {"call_id": info.call_id, "idx": info.idx, "status": status, "data": data}
+        row = {"call_id": info.call_id, "idx": info.idx, "status": status, "data": data}
+        if isinstance(detail, dict):  # text the container made (reprs, a traceback)
+            kept = {k: str(detail[k])[:DETAIL_MAX] for k in DETAIL_KEYS if k in detail}
+            row["detail"] = pack(kept) if kept else None
+        return row
 
     def _finalize(self, rows: list[dict[str, Any]], done: Sequence[int]) -> None:
         for row in rows:
@@ -888,9 +915,10 @@ class Dispatcher:
                 args, blob_id = self.store.input_args(input_id)
             if args is None and blob_id is not None:
                 args = self.blobs.get(blob_id)
-            items.append(
-                {"id": input_id, "args": args, "method": info.method, "call": info.call_id}
-            )
+            item = {"id": input_id, "args": args, "method": info.method, "call": info.call_id}
+            if info.idx < DETAIL_FIRST:  # the reprs ``ketch call show`` prints
+                item["detail"] = True
+            items.append(item)
         if input_ids and (pool_info := self.pool_info.get(self.inputs[input_ids[0]].pool_key)):
             labels = self.metric_labels(pool_info.function_id, pool_info.app_id)
             self.metrics.queue_seconds.observe_many(labels, waited)
@@ -988,7 +1016,9 @@ class Dispatcher:
                 row["gen_index"] = item.get("gen_index")
                 item_rows.append(row)
                 continue
-            self._stash[input_id] = self._row(input_id, item["status"], item.get("data"))
+            self._stash[input_id] = self._row(
+                input_id, item["status"], item.get("data"), item.get("detail")
+            )
             handle.last_call = self.inputs[input_id].call_id
             seconds = float(item.get("duration", 0.0))
             self.meter.input_done(handle.id, handle.last_call, seconds, sharing)

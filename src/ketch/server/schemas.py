@@ -169,6 +169,23 @@ class AppInfo(_Request):
     name: Name | None = None
 
 
+class CallList(_Request):
+    app: Name | None = None
+    function: Name | None = None
+    failed: bool = False
+    limit: Limit = 50
+
+
+class CallShow(_Request):
+    call_id: Id
+    limit: Limit = 20
+
+
+class CallReplaySpec(_Request):
+    call_id: Id
+    limit: Limit = 10
+
+
 class UsageReport(_Request):
     by: Literal["day", "app", "function", "container"] = "app"
     app: Name | None = None

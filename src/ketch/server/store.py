@@ -115,6 +115,18 @@ calls = Table(
     Column("method", String),
     Column("n_inputs", Integer),  # known once the call is closed
     Column("created_at", Float, nullable=False),
+    # The code that ran it: a key of ``spec_archive`` (``ketch call replay`` runs it again).
+    Column("spec_hash", String),
+    Index("calls_created", "created_at"),
+)
+
+# Every function spec a call ran with, by a hash of its bytes: the code version of a call.
+spec_archive = Table(
+    "spec_archive",
+    metadata,
+    Column("hash", String, primary_key=True),
+    Column("spec", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
 )
 
 inputs = Table(
@@ -142,6 +154,9 @@ outputs = Table(
     Column("blob_id", String),
     Column("gen_index", Integer),  # position of a generator item, for de-duplication after a retry
     Column("created_at", Float, nullable=False),
+    # What the container saw, as text it made (never unpickled outside a container): the
+    # arguments' and result's reprs, or the traceback (msgpack), for ``ketch call show``.
+    Column("detail", LargeBinary),
     Index("outputs_call_seq", "call_id", "seq"),
     sqlite_autoincrement=True,
 )
@@ -477,8 +492,8 @@ class Store:
         yet, and a client whose request was lost sends it again.
         """
         self.db.execute(
-            "INSERT INTO calls (id, function_id, app_id, kind, params, method, n_inputs, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO calls (id, function_id, app_id, kind, params, method, n_inputs, "
+            "created_at, spec_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (
                 call["id"],
                 call["function_id"],
@@ -488,6 +503,7 @@ class Store:
                 call["method"],
                 call["n_inputs"],
                 time.time(),
+                call.get("spec_hash"),
             ),
         )
         ids = self._insert_inputs(call["id"], new_inputs)
@@ -554,13 +570,116 @@ class Store:
 
     def get_call(self, call_id: str) -> dict[str, Any] | None:
         row = self.db.execute(
-            "SELECT id, function_id, app_id, kind, params, method, n_inputs FROM calls WHERE id = ?",
+            "SELECT id, function_id, app_id, kind, params, method, n_inputs, created_at, "
+            "spec_hash FROM calls WHERE id = ?",
             (call_id,),
         ).fetchone()
         if row is None:
             return None
-        keys = ("id", "function_id", "app_id", "kind", "params", "method", "n_inputs")
+        keys = (
+            "id",
+            "function_id",
+            "app_id",
+            "kind",
+            "params",
+            "method",
+            "n_inputs",
+            "created_at",
+            "spec_hash",
+        )
         return dict(zip(keys, row, strict=True))
+
+    def archive_spec(self, spec_hash: str, spec: bytes) -> None:
+        stmt = self.insert(spec_archive).values(hash=spec_hash, spec=spec, created_at=time.time())
+        self.conn.execute(stmt.on_conflict_do_nothing())
+        self.conn.commit()
+
+    def archived_spec(self, spec_hash: str) -> bytes | None:
+        row = self.conn.execute(
+            select(spec_archive.c.spec).where(spec_archive.c.hash == spec_hash)
+        ).first()
+        return bytes(row[0]) if row else None
+
+    def call_inputs(self, call_id: str, limit: int) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT idx, args, blob_id, state, attempts FROM inputs WHERE call_id = ? "
+            "ORDER BY idx LIMIT ?",
+            (call_id, limit),
+        ).fetchall()
+        keys = ("idx", "args", "blob_id", "state", "attempts")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def call_results(self, call_id: str, limit: int) -> list[dict[str, Any]]:
+        """The final output of each input (not generator items), in input order."""
+        marks = ", ".join("?" for _ in FINAL_STATUSES)
+        rows = self.db.execute(
+            "SELECT idx, status, data, blob_id, detail, created_at FROM outputs "
+            f"WHERE call_id = ? AND status IN ({marks}) ORDER BY idx LIMIT ?",
+            (call_id, *FINAL_STATUSES, limit),
+        ).fetchall()
+        keys = ("idx", "status", "data", "blob_id", "detail", "created_at")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def list_calls(
+        self,
+        app_ids: Sequence[str] | None,
+        function_ids: Sequence[str] | None,
+        failed: bool,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Newest first, with their outputs counted by status."""
+        where: list[str] = []
+        params: list[Any] = []
+        if app_ids is not None:
+            where.append(f"c.app_id IN ({', '.join('?' for _ in app_ids) or 'NULL'})")
+            params.extend(app_ids)
+        if function_ids is not None:
+            where.append(f"c.function_id IN ({', '.join('?' for _ in function_ids) or 'NULL'})")
+            params.extend(function_ids)
+        if failed:
+            where.append(
+                "EXISTS (SELECT 1 FROM outputs o WHERE o.call_id = c.id AND o.status IN "
+                "('failure', 'timeout', 'crash', 'init_failure'))"
+            )
+        rows = self.db.execute(
+            "SELECT c.id, c.function_id, c.app_id, c.kind, c.method, c.n_inputs, c.created_at, "
+            "(SELECT COUNT(*) FROM outputs o WHERE o.call_id = c.id AND o.status = 'success'), "
+            "(SELECT COUNT(*) FROM outputs o WHERE o.call_id = c.id AND o.status IN "
+            "('failure', 'timeout', 'crash', 'init_failure', 'cancelled')) "
+            "FROM calls c"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY c.created_at DESC LIMIT ?",
+            (*params, limit),
+        ).fetchall()
+        keys = (
+            "call_id",
+            "function_id",
+            "app_id",
+            "kind",
+            "method",
+            "n_inputs",
+            "created_at",
+            "succeeded",
+            "failed",
+        )
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def prune_calls(self, before_ts: float) -> int:
+        """Drop calls created before ``before_ts`` whose inputs are all done, with their
+        inputs and outputs; returns how many calls went."""
+        old = (
+            "SELECT c.id FROM calls c WHERE c.created_at < ? AND NOT EXISTS "
+            "(SELECT 1 FROM inputs i WHERE i.call_id = c.id AND i.state = 'pending')"
+        )
+        ids = [r[0] for r in self.db.execute(old, (before_ts,)).fetchall()]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            for table in ("outputs", "inputs"):
+                self.db.execute(f"DELETE FROM {table} WHERE call_id IN ({marks})", chunk)
+            self.db.execute(f"DELETE FROM calls WHERE id IN ({marks})", chunk)
+        self._commit()
+        return len(ids)
 
     def input_args(self, input_id: int) -> tuple[bytes | None, str | None]:
         row = self.db.execute(
@@ -587,8 +706,8 @@ class Store:
         now = time.time()
         if rows:
             db.executemany(
-                "INSERT INTO outputs (call_id, idx, status, data, blob_id, gen_index, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO outputs (call_id, idx, status, data, blob_id, gen_index, created_at, "
+                "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         r["call_id"],
@@ -598,14 +717,15 @@ class Store:
                         r.get("blob_id"),
                         r.get("gen_index"),
                         now,
+                        r.get("detail"),
                     )
                     for r in rows
                 ],
             )
         if done_input_ids:
+            # Arguments stay for ``call_retention_days`` (``ketch call replay``).
             db.executemany(
-                "UPDATE inputs SET state = 'done', args = NULL WHERE id = ?",
-                [(i,) for i in done_input_ids],
+                "UPDATE inputs SET state = 'done' WHERE id = ?", [(i,) for i in done_input_ids]
             )
         self._commit()
 

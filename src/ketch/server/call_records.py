@@ -1,0 +1,145 @@
+"""Past calls: ``ketch call list``, ``ketch call show``, and what ``ketch call replay`` needs.
+
+Every call keeps, for ``call_retention_days`` (7 by default): its arguments (the
+pickled bytes its caller sent), its results, the text its containers made of both
+(reprs, the traceback of a failure; for the first ``DETAIL_FIRST`` inputs), its log
+lines, its cost, and the spec it ran with (``spec_archive``, by hash: the code version,
+a deploy's source snapshot included).
+
+The control plane never unpickles any of it: what ``show`` prints is text made inside
+the containers. Only ``replay --local`` unpickles arguments, in the user's own process,
+as it runs their code there on purpose.
+
+RPCs, for the owner, ``admin`` and ``deploy`` tokens (never containers or ``invoke``
+tokens): ``CallList``, ``CallShow``, ``CallReplaySpec``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .._serialization import unpack
+from ..exception import NotFoundError
+from .rpc import rpc
+from .store import LogFilter
+
+if TYPE_CHECKING:
+    from .api import Api
+
+MAX_LIST = 1000
+
+
+def _names(api: Api) -> tuple[dict[str, str], dict[str, str]]:
+    """(app id -> name, function id -> tag) for the rows shown."""
+    apps = {a["id"]: a["name"] for a in api.store.list_apps()}
+    tags: dict[str, str] = {}
+    for app_id in apps:
+        for fn in api.store.app_functions(app_id):
+            tags[fn["id"]] = fn["tag"]
+    return apps, tags
+
+
+def _call(api: Api, call_id: str) -> dict[str, Any]:
+    call = api.store.get_call(call_id)
+    if call is None:
+        raise NotFoundError(
+            f"no call {call_id!r}: calls are kept call_retention_days (7 by default)"
+        )
+    return call
+
+
+@rpc
+def CallList(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """Calls, newest first: of an app (by name or id), of one of its functions, failed ones."""
+    apps, tags = _names(api)
+    app_ids = None
+    if body.get("app"):
+        wanted = str(body["app"])
+        app_ids = [i for i, n in apps.items() if wanted in (i, n)]
+        if not app_ids:
+            raise NotFoundError(f"no app {wanted!r}")
+    function_ids = None
+    if body.get("function"):
+        function_ids = [f for f, t in tags.items() if t == body["function"]]
+    limit = min(int(body.get("limit") or 50), MAX_LIST)
+    rows = api.store.list_calls(app_ids, function_ids, bool(body.get("failed")), limit)
+    for row in rows:
+        row["app"] = apps.get(row["app_id"], row["app_id"])
+        row["function"] = tags.get(row["function_id"], row["function_id"])
+        usage = api.d.meter.call(row["call_id"]) if len(rows) <= 200 else None
+        row["cost"] = usage["cost"] if usage else None
+    return {"calls": rows}
+
+
+@rpc
+def CallShow(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """One call: what it was given and gave back (as its containers wrote them), its
+    inputs' states, its log lines, timing, cost and code version."""
+    call = _call(api, str(body["call_id"]))
+    apps, tags = _names(api)
+    limit = min(int(body.get("limit") or 20), MAX_LIST)
+    results = []
+    for row in api.store.call_results(call["id"], limit):
+        detail = unpack(row["detail"]) if row["detail"] else {}
+        results.append(
+            {"idx": row["idx"], "status": row["status"], "at": row["created_at"], **detail}
+        )
+    inputs = [
+        {"idx": r["idx"], "state": r["state"], "attempts": r["attempts"]}
+        for r in api.store.call_inputs(call["id"], limit)
+    ]
+    logs = _logs(api, call)
+    return {
+        "call_id": call["id"],
+        "app": apps.get(call["app_id"], call["app_id"]),
+        "app_id": call["app_id"],
+        "function": tags.get(call["function_id"], call["function_id"]),
+        "method": call["method"],
+        "kind": call["kind"],
+        "n_inputs": call["n_inputs"],
+        "created_at": call["created_at"],
+        "version": call["spec_hash"],
+        "inputs": inputs,
+        "results": results,
+        "logs": logs,
+        "usage": api.d.meter.call(call["id"]),
+    }
+
+
+def _logs(api: Api, call: dict[str, Any]) -> list[dict[str, Any]]:
+    """The call's log lines, as the store has them now (at most 500)."""
+    filters = LogFilter(call_id=call["id"], since=call["created_at"] - 1.0)
+    return api.store.logs_after(call["app_id"], 0, 500, filters)
+
+
+@rpc
+def CallReplaySpec(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """What replaying a call takes: the spec it ran with (archived), its parameters and
+    method, and its inputs' arguments as its caller sent them (pickled, unopened here)."""
+    call = _call(api, str(body["call_id"]))
+    spec = api.store.archived_spec(call["spec_hash"]) if call["spec_hash"] else None
+    if spec is None:
+        raise NotFoundError(
+            f"the code version of {call['id']} is not kept (a call made before ketch kept "
+            "them, or one of a function that no longer exists)"
+        )
+    limit = min(int(body.get("limit") or 10), MAX_LIST)
+    inputs = [
+        {"idx": r["idx"], "args": r["args"], "blob_id": r["blob_id"]}
+        for r in api.store.call_inputs(call["id"], limit)
+    ]
+    if any(i["args"] is None and i["blob_id"] is None for i in inputs):
+        raise NotFoundError(f"the arguments of {call['id']} are no longer kept")
+    results = {
+        r["idx"]: {"status": r["status"], **(unpack(r["detail"]) if r["detail"] else {})}
+        for r in api.store.call_results(call["id"], limit)
+    }
+    return {
+        "call_id": call["id"],
+        "spec": unpack(spec),
+        "version": call["spec_hash"],
+        "params": call["params"],
+        "method": call["method"],
+        "inputs": inputs,
+        "results": [results.get(i["idx"]) for i in inputs],
+    }
