@@ -150,6 +150,7 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
     "ContainerLogs": [
         {"container_id": "ta-0123456789abcdef0123", "after": 0, "timeout": 30, "limit": 5000}
     ],
+    "DashboardLogin": [{}],
     "CallList": [{"app": "demo", "function": "f", "failed": True, "limit": 20}],
     "CallShow": [{"call_id": "fc-1", "limit": 5}],
     "CallReplaySpec": [{"call_id": "fc-1", "limit": 5}],

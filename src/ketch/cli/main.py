@@ -11,6 +11,7 @@ from .._config import config
 from .app_cmd import app_group
 from .call_cmd import call_group
 from .container_cmd import container_group
+from .dashboard_cmd import dashboard
 from .deploy import deploy
 from .dict_cmd import dict_group
 from .image_cmd import image_group
@@ -54,6 +55,7 @@ cli.add_command(token_group)
 cli.add_command(modal_alias_group)
 cli.add_command(usage)
 cli.add_command(call_group)
+cli.add_command(dashboard)
 
 
 def main(prog_name: str | None = None) -> None:

@@ -34,7 +34,7 @@ from ..exception import (
     PermissionDeniedError,
     wire_name,
 )
-from . import auth, metrics, schemas
+from . import auth, dashboard, metrics, schemas
 from .auth import Caller
 from .blobs import receive_blob
 from .dispatcher import Dispatcher
@@ -156,6 +156,7 @@ class Api:
         self.auth = authenticator
         self.url = ""
         self._registry: CollectorRegistry | None = None
+        self.dashboard = dashboard.Sessions()  # its login links and sessions
 
     def app(self) -> web.Application:
         application = web.Application(
@@ -165,6 +166,7 @@ class Api:
         application.router.add_put("/blobs", self.put_blob)
         application.router.add_get("/blobs/{blob_id}", self.get_blob)
         application.router.add_get("/metrics", self.get_metrics)
+        dashboard.routes(self, application)  # a session cookie, not a token (dashboard.py)
         volumes = self.d.volumes
         if isinstance(volumes, VolumeService):  # the dispatcher types it as what containers use
             application.router.add_put("/volume-blobs", volumes.put_blob)
@@ -173,7 +175,10 @@ class Api:
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Every route needs a token (before any body is read); ``/rpc`` checks the method too."""
+        """Every route needs a token (before any body is read); ``/rpc`` checks the method too.
+        The dashboard's pages check their session cookie themselves."""
+        if request.path.startswith("/dashboard/"):
+            return await handler(request)  # type: ignore[no-any-return]
         sock = request.transport.get_extra_info("socket") if request.transport is not None else None
         caller = self.auth.identify(_bearer(request), auth.peer_uid(sock))
         if caller is None:

@@ -114,6 +114,7 @@ INVOKE_METHODS = frozenset(
 # Minting and listing credentials: the owner and ``admin`` tokens only.
 ADMIN_METHODS = frozenset(
     {
+        "DashboardLogin",  # the dashboard shows everything: owner and admin only
         "ProxyTokenCreate",
         "ProxyTokenList",
         "ProxyTokenDelete",

@@ -169,6 +169,10 @@ class AppInfo(_Request):
     name: Name | None = None
 
 
+class DashboardLogin(_Request):
+    pass
+
+
 class CallList(_Request):
     app: Name | None = None
     function: Name | None = None

@@ -118,6 +118,7 @@ calls = Table(
     # The code that ran it: a key of ``spec_archive`` (``ketch call replay`` runs it again).
     Column("spec_hash", String),
     Index("calls_created", "created_at"),
+    Index("calls_app_created", "app_id", "created_at"),
 )
 
 # Every function spec a call ran with, by a hash of its bytes: the code version of a call.
@@ -663,6 +664,43 @@ class Store:
             "failed",
         )
         return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def call_counts(self, app_id: str, since: float) -> tuple[int, int]:
+        """Calls of the app created since ``since``, and how many of those had a failure."""
+        row = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM outputs o WHERE "
+            "o.call_id = c.id AND o.status IN ('failure', 'timeout', 'crash', 'init_failure')) "
+            "THEN 1 ELSE 0 END), 0) FROM calls c WHERE c.app_id = ? AND c.created_at >= ?",
+            (app_id, since),
+        ).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def call_series(self, app_id: str, since: float) -> dict[str, dict[int, int]]:
+        """function id -> {minute (Unix time // 60): calls created in it}, since ``since``."""
+        rows = self.db.execute(
+            "SELECT function_id, CAST(created_at / 60 AS INTEGER), COUNT(*) FROM calls "
+            "WHERE app_id = ? AND created_at >= ? GROUP BY 1, 2",
+            (app_id, since),
+        ).fetchall()
+        out: dict[str, dict[int, int]] = {}
+        for function_id, minute, n in rows:
+            out.setdefault(function_id, {})[int(minute)] = int(n)
+        return out
+
+    def call_latencies(self, app_id: str, since: float, limit: int) -> dict[str, list[float]]:
+        """function id -> seconds from a call's creation to its first successful output,
+        for its newest ``limit`` calls since ``since``."""
+        rows = self.db.execute(
+            "SELECT c.function_id, MIN(o.created_at) - c.created_at FROM "
+            "(SELECT id, function_id, created_at FROM calls WHERE app_id = ? AND created_at >= ? "
+            "ORDER BY created_at DESC LIMIT ?) c JOIN outputs o ON o.call_id = c.id "
+            "WHERE o.status = 'success' GROUP BY c.id, c.function_id, c.created_at",
+            (app_id, since, limit),
+        ).fetchall()
+        out: dict[str, list[float]] = {}
+        for function_id, seconds in rows:
+            out.setdefault(function_id, []).append(max(float(seconds), 0.0))
+        return out
 
     def prune_calls(self, before_ts: float) -> int:
         """Drop calls created before ``before_ts`` whose inputs are all done, with their
