@@ -13,6 +13,11 @@ once with them on, alternating so that drift in the machine falls on both. The t
 gives the median of the rounds for each, and the overhead of observing.
 
 Target (issue 18): at most 5 % on the warm p50 and on map throughput.
+
+``--calls N`` (default 1,000,000) also times what the dashboard's function page reads
+from a store holding N calls of one app, each with an output, over the last 60 minutes
+(calls per minute, latency percentiles, the 25 newest calls):
+target 300 ms.
 """
 
 from __future__ import annotations
@@ -40,11 +45,62 @@ def one(observe: bool, quick: bool) -> dict:
     return {"p50_ms": results["warm"]["p50_ms"], "map_rate": results["map"]["rate"]}
 
 
+def dashboard_reads(n: int) -> dict[str, float]:
+    """Seconds of each read of the function page, against a SQLite store of ``n`` calls."""
+    import time
+
+    from ketch.server.store import Store
+
+    with tempfile.TemporaryDirectory(prefix="ketch-obs-db-") as tmp:
+        store = Store(Path(tmp) / "state.db")
+        now = time.time()
+        step = 3600.0 / n
+        calls = [
+            (f"fc-{i:012d}", f"fu-{i % 4}", "ap-bench", "single", now - 3600 + i * step, "h")
+            for i in range(n)
+        ]
+        outputs = [
+            (c[0], 0, "failure" if i % 100 == 0 else "success", c[4] + 0.01)
+            for i, c in enumerate(calls)
+        ]
+        store.db.executemany(
+            "INSERT INTO calls (id, function_id, app_id, kind, created_at, spec_hash) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            calls,
+        )
+        store.db.executemany(
+            "INSERT INTO outputs (call_id, idx, status, created_at) VALUES (?, ?, ?, ?)", outputs
+        )
+        store.db.commit()
+        since = now - 3600
+        timings = {}
+        for name, read in (
+            ("calls per minute", lambda: store.call_series("ap-bench", since)),
+            ("latency (2,000 newest)", lambda: store.call_latencies("ap-bench", since, 2000)),
+            ("25 newest calls", lambda: store.list_calls(["ap-bench"], None, False, 25)),
+        ):
+            t0 = time.perf_counter()
+            read()
+            timings[name] = time.perf_counter() - t0
+        store.close()
+    return timings
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="core.py's smoke sizes")
+    ap.add_argument("--calls", type=int, default=1_000_000, help="calls in the dashboard's store")
+    ap.add_argument("--dashboard-only", action="store_true", help="only the dashboard's reads")
     args = ap.parse_args()
+    if args.calls:
+        timings = dashboard_reads(args.calls)
+        print(f"dashboard function page, {args.calls:,} calls stored (SQLite)")
+        for name, seconds in timings.items():
+            print(f"  {name:<28} {seconds * 1e3:>8.1f} ms")
+        print(f"  {'all of them':<28} {sum(timings.values()) * 1e3:>8.1f} ms  (target 300 ms)\n")
+    if args.dashboard_only:
+        return 0
     runs: dict[bool, list[dict]] = {False: [], True: []}
     for _ in range(args.rounds):
         for observe in (False, True):

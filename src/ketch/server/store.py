@@ -665,16 +665,6 @@ class Store:
         )
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
-    def call_counts(self, app_id: str, since: float) -> tuple[int, int]:
-        """Calls of the app created since ``since``, and how many of those had a failure."""
-        row = self.db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM outputs o WHERE "
-            "o.call_id = c.id AND o.status IN ('failure', 'timeout', 'crash', 'init_failure')) "
-            "THEN 1 ELSE 0 END), 0) FROM calls c WHERE c.app_id = ? AND c.created_at >= ?",
-            (app_id, since),
-        ).fetchone()
-        return (int(row[0]), int(row[1])) if row else (0, 0)
-
     def call_series(self, app_id: str, since: float) -> dict[str, dict[int, int]]:
         """function id -> {minute (Unix time // 60): calls created in it}, since ``since``."""
         rows = self.db.execute(

@@ -89,19 +89,23 @@ function barChart(points, opts) {
 
 async function appsPage() {
   main.replaceChildren(el("h1", {}, "Apps"), el("div", { id: "apps" }, "Loading…"));
+  let last = null; // the previous reading: inputs per second come from two of them
   const render = (data) => {
+    const before = last ? Object.fromEntries(last.apps.map((a) => [a.app_id, a.inputs_total])) : {};
+    const dt = last ? data.at - last.at : 0;
     const rows = data.apps.map((a) => [
       link(`#/app/${encodeURIComponent(a.name)}`, a.name),
       el("span", { class: a.state === "running" ? "ok" : "muted" }, a.state),
       a.deployed ? "deployed" : "ephemeral",
       String(a.n_containers),
-      String(a.calls_last_hour ?? "-"),
-      el("span", { class: a.errors_last_hour ? "bad" : "" }, String(a.errors_last_hour ?? "-")),
+      dt > 0 && a.app_id in before ? ((a.inputs_total - before[a.app_id]) / dt).toFixed(1) : "-",
+      el("span", { class: a.errors_total ? "bad" : "" }, String(a.errors_total)),
       money(a.cost_today),
       ago(a.created_at),
     ]);
+    last = data;
     document.getElementById("apps").replaceChildren(
-      table(["app", "state", "kind", "containers", "calls (1 h)", "errors (1 h)", "cost today", "created"], rows, [3, 4, 5, 6]),
+      table(["app", "state", "kind", "containers", "calls/s", "errors", "cost today", "created"], rows, [3, 4, 5, 6]),
     );
   };
   render(await get("apps"));
