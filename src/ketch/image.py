@@ -49,7 +49,7 @@ from .exception import InvalidError
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_PYTHON_VERSIONS = ("3.10", "3.11", "3.12", "3.13")
+SUPPORTED_PYTHON_VERSIONS = ("3.10", "3.11", "3.12", "3.13", "3.14")
 PYTHON_SOURCE_ROOT = "/root"
 WIRE_VERSION = 1
 _HASH_VERSION = 1
