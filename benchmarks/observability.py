@@ -50,6 +50,7 @@ def dashboard_reads(n: int) -> dict[str, float]:
     import time
 
     from ketch.server.store import Store
+    from ketch.server.usage import Meter
 
     with tempfile.TemporaryDirectory(prefix="ketch-obs-db-") as tmp:
         store = Store(Path(tmp) / "state.db")
@@ -71,11 +72,20 @@ def dashboard_reads(n: int) -> dict[str, float]:
         store.db.executemany(
             "INSERT INTO outputs (call_id, idx, status, created_at) VALUES (?, ?, ?, ?)", outputs
         )
+        minutes: dict[tuple[str, int], int] = {}
+        for c in calls:
+            key = (c[1], int(c[4] // 60))
+            minutes[key] = minutes.get(key, 0) + 1
+        store.db.executemany(
+            "INSERT INTO call_minutes (function_id, minute, app_id, n) VALUES (?, ?, ?, ?)",
+            [(f, m, "ap-bench", n) for (f, m), n in minutes.items()],
+        )
         store.db.commit()
         since = now - 3600
+        meter = Meter(store)
         timings = {}
         for name, read in (
-            ("calls per minute", lambda: store.call_series("ap-bench", since)),
+            ("calls per minute", lambda: meter.call_series("ap-bench", int(since // 60))),
             ("latency (2,000 newest)", lambda: store.call_latencies("ap-bench", since, 2000)),
             ("25 newest calls", lambda: store.list_calls(["ap-bench"], None, False, 25)),
         ):

@@ -142,7 +142,7 @@ def test_bad_options_are_rejected():
         BASE.run_commands(["ls", None])  # type: ignore[list-item]
 
 
-@pytest.mark.parametrize("version", ["3.9", "3.14", "3", "3.12.1", "py3.12", "2.7", 3.12])
+@pytest.mark.parametrize("version", ["3.9", "3.15", "3", "3.12.1", "py3.12", "2.7", 3.12])
 def test_python_version_is_validated(version):
     with pytest.raises(InvalidError, match="python_version"):
         Image.debian_slim(python_version=version)  # type: ignore[arg-type]

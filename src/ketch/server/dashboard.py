@@ -259,7 +259,7 @@ async def _app(api: Api, name: str) -> dict[str, Any]:
     app_id = info["app_id"]
     now = time.time()
     minute0 = int(now // 60) - (SERIES_MINUTES - 1)  # the chart's first minute; the last is now
-    series = api.store.call_series(app_id, minute0 * 60.0)
+    series = api.d.meter.call_series(app_id, minute0)
     latencies = api.store.call_latencies(app_id, minute0 * 60.0, LATENCY_SAMPLE)
     history = await _call(api, "AppHistory", {"name": info["name"]}) if info["deployed"] else {}
     cold = api.d.metrics.cold_start_seconds.series

@@ -448,6 +448,7 @@ class Dispatcher:
         fresh = self.store.add_call(call, rows, commit=not waited)
         state = self.calls.get(call["id"])
         if state is None:
+            self.meter.call_made(app_id, function_id, time.time())
             state = CallState(
                 call["id"],
                 function_id,

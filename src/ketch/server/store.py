@@ -665,18 +665,6 @@ class Store:
         )
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
-    def call_series(self, app_id: str, since: float) -> dict[str, dict[int, int]]:
-        """function id -> {minute (Unix time // 60): calls created in it}, since ``since``."""
-        rows = self.db.execute(
-            "SELECT function_id, CAST(created_at / 60 AS INTEGER), COUNT(*) FROM calls "
-            "WHERE app_id = ? AND created_at >= ? GROUP BY 1, 2",
-            (app_id, since),
-        ).fetchall()
-        out: dict[str, dict[int, int]] = {}
-        for function_id, minute, n in rows:
-            out.setdefault(function_id, {})[int(minute)] = int(n)
-        return out
-
     def call_latencies(self, app_id: str, since: float, limit: int) -> dict[str, list[float]]:
         """function id -> seconds from a call's creation to its first successful output,
         for its newest ``limit`` calls since ``since``."""

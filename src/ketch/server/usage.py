@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Column, Float, Index, String, Table, func, select
+from sqlalchemy import Column, Float, Index, Integer, String, Table, func, select
 
 from .._config import config
 from .._spec import FunctionSpec
@@ -105,6 +105,18 @@ call_usage = Table(
     Column("cost", Float, nullable=False),
 )
 
+# Calls created per minute, by function: the dashboard's charts read these few rows rather
+# than counting a million calls (written with the usage, every 10 s).
+call_minutes = Table(
+    "call_minutes",
+    metadata,
+    Column("function_id", String, primary_key=True),
+    Column("minute", Integer, primary_key=True),  # Unix time // 60
+    Column("app_id", String, nullable=False),
+    Column("n", Integer, nullable=False),
+    Index("call_minutes_app", "app_id", "minute"),
+)
+
 budgets = Table(
     "budgets",
     metadata,
@@ -167,6 +179,7 @@ class _Pending:
 
     containers: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     calls: dict[str, list[Any]] = field(default_factory=dict)  # call -> [app, fn, s, cost]
+    minutes: dict[tuple[str, int], list[Any]] = field(default_factory=dict)  # -> [app, n]
 
 
 def _day(ts: float) -> str:
@@ -205,6 +218,33 @@ class Meter:
         self.live[container_id] = _Live(
             container_id, app_id, function_id, spec.tag, cores, gib, gpus, time.time()
         )
+
+    def call_made(self, app_id: str, function_id: str, now: float) -> None:
+        """A call was created (counted per minute, for the dashboard)."""
+        if not self.enabled:
+            return
+        key = (function_id, int(now // 60))
+        entry = self.pending.minutes.get(key)
+        if entry is None:
+            self.pending.minutes[key] = [app_id, 1]
+        else:
+            entry[1] += 1
+
+    def call_series(self, app_id: str, since_minute: int) -> dict[str, dict[int, int]]:
+        """function id -> {minute: calls created}, from ``since_minute`` on (pending included)."""
+        rows = self.store.conn.execute(
+            select(call_minutes.c.function_id, call_minutes.c.minute, call_minutes.c.n).where(
+                call_minutes.c.app_id == app_id, call_minutes.c.minute >= since_minute
+            )
+        ).all()
+        out: dict[str, dict[int, int]] = {}
+        for function_id, minute, n in rows:
+            out.setdefault(function_id, {})[int(minute)] = int(n)
+        for (function_id, minute), (app, n) in self.pending.minutes.items():
+            if app == app_id and minute >= since_minute:
+                series = out.setdefault(function_id, {})
+                series[minute] = series.get(minute, 0) + n
+        return out
 
     def input_done(self, container_id: str, call_id: str, seconds: float, sharing: int) -> None:
         """An input of ``call_id`` ran ``seconds`` on the container, ``sharing`` at once."""
@@ -274,9 +314,19 @@ class Meter:
         for live in list(self.live.values()):
             self._charge(live, now)
         pending, self.pending = self.pending, _Pending()
-        if not pending.containers and not pending.calls:
+        if not pending.containers and not pending.calls and not pending.minutes:
             return
         conn = self.store.conn
+        for (function_id, minute), (app_id, n) in pending.minutes.items():
+            stmt = self.store.insert(call_minutes).values(
+                function_id=function_id, minute=minute, app_id=app_id, n=n
+            )
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["function_id", "minute"],
+                    set_={"n": call_minutes.c.n + stmt.excluded.n},
+                )
+            )
         for row in pending.containers.values():
             stmt = self.store.insert(usage).values(**row, updated_at=now)
             conn.execute(
