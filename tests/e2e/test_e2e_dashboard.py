@@ -55,6 +55,8 @@ try:
 except ValueError:
     pass
 print("FAILED", failing.object_id)
+notes = ketch.Dict.from_name("dash-e2e-notes", create_if_missing=True)
+notes["a"], notes["b"] = 1, 2
 """
 
 
@@ -157,6 +159,14 @@ def test_the_dashboard_in_a_real_browser(ketch_env, tmp_path):
             what="live log lines",
         )
         _shot(driver, "logs")
+
+        driver.get(f"{base}/dashboard/#/objects")
+        _wait(
+            driver,
+            lambda: "dash-e2e-notes" in driver.find_element("tag name", "body").text,
+            what="the objects",
+        )
+        assert "2 entries" in driver.find_element("tag name", "body").text
 
         driver.get(f"{base}/dashboard/#/usage")
         _wait(

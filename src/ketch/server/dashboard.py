@@ -43,6 +43,7 @@ SESSION_TTL_S = 12 * 3600.0
 COOKIE = "ketch_dashboard"
 SERIES_MINUTES = 60
 LATENCY_SAMPLE = 2000
+MAX_SIZED = 200  # objects of a kind whose size the objects page shows
 
 
 class Sessions:
@@ -158,7 +159,10 @@ class Dashboard:
         if what == "objects":
             out = {}
             for kind in ("volume", "dict", "queue", "secret"):  # names only, never values
-                out[kind] = (await _call(api, "ObjectList", {"kind": kind}))["objects"]
+                rows = (await _call(api, "ObjectList", {"kind": kind}))["objects"]
+                for row in rows[:MAX_SIZED]:
+                    row["size"] = await _size(api, kind, row["object_id"])
+                out[kind] = rows
             return out
         if what == "usage":
             return await _call(api, "UsageReport", {"by": q.get("by") or "day"})
@@ -294,6 +298,24 @@ async def _app(api: Api, name: str) -> dict[str, Any]:
         "minute0": minute0,
         "minutes": SERIES_MINUTES,
     }
+
+
+async def _size(api: Api, kind: str, object_id: str) -> str:
+    """A Dict's entries, a Queue's items, a Volume's bytes; nothing of a Secret."""
+    try:
+        if kind == "dict":
+            return f"{(await _call(api, 'DictLen', {'object_id': object_id}))['len']} entries"
+        if kind == "queue":
+            body = {"object_id": object_id, "total": True}
+            return f"{(await _call(api, 'QueueLen', body))['len']} items"
+        if kind == "volume":
+            body = {"object_id": object_id, "path": "/", "recursive": True}
+            entries = (await _call(api, "VolumeList", body))["entries"]
+            total = sum(e["size"] or 0 for e in entries if e["type"] == "f")
+            return f"{len(entries)} entries, {total / 2**20:.1f} MiB"
+    except Error:
+        return "?"
+    return ""
 
 
 def _pct(values: list[float], q: float) -> float | None:

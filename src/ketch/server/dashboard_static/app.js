@@ -208,7 +208,7 @@ async function objectsPage() {
   const d = await get("objects");
   const parts = [el("h1", {}, "Volumes, Dicts, Queues, Secrets")];
   for (const [kind, title] of [["volume", "Volumes"], ["dict", "Dicts"], ["queue", "Queues"], ["secret", "Secrets (names only)"]])
-    parts.push(el("h2", {}, title), table(["name", "id", "created"], d[kind].map((o) => [o.name, o.object_id, ago(o.created_at)])));
+    parts.push(el("h2", {}, title), table(["name", "id", "size", "created"], d[kind].map((o) => [o.name, o.object_id, o.size ?? "", ago(o.created_at)])));
   main.replaceChildren(...parts);
 }
 
