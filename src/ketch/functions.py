@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 
     from .app import _App
 
+# Whether this process may trace its calls (OpenTelemetry): read once.
+_TRACING = [bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))]
 MAP_BATCH = 1000
 MAP_BATCH_BYTES = 16 << 20  # a batch of inputs stays well under the control plane's request cap
 POLL_S = 50.0
@@ -356,13 +359,20 @@ class _Function:
         return f"{self._spec.tag}.{self._method}" if self._method else self._spec.tag
 
     def _call_body(self, function_id: str, kind: str) -> dict[str, Any]:
-        return {
+        body = {
             "call_id": new_id("fc"),
             "function_id": function_id,
             "kind": kind,
             "params": self._params,
             "method": self._method,
         }
+        if _TRACING[0]:  # the caller's OpenTelemetry span, continued by the call's trace
+            from .server.tracing import client_traceparent
+
+            traceparent = client_traceparent()
+            if traceparent:
+                body["traceparent"] = traceparent
+        return body
 
     def _check_generator(self, want: bool) -> None:
         is_gen = self._is_generator()

@@ -59,6 +59,7 @@ from .metrics import Metrics
 from .queue_window import QueueWindow
 from .services import Builds, ContainerVolumes, Gateway, Schedules, Services, Worker
 from .store import FINAL_STATUSES, Store
+from .tracing import Tracer
 from .tunnels import Tunnels
 from .usage import FLUSH_EVERY_S, Meter
 
@@ -116,6 +117,7 @@ class Dispatcher:
         self.metrics = Metrics(observe)  # GET /metrics (server/metrics.py)
         # Usage and cost (server/usage.py).
         self.meter = Meter(store, self._container_usage, enabled=observe)
+        self.tracer = Tracer()  # OpenTelemetry, where OTEL_EXPORTER_OTLP_ENDPOINT is set
         self.pools: dict[str, sm.Pool] = {}
         self.pool_info: dict[str, PoolInfo] = {}
         self.calls: dict[str, CallState] = {}
@@ -176,6 +178,7 @@ class Dispatcher:
             self.meter.stop(container_id)
         with contextlib.suppress(Exception):
             self.meter.flush()
+        self.tracer.close()
         if self.volumes is not None:
             await self.volumes.close()
         await self.logs.close()
@@ -449,6 +452,9 @@ class Dispatcher:
         state = self.calls.get(call["id"])
         if state is None:
             self.meter.call_made(app_id, function_id, time.time())
+            if self.tracer.on:
+                app_name, tag = self.metric_labels(function_id, app_id)
+                self.tracer.call_created(call["id"], app_name, tag, body.get("traceparent"))
             state = CallState(
                 call["id"],
                 function_id,
@@ -499,6 +505,9 @@ class Dispatcher:
         room = self.window.room(pool)
         keep, over = fresh[: max(room, 0)], fresh[max(room, 0) :]
         by_idx = {r["idx"]: r for r in rows} if keep else {}
+        if self.tracer.on:
+            for _, idx in fresh:
+                self.tracer.queued(state.id, idx)
         for input_id, idx in keep:
             row = by_idx[idx]
             self.inputs[input_id] = InputState(
@@ -740,6 +749,8 @@ class Dispatcher:
                 row["blob_id"] = self.blobs.put(data)
                 row["data"] = None
         self.store.record_outputs(rows, done)
+        if self.tracer.on:
+            self.tracer.outputs(rows, FINAL_STATUSES)
         touched: dict[str, int] = {}
         ended: dict[tuple[str, str], int] = {}  # (call, outcome) -> inputs, for metrics
         for row in rows:
@@ -761,6 +772,7 @@ class Dispatcher:
                 state.wake()
                 if state.done:
                     del self.calls[call_id]  # reloaded from the store if asked again
+                    self.tracer.finished(call_id)
 
     # -- containers ----------------------------------------------------------
     def _allocate_gpus(self, pool: sm.Pool, container_id: str) -> dict[str, str]:
@@ -920,6 +932,8 @@ class Dispatcher:
             if info.idx < DETAIL_FIRST:  # the reprs ``ketch call show`` prints
                 item["detail"] = True
             items.append(item)
+            if self.tracer.on:
+                self.tracer.sent(info.call_id, info.idx, container_id)
         if input_ids and (pool_info := self.pool_info.get(self.inputs[input_ids[0]].pool_key)):
             labels = self.metric_labels(pool_info.function_id, pool_info.app_id)
             self.metrics.queue_seconds.observe_many(labels, waited)

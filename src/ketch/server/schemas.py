@@ -421,6 +421,7 @@ class CallCreate(_Request):
     closed: bool = False
     wait: Seconds = 0.0
     limit: Limit = 1000
+    traceparent: Annotated[str, Meta(max_length=128)] | None = None  # W3C trace context
 
     def __post_init__(self) -> None:
         _distinct(self.inputs)
