@@ -35,6 +35,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from ..worker import gpus
+
 if TYPE_CHECKING:
     from .dispatcher import Dispatcher
 
@@ -197,6 +199,37 @@ class _Collector(Collector):
                     memory.add_metric(labels, mem)
         yield cpu
         yield memory
+        yield from self._gpus()
+
+    def _gpus(self) -> Iterator[Metric]:
+        """Utilization and memory of each GPU a function container holds (NVML)."""
+        labels = ["app", "function", "container", "gpu"]
+        util = GaugeMetricFamily(
+            "ketch_container_gpu_utilization_ratio", "How busy a container's GPU is", labels=labels
+        )
+        used = GaugeMetricFamily(
+            "ketch_container_gpu_memory_bytes",
+            "GPU memory a container's GPU has in use",
+            labels=labels,
+        )
+        held = {
+            owner: indices
+            for owner, indices in self.d.gpus.busy().items()
+            if owner in self.d.containers
+        }
+        samples = gpus.sample(sorted({i for indices in held.values() for i in indices}))
+        for container_id, indices in held.items():
+            info = self.d.pool_info.get(self.d.containers[container_id].pool_key)
+            if info is None:
+                continue
+            names = self.d.metric_labels(info.function_id, info.app_id)
+            for index in indices:
+                if index in samples:
+                    ratio, memory = samples[index]
+                    util.add_metric([*names, container_id, str(index)], ratio)
+                    used.add_metric([*names, container_id, str(index)], memory)
+        yield util
+        yield used
 
 
 def registry(d: Dispatcher) -> CollectorRegistry:

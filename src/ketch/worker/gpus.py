@@ -342,6 +342,35 @@ def _nvml_gpu(pynvml: Any, index: int) -> Gpu:
 # allocation
 
 
+def sample(indices: Sequence[int]) -> dict[int, tuple[float, int]]:
+    """``index -> (utilization 0..1, memory used in bytes)`` of these GPUs, from NVML;
+    empty where NVML cannot say (no driver, fake GPUs). For ``/metrics``, at scrape time."""
+    if not indices:
+        return {}
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return {}
+    out: dict[int, tuple[float, int]] = {}
+    try:
+        for index in indices:
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                rates = pynvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            except Exception:
+                continue
+            out[index] = (float(rates.gpu) / 100.0, int(memory.used))
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+    return out
+
+
 class GpuAllocator:
     """Hands this node's GPUs out exclusively, one owner (a container) at a time per GPU.
 
