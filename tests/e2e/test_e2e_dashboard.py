@@ -129,7 +129,8 @@ def test_the_dashboard_in_a_real_browser(ketch_env, tmp_path):
             ),
             what="a bar of the app page's calls chart",
         )
-        assert "p50" in driver.find_element("tag name", "body").text
+        page = driver.find_element("tag name", "body").text
+        assert "p50" in page and "queue time mean" in page and "1 failed" in page, page
         _shot(driver, "app")
 
         driver.find_element("link text", failed).click()

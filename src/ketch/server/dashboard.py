@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..exception import Error, NotFoundError
+from ..worker import gpus
 from .auth import Caller
 from .rpc import HANDLERS, WANTS_CALLER, rpc
 from .store import LogFilter
@@ -266,12 +267,13 @@ async def _app(api: Api, name: str) -> dict[str, Any]:
     series = api.d.meter.call_series(app_id, minute0)
     latencies = api.store.call_latencies(app_id, minute0 * 60.0, LATENCY_SAMPLE)
     history = await _call(api, "AppHistory", {"name": info["name"]}) if info["deployed"] else {}
-    cold = api.d.metrics.cold_start_seconds.series
+    m = api.d.metrics
     functions = []
     for fn in info["functions"]:
         lat = sorted(latencies.get(fn["function_id"], []))
         labels = api.d.metric_labels(fn["function_id"], app_id)
-        row = cold.get(labels)
+        cold_n, cold_mean = _histogram(m.cold_start_seconds.series.get(labels))
+        _, queue_mean = _histogram(m.queue_seconds.series.get(labels))
         functions.append(
             {
                 **fn,
@@ -279,15 +281,25 @@ async def _app(api: Api, name: str) -> dict[str, Any]:
                 "p50_s": _pct(lat, 50),
                 "p99_s": _pct(lat, 99),
                 "samples": len(lat),
-                "cold_starts": int(sum(row[:-1])) if row else 0,
-                "cold_start_mean_s": (row[-1] / sum(row[:-1])) if row and sum(row[:-1]) else None,
+                "cold_starts": cold_n,
+                "cold_start_mean_s": cold_mean,
+                "queue_mean_s": queue_mean,
+                "failures": sum(
+                    n for (a, t, o), n in m.calls.items() if (a, t) == labels and o in ERRORS
+                ),
             }
         )
     containers = (await _call(api, "ContainerList", {"app_id": app_id}))["containers"]
     usage_of = getattr(api.d.worker, "usage", None)
+    held = api.d.gpus.busy()
+    samples = gpus.sample(sorted({i for c in containers for i in held.get(c["container_id"], [])}))
     for c in containers:
         got = usage_of(c["container_id"]) if usage_of is not None else None
         c["cpu_s"], c["memory_bytes"] = got if got else (None, None)
+        c["gpus"] = [
+            {"index": i, "utilization": samples.get(i, (None, None))[0]}
+            for i in held.get(c["container_id"], [])
+        ]
     calls = (await _call(api, "CallList", {"app": app_id, "limit": 25}))["calls"]
     return {
         **info,
@@ -316,6 +328,12 @@ async def _size(api: Api, kind: str, object_id: str) -> str:
     except Error:
         return "?"
     return ""
+
+
+def _histogram(row: list[float] | None) -> tuple[int, float | None]:
+    """(count, mean) of a metrics histogram's row (bucket counts, then the sum)."""
+    n = int(sum(row[:-1])) if row else 0
+    return n, (row[-1] / n if row and n else None)
 
 
 def _pct(values: list[float], q: float) -> float | None:

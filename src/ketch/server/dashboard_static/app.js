@@ -124,14 +124,15 @@ async function appPage(name) {
       points.push([`${d.getHours()}:${String(d.getMinutes()).padStart(2, "0")}`, f.per_minute[minute] || 0]);
     }
     parts.push(el("h2", {}, f.tag));
-    parts.push(el("div", { class: "card" }, `latency p50 ${secs(f.p50_s)} · p99 ${secs(f.p99_s)} (${f.samples} calls) · cold starts ${f.cold_starts}${f.cold_start_mean_s ? ", mean " + secs(f.cold_start_mean_s) : ""}`));
+    parts.push(el("div", { class: "card" }, `latency p50 ${secs(f.p50_s)} · p99 ${secs(f.p99_s)} (${f.samples} calls) · queue time mean ${secs(f.queue_mean_s)} · cold starts ${f.cold_starts}${f.cold_start_mean_s ? ", mean " + secs(f.cold_start_mean_s) : ""} · `, el("span", { class: f.failures ? "bad" : "" }, `${f.failures} failed`)));
     parts.push(el("div", { class: "calls-chart", "data-function": f.tag }, barChart(points, { unit: "calls/min ≤ " })));
   }
   const urls = Object.entries(a.web_urls || {});
   if (urls.length) parts.push(el("h2", {}, "Web endpoints"), table(["endpoint", "URL"], urls.map(([k, v]) => [k, el("a", { href: v }, v)])));
   if ((a.schedules || []).length)
     parts.push(el("h2", {}, "Schedules"), table(["function", "next run", "last run"], a.schedules.map((s) => [s.tag, s.next_at ? new Date(s.next_at * 1000).toLocaleString() : "-", s.last ? `${s.last.status} ${ago(s.last.at)}` : "-"])));
-  parts.push(el("h2", {}, "Containers"), table(["container", "function", "state", "CPU s", "memory MiB", "started"], a.containers.map((c) => [c.container_id, c.function || "", c.state || "", c.cpu_s === null ? "-" : c.cpu_s.toFixed(1), c.memory_bytes === null ? "-" : (c.memory_bytes / 1048576).toFixed(0), ago(c.started_at)]), [3, 4]));
+  const gpuText = (c) => (c.gpus.length ? c.gpus.map((g) => `#${g.index} ${g.utilization === null ? "?" : Math.round(g.utilization * 100) + "%"}`).join(", ") : "-");
+  parts.push(el("h2", {}, "Containers"), table(["container", "function", "state", "CPU s", "memory MiB", "GPUs", "started"], a.containers.map((c) => [c.container_id, c.function || "", c.state || "", c.cpu_s === null ? "-" : c.cpu_s.toFixed(1), c.memory_bytes === null ? "-" : (c.memory_bytes / 1048576).toFixed(0), gpuText(c), ago(c.started_at)]), [3, 4]));
   parts.push(el("h2", {}, "Recent calls"), callsTable(a.calls));
   if (a.versions.length)
     parts.push(el("h2", {}, "Versions"), table(["version", "deployed", "source", "note", "roll back"], a.versions.map((v) => [`v${v.version}`, ago(v.created_at), v.source_hash, v.note, el("code", { class: "cmd" }, `ketch app rollback ${a.name} v${v.version}`)])));
