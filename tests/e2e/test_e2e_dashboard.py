@@ -144,7 +144,24 @@ def test_the_dashboard_in_a_real_browser(ketch_env, tmp_path):
         body = driver.find_element("tag name", "body").text
         assert "about to fail 7" in body and f"ketch call replay {failed}" in body, body
         assert "arguments: (7)" in body, body
+        assert "container ta-" in body, body
         _shot(driver, "call")
+        # The replay button runs it again (remote, the same code): the new call fails alike.
+        driver.find_element("id", "replay").click()
+        _wait(driver, lambda: driver.find_elements("css selector", "#replayed a"), what="a replay")
+        driver.find_element("css selector", "#replayed a").click()
+        _wait(
+            driver,
+            lambda: (
+                "ValueError: bad input 7" in driver.find_element("css selector", ".traceback").text
+            ),
+            timeout=60,
+            what="the replayed call",
+        )
+        forged = urllib.request.Request(f"{base}/dashboard/replay?id={failed}", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as no_cookie:
+            urllib.request.urlopen(forged, timeout=10)
+        assert no_cookie.value.code == 401
 
         driver.get(f"{base}/dashboard/#/logs?app=dash-e2e")
         _wait(

@@ -6,9 +6,9 @@
   Every other ``/dashboard`` path answers 401 without that cookie.
 - **Never open on the network by default.** The API port binds 127.0.0.1 unless the owner
   binds it elsewhere.
-- **Read only.** Every route is a GET. A failed call's page shows the command that
-  replays it rather than doing anything itself, so there is nothing for another site to
-  forge (and the cookie is never sent cross-site anyway).
+- **Read only, but for one button.** Every route is a GET except ``POST /dashboard/replay``
+  (a failed call's Replay button). That one needs the ``X-Ketch-Dashboard`` header, which
+  another site's form cannot send, as well as the cookie, which is never sent cross-site.
 - **No build step.** One HTML page and plain JavaScript (``dashboard_static/``). Charts
   are SVG drawn by that script.
 - **Data.** The same handlers as the RPCs (``AppList``, ``AppInfo``, ``CallList``,
@@ -86,6 +86,7 @@ def routes(api: Api, app: web.Application) -> None:
     app.router.add_get("/dashboard/static/{name}", dash.static)
     app.router.add_get("/dashboard/api/{what}", dash.data)
     app.router.add_get("/dashboard/events/{what}", dash.events)
+    app.router.add_post("/dashboard/replay", dash.replay)
 
 
 class Dashboard:
@@ -168,6 +169,23 @@ class Dashboard:
         if what == "usage":
             return await _call(api, "UsageReport", {"by": q.get("by") or "day"})
         raise NotFoundError(f"no dashboard data {what!r}")
+
+    async def replay(self, request: web.Request) -> web.Response:
+        """The replay button: the call's inputs again, remote, with the code that ran them
+        (as ``ketch call replay``); answers the new call's id at once.
+
+        The only route that does something: a POST with the ``X-Ketch-Dashboard`` header,
+        which no form of another site can send (and a script there would need a CORS
+        preflight this server never grants), on top of the SameSite=Strict cookie."""
+        self._check(request)
+        if request.headers.get("X-Ketch-Dashboard") != "1":
+            raise web.HTTPForbidden(text="replays come from the dashboard's own button")
+        try:
+            info = await _call(self.api, "CallReplaySpec", {"call_id": request.query.get("id", "")})
+            new_call = await replay_remote(self.api, info)
+        except Error as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"call_id": new_call})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: ``apps`` (the app list every 2 s), ``logs`` (new lines)."""
@@ -328,6 +346,61 @@ async def _size(api: Api, kind: str, object_id: str) -> str:
     except Error:
         return "?"
     return ""
+
+
+async def replay_remote(api: Api, info: dict[str, Any]) -> str:
+    """Start ``info``'s inputs (``CallReplaySpec``) in a new ephemeral app of its archived
+    spec; the app stops once the call is done (or after an hour). Returns the call's id."""
+    from .._ids import new_id
+
+    made = await _call(
+        api,
+        "AppCreate",
+        {
+            "app_id": new_id("ap"),
+            "name": f"replay-{info['call_id']}",
+            "deployed": False,
+            "functions": [info["spec"]],
+        },
+    )
+    app_id = made["app_id"]
+    function_id = made["function_ids"][info["spec"]["tag"]]
+    inputs = [
+        {
+            "idx": i["idx"],
+            **({"args": i["args"]} if i["args"] is not None else {"blob_id": i["blob_id"]}),
+        }
+        for i in info["inputs"]
+    ]
+    call_id = new_id("fc")
+    body = {
+        "call_id": call_id,
+        "function_id": function_id,
+        "kind": "map" if len(inputs) > 1 else "single",
+        "params": info["params"],
+        "method": info["method"],
+        "inputs": inputs,
+        "closed": True,
+    }
+    await _call(api, "CallCreate", body)
+
+    async def tend() -> None:
+        deadline, after = time.monotonic() + 3600, 0
+        try:
+            while time.monotonic() < deadline:
+                api.store.heartbeat(app_id)
+                rows, done = await api.d.wait_outputs(call_id, after, 10.0, 1000)
+                if done:
+                    break
+                after = rows[-1]["seq"] if rows else after
+                await asyncio.sleep(0)
+        finally:
+            await _call(api, "AppStop", {"app_id": app_id})
+
+    from .._tasks import spawn
+
+    spawn(tend(), name=f"replay {call_id}")
+    return call_id
 
 
 def _histogram(row: list[float] | None) -> tuple[int, float | None]:

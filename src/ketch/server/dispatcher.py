@@ -80,7 +80,8 @@ OUTCOME = {
 
 DETAIL_FIRST = 10  # inputs of a call whose containers send back reprs of what they saw
 DETAIL_MAX = 4000  # characters kept of each
-DETAIL_KEYS = ("args", "result", "error", "traceback")  # all a container's detail may hold
+# All an output's detail may hold: what its container sent, and (ours) which container.
+DETAIL_KEYS = ("args", "result", "error", "traceback", "container")
 PRUNE_FIRST_S = 30.0  # after a start, then every PRUNE_EVERY_S
 PRUNE_EVERY_S = 3600.0
 
@@ -1031,8 +1032,10 @@ class Dispatcher:
                 row["gen_index"] = item.get("gen_index")
                 item_rows.append(row)
                 continue
+            sent = item.get("detail")
+            detail: dict[str, Any] = sent if isinstance(sent, dict) else {}
             self._stash[input_id] = self._row(
-                input_id, item["status"], item.get("data"), item.get("detail")
+                input_id, item["status"], item.get("data"), {**detail, "container": handle.id}
             )
             handle.last_call = self.inputs[input_id].call_id
             seconds = float(item.get("duration", 0.0))

@@ -159,13 +159,30 @@ async function callPage(id) {
     if (r.args !== undefined) parts.push(el("div", {}, "arguments: ", el("code", {}, `(${r.args})`)));
     if (r.result !== undefined) parts.push(el("div", {}, "result: ", el("code", {}, r.result)));
     if (r.traceback) parts.push(el("pre", { class: "traceback" }, r.traceback));
+    if (r.container) parts.push(el("div", { class: "muted" }, `container ${r.container}`));
     if (failed)
-      parts.push(el("div", { class: "card replay" }, "Replay it: ", el("code", { class: "cmd" }, `ketch call replay ${c.call_id}`), " (remote), or ", el("code", { class: "cmd" }, `ketch call replay ${c.call_id} --local --pdb`), " in your own process"));
+      parts.push(el("div", { class: "card replay" }, el("button", { id: "replay", onclick: () => replay(c.call_id) }, "Replay"), " with the code that ran it, or locally: ", el("code", { class: "cmd" }, `ketch call replay ${c.call_id} --local --pdb`), el("span", { id: "replayed" }, "")));
   }
   const retried = c.inputs.filter((i) => i.attempts > 0);
   if (retried.length) parts.push(el("div", { class: "card" }, `retried: ${retried.map((i) => `input ${i.idx} × ${i.attempts}`).join(", ")}`));
   parts.push(el("h2", {}, "Logs"), el("pre", { class: "logs call-logs" }, c.logs.map((l) => l.text).join("") || "(no output)"));
   main.replaceChildren(...parts);
+}
+
+async function replay(callId) {
+  const out = document.getElementById("replayed");
+  out.textContent = " replaying…";
+  const r = await fetch(`/dashboard/replay?id=${encodeURIComponent(callId)}`, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "X-Ketch-Dashboard": "1" },
+  });
+  const body = await r.json();
+  if (!r.ok) {
+    out.textContent = ` ${body.error || r.statusText}`;
+    return;
+  }
+  out.replaceChildren(" → ", link(`#/call/${body.call_id}`, body.call_id));
 }
 
 async function logsPage(params) {
