@@ -153,6 +153,7 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
     "DashboardLogin": [{}],
     "CallList": [{"app": "demo", "function": "f", "failed": True, "limit": 20}],
     "CallShow": [{"call_id": "fc-1", "limit": 5}],
+    "CallReplay": [{"call_id": "fc-1", "limit": 5}],
     "CallReplaySpec": [{"call_id": "fc-1", "limit": 5}],
     "UsageReport": [
         {"by": "function", "app": "demo", "function": "f", "since": 1.7e9},

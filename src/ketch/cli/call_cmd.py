@@ -28,7 +28,6 @@ import click
 
 from .. import _sync
 from .._client import _Client
-from .._ids import new_id
 from .._spec import FunctionSpec
 from ._util import ago, rpc
 
@@ -144,63 +143,25 @@ def _outcome(result: dict[str, Any] | None) -> str | None:
 
 
 async def _replay_remote(info: dict[str, Any], spec: FunctionSpec) -> list[dict[str, Any] | None]:
-    """The inputs in a new ephemeral app of the archived spec; each one's result."""
+    """The inputs again on the control plane (``CallReplay``: a new ephemeral app of the
+    archived spec); each one's result, as its container wrote it."""
     client = await _Client.get()
-    made = await client.rpc(
-        "AppCreate",
-        {
-            "app_id": new_id("ap"),
-            "name": f"replay-{info['call_id']}",
-            "deployed": False,
-            "functions": [info["spec"]],
-        },
-    )
-    app_id, function_id = made["app_id"], made["function_ids"][spec.tag]
-    beat = asyncio.create_task(_heartbeat(client, app_id, float(made.get("heartbeat_s", 15))))
-    try:
-        new_call = new_id("fc")
-        inputs = [
-            {
-                "idx": i["idx"],
-                **({"args": i["args"]} if i["args"] is not None else {"blob_id": i["blob_id"]}),
-            }
-            for i in info["inputs"]
-        ]
-        await client.rpc(
-            "CallCreate",
-            {
-                "call_id": new_call,
-                "function_id": function_id,
-                "kind": "map" if len(inputs) > 1 else "single",
-                "params": info["params"],
-                "method": info["method"],
-                "inputs": inputs,
-                "closed": True,
-            },
+    n = len(info["inputs"])
+    new_call = (await client.rpc("CallReplay", {"call_id": info["call_id"], "limit": n}))["call_id"]
+    after, deadline = 0, time.monotonic() + spec.timeout * (spec.max_retries + 1) + 300
+    while time.monotonic() < deadline:
+        got = await client.rpc(
+            "CallGetOutputs", {"call_id": new_call, "after": after, "timeout": 20}, timeout=60
         )
-        after, deadline = 0, time.monotonic() + spec.timeout * (spec.max_retries + 1) + 300
-        while time.monotonic() < deadline:
-            got = await client.rpc(
-                "CallGetOutputs", {"call_id": new_call, "after": after, "timeout": 20}, timeout=60
-            )
-            if got["outputs"]:
-                after = got["outputs"][-1]["seq"]
-            if got["done"]:
-                break
-        shown = await client.rpc("CallShow", {"call_id": new_call, "limit": len(inputs)})
-    finally:
-        beat.cancel()
-        await client.rpc("AppStop", {"app_id": app_id})
-    by_idx = {r["idx"]: r for r in shown["results"]}
+        if got["outputs"]:
+            after = got["outputs"][-1]["seq"]
+        if got["done"]:
+            break
+    shown = await client.rpc("CallShow", {"call_id": new_call, "limit": n})
     for row in shown["logs"]:
         sys.stderr.write(f"[replay] {row['text']}")
+    by_idx = {r["idx"]: r for r in shown["results"]}
     return [by_idx.get(i["idx"]) for i in info["inputs"]]
-
-
-async def _heartbeat(client: _Client, app_id: str, every: float) -> None:
-    while True:
-        await asyncio.sleep(every)
-        await client.rpc("AppHeartbeat", {"app_id": app_id})
 
 
 def _replay_local(

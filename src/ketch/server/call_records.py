@@ -11,16 +11,19 @@ the containers. Only ``replay --local`` unpickles arguments, in the user's own p
 as it runs their code there on purpose.
 
 RPCs, for the owner, ``admin`` and ``deploy`` tokens (never containers or ``invoke``
-tokens): ``CallList``, ``CallShow``, ``CallReplaySpec``.
+tokens): ``CallList``, ``CallShow``, ``CallReplaySpec``, ``CallReplay``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 from .._serialization import unpack
 from ..exception import NotFoundError
-from .rpc import rpc
+from .auth import Caller
+from .rpc import HANDLERS, WANTS_CALLER, rpc
 from .store import LogFilter
 
 if TYPE_CHECKING:
@@ -110,6 +113,80 @@ def _logs(api: Api, call: dict[str, Any]) -> list[dict[str, Any]]:
     """The call's log lines, as the store has them now (at most 500)."""
     filters = LogFilter(call_id=call["id"], since=call["created_at"] - 1.0)
     return api.store.logs_after(call["app_id"], 0, 500, filters)
+
+
+@rpc
+async def CallReplay(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """``ketch call replay`` (remote) and the dashboard's Replay button: the call's inputs
+    again, in a new ephemeral app of the spec that ran them; the new call's id at once."""
+    limit = int(body.get("limit") or 10)
+    info = CallReplaySpec(api, {"call_id": body["call_id"], "limit": limit})
+    return {"call_id": await replay_remote(api, info)}
+
+
+async def call_handler(api: Api, method: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Another RPC's handler, as the owner (the one who asked for the replay)."""
+    args = (api, body, Caller("owner")) if method in WANTS_CALLER else (api, body)
+    reply = HANDLERS[method](*args)
+    if asyncio.iscoroutine(reply):
+        reply = await reply
+    assert isinstance(reply, dict)
+    return reply
+
+
+async def replay_remote(api: Api, info: dict[str, Any]) -> str:
+    """Start ``info``'s inputs (``CallReplaySpec``) in a new ephemeral app of its archived
+    spec; the app stops once the call is done (or after an hour). Returns the call's id."""
+    from .._ids import new_id
+
+    made = await call_handler(
+        api,
+        "AppCreate",
+        {
+            "app_id": new_id("ap"),
+            "name": f"replay-{info['call_id']}",
+            "deployed": False,
+            "functions": [info["spec"]],
+        },
+    )
+    app_id = made["app_id"]
+    function_id = made["function_ids"][info["spec"]["tag"]]
+    inputs = [
+        {
+            "idx": i["idx"],
+            **({"args": i["args"]} if i["args"] is not None else {"blob_id": i["blob_id"]}),
+        }
+        for i in info["inputs"]
+    ]
+    call_id = new_id("fc")
+    body = {
+        "call_id": call_id,
+        "function_id": function_id,
+        "kind": "map" if len(inputs) > 1 else "single",
+        "params": info["params"],
+        "method": info["method"],
+        "inputs": inputs,
+        "closed": True,
+    }
+    await call_handler(api, "CallCreate", body)
+
+    async def tend() -> None:
+        deadline, after = time.monotonic() + 3600, 0
+        try:
+            while time.monotonic() < deadline:
+                api.store.heartbeat(app_id)
+                rows, done = await api.d.wait_outputs(call_id, after, 10.0, 1000)
+                if done:
+                    break
+                after = rows[-1]["seq"] if rows else after
+                await asyncio.sleep(0)
+        finally:
+            await call_handler(api, "AppStop", {"app_id": app_id})
+
+    from .._tasks import spawn
+
+    spawn(tend(), name=f"replay {call_id}")
+    return call_id
 
 
 @rpc

@@ -31,8 +31,8 @@ from aiohttp import web
 
 from ..exception import Error, NotFoundError
 from ..worker import gpus
-from .auth import Caller
-from .rpc import HANDLERS, WANTS_CALLER, rpc
+from .call_records import call_handler as _call
+from .rpc import rpc
 from .store import LogFilter
 
 if TYPE_CHECKING:
@@ -181,8 +181,8 @@ class Dashboard:
         if request.headers.get("X-Ketch-Dashboard") != "1":
             raise web.HTTPForbidden(text="replays come from the dashboard's own button")
         try:
-            info = await _call(self.api, "CallReplaySpec", {"call_id": request.query.get("id", "")})
-            new_call = await replay_remote(self.api, info)
+            reply = await _call(self.api, "CallReplay", {"call_id": request.query.get("id", "")})
+            new_call = reply["call_id"]
         except Error as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"call_id": new_call})
@@ -222,16 +222,6 @@ def _dumps(value: Any) -> str:
 
 async def _send(response: web.StreamResponse, payload: dict[str, Any]) -> None:
     await response.write(f"data: {_dumps(payload)}\n\n".encode())
-
-
-async def _call(api: Api, method: str, body: dict[str, Any]) -> dict[str, Any]:
-    """An RPC's handler, as the owner (the dashboard's session is the owner's)."""
-    args = (api, body, Caller("owner")) if method in WANTS_CALLER else (api, body)
-    reply = HANDLERS[method](*args)
-    if asyncio.iscoroutine(reply):
-        reply = await reply
-    assert isinstance(reply, dict)
-    return reply
 
 
 def _app_id(api: Api, name: str) -> str:
@@ -346,61 +336,6 @@ async def _size(api: Api, kind: str, object_id: str) -> str:
     except Error:
         return "?"
     return ""
-
-
-async def replay_remote(api: Api, info: dict[str, Any]) -> str:
-    """Start ``info``'s inputs (``CallReplaySpec``) in a new ephemeral app of its archived
-    spec; the app stops once the call is done (or after an hour). Returns the call's id."""
-    from .._ids import new_id
-
-    made = await _call(
-        api,
-        "AppCreate",
-        {
-            "app_id": new_id("ap"),
-            "name": f"replay-{info['call_id']}",
-            "deployed": False,
-            "functions": [info["spec"]],
-        },
-    )
-    app_id = made["app_id"]
-    function_id = made["function_ids"][info["spec"]["tag"]]
-    inputs = [
-        {
-            "idx": i["idx"],
-            **({"args": i["args"]} if i["args"] is not None else {"blob_id": i["blob_id"]}),
-        }
-        for i in info["inputs"]
-    ]
-    call_id = new_id("fc")
-    body = {
-        "call_id": call_id,
-        "function_id": function_id,
-        "kind": "map" if len(inputs) > 1 else "single",
-        "params": info["params"],
-        "method": info["method"],
-        "inputs": inputs,
-        "closed": True,
-    }
-    await _call(api, "CallCreate", body)
-
-    async def tend() -> None:
-        deadline, after = time.monotonic() + 3600, 0
-        try:
-            while time.monotonic() < deadline:
-                api.store.heartbeat(app_id)
-                rows, done = await api.d.wait_outputs(call_id, after, 10.0, 1000)
-                if done:
-                    break
-                after = rows[-1]["seq"] if rows else after
-                await asyncio.sleep(0)
-        finally:
-            await _call(api, "AppStop", {"app_id": app_id})
-
-    from .._tasks import spawn
-
-    spawn(tend(), name=f"replay {call_id}")
-    return call_id
 
 
 def _histogram(row: list[float] | None) -> tuple[int, float | None]:

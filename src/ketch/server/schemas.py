@@ -185,6 +185,11 @@ class CallShow(_Request):
     limit: Limit = 20
 
 
+class CallReplay(_Request):
+    call_id: Id
+    limit: Limit = 10
+
+
 class CallReplaySpec(_Request):
     call_id: Id
     limit: Limit = 10
