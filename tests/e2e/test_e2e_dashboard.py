@@ -115,6 +115,7 @@ def test_the_dashboard_in_a_real_browser(ketch_env, tmp_path):
     try:
         driver.get(link)
         _wait(driver, lambda: "dash-e2e" in driver.find_element("id", "apps").text, what="apps")
+        assert "deployed v1" in driver.find_element("id", "apps").text
         _shot(driver, "apps")
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(link, timeout=10)  # used: good once

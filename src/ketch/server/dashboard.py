@@ -254,11 +254,13 @@ async def _apps(api: Api) -> dict[str, Any]:
         if outcome in ERRORS:
             errors[app_name] = errors.get(app_name, 0) + n
     day_ago = time.time() - 86400
+    versions = _latest_versions(api)
     shown = []
     for app in apps:
         if app["state"] != "running" and (app.get("stopped_at") or 0) < day_ago:
             continue
         app["cost_today"] = api.d.meter.cost_today(app["app_id"])
+        app["version"] = versions.get(app["name"]) if app["deployed"] else None
         app["inputs_total"] = done.get(app["name"], 0)
         app["errors_total"] = errors.get(app["name"], 0)
         shown.append(app)
@@ -336,6 +338,16 @@ async def _size(api: Api, kind: str, object_id: str) -> str:
     except Error:
         return "?"
     return ""
+
+
+def _latest_versions(api: Api) -> dict[str, int]:
+    """Deployed app name -> its newest version number."""
+    from sqlalchemy import func, select
+
+    from .versions import app_versions
+
+    q = select(app_versions.c.name, func.max(app_versions.c.version)).group_by(app_versions.c.name)
+    return {name: int(v) for name, v in api.store.conn.execute(q).all()}
 
 
 def _histogram(row: list[float] | None) -> tuple[int, float | None]:

@@ -96,7 +96,7 @@ async function appsPage() {
     const rows = data.apps.map((a) => [
       link(`#/app/${encodeURIComponent(a.name)}`, a.name),
       el("span", { class: a.state === "running" ? "ok" : "muted" }, a.state),
-      a.deployed ? "deployed" : "ephemeral",
+      a.deployed ? `deployed${a.version ? " v" + a.version : ""}` : "ephemeral",
       String(a.n_containers),
       dt > 0 && a.app_id in before ? ((a.inputs_total - before[a.app_id]) / dt).toFixed(1) : "-",
       el("span", { class: a.errors_total ? "bad" : "" }, String(a.errors_total)),
