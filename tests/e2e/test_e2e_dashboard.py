@@ -150,11 +150,14 @@ def test_the_dashboard_in_a_real_browser(ketch_env, tmp_path):
         # The replay button runs it again (remote, the same code): the new call fails alike.
         driver.find_element("id", "replay").click()
         _wait(driver, lambda: driver.find_elements("css selector", "#replayed a"), what="a replay")
+        replayed = driver.find_element("css selector", "#replayed a").text
         driver.find_element("css selector", "#replayed a").click()
         _wait(
             driver,
             lambda: (
-                "ValueError: bad input 7" in driver.find_element("css selector", ".traceback").text
+                replayed in driver.find_element("tag name", "h1").text
+                and "ValueError: bad input 7"
+                in driver.find_element("css selector", ".traceback").text
             ),
             timeout=60,
             what="the replayed call",

@@ -6,6 +6,13 @@
 const main = document.getElementById("main");
 let stream = null; // the page's EventSource, closed when the route changes
 let timer = null;
+let routeGen = 0; // bumped by every route change: a page whose data came late does not render
+
+// Replace the page's content, unless the user has gone to another page meanwhile.
+function show(gen, ...nodes) {
+  if (gen === routeGen) main.replaceChildren(...nodes);
+  return gen === routeGen;
+}
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -87,8 +94,8 @@ function barChart(points, opts) {
 
 // -- pages ------------------------------------------------------------------------------
 
-async function appsPage() {
-  main.replaceChildren(el("h1", {}, "Apps"), el("div", { id: "apps" }, "Loading…"));
+async function appsPage(gen) {
+  show(gen, el("h1", {}, "Apps"), el("div", { id: "apps" }, "Loading…"));
   let last = null; // the previous reading: inputs per second come from two of them
   const render = (data) => {
     const before = last ? Object.fromEntries(last.apps.map((a) => [a.app_id, a.inputs_total])) : {};
@@ -108,11 +115,13 @@ async function appsPage() {
       table(["app", "state", "kind", "containers", "calls/s", "errors", "cost today", "created"], rows, [3, 4, 5, 6]),
     );
   };
-  render(await get("apps"));
+  const first = await get("apps");
+  if (gen !== routeGen) return;
+  render(first);
   live("/dashboard/events/apps", render);
 }
 
-async function appPage(name) {
+async function appPage(gen, name) {
   const a = await get("app", { name });
   const parts = [el("h1", {}, `${a.name} `, el("span", { class: "muted" }, `${a.state}, ${a.deployed ? "deployed" : "ephemeral"}${a.version ? ", v" + a.version : ""}`))];
   parts.push(el("div", { class: "card" }, `cost today ${money(a.cost_today)}`, a.budget_per_day !== null ? ` of a $${a.budget_per_day.toFixed(2)}/day budget` : "", ` · ${a.n_containers} container(s)`, " · ", link(`#/logs?app=${encodeURIComponent(a.name)}`, "logs")));
@@ -136,8 +145,7 @@ async function appPage(name) {
   parts.push(el("h2", {}, "Recent calls"), callsTable(a.calls));
   if (a.versions.length)
     parts.push(el("h2", {}, "Versions"), table(["version", "deployed", "source", "note", "roll back"], a.versions.map((v) => [`v${v.version}`, ago(v.created_at), v.source_hash, v.note, el("code", { class: "cmd" }, `ketch app rollback ${a.name} v${v.version}`)])));
-  main.replaceChildren(...parts);
-  timer = setTimeout(() => route(), 5000);
+  if (show(gen, ...parts)) timer = setTimeout(() => route(), 5000);
 }
 
 function callsTable(calls) {
@@ -148,7 +156,7 @@ function callsTable(calls) {
   );
 }
 
-async function callPage(id) {
+async function callPage(gen, id) {
   const c = await get("call", { id });
   const parts = [el("h1", {}, `${c.call_id} `, el("span", { class: "muted" }, `${c.app} / ${c.function}${c.method ? "." + c.method : ""}`))];
   parts.push(el("div", { class: "card" }, `${c.kind}, ${c.n_inputs ?? "?"} input(s) · code version ${c.version || "-"} · created ${new Date(c.created_at * 1000).toLocaleString()}`, c.usage ? ` · ${money(c.usage.cost)} for ${secs(c.usage.seconds)} of container time` : ""));
@@ -166,7 +174,7 @@ async function callPage(id) {
   const retried = c.inputs.filter((i) => i.attempts > 0);
   if (retried.length) parts.push(el("div", { class: "card" }, `retried: ${retried.map((i) => `input ${i.idx} × ${i.attempts}`).join(", ")}`));
   parts.push(el("h2", {}, "Logs"), el("pre", { class: "logs call-logs" }, c.logs.map((l) => l.text).join("") || "(no output)"));
-  main.replaceChildren(...parts);
+  show(gen, ...parts);
 }
 
 async function replay(callId) {
@@ -185,7 +193,7 @@ async function replay(callId) {
   out.replaceChildren(" → ", link(`#/call/${body.call_id}`, body.call_id));
 }
 
-async function logsPage(params) {
+async function logsPage(gen, params) {
   const form = el("form", { class: "filters" });
   for (const [k, ph] of [["app", "app (required)"], ["search", "search text"], ["function", "function"], ["call", "call fc-…"], ["container", "container ta-…"]])
     form.append(el("input", { name: k, placeholder: ph, value: params.get(k) || "" }));
@@ -197,13 +205,14 @@ async function logsPage(params) {
     location.hash = `#/logs?${q}`;
   });
   const out = el("pre", { class: "logs", id: "log-lines" }, "");
-  main.replaceChildren(el("h1", {}, "Logs"), form, out);
+  show(gen, el("h1", {}, "Logs"), form, out);
   if (!params.get("app")) {
     out.textContent = "Name an app to follow its output.";
     return;
   }
   const q = Object.fromEntries(params.entries());
   const first = await get("logs", q);
+  if (gen !== routeGen) return;
   out.textContent = first.logs.map((l) => `[${l.tag || ""}] ${l.text}`).join("");
   live(`/dashboard/events/logs?${new URLSearchParams(q)}`, (data) => {
     for (const l of data.logs) out.append(document.createTextNode(`[${l.tag || ""}] ${l.text}`));
@@ -211,28 +220,28 @@ async function logsPage(params) {
   });
 }
 
-async function containersPage() {
+async function containersPage(gen) {
   const d = await get("containers");
-  main.replaceChildren(
+  const shown = show(gen, 
     el("h1", {}, "Containers"),
     table(["container", "app", "function", "state", "started"], d.containers.map((c) => [c.container_id, c.app_name || "", c.function || "", c.state || "", ago(c.started_at)])),
     el("h2", {}, "Sandboxes"),
     table(["sandbox", "app", "name", "created"], d.sandboxes.map((s) => [s.sandbox_id, s.app_id || "", s.name || "", ago(s.created_at)])),
   );
-  timer = setTimeout(() => route(), 5000);
+  if (shown) timer = setTimeout(() => route(), 5000);
 }
 
-async function objectsPage() {
+async function objectsPage(gen) {
   const d = await get("objects");
   const parts = [el("h1", {}, "Volumes, Dicts, Queues, Secrets")];
   for (const [kind, title] of [["volume", "Volumes"], ["dict", "Dicts"], ["queue", "Queues"], ["secret", "Secrets (names only)"]])
     parts.push(el("h2", {}, title), table(["name", "id", "size", "created"], d[kind].map((o) => [o.name, o.object_id, o.size ?? "", ago(o.created_at)])));
-  main.replaceChildren(...parts);
+  show(gen, ...parts);
 }
 
-async function usagePage() {
+async function usagePage(gen) {
   const [byDay, byFn] = await Promise.all([get("usage", { by: "day" }), get("usage", { by: "function" })]);
-  main.replaceChildren(
+  show(gen, 
     el("h1", {}, "Usage"),
     el("div", { class: "usage-chart" }, barChart(byDay.rows.map((r) => [r.day.slice(5), r.cost]), { unit: "$ ≤ ", fmt: (x) => x.toFixed(4) })),
     el("h2", {}, "By function"),
@@ -248,16 +257,17 @@ async function route() {
   const [path, query] = (location.hash.slice(1) || "/").split("?");
   const params = new URLSearchParams(query || "");
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  const gen = ++routeGen;
   try {
-    if (parts[0] === "app") await appPage(parts[1]);
-    else if (parts[0] === "call") await callPage(parts[1]);
-    else if (parts[0] === "logs") await logsPage(params);
-    else if (parts[0] === "containers") await containersPage();
-    else if (parts[0] === "objects") await objectsPage();
-    else if (parts[0] === "usage") await usagePage();
-    else await appsPage();
+    if (parts[0] === "app") await appPage(gen, parts[1]);
+    else if (parts[0] === "call") await callPage(gen, parts[1]);
+    else if (parts[0] === "logs") await logsPage(gen, params);
+    else if (parts[0] === "containers") await containersPage(gen);
+    else if (parts[0] === "objects") await objectsPage(gen);
+    else if (parts[0] === "usage") await usagePage(gen);
+    else await appsPage(gen);
   } catch (err) {
-    main.replaceChildren(el("h1", {}, "Error"), el("p", { class: "bad" }, String(err.message || err)));
+    show(gen, el("h1", {}, "Error"), el("p", { class: "bad" }, String(err.message || err)));
   }
 }
 
