@@ -80,6 +80,9 @@ _SETTINGS: dict[str, _Setting] = {
         _to_bool,
         "on a Ray cluster, image build steps run on a node (0: on the control plane's machine)",
     ),
+    "node_blob_cache_mb": _Setting(
+        10240, int, "size a cluster node keeps its cache of Volume blobs under, in MiB"
+    ),
     "node_home": _Setting(
         "", str, "where a cluster node's ketch worker keeps its files (default: the temp dir)"
     ),

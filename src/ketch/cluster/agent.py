@@ -315,7 +315,20 @@ class NodeAgent:
         self._copies[(container_id, index)] = await asyncio.to_thread(
             wc.materialize, target, entries, self.blobs.path, link
         )
+        await self._sweep_blobs(entries)
         return str(target)
+
+    async def _sweep_blobs(self, used: list[dict[str, Any]]) -> None:
+        """Keep the node's blob cache under ``node_blob_cache_mb``: the blobs just used are
+        the newest; read-only copies' hard links keep theirs; the oldest others go (the
+        control plane sends a blob again when a copy needs it)."""
+        assert self.blobs is not None
+        blobs = self.blobs
+        await asyncio.to_thread(blobs.touch, [e["blob"] for e in used if e.get("blob")])
+        limit = int(config.get("node_blob_cache_mb")) << 20
+        removed, freed = await asyncio.to_thread(blobs.sweep, limit)
+        if removed:
+            logger.info("node blob cache: removed %d blobs (%d MiB)", removed, freed >> 20)
 
     async def update_volume(
         self, container_id: str, index: int, entries: list[dict[str, Any]], link: bool
@@ -327,6 +340,7 @@ class NodeAgent:
         self._copies[key] = await asyncio.to_thread(
             wc.update, self._volume(*key), self._copies[key], entries, self.blobs.path, link
         )
+        await self._sweep_blobs(entries)
 
     async def volume_changes(
         self, container_id: str, index: int

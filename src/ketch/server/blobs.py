@@ -11,12 +11,14 @@ to disk and renamed into place, so a blob that exists is whole.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import os
 import secrets
 import time
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -268,6 +270,43 @@ class BlobStore:
             for p in d.iterdir()
             if len(p.name) == 64
         ]
+
+    def touch(self, blob_ids: Iterable[str]) -> None:
+        """Mark blobs as just used (what ``sweep`` keeps longest)."""
+        for blob_id in blob_ids:
+            with contextlib.suppress(OSError, NotFoundError):
+                os.utime(self.path(blob_id))
+
+    def sweep(self, max_bytes: int) -> tuple[int, int]:
+        """Bring the store under ``max_bytes`` by deleting its least recently used blobs
+        (by mtime; ``touch`` renews it). A blob with another hard link is in use (a
+        read-only Volume copy's file) and stays. Returns ``(blobs removed, bytes freed)``.
+
+        For a cache (a cluster node's): a blob gone from it is sent again when needed.
+        """
+        found = []
+        total = 0
+        for d in self.root.iterdir():
+            if not d.is_dir():
+                continue
+            for p in d.iterdir():
+                try:
+                    st = p.stat()
+                except FileNotFoundError:
+                    continue
+                total += st.st_size
+                if st.st_nlink == 1:
+                    found.append((st.st_mtime, st.st_size, p))
+        removed = freed = 0
+        for _, size, path in sorted(found):
+            if total <= max_bytes:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                total -= size
+                removed += 1
+                freed += size
+        return removed, freed
 
     def clean_temporaries(self) -> None:
         """Remove half-written blobs left by a crash."""
