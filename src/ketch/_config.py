@@ -63,6 +63,13 @@ _SETTINGS: dict[str, _Setting] = {
     "database": _Setting(
         "", str, "postgresql://... to keep the control plane's state in PostgreSQL (else SQLite)"
     ),
+    "blob_dir": _Setting(
+        "",
+        str,
+        "where the control plane keeps blobs (arguments, results, snapshots, Volume files); "
+        "default KETCH_HOME. With the state in PostgreSQL and this on shared storage, a "
+        "control plane can start again on another machine",
+    ),
     "ray": _Setting("", str, "address of a Ray cluster (HOST:PORT) whose nodes run the containers"),
     "advertise_address": _Setting(
         "", str, "the address a cluster's nodes reach the control plane at (default: its host)"

@@ -53,3 +53,61 @@ def test_a_database_that_does_not_sort_bytewise_is_refused_at_start(tmp_path):
     finally:
         env.close()
         _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+BEFORE_MOVE = """
+import ketch
+
+app = ketch.App("moving")
+
+
+@app.function()
+def big(n: int) -> bytes:
+    return b"x" * n
+
+
+if __name__ == "__main__":
+    vol = ketch.Volume.from_name("moving-vol", create_if_missing=True)
+    with vol.batch_upload() as batch:
+        batch.put_file(__file__, "/app.py")
+    with app.run():
+        call = big.spawn(3 << 20)  # over the inline size: its result is a blob
+        assert len(call.get()) == 3 << 20
+        print("CALL", call.object_id)
+"""
+
+AFTER_MOVE = """
+import sys
+
+import ketch
+
+result = ketch.FunctionCall.from_id(sys.argv[1]).get()
+print("RESULT", len(result))
+print("VOLUME", b"".join(ketch.Volume.from_name("moving-vol").read_file("app.py"))[:30])
+"""
+
+
+def test_a_control_plane_moves_machines_with_postgresql_and_a_shared_blob_dir(tmp_path):
+    """State in PostgreSQL and blobs in ``blob_dir`` (shared storage): a control plane with
+    another KETCH_HOME (another machine's) finds a past call's result blob and a Volume's
+    files where the first one left them."""
+    shared = tmp_path / "shared-blobs"
+    first = KetchEnv(tmp_path / "home-a")
+    second = KetchEnv(tmp_path / "home-b")
+    for env in (first, second):
+        env.env["KETCH_BLOB_DIR"] = str(shared)
+    second.env["KETCH_DATABASE"] = first.env["KETCH_DATABASE"]
+    try:
+        (tmp_path / "before.py").write_text(BEFORE_MOVE)
+        made = first.python(tmp_path / "before.py", cwd=tmp_path, timeout=120)
+        assert made.returncode == 0, made.describe()
+        call_id = made.stdout.split("CALL ", 1)[1].split()[0]
+        assert any((shared / "blobs").rglob("*")) and any((shared / "volumes" / "blobs").rglob("*"))
+        first.cli("server", "stop", timeout=60).check()
+        (tmp_path / "after.py").write_text(AFTER_MOVE)
+        moved = second.python(tmp_path / "after.py", call_id, cwd=tmp_path, timeout=120)
+        assert f"RESULT {3 << 20}" in moved.stdout, moved.describe()
+        assert "VOLUME b'\\nimport ketch\\n\\napp = ketch.App'" in moved.stdout, moved.describe()
+    finally:
+        second.close()
+        first.close()

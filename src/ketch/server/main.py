@@ -220,8 +220,11 @@ async def serve(
     port = _pick_port(home, port)
     url = f"{'https' if tls else 'http'}://{host}:{port}"
     max_containers = config.get("max_containers_per_node") or max(8, 4 * (os.cpu_count() or 1))
-    dispatcher = Dispatcher(store, BlobStore(home / "blobs"), url, max_containers)
-    volumes = dispatcher.services.volumes = VolumeService(store, home)
+    # Blobs (arguments, results, deploy snapshots, Volume files): KETCH_HOME, or `blob_dir`
+    # (storage shared with the machine a control plane on PostgreSQL may move to).
+    blob_root = Path(config.get("blob_dir") or home).expanduser()
+    dispatcher = Dispatcher(store, BlobStore(blob_root / "blobs"), url, max_containers)
+    volumes = dispatcher.services.volumes = VolumeService(store, home, blob_root)
     dispatcher.sandboxes = SandboxService(dispatcher)
     await volumes.start()  # commits working copies a crash left behind
     api = Api(dispatcher, time.time(), Authenticator(home, store, dispatcher.container_caller))

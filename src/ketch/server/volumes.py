@@ -142,9 +142,9 @@ class RemoteCopies(Protocol):
 class VolumeService:
     """The control plane's Volumes: blob store, changes, and the working copies of its node."""
 
-    def __init__(self, store: Store, home: Path) -> None:
+    def __init__(self, store: Store, home: Path, blob_root: Path | None = None) -> None:
         self.store = store
-        self.blobs = BlobStore(home / "volumes" / "blobs")
+        self.blobs = BlobStore((blob_root or home) / "volumes" / "blobs")
         self.blobs.clean_temporaries()
         self.work = home / "volumes" / "work"
         self.work.mkdir(parents=True, exist_ok=True)
