@@ -74,3 +74,36 @@ def test_calls_are_listed_shown_and_replayed_with_the_code_that_ran_them(ketch_e
         debugged.describe()
     )
     ketch_env.cli("app", "stop", "replay-demo").check()
+
+
+EPHEMERAL = """
+import ketch
+
+app = ketch.App("replay-ephemeral")
+
+
+@app.cls()
+class Model:
+    k: int = ketch.parameter(default=2)
+
+    @ketch.method()
+    def mul(self, x: int) -> int:
+        return x * self.k
+
+
+@app.local_entrypoint()
+def main():
+    call = Model(k=5).mul.spawn(7)
+    print("R", call.get(), call.object_id)
+"""
+
+
+def test_a_call_of_an_ephemeral_apps_class_replays_remotely(ketch_env, tmp_path):
+    """An ephemeral app's call (its code named by local path, its class parameters and
+    method) replays in a new app made from the archived spec."""
+    (tmp_path / "eph.py").write_text(EPHEMERAL)
+    run = ketch_env.cli("run", "eph.py", cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.describe()
+    call_id = re.search(r"R 35 (fc-\S+)", run.stdout).group(1)
+    again = ketch_env.cli("call", "replay", call_id, timeout=120)
+    assert again.returncode == 0 and "input 0: same: returned 35" in again.stdout, again.describe()

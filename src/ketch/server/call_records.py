@@ -17,6 +17,7 @@ tokens): ``CallList``, ``CallShow``, ``CallReplaySpec``, ``CallReplay``.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -125,8 +126,11 @@ async def CallReplay(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def call_handler(api: Api, method: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Another RPC's handler, as the owner (the one who asked for the replay)."""
-    args = (api, body, Caller("owner")) if method in WANTS_CALLER else (api, body)
+    """Another RPC's handler, as the owner, on this machine: what it is given comes from
+    the control plane itself (an archived spec's local paths were checked when its app was
+    first created, by a client on this machine)."""
+    owner = Caller("owner", peer_uid=os.getuid())
+    args = (api, body, owner) if method in WANTS_CALLER else (api, body)
     reply = HANDLERS[method](*args)
     if asyncio.iscoroutine(reply):
         reply = await reply
