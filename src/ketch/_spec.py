@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -362,6 +363,16 @@ def _check_concurrency(spec: FunctionSpec) -> None:
             raise InvalidError("a function cannot take concurrent inputs and batches at once")
 
 
+def mount_path_ok(clean: str) -> bool:
+    """A Volume may be mounted at this (normalized) path: absolute, not ``/``, ``/root``
+    or a path of ketch's or the kernel's."""
+    return (
+        clean.startswith("/")
+        and clean not in ("/", "/root")
+        and not clean.startswith(("/.ketch", "/proc", "/dev", "/sys"))
+    )
+
+
 def _check_volume_entries(entries: Any) -> None:
     if not isinstance(entries, list):
         raise InvalidError("volumes must be a list")
@@ -372,12 +383,8 @@ def _check_volume_entries(entries: Any) -> None:
             not isinstance(path, str)
             or not isinstance(entry.get("object_id"), str)
             or not set(entry) <= {"path", "object_id", "name", "read_only"}
-            or path != re.sub(r"/+", "/", path).rstrip("/")
-            or not path.startswith("/")
-            or path == "/root"
-            or path.startswith(("/.ketch", "/proc", "/dev", "/sys"))
-            or "/../" in path + "/"
-            or "/./" in path + "/"
+            or path != posixpath.normpath(path)
+            or not mount_path_ok(path)
         ):
             raise InvalidError(f"bad volume mount {entry!r}")
         paths.append(path)

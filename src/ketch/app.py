@@ -34,7 +34,7 @@ from ._config import config, in_container
 from ._ids import new_id
 from ._secret import check_secrets
 from ._serialization import serialize
-from ._spec import FunctionSpec, build_options
+from ._spec import FunctionSpec, build_options, mount_path_ok
 from .cls import _Cls, class_batching, class_spec_methods, new_class_function
 from .exception import InvalidError, from_wire
 from .functions import _Function
@@ -764,12 +764,7 @@ def check_volumes(volumes: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for path, vol in volumes.items():
         clean = posixpath.normpath(path) if isinstance(path, str) else ""
-        if (
-            not isinstance(path, str)
-            or not path.startswith("/")
-            or clean in ("/", "/root")
-            or clean.startswith(("/.ketch", "/proc", "/dev", "/sys"))
-        ):
+        if not isinstance(path, str) or not path.startswith("/") or not mount_path_ok(clean):
             raise InvalidError(
                 f"volume mount path must be an absolute path other than /, /root and system paths, not {path!r}"
             )

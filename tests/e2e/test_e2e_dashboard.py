@@ -166,6 +166,12 @@ def test_the_dashboard_in_a_real_browser(ketch_env, tmp_path):
         with pytest.raises(urllib.error.HTTPError) as no_cookie:
             urllib.request.urlopen(forged, timeout=10)
         assert no_cookie.value.code == 401
+        # With the session cookie but without the dashboard's header (another site's form):
+        session = driver.get_cookie("ketch_dashboard")["value"]
+        forged.add_header("Cookie", f"ketch_dashboard={session}")
+        with pytest.raises(urllib.error.HTTPError) as no_header:
+            urllib.request.urlopen(forged, timeout=10)
+        assert no_header.value.code == 403
 
         driver.get(f"{base}/dashboard/#/logs?app=dash-e2e")
         _wait(

@@ -103,6 +103,8 @@ def test_a_control_plane_moves_machines_with_postgresql_and_a_shared_blob_dir(tm
         assert made.returncode == 0, made.describe()
         call_id = made.stdout.split("CALL ", 1)[1].split()[0]
         assert any((shared / "blobs").rglob("*")) and any((shared / "volumes" / "blobs").rglob("*"))
+        for private in (shared / "blobs", shared / "volumes"):  # no other local user reads them
+            assert private.stat().st_mode & 0o077 == 0, oct(private.stat().st_mode)
         first.cli("server", "stop", timeout=60).check()
         (tmp_path / "after.py").write_text(AFTER_MOVE)
         moved = second.python(tmp_path / "after.py", call_id, cwd=tmp_path, timeout=120)

@@ -109,6 +109,16 @@ def attack(victim: dict, home: str) -> dict:
             {"function_id": victim["function_id"], "settings": {"min_containers": 5}})
     attempt("rescale_its_own_function", "FunctionUpdateAutoscaler",
             {"function_id": helper.object_id, "settings": {"min_containers": 5}})
+    # Past calls, usage, budgets, the dashboard's login, Secrets' values, image ids.
+    attempt("show_another_apps_call", "CallShow", {"call_id": victim["call_id"]})
+    attempt("replay_another_apps_call", "CallReplay", {"call_id": victim["call_id"]})
+    attempt("another_apps_arguments", "CallReplaySpec", {"call_id": victim["call_id"]})
+    attempt("list_calls", "CallList", {})
+    attempt("read_usage", "UsageReport", {"by": "app"})
+    attempt("set_a_budget", "AppBudgetSet", {"name": "sec-victim", "usd_per_day": 0})
+    attempt("dashboard_login_link", "DashboardLogin", {})
+    attempt("update_a_secret", "SecretUpdate", {"name": "sec-victim-secret", "env": {"A": "1"}})
+    attempt("image_by_id", "ImageFromId", {"image_id": "im-" + "0" * 64})
     attempt("append_to_another_apps_call", "CallPutInputs",
             {"call_id": victim["call_id"], "inputs": [], "n_inputs": None})
     attempt("volume_blob_dir", "VolumeInfo", {})

@@ -17,10 +17,12 @@ tokens): ``CallList``, ``CallShow``, ``CallReplaySpec``, ``CallReplay``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from .._config import config
 from .._serialization import unpack
 from ..exception import NotFoundError
 from .auth import Caller
@@ -29,18 +31,17 @@ from .store import LogFilter
 
 if TYPE_CHECKING:
     from .api import Api
+    from .dispatcher import Dispatcher
+
+logger = logging.getLogger(__name__)
 
 MAX_LIST = 1000
 
 
-def _names(api: Api) -> tuple[dict[str, str], dict[str, str]]:
-    """(app id -> name, function id -> tag) for the rows shown."""
-    apps = {a["id"]: a["name"] for a in api.store.list_apps()}
-    tags: dict[str, str] = {}
-    for app_id in apps:
-        for fn in api.store.app_functions(app_id):
-            tags[fn["id"]] = fn["tag"]
-    return apps, tags
+def _label(api: Api, row: dict[str, Any]) -> None:
+    """Name a row's app and function (the dispatcher's cached labels: no query per row)."""
+    app, tag = api.d.metric_labels(row["function_id"], row["app_id"])
+    row["app"], row["function"] = app, tag
 
 
 def _call(api: Api, call_id: str) -> dict[str, Any]:
@@ -55,22 +56,28 @@ def _call(api: Api, call_id: str) -> dict[str, Any]:
 @rpc
 def CallList(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     """Calls, newest first: of an app (by name or id), of one of its functions, failed ones."""
-    apps, tags = _names(api)
+    apps = api.store.list_apps()
     app_ids = None
     if body.get("app"):
         wanted = str(body["app"])
-        app_ids = [i for i, n in apps.items() if wanted in (i, n)]
+        app_ids = [a["id"] for a in apps if wanted in (a["id"], a["name"])]
         if not app_ids:
             raise NotFoundError(f"no app {wanted!r}")
     function_ids = None
     if body.get("function"):
-        function_ids = [f for f, t in tags.items() if t == body["function"]]
+        function_ids = [
+            f["id"]
+            for a in apps
+            if app_ids is None or a["id"] in app_ids
+            for f in api.store.app_functions(a["id"])
+            if f["tag"] == body["function"]
+        ]
     limit = min(int(body.get("limit") or 50), MAX_LIST)
     rows = api.store.list_calls(app_ids, function_ids, bool(body.get("failed")), limit)
+    api.d.meter.flush()  # (once: every row's cost below is then in the store)
     for row in rows:
-        row["app"] = apps.get(row["app_id"], row["app_id"])
-        row["function"] = tags.get(row["function_id"], row["function_id"])
-        usage = api.d.meter.call(row["call_id"]) if len(rows) <= 200 else None
+        _label(api, row)
+        usage = api.d.meter.call(row["call_id"], flush=False)
         row["cost"] = usage["cost"] if usage else None
     return {"calls": rows}
 
@@ -80,7 +87,7 @@ def CallShow(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     """One call: what it was given and gave back (as its containers wrote them), its
     inputs' states, its log lines, timing, cost and code version."""
     call = _call(api, str(body["call_id"]))
-    apps, tags = _names(api)
+    _label(api, call)
     limit = min(int(body.get("limit") or 20), MAX_LIST)
     results = []
     for row in api.store.call_results(call["id"], limit):
@@ -95,9 +102,9 @@ def CallShow(api: Api, body: dict[str, Any]) -> dict[str, Any]:
     logs = _logs(api, call)
     return {
         "call_id": call["id"],
-        "app": apps.get(call["app_id"], call["app_id"]),
+        "app": call["app"],
         "app_id": call["app_id"],
-        "function": tags.get(call["function_id"], call["function_id"]),
+        "function": call["function"],
         "method": call["method"],
         "kind": call["kind"],
         "n_inputs": call["n_inputs"],
@@ -224,3 +231,17 @@ def CallReplaySpec(api: Api, body: dict[str, Any]) -> dict[str, Any]:
         "inputs": inputs,
         "results": [results.get(i["idx"]) for i in inputs],
     }
+
+
+def prune(d: Dispatcher) -> None:
+    """Retention, hourly: container output older than ``log_retention_days``, and finished
+    calls (arguments, results) older than ``call_retention_days``, go."""
+    try:
+        dropped = d.logs.prune(float(config.get("log_retention_days")))
+        days = float(config.get("call_retention_days"))
+        calls = d.store.prune_calls(time.time() - days * 86400.0)
+    except Exception:
+        logger.exception("pruning past retention failed")
+        return
+    if dropped or calls:
+        logger.info("dropped %d log lines and %d calls past their retention", dropped, calls)

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from ..exception import Error, NotFoundError
 from ..worker import gpus
+from . import versions as _versions
 from .call_records import call_handler as _call
 from .rpc import rpc
 from .store import LogFilter
@@ -254,7 +255,7 @@ async def _apps(api: Api) -> dict[str, Any]:
         if outcome in ERRORS:
             errors[app_name] = errors.get(app_name, 0) + n
     day_ago = time.time() - 86400
-    versions = _latest_versions(api)
+    versions = _versions.latest(api.store)
     shown = []
     for app in apps:
         if app["state"] != "running" and (app.get("stopped_at") or 0) < day_ago:
@@ -338,16 +339,6 @@ async def _size(api: Api, kind: str, object_id: str) -> str:
     except Error:
         return "?"
     return ""
-
-
-def _latest_versions(api: Api) -> dict[str, int]:
-    """Deployed app name -> its newest version number."""
-    from sqlalchemy import func, select
-
-    from .versions import app_versions
-
-    q = select(app_versions.c.name, func.max(app_versions.c.version)).group_by(app_versions.c.name)
-    return {name: int(v) for name, v in api.store.conn.execute(q).all()}
 
 
 def _histogram(row: list[float] | None) -> tuple[int, float | None]:

@@ -11,30 +11,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import itertools
-import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .. import _source
 from .._config import config
 from .._ids import new_id
 from .._serialization import MAX_INLINE_BYTES, pack, serialize_exception, unpack
 from .._spec import FunctionSpec
 from .._tasks import spawn
 from ..exception import (
-    BudgetExceededError,
     CallCancelledError,
     ContainerCrashError,
-    Error,
-    ImageBuildError,
     InvalidError,
     NotFoundError,
     OutOfMemoryError,
@@ -43,7 +36,7 @@ from ..exception import (
 from ..retries import Retries
 from ..worker import gpus
 from ..worker.local import LocalWorker
-from . import gangs, secret_store, variants, web_inputs
+from . import call_records, gangs, starts, variants, web_inputs
 from . import scheduler as sm
 from .blobs import BlobStore
 from .dispatch_state import (
@@ -54,7 +47,7 @@ from .dispatch_state import (
     keep_in_memory,
     pool_key_for,
 )
-from .logs import LogBook
+from .logs import LogBook, call_of
 from .metrics import Metrics
 from .queue_window import QueueWindow
 from .services import Builds, ContainerVolumes, Gateway, Schedules, Services, Worker
@@ -246,7 +239,7 @@ class Dispatcher:
             now = time.monotonic()
             if now >= next_prune:
                 next_prune = now + PRUNE_EVERY_S
-                self._prune()
+                call_records.prune(self)
             if now >= next_flush:
                 next_flush = now + FLUSH_EVERY_S
                 try:
@@ -261,19 +254,6 @@ class Dispatcher:
                     self._perform(pool, pool.tick(now))
                 except Exception:
                     logger.exception("tick failed for pool %s", pool.key)
-
-    def _prune(self) -> None:
-        """Retention: container output older than ``log_retention_days``, and finished
-        calls (arguments, results) older than ``call_retention_days``, go."""
-        try:
-            dropped = self.logs.prune(float(config.get("log_retention_days")))
-            days = float(config.get("call_retention_days"))
-            calls = self.store.prune_calls(time.time() - days * 86400.0)
-        except Exception:
-            logger.exception("pruning past retention failed")
-            return
-        if dropped or calls:
-            logger.info("dropped %d log lines and %d calls past their retention", dropped, calls)
 
     # -- functions and pools -------------------------------------------------
     def function_spec(self, function_id: str) -> tuple[FunctionSpec, str]:
@@ -728,10 +708,10 @@ class Dispatcher:
         info = self.pool_info[pool.key]
         for rank, handle in enumerate(handles):
             self.meter.start(handle.id, info.app_id, info.function_id, info.spec)
-            gpu_env = self._allocate_gpus(pool, handle.id)
+            gpu_env = starts.allocate_gpus(self, pool, handle.id)
             if size > 1:
                 gpu_env.update(gangs.member_env(ids, rank))
-            spawn(self._start_container(pool, handle, gpu_env), name=f"start {handle.id}")
+            spawn(starts.start_container(self, pool, handle, gpu_env), name=f"start {handle.id}")
 
     def _row(
         self, input_id: int, status: str, data: bytes | None, detail: Any = None
@@ -776,114 +756,8 @@ class Dispatcher:
                     self.tracer.finished(call_id)
 
     # -- containers ----------------------------------------------------------
-    def _allocate_gpus(self, pool: sm.Pool, container_id: str) -> dict[str, str]:
-        """Give a GPU container its devices now, before the next pool asks for room."""
-        spec = self.pool_info[pool.key].spec
-        if not spec.gpu:
-            return {}
-        got = self.gpus.allocate(container_id, spec.gpu)
-        if got is None:  # the room check makes this rare; the start fails and is retried
-            return {"KETCH_GPU_UNAVAILABLE": "1"}
-        return gpus.visible_devices_env(got[1])
-
-    def _over_budget(self, pool: sm.Pool, container_id: str, app_id: str) -> bool:
-        """An app over its budget starts no container: the inputs waiting for one fail."""
-        app = self.store.get_app(app_id)
-        over = self.meter.over_budget(app_id, str(app["name"])) if app else None
-        if over is None:
-            return False
-        error = serialize_exception(BudgetExceededError(over))
-        self._perform(pool, pool.container_init_failed(container_id, time.monotonic(), over), error)
-        self.container_exited(container_id, "not started: over budget")
-        return True
-
-    async def _secrets_and_volumes(
-        self, pool: sm.Pool, container_id: str, info: PoolInfo
-    ) -> tuple[dict[str, str], list[tuple[str, str, bool]]] | None:
-        """The container's Secrets' variables and Volume mounts; None (the start failed,
-        and its waiting inputs with it) when one is unavailable."""
-        try:
-            # Opened here, on the way into the container, and nowhere else.
-            secret_env = secret_store.container_env(self.store, info.spec.secrets)
-            mounts: list[tuple[str, str, bool]] = []
-            if info.spec.volumes:
-                if self.volumes is None:
-                    raise InvalidError("this control plane keeps no Volumes")
-                mounts = await self.volumes.prepare(
-                    container_id, info.spec.volumes, self.worker.enforces_read_only
-                )
-        except Error as exc:
-            self._perform(
-                pool,
-                pool.container_init_failed(
-                    container_id, time.monotonic(), "secrets or volumes unavailable"
-                ),
-                serialize_exception(exc),
-            )
-            self.container_exited(container_id, f"could not start: {exc}")
-            return None
-        return secret_env, mounts
-
-    async def _start_container(
-        self, pool: sm.Pool, handle: ContainerHandle, gpu_env: dict[str, str]
-    ) -> None:
-        container_id = handle.id
-        info = self.pool_info[pool.key]
-        logger.info("starting container %s for %s", container_id, info.spec.tag)
-        if self._over_budget(pool, container_id, info.app_id):
-            return
-        prepared = await self._secrets_and_volumes(pool, container_id, info)
-        if prepared is None:
-            return
-        secret_env, mounts = prepared
-        if handle.stop_requested:
-            self.container_exited(container_id, "was stopped before it started")
-            return
-        # Precedence, lowest first: the image's ENV (sandbox), secrets in list order,
-        # the function's env=, then ketch's own variables.
-        env = {
-            **secret_env,
-            **info.spec.env,
-            "KETCH_CONTAINER_ID": container_id,
-            "KETCH_CONTAINER_TOKEN": handle.token,
-            "KETCH_CHANNEL": self.channel_addr,
-            "KETCH_SERVER_URL": self.server_url,
-            "KETCH_PARENT_PID": str(os.getpid()),
-            **gpu_env,
-        }
-        if info.spec.volumes:
-            env["KETCH_VOLUMES"] = json.dumps(info.spec.volumes)
-        try:
-            if env.pop("KETCH_GPU_UNAVAILABLE", None):
-                raise RuntimeError("its GPUs were taken by another container")
-            run_spec = info.spec
-            if info.spec.source and info.spec.root_dir and info.spec.module_file:
-                run_spec = self.source_spec(info.spec)
-                # The sandbox runtime puts it at /root.
-                env["KETCH_SOURCE_ROOT"] = str(run_spec.root_dir)
-            await self.worker.start(container_id, env, run_spec, mounts)
-        except ImageBuildError as exc:
-            self._perform(
-                pool,
-                pool.container_init_failed(container_id, time.monotonic(), "image build failed"),
-                serialize_exception(exc),
-            )
-            self.container_exited(container_id, f"could not start: {exc}")
-        except Exception as exc:
-            logger.exception("could not start container %s", container_id)
-            self.container_exited(container_id, f"could not start: {exc}")
-        else:
-            if handle.stop_requested:  # asked while it started: now its worker has it
-                self.worker.terminate(container_id, 1.0)
-
     def source_spec(self, spec: FunctionSpec) -> FunctionSpec:
-        """``spec`` pointing at its deployed source snapshot, unpacked under ``KETCH_HOME/sources``."""
-        assert spec.source is not None and spec.root_dir and spec.module_file
-        target = self.blobs.root.parent / "sources" / str(spec.source["hash"])
-        if not target.is_dir():
-            _source.unpack_snapshot(self.blobs.get(str(spec.source["blob_id"])), target)
-        rel = os.path.relpath(spec.module_file, spec.root_dir)
-        return dataclasses.replace(spec, root_dir=str(target), module_file=str(target / rel))
+        return starts.source_spec(self, spec)
 
     def _stop_container(self, container_id: str) -> None:
         handle = self.containers.get(container_id)
@@ -1032,11 +906,10 @@ class Dispatcher:
                 row["gen_index"] = item.get("gen_index")
                 item_rows.append(row)
                 continue
-            sent = item.get("detail")
-            detail: dict[str, Any] = sent if isinstance(sent, dict) else {}
-            self._stash[input_id] = self._row(
-                input_id, item["status"], item.get("data"), {**detail, "container": handle.id}
-            )
+            detail = item.get("detail")
+            if isinstance(detail, dict):  # (only the first inputs and failures have one)
+                detail["container"] = handle.id
+            self._stash[input_id] = self._row(input_id, item["status"], item.get("data"), detail)
             handle.last_call = self.inputs[input_id].call_id
             seconds = float(item.get("duration", 0.0))
             self.meter.input_done(handle.id, handle.last_call, seconds, sharing)
@@ -1096,20 +969,7 @@ class Dispatcher:
                 self.sandboxes.log(container_id, stream, text)
             return
         info = self.pool_info[handle.pool_key]
-        self.logs.add(info.app_id, info.spec.tag, container_id, stream, text, self._call_of(handle))
-
-    def _call_of(self, handle: ContainerHandle) -> str | None:
-        """The call a container's output line belongs to: the one input it runs, else the
-        one it answered last (a line printed just before returning arrives after it); None
-        while it runs several at once."""
-        pool = self.pools.get(handle.pool_key)
-        c = pool.containers.get(handle.id) if pool is not None else None
-        running = c.assigned[: pool.policy.slots] if c is not None and pool is not None else []
-        if len(running) > 1:
-            return None
-        if running and (info := self.inputs.get(running[0])) is not None:
-            return info.call_id
-        return handle.last_call
+        self.logs.add(info.app_id, info.spec.tag, container_id, stream, text, call_of(self, handle))
 
 
 def _policy(spec: FunctionSpec) -> sm.PoolPolicy:

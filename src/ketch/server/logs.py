@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .store import LogFilter, Store
+
+if TYPE_CHECKING:
+    from .dispatch_state import ContainerHandle
+    from .dispatcher import Dispatcher
 
 FLUSH_INTERVAL_S = 0.05
 
@@ -101,3 +105,17 @@ class LogBook:
     def prune(self, retention_days: float) -> int:
         """Drop lines older than ``retention_days``; returns how many went."""
         return self.store.prune_logs(time.time() - retention_days * 86400.0)
+
+
+def call_of(d: Dispatcher, handle: ContainerHandle) -> str | None:
+    """The call a container's output line belongs to: the one input it runs, else the one
+    it answered last (a line printed just before returning arrives after it); None while
+    it runs several at once."""
+    pool = d.pools.get(handle.pool_key)
+    c = pool.containers.get(handle.id) if pool is not None else None
+    running = c.assigned[: pool.policy.slots] if c is not None and pool is not None else []
+    if len(running) > 1:
+        return None
+    if running and (info := d.inputs.get(running[0])) is not None:
+        return info.call_id
+    return handle.last_call

@@ -223,6 +223,9 @@ async def serve(
     # Blobs (arguments, results, deploy snapshots, Volume files): KETCH_HOME, or `blob_dir`
     # (storage shared with the machine a control plane on PostgreSQL may move to).
     blob_root = Path(config.get("blob_dir") or home).expanduser()
+    for private in (blob_root / "blobs", blob_root / "volumes"):  # others' data: owner only
+        private.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private.chmod(0o700)
     dispatcher = Dispatcher(store, BlobStore(blob_root / "blobs"), url, max_containers)
     volumes = dispatcher.services.volumes = VolumeService(store, home, blob_root)
     dispatcher.sandboxes = SandboxService(dispatcher)

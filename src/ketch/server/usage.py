@@ -377,8 +377,10 @@ class Meter:
             q = q.where(usage.c.day >= since_day)
         return [dict(r) for r in self.store.conn.execute(q).mappings().all()]
 
-    def call(self, call_id: str) -> dict[str, Any] | None:
-        self.flush()
+    def call(self, call_id: str, flush: bool = True) -> dict[str, Any] | None:
+        """The call's share of its containers (``flush``: pending charges written first)."""
+        if flush:
+            self.flush()
         row = (
             self.store.conn.execute(select(call_usage).where(call_usage.c.call_id == call_id))
             .mappings()

@@ -75,6 +75,12 @@ def record(
     return version
 
 
+def latest(store: Store) -> dict[str, int]:
+    """Deployed app name -> its newest version number."""
+    q = select(app_versions.c.name, func.max(app_versions.c.version)).group_by(app_versions.c.name)
+    return {name: int(v) for name, v in store.conn.execute(q).all()}
+
+
 def history(store: Store, name: str) -> list[dict[str, Any]]:
     rows = (
         store.conn.execute(
