@@ -25,6 +25,7 @@ import logging
 import os
 import posixpath
 import re
+import shlex
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -133,6 +134,30 @@ def _layer_hash(parent: str, step: Step) -> str:
         body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
     return hashlib.sha256(f"{parent}\n{text}".encode()).hexdigest()
+
+
+def _sources(
+    find_links: str | None, index_url: str | None, extra_index_url: str | None, extra_options: str
+) -> dict[str, Any]:
+    """A pip step's package sources and flags, checked; only those given (so a step without
+    them keeps the layer hash it always had)."""
+    out: dict[str, Any] = {"extra_index_url": extra_index_url}
+    for name, value in (
+        ("find_links", find_links),
+        ("index_url", index_url),
+        ("extra_index_url", extra_index_url),
+        ("extra_options", extra_options or None),
+    ):
+        if value is not None and not isinstance(value, str):
+            raise InvalidError(f"pip_install: {name} must be a string, got {value!r}")
+        if value is not None and name != "extra_index_url":
+            out[name] = value
+    if extra_options:
+        try:
+            shlex.split(extra_options)
+        except ValueError as exc:
+            raise InvalidError(f"pip_install: extra_options {extra_options!r}: {exc}") from None
+    return out
 
 
 def _strings(values: Sequence[Any], what: str) -> list[str]:
@@ -334,34 +359,43 @@ class Image:
     def pip_install(
         self,
         *packages: str | list[str],
+        find_links: str | None = None,
+        index_url: str | None = None,
         extra_index_url: str | None = None,
         pre: bool = False,
+        extra_options: str = "",
         force_build: bool = False,
     ) -> Image:
-        """Install Python packages with pip. Example: ``image.pip_install("numpy<3", ["pandas"])``."""
-        return self._install("pip_install", packages, extra_index_url, pre, force_build)
+        """Install Python packages with pip. Example: ``image.pip_install("numpy<3", ["pandas"])``.
+
+        ``index_url``/``extra_index_url``/``find_links`` say where packages come from
+        (``find_links``: a URL, or a folder in the image); ``extra_options`` are more
+        installer flags, e.g. ``"--no-deps"``.
+        """
+        sources = _sources(find_links, index_url, extra_index_url, extra_options)
+        return self._install("pip_install", packages, sources, pre, force_build)
 
     def uv_pip_install(
         self,
         *packages: str | list[str],
+        find_links: str | None = None,
+        index_url: str | None = None,
         extra_index_url: str | None = None,
         pre: bool = False,
+        extra_options: str = "",
         force_build: bool = False,
     ) -> Image:
         """Install Python packages with uv. Example: ``image.uv_pip_install("torch==2.5.1")``."""
-        return self._install("uv_pip_install", packages, extra_index_url, pre, force_build)
+        sources = _sources(find_links, index_url, extra_index_url, extra_options)
+        return self._install("uv_pip_install", packages, sources, pre, force_build)
 
     def _install(
-        self, kind: str, packages: Sequence[Any], index: str | None, pre: bool, force: bool
+        self, kind: str, packages: Sequence[Any], sources: dict[str, Any], pre: bool, force: bool
     ) -> Image:
         names = _strings(packages, kind)
         if not names:
             return self
-        if index is not None and not isinstance(index, str):
-            raise InvalidError(f"{kind}: extra_index_url must be a string, got {index!r}")
-        return self._step(
-            kind, {"packages": names, "extra_index_url": index, "pre": bool(pre)}, force
-        )
+        return self._step(kind, {"packages": names, **sources, "pre": bool(pre)}, force)
 
     def pip_install_from_requirements(
         self,

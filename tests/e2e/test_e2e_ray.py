@@ -114,8 +114,20 @@ VOLUMES = textwrap.dedent(
     app = ketch.App("ray-volumes")
     vol = ketch.Volume.from_name("ray-e2e-vol", create_if_missing=True)
 
-    @app.function(cpu=3.0, volumes={"/data": vol})  # only the node that gets copies fits
+    # copy=False local files: sent to the node that does not share files, by content.
+    assets = (
+        ketch.image.default_image()
+        .add_local_dir("assets", "/assets", ignore=["*.log"])
+        .add_local_file("one.txt", "/one.txt")
+    )
+
+    @app.function(cpu=3.0, volumes={"/data": vol}, image=assets)  # only the node that gets copies fits
     def write():
+        found = sorted(
+            os.path.relpath(os.path.join(top, f), "/assets")
+            for top, _, files in os.walk("/assets") for f in files
+        )
+        print("ASSETS", *found, open("/assets/sub/b.txt").read(), open("/one.txt").read())
         vol.reload()
         with open("/data/seed.txt") as f:  # filled from the working copy on the control plane
             seed = f.read()
@@ -202,6 +214,42 @@ WARM = textwrap.dedent(
     @app.local_entrypoint()
     def main():
         print("WARM", f.remote())
+    """
+)
+
+GLOO = textwrap.dedent(
+    """
+    import os
+    import ketch
+
+    app = ketch.App("ray-gloo")
+    # torch's CPU build from local wheels: the namespace has no way out.
+    image = (
+        ketch.image.default_image()
+        .add_local_dir("wheels", "/wheels", copy=True)
+        .pip_install("torch==VERSION", find_links="/wheels", extra_options="--no-index")
+    )
+
+    @app.function(image=image)
+    @ketch.experimental.clustered(size=3)
+    def reduce():
+        import torch
+        import torch.distributed as dist
+
+        info = ketch.experimental.get_cluster_info()
+        os.environ.update(
+            MASTER_ADDR=info.container_ips[0], MASTER_PORT="29517", GLOO_SOCKET_IFNAME="lo"
+        )
+        dist.init_process_group("gloo", rank=info.rank, world_size=info.size)
+        total = torch.tensor([float(info.rank + 1)])
+        dist.all_reduce(total)  # every member ends with the sum
+        dist.destroy_process_group()
+        assert total.item() == 6.0, total
+        return info.size, total.item()
+
+    @app.local_entrypoint()
+    def main():
+        print("GLOO", *reduce.remote())
     """
 )
 
@@ -421,15 +469,53 @@ def test_a_gang_spreads_over_the_nodes(cluster):
     assert sorted(result["nodes"]) == sorted(n["node_id"] for n in _nodes(cluster))
 
 
+def _torch_wheel() -> Path | None:
+    """A CPU build of torch among this machine's local wheels (pip's find-links), if any."""
+    for folder in os.environ.get("PIP_FIND_LINKS", "/opt/wheels").split():
+        found = sorted(Path(folder).glob("torch-*+cpu-cp311-*.whl"))
+        if found:
+            return found[-1]
+    return None
+
+
+def test_a_gang_runs_a_gloo_all_reduce_across_nodes(cluster, workdir_module):
+    """``torch.distributed`` with gloo: three members on three nodes rendezvous through
+    ``get_cluster_info()`` and all-reduce a tensor."""
+    wheel = _torch_wheel()
+    if wheel is None or cluster.database:
+        pytest.skip("no local CPU build of torch (or the PostgreSQL pass: once is enough)")
+    wheels = workdir_module / "wheels"
+    got = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "-d", str(wheels), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert got.returncode == 0, got.stderr[-2000:]
+    version = wheel.name.split("-")[1].split("+")[0]
+    (workdir_module / "gloo.py").write_text(GLOO.replace("VERSION", version))
+    done = cluster.cli("run", "gloo.py", cwd=workdir_module, timeout=500)
+    assert done.returncode == 0, done.describe() + (cluster.home / "server.log").read_text()[-3000:]
+    assert "GLOO 3 6.0" in done.stdout, done.describe()
+
+
 def test_volumes_reach_a_node_that_does_not_share_files(cluster, workdir_module):
     """The 4-CPU node gets copies of working copies: filled at start, brought back by
-    ``commit()`` and at exit, then committed on the control plane."""
+    ``commit()`` and at exit, then committed on the control plane; and copies of the
+    image's ``copy=False`` local files."""
     big = next(n["node_id"] for n in _nodes(cluster) if n["cpus"] == 4)
     (workdir_module / "volumes.py").write_text(VOLUMES)
+    (workdir_module / "assets" / "sub").mkdir(parents=True)
+    (workdir_module / "assets" / "a.txt").write_text("a")
+    (workdir_module / "assets" / "noise.log").write_text("ignored")
+    (workdir_module / "assets" / "sub" / "b.txt").write_text("bee")
+    (workdir_module / "one.txt").write_text("one")
     done = cluster.cli("run", "volumes.py", cwd=workdir_module, timeout=240)
     assert done.returncode == 0, done.describe() + (cluster.home / "server.log").read_text()[-4000:]
     assert f"NODE {big}" in done.stdout and "COMMITTED in-run seed" in done.stdout, done.describe()
     assert "AGAIN from another container True" in done.stdout, done.describe()
+    # The image's copy=False files reached that node, ignore rules applied.
+    assert "ASSETS a.txt sub/b.txt bee one" in done.stdout, done.describe()
     listed = next(line for line in done.stdout.splitlines() if line.startswith("LISTED"))
     assert "'sub/deeper/new.txt'" in listed and "'link'" in listed, listed
     assert "'seed.txt'" not in listed, listed

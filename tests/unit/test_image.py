@@ -74,6 +74,9 @@ def test_each_option_is_part_of_the_hash():
         BASE.pip_install("numpy"),
         BASE.pip_install("numpy", pre=True),
         BASE.pip_install("numpy", extra_index_url="https://example.org/simple"),
+        BASE.pip_install("numpy", index_url="https://example.org/simple"),
+        BASE.pip_install("numpy", find_links="/wheels"),
+        BASE.pip_install("numpy", extra_options="--no-deps"),
         BASE.uv_pip_install("numpy"),
         BASE.apt_install("numpy"),
         BASE.run_commands("numpy"),
@@ -136,6 +139,10 @@ def test_packages_must_be_strings(bad):
 def test_bad_options_are_rejected():
     with pytest.raises(InvalidError, match="extra_index_url"):
         BASE.pip_install("x", extra_index_url=3)  # type: ignore[arg-type]
+    with pytest.raises(InvalidError, match="find_links"):
+        BASE.pip_install("x", find_links=["/w"])  # type: ignore[arg-type]
+    with pytest.raises(InvalidError, match="extra_options"):
+        BASE.pip_install("x", extra_options="--flag 'unclosed")
     with pytest.raises(InvalidError, match="apt_install"):
         BASE.apt_install("git", 7)  # type: ignore[arg-type]
     with pytest.raises(InvalidError, match="run_commands"):
@@ -583,3 +590,33 @@ def test_app_image_is_the_default_of_its_functions():
     assert ketch.App("plain").image.hash == default_image().hash
     with app.image.imports():
         import json  # noqa: F401
+
+
+def test_pip_sources_and_flags_reach_the_installer():
+    from ketch.images.builder import _uv_pip_argv
+
+    step = (
+        BASE.pip_install(
+            "torch==2.5.1",
+            index_url="https://download.example/cpu",
+            find_links="/wheels",
+            extra_options="--no-deps --no-index",
+            pre=True,
+        )
+        .layers[-1]
+        .step
+    )
+    argv = _uv_pip_argv(step.spec, "python3")
+    assert argv[argv.index("--index-url") + 1] == "https://download.example/cpu"
+    assert argv[argv.index("--find-links") + 1] == "/wheels"
+    assert {"--no-deps", "--no-index", "--prerelease"} <= set(argv)
+    assert "--extra-index-url" not in argv
+
+
+def test_a_plain_pip_step_keeps_the_hash_it_always_had():
+    # Sources that were not given are left out of the step, so older caches still match.
+    assert dict(BASE.pip_install("numpy").layers[-1].step.spec) == {
+        "packages": ("numpy",),
+        "extra_index_url": None,
+        "pre": False,
+    }

@@ -51,7 +51,13 @@ from . import files
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("layers", "bundles")  # what the control plane ships, by folder of the image cache
+KINDS = (
+    "layers",
+    "bundles",
+    "mounts",
+)  # what the control plane ships, by folder of the image cache
+# (mounts: copies of ``copy=False`` local paths, for nodes that do not share its files)
+READY = {"layers": "meta.json", "bundles": "deps", "mounts": "data"}
 EVENTS_WAIT_S = 5.0
 
 
@@ -211,7 +217,7 @@ class NodeAgent:
 
     async def has(self, kind: str, name: str) -> bool:
         path = self._cache(kind, name)
-        return (path / ("meta.json" if kind == "layers" else "deps")).exists()
+        return os.path.lexists(path / READY[kind])
 
     async def receive(self, kind: str, name: str, chunks: Sequence[Any]) -> None:
         """Unpack a tar stream (``chunks``: Ray object refs, in order) as ``kind/name``."""

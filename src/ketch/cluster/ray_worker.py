@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
@@ -48,7 +49,7 @@ from ..images.layers import remove_tree
 from ..server.blobs import BlobStore
 from ..worker import gpus
 from ..worker import volumes as wc
-from ..worker.bubblewrap import image_for
+from ..worker.bubblewrap import image_for, materialize_mount
 from ..worker.volumes import boot_id
 from . import files
 from .agent import NodeAgent
@@ -505,11 +506,7 @@ class RayWorker:
             await self._ship(node, "bundles", bundle_dir.name)
             mounts = list(mounts)
             if not self._shares_files(node):
-                if (spec.image or {}).get("mounts"):
-                    raise InvalidError(
-                        f"node {node.node_id[:12]} does not share the control plane's files: "
-                        "copy=False files reach only nodes that do (use copy=True)"
-                    )
+                spec = await self._ship_mounts(node, spec)
                 mounts = await self._copy_volumes(container_id, placed, node, mounts)
             source = self._source(spec, node)
             await node.agent.start.remote(container_id, env, spec, mounts, source)
@@ -560,6 +557,26 @@ class RayWorker:
             (time.monotonic() - started) * 1000,
         )
         return node, where
+
+    async def _ship_mounts(self, node: _Node, spec: FunctionSpec) -> FunctionSpec:
+        """``spec`` with its image's ``copy=False`` local paths sent to ``node`` (which does
+        not share this machine's files) as copies named by content, once per node."""
+        wanted = (spec.image or {}).get("mounts") or []
+        if not wanted:
+            return spec
+        store = self.builder.store.root
+        sent = []
+        for mount in wanted:
+            name, _ = await asyncio.to_thread(
+                materialize_mount,
+                mount["local_path"],
+                tuple(mount.get("ignore") or ()),
+                store / "mounts",
+                store,
+            )
+            await self._ship(node, "mounts", name)
+            sent.append({**mount, "shipped": name})
+        return dataclasses.replace(spec, image={**(spec.image or {}), "mounts": sent})
 
     async def _ship(self, node: _Node, kind: str, name: str) -> None:
         """Make ``kind/name`` of the image cache exist on ``node`` (once per node)."""

@@ -133,6 +133,24 @@ class StepFailed(Exception):
 RemoteStep = Callable[[Mapping[str, Any], Sequence[str], dict[str, Any], Log], Awaitable[None]]
 
 
+def _uv_pip_argv(spec: Mapping[str, Any], python: str) -> list[str]:
+    """``uv pip install`` for a pip step, its sources and flags (the packages go after)."""
+    argv = [f"{KETCH_DIR}/job/uv", "pip", "install", "--system", "--break-system-packages"]
+    # Bytecode is compiled now, once, instead of in every container's first import.
+    argv += ["--python", python, "--no-progress", "--compile-bytecode"]
+    for key, flag in (
+        ("index_url", "--index-url"),
+        ("extra_index_url", "--extra-index-url"),
+        ("find_links", "--find-links"),
+    ):
+        if spec.get(key):
+            argv += [flag, spec[key]]
+    argv += shlex.split(spec.get("extra_options") or "")
+    if spec.get("pre"):
+        argv += ["--prerelease", "allow"]
+    return argv
+
+
 class Builder:
     """Builds images into a :class:`LayerStore`; one per control plane."""
 
@@ -464,13 +482,7 @@ class Builder:
         python = cfg.get("python") or "python3"
         if kind in ("pip_install", "uv_pip_install", "pip_install_from_requirements"):
             shutil.copy2(uv_binary(), job / "uv")
-            argv = [f"{KETCH_DIR}/job/uv", "pip", "install", "--system", "--break-system-packages"]
-            # Bytecode is compiled now, once, instead of in every container's first import.
-            argv += ["--python", python, "--no-progress", "--compile-bytecode"]
-            if spec.get("extra_index_url"):
-                argv += ["--extra-index-url", spec["extra_index_url"]]
-            if spec.get("pre"):
-                argv += ["--prerelease", "allow"]
+            argv = _uv_pip_argv(spec, python)
             if kind == "pip_install_from_requirements":
                 (job / "requirements.txt").write_text(spec["requirements"])
                 argv += ["-r", f"{KETCH_DIR}/job/requirements.txt"]

@@ -372,29 +372,18 @@ class BubblewrapWorker:
             box.bind_ro(path, f"{SOURCE_ROOT}/{name}")
 
     def _materialize(self, mount: dict[str, Any]) -> Path:
-        """A read-only copy of a ``copy=False`` local path with its ignore rules applied."""
+        """What to bind for a ``copy=False`` local path: the path itself, or (ignore rules,
+        or a copy sent from the control plane) a read-only copy."""
+        if shipped := mount.get("shipped"):  # a copy the control plane sent (another machine)
+            if not str(shipped).isalnum():
+                raise ValueError(f"bad mount copy name {shipped!r}")
+            return self.builder.store.root / "mounts" / str(shipped) / "data"
         local, ignore = mount["local_path"], tuple(mount.get("ignore") or ())
         if not os.path.exists(local):
             raise FileNotFoundError(f"local path {local} for {mount['remote_path']} is gone")
         if os.path.isfile(local) or not ignore:
             return Path(local)
-        entries = local_files(local, ignore)
-        target = self.mounts_dir / content_digest(entries).split(":")[-1][:32]
-        if not target.exists():
-            staging = Path(tempfile.mkdtemp(dir=self.home, prefix="mount-"))
-            for rel, path in entries:
-                dest = staging / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if os.path.islink(path):
-                    os.symlink(os.readlink(path), dest)
-                else:
-                    shutil.copy2(path, dest)
-            self.mounts_dir.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(staging, target)
-            except OSError:
-                shutil.rmtree(staging, ignore_errors=True)
-        return target
+        return materialize_mount(local, ignore, self.mounts_dir, self.home)[1]
 
     def _bind_gpus(self, box: isolate.Bwrap, container_id: str, env: dict[str, str]) -> None:
         owned = self.gpus.busy().get(container_id)
@@ -546,6 +535,40 @@ async def image_for(builder: Builder, spec: FunctionSpec, log: Callable[[str], N
         built = await builder.build(wire, log=log)
     builder.store.touch(built.chain)
     return built
+
+
+def materialize_mount(
+    local: str, ignore: tuple[str, ...], into: Path, scratch: Path
+) -> tuple[str, Path]:
+    """A copy of a ``copy=False`` local path, ignore rules applied, named by its content:
+    ``(name, into/name/data)``. Made once per content (staged in ``scratch``, then renamed)."""
+    if not os.path.lexists(local):
+        raise FileNotFoundError(f"local path {local} is gone")
+    entries = local_files(local, ignore)
+    name = content_digest(entries).split(":")[-1][:32]
+    target = into / name
+    if not (target / "data").exists():
+        into.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=scratch, prefix=".mount-"))
+        data = staging / "data"
+        if entries == [("", local)]:  # one file
+            shutil.copy2(local, data)
+        else:
+            data.mkdir()
+            for rel, path in entries:
+                dest = data / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if os.path.islink(path):
+                    os.symlink(os.readlink(path), dest)
+                else:
+                    shutil.copy2(path, dest)
+        if target.exists():  # an older cache's layout
+            remove_tree(target)
+        try:
+            os.rename(staging, target)
+        except OSError:  # another start made it first
+            remove_tree(staging)
+    return name, target / "data"
 
 
 def drop_privileges(root: Path) -> None:
