@@ -133,7 +133,10 @@ _SETTINGS: dict[str, _Setting] = {
         90.0, float, "seconds without client heartbeats before an ephemeral app stops"
     ),
     "fork_containers": _Setting(
-        True, _to_bool, "start containers as forks of a warm template process"
+        True,
+        _to_bool,
+        "start containers as forks of a warm template process (sandbox: one inside the "
+        "function's sandbox; each fork still gets its own namespaces, writable layer and cgroup)",
     ),
     "force_build": _Setting(False, _to_bool, "rebuild images even when cached"),
     "observe": _Setting(

@@ -554,6 +554,18 @@ def _tunnel_connection(msg: dict[str, Any]) -> None:
     threading.Thread(target=open_connection, args=(msg, _connect), daemon=True).start()
 
 
+def _home_of_user() -> None:
+    """An image's ``USER`` gets its own ``HOME``, as Docker gives it (the sandbox says /root)."""
+    if os.getuid() == 0 or os.environ.get("HOME") not in (None, "/root"):
+        return
+    import pwd
+
+    try:
+        os.environ["HOME"] = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        os.environ["HOME"] = "/"
+
+
 def _connect() -> BlockingChannel:
     address = os.environ["KETCH_CHANNEL"]
     if address.startswith("unix:"):  # sandbox containers: a socket bound into the container
@@ -575,6 +587,7 @@ def main() -> None:
         sandbox_main()
         return
     _die_with_parent()
+    _home_of_user()
     if os.environ.get("KETCH_RUNTIME") == "sandbox":
         from .landlock import confine_container
 

@@ -7,6 +7,7 @@ import contextlib
 import os
 import socket
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -19,8 +20,11 @@ START_TIMEOUT_S = 30.0
 class TemplateProcess:
     """Starts ``ketch.guest.template`` on first use and asks it for forks."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], argv: Any = None) -> None:
         self._env = env
+        # argv(extra_env) -> (argv, fds to pass, close once started): how to start it
+        # (a sandbox's template, ketch.worker.forks); None: this Python, here.
+        self._argv = argv
         self._sock: socket.socket | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._starting: asyncio.Future[None] | None = None
@@ -50,16 +54,29 @@ class TemplateProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             try:
-                self._process = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-P",
-                    "-m",
-                    "ketch.guest.template",
-                    stdin=asyncio.subprocess.DEVNULL,
-                    env={**self._env, "KETCH_TEMPLATE_FD": str(theirs.fileno())},
-                    pass_fds=[theirs.fileno()],
-                    start_new_session=True,
-                )
+                if self._argv is not None:
+                    argv, fds, close = self._argv({"KETCH_TEMPLATE_FD": str(theirs.fileno())})
+                    try:
+                        self._process = await asyncio.create_subprocess_exec(
+                            *argv,
+                            stdin=asyncio.subprocess.DEVNULL,
+                            pass_fds=[theirs.fileno(), *fds],
+                            start_new_session=True,
+                            umask=0o022,  # as a container's (bubblewrap.CONTAINER_UMASK)
+                        )
+                    finally:
+                        close()
+                else:
+                    self._process = await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        "-P",
+                        "-m",
+                        "ketch.guest.template",
+                        stdin=asyncio.subprocess.DEVNULL,
+                        env={**self._env, "KETCH_TEMPLATE_FD": str(theirs.fileno())},
+                        pass_fds=[theirs.fileno()],
+                        start_new_session=True,
+                    )
             finally:
                 theirs.close()
             ours.setblocking(False)
@@ -112,10 +129,20 @@ class TemplateProcess:
             if not exit_fut.done():
                 exit_fut.set_result(msg["returncode"])
 
+    async def start(self) -> None:
+        """Start the template now (else the first spawn does)."""
+        await self._ensure()
+
     async def spawn(
-        self, container_id: str, env: dict[str, str], cwd: str | None
+        self,
+        container_id: str,
+        env: dict[str, str],
+        cwd: str | None,
+        extra: dict[str, Any] | None = None,
+        fds: Sequence[int] = (),
     ) -> tuple[int, asyncio.StreamReader, asyncio.StreamReader, asyncio.Future[int | None]]:
-        """Fork a container; returns its pid, stdout and stderr readers, and its exit code future."""
+        """Fork a container; returns its pid, stdout and stderr readers, and its exit code
+        future. ``extra``: more of the request; ``fds``: more descriptors for the fork."""
         sock = await self._ensure()
         loop = asyncio.get_running_loop()
         out_r, out_w = os.pipe()
@@ -124,9 +151,10 @@ class TemplateProcess:
         self._spawned[container_id] = spawned
         try:
             request = msgpack.packb(
-                {"t": "spawn", "id": container_id, "env": env, "cwd": cwd}, use_bin_type=True
+                {**(extra or {}), "t": "spawn", "id": container_id, "env": env, "cwd": cwd},
+                use_bin_type=True,
             )
-            socket.send_fds(sock, [request], [out_w, err_w])
+            socket.send_fds(sock, [request], [out_w, err_w, *fds])
         finally:
             os.close(out_w)
             os.close(err_w)

@@ -43,6 +43,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,7 @@ from ..exception import NotFoundError
 from ..images.builder import Builder, BuiltImage
 from ..images.bundle import DEPS_MOUNT_POINT, MOUNT_POINT
 from ..images.layers import remove_tree
-from . import cgroups, egress, gpus, isolate, rootless, scratch, userns
+from . import cgroups, egress, forks, gpus, isolate, rootless, scratch, userns
 from .local import (
     ExitSink,
     LogSink,
@@ -74,6 +75,9 @@ logger = logging.getLogger(__name__)
 RUN_DIR = "/.ketch/run"
 SOURCE_ROOT = "/root"
 PIDS_LIMIT = 4096
+# Docker's: the control plane's own (077, for its files) would make the folders bubblewrap
+# creates for mount points (/.ketch/run) closed to an image's USER, and its files private.
+CONTAINER_UMASK = 0o022
 NVIDIA_LIB = "/usr/local/nvidia/lib64"
 NVIDIA_BIN = "/usr/local/nvidia/bin"
 
@@ -163,6 +167,9 @@ class BubblewrapWorker:
                 "containers' writable layers are not bounded by ephemeral_disk: %s", why_not
             )
         self.containers_cap_mib = self._cap_containers()
+        self.forks = forks.ForkTemplates(self)
+        if not config.get("fork_containers"):
+            self.forks.broken = "fork_containers is off"
 
     def _cap_containers(self) -> int | None:
         """Cap the memory of all containers together (``containers_memory_mb``), so that
@@ -225,6 +232,9 @@ class BubblewrapWorker:
     ) -> None:
         built = await self._image(container_id, spec)
         bundle = await self.builder.prepare_bundle(built, lambda line: None)
+        if self.forks.enabled and forks.eligible(spec, env, mounts):
+            if await self._start_forked(container_id, env, spec, built, bundle):
+                return
         cdir = self.containers_dir / container_id
         container = _Container(container_id, cdir, cdir / "merged")
         self._containers[container_id] = container
@@ -267,6 +277,7 @@ class BubblewrapWorker:
                     stderr=asyncio.subprocess.PIPE,
                     start_new_session=True,
                     pass_fds=(read_fd, *box.pass_fds),  # box.pass_fds: the seccomp filter
+                    umask=CONTAINER_UMASK,
                 )
             finally:
                 os.close(read_fd)
@@ -286,6 +297,62 @@ class BubblewrapWorker:
         ]
         spawn(self._wait(container), name=f"wait {container_id}")
 
+    async def _start_forked(
+        self,
+        container_id: str,
+        env: dict[str, str],
+        spec: FunctionSpec,
+        built: BuiltImage,
+        bundle: Path,
+    ) -> bool:
+        """Start the container as a fork of its shape's template (:mod:`ketch.worker.forks`);
+        False where that cannot be done here (it then starts fresh)."""
+        cdir = self.containers_dir / container_id
+        container = _Container(container_id, cdir, cdir / "merged")
+        self._containers[container_id] = container
+        started = time.monotonic()
+        disk = _ephemeral_disk_mib(spec)
+        request = {
+            "disk_mib": disk,
+            "tmp_mib": disk,
+            "hostname": f"ketch-{container_id[-8:]}",
+            "cwd": str(built.config.get("workdir") or SOURCE_ROOT),
+            "user": built.config.get("user"),
+        }
+        try:
+            cdir.mkdir(parents=True, exist_ok=True)
+            container.cgroup, container.memory_limit_mib = self._cgroup(container_id, spec)
+            forked = await self.forks.spawn(
+                container_id,
+                {**env, **_sandbox_env(spec)},
+                spec,
+                built,
+                bundle,
+                container.cgroup,
+                request,
+            )
+        except BaseException:
+            self._containers.pop(container_id, None)
+            await self._teardown(container)
+            raise
+        if forked is None:
+            self._containers.pop(container_id, None)
+            await self._teardown(container)
+            return False
+        logger.info(
+            "container %s forked from its template in %.1f ms",
+            container_id,
+            (time.monotonic() - started) * 1000,
+        )
+        container.pid = forked.pid
+        container.exited = _exit_code(forked.exited)
+        container.tasks = [
+            self._pump(container_id, "stdout", forked.stdout),
+            self._pump(container_id, "stderr", forked.stderr),
+        ]
+        spawn(self._wait(container), name=f"wait {container_id}")
+        return True
+
     async def _image(self, container_id: str, spec: FunctionSpec) -> BuiltImage:
         log_line = lambda line: self._on_log(container_id, "stderr", f"[build] {line}\n")  # noqa: E731
         return await image_for(self.builder, spec, log_line)
@@ -302,6 +369,15 @@ class BubblewrapWorker:
         cfg = built.config
         workdir = str(cfg.get("workdir") or SOURCE_ROOT)
         userns.makedirs(self.userns, container.merged, workdir)
+        # The sockets' folder, open to an image's USER (an image built here may hold it as
+        # the builder's umask left it).
+        userns.makedirs(self.userns, container.merged, RUN_DIR)
+        folders = ["/.ketch", RUN_DIR]
+        if str(cfg.get("user") or "root") not in ("root", "0", "0:0"):
+            userns.makedirs(self.userns, container.merged, SOURCE_ROOT)
+            folders.append(SOURCE_ROOT)  # the app's source is there, for the USER to import
+        for folder in folders:
+            os.chmod(container.merged / folder.lstrip("/"), 0o755)
         box = isolate.Bwrap(
             container.merged,
             network=not bool(getattr(spec, "block_network", False)),
@@ -324,19 +400,7 @@ class BubblewrapWorker:
         if cfg.get("path"):
             box.env["PATH"] = str(cfg["path"])
         box.env.update(env)
-        box.env.update(
-            {
-                "PYTHONPATH": MOUNT_POINT,
-                "PYTHONUNBUFFERED": "1",
-                "KETCH_BUNDLE_DEPS": DEPS_MOUNT_POINT,
-                "KETCH_CHANNEL": f"unix:{RUN_DIR}/channel.sock",
-                "KETCH_SERVER_URL": f"unix:{RUN_DIR}/api.sock",
-                "KETCH_SOURCE_ROOT": SOURCE_ROOT,
-                "KETCH_PARENT_PID": "",
-                "KETCH_RUNTIME": "sandbox",
-                "KETCH_EPHEMERAL_DISK_MIB": str(_ephemeral_disk_mib(spec)),
-            }
-        )
+        box.env.update(_sandbox_env(spec))
         self._bind_gpus(box, container.container_id, env)
         # -P: the app folder (the working directory) must not shadow the standard library
         # for ketch itself (an app file named secrets.py, say).
@@ -521,6 +585,7 @@ class BubblewrapWorker:
 
     async def shutdown(self, grace: float = 5.0) -> None:
         await terminate_all(self._containers, self.terminate, grace)
+        await self.forks.close()
         if self.disks is not None:
             self.disks.close()
 
@@ -569,6 +634,27 @@ def materialize_mount(
         except OSError:  # another start made it first
             remove_tree(staging)
     return name, target / "data"
+
+
+def _sandbox_env(spec: FunctionSpec) -> dict[str, str]:
+    """What a sandbox container's environment says whatever the control plane's does."""
+    return {
+        "PYTHONPATH": MOUNT_POINT,
+        "PYTHONUNBUFFERED": "1",
+        "KETCH_BUNDLE_DEPS": DEPS_MOUNT_POINT,
+        "KETCH_CHANNEL": f"unix:{RUN_DIR}/channel.sock",
+        "KETCH_SERVER_URL": f"unix:{RUN_DIR}/api.sock",
+        "KETCH_SOURCE_ROOT": SOURCE_ROOT,
+        "KETCH_PARENT_PID": "",
+        "KETCH_RUNTIME": "sandbox",
+        "KETCH_EPHEMERAL_DISK_MIB": str(_ephemeral_disk_mib(spec)),
+    }
+
+
+async def _exit_code(exited: Awaitable[int | None]) -> int:
+    """A forked container's exit status; killed, if its template went first."""
+    code = await exited
+    return -signal.SIGKILL if code is None else code
 
 
 def drop_privileges(root: Path) -> None:

@@ -300,6 +300,7 @@ class Bwrap:
     tmp_size_mib: int | None = (
         None  # a bound on /tmp (a tmpfs: its pages count as the container's memory)
     )
+    forking: bool = False  # a fork template's filter (seccomp.FORK_ALLOWED)
     _binds: list[str] = field(default_factory=list)
     pass_fds: list[int] = field(default_factory=list, init=False)
 
@@ -339,7 +340,7 @@ class Bwrap:
             args += ["--cap-add", cap]
         args += self._binds
         args += kernel_paths()  # after the binds, so that none of them can uncover a path
-        self.pass_fds.append(seccomp.program_fd())
+        self.pass_fds.append(seccomp.program_fd(self.forking))
         args += ["--seccomp", str(self.pass_fds[-1])]
         args += ["--chdir", self.cwd, "--clearenv"]
         for key, value in {"PATH": DEFAULT_PATH, "HOME": "/root", **self.env}.items():

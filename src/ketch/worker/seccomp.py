@@ -233,10 +233,18 @@ def _dispatch(asm: _Assembler, rules: Sequence[tuple[int, str]], default: str) -
     _dispatch(asm, rules[middle:], default)
 
 
-def _section(asm: _Assembler, arch: Arch) -> None:
+# What a fork template (ketch.guest.zygote) needs beyond that, for its forks to make their
+# own user, mount, pid, ipc and uts namespaces: inside a user namespace of their own these
+# calls reach only what they made. Each fork loads the full filter before user code runs.
+FORK_ALLOWED = ("mount", "umount2", "pivot_root", "unshare", "sethostname")
+
+
+def _section(asm: _Assembler, arch: Arch, forking: bool = False) -> None:
     p = arch.name
     rules: dict[int, str] = {}
-    for numbers in DENIED.values():
+    for name, numbers in DENIED.items():
+        if forking and name in FORK_ALLOWED:
+            continue
         if (number := numbers[arch.column]) is not None:
             rules[number] = f"{p}.eperm"
     special = {name: numbers[arch.column] for name, numbers in SPECIAL.items()}
@@ -275,8 +283,10 @@ def _section(asm: _Assembler, arch: Arch) -> None:
 
 
 @functools.cache
-def program() -> bytes:
-    """The filter as an array of ``struct sock_filter``, compiled once per process."""
+def program(forking: bool = False) -> bytes:
+    """The filter as an array of ``struct sock_filter``, compiled once per process;
+    ``forking``: the fork template's, which lets its forks make their namespaces
+    (:data:`FORK_ALLOWED`)."""
     asm = _Assembler()
     asm.load(ARCH_OFFSET)
     for arch in ARCHES:
@@ -284,11 +294,11 @@ def program() -> bytes:
     asm.label("kill")
     asm.ret(RET_KILL_PROCESS)
     for arch in ARCHES:
-        _section(asm, arch)
+        _section(asm, arch, forking)
     return asm.assemble()
 
 
-def program_fd() -> int:
+def program_fd(forking: bool = False) -> int:
     """A pipe's read end holding :func:`program`, for ``bwrap --seccomp FD``; the caller closes it.
 
     Example::
@@ -297,7 +307,7 @@ def program_fd() -> int:
         subprocess.run(["bwrap", "--seccomp", str(fd), ...], pass_fds=(fd,))
         os.close(fd)
     """
-    data = program()
+    data = program(forking)
     read_fd, write_fd = os.pipe()  # the program (~1.5 KiB) fits a pipe's buffer: no blocking
     try:
         if os.write(write_fd, data) != len(data):

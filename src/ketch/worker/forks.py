@@ -1,0 +1,405 @@
+"""Warm fork templates for the ``sandbox`` runtime: containers forked inside their sandbox.
+
+A container of a function whose template is warm is a fork of the template's
+process (:mod:`ketch.guest.zygote`), which makes itself a container (its own
+user, mount, pid, ipc and uts namespaces, writable layer, ``/proc``, ``/dev``,
+``/tmp``, capabilities, seccomp filter) before any of its code runs. The worker
+moves it into the container's cgroup when it checks in, and gives it its token
+and ids then; the template holds neither. A start then skips bubblewrap, the
+overlay mount and the interpreter's start and imports.
+
+A template is kept per *shape*: what a container's sandbox is made of before its
+own state (the image's layers, the ketch bundle, the app's source, the image's
+local files, its network and user). Containers that need more than the template
+has (Volume working copies, GPUs) and sandboxes start fresh, as does everything
+on a machine without a user namespace for containers (the forks' setup needs one)
+or after a template failed (said once in the log).
+
+Example::
+
+    templates = ForkTemplates(worker)
+    handle = await templates.spawn(container_id, env, spec, built, bundle)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import struct
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._spec import FunctionSpec
+from ..exception import ExecutionError
+from . import cgroups, isolate, seccomp, userns
+from ._template import TemplateProcess
+
+if TYPE_CHECKING:
+    from ..images.builder import BuiltImage
+    from .bubblewrap import BubblewrapWorker, _Container
+
+logger = logging.getLogger(__name__)
+
+MAX_TEMPLATES = 8
+IDLE_S = 600.0  # a template without forks for this long goes (its memory back)
+CHECK_IN_TIMEOUT_S = 30.0
+CAP_NUMBERS = {
+    "CAP_CHOWN": 0,
+    "CAP_DAC_OVERRIDE": 1,
+    "CAP_FOWNER": 3,
+    "CAP_FSETID": 4,
+    "CAP_KILL": 5,
+    "CAP_SETGID": 6,
+    "CAP_SETUID": 7,
+    "CAP_SETPCAP": 8,
+    "CAP_NET_BIND_SERVICE": 10,
+    "CAP_NET_RAW": 13,
+    "CAP_SYS_CHROOT": 18,
+    "CAP_MKNOD": 27,
+    "CAP_AUDIT_WRITE": 29,
+    "CAP_SETFCAP": 31,
+}
+
+
+@dataclass
+class Forked:
+    """A container forked from a template: its pid on this machine, its output, its end."""
+
+    pid: int
+    stdout: asyncio.StreamReader
+    stderr: asyncio.StreamReader
+    exited: asyncio.Future[int | None]
+
+
+def eligible(spec: FunctionSpec, env: dict[str, str], mounts: object) -> bool:
+    """Whether a container of ``spec`` can be a fork: a function's (not a sandbox's), with
+    nothing of its own bound in (Volume working copies, GPUs)."""
+    return not mounts and not spec.gpu and not env.get("KETCH_SANDBOX")
+
+
+def _identity(path: str | Path) -> list[int]:
+    """Which file ``path`` is now: a template's bind holds the file it was given, so an
+    edited (replaced) source file must make a new template."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []
+    return [st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size]
+
+
+def shape(spec: FunctionSpec, built: BuiltImage, bundle: Path) -> str:
+    """What a template is kept by: everything its sandbox is made of."""
+    from .._source import project_sources
+
+    files: list[Any] = []
+    if spec.module_file and spec.root_dir and not spec.serialized_fn:
+        for name, path in project_sources(Path(spec.root_dir), spec.module_name, spec.module_file):
+            files.append([name, _identity(path)])
+    for mount in (spec.image or {}).get("mounts", []):
+        files.append([mount.get("local_path"), _identity(mount.get("local_path") or "")])
+    what = {
+        "files": files,
+        "chain": list(built.chain),
+        "bundle": str(bundle),
+        "root": spec.root_dir,
+        "module": [spec.module_name, spec.module_file, bool(spec.serialized_fn)],
+        "mounts": (spec.image or {}).get("mounts", []),
+        "network": not bool(getattr(spec, "block_network", False)),
+        "config": built.config,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+class _Template:
+    """One template sandbox: its container-like setup and the process that forks."""
+
+    def __init__(self, key: str, container: _Container, process: TemplateProcess) -> None:
+        self.key = key
+        self.container = container
+        self.process = process
+        self.used = time.monotonic()
+        self.forks = 0
+        self.live = 0  # its forks running now: it stays while there are any (they die with it)
+
+
+class ForkTemplates:
+    """The worker's templates, by shape; at most :data:`MAX_TEMPLATES`, least recently used out."""
+
+    def __init__(self, worker: BubblewrapWorker) -> None:
+        self.worker = worker
+        self._templates: OrderedDict[str, _Template] = OrderedDict()
+        self._starting: dict[str, asyncio.Future[_Template]] = {}
+        self.broken = ""  # why templates are off on this machine
+        self._seccomp_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.worker.userns is not None and not self.broken
+
+    async def spawn(
+        self,
+        container_id: str,
+        env: dict[str, str],
+        spec: FunctionSpec,
+        built: BuiltImage,
+        bundle: Path,
+        cgroup: cgroups.ContainerCgroup | None,
+        request: dict[str, Any],
+    ) -> Forked | None:
+        """Fork a container from the template of its shape (started first if need be);
+        None where that cannot be done here (the caller starts it fresh)."""
+        key = shape(spec, built, bundle)
+        try:
+            template = await self._template(key, spec, built, bundle)
+        except Exception as exc:  # noqa: BLE001 - a template that fails turns templates off
+            self.broken = f"{type(exc).__name__}: {exc}"
+            logger.warning("fork templates are off: %s; containers start fresh", self.broken)
+            return None
+        template.used = time.monotonic()
+        self._templates.move_to_end(key)
+        await self._trim()
+        try:
+            return await self._fork(template, container_id, env, cgroup, request)
+        except (TimeoutError, ExecutionError, OSError) as exc:
+            # Before it checked in nothing of the container's own had run: this is ours.
+            await self._drop(key)
+            self.broken = f"{type(exc).__name__}: {exc}"
+            logger.warning("fork templates are off: %s; containers start fresh", self.broken)
+            return None
+
+    async def _template(
+        self, key: str, spec: FunctionSpec, built: BuiltImage, bundle: Path
+    ) -> _Template:
+        if (found := self._templates.get(key)) is not None:
+            return found
+        if (pending := self._starting.get(key)) is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[_Template] = asyncio.get_running_loop().create_future()
+        self._starting[key] = fut
+        try:
+            template = await self._start(key, spec, built, bundle)
+            fut.set_result(template)
+            self._templates[key] = template
+            await self._trim()
+            return template
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: a waiter may be gone
+            raise
+        finally:
+            self._starting.pop(key, None)
+
+    async def _start(
+        self, key: str, spec: FunctionSpec, built: BuiltImage, bundle: Path
+    ) -> _Template:
+        from .bubblewrap import _Container
+
+        worker = self.worker
+        tid = f"tpl-{key}"
+        cdir = worker.containers_dir / tid
+        container = _Container(tid, cdir, cdir / "merged")
+        started = time.monotonic()
+        try:
+            if worker.userns is not None:
+                container.stage = worker.userns.staging()
+                container.merged = container.stage.mount_point()
+            await userns.mount_overlay(
+                worker.userns, built.lowers, cdir / "upper", cdir / "work", container.merged
+            )
+            # The forks' lower layer: the template's root without anything mounted in it.
+            lower = container.stage.mount_point() if container.stage else cdir / "lower"
+            lower.mkdir(exist_ok=True)
+            _bind(container.merged, lower)
+            userns.makedirs(worker.userns, container.merged, ".ketch/w/proc")
+            _witness(container.merged)
+            box, command = worker._command(container, built, bundle, {}, spec)
+            box.forking = True
+            box.bind_ro(lower, "/.ketch/lower")
+            box.bind_ro(container.host(self._seccomp()), "/.ketch/seccomp.bpf")
+            config = {
+                "seccomp": "/.ketch/seccomp.bpf",
+                "caps": [CAP_NUMBERS[c] for c in isolate.CONTAINER_CAPS],
+                "read_only": list(isolate.READ_ONLY_PATHS),
+                "masked": list(isolate.MASKED_PATHS),
+                "own_network": not box.network,
+            }
+            box.env["KETCH_ZYGOTE"] = json.dumps(config)
+            command = [built.python, "-P", "-m", "ketch.guest.zygote"]
+            container.cgroup, _ = worker._cgroup(tid, spec)
+            process = TemplateProcess({}, argv=_launcher(worker, container, box, command))
+            await process.start()
+        except BaseException:
+            await worker._teardown(container)
+            raise
+        logger.info(
+            "fork template %s started in %.0f ms", key[:12], (time.monotonic() - started) * 1000
+        )
+        return _Template(key, container, process)
+
+    def _seccomp(self) -> Path:
+        if self._seccomp_file is None:
+            fd, name = tempfile.mkstemp(prefix="seccomp-", suffix=".bpf", dir=self.worker.home)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(seccomp.program())
+            os.chmod(name, 0o644)
+            self._seccomp_file = Path(name)
+        return self._seccomp_file
+
+    async def _fork(
+        self,
+        template: _Template,
+        container_id: str,
+        env: dict[str, str],
+        cgroup: cgroups.ContainerCgroup | None,
+        request: dict[str, Any],
+    ) -> Forked:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        try:
+            pid_in_template, out, err, exited = await template.process.spawn(
+                container_id, env, request.get("cwd"), extra=request, fds=[theirs.fileno()]
+            )
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        try:
+            host_pid = await asyncio.wait_for(_check_in(loop, ours), CHECK_IN_TIMEOUT_S)
+            if host_pid is None:
+                raise ExecutionError(
+                    "the forked container ended before it checked in: " + (await _tail(err))
+                )
+            if cgroup is not None:
+                cgroup.join(host_pid)
+            await loop.sock_sendall(ours, b"g")
+        finally:
+            ours.close()
+        template.forks += 1
+        template.live += 1
+        del pid_in_template
+
+        def ended(_: object) -> None:
+            template.live -= 1
+            template.used = time.monotonic()
+
+        exited.add_done_callback(ended)
+        return Forked(host_pid, out, err, exited)
+
+    async def _trim(self) -> None:
+        """Drop templates with no running forks: the least recently used beyond
+        :data:`MAX_TEMPLATES`, and any idle for :data:`IDLE_S`."""
+        now = time.monotonic()
+        idle = [k for k, t in self._templates.items() if t.live == 0]  # oldest first
+        over = len(self._templates) - MAX_TEMPLATES
+        for key in idle:
+            if over > 0 or now - self._templates[key].used > IDLE_S:
+                over -= 1
+                await self._drop(key)
+
+    async def _drop(self, key: str) -> None:
+        template = self._templates.pop(key, None)
+        if template is not None:
+            await template.process.close()
+            await self.worker._teardown(template.container)
+
+    async def close(self) -> None:
+        for key in list(self._templates):
+            await self._drop(key)
+        if self._seccomp_file is not None:
+            with contextlib.suppress(OSError):
+                self._seccomp_file.unlink()
+
+
+async def _check_in(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> int | None:
+    """The forked container's pid on this machine, from the credentials it sent (the
+    kernel translates its pid into ours); None if it went away first."""
+    fut: asyncio.Future[int | None] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            data, ancillary, _flags, _addr = sock.recvmsg(1, socket.CMSG_SPACE(12))
+        except BlockingIOError:
+            return
+        except OSError:
+            data, ancillary = b"", []
+        loop.remove_reader(sock.fileno())
+        pid = None
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid = struct.unpack("3i", payload[:12])[0]
+        if not fut.done():
+            fut.set_result(pid if data == b"r" else None)
+
+    loop.add_reader(sock.fileno(), readable)
+    try:
+        return await fut
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+async def _tail(reader: asyncio.StreamReader) -> str:
+    with contextlib.suppress(asyncio.TimeoutError):
+        data = await asyncio.wait_for(reader.read(4000), 2)
+        return data.decode(errors="replace").strip()[-1500:]
+    return "(no output)"
+
+
+def _bind(src: Path, dest: Path) -> None:
+    """A bind of ``src`` alone (nothing mounted inside it comes along)."""
+    if isolate.libc().mount(os.fsencode(src), os.fsencode(dest), None, 4096, None) != 0:
+        import ctypes
+
+        raise OSError(ctypes.get_errno(), f"bind {src} at {dest}")
+
+
+def _witness(root: Path) -> None:
+    """A ``/proc`` the kernel sees mounted (so the forks' user namespaces may mount their
+    own), covered by an empty read-only tmpfs so that nothing in the sandbox reaches it."""
+    import ctypes
+
+    where = root / ".ketch" / "w"
+    lib = isolate.libc()
+    flags = 2 | 4 | 8  # nosuid, nodev, noexec
+    if lib.mount(b"proc", os.fsencode(where / "proc"), b"proc", flags, None) != 0:
+        raise OSError(ctypes.get_errno(), "mount the template's proc witness")
+    if lib.mount(b"tmpfs", os.fsencode(where), b"tmpfs", 1 | flags, b"size=0,mode=0") != 0:
+        raise OSError(ctypes.get_errno(), "cover the template's proc witness")
+
+
+def _launcher(
+    worker: BubblewrapWorker, container: _Container, box: isolate.Bwrap, command: list[str]
+) -> Any:
+    """How :class:`TemplateProcess` starts the template: bubblewrap, as a container is."""
+
+    def argv(extra_env: dict[str, str]) -> tuple[list[str], list[int], Any]:
+        box.env.update(extra_env)
+        full = box.argv(command)
+        split = full.index("--")
+        options = b"".join(a.encode() + b"\0" for a in full[1:split])
+        read_fd, write_fd = os.pipe()
+        try:
+            os.write(write_fd, options)
+        finally:
+            os.close(write_fd)
+        args = [full[0], "--args", str(read_fd), *full[split:]]
+        if worker.userns is not None:
+            args = worker.userns.enter(args)
+        if container.cgroup is not None:
+            args = cgroups.join_command(container.cgroup, args)
+
+        def close() -> None:
+            os.close(read_fd)
+            box.close()
+
+        return args, [read_fd, *box.pass_fds], close
+
+    return argv

@@ -1,0 +1,113 @@
+"""Sandbox containers forked from their function's warm template (issue 20), end to end.
+
+A container of a sandbox-runtime function is a fork of a template process that
+lives inside a sandbox like the function's (``ketch.guest.zygote``); the fork
+makes its own user, mount, pid, ipc and uts namespaces, writable layer, ``/proc``,
+``/dev`` and ``/tmp`` and drops to Docker's capabilities and seccomp filter before
+its code runs. Tried here from inside the containers: two running at once see
+none of each other's files or processes, and none of the template's; a fork can
+neither mount nor make namespaces; it sees only its own cgroup and runs as the
+image's user.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from ketch_testing import SHOW, ExampleRun
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
+
+APP = SHOW + textwrap.dedent(
+    """
+    import ctypes, os, time
+    import ketch
+
+    app = ketch.App("forks-e2e")
+    img = ketch.image.default_image()
+    user_img = img.run_commands("useradd -u 1234 -m runner").dockerfile_commands(["USER runner"])
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def status():
+        with open("/proc/self/status") as fh:
+            rows = dict(line.split(":", 1) for line in fh if ":" in line)
+        return {k: rows[k].strip() for k in ("CapEff", "CapBnd", "NoNewPrivs", "Seccomp")}
+
+    @app.function(image=img)
+    def writer():
+        for path in ("/etc/from-writer", "/tmp/from-writer", "/dev/shm/from-writer", "/root/w"):
+            with open(path, "w") as fh:
+                fh.write("secret")
+        time.sleep(6)
+        return os.getpid()
+
+    @app.function(image=img)
+    def reader():
+        time.sleep(2)  # the writer has written by now, and still runs
+        procs = {}
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    procs[pid] = fh.read().replace(b"\\0", b" ").decode().strip()
+        seen = [p for p in ("/etc/from-writer", "/tmp/from-writer", "/dev/shm/from-writer", "/root/w")
+                if os.path.exists(p)]
+        mount = libc.mount(b"tmpfs", b"/mnt", b"tmpfs", 0, None)
+        mount_errno = ctypes.get_errno()
+        unshare = libc.unshare(0x10000000 | 0x00020000)  # a user and a mount namespace
+        with open("/proc/self/cgroup") as fh:
+            cgroup = fh.read()
+        return {
+            "pid": os.getpid(),
+            "procs": procs,
+            "seen": seen,
+            # The template's mount points are in its root, so in a fork's: nothing is on them.
+            "template_paths": [
+                line.split()[4] for line in open("/proc/self/mountinfo")
+                if line.split()[4].startswith(("/.ketch/lower", "/.ketch/w", "/.ketch/fork", "/.ketch/seccomp"))
+            ] + [top for top, _, files in os.walk("/.ketch/w") if files],
+            "mount": [mount, mount_errno],
+            "unshare": unshare,
+            "status": status(),
+            "cgroups": sorted({line.split(":", 2)[2].strip() for line in cgroup.splitlines()}),
+            "writable": open("/etc/mine", "w").write("ok"),
+        }
+
+    @app.function(image=user_img)
+    def as_user():
+        return os.getuid(), os.getgid(), status()["CapEff"], os.path.expanduser("~")
+
+    @app.local_entrypoint()
+    def main():
+        w = writer.spawn()
+        show("reader", lambda: reader.remote())
+        show("writer", lambda: w.get())
+        show("again", lambda: reader.remote()["seen"])
+        show("user", lambda: as_user.remote())
+    """
+)
+
+
+def test_forked_containers_see_nothing_of_each_other_or_the_template(sandbox_env, tmp_path):
+    (tmp_path / "forks_app.py").write_text(APP)
+    run = ExampleRun.parse(sandbox_env.cli("run", tmp_path / "forks_app.py", timeout=400))
+    run.proc.check()
+    got = run.value("reader")
+    # A fork: pid 1 of a pid namespace of its own, where only its own processes show.
+    assert got["pid"] == 1, got
+    assert all("ketch.guest" in cmd for cmd in got["procs"].values()), got["procs"]
+    assert len(got["procs"]) <= 3, got["procs"]
+    assert run.value("writer") == 1
+    # The writer's files, in its root, /tmp, /dev/shm and /root, are its own.
+    assert got["seen"] == [] and run.value("again") == [], got
+    assert got["template_paths"] == [], got
+    # No mounts, no namespaces: Docker's capabilities, no_new_privs and the full filter.
+    assert got["mount"] == [-1, 1] and got["unshare"] == -1, got
+    assert got["status"]["CapEff"] == "00000000a80425fb", got["status"]
+    assert got["status"]["CapBnd"] == "00000000a80425fb", got["status"]
+    assert got["status"]["NoNewPrivs"] == "1" and got["status"]["Seccomp"] == "2", got["status"]
+    # A cgroup namespace rooted at its own cgroup (the worker moved it there first).
+    assert got["cgroups"] == ["/"] and got["writable"] == 2, got
+    # The image's USER: its ids, no capabilities.
+    uid, gid, caps, home = run.value("user")
+    assert (uid, gid, caps, home) == (1234, 1234, "0000000000000000", "/home/runner")
