@@ -7,8 +7,9 @@ warning, or refuses with a reason, so a Modal app fails (or runs) for a stated c
 - Placement and platform hints with no meaning on one's own machines (``region``,
   ``cloud``, ``nonpreemptible``, ``i6pn``, ``experimental_options``, ``_experimental_*``):
   accepted; the ones that would change where a container runs print a warning.
-- ``enable_memory_snapshot``: accepted; containers start without a snapshot (every
-  ``@enter`` hook runs in each), which changes start time, not behaviour.
+- ``enable_memory_snapshot=True``: the module's import and the ``@enter(snap=True)``
+  hooks run once, in the function's fork template; containers fork from that state
+  (``docs/snapshots.md``).
 - ``include_source``: ketch always sends the app's source; ``False`` prints a warning.
 - ``is_generator``: whether the function is a generator, when detection cannot tell.
 - ``max_inputs=N`` / ``single_use_containers=True``: a container takes N inputs (one) in
@@ -35,7 +36,7 @@ WARNED = {
     "region": "ketch runs containers on its own machines; region= is ignored",
     "cloud": "ketch runs containers on its own machines; cloud= is ignored",
 }
-IGNORED = {"nonpreemptible", "i6pn", "experimental_options", "enable_memory_snapshot"}
+IGNORED = {"nonpreemptible", "i6pn", "experimental_options"}
 REFUSED = {
     "network_file_systems": "NetworkFileSystem is not in ketch: use a Volume (volumes=)",
     "proxy": "static-IP proxies do not exist here (containers use the host's network)",
@@ -68,6 +69,7 @@ EXTRA: dict[str, Callable[[Any], tuple[str, Any] | None]] = {
     "max_inputs": lambda v: None if v is None else ("container_max_inputs", _lifetime(v)),
     "single_use_containers": lambda v: ("container_max_inputs", 1) if v else None,
     "restrict_modal_access": lambda v: ("restrict_modal_access", True) if v else None,
+    "enable_memory_snapshot": lambda v: ("memory_snapshot", True) if v else None,
 }
 
 

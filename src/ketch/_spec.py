@@ -146,6 +146,9 @@ class FunctionSpec:
     # Modal's ``restrict_modal_access``: the container's token reaches no RPC (no Dicts,
     # Queues, Volumes' API, calls or sandboxes); its inputs and outputs still flow.
     restrict_modal_access: bool = False
+    # Modal's ``enable_memory_snapshot``: containers fork from a template that has imported
+    # the module and run the ``@enter(snap=True)`` hooks (``ketch.worker.forks``).
+    memory_snapshot: bool = False
 
     def web_methods(self) -> dict[str | None, dict[str, Any]]:
         """Method name (None for a function) -> web configuration, for every web endpoint here."""

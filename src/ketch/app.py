@@ -222,6 +222,7 @@ class _App:
                 spec.is_generator = bool(extra["is_generator"])
             spec.container_max_inputs = int(extra.get("container_max_inputs", 0))
             spec.restrict_modal_access = bool(extra.get("restrict_modal_access", False))
+            spec.memory_snapshot = bool(extra.get("memory_snapshot", False))
             _allow_concurrent_inputs(spec, extra.get("allow_concurrent_inputs"))
             web = getattr(raw_f, "__ketch_web__", None)
             if web is not None:
@@ -310,6 +311,7 @@ class _App:
             _allow_concurrent_inputs(spec, extra.get("allow_concurrent_inputs"))
             spec.container_max_inputs = int(extra.get("container_max_inputs", 0))
             spec.restrict_modal_access = bool(extra.get("restrict_modal_access", False))
+            spec.memory_snapshot = bool(extra.get("memory_snapshot", False))
             batching = class_batching(user_cls, methods)
             if batching is not None:
                 if spec.max_inputs > 1:

@@ -79,11 +79,17 @@ def method(*, is_generator: bool | None = None) -> _MethodDecorator:
 
 
 def enter(*, snap: bool = False) -> Callable[[F], F]:
-    """Run this method once when a container starts, before it takes inputs."""
+    """Run this method once when a container starts, before it takes inputs.
+
+    ``snap=True`` with ``enable_memory_snapshot=True``: it runs once, before the
+    snapshot its containers start from (so without GPUs, threads or open
+    connections); the others run in each container, after.
+    """
 
     def wrap(fn: F) -> F:
         _check_callable(fn, "enter")
         fn.__ketch_enter__ = True  # type: ignore[attr-defined]
+        fn.__ketch_enter_snap__ = bool(snap)  # type: ignore[attr-defined]
         return fn
 
     return wrap

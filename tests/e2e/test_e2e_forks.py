@@ -111,3 +111,76 @@ def test_forked_containers_see_nothing_of_each_other_or_the_template(sandbox_env
     # The image's USER: its ids, no capabilities.
     uid, gid, caps, home = run.value("user")
     assert (uid, gid, caps, home) == (1234, 1234, "0000000000000000", "/home/runner")
+
+
+SNAP_APP = SHOW + textwrap.dedent(
+    """
+    import os, threading, time
+    import ketch
+
+    app = ketch.App("snapshots-e2e")
+    VERSION = "v1"
+
+    @app.cls(enable_memory_snapshot=True)
+    class Model:
+        @ketch.enter(snap=True)
+        def load(self):
+            print("SNAP HOOK RAN", VERSION, flush=True)
+            self.stamp = time.time_ns()
+            self.model = bytearray(32 << 20)  # shared, copy-on-write, by every fork
+
+        @ketch.enter(snap=False)
+        def after(self):
+            self.after = time.time_ns()
+
+        @ketch.method()
+        def info(self, i):
+            time.sleep(1.0)  # several containers at once
+            return [self.stamp, self.after > self.stamp, os.environ["KETCH_CONTAINER_ID"], VERSION]
+
+    @app.cls(enable_memory_snapshot=True)
+    class Threads:
+        @ketch.enter(snap=True)
+        def start(self):
+            threading.Thread(target=time.sleep, args=(60,), daemon=True, name="poller").start()
+
+        @ketch.method()
+        def ok(self):
+            return "ran"
+
+    @app.local_entrypoint()
+    def main():
+        show("info", lambda: list(Model().info.map(range(6))))
+        show("threads", lambda: Threads().ok.remote())
+    """
+)
+
+
+def test_a_memory_snapshot_is_taken_once_and_rebuilt_for_new_code(sandbox_env, tmp_path):
+    """The snap hook runs once, in the template; each container forks from it and runs
+    its snap=False hook. New code takes a new snapshot. A snap hook that starts a thread
+    gets the documented error, and the class still runs, without the snapshot."""
+    app = tmp_path / "snap_app.py"
+    app.write_text(SNAP_APP)
+    run = ExampleRun.parse(sandbox_env.cli("run", app, timeout=400))
+    run.proc.check()
+    info = run.value("info")
+    assert len({row[2] for row in info}) >= 2, info  # several containers...
+    assert len({row[0] for row in info}) == 1, info  # ...from one snapshot
+    assert all(row[1] for row in info) and {row[3] for row in info} == {"v1"}, info
+    out = run.proc.stdout + run.proc.stderr
+    assert out.count("SNAP HOOK RAN v1") == 1, out
+    assert "[snapshot] taken in" in out, out
+    assert run.value("threads") == "ran"
+    assert (
+        "[snapshot] not taken: the memory snapshot cannot be taken: threads were started (poller)"
+        in out
+    ), out
+
+    app.write_text(SNAP_APP.replace('VERSION = "v1"', 'VERSION = "v2"'))
+    again = ExampleRun.parse(sandbox_env.cli("run", app, timeout=400))
+    again.proc.check()
+    info2 = again.value("info")
+    assert {row[3] for row in info2} == {"v2"} and len({row[0] for row in info2}) == 1, info2
+    assert info2[0][0] != info[0][0]
+    assert (again.proc.stdout + again.proc.stderr).count("SNAP HOOK RAN v2") == 1

@@ -89,6 +89,9 @@ def info(name: str) -> None:
         last = sched.get("last")
         if last:
             click.echo(f"  last run: {last['call_id']} {ago(last['at'])}, {last['status']}")
+    for c in reply.get("containers", []):
+        how = f", started {c['start']}" if c.get("start") else ""
+        click.echo(f"container {c['container_id']} ({c['function']}): {c['state']}{how}")
     for sb in reply.get("sandboxes", []):
         label = f" {sb['name']!r}" if sb.get("name") else ""
         tags = " ".join(f"{k}={v}" for k, v in sorted(sb["tags"].items()))

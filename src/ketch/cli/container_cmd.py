@@ -21,12 +21,14 @@ def list_containers(app: str | None) -> None:
     """List running and starting containers: id, app, function, state, age."""
     body = {} if app is None else ({"app_id": app} if app.startswith("ap-") else {"name": app})
     rows = rpc("ContainerList", body)["containers"]
-    click.echo(f"{'CONTAINER ID':<26} {'APP':<24} {'FUNCTION':<24} {'STATE':<9} STARTED")
+    click.echo(
+        f"{'CONTAINER ID':<26} {'APP':<24} {'FUNCTION':<24} {'STATE':<9} {'STARTED':<14} HOW"
+    )
     for r in rows:
         app_label = r["app_name"] or r["app_id"]
         click.echo(
             f"{r['container_id']:<26} {app_label[:24]:<24} {r['function'][:24]:<24} "
-            f"{r['state']:<9} {ago(r['started_at'])}"
+            f"{r['state']:<9} {ago(r['started_at']):<14} {r.get('start', '')}".rstrip()
         )
 
 

@@ -117,20 +117,88 @@ def load_user_object(spec: FunctionSpec, app_id: str, function_ids: dict[str, st
     return obj
 
 
-def build_service(
-    spec: FunctionSpec, params: dict[str, Any] | None, app_id: str, function_ids: dict[str, str]
-) -> Service:
-    obj = load_user_object(spec, app_id, function_ids)
-    if not spec.is_class:
-        return Service({None: obj})
-    assert isinstance(obj, type)
-    instance = _instantiate(obj, params or {})
-    for name in marked(obj, "__ketch_enter__"):
+@dataclass
+class Snapshot:
+    """What a memory snapshot's template prepared: the user's object (and a class's
+    instance, its ``@enter(snap=True)`` hooks run), for the containers forked from it."""
+
+    spec: FunctionSpec
+    params: dict[str, Any]
+    obj: Any
+    instance: Any
+
+
+# Set in a fork template by :func:`prepare_snapshot`; its forks start from it.
+SNAPSHOT: Snapshot | None = None
+
+
+def _hooks(user_cls: type, snap: bool | None) -> list[str]:
+    """``@enter`` hooks in definition order; only the ``snap=`` ones unless None."""
+    names = marked(user_cls, "__ketch_enter__")
+    if snap is None:
+        return names
+    return [
+        n
+        for n in names
+        if bool(getattr(getattr(user_cls, n), "__ketch_enter_snap__", False)) is snap
+    ]
+
+
+def _run_hooks(instance: Any, names: list[str]) -> None:
+    for name in names:
         result = getattr(instance, name)()
         if inspect.isawaitable(result):
             import asyncio
 
             asyncio.run(result)  # type: ignore[arg-type]
+
+
+def prepare_snapshot(spec: FunctionSpec, params: dict[str, Any] | None) -> Snapshot:
+    """Import the user's code and run its ``@enter(snap=True)`` hooks: the state every
+    container of ``spec`` (with ``params``) forks from."""
+    obj = load_user_object(spec, "", {})
+    instance = None
+    if spec.is_class:
+        assert isinstance(obj, type)
+        instance = _instantiate(obj, params or {})
+        _run_hooks(instance, _hooks(obj, snap=True))
+    return Snapshot(spec, dict(params or {}), obj, instance)
+
+
+def _from_snapshot(spec: FunctionSpec, params: dict[str, Any] | None) -> Snapshot | None:
+    snap = SNAPSHOT
+    if snap is None or (snap.spec.module_name, snap.spec.qualname) != (
+        spec.module_name,
+        spec.qualname,
+    ):
+        return None
+    return snap if snap.params == dict(params or {}) else None
+
+
+def build_service(
+    spec: FunctionSpec, params: dict[str, Any] | None, app_id: str, function_ids: dict[str, str]
+) -> Service:
+    snap = _from_snapshot(spec, params)
+    if snap is not None:  # forked from its memory snapshot: the rest of its start
+        if spec.serialized_fn is None:
+            _hydrate(_resolve(_import_module(spec), spec.qualname), app_id, function_ids)
+        obj, instance = snap.obj, snap.instance
+        hooks = _hooks(obj, snap=False) if spec.is_class else []
+    else:
+        obj = load_user_object(spec, app_id, function_ids)
+        instance = _instantiate(obj, params or {}) if spec.is_class else None
+        # With snapshots the snap=True hooks come first, as they would before a restore.
+        hooks = (
+            []
+            if not spec.is_class
+            else _hooks(obj, True) + _hooks(obj, False)
+            if spec.memory_snapshot
+            else _hooks(obj, None)
+        )
+    if not spec.is_class:
+        return Service({None: obj})
+    assert isinstance(obj, type)
+    _run_hooks(instance, hooks)
     callables: dict[str | None, Callable[..., Any]] = {
         name: getattr(instance, name)
         for name in marked(obj, "__ketch_method__")

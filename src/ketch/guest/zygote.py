@@ -45,6 +45,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -59,7 +60,8 @@ FORK = "/.ketch/fork"
 ROOT = FORK + "/root"
 OLD = "/.ketch/old"
 SECCOMP_FILE = "/.ketch/seccomp.bpf"
-SPECIAL = ("/", "/proc", "/tmp", "/dev", LOWER, FORK, "/.ketch/w", SECCOMP_FILE)
+SPAWN = "/.ketch/spawn"
+SPECIAL = ("/", "/proc", "/tmp", "/dev", LOWER, FORK, "/.ketch/w", SECCOMP_FILE, SPAWN)
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
@@ -139,23 +141,21 @@ def _unescape(path: str) -> str:
 def _make_root(cfg: dict[str, Any], req: dict[str, Any]) -> None:
     """The fork's own root under :data:`ROOT`: a writable layer over the template's."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    disk = int(req.get("disk_mib") or 0)
-    _mount(
-        "tmpfs",
-        FORK,
-        "tmpfs",
-        MS_NOSUID | MS_NODEV,
-        f"mode=0755,size={disk}m" if disk else "mode=0755",
-    )
-    for name in ("upper", "work", "root"):
-        os.mkdir(f"{FORK}/{name}")
-        os.chmod(f"{FORK}/{name}", 0o755)  # the new root's own mode (whatever the umask)
+    layer = req.get("upper")  # its scratch disk, bound into the template's spawn area
+    if not layer:  # none on this machine: a tmpfs, bounded the same
+        disk = int(req.get("disk_mib") or 0)
+        size = f",size={disk}m" if disk else ""
+        _mount("tmpfs", FORK, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755" + size)
+        layer = FORK
+        for name in ("upper", "work", "root"):
+            os.mkdir(f"{FORK}/{name}")
+            os.chmod(f"{FORK}/{name}", 0o755)  # the new root's own mode (whatever the umask)
     _mount(
         "overlay",
         ROOT,
         "overlay",
         0,
-        f"lowerdir={LOWER},upperdir={FORK}/upper,workdir={FORK}/work,userxattr",
+        f"lowerdir={LOWER},upperdir={layer}/upper,workdir={layer}/work,userxattr",
     )
     for point in _top_mounts():
         _mount(point, ROOT + point, None, MS_BIND | MS_REC)
@@ -398,6 +398,83 @@ def _spawn(
     return pid
 
 
+def _prepare(req: dict[str, Any], fds: list[int], keep: list[int]) -> dict[str, Any]:
+    """A memory snapshot: import the user's module and run its ``@enter(snap=True)``
+    hooks here, once, with the function's environment; their output goes to ``fds``.
+    Refused (with the cause) where the state cannot be forked safely."""
+    from ketch._serialization import unpack
+    from ketch._spec import FunctionSpec
+    from ketch.guest import user_code
+
+    saved = os.dup(1), os.dup(2)
+    os.dup2(fds[0], 1)
+    os.dup2(fds[1], 2)
+    started = time.monotonic()
+    try:
+        os.environ.update(req["env"])
+        spec = FunctionSpec.from_wire(req["spec"])
+        params = unpack(req["params"]) if req.get("params") else None
+        user_code.SNAPSHOT = user_code.prepare_snapshot(spec, params)
+        problem = fork_hazards(keep)
+        if problem:
+            user_code.SNAPSHOT = None
+            return {"t": "prepare_failed", "error": problem}
+        return {"t": "prepared", "ms": (time.monotonic() - started) * 1000}
+    except BaseException as exc:  # noqa: BLE001 - reported; the worker drops this template
+        traceback.print_exc()
+        error = f"{type(exc).__name__}: {exc}"
+        if type(exc).__name__ == "AuthError":
+            error = (
+                "a snap=True hook (or the module's import) called the control plane, which a "
+                "snapshot has no token for: Dicts, Queues, Volumes' API and other functions "
+                f"belong in @enter(snap=False) hooks ({error})"
+            )
+        return {"t": "prepare_failed", "error": error}
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, *fds):
+            os.close(fd)
+
+
+def fork_hazards(keep: list[int]) -> str:
+    """What in this process a fork cannot carry safely, in words ("" when nothing):
+    Python threads (a fork has only the thread that forked), CUDA (never forked) and open
+    network connections (every fork would share them)."""
+    import threading
+
+    problems = []
+    others = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    if others:
+        problems.append(
+            f"threads were started ({', '.join(sorted(others))}): a forked container would "
+            "have none of them; start them in an @enter(snap=False) hook"
+        )
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    if cuda is not None and getattr(cuda, "is_initialized", lambda: False)():
+        problems.append(
+            "CUDA was initialised: GPU state is never in a snapshot; move GPU work to an "
+            "@enter(snap=False) hook"
+        )
+    sockets = []
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if int(name) not in keep and os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                sockets.append(int(name))
+    if sockets:
+        problems.append(
+            f"{len(sockets)} network connection(s) or socket(s) are open: every container "
+            "forked from the snapshot would share them; open them in an @enter(snap=False) hook"
+        )
+    if not problems:
+        return ""
+    return "the memory snapshot cannot be taken: " + "; ".join(problems)
+
+
 def _reap(sock: socket.socket) -> None:
     while True:
         try:
@@ -416,7 +493,7 @@ def main() -> None:
     with open(cfg["seccomp"], "rb") as fh:
         program = fh.read()
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    os.makedirs(FORK, exist_ok=True)
+    os.makedirs(ROOT, exist_ok=True)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -433,6 +510,9 @@ def main() -> None:
             if not data:
                 os._exit(0)  # the worker went away
             req = msgpack.unpackb(data, raw=False)
+            if req["t"] == "prepare":
+                _send(sock, _prepare(req, fds, [sock.fileno(), wake_r, wake_w]))
+                continue
             pid = _spawn(cfg, req, fds, program, [sock.fileno(), wake_r, wake_w])
             for fd in fds:
                 os.close(fd)

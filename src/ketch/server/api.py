@@ -427,6 +427,7 @@ async def AppInfo(api: Api, body: dict[str, Any]) -> dict[str, Any]:
         {"tag": f["tag"], "function_id": f["id"]} for f in api.store.app_functions(app["id"])
     ]
     history = _versions.history(api.store, app["name"]) if app["deployed"] else []
+    notes = _containers.start_notes(api)
     return {
         "app_id": app["id"],
         "name": app["name"],
@@ -441,6 +442,15 @@ async def AppInfo(api: Api, body: dict[str, Any]) -> dict[str, Any]:
         "sandboxes": api.d.sandboxes.running(app["id"]) if api.d.sandboxes is not None else [],
         "cost_today": api.d.meter.cost_today(app["id"]),
         "budget_per_day": api.d.meter.budget(app["name"]),
+        "containers": [
+            {
+                "container_id": c["container_id"],
+                "function": c["function"],
+                "state": c["state"],
+                "start": notes.get(c["container_id"], ""),
+            }
+            for c in api.d.live_containers(app["id"])
+        ],
     }
 
 

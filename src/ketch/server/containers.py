@@ -19,10 +19,19 @@ if TYPE_CHECKING:
 
 
 def _names(api: Api, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    notes = start_notes(api)
     for row in rows:
         app = api.store.get_app(row["app_id"])
         row["app_name"] = app["name"] if app is not None else ""
+        row["start"] = notes.get(row["container_id"], "")
     return rows
+
+
+def start_notes(api: Api) -> dict[str, str]:
+    """How each running container started, and how fast (a fresh sandbox, a fork of its
+    template, its memory snapshot), where the runtime says."""
+    notes = getattr(api.d.worker, "start_notes", None)
+    return dict(notes) if isinstance(notes, dict) else {}
 
 
 @rpc

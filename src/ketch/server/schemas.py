@@ -127,6 +127,7 @@ class FunctionWire(_Part):
     validate_args: bool = True
     container_max_inputs: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
     restrict_modal_access: bool = False
+    memory_snapshot: bool = False
 
 
 # -- apps and functions -------------------------------------------------------

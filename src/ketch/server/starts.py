@@ -3,6 +3,7 @@ and source, then the worker's start (the dispatcher's ``StartContainer`` action)
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import logging
@@ -105,6 +106,8 @@ async def start_container(
     }
     if info.spec.volumes:
         env["KETCH_VOLUMES"] = json.dumps(info.spec.volumes)
+    if info.spec.memory_snapshot and info.params:  # its snapshot is of these parameters
+        env["KETCH_SNAPSHOT_PARAMS"] = base64.b64encode(info.params).decode()
     try:
         if env.pop("KETCH_GPU_UNAVAILABLE", None):
             raise RuntimeError("its GPUs were taken by another container")

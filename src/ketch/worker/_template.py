@@ -31,6 +31,7 @@ class TemplateProcess:
         self._spawned: dict[str, asyncio.Future[int]] = {}
         self._exits: dict[int, asyncio.Future[int | None]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._prepared: asyncio.Future[dict[str, Any]] | None = None
 
     async def _ensure(self) -> socket.socket:
         if self._sock is not None:
@@ -110,6 +111,10 @@ class TemplateProcess:
             for spawned in self._spawned.values():
                 if not spawned.done():
                     spawned.set_exception(ExecutionError("the template process exited"))
+            if self._prepared is not None and not self._prepared.done():
+                self._prepared.set_result(
+                    {"t": "prepare_failed", "error": "the template process exited"}
+                )
             for exited in self._exits.values():
                 if not exited.done():
                     exited.set_result(None)
@@ -117,7 +122,10 @@ class TemplateProcess:
             self._exits.clear()
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
-        if msg["t"] == "spawned":
+        if msg["t"] in ("prepared", "prepare_failed"):
+            if self._prepared is not None and not self._prepared.done():
+                self._prepared.set_result(msg)
+        elif msg["t"] == "spawned":
             fut = self._spawned.pop(msg["id"], None)
             if fut is not None and not fut.done():
                 fut.set_result(int(msg["pid"]))
@@ -128,6 +136,32 @@ class TemplateProcess:
                 self._exits[int(msg["pid"])] = exit_fut  # exited before we asked; keep the answer
             if not exit_fut.done():
                 exit_fut.set_result(msg["returncode"])
+
+    async def prepare(
+        self, request: dict[str, Any], timeout: float
+    ) -> tuple[dict[str, Any], asyncio.StreamReader, asyncio.StreamReader]:
+        """Have the template prepare a memory snapshot (``ketch.guest.zygote``); returns
+        its reply, and readers of what the user's code printed meanwhile (until the reply).
+        """
+        sock = await self._ensure()
+        loop = asyncio.get_running_loop()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self._prepared = loop.create_future()
+        try:
+            msg = msgpack.packb({**request, "t": "prepare"}, use_bin_type=True)
+            socket.send_fds(sock, [msg], [out_w, err_w])
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        out, err = await _reader(out_r), await _reader(err_r)
+        try:
+            reply = await asyncio.wait_for(self._prepared, timeout)
+        except TimeoutError:
+            reply = {"t": "prepare_failed", "error": f"the snapshot took over {timeout:.0f} s"}
+        finally:
+            self._prepared = None
+        return reply, out, err
 
     async def start(self) -> None:
         """Start the template now (else the first spawn does)."""

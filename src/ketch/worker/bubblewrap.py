@@ -33,6 +33,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import logging
@@ -75,6 +76,7 @@ logger = logging.getLogger(__name__)
 RUN_DIR = "/.ketch/run"
 SOURCE_ROOT = "/root"
 PIDS_LIMIT = 4096
+SNAPSHOT_PARAMS = "KETCH_SNAPSHOT_PARAMS"  # a parameterized class's params (base64), for its snapshot
 # Docker's: the control plane's own (077, for its files) would make the folders bubblewrap
 # creates for mount points (/.ketch/run) closed to an image's USER, and its files private.
 CONTAINER_UMASK = 0o022
@@ -168,6 +170,7 @@ class BubblewrapWorker:
             )
         self.containers_cap_mib = self._cap_containers()
         self.forks = forks.ForkTemplates(self)
+        self.start_notes: dict[str, str] = {}  # container id -> how it started, how fast
         if not config.get("fork_containers"):
             self.forks.broken = "fork_containers is off"
 
@@ -230,11 +233,13 @@ class BubblewrapWorker:
         spec: FunctionSpec,
         mounts: Sequence[tuple[str, str, bool]] = (),
     ) -> None:
+        started = time.monotonic()
         built = await self._image(container_id, spec)
         bundle = await self.builder.prepare_bundle(built, lambda line: None)
         if self.forks.enabled and forks.eligible(spec, env, mounts):
             if await self._start_forked(container_id, env, spec, built, bundle):
                 return
+        env = {k: v for k, v in env.items() if k != SNAPSHOT_PARAMS}
         cdir = self.containers_dir / container_id
         container = _Container(container_id, cdir, cdir / "merged")
         self._containers[container_id] = container
@@ -289,6 +294,8 @@ class BubblewrapWorker:
             await self._teardown(container)
             raise
         assert process.stdout is not None and process.stderr is not None
+        took = (time.monotonic() - started) * 1000
+        self.start_notes[container_id] = f"a fresh sandbox in {took:.0f} ms (to its process)"
         container.pid = process.pid
         container.exited = process.wait()
         container.tasks = [
@@ -312,6 +319,16 @@ class BubblewrapWorker:
         self._containers[container_id] = container
         started = time.monotonic()
         disk = _ephemeral_disk_mib(spec)
+        env = {**env, **_sandbox_env(spec)}
+        params = env.pop(SNAPSHOT_PARAMS, "")
+        snapshot = None
+        if spec.memory_snapshot:  # the function's environment (Secrets too), not its ids
+            ids = ("KETCH_CONTAINER_ID", "KETCH_CONTAINER_TOKEN")
+            snapshot = {
+                "spec": spec.to_wire(),
+                "params": base64.b64decode(params) if params else None,
+                "env": {k: v for k, v in env.items() if k not in ids},
+            }
         request = {
             "disk_mib": disk,
             "tmp_mib": disk,
@@ -321,15 +338,20 @@ class BubblewrapWorker:
         }
         try:
             cdir.mkdir(parents=True, exist_ok=True)
+            if self.disks is not None:  # its writable layer on a disk of its own, as fresh
+                container.disk_mib = disk
+                container.disk = await self.disks.take(disk)
             container.cgroup, container.memory_limit_mib = self._cgroup(container_id, spec)
             forked = await self.forks.spawn(
                 container_id,
-                {**env, **_sandbox_env(spec)},
+                env,
                 spec,
                 built,
                 bundle,
                 container.cgroup,
                 request,
+                container.disk,
+                snapshot,
             )
         except BaseException:
             self._containers.pop(container_id, None)
@@ -339,11 +361,10 @@ class BubblewrapWorker:
             self._containers.pop(container_id, None)
             await self._teardown(container)
             return False
-        logger.info(
-            "container %s forked from its template in %.1f ms",
-            container_id,
-            (time.monotonic() - started) * 1000,
-        )
+        took = (time.monotonic() - started) * 1000
+        how = "from its memory snapshot" if forked.snapshot else "forked from its template"
+        self.start_notes[container_id] = f"{how} in {took:.0f} ms"
+        logger.info("container %s started %s in %.1f ms", container_id, how, took)
         container.pid = forked.pid
         container.exited = _exit_code(forked.exited)
         container.tasks = [
@@ -512,10 +533,12 @@ class BubblewrapWorker:
         elif container.disk is not None and scratch.ScratchDisks.full(container.disk):
             reason += f" (its disk was full: ephemeral_disk={container.disk_mib} MiB)"
         self._containers.pop(container.container_id, None)
+        self.start_notes.pop(container.container_id, None)
         await self._teardown(container)
         self._on_exit(container.container_id, reason)
 
     async def _teardown(self, container: _Container) -> None:
+        self.forks.release(container.container_id)
         if container.egress is not None and container.egress.returncode is None:
             container.egress.kill()
             await container.egress.wait()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -34,14 +35,18 @@ import struct
 import tempfile
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import msgpack
 
 from .._spec import FunctionSpec
 from ..exception import ExecutionError
 from . import cgroups, isolate, seccomp, userns
 from ._template import TemplateProcess
+from .local import pump_lines
 
 if TYPE_CHECKING:
     from ..images.builder import BuiltImage
@@ -50,6 +55,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_TEMPLATES = 8
+SPAWN = "/.ketch/spawn"  # in the template: the forks' writable layers
+MS_SHARED = 1 << 20
 IDLE_S = 600.0  # a template without forks for this long goes (its memory back)
 CHECK_IN_TIMEOUT_S = 30.0
 CAP_NUMBERS = {
@@ -78,6 +85,7 @@ class Forked:
     stdout: asyncio.StreamReader
     stderr: asyncio.StreamReader
     exited: asyncio.Future[int | None]
+    snapshot: bool = False  # forked from a memory snapshot
 
 
 def eligible(spec: FunctionSpec, env: dict[str, str], mounts: object) -> bool:
@@ -119,15 +127,23 @@ def shape(spec: FunctionSpec, built: BuiltImage, bundle: Path) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+class _NoSnapshot(Exception):
+    pass
+
+
 class _Template:
     """One template sandbox: its container-like setup and the process that forks."""
 
-    def __init__(self, key: str, container: _Container, process: TemplateProcess) -> None:
+    def __init__(
+        self, key: str, container: _Container, process: TemplateProcess, spawn: Path
+    ) -> None:
         self.key = key
         self.container = container
         self.process = process
+        self.spawn = spawn  # forks' writable layers are bound here, and show in the template
         self.used = time.monotonic()
         self.forks = 0
+        self.snapshot_ms: float | None = None  # what its snapshot took, if it holds one
         self.live = 0  # its forks running now: it stays while there are any (they die with it)
 
 
@@ -139,6 +155,8 @@ class ForkTemplates:
         self._templates: OrderedDict[str, _Template] = OrderedDict()
         self._starting: dict[str, asyncio.Future[_Template]] = {}
         self.broken = ""  # why templates are off on this machine
+        self._lent: dict[str, Path] = {}
+        self._no_snapshot: dict[str, str] = {}  # snapshot key -> why it cannot be taken
         self._seccomp_file: Path | None = None
 
     @property
@@ -154,30 +172,102 @@ class ForkTemplates:
         bundle: Path,
         cgroup: cgroups.ContainerCgroup | None,
         request: dict[str, Any],
+        layer: Path | None = None,
+        snapshot: dict[str, Any] | None = None,
     ) -> Forked | None:
         """Fork a container from the template of its shape (started first if need be);
-        None where that cannot be done here (the caller starts it fresh)."""
+        None where that cannot be done here (the caller starts it fresh). ``layer``: a
+        folder (its scratch disk) for its writable layer; None: a tmpfs. ``snapshot``:
+        ``{"spec", "params", "env"}`` of a memory snapshot to fork from (made first if
+        need be); where it cannot be made the container forks from the plain template."""
         key = shape(spec, built, bundle)
         try:
-            template = await self._template(key, spec, built, bundle)
+            template = None
+            if snapshot is not None:
+                template = await self._snapshot(key, spec, built, bundle, snapshot, container_id)
+            if template is None:
+                template = await self._template(key, spec, built, bundle)
         except Exception as exc:  # noqa: BLE001 - a template that fails turns templates off
             self.broken = f"{type(exc).__name__}: {exc}"
             logger.warning("fork templates are off: %s; containers start fresh", self.broken)
             return None
         template.used = time.monotonic()
-        self._templates.move_to_end(key)
-        await self._trim()
+        template.live += 1  # held from now: no trim drops it under this start
+        if template.key in self._templates:
+            self._templates.move_to_end(template.key)
         try:
+            await self._trim()
+            if layer is not None:
+                request = {**request, "upper": self._lend(template, container_id, layer)}
             return await self._fork(template, container_id, env, cgroup, request)
         except (TimeoutError, ExecutionError, OSError) as exc:
             # Before it checked in nothing of the container's own had run: this is ours.
-            await self._drop(key)
+            template.live -= 1
+            await self._drop(template.key)
             self.broken = f"{type(exc).__name__}: {exc}"
             logger.warning("fork templates are off: %s; containers start fresh", self.broken)
             return None
+        except BaseException:
+            template.live -= 1
+            raise
+
+    async def _snapshot(
+        self,
+        shape_key: str,
+        spec: FunctionSpec,
+        built: BuiltImage,
+        bundle: Path,
+        snapshot: dict[str, Any],
+        container_id: str,
+    ) -> _Template | None:
+        """The template holding ``snapshot`` (its code imported, its snap hooks run), made
+        now if need be, the hooks' output in ``container_id``'s log; None where it cannot
+        be taken (said in that log once, with the cause)."""
+        digest = hashlib.sha256(msgpack.packb(snapshot, use_bin_type=True)).hexdigest()[:16]
+        key = f"{shape_key}-{digest}"
+        if key in self._no_snapshot:
+            return None
+
+        async def take(template: _Template) -> None:
+            log = self.worker._on_log
+            started = time.monotonic()
+            timeout = max(float(spec.timeout or 0), 300.0)
+            reply, out, err = await template.process.prepare(snapshot, timeout)
+            await asyncio.gather(
+                pump_lines(out, lambda text: log(container_id, "stdout", text)),
+                pump_lines(err, lambda text: log(container_id, "stderr", text)),
+            )
+            if reply["t"] != "prepared":
+                raise _NoSnapshot(str(reply.get("error", "?")))
+            template.snapshot_ms = float(reply["ms"])
+            log(
+                container_id,
+                "stderr",
+                f"[snapshot] taken in {(time.monotonic() - started):.1f} s (the module's "
+                "import and @enter(snap=True) hooks); this function's containers start from it\n",
+            )
+
+        try:
+            return await self._template(key, spec, built, bundle, take)
+        except _NoSnapshot as exc:
+            if key in self._no_snapshot:  # said once, by the start that tried
+                return None
+            self._no_snapshot[key] = str(exc)
+            self.worker._on_log(
+                container_id,
+                "stderr",
+                f"[snapshot] not taken: {exc}. This function's containers start without "
+                "it (every @enter hook runs in each).\n",
+            )
+            return None
 
     async def _template(
-        self, key: str, spec: FunctionSpec, built: BuiltImage, bundle: Path
+        self,
+        key: str,
+        spec: FunctionSpec,
+        built: BuiltImage,
+        bundle: Path,
+        then: Callable[[_Template], Awaitable[None]] | None = None,
     ) -> _Template:
         if (found := self._templates.get(key)) is not None:
             return found
@@ -187,6 +277,13 @@ class ForkTemplates:
         self._starting[key] = fut
         try:
             template = await self._start(key, spec, built, bundle)
+            if then is not None:
+                try:
+                    await then(template)
+                except BaseException:
+                    await template.process.close()
+                    await self._discard(template)
+                    raise
             fut.set_result(template)
             self._templates[key] = template
             await self._trim()
@@ -221,9 +318,17 @@ class ForkTemplates:
             _bind(container.merged, lower)
             userns.makedirs(worker.userns, container.merged, ".ketch/w/proc")
             _witness(container.merged)
+            # Where each fork's writable layer (its scratch disk) is bound before it is
+            # forked: a shared mount, so what is mounted in it later shows in the template.
+            spawn = cdir / "spawn"
+            spawn.mkdir(parents=True, exist_ok=True)
+            _bind(spawn, spawn)
+            if isolate.libc().mount(None, os.fsencode(spawn), None, MS_SHARED, None) != 0:
+                raise OSError(ctypes.get_errno(), f"make {spawn} shared")
             box, command = worker._command(container, built, bundle, {}, spec)
             box.forking = True
             box.bind_ro(lower, "/.ketch/lower")
+            box.bind_rw(container.stage.bind(spawn) if container.stage else spawn, SPAWN)
             box.bind_ro(container.host(self._seccomp()), "/.ketch/seccomp.bpf")
             config = {
                 "seccomp": "/.ketch/seccomp.bpf",
@@ -243,7 +348,7 @@ class ForkTemplates:
         logger.info(
             "fork template %s started in %.0f ms", key[:12], (time.monotonic() - started) * 1000
         )
-        return _Template(key, container, process)
+        return _Template(key, container, process, spawn)
 
     def _seccomp(self) -> Path:
         if self._seccomp_file is None:
@@ -284,7 +389,6 @@ class ForkTemplates:
         finally:
             ours.close()
         template.forks += 1
-        template.live += 1
         del pid_in_template
 
         def ended(_: object) -> None:
@@ -292,7 +396,28 @@ class ForkTemplates:
             template.used = time.monotonic()
 
         exited.add_done_callback(ended)
-        return Forked(host_pid, out, err, exited)
+        return Forked(host_pid, out, err, exited, template.snapshot_ms is not None)
+
+    def _lend(self, template: _Template, container_id: str, layer: Path) -> str:
+        """Bind ``layer`` into the template's spawn area for the fork; its path there."""
+        base = self.worker.userns.base if self.worker.userns is not None else 0
+        for name in ("upper", "work"):
+            (layer / name).mkdir(exist_ok=True)
+            os.chown(layer / name, base, base)  # root of the forks' user namespaces
+            os.chmod(layer / name, 0o755)
+        target = template.spawn / container_id
+        target.mkdir()
+        _bind(layer, target)
+        self._lent[container_id] = target
+        return f"{SPAWN}/{container_id}"
+
+    def release(self, container_id: str) -> None:
+        """Take back what :meth:`_lend` bound for a container that ended."""
+        target = self._lent.pop(container_id, None)
+        if target is not None:
+            isolate.unmount_sync(target)
+            with contextlib.suppress(OSError):
+                target.rmdir()
 
     async def _trim(self) -> None:
         """Drop templates with no running forks: the least recently used beyond
@@ -309,7 +434,12 @@ class ForkTemplates:
         template = self._templates.pop(key, None)
         if template is not None:
             await template.process.close()
-            await self.worker._teardown(template.container)
+            await self._discard(template)
+
+    async def _discard(self, template: _Template) -> None:
+        for target in isolate.mount_points(template.spawn)[::-1]:  # the lent ones first
+            isolate.unmount_sync(Path(target))
+        await self.worker._teardown(template.container)
 
     async def close(self) -> None:
         for key in list(self._templates):
@@ -356,8 +486,6 @@ async def _tail(reader: asyncio.StreamReader) -> str:
 def _bind(src: Path, dest: Path) -> None:
     """A bind of ``src`` alone (nothing mounted inside it comes along)."""
     if isolate.libc().mount(os.fsencode(src), os.fsencode(dest), None, 4096, None) != 0:
-        import ctypes
-
         raise OSError(ctypes.get_errno(), f"bind {src} at {dest}")
 
 
