@@ -76,7 +76,9 @@ logger = logging.getLogger(__name__)
 RUN_DIR = "/.ketch/run"
 SOURCE_ROOT = "/root"
 PIDS_LIMIT = 4096
-SNAPSHOT_PARAMS = "KETCH_SNAPSHOT_PARAMS"  # a parameterized class's params (base64), for its snapshot
+SNAPSHOT_PARAMS = (
+    "KETCH_SNAPSHOT_PARAMS"  # a parameterized class's params (base64), for its snapshot
+)
 # Docker's: the control plane's own (077, for its files) would make the folders bubblewrap
 # creates for mount points (/.ketch/run) closed to an image's USER, and its files private.
 CONTAINER_UMASK = 0o022
