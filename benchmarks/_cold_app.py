@@ -14,3 +14,13 @@ app = ketch.App("bench-cold-trivial")
 @app.function()
 def f(x):
     return x
+
+
+@app.function(max_containers=60)
+def hold(seconds):
+    """Stay busy (the 0 -> N measurement); reports when it began."""
+    import time
+
+    began = time.time()
+    time.sleep(seconds)
+    return began

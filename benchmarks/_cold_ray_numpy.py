@@ -12,3 +12,15 @@ import numpy
 class NumpyEcho:
     def f(self, x):
         return int(numpy.arange(x).sum())
+
+
+class ModelEcho:
+    """Ray's side of case (c): the actor builds the 500 MB model as it starts."""
+
+    def __init__(self):
+        import os
+
+        self.weights = bytearray(os.urandom(500 << 20))
+
+    def f(self, x):
+        return x + self.weights[x] * 0

@@ -281,6 +281,7 @@ def _fork_child(
     """The fork: its namespaces and root, then its pid 1 runs the container."""
     out_w, err_w, handshake = fds
     ready_w, go_r = sync
+    marks = [("forked", time.monotonic())]
     try:
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID
@@ -296,10 +297,12 @@ def _fork_child(
         os.setresuid(0, 0, 0)
         if cfg.get("own_network"):
             _lo_up()
+        marks.append(("namespaces", time.monotonic()))
         _make_root(cfg, req)
+        marks.append(("root", time.monotonic()))
         pid = os.fork()
         if pid == 0:
-            _container(cfg, req, out_w, err_w, handshake, program)
+            _container(cfg, req, out_w, err_w, handshake, program, marks)
         for fd in (out_w, err_w, handshake):
             os.close(fd)
         _, status = os.waitpid(pid, 0)
@@ -315,15 +318,24 @@ def _fork_child(
 
 
 def _container(
-    cfg: dict[str, Any], req: dict[str, Any], out_w: int, err_w: int, handshake: int, program: bytes
+    cfg: dict[str, Any],
+    req: dict[str, Any],
+    out_w: int,
+    err_w: int,
+    handshake: int,
+    program: bytes,
+    marks: list[tuple[str, float]],
 ) -> None:
     """Pid 1 of the fork's pid namespace: finish its root, lock down, check in, run."""
     try:
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        marks.append(("pid 1", time.monotonic()))
         _finish_root(cfg, req)
+        marks.append(("proc, pivot", time.monotonic()))
         sock = socket.socket(fileno=handshake)
         creds = struct.pack("3i", os.getpid(), os.getuid(), os.getgid())
-        sock.sendmsg([b"r"], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)])
+        note = b"r" + json.dumps(marks).encode()
+        sock.sendmsg([note], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)])
         if sock.recv(1) != b"g":
             os._exit(0)  # the worker gave it up
         sock.close()

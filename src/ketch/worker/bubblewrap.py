@@ -343,7 +343,14 @@ class BubblewrapWorker:
             if self.disks is not None:  # its writable layer on a disk of its own, as fresh
                 container.disk_mib = disk
                 container.disk = await self.disks.take(disk)
+            took_disk = time.monotonic()
             container.cgroup, container.memory_limit_mib = self._cgroup(container_id, spec)
+            logger.debug(
+                "container %s: disk %.1f ms, cgroup %.1f ms",
+                container_id,
+                (took_disk - started) * 1000,
+                (time.monotonic() - took_disk) * 1000,
+            )
             forked = await self.forks.spawn(
                 container_id,
                 env,

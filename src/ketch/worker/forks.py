@@ -180,7 +180,9 @@ class ForkTemplates:
         folder (its scratch disk) for its writable layer; None: a tmpfs. ``snapshot``:
         ``{"spec", "params", "env"}`` of a memory snapshot to fork from (made first if
         need be); where it cannot be made the container forks from the plain template."""
+        t0 = time.monotonic()
         key = shape(spec, built, bundle)
+        logger.debug("fork of %s: shape %.1f ms", container_id, (time.monotonic() - t0) * 1000)
         try:
             template = None
             if snapshot is not None:
@@ -368,6 +370,7 @@ class ForkTemplates:
         request: dict[str, Any],
     ) -> Forked:
         loop = asyncio.get_running_loop()
+        asked = time.monotonic()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         try:
@@ -377,14 +380,29 @@ class ForkTemplates:
         finally:
             theirs.close()
         ours.setblocking(False)
+        sent = time.monotonic()
+        logger.debug(
+            "fork of %s: the template forked it in %.1f ms", container_id, (sent - asked) * 1000
+        )
         try:
             host_pid = await asyncio.wait_for(_check_in(loop, ours), CHECK_IN_TIMEOUT_S)
+            logger.debug(
+                "fork of %s checked in %.1f ms after its request",
+                container_id,
+                (time.monotonic() - sent) * 1000,
+            )
             if host_pid is None:
                 raise ExecutionError(
                     "the forked container ended before it checked in: " + (await _tail(err))
                 )
             if cgroup is not None:
+                joined = time.monotonic()
                 cgroup.join(host_pid)
+                logger.debug(
+                    "fork of %s: cgroup join %.1f ms",
+                    container_id,
+                    (time.monotonic() - joined) * 1000,
+                )
             await loop.sock_sendall(ours, b"g")
         finally:
             ours.close()
@@ -456,7 +474,7 @@ async def _check_in(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> int
 
     def readable() -> None:
         try:
-            data, ancillary, _flags, _addr = sock.recvmsg(1, socket.CMSG_SPACE(12))
+            data, ancillary, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(12))
         except BlockingIOError:
             return
         except OSError:
@@ -466,8 +484,22 @@ async def _check_in(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> int
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                 pid = struct.unpack("3i", payload[:12])[0]
+        if data[:1] == b"r" and logger.isEnabledFor(logging.DEBUG):
+            with contextlib.suppress(ValueError):
+                marks = json.loads(data[1:])
+                steps = ", ".join(
+                    f"{name} {(t - marks[i - 1][1]) * 1000:.1f}"
+                    for i, (name, t) in enumerate(marks)
+                    if i
+                )
+                logger.debug(
+                    "fork %s: %s ms (check-in %.1f ms after)",
+                    pid,
+                    steps,
+                    (time.monotonic() - marks[-1][1]) * 1000,
+                )
         if not fut.done():
-            fut.set_result(pid if data == b"r" else None)
+            fut.set_result(pid if data[:1] == b"r" else None)
 
     loop.add_reader(sock.fileno(), readable)
     try:
