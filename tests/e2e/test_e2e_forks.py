@@ -184,3 +184,39 @@ def test_a_memory_snapshot_is_taken_once_and_rebuilt_for_new_code(sandbox_env, t
     assert {row[3] for row in info2} == {"v2"} and len({row[0] for row in info2}) == 1, info2
     assert info2[0][0] != info[0][0]
     assert (again.proc.stdout + again.proc.stderr).count("SNAP HOOK RAN v2") == 1
+
+
+LIMITS_APP = SHOW + textwrap.dedent(
+    """
+    import time
+    import ketch
+
+    app = ketch.App("fork-limits-e2e")
+
+    @app.function()
+    def warm():
+        return "warm"
+
+    @app.function(memory=(128, 128))  # a request and a hard limit
+    def hog():
+        blocks = [bytearray(16 << 20) for _ in range(40)]  # 640 MiB, over its 128
+        return len(blocks)
+
+    @app.local_entrypoint()
+    def main():
+        show("warm", lambda: warm.remote())
+        time.sleep(1.5)  # the template forks its spare meanwhile
+        show("hog", lambda: hog.remote())
+    """
+)
+
+
+def test_a_spare_fork_takes_its_containers_limits(sandbox_env, tmp_path):
+    """A container made from a spare fork (forked ahead of need, before its function was
+    known) gets its function's memory limit when it becomes that container."""
+    (tmp_path / "limits_app.py").write_text(LIMITS_APP)
+    run = ExampleRun.parse(sandbox_env.cli("run", tmp_path / "limits_app.py", timeout=300))
+    assert run.value("warm") == "warm"
+    assert "ran out of memory (limit 128 MiB)" in run.entry("hog").get("error", ""), run.entry(
+        "hog"
+    )

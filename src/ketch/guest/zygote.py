@@ -18,7 +18,9 @@ before any of its own code runs, makes itself a container:
    runc's read-only and masked paths, a fresh ``/tmp``, takes its hostname, moves
    into the new root (``pivot_root``) and drops the old one;
 4. it tells the worker its pid (``SCM_CREDENTIALS``: the worker moves it into
-   the container's cgroup) and waits for the go-ahead, enters a cgroup namespace
+   the container's cgroup) and waits for the go-ahead, which brings what makes it
+   this container (its ids, token, Secrets, hostname: the template never holds
+   them, and a worker may fork a spare ahead of need), enters a cgroup namespace
    rooted there, keeps only Docker's capabilities, sets ``no_new_privs``, loads the
    full seccomp filter (on top of the template's looser one), takes the image's
    user and runs the container loop.
@@ -211,9 +213,6 @@ def _finish_root(cfg: dict[str, Any], req: dict[str, Any]) -> None:
     _check(_libc.syscall(PIVOT_ROOT[platform.machine()], b".", OLD[1:].encode()), "pivot_root")
     _check(_libc.umount2(OLD.encode(), 2), "detach the template's root")
     os.rmdir(OLD)
-    hostname = req.get("hostname")
-    if hostname:
-        _check(_libc.sethostname(hostname.encode(), len(hostname.encode())), "sethostname")
     os.chdir(req.get("cwd") or "/")
 
 
@@ -336,9 +335,13 @@ def _container(
         creds = struct.pack("3i", os.getpid(), os.getuid(), os.getgid())
         note = b"r" + json.dumps(marks).encode()
         sock.sendmsg([note], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)])
-        if sock.recv(1) != b"g":
+        go = _read_go(sock)
+        if go is None:
             os._exit(0)  # the worker gave it up
         sock.close()
+        hostname = str(go.get("hostname") or "")
+        if hostname:
+            _check(_libc.sethostname(hostname.encode(), len(hostname.encode())), "sethostname")
         # In its cgroup now: a cgroup namespace rooted there, as bubblewrap gives a container.
         _check(_libc.unshare(CLONE_NEWCGROUP), "unshare the cgroup namespace")
         _lock_down(cfg, req, program)
@@ -351,7 +354,7 @@ def _container(
         os.closerange(3, 65536)
         os.environ.clear()
         os.environ.update(cfg["env"])
-        os.environ.update(req["env"])
+        os.environ.update(go["env"])  # its own: ids, token, Secrets (never the template's)
         sys.stdout = open(1, "w", buffering=1, closefd=False)
         sys.stderr = open(2, "w", buffering=1, closefd=False)
     except BaseException:
@@ -371,6 +374,20 @@ def _container(
             with contextlib.suppress(Exception):
                 stream.flush()
     os._exit(code)
+
+
+def _read_go(sock: socket.socket) -> dict[str, Any] | None:
+    """The worker's go-ahead: ``b"g"``, a 4-byte length, then JSON ``{"env", "hostname"}``
+    (the container's identity, given only now); None if the worker gave the fork up."""
+    data = b""
+    while len(data) < 5 or len(data) < 5 + int.from_bytes(data[1:5], "big"):
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            return None
+        data += chunk
+        if data[:1] != b"g":
+            return None
+    return dict(json.loads(data[5:]))
 
 
 # -- the template ------------------------------------------------------------------------

@@ -55,7 +55,7 @@ from .._image_files import content_digest, local_files
 from .._source import project_sources
 from .._spec import DEFAULT_EPHEMERAL_DISK_MIB, FunctionSpec
 from .._tasks import spawn
-from ..exception import NotFoundError
+from ..exception import ExecutionError, NotFoundError
 from ..images.builder import Builder, BuiltImage
 from ..images.bundle import DEPS_MOUNT_POINT, MOUNT_POINT
 from ..images.layers import remove_tree
@@ -172,6 +172,7 @@ class BubblewrapWorker:
             )
         self.containers_cap_mib = self._cap_containers()
         self.forks = forks.ForkTemplates(self)
+        self.spare_parts = self._spare_parts
         self.start_notes: dict[str, str] = {}  # container id -> how it started, how fast
         if not config.get("fork_containers"):
             self.forks.broken = "fork_containers is off"
@@ -334,12 +335,33 @@ class BubblewrapWorker:
         request = {
             "disk_mib": disk,
             "tmp_mib": disk,
-            "hostname": f"ketch-{container_id[-8:]}",
             "cwd": str(built.config.get("workdir") or SOURCE_ROOT),
             "user": built.config.get("user"),
         }
+        go = {"env": env, "hostname": f"ketch-{container_id[-8:]}"}
+        cdir.mkdir(parents=True, exist_ok=True)
+        if disk == DEFAULT_EPHEMERAL_DISK_MIB and (
+            spare := self.forks.take_spare(spec, built, bundle, snapshot)
+        ):
+            try:  # a fork made ahead of need: its limits, its identity, and it runs
+                memory, cpu = _limits(spec)
+                if spare.cgroup is not None:
+                    spare.cgroup.limit(int(memory) << 20 if memory else None, cpu)
+                container.cgroup, container.disk, container.disk_mib = (
+                    spare.cgroup,
+                    spare.disk,
+                    disk,
+                )
+                container.memory_limit_mib = int(memory) if memory else None
+                forked: forks.Forked | None = await self.forks.assign(spare, container_id, go)
+            except (cgroups.CgroupError, ExecutionError) as exc:
+                logger.debug("spare fork not used for %s: %s", container_id, exc)
+                self.forks._forget_spare(spare)
+                container.cgroup, container.disk = None, None
+            else:
+                assert forked is not None
+                return self._forked(container, forked, started)
         try:
-            cdir.mkdir(parents=True, exist_ok=True)
             if self.disks is not None:  # its writable layer on a disk of its own, as fresh
                 container.disk_mib = disk
                 container.disk = await self.disks.take(disk)
@@ -353,7 +375,7 @@ class BubblewrapWorker:
             )
             forked = await self.forks.spawn(
                 container_id,
-                env,
+                go,
                 spec,
                 built,
                 bundle,
@@ -370,8 +392,14 @@ class BubblewrapWorker:
             self._containers.pop(container_id, None)
             await self._teardown(container)
             return False
+        return self._forked(container, forked, started)
+
+    def _forked(self, container: _Container, forked: forks.Forked, started: float) -> bool:
+        container_id = container.container_id
         took = (time.monotonic() - started) * 1000
         how = "from its memory snapshot" if forked.snapshot else "forked from its template"
+        if forked.ahead:
+            how += " (a fork made ahead)"
         self.start_notes[container_id] = f"{how} in {took:.0f} ms"
         logger.info("container %s started %s in %.1f ms", container_id, how, took)
         container.pid = forked.pid
@@ -502,13 +530,31 @@ class BubblewrapWorker:
     def gpus_inventory(self) -> tuple[gpus.Gpu, ...]:
         return self.gpus.inventory.gpus
 
+    async def _spare_parts(
+        self, spare_id: str, base: dict[str, Any] | None
+    ) -> tuple[cgroups.ContainerCgroup | None, Path | None, dict[str, Any]]:
+        """What a spare fork is made with (``ketch.worker.forks``): a cgroup without memory
+        or CPU limits yet, a scratch disk of the default size, the template's request."""
+        cgroup = None
+        if self.cgroups.version != "none":
+            cgroup = cgroups.ContainerCgroup.create(
+                spare_id, pids_limit=PIDS_LIMIT, support=self.cgroups, parent=self.cgroup_parent
+            )
+        try:
+            disk = await self.disks.take(DEFAULT_EPHEMERAL_DISK_MIB) if self.disks else None
+        except BaseException:
+            if cgroup is not None:
+                cgroup.remove()
+            raise
+        size = DEFAULT_EPHEMERAL_DISK_MIB
+        return cgroup, disk, {**(base or {}), "disk_mib": size, "tmp_mib": size}
+
     def _cgroup(
         self, container_id: str, spec: FunctionSpec
     ) -> tuple[cgroups.ContainerCgroup | None, int | None]:
         if self.cgroups.version == "none":
             return None, None
-        memory = spec.memory[1] if spec.memory and spec.memory[1] else None
-        cpu = spec.cpu[1] if spec.cpu and spec.cpu[1] else None
+        memory, cpu = _limits(spec)
         cgroup = cgroups.ContainerCgroup.create(
             container_id,
             memory_limit_bytes=int(memory) * 2**20 if memory else None,
@@ -666,6 +712,13 @@ def materialize_mount(
         except OSError:  # another start made it first
             remove_tree(staging)
     return name, target / "data"
+
+
+def _limits(spec: FunctionSpec) -> tuple[float | None, float | None]:
+    """The container's memory limit (MiB) and CPU limit (cores) that ``spec`` asks for."""
+    memory = spec.memory[1] if spec.memory and spec.memory[1] else None
+    cpu = spec.cpu[1] if spec.cpu and spec.cpu[1] else None
+    return memory, cpu
 
 
 def _sandbox_env(spec: FunctionSpec) -> dict[str, str]:

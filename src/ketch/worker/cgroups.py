@@ -510,6 +510,15 @@ class ContainerCgroup:
         if self.pids_limit is not None:
             self._set("pids", "pids.max", str(self.pids_limit), f"pids limit of {self.pids_limit}")
 
+    def limit(self, memory_limit_bytes: int | None, cpu_limit: float | None) -> None:
+        """Apply memory and CPU limits to a group made without them (a spare fork's)."""
+        self.memory_limit_bytes, self.cpu_limit = memory_limit_bytes, cpu_limit
+        pids, self.pids_limit = self.pids_limit, None  # set at creation
+        try:
+            self._apply_limits()
+        finally:
+            self.pids_limit = pids
+
     def directories(self) -> list[str]:
         """The group's directories, one per hierarchy (v2: exactly one)."""
         return list(dict.fromkeys(self.paths.values()))

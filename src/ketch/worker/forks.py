@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from .._spec import FunctionSpec
+from .._tasks import spawn as spawn_task
 from ..exception import ExecutionError
 from . import cgroups, isolate, seccomp, userns
 from ._template import TemplateProcess
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_TEMPLATES = 8
+SPARE_DELAY_S = 0.2
 SPAWN = "/.ketch/spawn"  # in the template: the forks' writable layers
 MS_SHARED = 1 << 20
 IDLE_S = 600.0  # a template without forks for this long goes (its memory back)
@@ -86,6 +88,7 @@ class Forked:
     stderr: asyncio.StreamReader
     exited: asyncio.Future[int | None]
     snapshot: bool = False  # forked from a memory snapshot
+    ahead: bool = False  # forked ahead of need (a spare), before its function was known
 
 
 def eligible(spec: FunctionSpec, env: dict[str, str], mounts: object) -> bool:
@@ -144,6 +147,9 @@ class _Template:
         self.used = time.monotonic()
         self.forks = 0
         self.snapshot_ms: float | None = None  # what its snapshot took, if it holds one
+        self.spare: _Spare | None = None  # a fork made ahead of need, checked in
+        self.refilling: asyncio.Future[None] | None = None
+        self.base_request: dict[str, Any] | None = None  # a spare's fork request
         self.live = 0  # its forks running now: it stays while there are any (they die with it)
 
 
@@ -166,7 +172,7 @@ class ForkTemplates:
     async def spawn(
         self,
         container_id: str,
-        env: dict[str, str],
+        go: dict[str, Any],
         spec: FunctionSpec,
         built: BuiltImage,
         bundle: Path,
@@ -201,7 +207,12 @@ class ForkTemplates:
             await self._trim()
             if layer is not None:
                 request = {**request, "upper": self._lend(template, container_id, layer)}
-            return await self._fork(template, container_id, env, cgroup, request)
+            if template.base_request is None:  # what a spare of it is forked with
+                template.base_request = {k: request.get(k) for k in ("cwd", "user")}
+            forked, sock = await self._fork(template, container_id, cgroup, request)
+            await _go(sock, go)
+            self._started(template, forked)
+            return forked
         except (TimeoutError, ExecutionError, OSError) as exc:
             # Before it checked in nothing of the container's own had run: this is ours.
             template.live -= 1
@@ -225,8 +236,7 @@ class ForkTemplates:
         """The template holding ``snapshot`` (its code imported, its snap hooks run), made
         now if need be, the hooks' output in ``container_id``'s log; None where it cannot
         be taken (said in that log once, with the cause)."""
-        digest = hashlib.sha256(msgpack.packb(snapshot, use_bin_type=True)).hexdigest()[:16]
-        key = f"{shape_key}-{digest}"
+        key = f"{shape_key}-{_snapshot_digest(snapshot)}"
         if key in self._no_snapshot:
             return None
 
@@ -364,57 +374,136 @@ class ForkTemplates:
     async def _fork(
         self,
         template: _Template,
-        container_id: str,
-        env: dict[str, str],
+        fork_id: str,
         cgroup: cgroups.ContainerCgroup | None,
         request: dict[str, Any],
-    ) -> Forked:
+    ) -> tuple[Forked, socket.socket]:
+        """A fork, checked in and in ``cgroup``, waiting for :func:`_go` on the socket."""
         loop = asyncio.get_running_loop()
         asked = time.monotonic()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         try:
-            pid_in_template, out, err, exited = await template.process.spawn(
-                container_id, env, request.get("cwd"), extra=request, fds=[theirs.fileno()]
+            _, out, err, exited = await template.process.spawn(
+                fork_id, {}, request.get("cwd"), extra=request, fds=[theirs.fileno()]
             )
         finally:
             theirs.close()
         ours.setblocking(False)
         sent = time.monotonic()
-        logger.debug(
-            "fork of %s: the template forked it in %.1f ms", container_id, (sent - asked) * 1000
-        )
         try:
             host_pid = await asyncio.wait_for(_check_in(loop, ours), CHECK_IN_TIMEOUT_S)
-            logger.debug(
-                "fork of %s checked in %.1f ms after its request",
-                container_id,
-                (time.monotonic() - sent) * 1000,
-            )
             if host_pid is None:
                 raise ExecutionError(
                     "the forked container ended before it checked in: " + (await _tail(err))
                 )
-            if cgroup is not None:
-                joined = time.monotonic()
-                cgroup.join(host_pid)
-                logger.debug(
-                    "fork of %s: cgroup join %.1f ms",
-                    container_id,
-                    (time.monotonic() - joined) * 1000,
-                )
-            await loop.sock_sendall(ours, b"g")
-        finally:
+            joined = time.monotonic()
+            if cgroup is not None:  # (a migration waits for the kernel: not on the loop)
+                await asyncio.to_thread(cgroup.join, host_pid)
+            logger.debug(
+                "fork %s: forked in %.1f ms, checked in %.1f ms later, cgroup join %.1f ms",
+                fork_id,
+                (sent - asked) * 1000,
+                (joined - sent) * 1000,
+                (time.monotonic() - joined) * 1000,
+            )
+        except BaseException:
             ours.close()
+            raise
+        return Forked(host_pid, out, err, exited, template.snapshot_ms is not None), ours
+
+    def _started(self, template: _Template, forked: Forked) -> None:
+        """Count a fork that became a container, while it runs."""
         template.forks += 1
-        del pid_in_template
 
         def ended(_: object) -> None:
             template.live -= 1
             template.used = time.monotonic()
 
-        exited.add_done_callback(ended)
-        return Forked(host_pid, out, err, exited, template.snapshot_ms is not None)
+        forked.exited.add_done_callback(ended)
+        self._refill(template)
+
+    # -- spares: a fork made ahead of need, for the next container of its template ------
+    def take_spare(
+        self,
+        spec: FunctionSpec,
+        built: BuiltImage,
+        bundle: Path,
+        snapshot: dict[str, Any] | None,
+    ) -> _Spare | None:
+        """The ready spare of the template a container of ``spec`` forks from, if any."""
+        if not self.enabled:
+            return None
+        key = shape(spec, built, bundle)
+        if snapshot is not None:
+            key = f"{key}-{_snapshot_digest(snapshot)}"
+        template = self._templates.get(key)
+        if template is None or template.spare is None:
+            return None
+        spare, template.spare = template.spare, None
+        if spare.forked.exited.done():  # it died waiting (its template went, say)
+            self._forget_spare(spare)
+            return None
+        template.live += 1
+        template.used = time.monotonic()
+        return spare
+
+    async def assign(self, spare: _Spare, container_id: str, go: dict[str, Any]) -> Forked:
+        """Make ``spare`` container ``container_id``: its identity, then it runs."""
+        if spare.lent in self._lent:
+            self._lent[container_id] = self._lent.pop(spare.lent)
+        try:
+            await _go(spare.sock, go)
+        except OSError as exc:
+            spare.template.live -= 1
+            raise ExecutionError(f"the spare fork went away: {exc}") from exc
+        spare.forked.ahead = True
+        self._started(spare.template, spare.forked)
+        return spare.forked
+
+    def _refill(self, template: _Template) -> None:
+        """Fork the template's next spare in the background, unless it has one."""
+        if template.spare is not None or template.refilling is not None:
+            return
+        if self._templates.get(template.key) is not template or self.worker.spare_parts is None:
+            return
+        template.refilling = asyncio.ensure_future(self._make_spare(template))
+
+    async def _make_spare(self, template: _Template) -> None:
+        await asyncio.sleep(SPARE_DELAY_S)  # after the start that used the last one
+        spare_id = f"sp-{os.urandom(8).hex()}"
+        parts = self.worker.spare_parts
+        assert parts is not None
+        cgroup, disk = None, None
+        try:
+            cgroup, disk, request = await parts(spare_id, template.base_request)
+            if disk is not None:
+                request = {**request, "upper": self._lend(template, spare_id, disk)}
+            forked, sock = await self._fork(template, spare_id, cgroup, request)
+            if self._templates.get(template.key) is not template:
+                sock.close()
+                raise ExecutionError("its template went")
+            template.spare = _Spare(template, spare_id, forked, sock, cgroup, disk)
+        except Exception as exc:  # noqa: BLE001 - a spare is an extra: starts fork as they come
+            logger.debug("no spare fork for template %s: %s", template.key[:12], exc)
+            self._forget_parts(spare_id, cgroup, disk)
+        finally:
+            template.refilling = None
+
+    def _forget_spare(self, spare: _Spare) -> None:
+        with contextlib.suppress(OSError):
+            spare.sock.close()  # its pid 1 reads the end and exits
+        self._forget_parts(spare.lent, spare.cgroup, spare.disk)
+
+    def _forget_parts(
+        self, lent: str, cgroup: cgroups.ContainerCgroup | None, disk: Path | None
+    ) -> None:
+        self.release(lent)
+        if cgroup is not None:
+            cgroup.kill_all()
+            cgroup.remove()
+        if disk is not None and self.worker.disks is not None:
+            spawn_task(self.worker.disks.release(disk), name=f"release {disk.name}")
 
     def _lend(self, template: _Template, container_id: str, layer: Path) -> str:
         """Bind ``layer`` into the template's spawn area for the fork; its path there."""
@@ -455,6 +544,11 @@ class ForkTemplates:
             await self._discard(template)
 
     async def _discard(self, template: _Template) -> None:
+        if template.refilling is not None:
+            template.refilling.cancel()
+        if template.spare is not None:
+            spare, template.spare = template.spare, None
+            self._forget_spare(spare)
         for target in isolate.mount_points(template.spawn)[::-1]:  # the lent ones first
             isolate.unmount_sync(Path(target))
         await self.worker._teardown(template.container)
@@ -465,6 +559,34 @@ class ForkTemplates:
         if self._seccomp_file is not None:
             with contextlib.suppress(OSError):
                 self._seccomp_file.unlink()
+
+
+@dataclass
+class _Spare:
+    """A fork made ahead of need: checked in, in a cgroup of its own, waiting for the
+    go-ahead that makes it a container (``ForkTemplates.assign``)."""
+
+    template: _Template
+    lent: str  # its id: the spawn area's entry, until it is a container's
+    forked: Forked
+    sock: socket.socket
+    cgroup: cgroups.ContainerCgroup | None
+    disk: Path | None
+
+
+def _snapshot_digest(snapshot: dict[str, Any]) -> str:
+    return hashlib.sha256(msgpack.packb(snapshot, use_bin_type=True)).hexdigest()[:16]
+
+
+async def _go(sock: socket.socket, go: dict[str, Any]) -> None:
+    """The go-ahead (``ketch.guest.zygote._read_go``): the container's identity."""
+    body = json.dumps(go).encode()
+    try:
+        await asyncio.get_running_loop().sock_sendall(
+            sock, b"g" + len(body).to_bytes(4, "big") + body
+        )
+    finally:
+        sock.close()
 
 
 async def _check_in(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> int | None:
