@@ -172,6 +172,9 @@ class Cleanup(h.Cleanup):
         env["KETCH_RUNTIME"] = "local" if runtime == "local" else "sandbox"
         if runtime == "sandbox-fresh":  # today's path: a fresh sandbox and interpreter each
             env["KETCH_FORK_CONTAINERS"] = "0"
+        # The node's cap on running containers is 4 x its CPUs by default (8 here): room for
+        # the 0 -> N measurement (one container at a time in the trials either way).
+        env["KETCH_MAX_CONTAINERS_PER_NODE"] = str(SCALE_N + 10)
         env.pop("KETCH_FORCE_BUILD", None)
         return self.account.env(env) if runtime == "rootless" and self.account else env
 
@@ -355,8 +358,9 @@ def wait_quiet(home: Path, notes: list[str]) -> None:
 
 # 0 -> N: a fresh app maps N inputs that each stay busy HOLD_S seconds, so N containers
 # start at once; "ready" is when the last input began, from the map's call. With
-# --memory, the node's used memory (MemTotal - MemAvailable) is sampled through a
-# one-container run first, then the N-container one; each minus the memory before.
+# memory, the node's used memory (MemTotal - MemAvailable) is read with one container
+# running (and the snapshot it started from), steady, then at its peak through the
+# N-container run; each minus the memory before either.
 SCALE_SCRIPT = r"""
 import importlib, json, sys, threading, time
 sys.path.insert(0, sys.argv[1])
@@ -387,9 +391,10 @@ out = {}
 with m.app.run():
     if memory:
         before = used()
-        _, one = peak_of(lambda: target.remote(hold))
-        time.sleep(hold)  # that container idles; the next run starts N new ones
-        out["memory_1_mib"] = one - before
+        target.remote(0.0)  # takes the snapshot, starts one container
+        time.sleep(1.0)
+        out["memory_1_mib"] = used() - before  # the template and one container, steady
+        time.sleep(hold)
     t0 = time.time()
     began, peak = peak_of(lambda: list(target.map([hold] * n)))
     out["ready_s"] = max(began) - t0
@@ -406,8 +411,6 @@ def run_scale(runtime: str, cleanup: Cleanup, results: dict, notes: list[str]) -
     through it) with fork templates; without them, the trivial app's ``hold`` (N fresh
     copies of the 500 MB model would not fit this machine)."""
     env = cleanup.ketch_env(runtime)
-    # The node's cap on running containers is 4 x its CPUs by default (8 here): room for N.
-    env["KETCH_MAX_CONTAINERS_PER_NODE"] = str(SCALE_N + 10)
     forks = runtime != "sandbox-fresh"
     module = "_cold_model_scale" if forks else "_cold_app"
     if forks:  # a module of its own: a new snapshot, so "before" holds none of the model

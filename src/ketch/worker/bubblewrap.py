@@ -535,11 +535,7 @@ class BubblewrapWorker:
     ) -> tuple[cgroups.ContainerCgroup | None, Path | None, dict[str, Any]]:
         """What a spare fork is made with (``ketch.worker.forks``): a cgroup without memory
         or CPU limits yet, a scratch disk of the default size, the template's request."""
-        cgroup = None
-        if self.cgroups.version != "none":
-            cgroup = cgroups.ContainerCgroup.create(
-                spare_id, pids_limit=PIDS_LIMIT, support=self.cgroups, parent=self.cgroup_parent
-            )
+        cgroup = self.plain_cgroup(spare_id)
         try:
             disk = await self.disks.take(DEFAULT_EPHEMERAL_DISK_MIB) if self.disks else None
         except BaseException:
@@ -548,6 +544,15 @@ class BubblewrapWorker:
             raise
         size = DEFAULT_EPHEMERAL_DISK_MIB
         return cgroup, disk, {**(base or {}), "disk_mib": size, "tmp_mib": size}
+
+    def plain_cgroup(self, name: str) -> cgroups.ContainerCgroup | None:
+        """A group with the pids limit alone (a fork template's, a spare's): the node's cap
+        on all containers' memory (``containers_memory_mb``) still holds it."""
+        if self.cgroups.version == "none":
+            return None
+        return cgroups.ContainerCgroup.create(
+            name, pids_limit=PIDS_LIMIT, support=self.cgroups, parent=self.cgroup_parent
+        )
 
     def _cgroup(
         self, container_id: str, spec: FunctionSpec

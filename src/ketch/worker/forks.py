@@ -351,7 +351,8 @@ class ForkTemplates:
             }
             box.env["KETCH_ZYGOTE"] = json.dumps(config)
             command = [built.python, "-P", "-m", "ketch.guest.zygote"]
-            container.cgroup, _ = worker._cgroup(tid, spec)
+            # Not the first function's limits: it serves every function of its shape.
+            container.cgroup = worker.plain_cgroup(tid)
             process = TemplateProcess({}, argv=_launcher(worker, container, box, command))
             await process.start()
         except BaseException:
