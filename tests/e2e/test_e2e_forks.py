@@ -12,7 +12,10 @@ image's user.
 
 from __future__ import annotations
 
+import os
+import signal
 import textwrap
+import time
 
 import pytest
 from ketch_testing import SHOW, ExampleRun
@@ -220,3 +223,72 @@ def test_a_spare_fork_takes_its_containers_limits(sandbox_env, tmp_path):
     assert "ran out of memory (limit 128 MiB)" in run.entry("hog").get("error", ""), run.entry(
         "hog"
     )
+
+
+DURABLE_APP = textwrap.dedent(
+    """
+    import sys, time
+    import ketch
+
+    app = ketch.App("snapshot-kill9")
+
+    @app.cls(enable_memory_snapshot=True, retries=0)
+    class Slow:
+        @ketch.enter(snap=True)
+        def load(self):
+            self.base = 1000
+
+        @ketch.method()
+        def work(self, x):
+            time.sleep(4)
+            return self.base + x
+
+    if __name__ == "__main__":
+        work = ketch.Cls.from_name("snapshot-kill9", "Slow")().work
+        if sys.argv[1] == "spawn":
+            for x in range(3):
+                print("CALL", x, work.spawn(x).object_id, flush=True)
+        else:
+            for call_id in sys.argv[2:]:
+                print("RESULT", call_id, ketch.FunctionCall.from_id(call_id).get(timeout=120))
+    """
+)
+
+
+@pytest.mark.timeout(400)
+def test_calls_on_containers_from_a_snapshot_survive_a_control_plane_kill9(tmp_path):
+    """``kill -9`` of the control plane while containers forked from a snapshot run calls:
+    the containers (and their template) go with it, as fresh ones do, and after a restart
+    every call is answered, from a new snapshot, even with ``retries=0``."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from ketch_testing import KetchEnv, pid_alive, wait_until
+
+    from ketch.worker import isolate
+
+    if not isolate.support().ok:
+        pytest.skip(f"the sandbox runtime cannot run here: {isolate.support().reason}")
+    home = Path(tempfile.mkdtemp(prefix="ketch-e2e-k9-", dir="/tmp"))
+    env = KetchEnv(home)
+    env.env["KETCH_RUNTIME"] = "sandbox"
+    env.env["KETCH_LOG_LEVEL"] = "INFO"  # how each container started, in server.log
+    try:
+        (tmp_path / "durable.py").write_text(DURABLE_APP)
+        env.cli("deploy", tmp_path / "durable.py", timeout=200).check()
+        spawned = env.python(str(tmp_path / "durable.py"), "spawn", timeout=200).check()
+        ids = [line.split()[2] for line in spawned.stdout.splitlines() if line.startswith("CALL")]
+        assert len(ids) == 3, spawned.describe()
+        time.sleep(1.5)  # running, in containers forked from the snapshot
+        pid = env.server_pid()
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not pid_alive(pid), 10)
+        env.cli("server", "start", timeout=60)
+        got = env.python(str(tmp_path / "durable.py"), "get", *ids, timeout=250).check()
+        for x, call_id in enumerate(ids):
+            assert f"RESULT {call_id} {1000 + x}" in got.stdout, got.describe()
+        assert "started from its memory snapshot" in (home / "server.log").read_text()
+    finally:
+        env.close()
+        shutil.rmtree(home, ignore_errors=True)

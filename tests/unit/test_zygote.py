@@ -75,3 +75,13 @@ def test_the_go_ahead_is_read_whole_and_anything_else_gives_up():
 
 def test_mount_points_with_spaces_are_unescaped():
     assert zygote._unescape(r"/root/my\040app.py") == "/root/my app.py"
+
+
+def test_templates_go_when_the_machine_is_short_of_memory():
+    from ketch.worker.forks import memory_pressure
+
+    plenty = "MemTotal:       24000000 kB\nMemFree: 1 kB\nMemAvailable:   12000000 kB\n"
+    short = "MemTotal:       24000000 kB\nMemAvailable:    1000000 kB\n"
+    assert memory_pressure(plenty) == ""
+    assert memory_pressure(short) == "976 of 23437 MiB available"
+    assert memory_pressure("") == ""

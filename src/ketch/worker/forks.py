@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 MAX_TEMPLATES = 8
 SPARE_DELAY_S = 0.2
+WATCH_S = 5.0
+LOW_MEMORY = 0.10  # MemAvailable under this share of MemTotal: templates go
 SPAWN = "/.ketch/spawn"  # in the template: the forks' writable layers
 MS_SHARED = 1 << 20
 IDLE_S = 600.0  # a template without forks for this long goes (its memory back)
@@ -163,6 +165,7 @@ class ForkTemplates:
         self.broken = ""  # why templates are off on this machine
         self._lent: dict[str, Path] = {}
         self._no_snapshot: dict[str, str] = {}  # snapshot key -> why it cannot be taken
+        self._watcher: asyncio.Task[None] | None = None
         self._seccomp_file: Path | None = None
 
     @property
@@ -298,6 +301,8 @@ class ForkTemplates:
                     raise
             fut.set_result(template)
             self._templates[key] = template
+            if self._watcher is None:
+                self._watcher = spawn_task(self._watch(), name="fork templates")
             await self._trim()
             return template
         except BaseException as exc:
@@ -529,14 +534,43 @@ class ForkTemplates:
 
     async def _trim(self) -> None:
         """Drop templates with no running forks: the least recently used beyond
-        :data:`MAX_TEMPLATES`, and any idle for :data:`IDLE_S`."""
+        :data:`MAX_TEMPLATES`, any idle for :data:`IDLE_S`, and, while the machine is
+        short of memory, all of them (the cost of each said in the log)."""
         now = time.monotonic()
         idle = [k for k, t in self._templates.items() if t.live == 0]  # oldest first
         over = len(self._templates) - MAX_TEMPLATES
+        short = memory_pressure(_read("/proc/meminfo"))
         for key in idle:
-            if over > 0 or now - self._templates[key].used > IDLE_S:
+            template = self._templates[key]
+            if short:
+                mib = (
+                    (template.container.cgroup.memory_bytes() or 0) >> 20
+                    if template.container.cgroup
+                    else 0
+                )
+                retake = (
+                    f"; its next container takes the snapshot again ({template.snapshot_ms / 1000:.1f} s)"
+                    if template.snapshot_ms is not None
+                    else ""
+                )
+                logger.warning(
+                    "fork template %s dropped: the machine is short of memory (%s); %d MiB back%s",
+                    key[:12],
+                    short,
+                    mib,
+                    retake,
+                )
+            if short or over > 0 or now - template.used > IDLE_S:
                 over -= 1
                 await self._drop(key)
+
+    async def _watch(self) -> None:
+        """Trim now and then, so idle templates go (and go under memory pressure) without
+        a start to trigger it."""
+        while True:
+            await asyncio.sleep(WATCH_S)
+            with contextlib.suppress(Exception):
+                await self._trim()
 
     async def _drop(self, key: str) -> None:
         template = self._templates.pop(key, None)
@@ -555,6 +589,8 @@ class ForkTemplates:
         await self.worker._teardown(template.container)
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         for key in list(self._templates):
             await self._drop(key)
         if self._seccomp_file is not None:
@@ -573,6 +609,28 @@ class _Spare:
     sock: socket.socket
     cgroup: cgroups.ContainerCgroup | None
     disk: Path | None
+
+
+def memory_pressure(meminfo: str) -> str:
+    """Why the machine is short of memory for templates, in words ("" when it is not):
+    ``/proc/meminfo``'s MemAvailable under :data:`LOW_MEMORY` of MemTotal."""
+    values = {}
+    for line in meminfo.splitlines():
+        name, _, rest = line.partition(":")
+        if rest.split():
+            values[name] = int(rest.split()[0])
+    total, available = values.get("MemTotal", 0), values.get("MemAvailable", 0)
+    if not total or available >= total * LOW_MEMORY:
+        return ""
+    return f"{available >> 10} of {total >> 10} MiB available"
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except OSError:
+        return ""
 
 
 def _snapshot_digest(snapshot: dict[str, Any]) -> str:

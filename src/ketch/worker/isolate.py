@@ -30,6 +30,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,12 +122,18 @@ def support() -> Support:
                 subprocess.run(["modprobe", "overlay"], capture_output=True, timeout=10)
     except OSError:
         pass
-    probe = subprocess.run(
-        [bwrap, "--ro-bind", "/", "/", "--unshare-pid", "--die-with-parent", "true"],
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
+    for attempt in range(3):
+        probe = subprocess.run(
+            [bwrap, "--ro-bind", "/", "/", "--unshare-pid", "--die-with-parent", "true"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        # Binding the whole tree races with mounts going away meanwhile (another control
+        # plane's scratch disks): that is not a machine without bubblewrap.
+        if probe.returncode == 0 or "No such file or directory" not in probe.stderr:
+            break
+        time.sleep(0.2 * (attempt + 1))
     if probe.returncode != 0:
         return Support(False, f"bubblewrap cannot start here: {probe.stderr.strip()}", bwrap)
     return Support(True, "", bwrap)
