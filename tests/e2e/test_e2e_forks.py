@@ -12,6 +12,7 @@ image's user.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import textwrap
@@ -260,21 +261,10 @@ def test_calls_on_containers_from_a_snapshot_survive_a_control_plane_kill9(tmp_p
     """``kill -9`` of the control plane while containers forked from a snapshot run calls:
     the containers (and their template) go with it, as fresh ones do, and after a restart
     every call is answered, from a new snapshot, even with ``retries=0``."""
-    import shutil
-    import tempfile
-    from pathlib import Path
+    from ketch_testing import pid_alive, wait_until
 
-    from ketch_testing import KetchEnv, pid_alive, wait_until
-
-    from ketch.worker import isolate
-
-    if not isolate.support().ok:
-        pytest.skip(f"the sandbox runtime cannot run here: {isolate.support().reason}")
-    home = Path(tempfile.mkdtemp(prefix="ketch-e2e-k9-", dir="/tmp"))
-    env = KetchEnv(home)
-    env.env["KETCH_RUNTIME"] = "sandbox"
-    env.env["KETCH_LOG_LEVEL"] = "INFO"  # how each container started, in server.log
-    try:
+    with _own_sandbox_env() as env:
+        home = env.home
         (tmp_path / "durable.py").write_text(DURABLE_APP)
         env.cli("deploy", tmp_path / "durable.py", timeout=200).check()
         spawned = env.python(str(tmp_path / "durable.py"), "spawn", timeout=200).check()
@@ -289,6 +279,66 @@ def test_calls_on_containers_from_a_snapshot_survive_a_control_plane_kill9(tmp_p
         for x, call_id in enumerate(ids):
             assert f"RESULT {call_id} {1000 + x}" in got.stdout, got.describe()
         assert "started from its memory snapshot" in (home / "server.log").read_text()
+
+
+@contextlib.contextmanager
+def _own_sandbox_env(**extra: str):
+    """A sandbox-runtime control plane of the test's own (it may be killed, or have GPUs)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from ketch_testing import KetchEnv
+
+    from ketch.worker import isolate
+
+    if not isolate.support().ok:
+        pytest.skip(f"the sandbox runtime cannot run here: {isolate.support().reason}")
+    home = Path(tempfile.mkdtemp(prefix="ketch-e2e-fk-", dir="/tmp"))
+    env = KetchEnv(home)
+    env.env.update({"KETCH_RUNTIME": "sandbox", "KETCH_LOG_LEVEL": "INFO", **extra})
+    try:
+        yield env
     finally:
         env.close()
         shutil.rmtree(home, ignore_errors=True)
+
+
+GPU_APP = SHOW + textwrap.dedent(
+    """
+    import os
+    import ketch
+
+    app = ketch.App("gpu-snapshot-e2e")
+
+    @app.cls(gpu="A10G", enable_memory_snapshot=True)
+    class OnGpu:
+        @ketch.enter(snap=True)
+        def load(self):
+            self.at_snapshot = os.environ.get("CUDA_VISIBLE_DEVICES")
+
+        @ketch.enter(snap=False)
+        def attach(self):
+            self.after = os.environ.get("CUDA_VISIBLE_DEVICES")
+
+        @ketch.method()
+        def seen(self):
+            return [self.at_snapshot, self.after, os.getpid()]
+
+    @app.local_entrypoint()
+    def main():
+        show("seen", lambda: OnGpu().seen.remote())
+    """
+)
+
+
+@pytest.mark.timeout(300)
+def test_a_gpu_functions_snapshot_is_taken_before_its_gpu_is_attached(tmp_path):
+    """As Modal's: the snap hooks see no GPU; the container forked from the snapshot sees
+    the one it owns (a fake A10G here: no device nodes to bind on this machine)."""
+    with _own_sandbox_env(KETCH_FAKE_GPUS="A10G:1") as env:
+        (tmp_path / "gpu_app.py").write_text(GPU_APP)
+        run = ExampleRun.parse(env.cli("run", tmp_path / "gpu_app.py", timeout=250))
+        run.proc.check()
+        assert run.value("seen") == ["", "0", 1]
+        assert "started from its memory snapshot" in (env.home / "server.log").read_text()

@@ -49,6 +49,7 @@ import struct
 import sys
 import time
 import traceback
+from collections.abc import Collection
 from typing import Any
 
 import msgpack
@@ -170,6 +171,13 @@ def _make_root(cfg: dict[str, Any], req: dict[str, Any]) -> None:
             _mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
     for name, target in DEV_LINKS.items():
         os.symlink(target, f"{dev}/{name}")
+    for path, is_dir in req.get("devices") or []:  # its GPUs' nodes: the worker binds them
+        where = dev + path[len("/dev") :]
+        if is_dir:
+            os.makedirs(where, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(where), exist_ok=True)
+            os.close(os.open(where, os.O_CREAT | os.O_WRONLY, 0o666))
     for name in ("pts", "shm"):
         os.mkdir(f"{dev}/{name}", 0o755)
         os.chmod(f"{dev}/{name}", 0o755)
@@ -469,14 +477,18 @@ def _prepare(req: dict[str, Any], fds: list[int], keep: list[int]) -> dict[str, 
             os.close(fd)
 
 
-def fork_hazards(keep: list[int]) -> str:
+def fork_hazards(keep: list[int], threads_before: Collection[Any] = ()) -> str:
     """What in this process a fork cannot carry safely, in words ("" when nothing):
     Python threads (a fork has only the thread that forked), CUDA (never forked) and open
     network connections (every fork would share them)."""
     import threading
 
     problems = []
-    others = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    others = [
+        t.name
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and t not in threads_before
+    ]
     if others:
         problems.append(
             f"threads were started ({', '.join(sorted(others))}): a forked container would "
@@ -484,7 +496,7 @@ def fork_hazards(keep: list[int]) -> str:
         )
     torch = sys.modules.get("torch")
     cuda = getattr(torch, "cuda", None)
-    if cuda is not None and getattr(cuda, "is_initialized", lambda: False)():
+    if (cuda is not None and getattr(cuda, "is_initialized", lambda: False)()) or _gpu_open(keep):
         problems.append(
             "CUDA was initialised: GPU state is never in a snapshot; move GPU work to an "
             "@enter(snap=False) hook"
@@ -502,6 +514,20 @@ def fork_hazards(keep: list[int]) -> str:
     if not problems:
         return ""
     return "the memory snapshot cannot be taken: " + "; ".join(problems)
+
+
+def _gpu_open(keep: list[int]) -> bool:
+    """Whether this process has a GPU open (a CUDA context, whichever library made it):
+    a descriptor on an NVIDIA device node, or the driver's library mapped."""
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError, ValueError):
+            if int(name) not in keep and os.readlink(f"/proc/self/fd/{name}").startswith(
+                "/dev/nvidia"
+            ):
+                return True
+    with contextlib.suppress(OSError), open("/proc/self/maps") as fh:
+        return any("libcuda.so" in line for line in fh)
+    return False
 
 
 def _reap(sock: socket.socket) -> None:

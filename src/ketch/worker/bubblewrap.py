@@ -326,7 +326,13 @@ class BubblewrapWorker:
         params = env.pop(SNAPSHOT_PARAMS, "")
         snapshot = None
         if spec.memory_snapshot:  # the function's environment (Secrets too), not its ids
-            ids = ("KETCH_CONTAINER_ID", "KETCH_CONTAINER_TOKEN")
+            # nor its GPUs: the snap hooks run before a GPU is attached, as in Modal
+            ids = (
+                "KETCH_CONTAINER_ID",
+                "KETCH_CONTAINER_TOKEN",
+                "CUDA_VISIBLE_DEVICES",
+                "NVIDIA_VISIBLE_DEVICES",
+            )
             snapshot = {
                 "spec": spec.to_wire(),
                 "params": base64.b64decode(params) if params else None,
@@ -338,10 +344,17 @@ class BubblewrapWorker:
             "cwd": str(built.config.get("workdir") or SOURCE_ROOT),
             "user": built.config.get("user"),
         }
+        owned = self.gpus.busy().get(container_id) or ()
+        devices = [g for g in self.gpus_inventory() if g.index in owned]
+        if devices:  # its GPUs: their nodes in its /dev, and only they visible
+            request["devices"] = [[p, os.path.isdir(p)] for p in gpus.device_paths(devices)]
+            env = {**env, **gpus.visible_devices_env(devices)}
         go = {"env": env, "hostname": f"ketch-{container_id[-8:]}"}
         cdir.mkdir(parents=True, exist_ok=True)
-        if disk == DEFAULT_EPHEMERAL_DISK_MIB and (
-            spare := self.forks.take_spare(spec, built, bundle, snapshot)
+        if (
+            disk == DEFAULT_EPHEMERAL_DISK_MIB
+            and not spec.gpu  # (a spare cannot know its GPUs)
+            and (spare := self.forks.take_spare(spec, built, bundle, snapshot))
         ):
             try:  # a fork made ahead of need: its limits, its identity, and it runs
                 memory, cpu = _limits(spec)
@@ -513,7 +526,18 @@ class BubblewrapWorker:
             box.env.setdefault("CUDA_VISIBLE_DEVICES", "")
             return
         devices = [g for g in self.gpus_inventory() if g.index in owned]
-        for path in gpus.device_paths(devices):
+        self._gpu_files(box, devices)
+        box.env.update(gpus.visible_devices_env(devices))
+
+    def bind_template_gpus(self, box: isolate.Bwrap) -> None:
+        """A fork template of GPU functions: the driver's files, but no device node (it may
+        run the user's snap hooks); each fork is given its own GPUs' nodes
+        (:mod:`ketch.worker.devices`). It sees no GPU (CUDA_VISIBLE_DEVICES="")."""
+        self._gpu_files(box, list(self.gpus_inventory()), nodes=False)
+        box.env["CUDA_VISIBLE_DEVICES"] = ""
+
+    def _gpu_files(self, box: isolate.Bwrap, devices: list[gpus.Gpu], nodes: bool = True) -> None:
+        for path in gpus.device_paths(devices) if nodes else ():
             box.bind_dev(path, path)
         if any(not g.fake for g in devices):
             if self._driver_files is None:
@@ -525,7 +549,6 @@ class BubblewrapWorker:
                 p for p in (NVIDIA_LIB, box.env.get("LD_LIBRARY_PATH", "")) if p
             )
             box.env["PATH"] = f"{box.env.get('PATH', isolate.DEFAULT_PATH)}:{NVIDIA_BIN}"
-        box.env.update(gpus.visible_devices_env(devices))
 
     def gpus_inventory(self) -> tuple[gpus.Gpu, ...]:
         return self.gpus.inventory.gpus

@@ -95,8 +95,8 @@ class Forked:
 
 def eligible(spec: FunctionSpec, env: dict[str, str], mounts: object) -> bool:
     """Whether a container of ``spec`` can be a fork: a function's (not a sandbox's), with
-    nothing of its own bound in (Volume working copies, GPUs)."""
-    return not mounts and not spec.gpu and not env.get("KETCH_SANDBOX")
+    no Volume working copies of its own to bind in."""
+    return not mounts and not env.get("KETCH_SANDBOX")
 
 
 def _identity(path: str | Path) -> list[int]:
@@ -127,6 +127,7 @@ def shape(spec: FunctionSpec, built: BuiltImage, bundle: Path) -> str:
         "module": [spec.module_name, spec.module_file, bool(spec.serialized_fn)],
         "mounts": (spec.image or {}).get("mounts", []),
         "network": not bool(getattr(spec, "block_network", False)),
+        "gpu": bool(spec.gpu),  # its template holds every GPU's device nodes
         "config": built.config,
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -152,6 +153,7 @@ class _Template:
         self.spare: _Spare | None = None  # a fork made ahead of need, checked in
         self.refilling: asyncio.Future[None] | None = None
         self.base_request: dict[str, Any] | None = None  # a spare's fork request
+        self.gpu = False  # its functions have GPUs
         self.live = 0  # its forks running now: it stays while there are any (they die with it)
 
 
@@ -344,6 +346,8 @@ class ForkTemplates:
                 raise OSError(ctypes.get_errno(), f"make {spawn} shared")
             box, command = worker._command(container, built, bundle, {}, spec)
             box.forking = True
+            if spec.gpu:
+                worker.bind_template_gpus(box)
             box.bind_ro(lower, "/.ketch/lower")
             box.bind_rw(container.stage.bind(spawn) if container.stage else spawn, SPAWN)
             box.bind_ro(container.host(self._seccomp()), "/.ketch/seccomp.bpf")
@@ -366,7 +370,9 @@ class ForkTemplates:
         logger.info(
             "fork template %s started in %.0f ms", key[:12], (time.monotonic() - started) * 1000
         )
-        return _Template(key, container, process, spawn)
+        template = _Template(key, container, process, spawn)
+        template.gpu = bool(spec.gpu)
+        return template
 
     def _seccomp(self) -> Path:
         if self._seccomp_file is None:
@@ -406,6 +412,8 @@ class ForkTemplates:
             joined = time.monotonic()
             if cgroup is not None:  # (a migration waits for the kernel: not on the loop)
                 await asyncio.to_thread(cgroup.join, host_pid)
+            if request.get("devices"):  # its GPUs' nodes, which no template holds
+                await _give_devices(host_pid, [path for path, _ in request["devices"]])
             logger.debug(
                 "fork %s: forked in %.1f ms, checked in %.1f ms later, cgroup join %.1f ms",
                 fork_id,
@@ -468,8 +476,9 @@ class ForkTemplates:
         return spare.forked
 
     def _refill(self, template: _Template) -> None:
-        """Fork the template's next spare in the background, unless it has one."""
-        if template.spare is not None or template.refilling is not None:
+        """Fork the template's next spare in the background, unless it has one (or its
+        containers have GPUs, which a spare cannot know)."""
+        if template.spare is not None or template.refilling is not None or template.gpu:
             return
         if self._templates.get(template.key) is not template or self.worker.spare_parts is None:
             return
@@ -646,6 +655,27 @@ async def _go(sock: socket.socket, go: dict[str, Any]) -> None:
         )
     finally:
         sock.close()
+
+
+async def _give_devices(pid: int, paths: list[str]) -> None:
+    """Bind ``paths`` into the fork's ``/dev`` (:mod:`ketch.worker.devices`)."""
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ketch.worker.devices",
+        str(pid),
+        *paths,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise ExecutionError(
+            f"could not give the forked container its GPUs: {err.decode(errors='replace')[-500:]}"
+        )
 
 
 async def _check_in(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> int | None:
