@@ -52,12 +52,10 @@ import traceback
 from collections.abc import Collection
 from typing import Any
 
-import msgpack
-
 import ketch  # noqa: F401 - imported for its warm modules, which every fork inherits
 import ketch.guest.loop as container_loop
+from ketch.guest.template import serve
 
-MAX_MSG = 1 << 20
 LOWER = "/.ketch/lower"
 FORK = "/.ketch/fork"
 ROOT = FORK + "/root"
@@ -110,10 +108,6 @@ def _mount(src: str | None, dst: str, fstype: str | None, flags: int, data: str 
         ),
         f"mount {fstype or src} at {dst}",
     )
-
-
-def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
-    sock.send(msgpack.packb(msg, use_bin_type=True))
 
 
 # -- in the fork, before its namespaces have a root of their own -------------------------
@@ -530,17 +524,6 @@ def _gpu_open(keep: list[int]) -> bool:
     return False
 
 
-def _reap(sock: socket.socket) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        _send(sock, {"t": "exited", "pid": pid, "returncode": os.waitstatus_to_exitcode(status)})
-
-
 def main() -> None:
     cfg = json.loads(os.environ.pop("KETCH_ZYGOTE", "{}"))
     cfg["env"] = {k: v for k, v in os.environ.items() if k != "KETCH_TEMPLATE_FD"}
@@ -549,29 +532,16 @@ def main() -> None:
         program = fh.read()
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     os.makedirs(ROOT, exist_ok=True)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    _send(sock, {"t": "ready", "pid": os.getpid()})
-    while True:
-        readable, _, _ = select.select([sock.fileno(), wake_r], [], [])
-        if wake_r in readable:
-            os.read(wake_r, 4096)
-            _reap(sock)
-        if sock.fileno() in readable:
-            data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MSG, 3)
-            if not data:
-                os._exit(0)  # the worker went away
-            req = msgpack.unpackb(data, raw=False)
-            if req["t"] == "prepare":
-                _send(sock, _prepare(req, fds, [sock.fileno(), wake_r, wake_w]))
-                continue
-            pid = _spawn(cfg, req, fds, program, [sock.fileno(), wake_r, wake_w])
-            for fd in fds:
-                os.close(fd)
-            _send(sock, {"t": "spawned", "id": req["id"], "pid": pid})
+
+    def handle(req: dict[str, Any], fds: list[int], keep: list[int]) -> dict[str, Any]:
+        if req["t"] == "prepare":
+            return _prepare(req, fds, keep)
+        pid = _spawn(cfg, req, fds, program, keep)
+        for fd in fds:
+            os.close(fd)
+        return {"t": "spawned", "id": req["id"], "pid": pid}
+
+    serve(sock, 3, handle)
 
 
 if __name__ == "__main__":

@@ -259,24 +259,8 @@ class BubblewrapWorker:
                 self.userns, built.lowers, layer / "upper", layer / "work", container.merged
             )
             box, command = self._command(container, built, bundle, env, spec, mounts)
-            full = box.argv(command)
-            # bubblewrap reads its arguments from a pipe, so the container's /proc/1/cmdline
-            # shows no host paths, environment or tokens.
-            split = full.index("--")
-            options = b"".join(a.encode() + b"\0" for a in full[1:split])
-            if len(options) > 60_000:  # more than a pipe holds unread: pass them plainly
-                raise RuntimeError("too many sandbox options for the argument pipe")
-            read_fd, write_fd = os.pipe()
-            try:
-                os.write(write_fd, options)
-            finally:
-                os.close(write_fd)
-            argv = [full[0], "--args", str(read_fd), *full[split:]]
-            if self.userns is not None:  # bubblewrap runs as root of the user namespace
-                argv = self.userns.enter(argv)
             container.cgroup, container.memory_limit_mib = self._cgroup(container_id, spec)
-            if container.cgroup is not None:
-                argv = cgroups.join_command(container.cgroup, argv)
+            argv, read_fd = self.bwrap_argv(box, command, container.cgroup)
             try:
                 process = await asyncio.create_subprocess_exec(
                     *argv,
@@ -306,6 +290,29 @@ class BubblewrapWorker:
             self._pump(container_id, "stderr", process.stderr),
         ]
         spawn(self._wait(container), name=f"wait {container_id}")
+
+    def bwrap_argv(
+        self, box: isolate.Bwrap, command: list[str], cgroup: cgroups.ContainerCgroup | None
+    ) -> tuple[list[str], int]:
+        """How to start ``box``: as root of the user namespace, in ``cgroup``, with its
+        options in a pipe (the descriptor returned: pass it, then close it), so the
+        container's /proc/1/cmdline shows no host paths, environment or tokens."""
+        full = box.argv(command)
+        split = full.index("--")
+        options = b"".join(a.encode() + b"\0" for a in full[1:split])
+        if len(options) > 60_000:  # more than a pipe holds unread: pass them plainly
+            raise RuntimeError("too many sandbox options for the argument pipe")
+        read_fd, write_fd = os.pipe()
+        try:
+            os.write(write_fd, options)
+        finally:
+            os.close(write_fd)
+        argv = [full[0], "--args", str(read_fd), *full[split:]]
+        if self.userns is not None:  # bubblewrap runs as root of the user namespace
+            argv = self.userns.enter(argv)
+        if cgroup is not None:
+            argv = cgroups.join_command(cgroup, argv)
+        return argv, read_fd
 
     async def _start_forked(
         self,

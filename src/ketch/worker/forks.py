@@ -753,19 +753,7 @@ def _launcher(
 
     def argv(extra_env: dict[str, str]) -> tuple[list[str], list[int], Any]:
         box.env.update(extra_env)
-        full = box.argv(command)
-        split = full.index("--")
-        options = b"".join(a.encode() + b"\0" for a in full[1:split])
-        read_fd, write_fd = os.pipe()
-        try:
-            os.write(write_fd, options)
-        finally:
-            os.close(write_fd)
-        args = [full[0], "--args", str(read_fd), *full[split:]]
-        if worker.userns is not None:
-            args = worker.userns.enter(args)
-        if container.cgroup is not None:
-            args = cgroups.join_command(container.cgroup, args)
+        args, read_fd = worker.bwrap_argv(box, command, container.cgroup)
 
         def close() -> None:
             os.close(read_fd)
