@@ -466,11 +466,14 @@ class KetchEnv:
         # A control plane that had to be killed (or that a test killed last) leaves its user
         # namespace's pins and mount points; its next start would detach them, but there is
         # none: the test's home goes now.
-        from ketch.worker import userns
+        from ketch.worker import isolate, userns
 
         top = userns.run_dir(self.home)
         if os.geteuid() == 0 and top.exists():
             userns.clear(top)
+        if os.geteuid() == 0:  # and the mounts in its home (scratch disks, templates' areas)
+            for point in sorted(isolate.mount_points(self.home), key=len, reverse=True):
+                isolate.unmount_sync(Path(point))
         if self.database:
             _psql(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
 

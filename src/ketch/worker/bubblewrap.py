@@ -221,6 +221,10 @@ class BubblewrapWorker:
 
     def _cleanup_leftovers(self) -> None:
         """Unmount and delete container dirs a crashed control plane left behind."""
+        # Deepest first, by the mount table: a bind of a folder of the same filesystem (a
+        # fork template's spawn area) is a mount that os.path.ismount cannot see.
+        for point in sorted(isolate.mount_points(self.containers_dir), key=len, reverse=True):
+            isolate.unmount_sync(Path(point))
         if self.containers_dir.exists():
             for entry in self.containers_dir.iterdir():
                 remove_tree(entry)
