@@ -46,3 +46,18 @@ def test_seqs_continue_after_a_restart(tmp_path):
         assert list(queues._next_seqs(again, 1)) == [4]
     finally:
         again.close()
+
+
+def test_inputs_go_to_postgresql_in_copys_text_format():
+    """The PostgreSQL enqueue path writes COPY's text format itself: bytea as escaped hex,
+    NULL as \\N, and nothing that is not an id where an id goes."""
+    import pytest
+
+    from ketch.server.store import _copy_text_inputs
+
+    data = _copy_text_inputs([("fc-a1", 0, b"\x00\t\n\\", None), ("fc-a1", 1, None, "bl-2")])
+    assert data == b"fc-a1\t0\t\\\\x00090a5c\t\\N\tpending\t0\nfc-a1\t1\t\\N\tbl-2\tpending\t0\n"
+    with pytest.raises(ValueError, match="not an id"):
+        _copy_text_inputs([("fc-1\tx", 0, None, None)])
+    with pytest.raises(ValueError, match="not an id"):
+        _copy_text_inputs([("fc-1", 0, None, "bl\\n")])

@@ -38,6 +38,28 @@ from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 
+def _copy_text_inputs(rows: Sequence[tuple[str, int, bytes | None, str | None]]) -> bytes:
+    """``(call_id, idx, args, blob_id)`` rows as lines of COPY's text format, state
+    ``pending`` and no attempts: ``bytes.hex`` and one join instead of psycopg's
+    per-value writer (the enqueue path of a 10,000,000-input map). Ids are ketch's own
+    (letters, digits, dashes), so they need no escaping; ``args`` goes as bytea hex."""
+    out = []
+    checked = ""
+    for call_id, idx, args, blob_id in rows:
+        if call_id != checked:
+            checked = _copy_id(call_id)
+        arg = "\\N" if args is None else "\\\\x" + args.hex()
+        blob = "\\N" if blob_id is None else _copy_id(blob_id)
+        out.append(f"{call_id}\t{int(idx)}\t{arg}\t{blob}\tpending\t0\n")
+    return "".join(out).encode()
+
+
+def _copy_id(value: str) -> str:
+    if not value.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"not an id: {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class LogFilter:
     """Which log lines ``ketch app logs`` asks for: a time range, text, a function (its
@@ -217,11 +239,10 @@ class _PostgresDb:
         cur.executemany(_placeholders(sql), list(rows))
         return cur
 
-    def copy_rows(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """``COPY ... FROM STDIN`` of ``rows``: many rows for little of Python's time."""
+    def copy_text(self, sql: str, data: bytes) -> None:
+        """``COPY ... FROM STDIN`` of ``data``, already in COPY's text format."""
         with self._conn.cursor() as cur, cur.copy(sql) as copy:
-            for row in rows:
-                copy.write_row(row)
+            copy.write(data)
 
     def commit(self) -> None:
         self._conn.commit()
@@ -552,9 +573,9 @@ class Store:
         if not fresh:
             return []
         if self.postgres:  # COPY: executemany is a round trip a row, arrays dump in Python
-            db.copy_rows(
+            db.copy_text(
                 "COPY inputs (call_id, idx, args, blob_id, state, attempts) FROM STDIN",
-                [(*f, "pending", 0) for f in fresh],
+                _copy_text_inputs(fresh),
             )
         else:
             db.executemany(
