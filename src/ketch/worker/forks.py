@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from .._spec import FunctionSpec
+from .._spec import DEFAULT_EPHEMERAL_DISK_MIB, FunctionSpec
 from .._tasks import spawn as spawn_task
 from ..exception import ExecutionError
 from . import cgroups, isolate, seccomp, userns
@@ -325,11 +325,15 @@ class ForkTemplates:
         container = _Container(tid, cdir, cdir / "merged")
         started = time.monotonic()
         try:
+            layer = cdir
+            if worker.disks is not None:  # what a snap hook writes is bounded, as a container's
+                container.disk_mib = DEFAULT_EPHEMERAL_DISK_MIB
+                container.disk = layer = await worker.disks.take(DEFAULT_EPHEMERAL_DISK_MIB)
             if worker.userns is not None:
                 container.stage = worker.userns.staging()
                 container.merged = container.stage.mount_point()
             await userns.mount_overlay(
-                worker.userns, built.lowers, cdir / "upper", cdir / "work", container.merged
+                worker.userns, built.lowers, layer / "upper", layer / "work", container.merged
             )
             # The forks' lower layer: the template's root without anything mounted in it.
             lower = container.stage.mount_point() if container.stage else cdir / "lower"
