@@ -141,17 +141,17 @@ def _sources(
 ) -> dict[str, Any]:
     """A pip step's package sources and flags, checked; only those given (so a step without
     them keeps the layer hash it always had)."""
-    out: dict[str, Any] = {"extra_index_url": extra_index_url}
-    for name, value in (
-        ("find_links", find_links),
-        ("index_url", index_url),
-        ("extra_index_url", extra_index_url),
-        ("extra_options", extra_options or None),
-    ):
+    given = {
+        "find_links": find_links,
+        "index_url": index_url,
+        "extra_index_url": extra_index_url,
+        "extra_options": extra_options or None,
+    }
+    for name, value in given.items():
         if value is not None and not isinstance(value, str):
             raise InvalidError(f"pip_install: {name} must be a string, got {value!r}")
-        if value is not None and name != "extra_index_url":
-            out[name] = value
+    # extra_index_url always, as before; the others only when given.
+    out = {k: v for k, v in given.items() if v is not None or k == "extra_index_url"}
     if extra_options:
         try:
             shlex.split(extra_options)

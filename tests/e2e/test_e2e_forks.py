@@ -125,6 +125,26 @@ SNAP_APP = SHOW + textwrap.dedent(
     app = ketch.App("snapshots-e2e")
     VERSION = "v1"
 
+    def reach_the_witness():
+        # What the template's code (a snap hook) can make of the unmasked /proc the worker
+        # mounted under /.ketch/w: its listing, a look inside, a umount of the cover, and the
+        # same umount from a user namespace of its own (its filter lets it make one).
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            listing = os.listdir("/.ketch/w")
+        except OSError as exc:
+            listing = type(exc).__name__
+        seen = [listing, os.path.exists("/.ketch/w/proc/self"), libc.umount2(b"/.ketch/w", 2)]
+        pid = os.fork()
+        if pid == 0:
+            if libc.unshare(0x10000000 | 0x00020000) != 0:  # user + mount namespace
+                os._exit(3)
+            libc.umount2(b"/.ketch/w", 2)
+            os._exit(1 if os.path.exists("/.ketch/w/proc/self") else 0)
+        seen.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        return seen
+
     @app.cls(enable_memory_snapshot=True)
     class Model:
         @ketch.enter(snap=True)
@@ -132,6 +152,8 @@ SNAP_APP = SHOW + textwrap.dedent(
             print("SNAP HOOK RAN", VERSION, flush=True)
             self.stamp = time.time_ns()
             self.model = bytearray(32 << 20)  # shared, copy-on-write, by every fork
+            self.witness = reach_the_witness()
+
 
         @ketch.enter(snap=False)
         def after(self):
@@ -140,7 +162,10 @@ SNAP_APP = SHOW + textwrap.dedent(
         @ketch.method()
         def info(self, i):
             time.sleep(1.0)  # several containers at once
-            return [self.stamp, self.after > self.stamp, os.environ["KETCH_CONTAINER_ID"], VERSION]
+            return [
+                self.stamp, self.after > self.stamp, os.environ["KETCH_CONTAINER_ID"], VERSION,
+                self.witness,
+            ]
 
     @app.cls(enable_memory_snapshot=True)
     class Threads:
@@ -172,6 +197,9 @@ def test_a_memory_snapshot_is_taken_once_and_rebuilt_for_new_code(sandbox_env, t
     assert len({row[2] for row in info}) >= 2, info  # several containers...
     assert len({row[0] for row in info}) == 1, info  # ...from one snapshot
     assert all(row[1] for row in info) and {row[3] for row in info} == {"v1"}, info
+    # The template's own code (the snap hooks) cannot reach the unmasked /proc under its
+    # cover, directly or from a user namespace of its own.
+    assert info[0][4] == ["PermissionError", False, -1, 0], info[0][4]
     out = run.proc.stdout + run.proc.stderr
     assert out.count("SNAP HOOK RAN v1") == 1, out
     assert "[snapshot] taken in" in out, out

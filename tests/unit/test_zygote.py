@@ -82,13 +82,14 @@ def test_mount_points_with_spaces_are_unescaped():
 
 
 def test_templates_go_when_the_machine_is_short_of_memory():
+    from ketch.server.nodes import parse_meminfo
     from ketch.worker.forks import memory_pressure
 
     plenty = "MemTotal:       24000000 kB\nMemFree: 1 kB\nMemAvailable:   12000000 kB\n"
     short = "MemTotal:       24000000 kB\nMemAvailable:    1000000 kB\n"
-    assert memory_pressure(plenty) == ""
-    assert memory_pressure(short) == "976 of 23437 MiB available"
-    assert memory_pressure("") == ""
+    assert memory_pressure(*parse_meminfo(plenty)) == ""
+    assert memory_pressure(*parse_meminfo(short)) == "976 of 23437 MiB available"
+    assert memory_pressure(*parse_meminfo("")) == ""
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="binds into another mount namespace: root only")

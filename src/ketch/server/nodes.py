@@ -21,15 +21,20 @@ if TYPE_CHECKING:
 
 def memory_mib() -> tuple[int, int]:
     """(total, available) MiB of this machine, from /proc/meminfo."""
-    found: dict[str, int] = {}
     try:
         with open("/proc/meminfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key in ("MemTotal", "MemAvailable"):
-                    found[key] = int(value.split()[0]) // 1024
+            return parse_meminfo(fh.read())
     except OSError:
-        pass
+        return 0, 0
+
+
+def parse_meminfo(text: str) -> tuple[int, int]:
+    """(MemTotal, MemAvailable) in MiB of ``/proc/meminfo``'s text (0 where missing)."""
+    found: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("MemTotal", "MemAvailable") and value.split():
+            found[key] = int(value.split()[0]) // 1024
     return found.get("MemTotal", 0), found.get("MemAvailable", 0)
 
 

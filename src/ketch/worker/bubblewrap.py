@@ -172,7 +172,6 @@ class BubblewrapWorker:
             )
         self.containers_cap_mib = self._cap_containers()
         self.forks = forks.ForkTemplates(self)
-        self.spare_parts = self._spare_parts
         self.start_notes: dict[str, str] = {}  # container id -> how it started, how fast
         if not config.get("fork_containers"):
             self.forks.broken = "fork_containers is off"
@@ -362,42 +361,19 @@ class BubblewrapWorker:
             env = {**env, **gpus.visible_devices_env(devices)}
         go = {"env": env, "hostname": f"ketch-{container_id[-8:]}"}
         cdir.mkdir(parents=True, exist_ok=True)
-        if (
-            disk == DEFAULT_EPHEMERAL_DISK_MIB
-            and not spec.gpu  # (a spare cannot know its GPUs)
-            and (spare := self.forks.take_spare(spec, built, bundle, snapshot))
-        ):
-            try:  # a fork made ahead of need: its limits, its identity, and it runs
-                memory, cpu = _limits(spec)
-                if spare.cgroup is not None:
-                    spare.cgroup.limit(int(memory) << 20 if memory else None, cpu)
-                container.cgroup, container.disk, container.disk_mib = (
-                    spare.cgroup,
-                    spare.disk,
-                    disk,
-                )
-                container.memory_limit_mib = int(memory) if memory else None
-                forked: forks.Forked | None = await self.forks.assign(spare, container_id, go)
-            except (cgroups.CgroupError, ExecutionError) as exc:
-                logger.debug("spare fork not used for %s: %s", container_id, exc)
-                self.forks._forget_spare(spare)
-                container.cgroup, container.disk = None, None
-            else:
-                assert forked is not None
-                return self._forked(container, forked, started)
+        key = forks.shape(spec, built, bundle)
+        # A fork made ahead of need, where one waits: not for GPUs, which it cannot know.
+        if disk == DEFAULT_EPHEMERAL_DISK_MIB and not spec.gpu:
+            spare = self.forks.take_spare(key, snapshot)
+            if spare is not None and await self._from_spare(container, spare, spec, go, started):
+                return True
         try:
             if self.disks is not None:  # its writable layer on a disk of its own, as fresh
                 container.disk_mib = disk
                 container.disk = await self.disks.take(disk)
-            took_disk = time.monotonic()
             container.cgroup, container.memory_limit_mib = self._cgroup(container_id, spec)
-            logger.debug(
-                "container %s: disk %.1f ms, cgroup %.1f ms",
-                container_id,
-                (took_disk - started) * 1000,
-                (time.monotonic() - took_disk) * 1000,
-            )
             forked = await self.forks.spawn(
+                key,
                 container_id,
                 go,
                 spec,
@@ -415,6 +391,31 @@ class BubblewrapWorker:
         if forked is None:
             self._containers.pop(container_id, None)
             await self._teardown(container)
+            return False
+        return self._forked(container, forked, started)
+
+    async def _from_spare(
+        self,
+        container: _Container,
+        spare: forks._Spare,
+        spec: FunctionSpec,
+        go: dict[str, Any],
+        started: float,
+    ) -> bool:
+        """Make ``spare`` this container: its limits, its identity, and it runs; False
+        (the spare forgotten) where it cannot be."""
+        memory, cpu = _limits(spec)
+        try:
+            if spare.cgroup is not None:
+                spare.cgroup.limit(int(memory) << 20 if memory else None, cpu)
+            container.cgroup, container.disk = spare.cgroup, spare.disk
+            container.disk_mib = DEFAULT_EPHEMERAL_DISK_MIB
+            container.memory_limit_mib = int(memory) if memory else None
+            forked = await self.forks.assign(spare, container.container_id, go)
+        except (cgroups.CgroupError, ExecutionError) as exc:
+            logger.debug("spare fork not used for %s: %s", container.container_id, exc)
+            self.forks.forget_spare(spare)
+            container.cgroup, container.disk = None, None
             return False
         return self._forked(container, forked, started)
 
@@ -564,7 +565,7 @@ class BubblewrapWorker:
     def gpus_inventory(self) -> tuple[gpus.Gpu, ...]:
         return self.gpus.inventory.gpus
 
-    async def _spare_parts(
+    async def spare_parts(
         self, spare_id: str, base: dict[str, Any] | None
     ) -> tuple[cgroups.ContainerCgroup | None, Path | None, dict[str, Any]]:
         """What a spare fork is made with (``ketch.worker.forks``): a cgroup without memory

@@ -10,15 +10,16 @@ overlay mount and the interpreter's start and imports.
 
 A template is kept per *shape*: what a container's sandbox is made of before its
 own state (the image's layers, the ketch bundle, the app's source, the image's
-local files, its network and user). Containers that need more than the template
-has (Volume working copies, GPUs) and sandboxes start fresh, as does everything
-on a machine without a user namespace for containers (the forks' setup needs one)
-or after a template failed (said once in the log).
+local files, its network and user). Containers with Volume working copies of
+their own and sandboxes start fresh, as does everything on a machine without a
+user namespace for containers (the forks' setup needs one) or after a template
+failed (said once in the log). docs/snapshots.md has the design.
 
 Example::
 
     templates = ForkTemplates(worker)
-    handle = await templates.spawn(container_id, env, spec, built, bundle)
+    key = shape(spec, built, bundle)
+    forked = await templates.spawn(key, container_id, go, spec, built, bundle, cgroup, request)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import msgpack
 from .._spec import DEFAULT_EPHEMERAL_DISK_MIB, FunctionSpec
 from .._tasks import spawn as spawn_task
 from ..exception import ExecutionError
+from ..server.nodes import memory_mib
 from . import cgroups, isolate, seccomp, userns
 from ._template import TemplateProcess
 from .local import pump_lines
@@ -63,22 +65,6 @@ SPAWN = "/.ketch/spawn"  # in the template: the forks' writable layers
 MS_SHARED = 1 << 20
 IDLE_S = 600.0  # a template without forks for this long goes (its memory back)
 CHECK_IN_TIMEOUT_S = 30.0
-CAP_NUMBERS = {
-    "CAP_CHOWN": 0,
-    "CAP_DAC_OVERRIDE": 1,
-    "CAP_FOWNER": 3,
-    "CAP_FSETID": 4,
-    "CAP_KILL": 5,
-    "CAP_SETGID": 6,
-    "CAP_SETUID": 7,
-    "CAP_SETPCAP": 8,
-    "CAP_NET_BIND_SERVICE": 10,
-    "CAP_NET_RAW": 13,
-    "CAP_SYS_CHROOT": 18,
-    "CAP_MKNOD": 27,
-    "CAP_AUDIT_WRITE": 29,
-    "CAP_SETFCAP": 31,
-}
 
 
 @dataclass
@@ -127,7 +113,7 @@ def shape(spec: FunctionSpec, built: BuiltImage, bundle: Path) -> str:
         "module": [spec.module_name, spec.module_file, bool(spec.serialized_fn)],
         "mounts": (spec.image or {}).get("mounts", []),
         "network": not bool(getattr(spec, "block_network", False)),
-        "gpu": bool(spec.gpu),  # its template holds every GPU's device nodes
+        "gpu": bool(spec.gpu),  # its template holds the GPU driver's files
         "config": built.config,
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -148,7 +134,6 @@ class _Template:
         self.process = process
         self.spawn = spawn  # forks' writable layers are bound here, and show in the template
         self.used = time.monotonic()
-        self.forks = 0
         self.snapshot_ms: float | None = None  # what its snapshot took, if it holds one
         self.spare: _Spare | None = None  # a fork made ahead of need, checked in
         self.refilling: asyncio.Future[None] | None = None
@@ -176,6 +161,7 @@ class ForkTemplates:
 
     async def spawn(
         self,
+        key: str,
         container_id: str,
         go: dict[str, Any],
         spec: FunctionSpec,
@@ -186,14 +172,11 @@ class ForkTemplates:
         layer: Path | None = None,
         snapshot: dict[str, Any] | None = None,
     ) -> Forked | None:
-        """Fork a container from the template of its shape (started first if need be);
+        """Fork a container from the template of shape ``key`` (started first if need be);
         None where that cannot be done here (the caller starts it fresh). ``layer``: a
         folder (its scratch disk) for its writable layer; None: a tmpfs. ``snapshot``:
         ``{"spec", "params", "env"}`` of a memory snapshot to fork from (made first if
         need be); where it cannot be made the container forks from the plain template."""
-        t0 = time.monotonic()
-        key = shape(spec, built, bundle)
-        logger.debug("fork of %s: shape %.1f ms", container_id, (time.monotonic() - t0) * 1000)
         try:
             template = None
             if snapshot is not None:
@@ -209,7 +192,6 @@ class ForkTemplates:
         if template.key in self._templates:
             self._templates.move_to_end(template.key)
         try:
-            await self._trim()
             if layer is not None:
                 request = {**request, "upper": self._lend(template, container_id, layer)}
             if template.base_request is None:  # what a spare of it is forked with
@@ -338,14 +320,14 @@ class ForkTemplates:
             # The forks' lower layer: the template's root without anything mounted in it.
             lower = container.stage.mount_point() if container.stage else cdir / "lower"
             lower.mkdir(exist_ok=True)
-            _bind(container.merged, lower)
+            userns.bind_mount(container.merged, lower, recursive=False)
             userns.makedirs(worker.userns, container.merged, ".ketch/w/proc")
             _witness(container.merged)
             # Where each fork's writable layer (its scratch disk) is bound before it is
             # forked: a shared mount, so what is mounted in it later shows in the template.
             spawn = cdir / "spawn"
             spawn.mkdir(parents=True, exist_ok=True)
-            _bind(spawn, spawn)
+            userns.bind_mount(spawn, spawn, recursive=False)
             if isolate.libc().mount(None, os.fsencode(spawn), None, MS_SHARED, None) != 0:
                 raise OSError(ctypes.get_errno(), f"make {spawn} shared")
             box, command = worker._command(container, built, bundle, {}, spec)
@@ -357,7 +339,7 @@ class ForkTemplates:
             box.bind_ro(container.host(self._seccomp()), "/.ketch/seccomp.bpf")
             config = {
                 "seccomp": "/.ketch/seccomp.bpf",
-                "caps": [CAP_NUMBERS[c] for c in isolate.CONTAINER_CAPS],
+                "caps": list(isolate.CONTAINER_CAPS.values()),
                 "read_only": list(isolate.READ_ONLY_PATHS),
                 "masked": list(isolate.MASKED_PATHS),
                 "own_network": not box.network,
@@ -432,7 +414,6 @@ class ForkTemplates:
 
     def _started(self, template: _Template, forked: Forked) -> None:
         """Count a fork that became a container, while it runs."""
-        template.forks += 1
 
         def ended(_: object) -> None:
             template.live -= 1
@@ -442,17 +423,10 @@ class ForkTemplates:
         self._refill(template)
 
     # -- spares: a fork made ahead of need, for the next container of its template ------
-    def take_spare(
-        self,
-        spec: FunctionSpec,
-        built: BuiltImage,
-        bundle: Path,
-        snapshot: dict[str, Any] | None,
-    ) -> _Spare | None:
-        """The ready spare of the template a container of ``spec`` forks from, if any."""
+    def take_spare(self, key: str, snapshot: dict[str, Any] | None) -> _Spare | None:
+        """The ready spare of the template of shape ``key`` (and ``snapshot``), if any."""
         if not self.enabled:
             return None
-        key = shape(spec, built, bundle)
         if snapshot is not None:
             key = f"{key}-{_snapshot_digest(snapshot)}"
         template = self._templates.get(key)
@@ -460,7 +434,7 @@ class ForkTemplates:
             return None
         spare, template.spare = template.spare, None
         if spare.forked.exited.done():  # it died waiting (its template went, say)
-            self._forget_spare(spare)
+            self.forget_spare(spare)
             return None
         template.live += 1
         template.used = time.monotonic()
@@ -484,18 +458,16 @@ class ForkTemplates:
         containers have GPUs, which a spare cannot know)."""
         if template.spare is not None or template.refilling is not None or template.gpu:
             return
-        if self._templates.get(template.key) is not template or self.worker.spare_parts is None:
+        if self._templates.get(template.key) is not template:
             return
         template.refilling = asyncio.ensure_future(self._make_spare(template))
 
     async def _make_spare(self, template: _Template) -> None:
         await asyncio.sleep(SPARE_DELAY_S)  # after the start that used the last one
         spare_id = f"sp-{os.urandom(8).hex()}"
-        parts = self.worker.spare_parts
-        assert parts is not None
         cgroup, disk = None, None
         try:
-            cgroup, disk, request = await parts(spare_id, template.base_request)
+            cgroup, disk, request = await self.worker.spare_parts(spare_id, template.base_request)
             if disk is not None:
                 request = {**request, "upper": self._lend(template, spare_id, disk)}
             forked, sock = await self._fork(template, spare_id, cgroup, request)
@@ -509,7 +481,7 @@ class ForkTemplates:
         finally:
             template.refilling = None
 
-    def _forget_spare(self, spare: _Spare) -> None:
+    def forget_spare(self, spare: _Spare) -> None:
         with contextlib.suppress(OSError):
             spare.sock.close()  # its pid 1 reads the end and exits
         self._forget_parts(spare.lent, spare.cgroup, spare.disk)
@@ -533,7 +505,7 @@ class ForkTemplates:
             os.chmod(layer / name, 0o755)
         target = template.spawn / container_id
         target.mkdir()
-        _bind(layer, target)
+        userns.bind_mount(layer, target, recursive=False)
         self._lent[container_id] = target
         return f"{SPAWN}/{container_id}"
 
@@ -552,7 +524,7 @@ class ForkTemplates:
         now = time.monotonic()
         idle = [k for k, t in self._templates.items() if t.live == 0]  # oldest first
         over = len(self._templates) - MAX_TEMPLATES
-        short = memory_pressure(_read("/proc/meminfo"))
+        short = memory_pressure(*memory_mib())
         for key in idle:
             template = self._templates[key]
             if short:
@@ -596,7 +568,7 @@ class ForkTemplates:
             template.refilling.cancel()
         if template.spare is not None:
             spare, template.spare = template.spare, None
-            self._forget_spare(spare)
+            self.forget_spare(spare)
         for target in isolate.mount_points(template.spawn)[::-1]:  # the lent ones first
             isolate.unmount_sync(Path(target))
         await self.worker._teardown(template.container)
@@ -624,26 +596,12 @@ class _Spare:
     disk: Path | None
 
 
-def memory_pressure(meminfo: str) -> str:
+def memory_pressure(total_mib: int, available_mib: int) -> str:
     """Why the machine is short of memory for templates, in words ("" when it is not):
-    ``/proc/meminfo``'s MemAvailable under :data:`LOW_MEMORY` of MemTotal."""
-    values = {}
-    for line in meminfo.splitlines():
-        name, _, rest = line.partition(":")
-        if rest.split():
-            values[name] = int(rest.split()[0])
-    total, available = values.get("MemTotal", 0), values.get("MemAvailable", 0)
-    if not total or available >= total * LOW_MEMORY:
+    MemAvailable under :data:`LOW_MEMORY` of MemTotal."""
+    if not total_mib or available_mib >= total_mib * LOW_MEMORY:
         return ""
-    return f"{available >> 10} of {total >> 10} MiB available"
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as fh:
-            return fh.read()
-    except OSError:
-        return ""
+    return f"{available_mib} of {total_mib} MiB available"
 
 
 def _snapshot_digest(snapshot: dict[str, Any]) -> str:
@@ -728,12 +686,6 @@ async def _tail(reader: asyncio.StreamReader) -> str:
         data = await asyncio.wait_for(reader.read(4000), 2)
         return data.decode(errors="replace").strip()[-1500:]
     return "(no output)"
-
-
-def _bind(src: Path, dest: Path) -> None:
-    """A bind of ``src`` alone (nothing mounted inside it comes along)."""
-    if isolate.libc().mount(os.fsencode(src), os.fsencode(dest), None, 4096, None) != 0:
-        raise OSError(ctypes.get_errno(), f"bind {src} at {dest}")
 
 
 def _witness(root: Path) -> None:

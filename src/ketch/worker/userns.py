@@ -172,10 +172,12 @@ def idmap_mount(
         os.close(fd)
 
 
-def bind_mount(src: Path, dest: Path) -> None:
-    """A plain (recursive) bind mount of ``src`` on ``dest``."""
+def bind_mount(src: Path, dest: Path, recursive: bool = True) -> None:
+    """A plain bind mount of ``src`` on ``dest``; not ``recursive``: nothing mounted inside
+    ``src`` comes along."""
+    flags = MS_BIND | (MS_REC if recursive else 0)
     _check(
-        isolate.libc().mount(os.fsencode(src), os.fsencode(dest), None, MS_BIND | MS_REC, None),
+        isolate.libc().mount(os.fsencode(src), os.fsencode(dest), None, flags, None),
         f"binding {src}",
     )
 
